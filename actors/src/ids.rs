@@ -1,0 +1,213 @@
+//! Identities: who a session is, who owns it, who is asking.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A session's id: 128 random bits, shown as 32 lowercase hex digits.
+///
+/// Ids are drawn from a cryptographically secure generator, so they cannot be
+/// guessed and are never reused: an ended id stays ended.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(u128);
+
+impl SessionId {
+    /// Draws a fresh random id.
+    pub fn random() -> Self {
+        SessionId(rand::random::<u128>())
+    }
+
+    /// The id as a number (for hashing, sharding, storage).
+    pub fn as_u128(self) -> u128 {
+        self.0
+    }
+
+    /// Rebuilds an id from [`SessionId::as_u128`].
+    pub fn from_u128(raw: u128) -> Self {
+        SessionId(raw)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({self})")
+    }
+}
+
+/// A string that is not a session id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a session id: {input:?} (expected 32 hex digits)")]
+pub struct ParseIdError {
+    /// What was given (cut to 64 characters).
+    pub input: String,
+}
+
+impl FromStr for SessionId {
+    type Err = ParseIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseIdError { input: s.chars().take(64).collect() };
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        u128::from_str_radix(s, 16).map(SessionId).map_err(|_| bad())
+    }
+}
+
+impl serde::Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A trace id carried from the application's request into events and logs.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct TraceId(pub u128);
+
+impl TraceId {
+    /// Draws a fresh random trace id (used when the application gives none).
+    pub fn random() -> Self {
+        TraceId(rand::random::<u128>())
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({self})")
+    }
+}
+
+/// The application's identity for the user or tenant that owns a session.
+///
+/// Opaque to the runtime: it is only compared. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Owner(Arc<str>);
+
+impl Owner {
+    /// Wraps the application's user or tenant id.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        Owner(id.into())
+    }
+
+    /// The id as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Owner({:?})", &*self.0)
+    }
+}
+
+impl From<&str> for Owner {
+    fn from(s: &str) -> Self {
+        Owner::new(s)
+    }
+}
+
+impl From<String> for Owner {
+    fn from(s: String) -> Self {
+        Owner::new(s)
+    }
+}
+
+/// Who is asking: a session's owner, or an operator who may act on any session.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum Caller {
+    /// An ordinary user; may touch only sessions it owns.
+    User(Owner),
+    /// An operator role (admin tooling, the runtime's own shutdown); may act on any session.
+    Operator(Arc<str>),
+}
+
+impl Caller {
+    /// Whether this caller may act on a session owned by `owner`.
+    pub fn may_act_on(&self, owner: &Owner) -> bool {
+        match self {
+            Caller::User(user) => user == owner,
+            Caller::Operator(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::User(owner) => write!(f, "user {owner}"),
+            Caller::Operator(name) => write!(f, "operator {name}"),
+        }
+    }
+}
+
+impl From<Owner> for Caller {
+    fn from(owner: Owner) -> Self {
+        Caller::User(owner)
+    }
+}
+
+/// One GPU allocation, unique in the process.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize)]
+pub struct AllocationId(pub u64);
+
+impl AllocationId {
+    /// The next id; never repeats within a process.
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        AllocationId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_id_round_trips_through_its_text_form() {
+        let id = SessionId::random();
+        assert_eq!(id.to_string().len(), 32);
+        assert_eq!(id.to_string().parse::<SessionId>().unwrap(), id);
+    }
+
+    #[test]
+    fn malformed_ids_are_refused() {
+        for bad in ["", "xyz", "0123", &"g".repeat(32), &"0".repeat(33), "+0000000000000000000000000000000"] {
+            assert!(bad.parse::<SessionId>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn only_the_owner_or_an_operator_may_act() {
+        let alice = Owner::new("alice");
+        assert!(Caller::User(alice.clone()).may_act_on(&alice));
+        assert!(!Caller::User(Owner::new("bob")).may_act_on(&alice));
+        assert!(Caller::Operator("ops".into()).may_act_on(&alice));
+    }
+}

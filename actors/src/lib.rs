@@ -1,0 +1,3 @@
+//! sessionbus engine (work in progress).
+pub mod gpu;
+pub mod ids;

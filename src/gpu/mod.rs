@@ -1,0 +1,1 @@
+//! wgpu pool (to be written).

@@ -1,0 +1,2 @@
+//! sessionbus (work in progress).
+pub mod gpu;
