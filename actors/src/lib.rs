@@ -1,3 +1,43 @@
-//! sessionbus engine (work in progress).
-pub mod gpu;
-pub mod ids;
+//! The sessionbus engine: the lifecycle of chat sessions as actix actors.
+//!
+//! Applications use the `sessionbus` crate, which re-exports what they need
+//! from here and adds the real adapters (wgpu, configuration files). This crate
+//! knows nothing about wgpu or Redis: it reaches GPU memory only through the
+//! [`GpuPool`] trait, and ships an [`InMemoryPool`] for its own tests.
+//!
+//! The pieces:
+//! - [`Lifecycle`]: the pure state machine `Init → Established → Closing → Closed`.
+//! - The **session actor**, one per chat session, driven through a [`SessionHandle`].
+//! - The **registry actor**: opens sessions, owns the id → session map,
+//!   refuses sessions past the limit, and is the only publisher of
+//!   [`SessionEndEvent`], exactly once per session, whatever ended it.
+//! - The **bus**: typed publish/subscribe of [`LifecycleEvent`]s, with a
+//!   [`Delivery`] policy per subscriber.
+//! - **Cleanup actors**: release each ended session's GPU memory, paced by a
+//!   GCRA limiter, and publish a [`ReleaseReceipt`].
+//!
+//! Start it with [`Engine::start`] inside an actix `System`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod bus;
+mod cleanup;
+mod config;
+mod engine;
+mod events;
+mod gpu;
+mod ids;
+mod lifecycle;
+mod registry;
+mod session;
+
+pub use bus::{Delivery, SubscriptionId};
+pub use config::{BusConfig, ConfigError, EngineConfig, ReleaseConfig, SessionsConfig};
+pub use engine::{Engine, EngineHandle, OpenOptions};
+pub use events::{EventKinds, LifecycleEvent, ReleaseReceipt, SessionEndEvent, SessionStarted};
+pub use gpu::{AllocRequest, Allocated, GpuError, GpuPool, InMemoryPool, PoolInfo, PoolStats, ReleaseReport};
+pub use ids::{AllocationId, Caller, Owner, ParseIdError, SessionId, TraceId};
+pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
+pub use registry::{OpenError, RegistryStats, ShutdownReport};
+pub use session::{AllocError, SessionError, SessionHandle, SessionInfo, Turn, TurnAck};

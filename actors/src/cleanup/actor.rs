@@ -1,0 +1,102 @@
+//! Ground rules: a cleanup actor never touches the GPU. It waits for the
+//! pacer, hands the session to the pool (whose own thread destroys and polls),
+//! and reports the receipt to the registry. Each end is handled in a future
+//! of its own, so one slow release does not hold up the others.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::pacer::Pacer;
+use crate::events::{LifecycleEvent, ReleaseReceipt, SessionEndEvent};
+use crate::gpu::GpuPool;
+use crate::registry::ReleaseCompleted;
+
+pub(crate) struct CleanupActor {
+    pool: Arc<dyn GpuPool>,
+    pacer: Arc<Pacer>,
+    registry: Recipient<ReleaseCompleted>,
+    mailbox_capacity: usize,
+}
+
+impl CleanupActor {
+    pub(crate) fn new(
+        pool: Arc<dyn GpuPool>,
+        pacer: Arc<Pacer>,
+        registry: Recipient<ReleaseCompleted>,
+        mailbox_capacity: usize,
+    ) -> Self {
+        CleanupActor { pool, pacer, registry, mailbox_capacity }
+    }
+}
+
+impl Actor for CleanupActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.mailbox_capacity);
+    }
+}
+
+impl Handler<LifecycleEvent> for CleanupActor {
+    type Result = ();
+
+    fn handle(&mut self, event: LifecycleEvent, ctx: &mut Self::Context) {
+        let LifecycleEvent::Ended(ended) = event else { return };
+        let release = release(ended, self.pool.clone(), self.pacer.clone(), self.registry.clone());
+        ctx.spawn(release.into_actor(self));
+    }
+}
+
+async fn release(ended: Arc<SessionEndEvent>, pool: Arc<dyn GpuPool>, pacer: Arc<Pacer>, registry: Recipient<ReleaseCompleted>) {
+    let paced_for = pacer.admit(ended.allocations.len() as u64).await;
+    let (reply, report) = oneshot::channel();
+    pool.release_session(ended.id, reply);
+    let receipt = match report.await {
+        Ok(report) => {
+            if report.buffers < ended.allocations.len() as u64 {
+                tracing::warn!(
+                    target: "sessionbus::supervisor",
+                    event = "release.short",
+                    session_id = %ended.id,
+                    expected = ended.allocations.len(),
+                    released = report.buffers,
+                    "the pool released fewer buffers than the session held"
+                );
+            }
+            ReleaseReceipt {
+                id: ended.id,
+                reason: ended.reason,
+                buffers: report.buffers,
+                bytes: report.bytes,
+                ended_at: ended.ended_instant,
+                released_at: report.finished_at,
+                paced_for,
+                error: None,
+            }
+        }
+        Err(_) => {
+            tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "release.failed",
+                session_id = %ended.id,
+                buffers = ended.allocations.len(),
+                "the GPU pool dropped a release request; its memory may not be back"
+            );
+            ReleaseReceipt {
+                id: ended.id,
+                reason: ended.reason,
+                buffers: 0,
+                bytes: 0,
+                ended_at: ended.ended_instant,
+                released_at: Instant::now(),
+                paced_for,
+                error: Some("the GPU pool is not running".into()),
+            }
+        }
+    };
+    // The receipt closes the session's books; it must reach the registry.
+    let _ = registry.send(ReleaseCompleted { receipt }).await;
+}

@@ -1,0 +1,138 @@
+//! The engine's configuration: sessions, release pacing, the bus.
+//! Every field has a documented default; `validate` refuses nonsense with an
+//! error that names the field.
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration value that cannot work, named by its path (`release.burst`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {field}: {reason}")]
+pub struct ConfigError {
+    /// The field's path, as written in TOML.
+    pub field: &'static str,
+    /// What is wrong and what is accepted.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// An error for `field`.
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError { field, reason: reason.into() }
+    }
+}
+
+fn at_least(field: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::new(field, format!("must be at least {min}, got {value}")));
+    }
+    Ok(())
+}
+
+/// Limits on sessions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Live sessions admitted at once; `open` past it is refused with `OpenError::AtCapacity`.
+    /// Default 1 000 000: an idle session costs about a kilobyte.
+    pub max_sessions: usize,
+    /// GPU bytes one session may hold; an allocation past it is refused. Default 4 GiB.
+    pub max_session_bytes: u64,
+    /// Messages that may wait in one session's mailbox before senders wait. Default 64.
+    pub mailbox_capacity: usize,
+    /// Ended sessions remembered, so late messages get "session gone" and a second
+    /// close gets the same receipt. Default 100 000.
+    pub tombstones: usize,
+    /// How long an ended session is remembered, in seconds. Default 3 600.
+    pub tombstone_ttl_secs: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            max_sessions: 1_000_000,
+            max_session_bytes: 4 << 30,
+            mailbox_capacity: 64,
+            tombstones: 100_000,
+            tombstone_ttl_secs: 3_600,
+        }
+    }
+}
+
+impl SessionsConfig {
+    /// Refuses values that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        at_least("sessions.max_sessions", self.max_sessions as u64, 1)?;
+        at_least("sessions.max_session_bytes", self.max_session_bytes, 1)?;
+        at_least("sessions.mailbox_capacity", self.mailbox_capacity as u64, 1)?;
+        at_least("sessions.tombstones", self.tombstones as u64, 1)?;
+        at_least("sessions.tombstone_ttl_secs", self.tombstone_ttl_secs, 1)
+    }
+}
+
+/// Pacing of GPU release (a GCRA limiter, in buffers).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReleaseConfig {
+    /// Sustained buffers destroyed per second. Default 1 000 000: far above what a
+    /// normal workload ends, so pacing only shows in a storm.
+    pub buffers_per_second: u32,
+    /// Buffers that may be destroyed at once before pacing starts. Default 65 536.
+    pub burst: u32,
+}
+
+impl Default for ReleaseConfig {
+    fn default() -> Self {
+        ReleaseConfig { buffers_per_second: 1_000_000, burst: 65_536 }
+    }
+}
+
+impl ReleaseConfig {
+    /// Refuses values that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        at_least("release.buffers_per_second", self.buffers_per_second.into(), 1)?;
+        at_least("release.burst", self.burst.into(), 1)
+    }
+}
+
+/// The lifecycle event bus.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// Events that may wait for one channel subscriber before the bus applies its
+    /// delivery policy (drop for best-effort subscribers, wait for reliable ones). Default 4 096.
+    pub subscriber_capacity: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig { subscriber_capacity: 4_096 }
+    }
+}
+
+impl BusConfig {
+    /// Refuses values that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        at_least("bus.subscriber_capacity", self.subscriber_capacity as u64, 1)
+    }
+}
+
+/// Everything the engine needs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Session limits.
+    pub sessions: SessionsConfig,
+    /// Release pacing.
+    pub release: ReleaseConfig,
+    /// The event bus.
+    pub bus: BusConfig,
+}
+
+impl EngineConfig {
+    /// Refuses values that cannot work, naming the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.sessions.validate()?;
+        self.release.validate()?;
+        self.bus.validate()
+    }
+}

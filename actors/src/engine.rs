@@ -1,0 +1,144 @@
+//! Starting the engine, and the handle an application drives it with.
+
+use std::sync::Arc;
+
+use actix::{Actor, Addr, AsyncContext, Recipient};
+use tokio::sync::mpsc;
+
+use crate::bus::{Delivery, Sink, SubscriptionId};
+use crate::cleanup::{CleanupActor, Pacer};
+use crate::config::{ConfigError, EngineConfig};
+use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt};
+use crate::gpu::{GpuPool, PoolInfo, PoolStats};
+use crate::ids::{Caller, Owner, SessionId, TraceId};
+use crate::registry::*;
+use crate::session::{SessionError, SessionHandle};
+
+/// Options for opening a session.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Who owns the session.
+    pub owner: Owner,
+    /// The application request's trace id (a fresh one is drawn if `None`).
+    pub trace_id: Option<TraceId>,
+}
+
+impl OpenOptions {
+    /// Options for `owner`, with a fresh trace id.
+    pub fn new(owner: impl Into<Owner>) -> Self {
+        OpenOptions { owner: owner.into(), trace_id: None }
+    }
+}
+
+/// Starts the engine's actors.
+#[derive(Debug)]
+pub struct Engine;
+
+impl Engine {
+    /// Starts the registry and the cleanup actor on the current actix arbiter.
+    /// Must be called from inside a running actix `System`.
+    pub fn start(config: EngineConfig, pool: Arc<dyn GpuPool>) -> Result<EngineHandle, ConfigError> {
+        config.validate()?;
+        let pacer = Arc::new(Pacer::new(&config.release));
+        let capacity = config.bus.subscriber_capacity;
+        let registry = RegistryActor::create({
+            let pool = pool.clone();
+            move |ctx| {
+                let mut registry = RegistryActor::new(config.sessions, pool.clone());
+                let cleanup = CleanupActor::new(pool, pacer, ctx.address().recipient(), capacity).start();
+                registry.subscribe(Sink::Actor(cleanup.recipient()), EventKinds::ENDED, Delivery::Reliable);
+                registry
+            }
+        });
+        Ok(EngineHandle { registry, pool, bus_capacity: capacity })
+    }
+}
+
+/// The running engine. Cheap to clone; usable from any thread and any executor.
+#[derive(Clone)]
+pub struct EngineHandle {
+    registry: Addr<RegistryActor>,
+    pool: Arc<dyn GpuPool>,
+    bus_capacity: usize,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle").field("pool", self.pool.info()).finish()
+    }
+}
+
+impl EngineHandle {
+    /// Opens a session owned by `owner`; the handle acts as that owner.
+    pub async fn open(&self, owner: impl Into<Owner>) -> Result<SessionHandle, OpenError> {
+        self.open_with(OpenOptions::new(owner)).await
+    }
+
+    /// Opens a session with options.
+    pub async fn open_with(&self, options: OpenOptions) -> Result<SessionHandle, OpenError> {
+        let owner = options.owner;
+        let open = Open { owner: owner.clone(), trace_id: options.trace_id.unwrap_or_else(TraceId::random) };
+        let opened = self.registry.send(open).await.map_err(|_| OpenError::RuntimeStopped)??;
+        Ok(SessionHandle::new(opened.id, Caller::User(owner), opened.addr, opened.shared, self.registry.clone()))
+    }
+
+    /// A handle to an existing session, for `caller` (its owner, or an operator).
+    pub async fn attach(&self, id: SessionId, caller: impl Into<Caller>) -> Result<SessionHandle, SessionError> {
+        let caller = caller.into();
+        let attach = Attach { id, caller: caller.clone() };
+        let opened = self.registry.send(attach).await.map_err(|_| SessionError::RuntimeStopped)??;
+        Ok(SessionHandle::new(opened.id, caller, opened.addr, opened.shared, self.registry.clone()))
+    }
+
+    /// Closes a session by id; resolves with its release receipt. Closing an
+    /// ended session returns the receipt of its end.
+    pub async fn close(&self, id: SessionId, caller: impl Into<Caller>) -> Result<ReleaseReceipt, SessionError> {
+        let close = CloseById { id, caller: caller.into() };
+        self.registry.send(close).await.map_err(|_| SessionError::RuntimeStopped)?
+    }
+
+    /// Subscribes an actor to lifecycle events of `kinds`.
+    pub async fn subscribe(
+        &self,
+        recipient: Recipient<LifecycleEvent>,
+        kinds: EventKinds,
+        delivery: Delivery,
+    ) -> Option<SubscriptionId> {
+        let subscribe = Subscribe { sink: Sink::Actor(recipient), kinds, delivery };
+        self.registry.send(subscribe).await.ok()
+    }
+
+    /// Subscribes a tokio channel (capacity `bus.subscriber_capacity`) to
+    /// lifecycle events of `kinds`, for applications without actors.
+    pub async fn subscribe_channel(&self, kinds: EventKinds, delivery: Delivery) -> Option<mpsc::Receiver<LifecycleEvent>> {
+        let (sender, receiver) = mpsc::channel(self.bus_capacity);
+        let subscribe = Subscribe { sink: Sink::Channel(sender), kinds, delivery };
+        self.registry.send(subscribe).await.ok().map(|_| receiver)
+    }
+
+    /// Removes a subscription.
+    pub async fn unsubscribe(&self, id: SubscriptionId) -> bool {
+        self.registry.send(Unsubscribe(id)).await.unwrap_or(false)
+    }
+
+    /// The registry's counters.
+    pub async fn stats(&self) -> Option<RegistryStats> {
+        self.registry.send(Stats).await.ok()
+    }
+
+    /// The GPU pool's device.
+    pub fn pool_info(&self) -> &PoolInfo {
+        self.pool.info()
+    }
+
+    /// The GPU pool's own counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Stops admitting sessions, ends every live session with reason
+    /// `shutdown`, and resolves once all their memory is released.
+    pub async fn shutdown(&self) -> Option<ShutdownReport> {
+        self.registry.send(Shutdown).await.ok()
+    }
+}

@@ -1,0 +1,139 @@
+//! What the bus carries: lifecycle events, shared by reference (`Arc`) so
+//! fan-out to many subscribers copies nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::Message;
+
+use crate::gpu::Allocated;
+use crate::ids::{Owner, SessionId, TraceId};
+use crate::lifecycle::EndReason;
+
+/// A session was opened and is established.
+#[derive(Clone, Debug)]
+pub struct SessionStarted {
+    /// The new session.
+    pub id: SessionId,
+    /// Who owns it.
+    pub owner: Owner,
+    /// The trace of the request that opened it.
+    pub trace_id: TraceId,
+    /// When it was opened (wall clock).
+    pub at: SystemTime,
+}
+
+/// A session ended. Published exactly once per session, by the registry only.
+#[derive(Clone, Debug)]
+pub struct SessionEndEvent {
+    /// The session.
+    pub id: SessionId,
+    /// Who owned it.
+    pub owner: Owner,
+    /// Why it ended.
+    pub reason: EndReason,
+    /// The GPU buffers it held when it ended (the engine's own ledger; the
+    /// release receipt says what the pool actually freed).
+    pub allocations: Vec<Allocated>,
+    /// Sum of `allocations`' bytes.
+    pub bytes: u64,
+    /// When it was opened.
+    pub created_at: SystemTime,
+    /// Its last activity (message, touch or allocation).
+    pub last_active_at: SystemTime,
+    /// When it ended (wall clock, for logs and audit).
+    pub ended_at: SystemTime,
+    /// When it ended (monotonic, for measuring how long the release took).
+    pub ended_instant: Instant,
+    /// Grows by one with every accepted event on the session; the end carries the last one.
+    pub version: u64,
+    /// The trace of the request that opened it.
+    pub trace_id: TraceId,
+}
+
+/// A session's GPU memory has been given back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseReceipt {
+    /// The session.
+    pub id: SessionId,
+    /// Why it ended.
+    pub reason: EndReason,
+    /// Buffers destroyed.
+    pub buffers: u64,
+    /// Bytes those buffers held.
+    pub bytes: u64,
+    /// When the session ended.
+    pub ended_at: Instant,
+    /// When its buffers were destroyed and the device polled.
+    pub released_at: Instant,
+    /// Time spent waiting for the release pacer (zero unless a storm is being paced).
+    pub paced_for: Duration,
+    /// What went wrong, if the memory could not be released (an incident, logged as an error).
+    pub error: Option<String>,
+}
+
+impl ReleaseReceipt {
+    /// From the end of the session to its memory being back.
+    pub fn end_to_release(&self) -> Duration {
+        self.released_at.saturating_duration_since(self.ended_at)
+    }
+}
+
+/// Any lifecycle event. Subscribers choose which kinds they get with [`EventKinds`].
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "()")]
+pub enum LifecycleEvent {
+    /// A session started.
+    Started(Arc<SessionStarted>),
+    /// A session ended.
+    Ended(Arc<SessionEndEvent>),
+    /// A session's memory was released.
+    Released(Arc<ReleaseReceipt>),
+}
+
+impl LifecycleEvent {
+    /// The event's kind, as a one-bit set.
+    pub fn kind(&self) -> EventKinds {
+        match self {
+            LifecycleEvent::Started(_) => EventKinds::STARTED,
+            LifecycleEvent::Ended(_) => EventKinds::ENDED,
+            LifecycleEvent::Released(_) => EventKinds::RELEASED,
+        }
+    }
+
+    /// The session the event is about.
+    pub fn session_id(&self) -> SessionId {
+        match self {
+            LifecycleEvent::Started(e) => e.id,
+            LifecycleEvent::Ended(e) => e.id,
+            LifecycleEvent::Released(e) => e.id,
+        }
+    }
+}
+
+/// A set of event kinds a subscriber wants.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub struct EventKinds(u8);
+
+impl EventKinds {
+    /// Session started.
+    pub const STARTED: EventKinds = EventKinds(1);
+    /// Session ended.
+    pub const ENDED: EventKinds = EventKinds(2);
+    /// Session memory released.
+    pub const RELEASED: EventKinds = EventKinds(4);
+    /// Every kind.
+    pub const ALL: EventKinds = EventKinds(7);
+
+    /// Whether `other` is in this set.
+    pub fn contains(self, other: EventKinds) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for EventKinds {
+    type Output = EventKinds;
+    fn bitor(self, rhs: Self) -> Self {
+        EventKinds(self.0 | rhs.0)
+    }
+}

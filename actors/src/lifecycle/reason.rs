@@ -1,0 +1,57 @@
+use std::fmt;
+
+/// Why a session ended. Every `SessionEndEvent` carries exactly one.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The owner (or an operator) closed it.
+    Closed,
+    /// Every handle to it was dropped: the client went away.
+    Disconnected,
+    /// No activity for longer than its idle timeout.
+    IdleTimeout,
+    /// Its absolute time to live ran out.
+    TtlExpired,
+    /// Ended to make room (GPU memory pressure or the session limit).
+    Evicted,
+    /// The runtime shut down.
+    Shutdown,
+    /// Its actor died without ending it (a panic inside a handler).
+    Crashed,
+    /// A lease on it stopped heartbeating and the session was forced to end.
+    LeaseLost,
+}
+
+impl EndReason {
+    /// Every reason, in declaration order (for reports that list them all).
+    pub const ALL: [EndReason; 8] = [
+        EndReason::Closed,
+        EndReason::Disconnected,
+        EndReason::IdleTimeout,
+        EndReason::TtlExpired,
+        EndReason::Evicted,
+        EndReason::Shutdown,
+        EndReason::Crashed,
+        EndReason::LeaseLost,
+    ];
+
+    /// The stable snake_case name used in logs, metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Closed => "closed",
+            EndReason::Disconnected => "disconnected",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::TtlExpired => "ttl_expired",
+            EndReason::Evicted => "evicted",
+            EndReason::Shutdown => "shutdown",
+            EndReason::Crashed => "crashed",
+            EndReason::LeaseLost => "lease_lost",
+        }
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,422 @@
+//! Ground rules: the registry is the only owner of the id → session map and
+//! the only publisher of `SessionEndEvent`. It never waits on anything slow:
+//! GPU work happens on the pool's thread, subscribers are fed without waiting
+//! (see `bus`), and futures it hands out resolve from messages it receives.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use actix::WeakAddr;
+use tokio::sync::oneshot;
+
+use super::error::OpenError;
+use super::messages::*;
+use super::stats::{RegistryStats, ShutdownReport};
+use super::tombstones::{Tombstone, Tombstones};
+use crate::bus::{Bus, Delivery, Sink, SubscriptionId};
+use crate::config::SessionsConfig;
+use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt, SessionStarted};
+use crate::gpu::GpuPool;
+use crate::ids::{Caller, Owner, SessionId};
+use crate::lifecycle::EndReason;
+use crate::session::{End, EndGuard, SessionActor, SessionError, SessionLimits, SessionShared};
+
+struct LiveSession {
+    addr: WeakAddr<SessionActor>,
+    owner: Owner,
+    shared: Arc<SessionShared>,
+    /// Callers waiting for this session's receipt (closed by id, or a racing second close).
+    waiters: Vec<oneshot::Sender<ReleaseReceipt>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    opened: u64,
+    ended_by: [u64; EndReason::ALL.len()],
+    released: u64,
+    released_buffers: u64,
+    released_bytes: u64,
+    incidents: u64,
+}
+
+struct ShutdownInProgress {
+    started: Instant,
+    sessions_ended: u64,
+    buffers_before: u64,
+    bytes_before: u64,
+    waiters: Vec<oneshot::Sender<ShutdownReport>>,
+}
+
+pub(crate) struct RegistryActor {
+    config: SessionsConfig,
+    pool: Arc<dyn GpuPool>,
+    bus: Bus,
+    sessions: HashMap<SessionId, LiveSession>,
+    tombstones: Tombstones,
+    releasing: usize,
+    counters: Counters,
+    shutdown: Option<ShutdownInProgress>,
+}
+
+impl RegistryActor {
+    pub(crate) fn new(config: SessionsConfig, pool: Arc<dyn GpuPool>) -> Self {
+        let tombstones = Tombstones::new(config.tombstones, Duration::from_secs(config.tombstone_ttl_secs));
+        RegistryActor {
+            config,
+            pool,
+            bus: Bus::default(),
+            sessions: HashMap::new(),
+            tombstones,
+            releasing: 0,
+            counters: Counters::default(),
+            shutdown: None,
+        }
+    }
+
+    pub(crate) fn subscribe(&mut self, sink: Sink, kinds: EventKinds, delivery: Delivery) -> SubscriptionId {
+        self.bus.subscribe(sink, kinds, delivery)
+    }
+
+    fn stats(&self) -> RegistryStats {
+        let ended_by: Vec<_> = EndReason::ALL
+            .iter()
+            .zip(self.counters.ended_by)
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| (*r, n))
+            .collect();
+        RegistryStats {
+            live: self.sessions.len(),
+            releasing: self.releasing,
+            opened: self.counters.opened,
+            ended: ended_by.iter().map(|(_, n)| n).sum(),
+            ended_by,
+            released: self.counters.released,
+            released_buffers: self.counters.released_buffers,
+            released_bytes: self.counters.released_bytes,
+            incidents: self.counters.incidents,
+            bus_dropped: self.bus.dropped_total(),
+        }
+    }
+
+    fn unauthorized(id: SessionId, caller: &Caller) -> SessionError {
+        SessionError::Unauthorized { id, caller: caller.to_string() }
+    }
+
+    /// Registers `waiter` for the receipt of `id`, or answers at once.
+    fn wait_for_receipt(&mut self, id: SessionId, caller: &Caller) -> Result<oneshot::Receiver<ReleaseReceipt>, SessionError> {
+        let (waiter, receipt) = oneshot::channel();
+        if let Some(live) = self.sessions.get_mut(&id) {
+            if !caller.may_act_on(&live.owner) {
+                return Err(Self::unauthorized(id, caller));
+            }
+            live.waiters.push(waiter);
+        } else if let Some(stone) = self.tombstones.get_mut(&id) {
+            if !caller.may_act_on(&stone.owner) {
+                return Err(Self::unauthorized(id, caller));
+            }
+            match &stone.receipt {
+                Some(done) => {
+                    let _ = waiter.send(done.clone());
+                }
+                None => stone.waiters.push(waiter),
+            }
+        } else {
+            return Err(SessionError::Unknown { id });
+        }
+        Ok(receipt)
+    }
+
+    fn finish_shutdown_if_done(&mut self) {
+        if !self.sessions.is_empty() || self.releasing > 0 {
+            return;
+        }
+        let Some(shutdown) = self.shutdown.as_mut() else { return };
+        if shutdown.waiters.is_empty() {
+            return;
+        }
+        let report = ShutdownReport {
+            sessions_ended: shutdown.sessions_ended,
+            buffers_released: self.counters.released_buffers - shutdown.buffers_before,
+            bytes_released: self.counters.released_bytes - shutdown.bytes_before,
+            took: shutdown.started.elapsed(),
+            stats: RegistryStats::default(),
+        };
+        let waiters = std::mem::take(&mut shutdown.waiters);
+        let report = ShutdownReport { stats: self.stats(), ..report };
+        tracing::info!(
+            target: "sessionbus::supervisor",
+            event = "runtime.shutdown_complete",
+            sessions_ended = report.sessions_ended,
+            bytes = report.bytes_released,
+            duration_us = report.took.as_micros() as u64,
+            "shutdown complete: every session ended and all GPU memory released"
+        );
+        for waiter in waiters {
+            let _ = waiter.send(report.clone());
+        }
+    }
+
+    fn incident(&mut self) {
+        self.counters.incidents += 1;
+    }
+}
+
+impl Actor for RegistryActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Session ends must never wait on a full registry mailbox for long.
+        ctx.set_mailbox_capacity(self.config.mailbox_capacity.max(1024));
+    }
+}
+
+impl Handler<Open> for RegistryActor {
+    type Result = Result<Opened, OpenError>;
+
+    fn handle(&mut self, msg: Open, ctx: &mut Self::Context) -> Self::Result {
+        if self.shutdown.is_some() {
+            return Err(OpenError::ShuttingDown);
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            tracing::warn!(
+                target: "sessionbus::supervisor",
+                event = "session.refused",
+                limit = self.config.max_sessions,
+                "session refused: limit reached"
+            );
+            return Err(OpenError::AtCapacity { limit: self.config.max_sessions });
+        }
+        let id = loop {
+            let id = SessionId::random();
+            if !self.sessions.contains_key(&id) && !self.tombstones.contains(&id) {
+                break id;
+            }
+        };
+        let shared = Arc::new(SessionShared::new());
+        let record = EndGuard::new(id, msg.owner.clone(), msg.trace_id, shared.clone(), ctx.address().recipient());
+        let limits = SessionLimits {
+            max_bytes: self.config.max_session_bytes,
+            max_buffer_size: self.pool.info().max_buffer_size,
+        };
+        let session = SessionActor::new(record, self.pool.clone(), limits);
+        let capacity = self.config.mailbox_capacity;
+        let addr = SessionActor::create(move |ctx| {
+            ctx.set_mailbox_capacity(capacity);
+            session
+        });
+        self.sessions.insert(
+            id,
+            LiveSession { addr: addr.downgrade(), owner: msg.owner.clone(), shared: shared.clone(), waiters: Vec::new() },
+        );
+        self.counters.opened += 1;
+        tracing::info!(
+            target: "sessionbus::supervisor",
+            event = "session.started",
+            session_id = %id,
+            trace_id = %msg.trace_id,
+            "session started"
+        );
+        let started = SessionStarted { id, owner: msg.owner, trace_id: msg.trace_id, at: SystemTime::now() };
+        self.bus.publish(LifecycleEvent::Started(Arc::new(started)));
+        Ok(Opened { id, addr, shared })
+    }
+}
+
+impl Handler<Attach> for RegistryActor {
+    type Result = Result<Opened, SessionError>;
+
+    fn handle(&mut self, msg: Attach, _ctx: &mut Self::Context) -> Self::Result {
+        let id = msg.id;
+        if let Some(live) = self.sessions.get(&id) {
+            if !msg.caller.may_act_on(&live.owner) {
+                return Err(Self::unauthorized(id, &msg.caller));
+            }
+            if let Some(addr) = live.addr.upgrade() {
+                return Ok(Opened { id, addr, shared: live.shared.clone() });
+            }
+            // The actor is stopping; its end is on the way. Answer as for an ended session.
+            let (state, reason) = (live.shared.state(), live.shared.reason());
+            return Err(SessionError::NotEstablished { id, state, event: crate::lifecycle::Event::Touch, reason });
+        }
+        match self.tombstones.get_mut(&id) {
+            Some(stone) if !msg.caller.may_act_on(&stone.owner) => Err(Self::unauthorized(id, &msg.caller)),
+            Some(stone) => Err(SessionError::NotEstablished {
+                id,
+                state: stone.shared.state(),
+                event: crate::lifecycle::Event::Touch,
+                reason: Some(stone.reason),
+            }),
+            None => Err(SessionError::Unknown { id }),
+        }
+    }
+}
+
+impl Handler<CloseById> for RegistryActor {
+    type Result = ResponseFuture<Result<ReleaseReceipt, SessionError>>;
+
+    fn handle(&mut self, msg: CloseById, _ctx: &mut Self::Context) -> Self::Result {
+        let receipt = self.wait_for_receipt(msg.id, &msg.caller);
+        if let (Ok(_), Some(live)) = (&receipt, self.sessions.get(&msg.id)) {
+            if let Some(addr) = live.addr.upgrade() {
+                let end = End { caller: msg.caller, reason: EndReason::Closed, waiter: None };
+                // Refusal means it is already ending; the waiter above gets the receipt either way.
+                actix::spawn(async move {
+                    let _ = addr.send(end).await;
+                });
+            }
+        }
+        Box::pin(async move { receipt?.await.map_err(|_| SessionError::RuntimeStopped) })
+    }
+}
+
+impl Handler<AwaitReceipt> for RegistryActor {
+    type Result = ResponseFuture<Result<ReleaseReceipt, SessionError>>;
+
+    fn handle(&mut self, msg: AwaitReceipt, _ctx: &mut Self::Context) -> Self::Result {
+        let receipt = self.wait_for_receipt(msg.id, &msg.caller);
+        Box::pin(async move { receipt?.await.map_err(|_| SessionError::RuntimeStopped) })
+    }
+}
+
+impl Handler<SessionFinished> for RegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionFinished, _ctx: &mut Self::Context) {
+        let event = msg.event;
+        let id = event.id;
+        let Some(live) = self.sessions.remove(&id) else {
+            // Cannot happen by construction (the end guard reports once); if it
+            // does, publishing again would break "exactly one end".
+            self.incident();
+            tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "session.duplicate_end",
+                session_id = %id,
+                reason = %event.reason,
+                "a second end was reported for a session; ignored"
+            );
+            return;
+        };
+        let reason = event.reason;
+        let index = EndReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.counters.ended_by[index] += 1;
+        if reason == EndReason::Crashed {
+            self.incident();
+        }
+        self.releasing += 1;
+        let mut waiters = live.waiters;
+        waiters.extend(msg.waiter);
+        let stone = Tombstone { owner: live.owner, reason, shared: live.shared, receipt: None, waiters };
+        self.tombstones.insert(id, stone, Instant::now());
+        tracing::info!(
+            target: "sessionbus::supervisor",
+            event = "session.ended",
+            session_id = %id,
+            reason = %reason,
+            buffers = event.allocations.len(),
+            bytes = event.bytes,
+            trace_id = %event.trace_id,
+            "session ended"
+        );
+        self.bus.publish(LifecycleEvent::Ended(Arc::new(event)));
+    }
+}
+
+impl Handler<ReleaseCompleted> for RegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseCompleted, _ctx: &mut Self::Context) {
+        let receipt = msg.receipt;
+        let id = receipt.id;
+        self.releasing = self.releasing.saturating_sub(1);
+        self.counters.released += 1;
+        self.counters.released_buffers += receipt.buffers;
+        self.counters.released_bytes += receipt.bytes;
+        if receipt.error.is_some() {
+            self.incident();
+        }
+        tracing::info!(
+            target: "sessionbus::supervisor",
+            event = "session.released",
+            session_id = %id,
+            reason = %receipt.reason,
+            buffers = receipt.buffers,
+            bytes = receipt.bytes,
+            duration_us = receipt.end_to_release().as_micros() as u64,
+            "session memory released"
+        );
+        if let Some(stone) = self.tombstones.get_mut(&id) {
+            stone.shared.set_closed();
+            for waiter in stone.waiters.drain(..) {
+                let _ = waiter.send(receipt.clone());
+            }
+            stone.receipt = Some(receipt.clone());
+        }
+        self.bus.publish(LifecycleEvent::Released(Arc::new(receipt)));
+        self.finish_shutdown_if_done();
+    }
+}
+
+impl Handler<Subscribe> for RegistryActor {
+    type Result = MessageResult<Subscribe>;
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.subscribe(msg.sink, msg.kinds, msg.delivery))
+    }
+}
+
+impl Handler<Unsubscribe> for RegistryActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) -> bool {
+        self.bus.unsubscribe(msg.0)
+    }
+}
+
+impl Handler<Stats> for RegistryActor {
+    type Result = MessageResult<Stats>;
+
+    fn handle(&mut self, _msg: Stats, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.stats())
+    }
+}
+
+impl Handler<Shutdown> for RegistryActor {
+    type Result = ResponseFuture<ShutdownReport>;
+
+    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+        let (waiter, report) = oneshot::channel();
+        if self.shutdown.is_none() {
+            tracing::info!(
+                target: "sessionbus::supervisor",
+                event = "runtime.shutdown",
+                live = self.sessions.len(),
+                "shutdown: ending every session"
+            );
+            self.shutdown = Some(ShutdownInProgress {
+                started: Instant::now(),
+                sessions_ended: self.sessions.len() as u64,
+                buffers_before: self.counters.released_buffers,
+                bytes_before: self.counters.released_bytes,
+                waiters: Vec::new(),
+            });
+            let operator = Caller::Operator("sessionbus-shutdown".into());
+            for live in self.sessions.values() {
+                // An actor that cannot be reached is already stopping; its end guard reports it.
+                if let Some(addr) = live.addr.upgrade() {
+                    let end = End { caller: operator.clone(), reason: EndReason::Shutdown, waiter: None };
+                    actix::spawn(async move {
+                        let _ = addr.send(end).await;
+                    });
+                }
+            }
+        }
+        if let Some(shutdown) = self.shutdown.as_mut() {
+            shutdown.waiters.push(waiter);
+        }
+        self.finish_shutdown_if_done();
+        Box::pin(async move { report.await.unwrap_or_default() })
+    }
+}

@@ -1,0 +1,16 @@
+/// Why a session could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// `sessions.max_sessions` are live; close some or raise the limit.
+    #[error("session limit reached: {limit} live sessions (sessions.max_sessions); close sessions or raise the limit")]
+    AtCapacity {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The runtime is shutting down and admits no new sessions.
+    #[error("the runtime is shutting down and admits no new sessions")]
+    ShuttingDown,
+    /// The runtime is stopped.
+    #[error("the sessionbus runtime is not running")]
+    RuntimeStopped,
+}

@@ -1,0 +1,84 @@
+use std::sync::Arc;
+
+use actix::{Addr, Message};
+use tokio::sync::oneshot;
+
+use super::error::OpenError;
+use super::stats::{RegistryStats, ShutdownReport};
+use crate::bus::{Delivery, Sink, SubscriptionId};
+use crate::events::{EventKinds, ReleaseReceipt, SessionEndEvent};
+use crate::ids::{Caller, Owner, SessionId, TraceId};
+use crate::session::{SessionActor, SessionError, SessionShared};
+
+/// A newly opened or attached session's parts, from which a handle is built.
+pub(crate) struct Opened {
+    pub(crate) id: SessionId,
+    pub(crate) addr: Addr<SessionActor>,
+    pub(crate) shared: Arc<SessionShared>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Opened, OpenError>")]
+pub(crate) struct Open {
+    pub(crate) owner: Owner,
+    pub(crate) trace_id: TraceId,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Opened, SessionError>")]
+pub(crate) struct Attach {
+    pub(crate) id: SessionId,
+    pub(crate) caller: Caller,
+}
+
+/// Ends a session by id (for callers that hold no handle, e.g. an HTTP request).
+#[derive(Message)]
+#[rtype(result = "Result<ReleaseReceipt, SessionError>")]
+pub(crate) struct CloseById {
+    pub(crate) id: SessionId,
+    pub(crate) caller: Caller,
+}
+
+/// Resolves with the receipt of a session once it is released.
+#[derive(Message)]
+#[rtype(result = "Result<ReleaseReceipt, SessionError>")]
+pub(crate) struct AwaitReceipt {
+    pub(crate) id: SessionId,
+    pub(crate) caller: Caller,
+}
+
+/// A session's end, from its actor (or its drop guard).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SessionFinished {
+    pub(crate) event: SessionEndEvent,
+    pub(crate) waiter: Option<oneshot::Sender<ReleaseReceipt>>,
+}
+
+/// A session's memory is back, from a cleanup actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ReleaseCompleted {
+    pub(crate) receipt: ReleaseReceipt,
+}
+
+#[derive(Message)]
+#[rtype(result = "SubscriptionId")]
+pub(crate) struct Subscribe {
+    pub(crate) sink: Sink,
+    pub(crate) kinds: EventKinds,
+    pub(crate) delivery: Delivery,
+}
+
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub(crate) struct Unsubscribe(pub(crate) SubscriptionId);
+
+#[derive(Message)]
+#[rtype(result = "RegistryStats")]
+pub(crate) struct Stats;
+
+/// Ends every session with reason `shutdown` and resolves when all memory is back.
+#[derive(Message)]
+#[rtype(result = "ShutdownReport")]
+pub(crate) struct Shutdown;

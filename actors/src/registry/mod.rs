@@ -1,0 +1,13 @@
+//! The registry actor: the supervisor of every session, and the only
+//! publisher of `SessionEndEvent`.
+
+mod actor;
+mod error;
+mod messages;
+mod stats;
+mod tombstones;
+
+pub(crate) use actor::RegistryActor;
+pub use error::OpenError;
+pub(crate) use messages::*;
+pub use stats::{RegistryStats, ShutdownReport};

@@ -1,0 +1,48 @@
+use std::time::Duration;
+
+use crate::lifecycle::EndReason;
+
+/// Counts the registry keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RegistryStats {
+    /// Sessions live now.
+    pub live: usize,
+    /// Sessions ended whose memory is not yet released.
+    pub releasing: usize,
+    /// Sessions opened since start.
+    pub opened: u64,
+    /// Sessions ended since start.
+    pub ended: u64,
+    /// Ends per reason (only reasons that occurred).
+    pub ended_by: Vec<(EndReason, u64)>,
+    /// Sessions whose release completed.
+    pub released: u64,
+    /// GPU buffers released.
+    pub released_buffers: u64,
+    /// GPU bytes released.
+    pub released_bytes: u64,
+    /// Things that should not happen and were handled (each also logged at WARN or ERROR).
+    pub incidents: u64,
+    /// Events dropped for best-effort bus subscribers.
+    pub bus_dropped: u64,
+}
+
+/// What `shutdown` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ShutdownReport {
+    /// Sessions live when shutdown began, ended with reason `shutdown`.
+    pub sessions_ended: u64,
+    /// Buffers released during shutdown (including releases already under way).
+    pub buffers_released: u64,
+    /// Bytes released during shutdown.
+    pub bytes_released: u64,
+    /// How long shutdown took.
+    #[serde(serialize_with = "micros")]
+    pub took: Duration,
+    /// The registry's counters at the end.
+    pub stats: RegistryStats,
+}
+
+fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_micros() as u64)
+}

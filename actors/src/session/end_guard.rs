@@ -1,0 +1,109 @@
+//! The session's record, and the guarantee that its end is reported once.
+//!
+//! Ground rules: the session actor keeps everything the end event needs in an
+//! `EndGuard`. Reporting the end consumes that data, so it can happen only
+//! once. If the actor dies without reporting (a panic in a handler drops an
+//! actix actor, and nothing restarts it), the guard's `Drop` reports the end
+//! with reason `Crashed`, carrying the ledger, so the memory is still released.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use actix::Recipient;
+use tokio::sync::oneshot;
+
+use super::ledger::Ledger;
+use super::shared::SessionShared;
+use crate::events::{ReleaseReceipt, SessionEndEvent};
+use crate::ids::{Owner, SessionId, TraceId};
+use crate::lifecycle::EndReason;
+use crate::registry::SessionFinished;
+
+#[derive(Debug)]
+pub(crate) struct EndGuard {
+    pub(crate) id: SessionId,
+    pub(crate) owner: Owner,
+    pub(crate) trace_id: TraceId,
+    pub(crate) created_at: SystemTime,
+    pub(crate) last_active_at: SystemTime,
+    pub(crate) version: u64,
+    pub(crate) ledger: Ledger,
+    shared: Arc<SessionShared>,
+    registry: Recipient<SessionFinished>,
+    reported: bool,
+}
+
+impl EndGuard {
+    pub(crate) fn new(
+        id: SessionId,
+        owner: Owner,
+        trace_id: TraceId,
+        shared: Arc<SessionShared>,
+        registry: Recipient<SessionFinished>,
+    ) -> Self {
+        let now = SystemTime::now();
+        EndGuard {
+            id,
+            owner,
+            trace_id,
+            created_at: now,
+            last_active_at: now,
+            version: 1,
+            ledger: Ledger::default(),
+            shared,
+            registry,
+            reported: false,
+        }
+    }
+
+    /// Reports the end to the registry. Only the first call does anything.
+    pub(crate) fn report(&mut self, reason: EndReason, waiter: Option<oneshot::Sender<ReleaseReceipt>>) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
+        }
+        self.shared.set_closing(reason);
+        let (allocations, bytes) = self.ledger.take();
+        let event = SessionEndEvent {
+            id: self.id,
+            owner: self.owner.clone(),
+            reason,
+            allocations,
+            bytes,
+            created_at: self.created_at,
+            last_active_at: self.last_active_at,
+            ended_at: SystemTime::now(),
+            ended_instant: Instant::now(),
+            version: self.version + 1,
+            trace_id: self.trace_id,
+        };
+        let message = SessionFinished { event, waiter };
+        // This message carries memory to give back, so it must not be refused.
+        // A full registry mailbox falls back to `do_send`, which ignores capacity:
+        // the overflow is bounded by the number of sessions (each reports once).
+        match self.registry.try_send(message) {
+            Ok(()) => {}
+            Err(actix::dev::SendError::Full(message)) => self.registry.do_send(message),
+            Err(actix::dev::SendError::Closed(_)) => tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "session.end_unreported",
+                session_id = %self.id,
+                %reason,
+                "the registry is gone; this session's end cannot be published"
+            ),
+        }
+    }
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if !self.reported {
+            tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "session.crashed",
+                session_id = %self.id,
+                "session actor died without ending; reporting it as crashed"
+            );
+            self.report(EndReason::Crashed, None);
+        }
+    }
+}

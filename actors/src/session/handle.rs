@@ -1,0 +1,129 @@
+use std::sync::Arc;
+
+use actix::{Addr, MailboxError};
+use tokio::sync::oneshot;
+
+use super::actor::SessionActor;
+use super::error::SessionError;
+use super::messages::*;
+use super::shared::SessionShared;
+use crate::events::ReleaseReceipt;
+use crate::gpu::Allocated;
+use crate::ids::{Caller, SessionId};
+use crate::lifecycle::{EndReason, Event, State};
+use crate::registry::{AwaitReceipt, RegistryActor};
+
+/// A live session, as the application holds it.
+///
+/// Cheap to clone; every clone acts as the same caller. **Dropping the last
+/// handle is a disconnect**: the session ends with reason `Disconnected` and its
+/// memory is released. Every method can be awaited from any executor (actix,
+/// tokio, or a plain `block_on`).
+#[derive(Clone)]
+pub struct SessionHandle {
+    id: SessionId,
+    caller: Caller,
+    addr: Addr<SessionActor>,
+    shared: Arc<SessionShared>,
+    registry: Addr<RegistryActor>,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHandle").field("id", &self.id).field("caller", &self.caller).finish()
+    }
+}
+
+impl SessionHandle {
+    pub(crate) fn new(
+        id: SessionId,
+        caller: Caller,
+        addr: Addr<SessionActor>,
+        shared: Arc<SessionShared>,
+        registry: Addr<RegistryActor>,
+    ) -> Self {
+        SessionHandle { id, caller, addr, shared, registry }
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Who this handle acts as.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// The session's state as last published (may trail an in-flight message).
+    pub fn state(&self) -> State {
+        self.shared.state()
+    }
+
+    /// Sends one chat turn.
+    pub async fn chat(&self, turn: Turn) -> Result<TurnAck, SessionError> {
+        let sent = self.addr.send(Chat { caller: self.caller.clone(), turn }).await;
+        self.answer(sent, Event::Message)
+    }
+
+    /// Marks the session active without a turn.
+    pub async fn touch(&self) -> Result<(), SessionError> {
+        let sent = self.addr.send(Touch { caller: self.caller.clone() }).await;
+        self.answer(sent, Event::Touch)
+    }
+
+    /// Allocates one GPU buffer of `bytes` for this session. It is released
+    /// when the session ends, whatever ends it.
+    pub async fn allocate(&self, bytes: u64) -> Result<Allocated, SessionError> {
+        let sent = self.addr.send(Allocate { caller: self.caller.clone(), bytes }).await;
+        self.answer(sent, Event::Allocate)
+    }
+
+    /// A snapshot of the session.
+    pub async fn info(&self) -> Result<SessionInfo, SessionError> {
+        let sent = self.addr.send(Inspect { caller: self.caller.clone() }).await;
+        self.answer(sent, Event::Touch)
+    }
+
+    /// Closes the session and resolves once its GPU memory is actually
+    /// released (buffers destroyed, device polled). Closing again, from any
+    /// handle, returns the same receipt; nothing is released twice.
+    pub async fn close(&self) -> Result<ReleaseReceipt, SessionError> {
+        let (waiter, receipt) = oneshot::channel();
+        let end = End { caller: self.caller.clone(), reason: EndReason::Closed, waiter: Some(waiter) };
+        match self.addr.send(end).await {
+            Ok(Ok(())) => receipt.await.map_err(|_| SessionError::RuntimeStopped),
+            Ok(Err(SessionError::NotEstablished { .. })) | Err(MailboxError::Closed) => self.ended_receipt().await,
+            Ok(Err(other)) => Err(other),
+            Err(MailboxError::Timeout) => Err(SessionError::RuntimeStopped),
+        }
+    }
+
+    /// Makes the session's handler panic (fault-injection builds only), to
+    /// prove that a crashed session still ends once and releases everything.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_panic(&self) {
+        let _ = self.addr.send(InjectPanic).await;
+    }
+
+    /// The receipt of a session that has already ended (waits for it if the
+    /// release is still under way).
+    async fn ended_receipt(&self) -> Result<ReleaseReceipt, SessionError> {
+        let ask = AwaitReceipt { id: self.id, caller: self.caller.clone() };
+        self.registry.send(ask).await.map_err(|_| SessionError::RuntimeStopped)?
+    }
+
+    fn answer<T>(&self, sent: Result<Result<T, SessionError>, MailboxError>, event: Event) -> Result<T, SessionError> {
+        sent.unwrap_or_else(|_| Err(self.gone(event)))
+    }
+
+    /// The error for a request that reached a session whose actor is gone.
+    fn gone(&self, event: Event) -> SessionError {
+        let state = match self.shared.state() {
+            // The actor is gone, so it is at least closing, whatever was last stored.
+            State::Init | State::Established => State::Closing,
+            ended => ended,
+        };
+        SessionError::NotEstablished { id: self.id, state, event, reason: self.shared.reason() }
+    }
+}
