@@ -1,0 +1,143 @@
+//! The runtime's configuration: one serde struct, loadable from TOML, with a
+//! documented default for every field. Invalid values are refused at start
+//! with an error that names the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sessionbus_actors::{BusConfig, EngineConfig, ReleaseConfig, SessionsConfig};
+
+use crate::gpu::{GpuConfig, GpuConfigError};
+
+/// Everything the runtime can be told. `Config::default()` is the embedded
+/// default the demo runs on.
+///
+/// ```toml
+/// [sessions]
+/// max_sessions = 1000000        # live sessions admitted at once
+/// max_session_bytes = 4294967296 # GPU bytes one session may hold
+/// mailbox_capacity = 64         # messages waiting per session before senders wait
+/// tombstones = 100000           # ended sessions remembered (late messages get "session gone")
+/// tombstone_ttl_secs = 3600
+///
+/// [release]
+/// buffers_per_second = 1000000  # GCRA pacing of GPU release
+/// burst = 65536
+///
+/// [bus]
+/// subscriber_capacity = 4096    # queue per subscriber
+///
+/// [gpu]
+/// backend = "auto"              # auto | vulkan | gl | metal | dx12 (auto honours WGPU_BACKEND)
+/// # adapter = "llvmpipe"        # prefer adapters whose name contains this (or WGPU_ADAPTER_NAME)
+/// batch_max = 256               # GPU commands per batch, one device poll per batch
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Session limits.
+    pub sessions: SessionsConfig,
+    /// Pacing of GPU release.
+    pub release: ReleaseConfig,
+    /// The lifecycle event bus.
+    pub bus: BusConfig,
+    /// The GPU device and its worker thread.
+    pub gpu: GpuConfig,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML for this configuration (unknown keys included).
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A value is out of range (the error names the field).
+    #[error(transparent)]
+    Invalid(#[from] sessionbus_actors::ConfigError),
+    /// A GPU setting is out of range (the error names the field).
+    #[error(transparent)]
+    Gpu(#[from] GpuConfigError),
+}
+
+impl ConfigError {
+    /// The offending field's path, when the error is about one field.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid(e) => Some(e.field),
+            ConfigError::Gpu(e) => Some(e.field()),
+            _ => None,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::from_toml(&text)
+    }
+
+    /// Refuses values that cannot work, naming the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.engine().validate()?;
+        self.gpu.validate()?;
+        Ok(())
+    }
+
+    /// The engine's part.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig { sessions: self.sessions.clone(), release: self.release.clone(), bus: self.bus.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_to_the_defaults() {
+        let doc = include_str!("config.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.contains("```toml"))
+            .skip(1)
+            .take_while(|l| !l.contains("```"))
+            .map(|l| l.trim_start_matches("///").trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(Config::from_toml(&example).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = Config::from_toml("[sessions]\nmax_session = 5\n").unwrap_err();
+        assert!(err.to_string().contains("max_session"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_field() {
+        let err = Config::from_toml("[sessions]\nmax_sessions = 0\n").unwrap_err();
+        assert_eq!(err.field(), Some("sessions.max_sessions"));
+        let err = Config::from_toml("[release]\nbuffers_per_second = -1\n").unwrap_err();
+        assert!(err.to_string().contains("buffers_per_second"), "{err}");
+        let err = Config::from_toml("[gpu]\nbackend = \"glide\"\n").unwrap_err();
+        assert!(err.to_string().contains("glide"), "{err}");
+    }
+}

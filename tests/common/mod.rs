@@ -1,0 +1,72 @@
+//! Shared set-up for the integration tests: a real runtime on a real wgpu
+//! adapter (Mesa's software Vulkan driver where there is no GPU), and leak
+//! checks that read wgpu's own counters.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sessionbus::gpu::GpuCounters;
+use sessionbus::{Config, Delivery, EndReason, EventKinds, LifecycleEvent, Runtime, SessionId};
+use tokio::sync::mpsc;
+
+pub const KIB: u64 = 1 << 10;
+pub const MIB: u64 = 1 << 20;
+
+pub struct Harness {
+    pub rt: Runtime,
+    pub baseline: GpuCounters,
+    pub events: mpsc::Receiver<LifecycleEvent>,
+}
+
+pub async fn start() -> Harness {
+    start_with(Config::default()).await
+}
+
+pub async fn start_with(config: Config) -> Harness {
+    let rt = Runtime::start(config).await.expect("runtime starts on a real adapter (install mesa-vulkan-drivers)");
+    let baseline = rt.gpu_counters();
+    let events = rt.subscribe_channel(EventKinds::ALL, Delivery::Reliable).await.expect("subscribe");
+    Harness { rt, baseline, events }
+}
+
+impl Harness {
+    /// Reads events until `n` releases have been seen.
+    pub async fn until_released(&mut self, n: usize) -> Vec<LifecycleEvent> {
+        let mut seen = Vec::new();
+        let mut released = 0;
+        while released < n {
+            let event = tokio::time::timeout(Duration::from_secs(30), self.events.recv())
+                .await
+                .expect("a release arrives")
+                .expect("bus open");
+            released += matches!(event, LifecycleEvent::Released(_)) as usize;
+            seen.push(event);
+        }
+        seen
+    }
+
+    /// wgpu's own counters are back where they were before any session.
+    pub fn assert_gpu_at_baseline(&self) {
+        assert_eq!(self.rt.gpu_counters(), self.baseline, "wgpu counters (hal.buffers, hal.buffer_memory) not at baseline");
+    }
+
+    /// Shuts down and checks wgpu's counters after the final poll.
+    pub async fn shutdown_at_baseline(self) -> sessionbus::StopReport {
+        let baseline = self.baseline;
+        let report = self.rt.shutdown().await;
+        assert_eq!(report.gpu_after, baseline, "wgpu counters after shutdown");
+        report
+    }
+}
+
+/// End events per session id, in arrival order.
+pub fn ends_by_session(events: &[LifecycleEvent]) -> HashMap<SessionId, Vec<EndReason>> {
+    let mut ends: HashMap<SessionId, Vec<EndReason>> = HashMap::new();
+    for event in events {
+        if let LifecycleEvent::Ended(end) = event {
+            ends.entry(end.id).or_default().push(end.reason);
+        }
+    }
+    ends
+}
