@@ -96,7 +96,10 @@ pub(crate) fn open_device(config: &GpuConfig) -> Result<OpenedDevice, GpuInitErr
             adapter: info.name.clone(),
             backend,
             device_type: device_type_name(info.device_type).to_owned(),
-            max_buffer_size: limits.max_buffer_size,
+            // Rounded down to whole copy units: every request up to this
+            // figure still fits once the worker rounds it up (lavapipe
+            // reports 2^31 - 1, where a request of exactly that would fail).
+            max_buffer_size: limits.max_buffer_size / wgpu::COPY_BUFFER_ALIGNMENT * wgpu::COPY_BUFFER_ALIGNMENT,
         },
         lost,
     })

@@ -120,6 +120,22 @@ fn empty_and_oversized_requests_are_refused_without_touching_the_device() {
 }
 
 #[test]
+fn max_buffer_size_is_whole_copy_units() {
+    let pool = start();
+    assert_eq!(pool.info().max_buffer_size % wgpu::COPY_BUFFER_ALIGNMENT, 0);
+}
+
+#[test]
+fn a_buffer_wgpu_refuses_becomes_a_rejection_not_a_panic() {
+    let opened = adapter::open_device(&vulkan()).unwrap();
+    let before = GpuCounters::read(&opened.device);
+    let too_big = opened.device.limits().max_buffer_size + 1;
+    let error = worker::create_buffer(&opened.device, too_big, too_big.next_multiple_of(4)).unwrap_err();
+    assert!(matches!(&error, GpuError::Rejected(msg) if msg.contains("maximum buffer size")), "{error}");
+    assert_eq!(GpuCounters::read(&opened.device), before);
+}
+
+#[test]
 fn forcing_metal_on_linux_names_the_backend_and_the_fix() {
     if cfg!(target_vendor = "apple") {
         return;

@@ -193,27 +193,7 @@ impl Worker {
         // wgpu requires sizes in whole copy units; the engine is told the real size.
         let size = request.bytes.checked_next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT).ok_or_else(too_big)?;
 
-        // Scopes instead of the uncaptured handler, so the error reaches this
-        // caller rather than a log line. Popped in reverse order, as wgpu requires;
-        // on native backends the pop futures are already resolved.
-        let oom_scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation_scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size,
-            usage: USAGE,
-            mapped_at_creation: false,
-        });
-        let validation = pollster::block_on(validation_scope.pop());
-        let oom = pollster::block_on(oom_scope.pop());
-        if let Some(error) = oom.or(validation) {
-            drop(buffer);
-            return Err(match error {
-                wgpu::Error::OutOfMemory { .. } => GpuError::OutOfMemory { bytes: request.bytes },
-                other => GpuError::Rejected(other.to_string()),
-            });
-        }
-
+        let buffer = create_buffer(&self.device, request.bytes, size)?;
         self.stats.record_allocated(size);
         self.sessions.entry(request.session).or_default().push(LiveBuffer { id: request.id, buffer, bytes: size });
         Ok(Allocated { id: request.id, bytes: size })
@@ -290,6 +270,26 @@ impl Worker {
         if any {
             self.wait_idle();
         }
+    }
+}
+
+/// Creates one buffer of `size` bytes (`requested` is for the error message),
+/// turning wgpu's errors into the engine's instead of panics.
+pub(super) fn create_buffer(device: &wgpu::Device, requested: u64, size: u64) -> Result<wgpu::Buffer, GpuError> {
+    // Scopes instead of the uncaptured handler, so the error reaches this
+    // caller rather than a log line. Popped in reverse order, as wgpu requires;
+    // on native backends the pop futures are already resolved.
+    let oom_scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation_scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let buffer =
+        device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage: USAGE, mapped_at_creation: false });
+    let validation = pollster::block_on(validation_scope.pop());
+    let oom = pollster::block_on(oom_scope.pop());
+    match oom.or(validation) {
+        None => Ok(buffer),
+        // The handle is invalid; dropping it is all there is to do.
+        Some(wgpu::Error::OutOfMemory { .. }) => Err(GpuError::OutOfMemory { bytes: requested }),
+        Some(other) => Err(GpuError::Rejected(other.to_string().trim_end().to_owned())),
     }
 }
 
