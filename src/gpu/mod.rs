@@ -1,1 +1,23 @@
-//! wgpu pool (to be written).
+//! The wgpu-backed GPU pool: the engine's [`GpuPool`](sessionbus_actors::gpu::GpuPool)
+//! on a real device.
+//!
+//! - `config`: the `[gpu]` settings ([`GpuConfig`]).
+//! - `adapter`: picks the adapter and opens the device.
+//! - `worker`: the `sessionbus-gpu` thread, the only one calling into wgpu.
+//! - `pool`: [`WgpuPool`], the handle the engine holds.
+//! - `counters`: wgpu's live-buffer counters ([`GpuCounters`]) and the pool's stats.
+
+mod adapter;
+mod config;
+mod counters;
+mod error;
+mod pool;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{BackendChoice, GpuConfig, GpuConfigError};
+pub use counters::GpuCounters;
+pub use error::GpuInitError;
+pub use pool::WgpuPool;

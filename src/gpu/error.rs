@@ -1,0 +1,47 @@
+//! Why the GPU pool could not start.
+
+use super::config::GpuConfigError;
+
+/// Advice appended when no adapter shows up at all: on a server the usual
+/// cause is a missing driver, and a software one is enough to run.
+pub(crate) const INSTALL_HINT: &str = "install a GPU driver, or a software one for CPU-only hosts \
+     (on Debian/Ubuntu: apt-get install mesa-vulkan-drivers, which provides lavapipe); \
+     check with `vulkaninfo --summary`";
+
+/// The GPU pool could not start. Every variant says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuInitError {
+    /// The `[gpu]` settings are unusable.
+    #[error("invalid GPU settings: {0}")]
+    Config(#[from] GpuConfigError),
+    /// No adapter matched on the backends tried.
+    #[error("no GPU adapter found on backend(s) {tried}: {hint}")]
+    NoAdapter {
+        /// The backends searched, e.g. `"vulkan, gl"`.
+        tried: String,
+        /// What to do about it (install a driver, loosen the adapter filter, ...).
+        hint: String,
+    },
+    /// An adapter was found but refused to open a device.
+    #[error(
+        "the adapter \"{adapter}\" ({backend}) refused to open a device: {message}; \
+         try another adapter (gpu.adapter) or backend (gpu.backend)"
+    )]
+    RequestDevice {
+        /// The adapter's name.
+        adapter: String,
+        /// Its backend, lowercase.
+        backend: String,
+        /// The driver's message.
+        message: String,
+    },
+    /// The OS would not start the worker thread.
+    #[error("could not start the sessionbus-gpu thread: {0}; check the process's thread limit")]
+    Spawn(#[source] std::io::Error),
+    /// The worker thread ended (panicked inside the driver) before reporting.
+    #[error(
+        "the sessionbus-gpu thread died while opening the device; the driver crashed, \
+         see the log above and try another backend (gpu.backend)"
+    )]
+    WorkerDied,
+}

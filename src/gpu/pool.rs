@@ -1,0 +1,157 @@
+//! [`WgpuPool`]: the handle the engine holds. It only sends commands to the
+//! worker thread and reads atomics, so none of its methods block on the driver.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use sessionbus_actors::gpu::{AllocRequest, Allocated, GpuError, GpuPool, PoolInfo, PoolStats, ReleaseReport};
+use sessionbus_actors::ids::SessionId;
+use tokio::sync::oneshot;
+
+use super::config::GpuConfig;
+use super::counters::{GpuCounters, SharedStats};
+use super::error::GpuInitError;
+use super::worker::{self, Command};
+
+/// Name of the worker thread, as it shows in `top -H`, debuggers and panics.
+const THREAD_NAME: &str = "sessionbus-gpu";
+
+/// A [`GpuPool`] backed by a real wgpu device, driven by one worker thread.
+///
+/// Dropping it (or calling [`WgpuPool::shutdown`]) destroys what is left,
+/// stops the thread and waits for it.
+pub struct WgpuPool {
+    commands: Sender<Command>,
+    info: PoolInfo,
+    /// For counters only: reading them is atomics, not a GPU call.
+    device: wgpu::Device,
+    initial: GpuCounters,
+    stats: Arc<SharedStats>,
+    /// `None` once shut down.
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for WgpuPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuPool").field("info", &self.info).field("stats", &self.stats.snapshot()).finish()
+    }
+}
+
+impl WgpuPool {
+    /// Validates `config`, starts the `sessionbus-gpu` thread and waits until it
+    /// has opened the device (or failed to). Blocks for as long as the driver
+    /// takes to open a device, so call it at startup, not from an actor.
+    pub fn start(config: &GpuConfig) -> Result<WgpuPool, GpuInitError> {
+        config.validate()?;
+        let (commands, inbox) = crossbeam_channel::unbounded();
+        let (started_tx, started_rx) = crossbeam_channel::bounded(1);
+        let stats = Arc::new(SharedStats::default());
+        let worker_stats = Arc::clone(&stats);
+        let worker_config = config.clone();
+        let handle = std::thread::Builder::new()
+            .name(THREAD_NAME.into())
+            .spawn(move || worker::run(worker_config, inbox, started_tx, worker_stats))
+            .map_err(GpuInitError::Spawn)?;
+
+        match started_rx.recv() {
+            Ok(Ok(started)) => {
+                tracing::info!(
+                    adapter = %started.info.adapter,
+                    backend = %started.info.backend,
+                    device_type = %started.info.device_type,
+                    max_buffer_size = started.info.max_buffer_size,
+                    "GPU pool started"
+                );
+                Ok(WgpuPool {
+                    commands,
+                    info: started.info,
+                    device: started.device,
+                    initial: started.initial,
+                    stats,
+                    worker: Mutex::new(Some(handle)),
+                })
+            }
+            Ok(Err(error)) => {
+                // The thread has returned already (or is about to); no hang.
+                let _ = handle.join();
+                Err(error)
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(GpuInitError::WorkerDied)
+            }
+        }
+    }
+
+    /// wgpu's own count of live buffers and their memory on this device.
+    pub fn counters(&self) -> GpuCounters {
+        GpuCounters::read(&self.device)
+    }
+
+    /// The counters right after the device opened: wgpu's own internal
+    /// buffers, none of the pool's. A pool that leaks nothing returns exactly
+    /// these from [`WgpuPool::shutdown`].
+    pub fn initial_counters(&self) -> GpuCounters {
+        self.initial
+    }
+
+    /// Destroys every buffer still alive (warning once per session: a leak in
+    /// the engine), waits for the device, stops the worker thread and returns
+    /// the counters as they stood after that cleanup, before wgpu dropped its
+    /// own buffers, so they compare with [`WgpuPool::initial_counters`].
+    /// Afterwards `allocate` answers [`GpuError::Unavailable`]; a second call
+    /// just reads the counters as they are now.
+    pub fn shutdown(&self) -> GpuCounters {
+        let Some(handle) = self.worker.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            return self.counters();
+        };
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        // Fails only if the thread is already gone; then `answer` fails too.
+        let _ = self.commands.send(Command::Shutdown { reply });
+        let counters = answer.recv().unwrap_or_else(|_| {
+            tracing::error!("the sessionbus-gpu thread was gone before shutdown; its buffers died with it");
+            self.counters()
+        });
+        if handle.join().is_err() {
+            tracing::error!("the sessionbus-gpu thread panicked");
+        }
+        let leaked = counters.buffers - self.initial.buffers;
+        if leaked != 0 {
+            tracing::error!(leaked, ?counters, initial = ?self.initial, "GPU buffers left after shutdown");
+        }
+        tracing::info!(?counters, stats = ?self.stats.snapshot(), "GPU pool stopped");
+        counters
+    }
+}
+
+impl Drop for WgpuPool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl GpuPool for WgpuPool {
+    fn info(&self) -> &PoolInfo {
+        &self.info
+    }
+
+    fn allocate(&self, request: AllocRequest, reply: oneshot::Sender<Result<Allocated, GpuError>>) {
+        // The worker is gone: the command comes back, and its reply says so.
+        if let Err(crossbeam_channel::SendError(Command::Allocate { reply, .. })) =
+            self.commands.send(Command::Allocate { request, reply })
+        {
+            let _ = reply.send(Err(GpuError::Unavailable));
+        }
+    }
+
+    fn release_session(&self, session: SessionId, reply: oneshot::Sender<ReleaseReport>) {
+        // If the worker is gone the command comes back and is dropped with its
+        // reply: the engine sees a dropped reply and records an incident.
+        let _ = self.commands.send(Command::Release { session, reply });
+    }
+
+    fn stats(&self) -> PoolStats {
+        self.stats.snapshot()
+    }
+}
