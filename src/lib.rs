@@ -1,11 +1,12 @@
-//! sessionbus (work in progress).
+//! sessionbus (docs below are replaced by the README).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod config;
-pub mod gpu;
+mod gpu;
 mod runtime;
 
 pub use config::{Config, ConfigError};
+pub use gpu::{BackendChoice, GpuConfig, GpuConfigError, GpuCounters, GpuInitError, WgpuPool};
 pub use runtime::{Runtime, RuntimeBuilder, StartError, StopReport};
 pub use sessionbus_actors::*;

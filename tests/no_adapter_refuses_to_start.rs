@@ -1,7 +1,7 @@
 //! Without an adapter, or with a bad configuration, the runtime refuses to
 //! start and says why.
 
-use sessionbus::gpu::BackendChoice;
+use sessionbus::BackendChoice;
 use sessionbus::{Config, Runtime, StartError};
 
 #[tokio::test]

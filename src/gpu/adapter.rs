@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sessionbus_actors::gpu::PoolInfo;
+use sessionbus_actors::PoolInfo;
 
 use super::config::GpuConfig;
 use super::error::{GpuInitError, INSTALL_HINT};

@@ -78,6 +78,16 @@ pub enum GpuConfigError {
     EmptyAdapter,
 }
 
+impl GpuConfigError {
+    /// The offending field's path.
+    pub fn field(&self) -> &'static str {
+        match self {
+            GpuConfigError::BatchMaxZero => "gpu.batch_max",
+            GpuConfigError::EmptyAdapter => "gpu.adapter",
+        }
+    }
+}
+
 impl GpuConfig {
     /// Checks the settings before anything is opened.
     pub fn validate(&self) -> Result<(), GpuConfigError> {

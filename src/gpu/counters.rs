@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sessionbus_actors::gpu::PoolStats;
+use sessionbus_actors::PoolStats;
 
 /// What wgpu-hal says is alive on the device: the ground truth for leak checks,
 /// independent of the pool's own bookkeeping.

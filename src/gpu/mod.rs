@@ -1,4 +1,4 @@
-//! The wgpu-backed GPU pool: the engine's [`GpuPool`](sessionbus_actors::gpu::GpuPool)
+//! The wgpu-backed GPU pool: the engine's [`GpuPool`](sessionbus_actors::GpuPool)
 //! on a real device.
 //!
 //! - `config`: the `[gpu]` settings ([`GpuConfig`]).

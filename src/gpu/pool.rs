@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
-use sessionbus_actors::gpu::{AllocRequest, Allocated, GpuError, GpuPool, PoolInfo, PoolStats, ReleaseReport};
-use sessionbus_actors::ids::SessionId;
+use sessionbus_actors::{AllocRequest, Allocated, GpuError, GpuPool, PoolInfo, PoolStats, ReleaseReport};
+use sessionbus_actors::SessionId;
 use tokio::sync::oneshot;
 
 use super::config::GpuConfig;

@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use sessionbus_actors::gpu::{AllocRequest, Allocated, GpuError, GpuPool, PoolStats, ReleaseReport};
-use sessionbus_actors::ids::{AllocationId, SessionId};
+use sessionbus_actors::{AllocRequest, Allocated, GpuError, GpuPool, PoolStats, ReleaseReport};
+use sessionbus_actors::{AllocationId, SessionId};
 use tokio::sync::oneshot;
 
 use super::*;

@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use sessionbus_actors::gpu::{AllocRequest, Allocated, GpuError, PoolInfo, ReleaseReport};
-use sessionbus_actors::ids::{AllocationId, SessionId};
+use sessionbus_actors::{AllocRequest, Allocated, GpuError, PoolInfo, ReleaseReport};
+use sessionbus_actors::{AllocationId, SessionId};
 use tokio::sync::oneshot;
 
 use super::adapter::{OpenedDevice, open_device};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread;
 
 use sessionbus_actors::{
-    Caller, Delivery, Engine, EngineHandle, EventKinds, LifecycleEvent, OpenError, OpenOptions, Owner, PoolInfo, PoolStats,
+    Caller, Delivery, Engine, EngineHandle, GpuPool, EventKinds, LifecycleEvent, OpenError, OpenOptions, Owner, PoolInfo, PoolStats,
     RegistryStats, ReleaseReceipt, SessionError, SessionHandle, SessionId, ShutdownReport, SubscriptionId,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -141,7 +141,6 @@ impl Runtime {
 
     /// The pool's own counters (buffers, bytes, peak).
     pub fn pool_stats(&self) -> PoolStats {
-        use sessionbus_actors::GpuPool;
         self.gpu.stats()
     }
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sessionbus::gpu::GpuCounters;
+use sessionbus::GpuCounters;
 use sessionbus::{Config, Delivery, EndReason, EventKinds, LifecycleEvent, Runtime, SessionId};
 use tokio::sync::mpsc;
 
