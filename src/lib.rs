@@ -1,4 +1,4 @@
-//! sessionbus (docs below are replaced by the README).
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
