@@ -33,11 +33,20 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 fn close_to_release(c: &mut Criterion) {
-    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let rt = tokio.block_on(Runtime::start(Config::default())).expect("runtime on a real adapter");
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt = tokio
+        .block_on(Runtime::start(Config::default()))
+        .expect("runtime on a real adapter");
     let adapter = rt.adapter().clone();
-    let live: Vec<SessionHandle> =
-        tokio.block_on(async { futures::future::join_all((0..LIVE_SESSIONS).map(|i| session_with_buffers(&rt, format!("live-{i}")))).await });
+    let live: Vec<SessionHandle> = tokio.block_on(async {
+        futures::future::join_all(
+            (0..LIVE_SESSIONS).map(|i| session_with_buffers(&rt, format!("live-{i}"))),
+        )
+        .await
+    });
     let samples = Mutex::new(Vec::<Duration>::new());
 
     let mut group = c.benchmark_group(format!("close_to_release/{LIVE_SESSIONS}_live"));
@@ -76,7 +85,10 @@ fn close_to_release(c: &mut Criterion) {
     let baseline = rt.gpu_counters();
     drop(live);
     let report = tokio.block_on(rt.shutdown());
-    println!("shutdown of the live population: {:?}; wgpu buffers after {} (live during bench {})", report.sessions.took, report.gpu_after.buffers, baseline.buffers);
+    println!(
+        "shutdown of the live population: {:?}; wgpu buffers after {} (live during bench {})",
+        report.sessions.took, report.gpu_after.buffers, baseline.buffers
+    );
 }
 
 criterion_group!(benches, close_to_release);

@@ -20,7 +20,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use sessionbus::{Config, Delivery, EndReason, EventKinds, LifecycleEvent, Runtime, SessionHandle, SessionId, Turn};
+use sessionbus::{
+    Config, Delivery, EndReason, EventKinds, LifecycleEvent, Runtime, SessionHandle, SessionId,
+    Turn,
+};
 
 /// Simulates a chat backend on sessionbus and reports what happened to every byte.
 #[derive(Parser, Debug)]
@@ -76,8 +79,11 @@ fn percentiles(mut samples: Vec<u64>) -> serde_json::Value {
 }
 
 fn init_logs(json_logs: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json_logs {
         builder.json().init();
     } else {
@@ -94,11 +100,16 @@ async fn main() -> anyhow::Result<()> {
         None => Config::default(),
     };
     let wall = Instant::now();
-    let rt = Runtime::start(config).await.context("starting the sessionbus runtime")?;
+    let rt = Runtime::start(config)
+        .await
+        .context("starting the sessionbus runtime")?;
     let baseline = rt.gpu_counters();
     let adapter = rt.adapter().clone();
     if !args.json {
-        println!("sessionbus demo on {} ({}, {})", adapter.adapter, adapter.backend, adapter.device_type);
+        println!(
+            "sessionbus demo on {} ({}, {})",
+            adapter.adapter, adapter.backend, adapter.device_type
+        );
     }
 
     // Watch the bus like an application would: every end and every release.
@@ -113,7 +124,9 @@ async fn main() -> anyhow::Result<()> {
             while let Some(event) = events.recv().await {
                 let mut seen = observed.lock().unwrap();
                 match event {
-                    LifecycleEvent::Ended(end) => seen.ends.entry(end.id).or_default().push(end.reason),
+                    LifecycleEvent::Ended(end) => {
+                        seen.ends.entry(end.id).or_default().push(end.reason)
+                    }
                     LifecycleEvent::Released(receipt) => {
                         seen.released_buffers += receipt.buffers;
                         seen.released_at.insert(receipt.id, receipt.released_at);
@@ -125,7 +138,10 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let progress = ProgressBar::new(args.sessions as u64);
-    progress.set_style(ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} sessions  {msg}")?.progress_chars("=> "));
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} sessions  {msg}")?
+            .progress_chars("=> "),
+    );
     if args.json {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
@@ -178,18 +194,26 @@ async fn main() -> anyhow::Result<()> {
     // Disconnects end asynchronously: wait until each one's release was seen.
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let seen = observed.lock().unwrap();
-        if disconnected_at.iter().all(|(id, _)| seen.released_at.contains_key(id)) {
+        let all_released = {
+            let seen = observed.lock().unwrap();
+            disconnected_at
+                .iter()
+                .all(|(id, _)| seen.released_at.contains_key(id))
+        };
+        if all_released {
             break;
         }
-        drop(seen);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let disconnect_us: Vec<u64> = {
         let seen = observed.lock().unwrap();
         disconnected_at
             .iter()
-            .filter_map(|(id, at)| seen.released_at.get(id).map(|r| r.saturating_duration_since(*at).as_micros() as u64))
+            .filter_map(|(id, at)| {
+                seen.released_at
+                    .get(id)
+                    .map(|r| r.saturating_duration_since(*at).as_micros() as u64)
+            })
             .collect()
     };
 
@@ -201,7 +225,8 @@ async fn main() -> anyhow::Result<()> {
     watcher.await?;
 
     let seen = observed.lock().unwrap();
-    let mut ended_by: BTreeMap<&str, u64> = EndReason::ALL.iter().map(|r| (r.as_str(), 0)).collect();
+    let mut ended_by: BTreeMap<&str, u64> =
+        EndReason::ALL.iter().map(|r| (r.as_str(), 0)).collect();
     let mut double_ends = 0;
     for reasons in seen.ends.values() {
         double_ends += reasons.len().saturating_sub(1);
@@ -238,7 +263,10 @@ async fn main() -> anyhow::Result<()> {
     if args.json {
         println!("{report}");
     }
-    let healthy = leaked == 0 && double_ends == 0 && errors.is_empty() && seen.ends.len() as u64 == stop.sessions.stats.opened;
+    let healthy = leaked == 0
+        && double_ends == 0
+        && errors.is_empty()
+        && seen.ends.len() as u64 == stop.sessions.stats.opened;
     anyhow::ensure!(healthy, "invariants violated: see the report");
     Ok(())
 }
@@ -249,7 +277,13 @@ enum Outcome {
     Kept(SessionHandle),
 }
 
-async fn client(rt: &Runtime, i: usize, fate: Fate, turns: usize, kv_bytes: u64) -> anyhow::Result<Outcome> {
+async fn client(
+    rt: &Runtime,
+    i: usize,
+    fate: Fate,
+    turns: usize,
+    kv_bytes: u64,
+) -> anyhow::Result<Outcome> {
     let session = rt.open(format!("user-{i}")).await?;
     for _ in 0..turns {
         session.chat(Turn::default()).await?;
@@ -274,17 +308,40 @@ async fn client(rt: &Runtime, i: usize, fate: Fate, turns: usize, kv_bytes: u64)
 fn print_human(report: &serde_json::Value, errors: &[String]) {
     let r = report;
     let line = |k: &str| r[k].to_string();
-    let lat = |k: &str| format!("p50 {} µs, p99 {} µs, max {} µs (n={})", r[k]["p50"], r[k]["p99"], r[k]["max"], r[k]["n"]);
+    let lat = |k: &str| {
+        format!(
+            "p50 {} µs, p99 {} µs, max {} µs (n={})",
+            r[k]["p50"], r[k]["p99"], r[k]["max"], r[k]["n"]
+        )
+    };
     println!();
     println!("── sessionbus demo report ─────────────────────────────────────");
-    println!("adapter               {} ({})", r["adapter"]["name"], r["adapter"]["backend"]);
-    println!("sessions              {} opened, {} ended, {} ended twice", line("sessions_opened"), line("sessions_ended"), line("double_ends"));
+    println!(
+        "adapter               {} ({})",
+        r["adapter"]["name"], r["adapter"]["backend"]
+    );
+    println!(
+        "sessions              {} opened, {} ended, {} ended twice",
+        line("sessions_opened"),
+        line("sessions_ended"),
+        line("double_ends")
+    );
     let by: Vec<String> = r["ended_by"]
         .as_object()
-        .map(|m| m.iter().filter(|(_, v)| v.as_u64() != Some(0)).map(|(k, v)| format!("{k} {v}")).collect())
+        .map(|m| {
+            m.iter()
+                .filter(|(_, v)| v.as_u64() != Some(0))
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect()
+        })
         .unwrap_or_default();
     println!("ended by              {}", by.join(", "));
-    println!("GPU buffers           {} allocated, {} released, peak {} bytes", line("gpu_buffers_allocated"), line("gpu_buffers_released"), line("gpu_bytes_peak"));
+    println!(
+        "GPU buffers           {} allocated, {} released, peak {} bytes",
+        line("gpu_buffers_allocated"),
+        line("gpu_buffers_released"),
+        line("gpu_bytes_peak")
+    );
     println!(
         "wgpu hal.buffers      baseline {}, after {}  → leaked {}",
         line("wgpu_hal_buffers_baseline"),
@@ -293,7 +350,12 @@ fn print_human(report: &serde_json::Value, errors: &[String]) {
     );
     println!("close → released      {}", lat("close_to_release_us"));
     println!("disconnect → released {}", lat("disconnect_to_release_us"));
-    println!("shutdown              {} µs, incidents {}, errors {}", line("shutdown_us"), line("incidents"), line("errors"));
+    println!(
+        "shutdown              {} µs, incidents {}, errors {}",
+        line("shutdown_us"),
+        line("incidents"),
+        line("errors")
+    );
     println!("wall                  {} ms", line("wall_ms"));
     for e in errors.iter().take(5) {
         println!("error: {e}");

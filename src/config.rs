@@ -90,7 +90,10 @@ impl Config {
     /// Reads, parses and validates a TOML file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Config::from_toml(&text)
     }
 
@@ -103,7 +106,11 @@ impl Config {
 
     /// The engine's part.
     pub fn engine(&self) -> EngineConfig {
-        EngineConfig { sessions: self.sessions.clone(), release: self.release.clone(), bus: self.bus.clone() }
+        EngineConfig {
+            sessions: self.sessions.clone(),
+            release: self.release.clone(),
+            bus: self.bus.clone(),
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
-use sessionbus::{AllocError, Caller, Config, Event, OpenError, Owner, SessionError, SessionId, State, Turn};
+use sessionbus::{
+    AllocError, Caller, Config, Event, OpenError, Owner, SessionError, SessionId, State, Turn,
+};
 
 fn allocation_error(err: SessionError) -> AllocError {
     match err {
@@ -20,16 +22,35 @@ async fn zero_huge_and_over_budget_allocations_allocate_nothing() {
     let max = h.rt.adapter().max_buffer_size;
     let session = h.rt.open("erin").await.unwrap();
 
-    assert_eq!(allocation_error(session.allocate(0).await.unwrap_err()), AllocError::ZeroSize);
+    assert_eq!(
+        allocation_error(session.allocate(0).await.unwrap_err()),
+        AllocError::ZeroSize
+    );
     let err = allocation_error(session.allocate(max + 1).await.unwrap_err());
-    assert_eq!(err, AllocError::TooLarge { requested: max + 1, max });
+    assert_eq!(
+        err,
+        AllocError::TooLarge {
+            requested: max + 1,
+            max
+        }
+    );
     assert!(err.to_string().contains("largest buffer"), "{err}");
-    assert!(matches!(allocation_error(session.allocate(u64::MAX).await.unwrap_err()), AllocError::TooLarge { .. }));
+    assert!(matches!(
+        allocation_error(session.allocate(u64::MAX).await.unwrap_err()),
+        AllocError::TooLarge { .. }
+    ));
     session.allocate(MIB + MIB / 2).await.unwrap();
     let err = allocation_error(session.allocate(MIB).await.unwrap_err());
-    assert!(matches!(err, AllocError::OverSessionBudget { budget, .. } if budget == 2 * MIB), "{err}");
+    assert!(
+        matches!(err, AllocError::OverSessionBudget { budget, .. } if budget == 2 * MIB),
+        "{err}"
+    );
 
-    assert_eq!(h.rt.gpu_counters().buffers - h.baseline.buffers, 1, "only the one good allocation exists");
+    assert_eq!(
+        h.rt.gpu_counters().buffers - h.baseline.buffers,
+        1,
+        "only the one good allocation exists"
+    );
     assert_eq!(session.info().await.unwrap().buffers, 1);
     session.close().await.unwrap();
     h.assert_gpu_at_baseline();
@@ -40,20 +61,39 @@ async fn zero_huge_and_over_budget_allocations_allocate_nothing() {
 async fn unknown_ids_wrong_owners_and_late_messages_are_refused() {
     let h = start().await;
     let unknown = SessionId::random();
-    assert_eq!(h.rt.close(unknown, Owner::new("x")).await.unwrap_err(), SessionError::Unknown { id: unknown });
-    assert_eq!(h.rt.attach(unknown, Owner::new("x")).await.unwrap_err(), SessionError::Unknown { id: unknown });
+    assert_eq!(
+        h.rt.close(unknown, Owner::new("x")).await.unwrap_err(),
+        SessionError::Unknown { id: unknown }
+    );
+    assert_eq!(
+        h.rt.attach(unknown, Owner::new("x")).await.unwrap_err(),
+        SessionError::Unknown { id: unknown }
+    );
     assert!("not-an-id".parse::<SessionId>().is_err());
 
     let session = h.rt.open("alice").await.unwrap();
     session.allocate(64 * KIB).await.unwrap();
-    let err = h.rt.attach(session.id(), Owner::new("mallory")).await.unwrap_err();
+    let err =
+        h.rt.attach(session.id(), Owner::new("mallory"))
+            .await
+            .unwrap_err();
     assert!(matches!(err, SessionError::Unauthorized { .. }), "{err}");
-    let err = h.rt.close(session.id(), Owner::new("mallory")).await.unwrap_err();
+    let err =
+        h.rt.close(session.id(), Owner::new("mallory"))
+            .await
+            .unwrap_err();
     assert!(err.to_string().contains("mallory"), "{err}");
     let info = session.info().await.unwrap();
-    assert_eq!((info.state, info.buffers), (State::Established, 1), "a refused close changed nothing");
+    assert_eq!(
+        (info.state, info.buffers),
+        (State::Established, 1),
+        "a refused close changed nothing"
+    );
 
-    let receipt = h.rt.close(session.id(), Caller::Operator("oncall".into())).await.unwrap();
+    let receipt =
+        h.rt.close(session.id(), Caller::Operator("oncall".into()))
+            .await
+            .unwrap();
     assert_eq!(receipt.buffers, 1);
     let late = session.chat(Turn::default()).await.unwrap_err();
     match &late {
@@ -62,7 +102,10 @@ async fn unknown_ids_wrong_owners_and_late_messages_are_refused() {
         }
         other => panic!("expected session gone, got {other}"),
     }
-    assert!(late.to_string().contains("closed"), "the error names the state: {late}");
+    assert!(
+        late.to_string().contains("closed"),
+        "the error names the state: {late}"
+    );
     assert!(session.allocate(KIB).await.unwrap_err().is_gone());
     h.assert_gpu_at_baseline();
     h.shutdown_at_baseline().await;

@@ -18,14 +18,27 @@ async fn a_panic_in_a_handler_ends_the_session_as_crashed_and_frees_its_buffers(
     session.inject_panic().await;
 
     let events = h.until_released(1).await;
-    assert_eq!(ends_by_session(&events)[&session.id()], vec![EndReason::Crashed]);
-    assert_eq!(h.rt.gpu_counters().buffers - h.baseline.buffers, 1, "only the bystander's buffer is left");
+    assert_eq!(
+        ends_by_session(&events)[&session.id()],
+        vec![EndReason::Crashed]
+    );
+    assert_eq!(
+        h.rt.gpu_counters().buffers - h.baseline.buffers,
+        1,
+        "only the bystander's buffer is left"
+    );
 
     // The crashed session answers "gone"; its receipt is available; the runtime carries on.
     assert!(session.chat(Turn::default()).await.unwrap_err().is_gone());
     let receipt = session.close().await.unwrap();
-    assert_eq!((receipt.reason, receipt.buffers, receipt.bytes), (EndReason::Crashed, 4, MIB));
-    bystander.chat(Turn::default()).await.expect("other sessions are unaffected");
+    assert_eq!(
+        (receipt.reason, receipt.buffers, receipt.bytes),
+        (EndReason::Crashed, 4, MIB)
+    );
+    bystander
+        .chat(Turn::default())
+        .await
+        .expect("other sessions are unaffected");
     bystander.close().await.unwrap();
     h.assert_gpu_at_baseline();
     assert_eq!(h.rt.stats().await.unwrap().incidents, 1);

@@ -13,7 +13,10 @@ async fn a_backend_with_no_adapter_names_what_was_tried_and_how_to_fix_it() {
     assert!(matches!(err, StartError::Gpu(_)), "{err}");
     let text = err.to_string();
     assert!(text.contains("metal"), "names the backend tried: {text}");
-    assert!(text.contains("mesa-vulkan-drivers"), "says how to install a software driver: {text}");
+    assert!(
+        text.contains("mesa-vulkan-drivers"),
+        "says how to install a software driver: {text}"
+    );
 }
 
 #[tokio::test]
@@ -29,7 +32,10 @@ async fn invalid_configuration_is_refused_before_anything_starts() {
     let mut config = Config::default();
     config.release.buffers_per_second = 0;
     let err = Runtime::start(config).await.unwrap_err();
-    assert!(err.to_string().contains("release.buffers_per_second"), "{err}");
+    assert!(
+        err.to_string().contains("release.buffers_per_second"),
+        "{err}"
+    );
 
     let err = sessionbus::Config::from_toml("[gpu]\nbatch_max = 0\n").unwrap_err();
     assert!(err.to_string().contains("gpu.batch_max"), "{err}");

@@ -30,9 +30,18 @@ async fn shutdown_ends_all_sessions_and_wgpu_is_back_at_baseline() {
     let baseline = h.baseline;
     let report = h.rt.shutdown().await;
     assert_eq!(report.gpu_after, baseline);
-    assert_eq!((report.sessions.sessions_ended, report.sessions.buffers_released), (100, 200));
+    assert_eq!(
+        (
+            report.sessions.sessions_ended,
+            report.sessions.buffers_released
+        ),
+        (100, 200)
+    );
     assert_eq!(report.sessions.bytes_released, 100 * 64 * KIB);
-    assert!(matches!(engine.open("late").await, Err(OpenError::RuntimeStopped | OpenError::ShuttingDown)));
+    assert!(matches!(
+        engine.open("late").await,
+        Err(OpenError::RuntimeStopped | OpenError::ShuttingDown)
+    ));
 
     let all = collector.await.unwrap();
     let ends = ends_by_session(&all);

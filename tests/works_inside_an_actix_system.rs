@@ -36,7 +36,13 @@ async fn inside_an_actix_system_with_an_actor_subscriber() {
     let rt = Runtime::start(Config::default()).await.unwrap();
     let baseline = rt.gpu_counters();
     let audit = Audit::default().start();
-    rt.subscribe(audit.clone().recipient(), EventKinds::ENDED, Delivery::Reliable).await.unwrap();
+    rt.subscribe(
+        audit.clone().recipient(),
+        EventKinds::ENDED,
+        Delivery::Reliable,
+    )
+    .await
+    .unwrap();
     let session = rt.open("actix-app").await.unwrap();
     session.allocate(MIB).await.unwrap();
     session.close().await.unwrap();

@@ -17,13 +17,19 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error for `field`.
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError { field, reason: reason.into() }
+        ConfigError {
+            field,
+            reason: reason.into(),
+        }
     }
 }
 
 fn at_least(field: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
     if value < min {
-        return Err(ConfigError::new(field, format!("must be at least {min}, got {value}")));
+        return Err(ConfigError::new(
+            field,
+            format!("must be at least {min}, got {value}"),
+        ));
     }
     Ok(())
 }
@@ -82,14 +88,21 @@ pub struct ReleaseConfig {
 
 impl Default for ReleaseConfig {
     fn default() -> Self {
-        ReleaseConfig { buffers_per_second: 1_000_000, burst: 65_536 }
+        ReleaseConfig {
+            buffers_per_second: 1_000_000,
+            burst: 65_536,
+        }
     }
 }
 
 impl ReleaseConfig {
     /// Refuses values that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        at_least("release.buffers_per_second", self.buffers_per_second.into(), 1)?;
+        at_least(
+            "release.buffers_per_second",
+            self.buffers_per_second.into(),
+            1,
+        )?;
         at_least("release.burst", self.burst.into(), 1)
     }
 }
@@ -105,14 +118,20 @@ pub struct BusConfig {
 
 impl Default for BusConfig {
     fn default() -> Self {
-        BusConfig { subscriber_capacity: 4_096 }
+        BusConfig {
+            subscriber_capacity: 4_096,
+        }
     }
 }
 
 impl BusConfig {
     /// Refuses values that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        at_least("bus.subscriber_capacity", self.subscriber_capacity as u64, 1)
+        at_least(
+            "bus.subscriber_capacity",
+            self.subscriber_capacity as u64,
+            1,
+        )
     }
 }
 

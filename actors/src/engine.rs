@@ -26,7 +26,10 @@ pub struct OpenOptions {
 impl OpenOptions {
     /// Options for `owner`, with a fresh trace id.
     pub fn new(owner: impl Into<Owner>) -> Self {
-        OpenOptions { owner: owner.into(), trace_id: None }
+        OpenOptions {
+            owner: owner.into(),
+            trace_id: None,
+        }
     }
 }
 
@@ -37,7 +40,10 @@ pub struct Engine;
 impl Engine {
     /// Starts the registry and the cleanup actor on the current actix arbiter.
     /// Must be called from inside a running actix `System`.
-    pub fn start(config: EngineConfig, pool: Arc<dyn GpuPool>) -> Result<EngineHandle, ConfigError> {
+    pub fn start(
+        config: EngineConfig,
+        pool: Arc<dyn GpuPool>,
+    ) -> Result<EngineHandle, ConfigError> {
         config.validate()?;
         let pacer = Arc::new(Pacer::new(&config.release));
         let capacity = config.bus.subscriber_capacity;
@@ -45,12 +51,21 @@ impl Engine {
             let pool = pool.clone();
             move |ctx| {
                 let mut registry = RegistryActor::new(config.sessions, pool.clone());
-                let cleanup = CleanupActor::new(pool, pacer, ctx.address().recipient(), capacity).start();
-                registry.subscribe(Sink::Actor(cleanup.recipient()), EventKinds::ENDED, Delivery::Reliable);
+                let cleanup =
+                    CleanupActor::new(pool, pacer, ctx.address().recipient(), capacity).start();
+                registry.subscribe(
+                    Sink::Actor(cleanup.recipient()),
+                    EventKinds::ENDED,
+                    Delivery::Reliable,
+                );
                 registry
             }
         });
-        Ok(EngineHandle { registry, pool, bus_capacity: capacity })
+        Ok(EngineHandle {
+            registry,
+            pool,
+            bus_capacity: capacity,
+        })
     }
 }
 
@@ -64,7 +79,9 @@ pub struct EngineHandle {
 
 impl std::fmt::Debug for EngineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineHandle").field("pool", self.pool.info()).finish()
+        f.debug_struct("EngineHandle")
+            .field("pool", self.pool.info())
+            .finish()
     }
 }
 
@@ -77,24 +94,64 @@ impl EngineHandle {
     /// Opens a session with options.
     pub async fn open_with(&self, options: OpenOptions) -> Result<SessionHandle, OpenError> {
         let owner = options.owner;
-        let open = Open { owner: owner.clone(), trace_id: options.trace_id.unwrap_or_else(TraceId::random) };
-        let opened = self.registry.send(open).await.map_err(|_| OpenError::RuntimeStopped)??;
-        Ok(SessionHandle::new(opened.id, Caller::User(owner), opened.addr, opened.shared, self.registry.clone()))
+        let open = Open {
+            owner: owner.clone(),
+            trace_id: options.trace_id.unwrap_or_else(TraceId::random),
+        };
+        let opened = self
+            .registry
+            .send(open)
+            .await
+            .map_err(|_| OpenError::RuntimeStopped)??;
+        Ok(SessionHandle::new(
+            opened.id,
+            Caller::User(owner),
+            opened.addr,
+            opened.shared,
+            self.registry.clone(),
+        ))
     }
 
     /// A handle to an existing session, for `caller` (its owner, or an operator).
-    pub async fn attach(&self, id: SessionId, caller: impl Into<Caller>) -> Result<SessionHandle, SessionError> {
+    pub async fn attach(
+        &self,
+        id: SessionId,
+        caller: impl Into<Caller>,
+    ) -> Result<SessionHandle, SessionError> {
         let caller = caller.into();
-        let attach = Attach { id, caller: caller.clone() };
-        let opened = self.registry.send(attach).await.map_err(|_| SessionError::RuntimeStopped)??;
-        Ok(SessionHandle::new(opened.id, caller, opened.addr, opened.shared, self.registry.clone()))
+        let attach = Attach {
+            id,
+            caller: caller.clone(),
+        };
+        let opened = self
+            .registry
+            .send(attach)
+            .await
+            .map_err(|_| SessionError::RuntimeStopped)??;
+        Ok(SessionHandle::new(
+            opened.id,
+            caller,
+            opened.addr,
+            opened.shared,
+            self.registry.clone(),
+        ))
     }
 
     /// Closes a session by id; resolves with its release receipt. Closing an
     /// ended session returns the receipt of its end.
-    pub async fn close(&self, id: SessionId, caller: impl Into<Caller>) -> Result<ReleaseReceipt, SessionError> {
-        let close = CloseById { id, caller: caller.into() };
-        self.registry.send(close).await.map_err(|_| SessionError::RuntimeStopped)?
+    pub async fn close(
+        &self,
+        id: SessionId,
+        caller: impl Into<Caller>,
+    ) -> Result<ReleaseReceipt, SessionError> {
+        let close = CloseById {
+            id,
+            caller: caller.into(),
+        };
+        self.registry
+            .send(close)
+            .await
+            .map_err(|_| SessionError::RuntimeStopped)?
     }
 
     /// Subscribes an actor to lifecycle events of `kinds`.
@@ -104,15 +161,27 @@ impl EngineHandle {
         kinds: EventKinds,
         delivery: Delivery,
     ) -> Option<SubscriptionId> {
-        let subscribe = Subscribe { sink: Sink::Actor(recipient), kinds, delivery };
+        let subscribe = Subscribe {
+            sink: Sink::Actor(recipient),
+            kinds,
+            delivery,
+        };
         self.registry.send(subscribe).await.ok()
     }
 
     /// Subscribes a tokio channel (capacity `bus.subscriber_capacity`) to
     /// lifecycle events of `kinds`, for applications without actors.
-    pub async fn subscribe_channel(&self, kinds: EventKinds, delivery: Delivery) -> Option<mpsc::Receiver<LifecycleEvent>> {
+    pub async fn subscribe_channel(
+        &self,
+        kinds: EventKinds,
+        delivery: Delivery,
+    ) -> Option<mpsc::Receiver<LifecycleEvent>> {
         let (sender, receiver) = mpsc::channel(self.bus_capacity);
-        let subscribe = Subscribe { sink: Sink::Channel(sender), kinds, delivery };
+        let subscribe = Subscribe {
+            sink: Sink::Channel(sender),
+            kinds,
+            delivery,
+        };
         self.registry.send(subscribe).await.ok().map(|_| receiver)
     }
 

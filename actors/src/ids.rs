@@ -53,11 +53,15 @@ impl FromStr for SessionId {
     type Err = ParseIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ParseIdError { input: s.chars().take(64).collect() };
+        let bad = || ParseIdError {
+            input: s.chars().take(64).collect(),
+        };
         if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
-        u128::from_str_radix(s, 16).map(SessionId).map_err(|_| bad())
+        u128::from_str_radix(s, 16)
+            .map(SessionId)
+            .map_err(|_| bad())
     }
 }
 
@@ -198,7 +202,14 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_refused() {
-        for bad in ["", "xyz", "0123", &"g".repeat(32), &"0".repeat(33), "+0000000000000000000000000000000"] {
+        for bad in [
+            "",
+            "xyz",
+            "0123",
+            &"g".repeat(32),
+            &"0".repeat(33),
+            "+0000000000000000000000000000000",
+        ] {
             assert!(bad.parse::<SessionId>().is_err(), "{bad:?} parsed");
         }
     }

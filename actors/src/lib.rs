@@ -36,7 +36,9 @@ pub use bus::{Delivery, SubscriptionId};
 pub use config::{BusConfig, ConfigError, EngineConfig, ReleaseConfig, SessionsConfig};
 pub use engine::{Engine, EngineHandle, OpenOptions};
 pub use events::{EventKinds, LifecycleEvent, ReleaseReceipt, SessionEndEvent, SessionStarted};
-pub use gpu::{AllocRequest, Allocated, GpuError, GpuPool, InMemoryPool, PoolInfo, PoolStats, ReleaseReport};
+pub use gpu::{
+    AllocRequest, Allocated, GpuError, GpuPool, InMemoryPool, PoolInfo, PoolStats, ReleaseReport,
+};
 pub use ids::{AllocationId, Caller, Owner, ParseIdError, SessionId, TraceId};
 pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
 pub use registry::{OpenError, RegistryStats, ShutdownReport};

@@ -19,8 +19,15 @@ struct Fixture {
 async fn start(config: EngineConfig) -> Fixture {
     let pool = Arc::new(InMemoryPool::new(64 * MIB, 16 * MIB));
     let engine = Engine::start(config, pool.clone()).expect("valid config");
-    let events = engine.subscribe_channel(EventKinds::ALL, Delivery::Reliable).await.unwrap();
-    Fixture { engine, pool, events }
+    let events = engine
+        .subscribe_channel(EventKinds::ALL, Delivery::Reliable)
+        .await
+        .unwrap();
+    Fixture {
+        engine,
+        pool,
+        events,
+    }
 }
 
 impl Fixture {
@@ -60,18 +67,28 @@ async fn close_releases_everything_once_and_a_second_close_gets_the_same_receipt
     assert_eq!(f.pool.stats().live_buffers, 2);
 
     let receipt = session.close().await.unwrap();
-    assert_eq!((receipt.buffers, receipt.bytes, receipt.reason), (2, 3 * MIB, EndReason::Closed));
+    assert_eq!(
+        (receipt.buffers, receipt.bytes, receipt.reason),
+        (2, 3 * MIB, EndReason::Closed)
+    );
     assert_eq!(f.pool.stats().live_buffers, 0);
     assert_eq!(session.state(), State::Closed);
 
     let again = session.close().await.unwrap();
     assert_eq!(again, receipt);
-    let by_id = f.engine.close(session.id(), Owner::new("alice")).await.unwrap();
+    let by_id = f
+        .engine
+        .close(session.id(), Owner::new("alice"))
+        .await
+        .unwrap();
     assert_eq!(by_id, receipt);
     assert_eq!(f.pool.stats().released_total, 2, "nothing released twice");
 
     let events = f.until_released(1).await;
-    assert_eq!(ends_by_session(&events)[&session.id()], vec![EndReason::Closed]);
+    assert_eq!(
+        ends_by_session(&events)[&session.id()],
+        vec![EndReason::Closed]
+    );
 }
 
 #[actix::test]
@@ -82,7 +99,10 @@ async fn dropping_the_last_handle_is_a_disconnect() {
     let clone = session.clone();
     session.allocate(MIB).await.unwrap();
     drop(session);
-    clone.touch().await.expect("a clone keeps the session alive");
+    clone
+        .touch()
+        .await
+        .expect("a clone keeps the session alive");
     drop(clone);
 
     let events = f.until_released(1).await;
@@ -99,13 +119,20 @@ async fn a_panicking_handler_still_ends_the_session_once_and_releases_it() {
     session.inject_panic().await;
 
     let events = f.until_released(1).await;
-    assert_eq!(ends_by_session(&events)[&session.id()], vec![EndReason::Crashed]);
+    assert_eq!(
+        ends_by_session(&events)[&session.id()],
+        vec![EndReason::Crashed]
+    );
     assert_eq!(f.pool.stats().live_buffers, 0);
     let late = session.chat(Turn::default()).await.unwrap_err();
     assert!(late.is_gone(), "{late}");
     let receipt = session.close().await.unwrap();
     assert_eq!((receipt.reason, receipt.buffers), (EndReason::Crashed, 2));
-    assert_eq!(f.engine.stats().await.unwrap().incidents, 1, "a crash is an incident");
+    assert_eq!(
+        f.engine.stats().await.unwrap().incidents,
+        1,
+        "a crash is an incident"
+    );
 }
 
 #[actix::test]
@@ -121,7 +148,10 @@ async fn shutdown_ends_every_session_and_releases_all_memory() {
     assert_eq!(report.sessions_ended, 50);
     assert_eq!(report.buffers_released, 50);
     assert_eq!(f.pool.stats().live_buffers, 0);
-    assert!(matches!(f.engine.open("late").await, Err(OpenError::ShuttingDown)));
+    assert!(matches!(
+        f.engine.open("late").await,
+        Err(OpenError::ShuttingDown)
+    ));
 
     let events = f.until_released(50).await;
     let ends = ends_by_session(&events);
@@ -137,16 +167,31 @@ async fn only_the_owner_or_an_operator_may_act() {
     let f = start(EngineConfig::default()).await;
     let session = f.engine.open("alice").await.unwrap();
     let id = session.id();
-    let err = f.engine.attach(id, Owner::new("mallory")).await.unwrap_err();
+    let err = f
+        .engine
+        .attach(id, Owner::new("mallory"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, SessionError::Unauthorized { .. }), "{err}");
     let err = f.engine.close(id, Owner::new("mallory")).await.unwrap_err();
     assert!(matches!(err, SessionError::Unauthorized { .. }), "{err}");
-    assert_eq!(session.info().await.unwrap().state, State::Established, "nothing changed");
+    assert_eq!(
+        session.info().await.unwrap().state,
+        State::Established,
+        "nothing changed"
+    );
 
-    let operator = f.engine.attach(id, Caller::Operator("ops".into())).await.unwrap();
+    let operator = f
+        .engine
+        .attach(id, Caller::Operator("ops".into()))
+        .await
+        .unwrap();
     operator.close().await.unwrap();
     let err = f.engine.close(id, Owner::new("mallory")).await.unwrap_err();
-    assert!(matches!(err, SessionError::Unauthorized { .. }), "an ended session still checks its owner: {err}");
+    assert!(
+        matches!(err, SessionError::Unauthorized { .. }),
+        "an ended session still checks its owner: {err}"
+    );
 }
 
 #[actix::test]
@@ -163,24 +208,50 @@ async fn unknown_ids_and_ended_sessions_get_clear_errors() {
     assert!(err.is_gone());
     assert!(err.to_string().contains("closed"), "{err}");
     let err = session.allocate(MIB).await.unwrap_err();
-    assert!(matches!(err, SessionError::NotEstablished { event: Event::Allocate, .. }), "{err}");
-    let err = f.engine.attach(session.id(), Owner::new("dave")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::NotEstablished {
+                event: Event::Allocate,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = f
+        .engine
+        .attach(session.id(), Owner::new("dave"))
+        .await
+        .unwrap_err();
     assert!(err.is_gone(), "{err}");
 }
 
 #[actix::test]
 async fn bad_allocations_are_refused_and_nothing_is_allocated() {
-    let config = EngineConfig { sessions: SessionsConfig { max_session_bytes: 4 * MIB, ..Default::default() }, ..Default::default() };
+    let config = EngineConfig {
+        sessions: SessionsConfig {
+            max_session_bytes: 4 * MIB,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let f = start(config).await;
     let session = f.engine.open("erin").await.unwrap();
     let refused = |e: SessionError| match e {
         SessionError::Allocation { source, .. } => source,
         other => panic!("expected an allocation error, got {other}"),
     };
-    assert_eq!(refused(session.allocate(0).await.unwrap_err()), AllocError::ZeroSize);
-    assert!(matches!(refused(session.allocate(17 * MIB).await.unwrap_err()), AllocError::TooLarge { max, .. } if max == 16 * MIB));
+    assert_eq!(
+        refused(session.allocate(0).await.unwrap_err()),
+        AllocError::ZeroSize
+    );
+    assert!(
+        matches!(refused(session.allocate(17 * MIB).await.unwrap_err()), AllocError::TooLarge { max, .. } if max == 16 * MIB)
+    );
     session.allocate(3 * MIB).await.unwrap();
-    assert!(matches!(refused(session.allocate(2 * MIB).await.unwrap_err()), AllocError::OverSessionBudget { used, .. } if used == 3 * MIB));
+    assert!(
+        matches!(refused(session.allocate(2 * MIB).await.unwrap_err()), AllocError::OverSessionBudget { used, .. } if used == 3 * MIB)
+    );
     assert_eq!(f.pool.stats().live_buffers, 1);
     assert_eq!(session.info().await.unwrap().bytes, 3 * MIB);
 }
@@ -194,7 +265,16 @@ async fn a_gpu_out_of_memory_is_an_error_not_a_leak() {
     }
     let b = f.engine.open("b").await.unwrap();
     let err = b.allocate(MIB).await.unwrap_err();
-    assert!(matches!(err, SessionError::Allocation { source: AllocError::Gpu(GpuError::OutOfMemory { .. }), .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            SessionError::Allocation {
+                source: AllocError::Gpu(GpuError::OutOfMemory { .. }),
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(b.info().await.unwrap().bytes, 0);
     a.close().await.unwrap();
     b.allocate(MIB).await.unwrap();
@@ -202,21 +282,39 @@ async fn a_gpu_out_of_memory_is_an_error_not_a_leak() {
 
 #[actix::test]
 async fn sessions_past_the_limit_are_refused() {
-    let config = EngineConfig { sessions: SessionsConfig { max_sessions: 2, ..Default::default() }, ..Default::default() };
+    let config = EngineConfig {
+        sessions: SessionsConfig {
+            max_sessions: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let f = start(config).await;
     let _a = f.engine.open("a").await.unwrap();
     let b = f.engine.open("b").await.unwrap();
-    assert_eq!(f.engine.open("c").await.unwrap_err(), OpenError::AtCapacity { limit: 2 });
+    assert_eq!(
+        f.engine.open("c").await.unwrap_err(),
+        OpenError::AtCapacity { limit: 2 }
+    );
     b.close().await.unwrap();
     f.engine.open("c").await.expect("room again after a close");
 }
 
 #[actix::test]
 async fn a_slow_best_effort_subscriber_does_not_stall_ends() {
-    let config = EngineConfig { bus: BusConfig { subscriber_capacity: 4 }, ..Default::default() };
+    let config = EngineConfig {
+        bus: BusConfig {
+            subscriber_capacity: 4,
+        },
+        ..Default::default()
+    };
     let mut f = start(config).await;
     // Never read: its queue fills after four events.
-    let _stalled = f.engine.subscribe_channel(EventKinds::ALL, Delivery::BestEffort).await.unwrap();
+    let _stalled = f
+        .engine
+        .subscribe_channel(EventKinds::ALL, Delivery::BestEffort)
+        .await
+        .unwrap();
     for i in 0..20 {
         let session = f.engine.open(format!("u{i}")).await.unwrap();
         session.allocate(MIB / 8).await.unwrap();
@@ -224,15 +322,28 @@ async fn a_slow_best_effort_subscriber_does_not_stall_ends() {
     }
     let stats = f.engine.stats().await.unwrap();
     assert_eq!(stats.released, 20);
-    assert!(stats.bus_dropped > 0, "the stalled subscriber lost events instead of stalling the registry");
+    assert!(
+        stats.bus_dropped > 0,
+        "the stalled subscriber lost events instead of stalling the registry"
+    );
     let events = f.until_released(20).await;
-    assert_eq!(ends_by_session(&events).len(), 20, "the reliable subscriber got every end");
+    assert_eq!(
+        ends_by_session(&events).len(),
+        20,
+        "the reliable subscriber got every end"
+    );
 }
 
 #[actix::test]
 async fn invalid_configuration_names_the_field() {
     let pool = Arc::new(InMemoryPool::new(MIB, MIB));
-    let config = EngineConfig { release: ReleaseConfig { burst: 0, ..Default::default() }, ..Default::default() };
+    let config = EngineConfig {
+        release: ReleaseConfig {
+            burst: 0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let err = Engine::start(config, pool).unwrap_err();
     assert_eq!(err.field, "release.burst");
     assert!(err.to_string().contains("release.burst"), "{err}");

@@ -21,8 +21,12 @@ pub(crate) struct OpenedDevice {
 
 /// Backends in tie-break order: when two adapters are of the same kind, the
 /// earlier backend wins (Vulkan reports memory exactly; GL does not).
-const BACKEND_ORDER: [wgpu::Backend; 4] =
-    [wgpu::Backend::Vulkan, wgpu::Backend::Metal, wgpu::Backend::Dx12, wgpu::Backend::Gl];
+const BACKEND_ORDER: [wgpu::Backend; 4] = [
+    wgpu::Backend::Vulkan,
+    wgpu::Backend::Metal,
+    wgpu::Backend::Dx12,
+    wgpu::Backend::Gl,
+];
 
 /// Opens the best matching device for `config`.
 pub(crate) fn open_device(config: &GpuConfig) -> Result<OpenedDevice, GpuInitError> {
@@ -39,7 +43,11 @@ pub(crate) fn open_device(config: &GpuConfig) -> Result<OpenedDevice, GpuInitErr
     let best = adapters
         .into_iter()
         .zip(seen.iter())
-        .filter(|(_, info)| filter.as_deref().is_none_or(|f| info.name.to_lowercase().contains(f)))
+        .filter(|(_, info)| {
+            filter
+                .as_deref()
+                .is_none_or(|f| info.name.to_lowercase().contains(f))
+        })
         .max_by_key(|(_, info)| rank(info.device_type, info.backend));
     let Some((adapter, info)) = best else {
         return Err(GpuInitError::NoAdapter {
@@ -71,11 +79,12 @@ pub(crate) fn open_device(config: &GpuConfig) -> Result<OpenedDevice, GpuInitErr
         memory_hints: wgpu::MemoryHints::MemoryUsage,
         ..Default::default()
     });
-    let (device, queue) = pollster::block_on(request).map_err(|error| GpuInitError::RequestDevice {
-        adapter: info.name.clone(),
-        backend: backend.clone(),
-        message: error.to_string(),
-    })?;
+    let (device, queue) =
+        pollster::block_on(request).map_err(|error| GpuInitError::RequestDevice {
+            adapter: info.name.clone(),
+            backend: backend.clone(),
+            message: error.to_string(),
+        })?;
 
     // Without a handler wgpu panics on any error outside an error scope; the
     // worker must survive, so log instead.
@@ -99,7 +108,8 @@ pub(crate) fn open_device(config: &GpuConfig) -> Result<OpenedDevice, GpuInitErr
             // Rounded down to whole copy units: every request up to this
             // figure still fits once the worker rounds it up (lavapipe
             // reports 2^31 - 1, where a request of exactly that would fail).
-            max_buffer_size: limits.max_buffer_size / wgpu::COPY_BUFFER_ALIGNMENT * wgpu::COPY_BUFFER_ALIGNMENT,
+            max_buffer_size: limits.max_buffer_size / wgpu::COPY_BUFFER_ALIGNMENT
+                * wgpu::COPY_BUFFER_ALIGNMENT,
         },
         lost,
     })
@@ -114,8 +124,10 @@ fn rank(device_type: wgpu::DeviceType, backend: wgpu::Backend) -> (u8, u8) {
         wgpu::DeviceType::Cpu => 1,
         wgpu::DeviceType::Other => 0,
     };
-    let backend =
-        BACKEND_ORDER.iter().position(|b| *b == backend).map_or(0, |index| (BACKEND_ORDER.len() - index) as u8);
+    let backend = BACKEND_ORDER
+        .iter()
+        .position(|b| *b == backend)
+        .map_or(0, |index| (BACKEND_ORDER.len() - index) as u8);
     (kind, backend)
 }
 
@@ -137,7 +149,11 @@ fn backend_names(backends: wgpu::Backends) -> String {
         .filter(|backend| backends.contains(wgpu::Backends::from(**backend)))
         .map(|backend| backend.to_str())
         .collect();
-    if names.is_empty() { "none (check WGPU_BACKEND)".to_owned() } else { names.join(", ") }
+    if names.is_empty() {
+        "none (check WGPU_BACKEND)".to_owned()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// Backends in `backends` that this build cannot use on this OS at all.
@@ -152,10 +168,16 @@ fn unavailable_here(backends: wgpu::Backends) -> Vec<&'static str> {
     out
 }
 
-fn no_adapter_hint(backends: wgpu::Backends, filter: Option<&str>, seen: &[wgpu::AdapterInfo]) -> String {
+fn no_adapter_hint(
+    backends: wgpu::Backends,
+    filter: Option<&str>,
+    seen: &[wgpu::AdapterInfo],
+) -> String {
     if let Some(filter) = filter.filter(|_| !seen.is_empty()) {
-        let names: Vec<String> =
-            seen.iter().map(|info| format!("\"{}\" ({})", info.name, info.backend.to_str())).collect();
+        let names: Vec<String> = seen
+            .iter()
+            .map(|info| format!("\"{}\" ({})", info.name, info.backend.to_str()))
+            .collect();
         return format!(
             "no adapter name contains \"{filter}\" (gpu.adapter or WGPU_ADAPTER_NAME); found {}",
             names.join(", ")
@@ -193,6 +215,9 @@ mod tests {
 
     #[test]
     fn backend_list_is_readable() {
-        assert_eq!(backend_names(wgpu::Backends::VULKAN | wgpu::Backends::GL), "vulkan, gl");
+        assert_eq!(
+            backend_names(wgpu::Backends::VULKAN | wgpu::Backends::GL),
+            "vulkan, gl"
+        );
     }
 }

@@ -26,8 +26,12 @@ impl BackendChoice {
     /// The wgpu backend set this choice stands for, reading `WGPU_BACKEND` for `Auto`.
     pub(crate) fn backends(self) -> wgpu::Backends {
         match self {
-            BackendChoice::Auto => wgpu::Backends::from_env()
-                .unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12 | wgpu::Backends::GL),
+            BackendChoice::Auto => wgpu::Backends::from_env().unwrap_or(
+                wgpu::Backends::VULKAN
+                    | wgpu::Backends::METAL
+                    | wgpu::Backends::DX12
+                    | wgpu::Backends::GL,
+            ),
             BackendChoice::Vulkan => wgpu::Backends::VULKAN,
             BackendChoice::Gl => wgpu::Backends::GL,
             BackendChoice::Metal => wgpu::Backends::METAL,
@@ -63,7 +67,11 @@ pub struct GpuConfig {
 
 impl Default for GpuConfig {
     fn default() -> Self {
-        GpuConfig { backend: BackendChoice::Auto, adapter: None, batch_max: 256 }
+        GpuConfig {
+            backend: BackendChoice::Auto,
+            adapter: None,
+            batch_max: 256,
+        }
     }
 }
 
@@ -94,7 +102,11 @@ impl GpuConfig {
         if self.batch_max == 0 {
             return Err(GpuConfigError::BatchMaxZero);
         }
-        if self.adapter.as_deref().is_some_and(|name| name.trim().is_empty()) {
+        if self
+            .adapter
+            .as_deref()
+            .is_some_and(|name| name.trim().is_empty())
+        {
             return Err(GpuConfigError::EmptyAdapter);
         }
         Ok(())
@@ -107,7 +119,8 @@ impl GpuConfig {
             Some(name) => Some(name.clone()),
             None => std::env::var(ADAPTER_ENV).ok(),
         };
-        raw.map(|name| name.trim().to_lowercase()).filter(|name| !name.is_empty())
+        raw.map(|name| name.trim().to_lowercase())
+            .filter(|name| !name.is_empty())
     }
 }
 
@@ -126,7 +139,8 @@ mod tests {
 
     #[test]
     fn parses_from_toml_with_missing_fields_defaulted() {
-        let config: GpuConfig = toml::from_str("backend = \"vulkan\"\nadapter = \"llvmpipe\"").unwrap();
+        let config: GpuConfig =
+            toml::from_str("backend = \"vulkan\"\nadapter = \"llvmpipe\"").unwrap();
         assert_eq!(config.backend, BackendChoice::Vulkan);
         assert_eq!(config.adapter.as_deref(), Some("llvmpipe"));
         assert_eq!(config.batch_max, 256);
@@ -140,15 +154,35 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let zero = GpuConfig { batch_max: 0, ..GpuConfig::default() };
-        assert!(zero.validate().unwrap_err().to_string().starts_with("gpu.batch_max: must be at least 1"));
-        let blank = GpuConfig { adapter: Some("  ".into()), ..GpuConfig::default() };
-        assert!(blank.validate().unwrap_err().to_string().starts_with("gpu.adapter:"));
+        let zero = GpuConfig {
+            batch_max: 0,
+            ..GpuConfig::default()
+        };
+        assert!(
+            zero.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("gpu.batch_max: must be at least 1")
+        );
+        let blank = GpuConfig {
+            adapter: Some("  ".into()),
+            ..GpuConfig::default()
+        };
+        assert!(
+            blank
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("gpu.adapter:")
+        );
     }
 
     #[test]
     fn adapter_setting_is_matched_case_insensitively() {
-        let config = GpuConfig { adapter: Some(" LLVMpipe ".into()), ..GpuConfig::default() };
+        let config = GpuConfig {
+            adapter: Some(" LLVMpipe ".into()),
+            ..GpuConfig::default()
+        };
         assert_eq!(config.adapter_filter().as_deref(), Some("llvmpipe"));
     }
 }

@@ -5,8 +5,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
-use sessionbus_actors::{AllocRequest, Allocated, GpuError, GpuPool, PoolInfo, PoolStats, ReleaseReport};
 use sessionbus_actors::SessionId;
+use sessionbus_actors::{
+    AllocRequest, Allocated, GpuError, GpuPool, PoolInfo, PoolStats, ReleaseReport,
+};
 use tokio::sync::oneshot;
 
 use super::config::GpuConfig;
@@ -34,7 +36,10 @@ pub struct WgpuPool {
 
 impl std::fmt::Debug for WgpuPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WgpuPool").field("info", &self.info).field("stats", &self.stats.snapshot()).finish()
+        f.debug_struct("WgpuPool")
+            .field("info", &self.info)
+            .field("stats", &self.stats.snapshot())
+            .finish()
     }
 }
 
@@ -103,14 +108,21 @@ impl WgpuPool {
     /// Afterwards `allocate` answers [`GpuError::Unavailable`]; a second call
     /// just reads the counters as they are now.
     pub fn shutdown(&self) -> GpuCounters {
-        let Some(handle) = self.worker.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+        let Some(handle) = self
+            .worker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
             return self.counters();
         };
         let (reply, answer) = crossbeam_channel::bounded(1);
         // Fails only if the thread is already gone; then `answer` fails too.
         let _ = self.commands.send(Command::Shutdown { reply });
         let counters = answer.recv().unwrap_or_else(|_| {
-            tracing::error!("the sessionbus-gpu thread was gone before shutdown; its buffers died with it");
+            tracing::error!(
+                "the sessionbus-gpu thread was gone before shutdown; its buffers died with it"
+            );
             self.counters()
         });
         if handle.join().is_err() {

@@ -13,7 +13,10 @@ use super::*;
 const MIB: u64 = 1 << 20;
 
 fn vulkan() -> GpuConfig {
-    GpuConfig { backend: BackendChoice::Vulkan, ..GpuConfig::default() }
+    GpuConfig {
+        backend: BackendChoice::Vulkan,
+        ..GpuConfig::default()
+    }
 }
 
 fn start() -> WgpuPool {
@@ -25,14 +28,25 @@ fn start() -> WgpuPool {
 
 fn allocate(pool: &WgpuPool, session: SessionId, bytes: u64) -> Result<Allocated, GpuError> {
     let (reply, answer) = oneshot::channel();
-    pool.allocate(AllocRequest { session, id: AllocationId::next(), bytes }, reply);
-    answer.blocking_recv().expect("the pool dropped an allocation reply")
+    pool.allocate(
+        AllocRequest {
+            session,
+            id: AllocationId::next(),
+            bytes,
+        },
+        reply,
+    );
+    answer
+        .blocking_recv()
+        .expect("the pool dropped an allocation reply")
 }
 
 fn release(pool: &WgpuPool, session: SessionId) -> ReleaseReport {
     let (reply, answer) = oneshot::channel();
     pool.release_session(session, reply);
-    answer.blocking_recv().expect("the pool dropped a release reply")
+    answer
+        .blocking_recv()
+        .expect("the pool dropped a release reply")
 }
 
 #[test]
@@ -41,9 +55,22 @@ fn pool_info_describes_the_vulkan_device() {
     let info = pool.info();
     assert_eq!(info.backend, "vulkan");
     assert!(!info.adapter.is_empty());
-    assert!(["cpu", "discrete-gpu", "integrated-gpu", "virtual-gpu", "other"].contains(&info.device_type.as_str()));
+    assert!(
+        [
+            "cpu",
+            "discrete-gpu",
+            "integrated-gpu",
+            "virtual-gpu",
+            "other"
+        ]
+        .contains(&info.device_type.as_str())
+    );
     // The adapter's real limit, not wgpu's 256 MiB default.
-    assert!(info.max_buffer_size >= 256 * MIB, "max_buffer_size = {}", info.max_buffer_size);
+    assert!(
+        info.max_buffer_size >= 256 * MIB,
+        "max_buffer_size = {}",
+        info.max_buffer_size
+    );
 }
 
 #[test]
@@ -53,7 +80,11 @@ fn buffers_show_in_wgpu_counters_and_release_gives_exactly_them_back() {
     let baseline = pool.counters();
 
     for _ in 0..2 {
-        assert_eq!(allocate(&pool, b, 1001).unwrap().bytes, 1004, "rounded up to COPY_BUFFER_ALIGNMENT");
+        assert_eq!(
+            allocate(&pool, b, 1001).unwrap().bytes,
+            1004,
+            "rounded up to COPY_BUFFER_ALIGNMENT"
+        );
     }
     let only_b = pool.counters();
     assert_eq!(only_b.buffers, baseline.buffers + 2);
@@ -77,16 +108,26 @@ fn buffers_show_in_wgpu_counters_and_release_gives_exactly_them_back() {
     );
 
     let report = release(&pool, a);
-    assert_eq!((report.session, report.buffers, report.bytes), (a, 3, 3 * MIB));
+    assert_eq!(
+        (report.session, report.buffers, report.bytes),
+        (a, 3, 3 * MIB)
+    );
     assert!(report.finished_at >= report.started_at);
     assert!(report.batch_len >= 1);
-    assert_eq!(pool.counters(), only_b, "releasing A frees exactly A's buffers and memory");
+    assert_eq!(
+        pool.counters(),
+        only_b,
+        "releasing A frees exactly A's buffers and memory"
+    );
 
     let report = release(&pool, b);
     assert_eq!((report.buffers, report.bytes), (2, 2 * 1004));
     assert_eq!(pool.counters(), baseline);
     let stats = pool.stats();
-    assert_eq!((stats.live_buffers, stats.live_bytes, stats.released_total), (0, 0, 5));
+    assert_eq!(
+        (stats.live_buffers, stats.live_bytes, stats.released_total),
+        (0, 0, 5)
+    );
     assert_eq!(stats.peak_bytes, 3 * MIB + 2 * 1004);
 }
 
@@ -110,9 +151,15 @@ fn empty_and_oversized_requests_are_refused_without_touching_the_device() {
     let max = pool.info().max_buffer_size;
 
     let zero = allocate(&pool, session, 0).unwrap_err();
-    assert!(matches!(&zero, GpuError::Rejected(msg) if msg.contains("at least 1 byte")), "{zero}");
+    assert!(
+        matches!(&zero, GpuError::Rejected(msg) if msg.contains("at least 1 byte")),
+        "{zero}"
+    );
     let huge = allocate(&pool, session, max + 1).unwrap_err();
-    assert!(matches!(&huge, GpuError::Rejected(msg) if msg.contains(&max.to_string())), "{huge}");
+    assert!(
+        matches!(&huge, GpuError::Rejected(msg) if msg.contains(&max.to_string())),
+        "{huge}"
+    );
 
     assert_eq!(pool.counters(), before);
     assert_eq!(pool.stats(), PoolStats::default());
@@ -130,8 +177,12 @@ fn a_buffer_wgpu_refuses_becomes_a_rejection_not_a_panic() {
     let opened = adapter::open_device(&vulkan()).unwrap();
     let before = GpuCounters::read(&opened.device);
     let too_big = opened.device.limits().max_buffer_size + 1;
-    let error = worker::create_buffer(&opened.device, too_big, too_big.next_multiple_of(4)).unwrap_err();
-    assert!(matches!(&error, GpuError::Rejected(msg) if msg.contains("maximum buffer size")), "{error}");
+    let error =
+        worker::create_buffer(&opened.device, too_big, too_big.next_multiple_of(4)).unwrap_err();
+    assert!(
+        matches!(&error, GpuError::Rejected(msg) if msg.contains("maximum buffer size")),
+        "{error}"
+    );
     assert_eq!(GpuCounters::read(&opened.device), before);
 }
 
@@ -140,9 +191,15 @@ fn forcing_metal_on_linux_names_the_backend_and_the_fix() {
     if cfg!(target_vendor = "apple") {
         return;
     }
-    let config = GpuConfig { backend: BackendChoice::Metal, ..GpuConfig::default() };
+    let config = GpuConfig {
+        backend: BackendChoice::Metal,
+        ..GpuConfig::default()
+    };
     let error = WgpuPool::start(&config).unwrap_err();
-    assert!(matches!(&error, GpuInitError::NoAdapter { tried, .. } if tried == "metal"), "{error:?}");
+    assert!(
+        matches!(&error, GpuInitError::NoAdapter { tried, .. } if tried == "metal"),
+        "{error:?}"
+    );
     let message = error.to_string();
     assert!(message.contains("metal"), "{message}");
     assert!(message.contains("mesa-vulkan-drivers"), "{message}");
@@ -150,7 +207,10 @@ fn forcing_metal_on_linux_names_the_backend_and_the_fix() {
 
 #[test]
 fn an_adapter_filter_that_matches_nothing_lists_what_was_found() {
-    let config = GpuConfig { adapter: Some("no-such-gpu-7f3a".into()), ..vulkan() };
+    let config = GpuConfig {
+        adapter: Some("no-such-gpu-7f3a".into()),
+        ..vulkan()
+    };
     let message = WgpuPool::start(&config).unwrap_err().to_string();
     assert!(message.contains("no-such-gpu-7f3a"), "{message}");
     assert!(message.contains("(vulkan)"), "{message}");
@@ -158,9 +218,15 @@ fn an_adapter_filter_that_matches_nothing_lists_what_was_found() {
 
 #[test]
 fn invalid_config_is_refused_before_any_thread_starts() {
-    let config = GpuConfig { batch_max: 0, ..vulkan() };
+    let config = GpuConfig {
+        batch_max: 0,
+        ..vulkan()
+    };
     let error = WgpuPool::start(&config).unwrap_err();
-    assert!(matches!(error, GpuInitError::Config(GpuConfigError::BatchMaxZero)));
+    assert!(matches!(
+        error,
+        GpuInitError::Config(GpuConfigError::BatchMaxZero)
+    ));
 }
 
 #[test]
@@ -182,11 +248,24 @@ fn releases_sent_together_are_all_answered() {
             answer
         })
         .collect();
-    let reports: Vec<ReleaseReport> = answers.into_iter().map(|a| a.blocking_recv().unwrap()).collect();
-    assert!(reports.iter().all(|r| r.buffers == 4 && r.bytes == 4 * 64 * 1024));
+    let reports: Vec<ReleaseReport> = answers
+        .into_iter()
+        .map(|a| a.blocking_recv().unwrap())
+        .collect();
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.buffers == 4 && r.bytes == 4 * 64 * 1024)
+    );
     for report in &reports {
-        let same_batch = reports.iter().filter(|r| r.finished_at == report.finished_at).count();
-        assert_eq!(same_batch as u32, report.batch_len, "batch_len counts the releases sharing a poll");
+        let same_batch = reports
+            .iter()
+            .filter(|r| r.finished_at == report.finished_at)
+            .count();
+        assert_eq!(
+            same_batch as u32, report.batch_len,
+            "batch_len counts the releases sharing a poll"
+        );
     }
     assert_eq!(pool.counters().buffers, baseline_after.buffers - 64);
 }
@@ -202,14 +281,23 @@ fn shutdown_destroys_leftovers_and_later_calls_are_refused() {
     assert_eq!(pool.counters().buffers, baseline.buffers + 2);
 
     let last = pool.shutdown();
-    assert_eq!(last, baseline, "shutdown destroys what the engine never released");
+    assert_eq!(
+        last, baseline,
+        "shutdown destroys what the engine never released"
+    );
     assert_eq!(pool.stats().live_buffers, 0);
     assert_eq!(allocate(&pool, session, MIB), Err(GpuError::Unavailable));
     let (reply, answer) = oneshot::channel();
     pool.release_session(session, reply);
-    assert!(answer.blocking_recv().is_err(), "a release after shutdown drops its reply");
+    assert!(
+        answer.blocking_recv().is_err(),
+        "a release after shutdown drops its reply"
+    );
     // wgpu frees its own buffers with the device, so later readings are lower.
-    assert!(pool.shutdown().buffers <= baseline.buffers, "a second shutdown is harmless");
+    assert!(
+        pool.shutdown().buffers <= baseline.buffers,
+        "a second shutdown is harmless"
+    );
 }
 
 #[test]
@@ -249,8 +337,14 @@ fn timings() {
         release_us.push(t.elapsed().as_secs_f64() * 1e6);
         assert_eq!(report.buffers, 4);
     }
-    println!("allocate round trip (1 MiB):        median {:.1} us", median(alloc_us));
-    println!("release round trip (4 x 1 MiB):     median {:.1} us", median(release_us));
+    println!(
+        "allocate round trip (1 MiB):        median {:.1} us",
+        median(alloc_us)
+    );
+    println!(
+        "release round trip (4 x 1 MiB):     median {:.1} us",
+        median(release_us)
+    );
 
     // The error scopes' own cost, on the bare device.
     let opened = adapter::open_device(&vulkan()).unwrap();
@@ -258,7 +352,9 @@ fn timings() {
     let desc = wgpu::BufferDescriptor {
         label: None,
         size: MIB,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     };
     let mut bare = Vec::new();
@@ -289,13 +385,25 @@ fn timings() {
         assert!(v.is_none() && o.is_none());
     }
     let _ = device.poll(wgpu::PollType::wait_indefinitely());
-    println!("create_buffer bare:                 median {:.2} us", median(bare));
-    println!("create_buffer in 2 error scopes:    median {:.2} us", median(scoped));
-    println!("2 error scopes push+pop, no work:   median {:.2} us", median(scopes_only));
+    println!(
+        "create_buffer bare:                 median {:.2} us",
+        median(bare)
+    );
+    println!(
+        "create_buffer in 2 error scopes:    median {:.2} us",
+        median(scoped)
+    );
+    println!(
+        "2 error scopes push+pop, no work:   median {:.2} us",
+        median(scopes_only)
+    );
 
     let t = Instant::now();
     for _ in 0..rounds {
         let _ = device.poll(wgpu::PollType::wait_indefinitely());
     }
-    println!("poll(wait) on an idle device:       mean {:.2} us", t.elapsed().as_secs_f64() * 1e6 / rounds as f64);
+    println!(
+        "poll(wait) on an idle device:       mean {:.2} us",
+        t.elapsed().as_secs_f64() * 1e6 / rounds as f64
+    );
 }

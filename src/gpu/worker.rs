@@ -31,9 +31,7 @@ pub(crate) enum Command {
         reply: oneshot::Sender<ReleaseReport>,
     },
     /// Destroy whatever is left, poll, answer with the counters, and exit.
-    Shutdown {
-        reply: Sender<GpuCounters>,
-    },
+    Shutdown { reply: Sender<GpuCounters> },
 }
 
 /// What the worker hands back to `WgpuPool::start` once the device is open.
@@ -47,8 +45,9 @@ pub(crate) struct Started {
 
 /// Every buffer is usable as compute storage and as a copy source/target:
 /// what a model's KV cache or activations need, without mapping.
-const USAGE: wgpu::BufferUsages =
-    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
+const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
 
 /// The thread's body: opens the device, reports on `started`, then serves
 /// `commands` until told to stop or until every sender is gone.
@@ -141,7 +140,11 @@ impl Worker {
     /// The channel is unbounded so that the engine never blocks on it; in
     /// practice it stays short, because every command carries a reply that a
     /// caller is awaiting before it sends more for that session.
-    fn serve(&mut self, commands: &Receiver<Command>, batch_max: usize) -> Option<Sender<GpuCounters>> {
+    fn serve(
+        &mut self,
+        commands: &Receiver<Command>,
+        batch_max: usize,
+    ) -> Option<Sender<GpuCounters>> {
         // Blocking for the first command: an idle pool costs nothing.
         while let Ok(first) = commands.recv() {
             let mut pending = Vec::new();
@@ -155,7 +158,9 @@ impl Worker {
                         // Answered at once: an allocation needs no poll.
                         let _ = reply.send(self.allocate(request));
                     }
-                    Command::Release { session, reply } => pending.push(self.release(session, reply)),
+                    Command::Release { session, reply } => {
+                        pending.push(self.release(session, reply))
+                    }
                     Command::Shutdown { reply } => {
                         stop = Some(reply);
                         break;
@@ -179,7 +184,9 @@ impl Worker {
             return Err(GpuError::Unavailable);
         }
         if request.bytes == 0 {
-            return Err(GpuError::Rejected("a buffer must hold at least 1 byte; 0 were requested".into()));
+            return Err(GpuError::Rejected(
+                "a buffer must hold at least 1 byte; 0 were requested".into(),
+            ));
         }
         let too_big = || {
             GpuError::Rejected(format!(
@@ -191,19 +198,42 @@ impl Worker {
             return Err(too_big());
         }
         // wgpu requires sizes in whole copy units; the engine is told the real size.
-        let size = request.bytes.checked_next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT).ok_or_else(too_big)?;
+        let size = request
+            .bytes
+            .checked_next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+            .ok_or_else(too_big)?;
 
         let buffer = create_buffer(&self.device, request.bytes, size)?;
         self.stats.record_allocated(size);
-        self.sessions.entry(request.session).or_default().push(LiveBuffer { id: request.id, buffer, bytes: size });
-        Ok(Allocated { id: request.id, bytes: size })
+        self.sessions
+            .entry(request.session)
+            .or_default()
+            .push(LiveBuffer {
+                id: request.id,
+                buffer,
+                bytes: size,
+            });
+        Ok(Allocated {
+            id: request.id,
+            bytes: size,
+        })
     }
 
     /// Destroys the session's buffers now; the reply waits for the batch's poll.
-    fn release(&mut self, session: SessionId, reply: oneshot::Sender<ReleaseReport>) -> PendingRelease {
+    fn release(
+        &mut self,
+        session: SessionId,
+        reply: oneshot::Sender<ReleaseReport>,
+    ) -> PendingRelease {
         let started_at = Instant::now();
         let (buffers, bytes) = self.destroy_session(session);
-        PendingRelease { session, reply, buffers, bytes, started_at }
+        PendingRelease {
+            session,
+            reply,
+            buffers,
+            bytes,
+            started_at,
+        }
     }
 
     fn destroy_session(&mut self, session: SessionId) -> (u64, u64) {
@@ -216,7 +246,12 @@ impl Worker {
     fn destroy_buffers(&self, live: Vec<LiveBuffer>) -> (u64, u64) {
         let buffers = live.len() as u64;
         let mut bytes = 0;
-        for LiveBuffer { buffer, bytes: size, .. } in live {
+        for LiveBuffer {
+            buffer,
+            bytes: size,
+            ..
+        } in live
+        {
             // `destroy` frees the memory now even if a clone of the handle
             // lingers somewhere; dropping alone would wait for the last one.
             buffer.destroy();
@@ -275,14 +310,22 @@ impl Worker {
 
 /// Creates one buffer of `size` bytes (`requested` is for the error message),
 /// turning wgpu's errors into the engine's instead of panics.
-pub(super) fn create_buffer(device: &wgpu::Device, requested: u64, size: u64) -> Result<wgpu::Buffer, GpuError> {
+pub(super) fn create_buffer(
+    device: &wgpu::Device,
+    requested: u64,
+    size: u64,
+) -> Result<wgpu::Buffer, GpuError> {
     // Scopes instead of the uncaptured handler, so the error reaches this
     // caller rather than a log line. Popped in reverse order, as wgpu requires;
     // on native backends the pop futures are already resolved.
     let oom_scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation_scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let buffer =
-        device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage: USAGE, mapped_at_creation: false });
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size,
+        usage: USAGE,
+        mapped_at_creation: false,
+    });
     let validation = pollster::block_on(validation_scope.pop());
     let oom = pollster::block_on(oom_scope.pop());
     match oom.or(validation) {

@@ -1,7 +1,206 @@
 //! The runtime an application embeds: start it, open sessions, shut it down.
+//!
+//! Ground rules: the runtime's actors live on one dedicated thread running
+//! its own actix `System`; GPU work lives on the pool's own thread. The
+//! application talks to both only through actix addresses and channels, whose
+//! futures can be awaited from any executor. That is why the same runtime
+//! works inside an actix application, a plain tokio application, or a
+//! blocking program (`futures::executor::block_on`).
 
+use std::sync::Arc;
+use std::thread;
+
+use sessionbus_actors::{
+    Caller, Delivery, EngineHandle, EventKinds, GpuPool, LifecycleEvent, OpenError, OpenOptions,
+    Owner, PoolInfo, PoolStats, RegistryStats, ReleaseReceipt, SessionError, SessionHandle,
+    SessionId, ShutdownReport, SubscriptionId,
+};
+use tokio::sync::{mpsc, oneshot};
+
+mod engine_thread;
 mod error;
-mod runtime;
 
+use crate::config::Config;
+use crate::gpu::{GpuCounters, WgpuPool};
 pub use error::StartError;
-pub use runtime::{Runtime, RuntimeBuilder, StopReport};
+
+/// Builds a [`Runtime`].
+#[derive(Debug, Default)]
+pub struct RuntimeBuilder {
+    config: Config,
+}
+
+impl RuntimeBuilder {
+    /// Uses `config` instead of the defaults.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Validates the configuration, opens the GPU device, and starts the engine.
+    pub async fn start(self) -> Result<Runtime, StartError> {
+        Runtime::start(self.config).await
+    }
+}
+
+/// What [`Runtime::shutdown`] did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StopReport {
+    /// Sessions ended and memory released by the shutdown.
+    pub sessions: ShutdownReport,
+    /// wgpu's own counters after everything was released and the device polled.
+    pub gpu_after: GpuCounters,
+}
+
+/// A running sessionbus: the engine's actors plus the wgpu pool.
+pub struct Runtime {
+    engine: EngineHandle,
+    gpu: Arc<WgpuPool>,
+    system: actix::System,
+    engine_exit: Option<oneshot::Receiver<()>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("adapter", self.adapter())
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// A builder with the default configuration.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// Validates `config`, opens the GPU device, and starts the engine on its
+    /// own thread. Awaitable from any executor; the caller's thread never blocks.
+    pub async fn start(config: Config) -> Result<Runtime, StartError> {
+        config.validate()?;
+        let (started_tx, started_rx) = oneshot::channel::<engine_thread::Started>();
+        let (exit_tx, exit_rx) = oneshot::channel();
+        thread::Builder::new()
+            .name("sessionbus-engine".into())
+            .spawn(move || engine_thread::run(config, started_tx, exit_tx))
+            .map_err(|e| StartError::Thread(e.to_string()))?;
+        let (engine, gpu, system) = started_rx
+            .await
+            .map_err(|_| StartError::Thread("the engine thread died while starting".into()))??;
+        tracing::info!(
+            target: "sessionbus::supervisor",
+            event = "runtime.started",
+            adapter = %gpu.info().adapter,
+            backend = %gpu.info().backend,
+            "sessionbus runtime started"
+        );
+        Ok(Runtime {
+            engine,
+            gpu,
+            system,
+            engine_exit: Some(exit_rx),
+        })
+    }
+
+    /// A cheap, cloneable handle to the engine, for tasks and threads.
+    pub fn engine(&self) -> &EngineHandle {
+        &self.engine
+    }
+
+    /// Opens a session owned by `owner`; the handle acts as that owner.
+    pub async fn open(&self, owner: impl Into<Owner>) -> Result<SessionHandle, OpenError> {
+        self.engine.open(owner).await
+    }
+
+    /// Opens a session with options (trace id).
+    pub async fn open_with(&self, options: OpenOptions) -> Result<SessionHandle, OpenError> {
+        self.engine.open_with(options).await
+    }
+
+    /// A handle to an existing session for `caller` (its owner or an operator).
+    pub async fn attach(
+        &self,
+        id: SessionId,
+        caller: impl Into<Caller>,
+    ) -> Result<SessionHandle, SessionError> {
+        self.engine.attach(id, caller).await
+    }
+
+    /// Closes a session by id; resolves with its release receipt.
+    pub async fn close(
+        &self,
+        id: SessionId,
+        caller: impl Into<Caller>,
+    ) -> Result<ReleaseReceipt, SessionError> {
+        self.engine.close(id, caller).await
+    }
+
+    /// Subscribes a tokio channel to lifecycle events.
+    pub async fn subscribe_channel(
+        &self,
+        kinds: EventKinds,
+        delivery: Delivery,
+    ) -> Option<mpsc::Receiver<LifecycleEvent>> {
+        self.engine.subscribe_channel(kinds, delivery).await
+    }
+
+    /// Subscribes an actix actor to lifecycle events.
+    pub async fn subscribe(
+        &self,
+        recipient: actix::Recipient<LifecycleEvent>,
+        kinds: EventKinds,
+        delivery: Delivery,
+    ) -> Option<SubscriptionId> {
+        self.engine.subscribe(recipient, kinds, delivery).await
+    }
+
+    /// The registry's counters.
+    pub async fn stats(&self) -> Option<RegistryStats> {
+        self.engine.stats().await
+    }
+
+    /// The adapter in use.
+    pub fn adapter(&self) -> &PoolInfo {
+        self.gpu.info()
+    }
+
+    /// The pool's own counters (buffers, bytes, peak).
+    pub fn pool_stats(&self) -> PoolStats {
+        self.gpu.stats()
+    }
+
+    /// wgpu's own counters for the device: the ground truth for leak checks.
+    pub fn gpu_counters(&self) -> GpuCounters {
+        self.gpu.counters()
+    }
+
+    /// Stops admitting sessions, ends every session with reason `shutdown`,
+    /// waits until all their GPU memory is released, stops the engine thread
+    /// and the GPU worker, and reports. wgpu's counters in the report are read
+    /// after the last device poll.
+    pub async fn shutdown(mut self) -> StopReport {
+        let sessions = self.engine.shutdown().await.unwrap_or_default();
+        self.system.stop();
+        if let Some(exit) = self.engine_exit.take() {
+            let _ = exit.await;
+        }
+        let gpu_after = self.gpu.shutdown();
+        StopReport {
+            sessions,
+            gpu_after,
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if self.engine_exit.is_some() {
+            tracing::warn!(
+                target: "sessionbus::supervisor",
+                event = "runtime.dropped",
+                "Runtime dropped without shutdown(): live sessions were not ended in order"
+            );
+            self.system.stop();
+        }
+    }
+}

@@ -24,10 +24,19 @@ pub async fn start() -> Harness {
 }
 
 pub async fn start_with(config: Config) -> Harness {
-    let rt = Runtime::start(config).await.expect("runtime starts on a real adapter (install mesa-vulkan-drivers)");
+    let rt = Runtime::start(config)
+        .await
+        .expect("runtime starts on a real adapter (install mesa-vulkan-drivers)");
     let baseline = rt.gpu_counters();
-    let events = rt.subscribe_channel(EventKinds::ALL, Delivery::Reliable).await.expect("subscribe");
-    Harness { rt, baseline, events }
+    let events = rt
+        .subscribe_channel(EventKinds::ALL, Delivery::Reliable)
+        .await
+        .expect("subscribe");
+    Harness {
+        rt,
+        baseline,
+        events,
+    }
 }
 
 impl Harness {
@@ -48,7 +57,11 @@ impl Harness {
 
     /// wgpu's own counters are back where they were before any session.
     pub fn assert_gpu_at_baseline(&self) {
-        assert_eq!(self.rt.gpu_counters(), self.baseline, "wgpu counters (hal.buffers, hal.buffer_memory) not at baseline");
+        assert_eq!(
+            self.rt.gpu_counters(),
+            self.baseline,
+            "wgpu counters (hal.buffers, hal.buffer_memory) not at baseline"
+        );
     }
 
     /// Shuts down and checks wgpu's counters after the final poll.

@@ -17,8 +17,8 @@
 //!
 //! A subscriber whose actor or channel is gone is removed at the next publish.
 
-use actix::dev::SendError;
 use actix::Recipient;
+use actix::dev::SendError;
 use tokio::sync::mpsc;
 
 use crate::events::{EventKinds, LifecycleEvent};
@@ -112,10 +112,21 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    pub(crate) fn subscribe(&mut self, sink: Sink, kinds: EventKinds, delivery: Delivery) -> SubscriptionId {
+    pub(crate) fn subscribe(
+        &mut self,
+        sink: Sink,
+        kinds: EventKinds,
+        delivery: Delivery,
+    ) -> SubscriptionId {
         self.next_id += 1;
         let id = SubscriptionId(self.next_id);
-        self.subscribers.push(Subscriber { id, kinds, delivery, sink, dropped: 0 });
+        self.subscribers.push(Subscriber {
+            id,
+            kinds,
+            delivery,
+            sink,
+            dropped: 0,
+        });
         id
     }
 

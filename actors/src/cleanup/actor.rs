@@ -28,7 +28,12 @@ impl CleanupActor {
         registry: Recipient<ReleaseCompleted>,
         mailbox_capacity: usize,
     ) -> Self {
-        CleanupActor { pool, pacer, registry, mailbox_capacity }
+        CleanupActor {
+            pool,
+            pacer,
+            registry,
+            mailbox_capacity,
+        }
     }
 }
 
@@ -44,13 +49,25 @@ impl Handler<LifecycleEvent> for CleanupActor {
     type Result = ();
 
     fn handle(&mut self, event: LifecycleEvent, ctx: &mut Self::Context) {
-        let LifecycleEvent::Ended(ended) = event else { return };
-        let release = release(ended, self.pool.clone(), self.pacer.clone(), self.registry.clone());
+        let LifecycleEvent::Ended(ended) = event else {
+            return;
+        };
+        let release = release(
+            ended,
+            self.pool.clone(),
+            self.pacer.clone(),
+            self.registry.clone(),
+        );
         ctx.spawn(release.into_actor(self));
     }
 }
 
-async fn release(ended: Arc<SessionEndEvent>, pool: Arc<dyn GpuPool>, pacer: Arc<Pacer>, registry: Recipient<ReleaseCompleted>) {
+async fn release(
+    ended: Arc<SessionEndEvent>,
+    pool: Arc<dyn GpuPool>,
+    pacer: Arc<Pacer>,
+    registry: Recipient<ReleaseCompleted>,
+) {
     let paced_for = pacer.admit(ended.allocations.len() as u64).await;
     let (reply, report) = oneshot::channel();
     pool.release_session(ended.id, reply);

@@ -19,7 +19,10 @@ impl Pacer {
     pub(crate) fn new(config: &ReleaseConfig) -> Self {
         let rate = NonZeroU32::new(config.buffers_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
-        Pacer { limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)), burst }
+        Pacer {
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            burst,
+        }
     }
 
     /// Waits until `buffers` may be destroyed; returns how long that took.
@@ -49,14 +52,20 @@ mod tests {
 
     #[tokio::test]
     async fn within_the_burst_nothing_waits() {
-        let pacer = Pacer::new(&ReleaseConfig { buffers_per_second: 10, burst: 100 });
+        let pacer = Pacer::new(&ReleaseConfig {
+            buffers_per_second: 10,
+            burst: 100,
+        });
         assert_eq!(pacer.admit(100).await, Duration::ZERO);
         assert_eq!(pacer.admit(0).await, Duration::ZERO);
     }
 
     #[tokio::test]
     async fn past_the_burst_release_is_paced() {
-        let pacer = Pacer::new(&ReleaseConfig { buffers_per_second: 1000, burst: 10 });
+        let pacer = Pacer::new(&ReleaseConfig {
+            buffers_per_second: 1000,
+            burst: 10,
+        });
         pacer.admit(10).await;
         // 20 more buffers at 1000/s cannot be admitted at once.
         assert!(pacer.admit(20).await > Duration::ZERO);

@@ -44,7 +44,9 @@ impl InMemoryPool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic elsewhere cannot leave the counters half-updated: every update is one statement.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -56,15 +58,24 @@ impl GpuPool for InMemoryPool {
     fn allocate(&self, request: AllocRequest, reply: oneshot::Sender<Result<Allocated, GpuError>>) {
         let mut state = self.lock();
         let result = if state.stats.live_bytes + request.bytes > self.capacity {
-            Err(GpuError::OutOfMemory { bytes: request.bytes })
+            Err(GpuError::OutOfMemory {
+                bytes: request.bytes,
+            })
         } else {
-            state.sessions.entry(request.session).or_default().push((request.id, request.bytes));
+            state
+                .sessions
+                .entry(request.session)
+                .or_default()
+                .push((request.id, request.bytes));
             let stats = &mut state.stats;
             stats.live_buffers += 1;
             stats.live_bytes += request.bytes;
             stats.peak_bytes = stats.peak_bytes.max(stats.live_bytes);
             stats.allocated_total += 1;
-            Ok(Allocated { id: request.id, bytes: request.bytes })
+            Ok(Allocated {
+                id: request.id,
+                bytes: request.bytes,
+            })
         };
         drop(state);
         let _ = reply.send(result);

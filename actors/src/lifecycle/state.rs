@@ -87,7 +87,10 @@ pub struct Lifecycle {
 
 impl Default for Lifecycle {
     fn default() -> Self {
-        Lifecycle { state: State::Init, end_reason: None }
+        Lifecycle {
+            state: State::Init,
+            end_reason: None,
+        }
     }
 }
 
@@ -121,9 +124,10 @@ impl Lifecycle {
                 self.end_reason = Some(reason);
                 State::Closing
             }
-            (State::Established, Event::Message | Event::Touch | Event::Allocate | Event::ContextReset) => {
-                State::Established
-            }
+            (
+                State::Established,
+                Event::Message | Event::Touch | Event::Allocate | Event::ContextReset,
+            ) => State::Established,
             (State::Closing, Event::Released) => State::Closed,
             (state, event) => return Err(LifecycleError { state, event }),
         };
@@ -219,6 +223,9 @@ mod tests {
         lifecycle.apply(Event::Establish).unwrap();
         lifecycle.apply(Event::End(EndReason::Closed)).unwrap();
         let err = lifecycle.apply(Event::Message).unwrap_err();
-        assert_eq!(err.to_string(), "a session in state closing cannot take message");
+        assert_eq!(
+            err.to_string(),
+            "a session in state closing cannot take message"
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use actix::prelude::*;
 use actix::WeakAddr;
+use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::error::OpenError;
@@ -62,7 +62,10 @@ pub(crate) struct RegistryActor {
 
 impl RegistryActor {
     pub(crate) fn new(config: SessionsConfig, pool: Arc<dyn GpuPool>) -> Self {
-        let tombstones = Tombstones::new(config.tombstones, Duration::from_secs(config.tombstone_ttl_secs));
+        let tombstones = Tombstones::new(
+            config.tombstones,
+            Duration::from_secs(config.tombstone_ttl_secs),
+        );
         RegistryActor {
             config,
             pool,
@@ -75,7 +78,12 @@ impl RegistryActor {
         }
     }
 
-    pub(crate) fn subscribe(&mut self, sink: Sink, kinds: EventKinds, delivery: Delivery) -> SubscriptionId {
+    pub(crate) fn subscribe(
+        &mut self,
+        sink: Sink,
+        kinds: EventKinds,
+        delivery: Delivery,
+    ) -> SubscriptionId {
         self.bus.subscribe(sink, kinds, delivery)
     }
 
@@ -101,11 +109,18 @@ impl RegistryActor {
     }
 
     fn unauthorized(id: SessionId, caller: &Caller) -> SessionError {
-        SessionError::Unauthorized { id, caller: caller.to_string() }
+        SessionError::Unauthorized {
+            id,
+            caller: caller.to_string(),
+        }
     }
 
     /// Registers `waiter` for the receipt of `id`, or answers at once.
-    fn wait_for_receipt(&mut self, id: SessionId, caller: &Caller) -> Result<oneshot::Receiver<ReleaseReceipt>, SessionError> {
+    fn wait_for_receipt(
+        &mut self,
+        id: SessionId,
+        caller: &Caller,
+    ) -> Result<oneshot::Receiver<ReleaseReceipt>, SessionError> {
         let (waiter, receipt) = oneshot::channel();
         if let Some(live) = self.sessions.get_mut(&id) {
             if !caller.may_act_on(&live.owner) {
@@ -132,7 +147,9 @@ impl RegistryActor {
         if !self.sessions.is_empty() || self.releasing > 0 {
             return;
         }
-        let Some(shutdown) = self.shutdown.as_mut() else { return };
+        let Some(shutdown) = self.shutdown.as_mut() else {
+            return;
+        };
         if shutdown.waiters.is_empty() {
             return;
         }
@@ -144,7 +161,10 @@ impl RegistryActor {
             stats: RegistryStats::default(),
         };
         let waiters = std::mem::take(&mut shutdown.waiters);
-        let report = ShutdownReport { stats: self.stats(), ..report };
+        let report = ShutdownReport {
+            stats: self.stats(),
+            ..report
+        };
         tracing::info!(
             target: "sessionbus::supervisor",
             event = "runtime.shutdown_complete",
@@ -186,7 +206,9 @@ impl Handler<Open> for RegistryActor {
                 limit = self.config.max_sessions,
                 "session refused: limit reached"
             );
-            return Err(OpenError::AtCapacity { limit: self.config.max_sessions });
+            return Err(OpenError::AtCapacity {
+                limit: self.config.max_sessions,
+            });
         }
         let id = loop {
             let id = SessionId::random();
@@ -195,7 +217,13 @@ impl Handler<Open> for RegistryActor {
             }
         };
         let shared = Arc::new(SessionShared::new());
-        let record = EndGuard::new(id, msg.owner.clone(), msg.trace_id, shared.clone(), ctx.address().recipient());
+        let record = EndGuard::new(
+            id,
+            msg.owner.clone(),
+            msg.trace_id,
+            shared.clone(),
+            ctx.address().recipient(),
+        );
         let limits = SessionLimits {
             max_bytes: self.config.max_session_bytes,
             max_buffer_size: self.pool.info().max_buffer_size,
@@ -208,7 +236,12 @@ impl Handler<Open> for RegistryActor {
         });
         self.sessions.insert(
             id,
-            LiveSession { addr: addr.downgrade(), owner: msg.owner.clone(), shared: shared.clone(), waiters: Vec::new() },
+            LiveSession {
+                addr: addr.downgrade(),
+                owner: msg.owner.clone(),
+                shared: shared.clone(),
+                waiters: Vec::new(),
+            },
         );
         self.counters.opened += 1;
         tracing::info!(
@@ -218,7 +251,12 @@ impl Handler<Open> for RegistryActor {
             trace_id = %msg.trace_id,
             "session started"
         );
-        let started = SessionStarted { id, owner: msg.owner, trace_id: msg.trace_id, at: SystemTime::now() };
+        let started = SessionStarted {
+            id,
+            owner: msg.owner,
+            trace_id: msg.trace_id,
+            at: SystemTime::now(),
+        };
         self.bus.publish(LifecycleEvent::Started(Arc::new(started)));
         Ok(Opened { id, addr, shared })
     }
@@ -234,14 +272,25 @@ impl Handler<Attach> for RegistryActor {
                 return Err(Self::unauthorized(id, &msg.caller));
             }
             if let Some(addr) = live.addr.upgrade() {
-                return Ok(Opened { id, addr, shared: live.shared.clone() });
+                return Ok(Opened {
+                    id,
+                    addr,
+                    shared: live.shared.clone(),
+                });
             }
             // The actor is stopping; its end is on the way. Answer as for an ended session.
             let (state, reason) = (live.shared.state(), live.shared.reason());
-            return Err(SessionError::NotEstablished { id, state, event: crate::lifecycle::Event::Touch, reason });
+            return Err(SessionError::NotEstablished {
+                id,
+                state,
+                event: crate::lifecycle::Event::Touch,
+                reason,
+            });
         }
         match self.tombstones.get_mut(&id) {
-            Some(stone) if !msg.caller.may_act_on(&stone.owner) => Err(Self::unauthorized(id, &msg.caller)),
+            Some(stone) if !msg.caller.may_act_on(&stone.owner) => {
+                Err(Self::unauthorized(id, &msg.caller))
+            }
             Some(stone) => Err(SessionError::NotEstablished {
                 id,
                 state: stone.shared.state(),
@@ -260,7 +309,11 @@ impl Handler<CloseById> for RegistryActor {
         let receipt = self.wait_for_receipt(msg.id, &msg.caller);
         if let (Ok(_), Some(live)) = (&receipt, self.sessions.get(&msg.id)) {
             if let Some(addr) = live.addr.upgrade() {
-                let end = End { caller: msg.caller, reason: EndReason::Closed, waiter: None };
+                let end = End {
+                    caller: msg.caller,
+                    reason: EndReason::Closed,
+                    waiter: None,
+                };
                 // Refusal means it is already ending; the waiter above gets the receipt either way.
                 actix::spawn(async move {
                     let _ = addr.send(end).await;
@@ -300,7 +353,10 @@ impl Handler<SessionFinished> for RegistryActor {
             return;
         };
         let reason = event.reason;
-        let index = EndReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let index = EndReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.counters.ended_by[index] += 1;
         if reason == EndReason::Crashed {
             self.incident();
@@ -308,7 +364,13 @@ impl Handler<SessionFinished> for RegistryActor {
         self.releasing += 1;
         let mut waiters = live.waiters;
         waiters.extend(msg.waiter);
-        let stone = Tombstone { owner: live.owner, reason, shared: live.shared, receipt: None, waiters };
+        let stone = Tombstone {
+            owner: live.owner,
+            reason,
+            shared: live.shared,
+            receipt: None,
+            waiters,
+        };
         self.tombstones.insert(id, stone, Instant::now());
         tracing::info!(
             target: "sessionbus::supervisor",
@@ -354,7 +416,8 @@ impl Handler<ReleaseCompleted> for RegistryActor {
             }
             stone.receipt = Some(receipt.clone());
         }
-        self.bus.publish(LifecycleEvent::Released(Arc::new(receipt)));
+        self.bus
+            .publish(LifecycleEvent::Released(Arc::new(receipt)));
         self.finish_shutdown_if_done();
     }
 }
@@ -406,7 +469,11 @@ impl Handler<Shutdown> for RegistryActor {
             for live in self.sessions.values() {
                 // An actor that cannot be reached is already stopping; its end guard reports it.
                 if let Some(addr) = live.addr.upgrade() {
-                    let end = End { caller: operator.clone(), reason: EndReason::Shutdown, waiter: None };
+                    let end = End {
+                        caller: operator.clone(),
+                        reason: EndReason::Shutdown,
+                        waiter: None,
+                    };
                     actix::spawn(async move {
                         let _ = addr.send(end).await;
                     });

@@ -2,7 +2,9 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
     /// `sessions.max_sessions` are live; close some or raise the limit.
-    #[error("session limit reached: {limit} live sessions (sessions.max_sessions); close sessions or raise the limit")]
+    #[error(
+        "session limit reached: {limit} live sessions (sessions.max_sessions); close sessions or raise the limit"
+    )]
     AtCapacity {
         /// The configured limit.
         limit: usize,

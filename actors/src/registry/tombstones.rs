@@ -35,7 +35,12 @@ pub(crate) struct Tombstones {
 
 impl Tombstones {
     pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
-        Tombstones { by_id: HashMap::new(), order: VecDeque::new(), capacity, ttl }
+        Tombstones {
+            by_id: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+            ttl,
+        }
     }
 
     pub(crate) fn contains(&self, id: &SessionId) -> bool {
@@ -113,7 +118,11 @@ mod tests {
         let now = Instant::now();
         let pending = SessionId::random();
         stones.insert(pending, tombstone(false), now);
-        stones.insert(SessionId::random(), tombstone(true), now + Duration::from_secs(10));
+        stones.insert(
+            SessionId::random(),
+            tombstone(true),
+            now + Duration::from_secs(10),
+        );
         assert!(stones.contains(&pending));
     }
 
@@ -123,7 +132,11 @@ mod tests {
         let now = Instant::now();
         let old = SessionId::random();
         stones.insert(old, tombstone(true), now);
-        stones.insert(SessionId::random(), tombstone(true), now + Duration::from_secs(5));
+        stones.insert(
+            SessionId::random(),
+            tombstone(true),
+            now + Duration::from_secs(5),
+        );
         assert!(!stones.contains(&old));
     }
 }

@@ -31,21 +31,34 @@ pub(crate) struct SessionActor {
 impl SessionActor {
     pub(crate) fn new(record: EndGuard, pool: Arc<dyn GpuPool>, limits: SessionLimits) -> Self {
         let mut lifecycle = Lifecycle::new();
-        lifecycle.apply(Event::Establish).expect("a new lifecycle can be established");
-        SessionActor { record, lifecycle, pool, limits, turns: 0 }
+        lifecycle
+            .apply(Event::Establish)
+            .expect("a new lifecycle can be established");
+        SessionActor {
+            record,
+            lifecycle,
+            pool,
+            limits,
+            turns: 0,
+        }
     }
 
     /// Checks the caller, then applies `event`; nothing changes on refusal.
     fn admit(&mut self, caller: &Caller, event: Event) -> Result<(), SessionError> {
         if !caller.may_act_on(&self.record.owner) {
-            return Err(SessionError::Unauthorized { id: self.record.id, caller: caller.to_string() });
+            return Err(SessionError::Unauthorized {
+                id: self.record.id,
+                caller: caller.to_string(),
+            });
         }
-        self.lifecycle.apply(event).map_err(|refused| SessionError::NotEstablished {
-            id: self.record.id,
-            state: refused.state,
-            event: refused.event,
-            reason: self.lifecycle.end_reason(),
-        })?;
+        self.lifecycle
+            .apply(event)
+            .map_err(|refused| SessionError::NotEstablished {
+                id: self.record.id,
+                state: refused.state,
+                event: refused.event,
+                reason: self.lifecycle.end_reason(),
+            })?;
         self.record.version += 1;
         self.record.last_active_at = SystemTime::now();
         Ok(())
@@ -56,15 +69,26 @@ impl SessionActor {
         if bytes == 0 {
             Some(AllocError::ZeroSize)
         } else if bytes > self.limits.max_buffer_size {
-            Some(AllocError::TooLarge { requested: bytes, max: self.limits.max_buffer_size })
+            Some(AllocError::TooLarge {
+                requested: bytes,
+                max: self.limits.max_buffer_size,
+            })
         } else if used.saturating_add(bytes) > self.limits.max_bytes {
-            Some(AllocError::OverSessionBudget { requested: bytes, used, budget: self.limits.max_bytes })
+            Some(AllocError::OverSessionBudget {
+                requested: bytes,
+                used,
+                budget: self.limits.max_bytes,
+            })
         } else {
             None
         }
     }
 
-    fn end(&mut self, reason: EndReason, waiter: Option<oneshot::Sender<crate::events::ReleaseReceipt>>) {
+    fn end(
+        &mut self,
+        reason: EndReason,
+        waiter: Option<oneshot::Sender<crate::events::ReleaseReceipt>>,
+    ) {
         self.record.report(reason, waiter);
     }
 }
@@ -76,7 +100,11 @@ impl Actor for SessionActor {
         // Reached without an `End` in two ways: every handle is gone (the client
         // disconnected), or the actor is being dropped after a handler panicked
         // (actix stops a context when dropping it) while handles still exist.
-        let reason = if ctx.connected() { EndReason::Crashed } else { EndReason::Disconnected };
+        let reason = if ctx.connected() {
+            EndReason::Crashed
+        } else {
+            EndReason::Disconnected
+        };
         if self.lifecycle.apply(Event::End(reason)).is_ok() {
             self.end(reason, None);
         }
@@ -91,7 +119,10 @@ impl Handler<Chat> for SessionActor {
         self.admit(&msg.caller, Event::Message)?;
         let _ = msg.turn;
         self.turns += 1;
-        Ok(TurnAck { turn: self.turns, version: self.record.version })
+        Ok(TurnAck {
+            turn: self.turns,
+            version: self.record.version,
+        })
     }
 }
 
@@ -108,7 +139,10 @@ impl Handler<Inspect> for SessionActor {
 
     fn handle(&mut self, msg: Inspect, _ctx: &mut Self::Context) -> Self::Result {
         if !msg.caller.may_act_on(&self.record.owner) {
-            return Err(SessionError::Unauthorized { id: self.record.id, caller: msg.caller.to_string() });
+            return Err(SessionError::Unauthorized {
+                id: self.record.id,
+                caller: msg.caller.to_string(),
+            });
         }
         Ok(SessionInfo {
             state: self.lifecycle.state(),
@@ -127,7 +161,10 @@ impl Handler<Allocate> for SessionActor {
         let id = self.record.id;
         // Size and budget first: a refused allocation must not count as activity.
         if !msg.caller.may_act_on(&self.record.owner) {
-            let err = SessionError::Unauthorized { id, caller: msg.caller.to_string() };
+            let err = SessionError::Unauthorized {
+                id,
+                caller: msg.caller.to_string(),
+            };
             return Box::pin(fut::ready(Err(err)));
         }
         if self.lifecycle.is_established() {
@@ -141,8 +178,15 @@ impl Handler<Allocate> for SessionActor {
         let bytes = msg.bytes;
         self.record.ledger.reserve(bytes);
         let (reply, answer) = oneshot::channel();
-        self.pool.allocate(AllocRequest { session: id, id: AllocationId::next(), bytes }, reply);
-        Box::pin(async move { answer.await }.into_actor(self).map(move |answer, act, _ctx| {
+        self.pool.allocate(
+            AllocRequest {
+                session: id,
+                id: AllocationId::next(),
+                bytes,
+            },
+            reply,
+        );
+        Box::pin(answer.into_actor(self).map(move |answer, act, _ctx| {
             let answer = answer.unwrap_or(Err(GpuError::Unavailable));
             match answer {
                 Ok(allocated) => {
@@ -151,7 +195,10 @@ impl Handler<Allocate> for SessionActor {
                 }
                 Err(gpu) => {
                     act.record.ledger.cancel(bytes);
-                    Err(SessionError::Allocation { id, source: AllocError::Gpu(gpu) })
+                    Err(SessionError::Allocation {
+                        id,
+                        source: AllocError::Gpu(gpu),
+                    })
                 }
             }
         }))
@@ -175,6 +222,9 @@ impl Handler<InjectPanic> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
-        panic!("injected panic in session {} (fault-injection)", self.record.id);
+        panic!(
+            "injected panic in session {} (fault-injection)",
+            self.record.id
+        );
     }
 }

@@ -57,7 +57,11 @@ impl EndGuard {
     }
 
     /// Reports the end to the registry. Only the first call does anything.
-    pub(crate) fn report(&mut self, reason: EndReason, waiter: Option<oneshot::Sender<ReleaseReceipt>>) {
+    pub(crate) fn report(
+        &mut self,
+        reason: EndReason,
+        waiter: Option<oneshot::Sender<ReleaseReceipt>>,
+    ) {
         if std::mem::replace(&mut self.reported, true) {
             return;
         }

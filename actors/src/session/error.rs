@@ -48,7 +48,13 @@ pub enum SessionError {
 impl SessionError {
     /// Whether this is the "session gone" answer to a late message.
     pub fn is_gone(&self) -> bool {
-        matches!(self, SessionError::NotEstablished { state: State::Closing | State::Closed, .. })
+        matches!(
+            self,
+            SessionError::NotEstablished {
+                state: State::Closing | State::Closed,
+                ..
+            }
+        )
     }
 }
 

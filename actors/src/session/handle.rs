@@ -30,7 +30,10 @@ pub struct SessionHandle {
 
 impl std::fmt::Debug for SessionHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionHandle").field("id", &self.id).field("caller", &self.caller).finish()
+        f.debug_struct("SessionHandle")
+            .field("id", &self.id)
+            .field("caller", &self.caller)
+            .finish()
     }
 }
 
@@ -42,7 +45,13 @@ impl SessionHandle {
         shared: Arc<SessionShared>,
         registry: Addr<RegistryActor>,
     ) -> Self {
-        SessionHandle { id, caller, addr, shared, registry }
+        SessionHandle {
+            id,
+            caller,
+            addr,
+            shared,
+            registry,
+        }
     }
 
     /// The session's id.
@@ -62,26 +71,48 @@ impl SessionHandle {
 
     /// Sends one chat turn.
     pub async fn chat(&self, turn: Turn) -> Result<TurnAck, SessionError> {
-        let sent = self.addr.send(Chat { caller: self.caller.clone(), turn }).await;
+        let sent = self
+            .addr
+            .send(Chat {
+                caller: self.caller.clone(),
+                turn,
+            })
+            .await;
         self.answer(sent, Event::Message)
     }
 
     /// Marks the session active without a turn.
     pub async fn touch(&self) -> Result<(), SessionError> {
-        let sent = self.addr.send(Touch { caller: self.caller.clone() }).await;
+        let sent = self
+            .addr
+            .send(Touch {
+                caller: self.caller.clone(),
+            })
+            .await;
         self.answer(sent, Event::Touch)
     }
 
     /// Allocates one GPU buffer of `bytes` for this session. It is released
     /// when the session ends, whatever ends it.
     pub async fn allocate(&self, bytes: u64) -> Result<Allocated, SessionError> {
-        let sent = self.addr.send(Allocate { caller: self.caller.clone(), bytes }).await;
+        let sent = self
+            .addr
+            .send(Allocate {
+                caller: self.caller.clone(),
+                bytes,
+            })
+            .await;
         self.answer(sent, Event::Allocate)
     }
 
     /// A snapshot of the session.
     pub async fn info(&self) -> Result<SessionInfo, SessionError> {
-        let sent = self.addr.send(Inspect { caller: self.caller.clone() }).await;
+        let sent = self
+            .addr
+            .send(Inspect {
+                caller: self.caller.clone(),
+            })
+            .await;
         self.answer(sent, Event::Touch)
     }
 
@@ -90,10 +121,16 @@ impl SessionHandle {
     /// handle, returns the same receipt; nothing is released twice.
     pub async fn close(&self) -> Result<ReleaseReceipt, SessionError> {
         let (waiter, receipt) = oneshot::channel();
-        let end = End { caller: self.caller.clone(), reason: EndReason::Closed, waiter: Some(waiter) };
+        let end = End {
+            caller: self.caller.clone(),
+            reason: EndReason::Closed,
+            waiter: Some(waiter),
+        };
         match self.addr.send(end).await {
             Ok(Ok(())) => receipt.await.map_err(|_| SessionError::RuntimeStopped),
-            Ok(Err(SessionError::NotEstablished { .. })) | Err(MailboxError::Closed) => self.ended_receipt().await,
+            Ok(Err(SessionError::NotEstablished { .. })) | Err(MailboxError::Closed) => {
+                self.ended_receipt().await
+            }
             Ok(Err(other)) => Err(other),
             Err(MailboxError::Timeout) => Err(SessionError::RuntimeStopped),
         }
@@ -109,11 +146,21 @@ impl SessionHandle {
     /// The receipt of a session that has already ended (waits for it if the
     /// release is still under way).
     async fn ended_receipt(&self) -> Result<ReleaseReceipt, SessionError> {
-        let ask = AwaitReceipt { id: self.id, caller: self.caller.clone() };
-        self.registry.send(ask).await.map_err(|_| SessionError::RuntimeStopped)?
+        let ask = AwaitReceipt {
+            id: self.id,
+            caller: self.caller.clone(),
+        };
+        self.registry
+            .send(ask)
+            .await
+            .map_err(|_| SessionError::RuntimeStopped)?
     }
 
-    fn answer<T>(&self, sent: Result<Result<T, SessionError>, MailboxError>, event: Event) -> Result<T, SessionError> {
+    fn answer<T>(
+        &self,
+        sent: Result<Result<T, SessionError>, MailboxError>,
+        event: Event,
+    ) -> Result<T, SessionError> {
         sent.unwrap_or_else(|_| Err(self.gone(event)))
     }
 
@@ -124,6 +171,11 @@ impl SessionHandle {
             State::Init | State::Established => State::Closing,
             ended => ended,
         };
-        SessionError::NotEstablished { id: self.id, state, event, reason: self.shared.reason() }
+        SessionError::NotEstablished {
+            id: self.id,
+            state,
+            event,
+            reason: self.shared.reason(),
+        }
     }
 }

@@ -12,11 +12,19 @@ pub(crate) struct SessionShared {
     reason: AtomicU8,
 }
 
-const STATES: [State; 4] = [State::Init, State::Established, State::Closing, State::Closed];
+const STATES: [State; 4] = [
+    State::Init,
+    State::Established,
+    State::Closing,
+    State::Closed,
+];
 
 impl SessionShared {
     pub(crate) fn new() -> Self {
-        SessionShared { state: AtomicU8::new(1), reason: AtomicU8::new(0) }
+        SessionShared {
+            state: AtomicU8::new(1),
+            reason: AtomicU8::new(0),
+        }
     }
 
     pub(crate) fn state(&self) -> State {
@@ -31,7 +39,10 @@ impl SessionShared {
     }
 
     pub(crate) fn set_closing(&self, reason: EndReason) {
-        let index = EndReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let index = EndReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.reason.store(index as u8 + 1, Ordering::Release);
         self.state.store(2, Ordering::Release);
     }
