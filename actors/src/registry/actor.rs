@@ -183,6 +183,21 @@ impl RegistryActor {
     }
 }
 
+/// Asks a session to end without making the registry wait: straight into its
+/// mailbox, or, when that is full, from a task that waits for room.
+fn deliver_end(addr: Addr<SessionActor>, end: End) {
+    match addr.try_send(end) {
+        Ok(()) => {}
+        Err(actix::dev::SendError::Full(end)) => {
+            actix::spawn(async move {
+                let _ = addr.send(end).await;
+            });
+        }
+        // Already stopping: its end guard reports the end.
+        Err(actix::dev::SendError::Closed(_)) => {}
+    }
+}
+
 impl Actor for RegistryActor {
     type Context = Context<Self>;
 
@@ -315,9 +330,7 @@ impl Handler<CloseById> for RegistryActor {
                     waiter: None,
                 };
                 // Refusal means it is already ending; the waiter above gets the receipt either way.
-                actix::spawn(async move {
-                    let _ = addr.send(end).await;
-                });
+                deliver_end(addr, end);
             }
         }
         Box::pin(async move { receipt?.await.map_err(|_| SessionError::RuntimeStopped) })
@@ -474,9 +487,7 @@ impl Handler<Shutdown> for RegistryActor {
                         reason: EndReason::Shutdown,
                         waiter: None,
                     };
-                    actix::spawn(async move {
-                        let _ = addr.send(end).await;
-                    });
+                    deliver_end(addr, end);
                 }
             }
         }
