@@ -26,6 +26,7 @@ use crate::gpu::{GpuConfig, GpuConfigError};
 ///
 /// [bus]
 /// subscriber_capacity = 4096    # queue per subscriber
+/// flush_timeout_ms = 5000       # at shutdown, wait this long for lagging reliable subscribers
 ///
 /// [gpu]
 /// backend = "auto"              # auto | vulkan | gl | metal | dx12 (auto honours WGPU_BACKEND)

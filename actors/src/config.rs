@@ -114,12 +114,17 @@ pub struct BusConfig {
     /// Events that may wait for one channel subscriber before the bus applies its
     /// delivery policy (drop for best-effort subscribers, wait for reliable ones). Default 4 096.
     pub subscriber_capacity: usize,
+    /// At shutdown, how long to wait for reliable subscribers that fell behind
+    /// to take their queued events, in milliseconds. What is still queued then
+    /// is reported as undelivered. Default 5 000.
+    pub flush_timeout_ms: u64,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
         BusConfig {
             subscriber_capacity: 4_096,
+            flush_timeout_ms: 5_000,
         }
     }
 }

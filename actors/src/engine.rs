@@ -53,11 +53,7 @@ impl Engine {
                 let mut registry = RegistryActor::new(config.sessions, pool.clone());
                 let cleanup =
                     CleanupActor::new(pool, pacer, ctx.address().recipient(), capacity).start();
-                registry.subscribe(
-                    Sink::Actor(cleanup.recipient()),
-                    EventKinds::ENDED,
-                    Delivery::Reliable,
-                );
+                registry.subscribe_internal(Sink::Actor(cleanup.recipient()), EventKinds::ENDED);
                 registry
             }
         });
@@ -203,6 +199,12 @@ impl EngineHandle {
     /// The GPU pool's own counters.
     pub fn pool_stats(&self) -> PoolStats {
         self.pool.stats()
+    }
+
+    /// Waits up to `timeout` for reliable subscribers' backlogs to drain;
+    /// returns how many events are still undelivered.
+    pub async fn flush_bus(&self, timeout: std::time::Duration) -> usize {
+        self.registry.send(FlushBus { timeout }).await.unwrap_or(0)
     }
 
     /// Stops admitting sessions, ends every live session with reason

@@ -305,6 +305,7 @@ async fn a_slow_best_effort_subscriber_does_not_stall_ends() {
     let config = EngineConfig {
         bus: BusConfig {
             subscriber_capacity: 4,
+            ..Default::default()
         },
         ..Default::default()
     };
@@ -347,4 +348,146 @@ async fn invalid_configuration_names_the_field() {
     let err = Engine::start(config, pool).unwrap_err();
     assert_eq!(err.field, "release.burst");
     assert!(err.to_string().contains("release.burst"), "{err}");
+}
+
+#[actix::test]
+async fn a_reliable_subscriber_that_falls_behind_still_gets_every_event_in_order() {
+    let config = EngineConfig {
+        bus: BusConfig {
+            subscriber_capacity: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let Fixture { engine, events, .. } = start(config).await;
+    drop(events); // this test reads its own subscriber only
+    let f = Fixture {
+        engine,
+        pool: Arc::new(InMemoryPool::new(0, 0)),
+        events: tokio::sync::mpsc::channel(1).1,
+    };
+    // Not read until the very end: its queue holds 2, the rest waits in the bus backlog.
+    let mut slow = f
+        .engine
+        .subscribe_channel(EventKinds::ALL, Delivery::Reliable)
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let session = f.engine.open(format!("u{i}")).await.unwrap();
+        session.allocate(MIB / 8).await.unwrap();
+        session.close().await.unwrap();
+        expected.push(session.id());
+    }
+    assert!(
+        f.engine.stats().await.unwrap().bus_backlog > 0,
+        "events are waiting in the backlog"
+    );
+    f.engine.shutdown().await.unwrap();
+    let reader = async {
+        let mut got = Vec::new();
+        while got.len() < 30 {
+            let event = slow.recv().await.expect("bus open");
+            got.push((event.kind(), event.session_id()));
+        }
+        got
+    };
+    // The reader and the flush run together: the backlog drains as the reader takes events.
+    let (got, undelivered) = futures::join!(reader, f.engine.flush_bus(Duration::from_secs(10)));
+    assert_eq!(undelivered, 0, "everything was delivered");
+    let started: Vec<_> = got
+        .iter()
+        .filter(|(k, _)| *k == EventKinds::STARTED)
+        .map(|(_, id)| *id)
+        .collect();
+    assert_eq!(started, expected, "in publish order");
+    for id in &expected {
+        let kinds: Vec<_> = got
+            .iter()
+            .filter(|(_, i)| i == id)
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![EventKinds::STARTED, EventKinds::ENDED, EventKinds::RELEASED]
+        );
+    }
+}
+
+#[actix::test]
+async fn unsubscribing_application_subscribers_never_stops_release() {
+    let f = start(EngineConfig::default()).await;
+    let mut ids = Vec::new();
+    // Subscribers that go away are removed; release is unaffected.
+    for _ in 0..3 {
+        let sub = f
+            .engine
+            .subscribe_channel(EventKinds::ALL, Delivery::Reliable)
+            .await
+            .unwrap();
+        drop(sub);
+    }
+    // Subscription ids are opaque: an application can only remove its own.
+    struct Sink;
+    impl actix::Actor for Sink {
+        type Context = actix::Context<Self>;
+    }
+    impl actix::Handler<LifecycleEvent> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: LifecycleEvent, _: &mut Self::Context) {}
+    }
+    use actix::Actor;
+    let sink = Sink.start();
+    ids.push(
+        f.engine
+            .subscribe(sink.recipient(), EventKinds::ALL, Delivery::BestEffort)
+            .await
+            .unwrap(),
+    );
+    assert!(f.engine.unsubscribe(ids[0]).await);
+    assert!(!f.engine.unsubscribe(ids[0]).await, "already gone");
+    let session = f.engine.open("x").await.unwrap();
+    session.allocate(MIB).await.unwrap();
+    assert_eq!(
+        session.close().await.unwrap().buffers,
+        1,
+        "release still works"
+    );
+}
+
+#[actix::test]
+async fn a_refused_request_changes_nothing_and_each_accepted_event_bumps_the_version_once() {
+    let pool = Arc::new(InMemoryPool::new(2 * MIB, 16 * MIB));
+    let engine = Engine::start(EngineConfig::default(), pool.clone()).unwrap();
+    let mut events = engine
+        .subscribe_channel(EventKinds::ENDED, Delivery::Reliable)
+        .await
+        .unwrap();
+    let session = engine.open("v").await.unwrap();
+    let v0 = session.info().await.unwrap().version;
+    // Passes the session's checks, refused by the GPU: no activity recorded.
+    assert!(session.allocate(4 * MIB).await.is_err());
+    assert!(session.allocate(0).await.is_err());
+    let stranger = Caller::User(Owner::new("mallory"));
+    assert!(engine.close(session.id(), stranger).await.is_err());
+    assert_eq!(session.info().await.unwrap().version, v0);
+    let ack = session.chat(Turn::default()).await.unwrap();
+    assert_eq!(ack.version, v0 + 1);
+    session.allocate(MIB).await.unwrap();
+    assert_eq!(session.info().await.unwrap().version, v0 + 2);
+    session.close().await.unwrap();
+    let Some(LifecycleEvent::Ended(end)) = events.recv().await else {
+        panic!("an end")
+    };
+    assert_eq!(end.version, v0 + 3, "the end is one more accepted event");
+
+    // A disconnect's end carries the same rule.
+    let other = engine.open("w").await.unwrap();
+    other.touch().await.unwrap();
+    let v = other.info().await.unwrap().version;
+    drop(other);
+    let Some(LifecycleEvent::Ended(end)) = events.recv().await else {
+        panic!("an end")
+    };
+    assert_eq!((end.reason, end.version), (EndReason::Disconnected, v + 1));
 }

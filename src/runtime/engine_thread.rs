@@ -1,5 +1,6 @@
 //! The `sessionbus-engine` thread: opens the GPU pool, runs the engine's
-//! actix System until `Runtime::shutdown` stops it, then says so.
+//! actix System until `Runtime::shutdown` stops it, then stops the GPU worker
+//! and hands back wgpu's final counters.
 
 use std::sync::Arc;
 
@@ -8,12 +9,16 @@ use tokio::sync::oneshot;
 
 use super::error::StartError;
 use crate::config::Config;
-use crate::gpu::WgpuPool;
+use crate::gpu::{GpuCounters, WgpuPool};
 
 /// What the thread hands back once the engine is up.
 pub(super) type Started = Result<(EngineHandle, Arc<WgpuPool>, actix::System), StartError>;
 
-pub(super) fn run(config: Config, started: oneshot::Sender<Started>, exit: oneshot::Sender<()>) {
+pub(super) fn run(
+    config: Config,
+    started: oneshot::Sender<Started>,
+    exit: oneshot::Sender<GpuCounters>,
+) {
     let gpu = match WgpuPool::start(&config.gpu) {
         Ok(pool) => Arc::new(pool),
         Err(e) => {
@@ -26,7 +31,7 @@ pub(super) fn run(config: Config, started: oneshot::Sender<Started>, exit: onesh
     match engine {
         Ok(engine) => {
             let system = actix::System::current();
-            if started.send(Ok((engine, gpu, system))).is_err() {
+            if started.send(Ok((engine, gpu.clone(), system))).is_err() {
                 return; // the caller gave up on start; nothing to run
             }
         }
@@ -36,5 +41,7 @@ pub(super) fn run(config: Config, started: oneshot::Sender<Started>, exit: onesh
         }
     }
     let _ = runner.run();
-    let _ = exit.send(());
+    // The engine is stopped, so nothing can ask for GPU work any more. Stopping
+    // the worker joins its thread: done here, never on the application's thread.
+    let _ = exit.send(gpu.shutdown());
 }

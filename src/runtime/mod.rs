@@ -48,6 +48,9 @@ impl RuntimeBuilder {
 pub struct StopReport {
     /// Sessions ended and memory released by the shutdown.
     pub sessions: ShutdownReport,
+    /// Events that reliable bus subscribers had not taken by `bus.flush_timeout_ms`
+    /// (zero unless a reliable subscriber stopped reading).
+    pub bus_undelivered: usize,
     /// wgpu's own counters after everything was released and the device polled.
     pub gpu_after: GpuCounters,
 }
@@ -57,7 +60,8 @@ pub struct Runtime {
     engine: EngineHandle,
     gpu: Arc<WgpuPool>,
     system: actix::System,
-    engine_exit: Option<oneshot::Receiver<()>>,
+    engine_exit: Option<oneshot::Receiver<GpuCounters>>,
+    flush_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -78,6 +82,7 @@ impl Runtime {
     /// own thread. Awaitable from any executor; the caller's thread never blocks.
     pub async fn start(config: Config) -> Result<Runtime, StartError> {
         config.validate()?;
+        let flush_timeout = std::time::Duration::from_millis(config.bus.flush_timeout_ms);
         let (started_tx, started_rx) = oneshot::channel::<engine_thread::Started>();
         let (exit_tx, exit_rx) = oneshot::channel();
         thread::Builder::new()
@@ -99,6 +104,7 @@ impl Runtime {
             gpu,
             system,
             engine_exit: Some(exit_rx),
+            flush_timeout,
         })
     }
 
@@ -180,13 +186,17 @@ impl Runtime {
     /// after the last device poll.
     pub async fn shutdown(mut self) -> StopReport {
         let sessions = self.engine.shutdown().await.unwrap_or_default();
+        let bus_undelivered = self.engine.flush_bus(self.flush_timeout).await;
         self.system.stop();
-        if let Some(exit) = self.engine_exit.take() {
-            let _ = exit.await;
-        }
-        let gpu_after = self.gpu.shutdown();
+        let gpu_after = match self.engine_exit.take() {
+            Some(exit) => exit.await.ok(),
+            None => None,
+        };
+        // Only if the engine thread died: stop the worker from here.
+        let gpu_after = gpu_after.unwrap_or_else(|| self.gpu.shutdown());
         StopReport {
             sessions,
+            bus_undelivered,
             gpu_after,
         }
     }

@@ -1,21 +1,28 @@
 //! Typed publish/subscribe for lifecycle events.
 //!
 //! Ground rules: the bus lives inside the registry actor and is only touched
-//! from its thread, so it needs no locks. Publishing never blocks and never
-//! waits for a subscriber:
+//! from its thread (so it uses `Rc`, not locks). Publishing never blocks and
+//! never waits for a subscriber:
 //!
-//! - **Reliable** subscribers (the cleanup actors, and any application
-//!   subscriber that asks for it) receive every event. When their queue is
-//!   full, the event waits in a small task of its own until there is room. This
-//!   memory is bounded by the number of sessions, since each session ends once;
-//!   under that pressure, order across sessions may change, order of one
-//!   session's events does not matter to release.
+//! - **Reliable** subscribers (the cleanup actor, and any application
+//!   subscriber that asks for it) receive every event, in publish order. When
+//!   their queue is full, events wait in a backlog owned by the bus, drained by
+//!   one task per subscriber as room appears. A reliable subscriber that stops
+//!   reading makes its backlog grow: the backlog is visible in
+//!   `RegistryStats::bus_backlog` and logged at WARN every 1 024 events. At
+//!   shutdown the runtime waits up to `bus.flush_timeout_ms` for backlogs to
+//!   drain and reports what could not be delivered.
 //! - **Best-effort** subscribers (the default for the application) get what
 //!   fits in their queue. When it is full the event is dropped *for that
 //!   subscriber only*, counted, and logged (first drop, then every 1 024th).
 //!   A slow dashboard can never stall session ends or GPU release.
 //!
-//! A subscriber whose actor or channel is gone is removed at the next publish.
+//! Internal subscriptions (the cleanup actor) cannot be unsubscribed. A
+//! subscriber whose actor or channel is gone is removed at the next publish.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
 
 use actix::Recipient;
 use actix::dev::SendError;
@@ -33,7 +40,7 @@ pub enum Delivery {
 }
 
 /// Where a subscriber receives events.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Sink {
     /// An actix actor (bounded by its mailbox capacity).
     Actor(Recipient<LifecycleEvent>),
@@ -43,7 +50,7 @@ pub(crate) enum Sink {
 
 /// Identifies a subscription.
 #[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
-pub struct SubscriptionId(pub u64);
+pub struct SubscriptionId(u64);
 
 struct Subscriber {
     id: SubscriptionId,
@@ -51,6 +58,9 @@ struct Subscriber {
     delivery: Delivery,
     sink: Sink,
     dropped: u64,
+    backlog: Rc<RefCell<Backlog>>,
+    /// The runtime's own subscription (cleanup): cannot be unsubscribed.
+    internal: bool,
 }
 
 enum Outcome {
@@ -75,23 +85,40 @@ impl Sink {
         }
     }
 
-    /// Waits for room in a task of its own, so the publisher does not wait.
-    fn deliver_later(&self, event: LifecycleEvent) {
+    /// Delivers, waiting for room. `false` if the subscriber is gone.
+    async fn send(&self, event: LifecycleEvent) -> bool {
         match self {
-            Sink::Actor(recipient) => {
-                let recipient = recipient.clone();
-                actix::spawn(async move {
-                    let _ = recipient.send(event).await;
-                });
-            }
-            Sink::Channel(sender) => {
-                let sender = sender.clone();
-                actix::spawn(async move {
-                    let _ = sender.send(event).await;
-                });
-            }
+            Sink::Actor(recipient) => recipient.send(event).await.is_ok(),
+            Sink::Channel(sender) => sender.send(event).await.is_ok(),
         }
     }
+}
+
+/// Events waiting for a reliable subscriber, and whether a task is draining them.
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    queue: VecDeque<LifecycleEvent>,
+    draining: bool,
+}
+
+impl Backlog {
+    /// Events still waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// Drains `backlog` into `sink` in order, then steps aside.
+async fn drain(sink: Sink, backlog: Rc<RefCell<Backlog>>) {
+    loop {
+        let next = backlog.borrow_mut().queue.pop_front();
+        let Some(event) = next else { break };
+        if !sink.send(event).await {
+            backlog.borrow_mut().queue.clear();
+            break;
+        }
+    }
+    backlog.borrow_mut().draining = false;
 }
 
 /// The bus. Owned by the registry.
@@ -118,27 +145,59 @@ impl Bus {
         kinds: EventKinds,
         delivery: Delivery,
     ) -> SubscriptionId {
+        self.add(sink, kinds, delivery, false)
+    }
+
+    /// Subscribes one of the runtime's own actors: always reliable, never removable.
+    pub(crate) fn subscribe_internal(&mut self, sink: Sink, kinds: EventKinds) -> SubscriptionId {
+        self.add(sink, kinds, Delivery::Reliable, true)
+    }
+
+    fn add(
+        &mut self,
+        sink: Sink,
+        kinds: EventKinds,
+        delivery: Delivery,
+        internal: bool,
+    ) -> SubscriptionId {
         self.next_id += 1;
         let id = SubscriptionId(self.next_id);
+        let backlog = Rc::default();
         self.subscribers.push(Subscriber {
             id,
             kinds,
             delivery,
             sink,
             dropped: 0,
+            backlog,
+            internal,
         });
         id
     }
 
+    /// Removes an application subscription; `false` for unknown or internal ids.
     pub(crate) fn unsubscribe(&mut self, id: SubscriptionId) -> bool {
         let before = self.subscribers.len();
-        self.subscribers.retain(|s| s.id != id);
+        self.subscribers.retain(|s| s.internal || s.id != id);
         self.subscribers.len() != before
     }
 
     /// Events dropped for best-effort subscribers since start.
     pub(crate) fn dropped_total(&self) -> u64 {
         self.dropped_total
+    }
+
+    /// Events waiting for reliable subscribers now.
+    pub(crate) fn backlog_len(&self) -> usize {
+        self.subscribers
+            .iter()
+            .map(|s| s.backlog.borrow().queue.len())
+            .sum()
+    }
+
+    /// The backlogs, so a flush can watch them drain.
+    pub(crate) fn backlogs(&self) -> Vec<Rc<RefCell<Backlog>>> {
+        self.subscribers.iter().map(|s| s.backlog.clone()).collect()
     }
 
     pub(crate) fn publish(&mut self, event: LifecycleEvent) {
@@ -148,11 +207,33 @@ impl Bus {
             if !sub.kinds.contains(kind) {
                 return true;
             }
+            if sub.delivery == Delivery::Reliable {
+                let mut backlog = sub.backlog.borrow_mut();
+                if backlog.draining {
+                    // Keep publish order: behind what is already waiting.
+                    backlog.queue.push_back(event.clone());
+                    if backlog.queue.len() % 1024 == 0 {
+                        tracing::warn!(
+                            target: "sessionbus::supervisor",
+                            event = "bus.backlog_growing",
+                            subscription = sub.id.0,
+                            backlog = backlog.queue.len(),
+                            "a reliable subscriber is not keeping up; its events are queued"
+                        );
+                    }
+                    return true;
+                }
+            }
             match sub.sink.try_deliver(event.clone()) {
                 Outcome::Delivered => true,
                 Outcome::Full(event) => {
                     match sub.delivery {
-                        Delivery::Reliable => sub.sink.deliver_later(event),
+                        Delivery::Reliable => {
+                            let mut backlog = sub.backlog.borrow_mut();
+                            backlog.queue.push_back(event);
+                            backlog.draining = true;
+                            actix::spawn(drain(sub.sink.clone(), sub.backlog.clone()));
+                        }
                         Delivery::BestEffort => {
                             sub.dropped += 1;
                             *dropped_total += 1;
@@ -170,7 +251,14 @@ impl Bus {
                     true
                 }
                 Outcome::Gone => {
-                    tracing::debug!(target: "sessionbus::supervisor", subscription = sub.id.0, "subscriber gone; removed");
+                    if sub.internal {
+                        tracing::error!(
+                            target: "sessionbus::supervisor",
+                            event = "bus.internal_subscriber_gone",
+                            subscription = sub.id.0,
+                            "a runtime actor stopped receiving lifecycle events"
+                        );
+                    }
                     false
                 }
             }

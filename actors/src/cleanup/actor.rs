@@ -1,6 +1,6 @@
 //! Ground rules: a cleanup actor never touches the GPU. It waits for the
 //! pacer, hands the session to the pool (whose own thread destroys and polls),
-//! and reports the receipt to the registry. Each end is handled in a future
+//! and reports the receipt to the registry. Each end is handled in a task
 //! of its own, so one slow release does not hold up the others.
 
 use std::sync::Arc;
@@ -48,17 +48,19 @@ impl Actor for CleanupActor {
 impl Handler<LifecycleEvent> for CleanupActor {
     type Result = ();
 
-    fn handle(&mut self, event: LifecycleEvent, ctx: &mut Self::Context) {
+    fn handle(&mut self, event: LifecycleEvent, _ctx: &mut Self::Context) {
         let LifecycleEvent::Ended(ended) = event else {
             return;
         };
+        // A task of its own (not `ctx.spawn`): the context would poll every
+        // pending release on each wake-up, quadratic under a paced storm.
         let release = release(
             ended,
             self.pool.clone(),
             self.pacer.clone(),
             self.registry.clone(),
         );
-        ctx.spawn(release.into_actor(self));
+        actix::spawn(release);
     }
 }
 

@@ -78,6 +78,11 @@ impl RegistryActor {
         }
     }
 
+    /// Subscribes one of the runtime's own actors (reliable, never removable).
+    pub(crate) fn subscribe_internal(&mut self, sink: Sink, kinds: EventKinds) -> SubscriptionId {
+        self.bus.subscribe_internal(sink, kinds)
+    }
+
     pub(crate) fn subscribe(
         &mut self,
         sink: Sink,
@@ -105,6 +110,7 @@ impl RegistryActor {
             released_bytes: self.counters.released_bytes,
             incidents: self.counters.incidents,
             bus_dropped: self.bus.dropped_total(),
+            bus_backlog: self.bus.backlog_len(),
         }
     }
 
@@ -183,8 +189,9 @@ impl RegistryActor {
     }
 }
 
-/// Asks a session to end without making the registry wait: straight into its
-/// mailbox, or, when that is full, from a task that waits for room.
+/// Asks a session to end without making the registry wait. actix lets each new
+/// sender exceed a mailbox's capacity by one message, so a freshly upgraded
+/// address almost always delivers at once; the task is a fallback, not the rule.
 fn deliver_end(addr: Addr<SessionActor>, end: End) {
     match addr.try_send(end) {
         Ok(()) => {}
@@ -204,6 +211,11 @@ impl Actor for RegistryActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Session ends must never wait on a full registry mailbox for long.
         ctx.set_mailbox_capacity(self.config.mailbox_capacity.max(1024));
+        // Age out tombstones on a quiet system too, not only when new ones arrive.
+        let every = Duration::from_secs(self.config.tombstone_ttl_secs.clamp(1, 60));
+        ctx.run_interval(every, |registry, _ctx| {
+            registry.tombstones.forget_old(Instant::now())
+        });
     }
 }
 
@@ -384,7 +396,7 @@ impl Handler<SessionFinished> for RegistryActor {
             receipt: None,
             waiters,
         };
-        self.tombstones.insert(id, stone, Instant::now());
+        self.tombstones.insert(id, stone);
         tracing::info!(
             target: "sessionbus::supervisor",
             event = "session.ended",
@@ -427,8 +439,9 @@ impl Handler<ReleaseCompleted> for RegistryActor {
             for waiter in stone.waiters.drain(..) {
                 let _ = waiter.send(receipt.clone());
             }
-            stone.receipt = Some(receipt.clone());
         }
+        self.tombstones
+            .released(id, receipt.clone(), Instant::now());
         self.bus
             .publish(LifecycleEvent::Released(Arc::new(receipt)));
         self.finish_shutdown_if_done();
@@ -456,6 +469,24 @@ impl Handler<Stats> for RegistryActor {
 
     fn handle(&mut self, _msg: Stats, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.stats())
+    }
+}
+
+impl Handler<FlushBus> for RegistryActor {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, msg: FlushBus, _ctx: &mut Self::Context) -> Self::Result {
+        let backlogs = self.bus.backlogs();
+        let deadline = Instant::now() + msg.timeout;
+        Box::pin(async move {
+            loop {
+                let left: usize = backlogs.iter().map(|b| b.borrow().len()).sum();
+                if left == 0 || Instant::now() >= deadline {
+                    return left;
+                }
+                actix::clock::sleep(Duration::from_millis(1)).await;
+            }
+        })
     }
 }
 

@@ -82,3 +82,11 @@ pub(crate) struct Stats;
 #[derive(Message)]
 #[rtype(result = "ShutdownReport")]
 pub(crate) struct Shutdown;
+
+/// Resolves when reliable subscribers' backlogs are empty, or at `timeout`,
+/// with the number of events still waiting.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub(crate) struct FlushBus {
+    pub(crate) timeout: std::time::Duration,
+}

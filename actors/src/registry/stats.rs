@@ -25,6 +25,8 @@ pub struct RegistryStats {
     pub incidents: u64,
     /// Events dropped for best-effort bus subscribers.
     pub bus_dropped: u64,
+    /// Events waiting now for reliable bus subscribers that fell behind.
+    pub bus_backlog: usize,
 }
 
 /// What `shutdown` did.

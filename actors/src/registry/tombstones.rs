@@ -25,10 +25,13 @@ pub(crate) struct Tombstone {
     pub(crate) waiters: Vec<oneshot::Sender<ReleaseReceipt>>,
 }
 
+/// Tombstones by id. Only released ones are in `released_order`, so only
+/// they are ever forgotten: a release still under way never blocks the
+/// eviction of others, and is never itself evicted.
 #[derive(Debug)]
 pub(crate) struct Tombstones {
     by_id: HashMap<SessionId, Tombstone>,
-    order: VecDeque<(SessionId, Instant)>,
+    released_order: VecDeque<(SessionId, Instant)>,
     capacity: usize,
     ttl: Duration,
 }
@@ -37,7 +40,7 @@ impl Tombstones {
     pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
         Tombstones {
             by_id: HashMap::new(),
-            order: VecDeque::new(),
+            released_order: VecDeque::new(),
             capacity,
             ttl,
         }
@@ -51,9 +54,18 @@ impl Tombstones {
         self.by_id.get_mut(id)
     }
 
-    pub(crate) fn insert(&mut self, id: SessionId, tombstone: Tombstone, now: Instant) {
+    /// A session just ended; its release is under way.
+    pub(crate) fn insert(&mut self, id: SessionId, tombstone: Tombstone) {
         self.by_id.insert(id, tombstone);
-        self.order.push_back((id, now));
+    }
+
+    /// A session's release completed: keep the receipt, and from now on the
+    /// tombstone may be forgotten (oldest first, past capacity or age).
+    pub(crate) fn released(&mut self, id: SessionId, receipt: ReleaseReceipt, now: Instant) {
+        if let Some(stone) = self.by_id.get_mut(&id) {
+            stone.receipt = Some(receipt);
+            self.released_order.push_back((id, now));
+        }
         self.forget_old(now);
     }
 
@@ -62,14 +74,14 @@ impl Tombstones {
         self.by_id.len()
     }
 
-    fn forget_old(&mut self, now: Instant) {
-        while let Some(&(id, at)) = self.order.front() {
-            let over = self.by_id.len() > self.capacity || now.duration_since(at) > self.ttl;
-            let released = self.by_id.get(&id).is_none_or(|t| t.receipt.is_some());
-            if !(over && released) {
+    pub(crate) fn forget_old(&mut self, now: Instant) {
+        while let Some(&(id, at)) = self.released_order.front() {
+            let over =
+                self.released_order.len() > self.capacity || now.duration_since(at) > self.ttl;
+            if !over {
                 break;
             }
-            self.order.pop_front();
+            self.released_order.pop_front();
             self.by_id.remove(&id);
         }
     }
@@ -79,24 +91,32 @@ impl Tombstones {
 mod tests {
     use super::*;
 
-    fn tombstone(released: bool) -> Tombstone {
-        let id = SessionId::random();
+    fn tombstone() -> Tombstone {
         Tombstone {
             owner: Owner::new("o"),
             reason: EndReason::Closed,
             shared: Arc::new(SessionShared::new()),
-            receipt: released.then(|| ReleaseReceipt {
-                id,
-                reason: EndReason::Closed,
-                buffers: 0,
-                bytes: 0,
-                ended_at: Instant::now(),
-                released_at: Instant::now(),
-                paced_for: Duration::ZERO,
-                error: None,
-            }),
+            receipt: None,
             waiters: Vec::new(),
         }
+    }
+
+    fn receipt(id: SessionId) -> ReleaseReceipt {
+        ReleaseReceipt {
+            id,
+            reason: EndReason::Closed,
+            buffers: 0,
+            bytes: 0,
+            ended_at: Instant::now(),
+            released_at: Instant::now(),
+            paced_for: Duration::ZERO,
+            error: None,
+        }
+    }
+
+    fn end_and_release(stones: &mut Tombstones, id: SessionId, at: Instant) {
+        stones.insert(id, tombstone());
+        stones.released(id, receipt(id), at);
     }
 
     #[test]
@@ -105,7 +125,7 @@ mod tests {
         let now = Instant::now();
         let ids: Vec<_> = (0..3).map(|_| SessionId::random()).collect();
         for id in &ids {
-            stones.insert(*id, tombstone(true), now);
+            end_and_release(&mut stones, *id, now);
         }
         assert_eq!(stones.len(), 2);
         assert!(!stones.contains(&ids[0]));
@@ -113,30 +133,32 @@ mod tests {
     }
 
     #[test]
-    fn a_tombstone_still_releasing_is_never_forgotten() {
+    fn a_release_still_under_way_is_kept_and_does_not_block_eviction() {
         let mut stones = Tombstones::new(1, Duration::from_secs(1));
         let now = Instant::now();
         let pending = SessionId::random();
-        stones.insert(pending, tombstone(false), now);
-        stones.insert(
-            SessionId::random(),
-            tombstone(true),
-            now + Duration::from_secs(10),
+        stones.insert(pending, tombstone());
+        let (a, b) = (SessionId::random(), SessionId::random());
+        end_and_release(&mut stones, a, now);
+        end_and_release(&mut stones, b, now + Duration::from_secs(10));
+        assert!(
+            stones.contains(&pending),
+            "a pending release is never forgotten"
         );
-        assert!(stones.contains(&pending));
+        assert!(
+            !stones.contains(&a),
+            "older released tombstones are forgotten past the pending one"
+        );
+        assert!(stones.contains(&b));
     }
 
     #[test]
-    fn tombstones_expire_with_age() {
+    fn tombstones_expire_with_age_even_without_new_ends() {
         let mut stones = Tombstones::new(100, Duration::from_secs(1));
         let now = Instant::now();
         let old = SessionId::random();
-        stones.insert(old, tombstone(true), now);
-        stones.insert(
-            SessionId::random(),
-            tombstone(true),
-            now + Duration::from_secs(5),
-        );
+        end_and_release(&mut stones, old, now);
+        stones.forget_old(now + Duration::from_secs(5));
         assert!(!stones.contains(&old));
     }
 }

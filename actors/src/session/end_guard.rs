@@ -77,7 +77,7 @@ impl EndGuard {
             last_active_at: self.last_active_at,
             ended_at: SystemTime::now(),
             ended_instant: Instant::now(),
-            version: self.version + 1,
+            version: self.version + 1, // the end itself is the last accepted event
             trace_id: self.trace_id,
         };
         let message = SessionFinished { event, waiter };
