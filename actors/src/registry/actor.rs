@@ -15,7 +15,7 @@ use super::error::OpenError;
 use super::messages::*;
 use super::stats::{RegistryStats, ShutdownReport};
 use super::tombstones::{Tombstone, Tombstones};
-use crate::bus::{Bus, Delivery, Sink, SubscriptionId};
+use crate::bus::{Bus, Sink, SubscriptionId};
 use crate::config::SessionsConfig;
 use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt, SessionStarted};
 use crate::gpu::GpuPool;
@@ -81,15 +81,6 @@ impl RegistryActor {
     /// Subscribes one of the runtime's own actors (reliable, never removable).
     pub(crate) fn subscribe_internal(&mut self, sink: Sink, kinds: EventKinds) -> SubscriptionId {
         self.bus.subscribe_internal(sink, kinds)
-    }
-
-    pub(crate) fn subscribe(
-        &mut self,
-        sink: Sink,
-        kinds: EventKinds,
-        delivery: Delivery,
-    ) -> SubscriptionId {
-        self.bus.subscribe(sink, kinds, delivery)
     }
 
     fn stats(&self) -> RegistryStats {
@@ -452,7 +443,7 @@ impl Handler<Subscribe> for RegistryActor {
     type Result = MessageResult<Subscribe>;
 
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.subscribe(msg.sink, msg.kinds, msg.delivery))
+        MessageResult(self.bus.subscribe(msg.sink, msg.kinds, msg.delivery))
     }
 }
 
