@@ -80,7 +80,10 @@ fn percentiles(mut samples: Vec<u64>) -> serde_json::Value {
 
 fn init_logs(json_logs: bool) {
     let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+        // wgpu probes every backend while picking an adapter; without a GL driver
+        // its EGL probe logs an error that does not matter once Vulkan is chosen.
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "warn,wgpu_hal::gles::egl=off".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -69,7 +69,10 @@ impl Harness {
         let baseline = self.baseline;
         let report = self.rt.shutdown().await;
         assert_eq!(report.gpu_after, baseline, "wgpu counters after shutdown");
-        assert_eq!(report.bus_undelivered, 0, "every reliable subscriber got every event");
+        assert_eq!(
+            report.bus_undelivered, 0,
+            "every reliable subscriber got every event"
+        );
         report
     }
 }
