@@ -359,31 +359,26 @@ async fn a_reliable_subscriber_that_falls_behind_still_gets_every_event_in_order
         },
         ..Default::default()
     };
-    let Fixture { engine, events, .. } = start(config).await;
-    drop(events); // this test reads its own subscriber only
-    let f = Fixture {
-        engine,
-        pool: Arc::new(InMemoryPool::new(0, 0)),
-        events: tokio::sync::mpsc::channel(1).1,
-    };
+    // Only this test's own slow subscriber: no fixture subscriber to fill up.
+    let pool = Arc::new(InMemoryPool::new(64 * MIB, 16 * MIB));
+    let engine = Engine::start(config, pool).expect("valid config");
     // Not read until the very end: its queue holds 2, the rest waits in the bus backlog.
-    let mut slow = f
-        .engine
+    let mut slow = engine
         .subscribe_channel(EventKinds::ALL, Delivery::Reliable)
         .await
         .unwrap();
     let mut expected = Vec::new();
     for i in 0..10 {
-        let session = f.engine.open(format!("u{i}")).await.unwrap();
+        let session = engine.open(format!("u{i}")).await.unwrap();
         session.allocate(MIB / 8).await.unwrap();
         session.close().await.unwrap();
         expected.push(session.id());
     }
     assert!(
-        f.engine.stats().await.unwrap().bus_backlog > 0,
+        engine.stats().await.unwrap().bus_backlog > 0,
         "events are waiting in the backlog"
     );
-    f.engine.shutdown().await.unwrap();
+    engine.shutdown().await.unwrap();
     let reader = async {
         let mut got = Vec::new();
         while got.len() < 30 {
@@ -393,7 +388,7 @@ async fn a_reliable_subscriber_that_falls_behind_still_gets_every_event_in_order
         got
     };
     // The reader and the flush run together: the backlog drains as the reader takes events.
-    let (got, undelivered) = futures::join!(reader, f.engine.flush_bus(Duration::from_secs(10)));
+    let (got, undelivered) = futures::join!(reader, engine.flush_bus(Duration::from_secs(10)));
     assert_eq!(undelivered, 0, "everything was delivered");
     let started: Vec<_> = got
         .iter()

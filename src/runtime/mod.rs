@@ -10,12 +10,8 @@
 use std::sync::Arc;
 use std::thread;
 
-use sessionbus_actors::{
-    Caller, Delivery, EngineHandle, EventKinds, GpuPool, LifecycleEvent, OpenError, OpenOptions,
-    Owner, PoolInfo, PoolStats, RegistryStats, ReleaseReceipt, SessionError, SessionHandle,
-    SessionId, ShutdownReport, SubscriptionId,
-};
-use tokio::sync::{mpsc, oneshot};
+use sessionbus_actors::{EngineHandle, GpuPool, PoolInfo, ShutdownReport};
+use tokio::sync::oneshot;
 
 mod engine_thread;
 mod error;
@@ -108,71 +104,16 @@ impl Runtime {
         })
     }
 
-    /// A cheap, cloneable handle to the engine, for tasks and threads.
+    /// A cheap, cloneable handle to the engine, for tasks and threads. The
+    /// runtime also derefs to it, so `runtime.open(..)`, `runtime.close(..)`,
+    /// `runtime.subscribe_channel(..)` and the rest are the engine handle's methods.
     pub fn engine(&self) -> &EngineHandle {
         &self.engine
-    }
-
-    /// Opens a session owned by `owner`; the handle acts as that owner.
-    pub async fn open(&self, owner: impl Into<Owner>) -> Result<SessionHandle, OpenError> {
-        self.engine.open(owner).await
-    }
-
-    /// Opens a session with options (trace id).
-    pub async fn open_with(&self, options: OpenOptions) -> Result<SessionHandle, OpenError> {
-        self.engine.open_with(options).await
-    }
-
-    /// A handle to an existing session for `caller` (its owner or an operator).
-    pub async fn attach(
-        &self,
-        id: SessionId,
-        caller: impl Into<Caller>,
-    ) -> Result<SessionHandle, SessionError> {
-        self.engine.attach(id, caller).await
-    }
-
-    /// Closes a session by id; resolves with its release receipt.
-    pub async fn close(
-        &self,
-        id: SessionId,
-        caller: impl Into<Caller>,
-    ) -> Result<ReleaseReceipt, SessionError> {
-        self.engine.close(id, caller).await
-    }
-
-    /// Subscribes a tokio channel to lifecycle events.
-    pub async fn subscribe_channel(
-        &self,
-        kinds: EventKinds,
-        delivery: Delivery,
-    ) -> Option<mpsc::Receiver<LifecycleEvent>> {
-        self.engine.subscribe_channel(kinds, delivery).await
-    }
-
-    /// Subscribes an actix actor to lifecycle events.
-    pub async fn subscribe(
-        &self,
-        recipient: actix::Recipient<LifecycleEvent>,
-        kinds: EventKinds,
-        delivery: Delivery,
-    ) -> Option<SubscriptionId> {
-        self.engine.subscribe(recipient, kinds, delivery).await
-    }
-
-    /// The registry's counters.
-    pub async fn stats(&self) -> Option<RegistryStats> {
-        self.engine.stats().await
     }
 
     /// The adapter in use.
     pub fn adapter(&self) -> &PoolInfo {
         self.gpu.info()
-    }
-
-    /// The pool's own counters (buffers, bytes, peak).
-    pub fn pool_stats(&self) -> PoolStats {
-        self.gpu.stats()
     }
 
     /// wgpu's own counters for the device: the ground truth for leak checks.
@@ -199,6 +140,18 @@ impl Runtime {
             bus_undelivered,
             gpu_after,
         }
+    }
+}
+
+/// The runtime is the engine plus its adapters: everything the engine handle
+/// does (open, attach, close by id, subscribe, stats) is done on the runtime
+/// directly. `Runtime::shutdown` (which also stops the threads) takes precedence
+/// over the handle's engine-only `shutdown`.
+impl std::ops::Deref for Runtime {
+    type Target = EngineHandle;
+
+    fn deref(&self) -> &EngineHandle {
+        &self.engine
     }
 }
 

@@ -49,6 +49,11 @@ struct ShutdownInProgress {
     waiters: Vec<oneshot::Sender<ShutdownReport>>,
 }
 
+/// Messages that may wait for the registry. Every open, attach, end and
+/// receipt passes through it, so it is far deeper than a session's mailbox;
+/// an end that still finds it full is delivered anyway (see `EndGuard::report`).
+const REGISTRY_MAILBOX: usize = 4_096;
+
 pub(crate) struct RegistryActor {
     config: SessionsConfig,
     pool: Arc<dyn GpuPool>,
@@ -200,8 +205,7 @@ impl Actor for RegistryActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Session ends must never wait on a full registry mailbox for long.
-        ctx.set_mailbox_capacity(self.config.mailbox_capacity.max(1024));
+        ctx.set_mailbox_capacity(REGISTRY_MAILBOX);
         // Age out tombstones on a quiet system too, not only when new ones arrive.
         let every = Duration::from_secs(self.config.tombstone_ttl_secs.clamp(1, 60));
         ctx.run_interval(every, |registry, _ctx| {
