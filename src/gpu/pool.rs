@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
-use sessionbus_actors::SessionId;
 use sessionbus_actors::{
     AllocRequest, Allocated, GpuError, GpuPool, PoolInfo, PoolStats, ReleaseReport,
 };
+use sessionbus_actors::{AllocationId, SessionId};
 use tokio::sync::oneshot;
 
 use super::config::GpuConfig;
@@ -105,8 +105,10 @@ impl WgpuPool {
     /// the engine), waits for the device, stops the worker thread and returns
     /// the counters as they stood after that cleanup, before wgpu dropped its
     /// own buffers, so they compare with [`WgpuPool::initial_counters`].
-    /// Afterwards `allocate` answers [`GpuError::Unavailable`]; a second call
-    /// just reads the counters as they are now.
+    /// Afterwards `allocate` answers [`GpuError::Unavailable`], while
+    /// `release_session`, `release_allocations` and `sessions_holding_memory`
+    /// drop their replies unanswered; a second call just reads the counters
+    /// as they are now.
     pub fn shutdown(&self) -> GpuCounters {
         let Some(handle) = self
             .worker
@@ -161,6 +163,25 @@ impl GpuPool for WgpuPool {
         // If the worker is gone the command comes back and is dropped with its
         // reply: the engine sees a dropped reply and records an incident.
         let _ = self.commands.send(Command::Release { session, reply });
+    }
+
+    fn release_allocations(
+        &self,
+        session: SessionId,
+        ids: Vec<AllocationId>,
+        reply: oneshot::Sender<ReleaseReport>,
+    ) {
+        // As `release_session`: a worker that is gone drops the reply.
+        let _ = self.commands.send(Command::ReleaseAllocations {
+            session,
+            ids,
+            reply,
+        });
+    }
+
+    fn sessions_holding_memory(&self, reply: oneshot::Sender<Vec<SessionId>>) {
+        // A worker that is gone drops the reply: there is no pool to describe.
+        let _ = self.commands.send(Command::SessionsHoldingMemory { reply });
     }
 
     fn stats(&self) -> PoolStats {

@@ -5,7 +5,7 @@
 //! threads, the per-session buffer map needs no lock, and requests run in
 //! arrival order, which the `GpuPool` ordering contract requires.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -29,6 +29,16 @@ pub(crate) enum Command {
     Release {
         session: SessionId,
         reply: oneshot::Sender<ReleaseReport>,
+    },
+    /// Destroy only the listed buffers of `session`; batched like `Release`.
+    ReleaseAllocations {
+        session: SessionId,
+        ids: Vec<AllocationId>,
+        reply: oneshot::Sender<ReleaseReport>,
+    },
+    /// List the sessions holding at least one live buffer; needs no poll.
+    SessionsHoldingMemory {
+        reply: oneshot::Sender<Vec<SessionId>>,
     },
     /// Destroy whatever is left, poll, answer with the counters, and exit.
     Shutdown { reply: Sender<GpuCounters> },
@@ -161,6 +171,17 @@ impl Worker {
                     Command::Release { session, reply } => {
                         pending.push(self.release(session, reply))
                     }
+                    Command::ReleaseAllocations {
+                        session,
+                        ids,
+                        reply,
+                    } => pending.push(self.release_allocations(session, &ids, reply)),
+                    Command::SessionsHoldingMemory { reply } => {
+                        // Answered at once, from the map as it stands after every
+                        // earlier command: destroyed buffers are already out of it,
+                        // even if their release's reply still waits for the poll.
+                        let _ = reply.send(self.sessions_holding_memory());
+                    }
                     Command::Shutdown { reply } => {
                         stop = Some(reply);
                         break;
@@ -234,6 +255,50 @@ impl Worker {
             bytes,
             started_at,
         }
+    }
+
+    /// Destroys the listed buffers of `session` now; the reply waits for the batch's poll.
+    fn release_allocations(
+        &mut self,
+        session: SessionId,
+        ids: &[AllocationId],
+        reply: oneshot::Sender<ReleaseReport>,
+    ) -> PendingRelease {
+        let started_at = Instant::now();
+        let (buffers, bytes) = self.destroy_allocations(session, ids);
+        PendingRelease {
+            session,
+            reply,
+            buffers,
+            bytes,
+            started_at,
+        }
+    }
+
+    /// Only `session`'s own list is searched, so an id of another session's
+    /// buffer (or an unknown or already-destroyed one) matches nothing.
+    fn destroy_allocations(&mut self, session: SessionId, ids: &[AllocationId]) -> (u64, u64) {
+        let Some(live) = self.sessions.get_mut(&session) else {
+            return (0, 0);
+        };
+        let listed: HashSet<AllocationId> = ids.iter().copied().collect();
+        let (doomed, kept): (Vec<LiveBuffer>, Vec<LiveBuffer>) = std::mem::take(live)
+            .into_iter()
+            .partition(|buffer| listed.contains(&buffer.id));
+        if kept.is_empty() {
+            // No empty entries: `sessions_holding_memory` lists the map's keys.
+            self.sessions.remove(&session);
+        } else {
+            *live = kept;
+        }
+        self.destroy_buffers(doomed)
+    }
+
+    /// Sorted, so callers and logs see a stable order.
+    fn sessions_holding_memory(&self) -> Vec<SessionId> {
+        let mut holders: Vec<SessionId> = self.sessions.keys().copied().collect();
+        holders.sort_unstable();
+        holders
     }
 
     fn destroy_session(&mut self, session: SessionId) -> (u64, u64) {
@@ -336,9 +401,10 @@ pub(super) fn create_buffer(
     }
 }
 
-/// Commands that arrived after `Shutdown`: allocations are refused outright,
-/// release replies are dropped (the engine treats that as an incident, which
-/// a release after shutdown is).
+/// Commands that arrived after `Shutdown`: allocations are refused outright;
+/// the replies of releases (either kind) and of `SessionsHoldingMemory` are
+/// dropped unanswered (the engine treats a dropped release reply as an
+/// incident, which a release after shutdown is).
 fn refuse_the_rest(commands: &Receiver<Command>) {
     while let Ok(command) = commands.try_recv() {
         if let Command::Allocate { reply, .. } = command {

@@ -6,9 +6,22 @@
 //! actor thread ever blocks on the driver.
 //!
 //! Ordering contract: a pool must execute requests in the order it received
-//! them. The engine relies on it: a session's last `allocate` is always sent
-//! before its `release_session`, so a release also frees buffers whose
-//! allocation was still in flight when the session ended.
+//! them, whatever their kind (`allocate`, `release_session`,
+//! `release_allocations`, `sessions_holding_memory`). The engine relies on it:
+//!
+//! - a session's last `allocate` is always sent before its `release_session`,
+//!   so a release also frees buffers whose allocation was still in flight when
+//!   the session ended;
+//! - a `release_allocations` frees buffers allocated by any earlier request,
+//!   and a later `release_session` of the same session frees only what is left
+//!   (no buffer is ever destroyed, or counted, twice);
+//! - `sessions_holding_memory` describes the pool as it stands after every
+//!   earlier request and before every later one: a session whose
+//!   `release_session` came first is not listed.
+//!
+//! Only execution is ordered, not answers: a pool may answer a later request
+//! (an allocation, a `sessions_holding_memory`) before an earlier release,
+//! whose answer waits until the device has really given the memory back.
 
 mod memory_pool;
 
@@ -53,12 +66,14 @@ pub struct Allocated {
     pub bytes: u64,
 }
 
-/// What one `release_session` freed.
+/// What one `release_session` or `release_allocations` freed.
 #[derive(Clone, Copy, Debug)]
 pub struct ReleaseReport {
     /// The session whose buffers were freed.
     pub session: SessionId,
-    /// Buffers destroyed (zero if the session had none, or was already released).
+    /// Buffers destroyed (zero if the session had none, or was already
+    /// released; for `release_allocations`, only listed ids that were live
+    /// buffers of this session count).
     pub buffers: u64,
     /// Bytes those buffers held.
     pub bytes: u64,
@@ -66,7 +81,7 @@ pub struct ReleaseReport {
     pub started_at: Instant,
     /// When the buffers were destroyed *and* the device polled, so the memory is back.
     pub finished_at: Instant,
-    /// How many releases shared the batch (and its one device poll).
+    /// How many releases (of either kind) shared the batch (and its one device poll).
     pub batch_len: u32,
 }
 
@@ -118,6 +133,36 @@ pub trait GpuPool: Send + Sync + 'static {
     /// actually freed them, and answers on `reply`. Releasing twice is harmless:
     /// the second report counts zero buffers. Must not block.
     fn release_session(&self, session: SessionId, reply: oneshot::Sender<ReleaseReport>);
+
+    /// Destroys only the buffers of `session` whose ids are listed (e.g. the
+    /// KV-cache buffers bound to a context that went stale, while the session
+    /// lives on), makes sure the device has actually freed them, and answers on
+    /// `reply` with exactly what was destroyed.
+    ///
+    /// Listed ids that are not live buffers of `session` (unknown, already
+    /// released, or another session's) are skipped and not counted: another
+    /// session's buffer is never touched. Listing an id twice counts it once.
+    /// Releasing the same ids again reports zero, and a later
+    /// `release_session` frees only the buffers left. Must not block.
+    ///
+    /// A pool that is shut down (or whose worker is gone) drops `reply`
+    /// without answering, like `release_session`.
+    fn release_allocations(
+        &self,
+        session: SessionId,
+        ids: Vec<AllocationId>,
+        reply: oneshot::Sender<ReleaseReport>,
+    );
+
+    /// Answers on `reply` with every session that holds at least one live
+    /// buffer, sorted ascending, as the pool stands at this point in the
+    /// request order (see the ordering contract). For a low-frequency sweeper
+    /// looking for buffers whose session no longer exists; it is a snapshot,
+    /// and may be stale by the time it arrives. Must not block.
+    ///
+    /// A pool that is shut down (or whose worker is gone) drops `reply`
+    /// without answering.
+    fn sessions_holding_memory(&self, reply: oneshot::Sender<Vec<SessionId>>);
 
     /// The pool's own counters.
     fn stats(&self) -> PoolStats;
