@@ -49,6 +49,27 @@ fn release(pool: &WgpuPool, session: SessionId) -> ReleaseReport {
         .expect("the pool dropped a release reply")
 }
 
+fn release_allocations(pool: &WgpuPool, session: SessionId, ids: &[AllocationId]) -> ReleaseReport {
+    let (reply, answer) = oneshot::channel();
+    pool.release_allocations(session, ids.to_vec(), reply);
+    answer
+        .blocking_recv()
+        .expect("the pool dropped a release_allocations reply")
+}
+
+fn holders(pool: &WgpuPool) -> Vec<SessionId> {
+    let (reply, answer) = oneshot::channel();
+    pool.sessions_holding_memory(reply);
+    answer
+        .blocking_recv()
+        .expect("the pool dropped a sessions_holding_memory reply")
+}
+
+fn sorted(mut sessions: Vec<SessionId>) -> Vec<SessionId> {
+    sessions.sort_unstable();
+    sessions
+}
+
 #[test]
 fn pool_info_describes_the_vulkan_device() {
     let pool = start();
@@ -129,6 +150,152 @@ fn buffers_show_in_wgpu_counters_and_release_gives_exactly_them_back() {
         (0, 0, 5)
     );
     assert_eq!(stats.peak_bytes, 3 * MIB + 2 * 1004);
+}
+
+#[test]
+fn release_allocations_destroys_exactly_the_listed_buffers_of_the_session() {
+    let pool = start();
+    let (session, other) = (SessionId::random(), SessionId::random());
+    let baseline = pool.counters();
+
+    let kept = allocate(&pool, session, MIB).unwrap();
+    let foreign = allocate(&pool, other, 4096).unwrap();
+    let before_doomed = pool.counters();
+    let x = allocate(&pool, session, 2 * MIB).unwrap();
+    let y = allocate(&pool, session, 1001).unwrap();
+    assert_eq!(y.bytes, 1004);
+    let with_doomed = pool.counters();
+    assert_eq!(with_doomed.buffers, before_doomed.buffers + 2);
+    assert!(with_doomed.buffer_memory >= before_doomed.buffer_memory + (2 * MIB + 1004) as i64);
+
+    // The other session's id and an unknown one are listed too: both skipped.
+    let unknown = AllocationId::next();
+    let report = release_allocations(&pool, session, &[x.id, foreign.id, y.id, unknown]);
+    assert_eq!(
+        (report.session, report.buffers, report.bytes),
+        (session, 2, 2 * MIB + 1004),
+        "counts exactly the two listed buffers of the session"
+    );
+    assert!(report.finished_at >= report.started_at);
+    assert!(report.batch_len >= 1);
+    assert_eq!(
+        pool.counters(),
+        before_doomed,
+        "wgpu's buffers and buffer memory drop by exactly those two"
+    );
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.live_buffers, stats.live_bytes, stats.released_total),
+        (2, MIB + 4096, 2)
+    );
+
+    let again = release_allocations(&pool, session, &[x.id, y.id]);
+    assert_eq!((again.buffers, again.bytes), (0, 0), "already released");
+    let wrong_session = release_allocations(&pool, SessionId::random(), &[kept.id, foreign.id]);
+    assert_eq!((wrong_session.buffers, wrong_session.bytes), (0, 0));
+    assert_eq!(pool.counters(), before_doomed, "nothing else was destroyed");
+
+    let rest = release(&pool, session);
+    assert_eq!(
+        (rest.buffers, rest.bytes),
+        (1, MIB),
+        "release_session frees only what is left"
+    );
+    let foreign_report = release(&pool, other);
+    assert_eq!(
+        (foreign_report.buffers, foreign_report.bytes),
+        (1, 4096),
+        "the other session's buffer survived being listed"
+    );
+    assert_eq!(pool.counters(), baseline);
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.live_buffers, stats.live_bytes, stats.released_total),
+        (0, 0, 4)
+    );
+}
+
+#[test]
+fn release_allocations_and_release_session_sent_together_destroy_nothing_twice() {
+    let pool = start();
+    let baseline = pool.counters();
+    let session = SessionId::random();
+    let ids: Vec<AllocationId> = (0..4)
+        .map(|_| allocate(&pool, session, 64 * 1024).unwrap().id)
+        .collect();
+
+    // Sent without waiting: FIFO decides, whether or not they share a batch.
+    let (reply, partial) = oneshot::channel();
+    pool.release_allocations(session, ids[..3].to_vec(), reply);
+    let (reply, whole) = oneshot::channel();
+    pool.release_session(session, reply);
+    let (reply, twice) = oneshot::channel();
+    pool.release_allocations(session, ids.clone(), reply);
+
+    let partial = partial.blocking_recv().unwrap();
+    let whole = whole.blocking_recv().unwrap();
+    let twice = twice.blocking_recv().unwrap();
+    assert_eq!((partial.buffers, partial.bytes), (3, 3 * 64 * 1024));
+    assert_eq!((whole.buffers, whole.bytes), (1, 64 * 1024));
+    assert_eq!((twice.buffers, twice.bytes), (0, 0));
+    for report in [&partial, &whole, &twice] {
+        let same_batch = [&partial, &whole, &twice]
+            .iter()
+            .filter(|r| r.finished_at == report.finished_at)
+            .count();
+        assert_eq!(
+            same_batch as u32, report.batch_len,
+            "both kinds of release count in batch_len"
+        );
+    }
+    assert_eq!(pool.counters(), baseline);
+    assert_eq!(pool.stats().released_total, 4);
+}
+
+#[test]
+fn sessions_holding_memory_lists_the_holders_in_request_order() {
+    let pool = start();
+    let baseline = pool.counters();
+    assert!(holders(&pool).is_empty());
+    let (a, b, c) = (
+        SessionId::random(),
+        SessionId::random(),
+        SessionId::random(),
+    );
+    let a_ids: Vec<AllocationId> = (0..2)
+        .map(|_| allocate(&pool, a, 4096).unwrap().id)
+        .collect();
+    allocate(&pool, b, 4096).unwrap();
+    allocate(&pool, c, 4096).unwrap();
+    assert_eq!(holders(&pool), sorted(vec![a, b, c]));
+
+    // The release is sent first and not awaited: its place in the order is
+    // what counts, not its reply.
+    let (reply, released) = oneshot::channel();
+    pool.release_session(b, reply);
+    assert_eq!(holders(&pool), sorted(vec![a, c]));
+    assert_eq!(released.blocking_recv().unwrap().buffers, 1);
+
+    assert_eq!(release_allocations(&pool, a, &a_ids[..1]).buffers, 1);
+    assert_eq!(
+        holders(&pool),
+        sorted(vec![a, c]),
+        "a still holds one buffer"
+    );
+    assert_eq!(release_allocations(&pool, a, &a_ids[1..]).buffers, 1);
+    assert_eq!(
+        holders(&pool),
+        vec![c],
+        "a session whose last buffer went by id holds nothing"
+    );
+
+    // A refused allocation makes no holder.
+    allocate(&pool, b, 0).unwrap_err();
+    assert_eq!(holders(&pool), vec![c]);
+
+    assert_eq!(release(&pool, c).buffers, 1);
+    assert!(holders(&pool).is_empty());
+    assert_eq!(pool.counters(), baseline);
 }
 
 #[test]
@@ -292,6 +459,18 @@ fn shutdown_destroys_leftovers_and_later_calls_are_refused() {
     assert!(
         answer.blocking_recv().is_err(),
         "a release after shutdown drops its reply"
+    );
+    let (reply, answer) = oneshot::channel();
+    pool.release_allocations(session, vec![AllocationId::next()], reply);
+    assert!(
+        answer.blocking_recv().is_err(),
+        "a release_allocations after shutdown drops its reply"
+    );
+    let (reply, answer) = oneshot::channel();
+    pool.sessions_holding_memory(reply);
+    assert!(
+        answer.blocking_recv().is_err(),
+        "sessions_holding_memory after shutdown drops its reply"
     );
     // wgpu frees its own buffers with the device, so later readings are lower.
     assert!(
