@@ -24,6 +24,7 @@
 mod bus;
 mod cleanup;
 mod config;
+mod context;
 mod engine;
 mod events;
 mod gpu;
@@ -34,6 +35,10 @@ mod session;
 
 pub use bus::{Delivery, SubscriptionId};
 pub use config::{BusConfig, ConfigError, EngineConfig, ReleaseConfig, SessionsConfig};
+pub use context::{
+    ContextConfig, ContextError, ContextPolicy, ContextPolicyFactory, ContextVerdict,
+    DecayingContext, Intent, StaleReason, TurnSignal,
+};
 pub use engine::{Engine, EngineHandle, OpenOptions};
 pub use events::{EventKinds, LifecycleEvent, ReleaseReceipt, SessionEndEvent, SessionStarted};
 pub use gpu::{
