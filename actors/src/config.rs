@@ -4,6 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::context::ContextConfig;
+use crate::expiry::ExpiryConfig;
+use crate::lease::LeasesConfig;
+
 /// A configuration value that cannot work, named by its path (`release.burst`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {field}: {reason}")]
@@ -146,6 +150,12 @@ impl BusConfig {
 pub struct EngineConfig {
     /// Session limits.
     pub sessions: SessionsConfig,
+    /// Idle timeout, TTL and the sweeper.
+    pub expiry: ExpiryConfig,
+    /// Lease draining and heartbeats.
+    pub leases: LeasesConfig,
+    /// Context expiry (the default policy).
+    pub context: ContextConfig,
     /// Release pacing.
     pub release: ReleaseConfig,
     /// The event bus.
@@ -156,6 +166,9 @@ impl EngineConfig {
     /// Refuses values that cannot work, naming the first bad field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.sessions.validate()?;
+        self.expiry.validate()?;
+        self.leases.validate()?;
+        self.context.validate()?;
         self.release.validate()?;
         self.bus.validate()
     }

@@ -8,19 +8,39 @@ use tokio::sync::mpsc;
 use crate::bus::{Delivery, Sink, SubscriptionId};
 use crate::cleanup::{CleanupActor, Pacer};
 use crate::config::{ConfigError, EngineConfig};
+use crate::context::ContextPolicyFactory;
 use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt};
+use crate::expiry::ExpiryPolicy;
 use crate::gpu::{GpuPool, PoolInfo, PoolStats};
 use crate::ids::{Caller, Owner, SessionId, TraceId};
 use crate::registry::*;
 use crate::session::{SessionError, SessionHandle};
 
 /// Options for opening a session.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct OpenOptions {
     /// Who owns the session.
     pub owner: Owner,
     /// The application request's trace id (a fresh one is drawn if `None`).
     pub trace_id: Option<TraceId>,
+    /// Overrides the configured idle timeout and TTL for this session.
+    pub expiry: Option<ExpiryPolicy>,
+    /// Replaces the engine's context policy (built from `[context]`) for this session.
+    pub context_policy: Option<ContextPolicyFactory>,
+}
+
+impl std::fmt::Debug for OpenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("owner", &self.owner)
+            .field("trace_id", &self.trace_id)
+            .field("expiry", &self.expiry)
+            .field(
+                "context_policy",
+                &self.context_policy.as_ref().map(|_| "custom"),
+            )
+            .finish()
+    }
 }
 
 impl OpenOptions {
@@ -29,7 +49,27 @@ impl OpenOptions {
         OpenOptions {
             owner: owner.into(),
             trace_id: None,
+            expiry: None,
+            context_policy: None,
         }
+    }
+
+    /// With this expiry policy instead of the configured one.
+    pub fn expiry(mut self, policy: ExpiryPolicy) -> Self {
+        self.expiry = Some(policy);
+        self
+    }
+
+    /// With this context policy instead of the engine's.
+    pub fn context_policy(mut self, factory: ContextPolicyFactory) -> Self {
+        self.context_policy = Some(factory);
+        self
+    }
+
+    /// With this trace id.
+    pub fn trace_id(mut self, trace_id: TraceId) -> Self {
+        self.trace_id = Some(trace_id);
+        self
     }
 }
 
@@ -50,7 +90,8 @@ impl Engine {
         let registry = RegistryActor::create({
             let pool = pool.clone();
             move |ctx| {
-                let mut registry = RegistryActor::new(config.sessions, pool.clone());
+                let mut registry = RegistryActor::new(&config, pool.clone(), ctx.address())
+                    .expect("the configuration was validated above");
                 let cleanup =
                     CleanupActor::new(pool, pacer, ctx.address().recipient(), capacity).start();
                 registry.subscribe_internal(Sink::Actor(cleanup.recipient()), EventKinds::ENDED);
@@ -93,6 +134,8 @@ impl EngineHandle {
         let open = Open {
             owner: owner.clone(),
             trace_id: options.trace_id.unwrap_or_else(TraceId::random),
+            expiry: options.expiry,
+            context_policy: options.context_policy,
         };
         let opened = self
             .registry

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix::Message;
 
+use crate::context::StaleReason;
+use crate::expiry::Deadline;
 use crate::gpu::Allocated;
 use crate::ids::{Owner, SessionId, TraceId};
 use crate::lifecycle::EndReason;
@@ -41,13 +43,40 @@ pub struct SessionEndEvent {
     pub created_at: SystemTime,
     /// Its last activity (message, touch or allocation).
     pub last_active_at: SystemTime,
-    /// When it ended (wall clock, for logs and audit).
+    /// When it ended, i.e. left Established (wall clock, for logs and audit).
     pub ended_at: SystemTime,
     /// When it ended (monotonic, for measuring how long the release took).
     pub ended_instant: Instant,
+    /// The idle or TTL deadline that ended it, with the moment it fired;
+    /// `None` for every other reason.
+    pub deadline: Option<Deadline>,
+    /// How its leases were drained before this event was published.
+    pub drain: Drain,
     /// Grows by one with every accepted event on the session; the end carries the last one.
     pub version: u64,
     /// The trace of the request that opened it.
+    pub trace_id: TraceId,
+}
+
+/// A session's conversation context went stale and was dropped; the session
+/// lives on. Its context-bound buffers have been released.
+#[derive(Clone, Debug)]
+pub struct ContextReset {
+    /// The session.
+    pub id: SessionId,
+    /// Who owns it.
+    pub owner: Owner,
+    /// Why the context was stale.
+    pub reason: StaleReason,
+    /// The turn that found it stale (the first turn of the new context).
+    pub turn: u64,
+    /// Context-bound buffers released.
+    pub buffers: u64,
+    /// Bytes those buffers held.
+    pub bytes: u64,
+    /// When the reset happened (wall clock).
+    pub at: SystemTime,
+    /// The trace of the turn that caused it (the session's own if the turn had none).
     pub trace_id: TraceId,
 }
 
@@ -70,6 +99,28 @@ pub struct ReleaseReceipt {
     pub paced_for: Duration,
     /// What went wrong, if the memory could not be released (an incident, logged as an error).
     pub error: Option<String>,
+    /// The deadline that ended the session, if one did: `released_at - deadline.at`
+    /// is deadline → memory back.
+    pub deadline: Option<Deadline>,
+}
+
+/// How an ending session's leases (in-flight work) were drained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drain {
+    /// Leases held when the end began (0: nothing to wait for).
+    pub leases: u32,
+    /// Leases still held when the end was forced: by the drain deadline, the
+    /// sweeper, or every handle going away. 0 means the drain was clean.
+    pub forced: u32,
+    /// From the start of the end to its publication.
+    pub waited: Duration,
+}
+
+impl Drain {
+    /// Whether the end had to be forced past leases still held.
+    pub fn was_forced(&self) -> bool {
+        self.forced > 0
+    }
 }
 
 impl ReleaseReceipt {
@@ -89,6 +140,8 @@ pub enum LifecycleEvent {
     Ended(Arc<SessionEndEvent>),
     /// A session's memory was released.
     Released(Arc<ReleaseReceipt>),
+    /// A session's context went stale and was reset (not an end).
+    ContextReset(Arc<ContextReset>),
 }
 
 impl LifecycleEvent {
@@ -98,6 +151,7 @@ impl LifecycleEvent {
             LifecycleEvent::Started(_) => EventKinds::STARTED,
             LifecycleEvent::Ended(_) => EventKinds::ENDED,
             LifecycleEvent::Released(_) => EventKinds::RELEASED,
+            LifecycleEvent::ContextReset(_) => EventKinds::CONTEXT_RESET,
         }
     }
 
@@ -107,6 +161,7 @@ impl LifecycleEvent {
             LifecycleEvent::Started(e) => e.id,
             LifecycleEvent::Ended(e) => e.id,
             LifecycleEvent::Released(e) => e.id,
+            LifecycleEvent::ContextReset(e) => e.id,
         }
     }
 }
@@ -122,8 +177,10 @@ impl EventKinds {
     pub const ENDED: EventKinds = EventKinds(2);
     /// Session memory released.
     pub const RELEASED: EventKinds = EventKinds(4);
+    /// Session context reset.
+    pub const CONTEXT_RESET: EventKinds = EventKinds(8);
     /// Every kind.
-    pub const ALL: EventKinds = EventKinds(7);
+    pub const ALL: EventKinds = EventKinds(15);
 
     /// Whether `other` is in this set.
     pub fn contains(self, other: EventKinds) -> bool {

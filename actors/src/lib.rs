@@ -23,12 +23,15 @@
 
 mod bus;
 mod cleanup;
+mod clock;
 mod config;
 mod context;
 mod engine;
 mod events;
+mod expiry;
 mod gpu;
 mod ids;
+mod lease;
 mod lifecycle;
 mod registry;
 mod session;
@@ -40,11 +43,18 @@ pub use context::{
     DecayingContext, Intent, StaleReason, TurnSignal,
 };
 pub use engine::{Engine, EngineHandle, OpenOptions};
-pub use events::{EventKinds, LifecycleEvent, ReleaseReceipt, SessionEndEvent, SessionStarted};
+pub use events::{
+    ContextReset, Drain, EventKinds, LifecycleEvent, ReleaseReceipt, SessionEndEvent,
+    SessionStarted,
+};
+pub use expiry::{Deadline, DeadlineKind, ExpiryConfig, ExpiryPolicy};
 pub use gpu::{
     AllocRequest, Allocated, GpuError, GpuPool, InMemoryPool, PoolInfo, PoolStats, ReleaseReport,
 };
 pub use ids::{AllocationId, Caller, Owner, ParseIdError, SessionId, TraceId};
+pub use lease::{LeaseError, LeaseId, LeasesConfig};
 pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
 pub use registry::{OpenError, RegistryStats, ShutdownReport};
-pub use session::{AllocError, SessionError, SessionHandle, SessionInfo, Turn, TurnAck};
+pub use session::{
+    AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo, Turn, TurnAck,
+};

@@ -94,6 +94,7 @@ async fn release(
                 released_at: report.finished_at,
                 paced_for,
                 error: None,
+                deadline: ended.deadline,
             }
         }
         Err(_) => {
@@ -113,6 +114,7 @@ async fn release(
                 released_at: Instant::now(),
                 paced_for,
                 error: Some("the GPU pool is not running".into()),
+                deadline: ended.deadline,
             }
         }
     };

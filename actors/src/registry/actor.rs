@@ -12,33 +12,46 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::error::OpenError;
+use super::expiry::ExpiryState;
 use super::messages::*;
 use super::stats::{RegistryStats, ShutdownReport};
+use super::sweeper::SweeperState;
 use super::tombstones::{Tombstone, Tombstones};
 use crate::bus::{Bus, Sink, SubscriptionId};
-use crate::config::SessionsConfig;
+use crate::clock::Epoch;
+use crate::config::{ConfigError, EngineConfig, SessionsConfig};
+use crate::context::DecayingContext;
 use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt, SessionStarted};
+use crate::expiry::ExpiryPolicy;
 use crate::gpu::GpuPool;
 use crate::ids::{Caller, Owner, SessionId};
 use crate::lifecycle::EndReason;
-use crate::session::{End, EndGuard, SessionActor, SessionError, SessionLimits, SessionShared};
+use crate::session::{End, EndGuard, SessionActor, SessionError, SessionSettings, SessionShared};
 
-struct LiveSession {
-    addr: WeakAddr<SessionActor>,
-    owner: Owner,
-    shared: Arc<SessionShared>,
+pub(super) struct LiveSession {
+    pub(super) addr: WeakAddr<SessionActor>,
+    pub(super) owner: Owner,
+    pub(super) shared: Arc<SessionShared>,
     /// Callers waiting for this session's receipt (closed by id, or a racing second close).
-    waiters: Vec<oneshot::Sender<ReleaseReceipt>>,
+    pub(super) waiters: Vec<oneshot::Sender<ReleaseReceipt>>,
+    pub(super) policy: ExpiryPolicy,
+    pub(super) opened_us: u64,
+    /// Where the session is filed in the deadline queue, if it is.
+    pub(super) due_us: Option<u64>,
 }
 
 #[derive(Default)]
-struct Counters {
-    opened: u64,
-    ended_by: [u64; EndReason::ALL.len()],
-    released: u64,
-    released_buffers: u64,
-    released_bytes: u64,
-    incidents: u64,
+pub(super) struct Counters {
+    pub(super) opened: u64,
+    pub(super) ended_by: [u64; EndReason::ALL.len()],
+    pub(super) released: u64,
+    pub(super) released_buffers: u64,
+    pub(super) released_bytes: u64,
+    pub(super) incidents: u64,
+    pub(super) sweeper_incidents: u64,
+    pub(super) sweeps: u64,
+    pub(super) leases_revoked: u64,
+    pub(super) context_resets: u64,
 }
 
 struct ShutdownInProgress {
@@ -56,31 +69,55 @@ const REGISTRY_MAILBOX: usize = 4_096;
 
 pub(crate) struct RegistryActor {
     config: SessionsConfig,
-    pool: Arc<dyn GpuPool>,
+    pub(super) settings: Arc<SessionSettings>,
     bus: Bus,
-    sessions: HashMap<SessionId, LiveSession>,
-    tombstones: Tombstones,
+    pub(super) sessions: HashMap<SessionId, LiveSession>,
+    pub(super) tombstones: Tombstones,
     releasing: usize,
-    counters: Counters,
+    pub(super) counters: Counters,
     shutdown: Option<ShutdownInProgress>,
+    pub(super) expiry: ExpiryState,
+    pub(super) sweeper: SweeperState,
 }
 
 impl RegistryActor {
-    pub(crate) fn new(config: SessionsConfig, pool: Arc<dyn GpuPool>) -> Self {
+    pub(crate) fn new(
+        config: &EngineConfig,
+        pool: Arc<dyn GpuPool>,
+        me: Addr<RegistryActor>,
+    ) -> Result<Self, ConfigError> {
+        let sessions = config.sessions.clone();
         let tombstones = Tombstones::new(
-            config.tombstones,
-            Duration::from_secs(config.tombstone_ttl_secs),
+            sessions.tombstones,
+            Duration::from_secs(sessions.tombstone_ttl_secs),
         );
-        RegistryActor {
-            config,
+        let epoch = Epoch::now();
+        let settings = SessionSettings::new(
+            epoch,
+            sessions.max_session_bytes,
+            &config.leases,
             pool,
+            me,
+            match config.context.enabled {
+                true => Some(DecayingContext::factory(config.context.clone())?),
+                false => None,
+            },
+        );
+        Ok(RegistryActor {
+            config: sessions,
+            settings: Arc::new(settings),
             bus: Bus::default(),
             sessions: HashMap::new(),
             tombstones,
             releasing: 0,
             counters: Counters::default(),
             shutdown: None,
-        }
+            expiry: ExpiryState::new(config.expiry.policy()?),
+            sweeper: SweeperState::new(
+                config.expiry.sweep_interval(),
+                config.leases.drain_timeout(),
+            ),
+        })
     }
 
     /// Subscribes one of the runtime's own actors (reliable, never removable).
@@ -105,6 +142,11 @@ impl RegistryActor {
             released_buffers: self.counters.released_buffers,
             released_bytes: self.counters.released_bytes,
             incidents: self.counters.incidents,
+            sweeper_incidents: self.counters.sweeper_incidents,
+            sweeps: self.counters.sweeps,
+            leases_revoked: self.counters.leases_revoked,
+            context_resets: self.counters.context_resets,
+            scheduled_deadlines: self.expiry.queue.len(),
             bus_dropped: self.bus.dropped_total(),
             bus_backlog: self.bus.backlog_len(),
         }
@@ -180,7 +222,7 @@ impl RegistryActor {
         }
     }
 
-    fn incident(&mut self) {
+    pub(super) fn incident(&mut self) {
         self.counters.incidents += 1;
     }
 }
@@ -188,7 +230,7 @@ impl RegistryActor {
 /// Asks a session to end without making the registry wait. actix lets each new
 /// sender exceed a mailbox's capacity by one message, so a freshly upgraded
 /// address almost always delivers at once; the task is a fallback, not the rule.
-fn deliver_end(addr: Addr<SessionActor>, end: End) {
+pub(super) fn deliver_end(addr: Addr<SessionActor>, end: End) {
     match addr.try_send(end) {
         Ok(()) => {}
         Err(actix::dev::SendError::Full(end)) => {
@@ -211,6 +253,7 @@ impl Actor for RegistryActor {
         ctx.run_interval(every, |registry, _ctx| {
             registry.tombstones.forget_old(Instant::now())
         });
+        ctx.run_interval(self.sweeper.every, |registry, ctx| registry.sweep(ctx));
     }
 }
 
@@ -232,25 +275,24 @@ impl Handler<Open> for RegistryActor {
                 limit: self.config.max_sessions,
             });
         }
+        let policy = msg.expiry.unwrap_or(self.expiry.default_policy);
+        policy.validate().map_err(OpenError::InvalidOptions)?;
         let id = loop {
             let id = SessionId::random();
             if !self.sessions.contains_key(&id) && !self.tombstones.contains(&id) {
                 break id;
             }
         };
-        let shared = Arc::new(SessionShared::new());
+        let opened_us = self.settings.epoch.now_micros();
+        let shared = Arc::new(SessionShared::new(opened_us));
         let record = EndGuard::new(
             id,
             msg.owner.clone(),
             msg.trace_id,
             shared.clone(),
-            ctx.address().recipient(),
+            self.settings.clone(),
         );
-        let limits = SessionLimits {
-            max_bytes: self.config.max_session_bytes,
-            max_buffer_size: self.pool.info().max_buffer_size,
-        };
-        let session = SessionActor::new(record, self.pool.clone(), limits);
+        let session = SessionActor::new(record, policy, msg.context_policy);
         let capacity = self.config.mailbox_capacity;
         let addr = SessionActor::create(move |ctx| {
             ctx.set_mailbox_capacity(capacity);
@@ -263,8 +305,12 @@ impl Handler<Open> for RegistryActor {
                 owner: msg.owner.clone(),
                 shared: shared.clone(),
                 waiters: Vec::new(),
+                policy,
+                opened_us,
+                due_us: None,
             },
         );
+        self.schedule(id, ctx);
         self.counters.opened += 1;
         tracing::info!(
             target: "sessionbus::supervisor",
@@ -335,6 +381,7 @@ impl Handler<CloseById> for RegistryActor {
                     caller: msg.caller,
                     reason: EndReason::Closed,
                     waiter: None,
+                    deadline: None,
                 };
                 // Refusal means it is already ending; the waiter above gets the receipt either way.
                 deliver_end(addr, end);
@@ -381,9 +428,12 @@ impl Handler<SessionFinished> for RegistryActor {
         if reason == EndReason::Crashed {
             self.incident();
         }
+        if let Some(due) = live.due_us {
+            self.expiry.queue.remove(id, due);
+        }
         self.releasing += 1;
         let mut waiters = live.waiters;
-        waiters.extend(msg.waiter);
+        waiters.extend(msg.waiters);
         let stone = Tombstone {
             owner: live.owner,
             reason,
@@ -400,6 +450,8 @@ impl Handler<SessionFinished> for RegistryActor {
             buffers = event.allocations.len(),
             bytes = event.bytes,
             trace_id = %event.trace_id,
+            lateness_us = event.deadline.map(|d| d.lateness().as_micros() as u64),
+            drain_forced = event.drain.forced,
             "session ended"
         );
         self.bus.publish(LifecycleEvent::Ended(Arc::new(event)));
@@ -512,6 +564,7 @@ impl Handler<Shutdown> for RegistryActor {
                         caller: operator.clone(),
                         reason: EndReason::Shutdown,
                         waiter: None,
+                        deadline: None,
                     };
                     deliver_end(addr, end);
                 }
@@ -522,5 +575,35 @@ impl Handler<Shutdown> for RegistryActor {
         }
         self.finish_shutdown_if_done();
         Box::pin(async move { report.await.unwrap_or_default() })
+    }
+}
+
+impl Handler<LeaseRevoked> for RegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: LeaseRevoked, _ctx: &mut Self::Context) {
+        self.counters.leases_revoked += 1;
+    }
+}
+
+impl Handler<ContextWasReset> for RegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ContextWasReset, _ctx: &mut Self::Context) {
+        let reset = msg.0;
+        self.counters.context_resets += 1;
+        tracing::info!(
+            target: "sessionbus::supervisor",
+            event = "session.context_reset",
+            session_id = %reset.id,
+            reason = reset.reason.as_str(),
+            turn = reset.turn,
+            buffers = reset.buffers,
+            bytes = reset.bytes,
+            trace_id = %reset.trace_id,
+            "session context reset: {}", reset.reason
+        );
+        self.bus
+            .publish(LifecycleEvent::ContextReset(Arc::new(reset)));
     }
 }

@@ -1,3 +1,5 @@
+use crate::config::ConfigError;
+
 /// Why a session could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
@@ -9,6 +11,9 @@ pub enum OpenError {
         /// The configured limit.
         limit: usize,
     },
+    /// The options for the session cannot work (a zero timeout); nothing was opened.
+    #[error("invalid session options: {0}")]
+    InvalidOptions(#[source] ConfigError),
     /// The runtime is shutting down and admits no new sessions.
     #[error("the runtime is shutting down and admits no new sessions")]
     ShuttingDown,

@@ -6,7 +6,9 @@ use tokio::sync::oneshot;
 use super::error::OpenError;
 use super::stats::{RegistryStats, ShutdownReport};
 use crate::bus::{Delivery, Sink, SubscriptionId};
-use crate::events::{EventKinds, ReleaseReceipt, SessionEndEvent};
+use crate::context::ContextPolicyFactory;
+use crate::events::{ContextReset, EventKinds, ReleaseReceipt, SessionEndEvent};
+use crate::expiry::ExpiryPolicy;
 use crate::ids::{Caller, Owner, SessionId, TraceId};
 use crate::session::{SessionActor, SessionError, SessionShared};
 
@@ -22,6 +24,10 @@ pub(crate) struct Opened {
 pub(crate) struct Open {
     pub(crate) owner: Owner,
     pub(crate) trace_id: TraceId,
+    /// Overrides the configured expiry policy for this session.
+    pub(crate) expiry: Option<ExpiryPolicy>,
+    /// Overrides the engine's context policy for this session.
+    pub(crate) context_policy: Option<ContextPolicyFactory>,
 }
 
 #[derive(Message)]
@@ -52,8 +58,24 @@ pub(crate) struct AwaitReceipt {
 #[rtype(result = "()")]
 pub(crate) struct SessionFinished {
     pub(crate) event: SessionEndEvent,
-    pub(crate) waiter: Option<oneshot::Sender<ReleaseReceipt>>,
+    pub(crate) waiters: Vec<oneshot::Sender<ReleaseReceipt>>,
 }
+
+/// From a session whose idle deadline fired while it was in fact active
+/// (a message was queued ahead of the end): file it again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Rearm(pub(crate) SessionId);
+
+/// From a session: its context went stale and its context-bound memory is back.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ContextWasReset(pub(crate) ContextReset);
+
+/// From a session: one of its remote leases stopped heartbeating and was revoked.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct LeaseRevoked;
 
 /// A session's memory is back, from a cleanup actor.
 #[derive(Message)]

@@ -3,8 +3,10 @@
 
 mod actor;
 mod error;
+mod expiry;
 mod messages;
 mod stats;
+mod sweeper;
 mod tombstones;
 
 pub(crate) use actor::RegistryActor;

@@ -23,6 +23,17 @@ pub struct RegistryStats {
     pub released_bytes: u64,
     /// Things that should not happen and were handled (each also logged at WARN or ERROR).
     pub incidents: u64,
+    /// Of `incidents`, those the sweeper found (stuck in Closing, memory whose session is gone).
+    /// A healthy run reports zero.
+    pub sweeper_incidents: u64,
+    /// Sweeper passes run.
+    pub sweeps: u64,
+    /// Remote leases revoked because their heartbeats stopped.
+    pub leases_revoked: u64,
+    /// Context resets (stale conversations whose context-bound memory was released).
+    pub context_resets: u64,
+    /// Sessions filed in the deadline queue now.
+    pub scheduled_deadlines: usize,
     /// Events dropped for best-effort bus subscribers.
     pub bus_dropped: u64,
     /// Events waiting now for reliable bus subscribers that fell behind.

@@ -95,7 +95,7 @@ mod tests {
         Tombstone {
             owner: Owner::new("o"),
             reason: EndReason::Closed,
-            shared: Arc::new(SessionShared::new()),
+            shared: Arc::new(SessionShared::new(0)),
             receipt: None,
             waiters: Vec::new(),
         }
@@ -111,6 +111,7 @@ mod tests {
             released_at: Instant::now(),
             paced_for: Duration::ZERO,
             error: None,
+            deadline: None,
         }
     }
 

@@ -6,40 +6,60 @@
 //! can tell a crash from a disconnect exactly. A request is checked in full
 //! (owner, lifecycle, limits) before anything changes; only an accepted event
 //! bumps the version and the last-active time, once.
+//!
+//! Ending: `begin_end` moves the lifecycle to Closing at once (new work is
+//! refused from then on). If leases are held, the end waits for them (lease
+//! returns are still accepted while Closing) up to the drain deadline; then
+//! `finish_end` reports it, forced if leases were still held, and stops.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::end_guard::EndGuard;
+use super::end_guard::{EndGuard, Ending};
 use super::error::{AllocError, SessionError};
 use super::messages::*;
+use crate::clock;
+use crate::context::{
+    ContextPolicy, ContextPolicyFactory, ContextVerdict, StaleReason, TurnSignal,
+};
+use crate::events::ContextReset;
 use crate::events::ReleaseReceipt;
-use crate::gpu::{AllocRequest, Allocated, GpuError, GpuPool};
-use crate::ids::{AllocationId, Caller};
+use crate::expiry::{Deadline, DeadlineKind, ExpiryPolicy};
+use crate::gpu::{AllocRequest, Allocated, GpuError};
+use crate::ids::{AllocationId, Caller, TraceId};
+use crate::lease::{Holder, LeaseError, LeaseId, LeaseTable};
 use crate::lifecycle::{EndReason, Event, Lifecycle};
-
-/// Per-session limits, fixed at open.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct SessionLimits {
-    pub(crate) max_bytes: u64,
-    pub(crate) max_buffer_size: u64,
-}
+use crate::registry::{ContextWasReset, LeaseRevoked, Rearm};
 
 pub(crate) struct SessionActor {
     record: EndGuard,
     lifecycle: Lifecycle,
-    pool: Arc<dyn GpuPool>,
-    limits: SessionLimits,
+    /// Only the idle timeout is read here (to re-check an idle deadline).
+    idle_timeout: Option<std::time::Duration>,
     turns: u64,
+    leases: LeaseTable,
+    /// Set once the end has begun; the end is reported when leases are drained.
+    ending: Option<Ending>,
+    /// The conversation's context policy, built on the first turn that carries a signal.
+    context: Option<Box<dyn ContextPolicy>>,
+    /// This session's own policy factory, if the application replaced the engine's.
+    context_factory: Option<ContextPolicyFactory>,
+    /// Runs only while remote leases are held.
+    heartbeat_check: Option<SpawnHandle>,
     /// Raised while a handler runs; still raised in `stopping` means it panicked.
     in_handler: bool,
+    #[cfg(feature = "fault-injection")]
+    lose_drain_timer: bool,
 }
 
 impl SessionActor {
-    pub(crate) fn new(record: EndGuard, pool: Arc<dyn GpuPool>, limits: SessionLimits) -> Self {
+    pub(crate) fn new(
+        record: EndGuard,
+        policy: ExpiryPolicy,
+        context_factory: Option<ContextPolicyFactory>,
+    ) -> Self {
         let mut lifecycle = Lifecycle::new();
         lifecycle
             .apply(Event::Establish)
@@ -47,11 +67,26 @@ impl SessionActor {
         SessionActor {
             record,
             lifecycle,
-            pool,
-            limits,
+            idle_timeout: policy.idle_timeout,
             turns: 0,
+            leases: LeaseTable::default(),
+            ending: None,
+            context: None,
+            context_factory,
+            heartbeat_check: None,
             in_handler: false,
+            #[cfg(feature = "fault-injection")]
+            lose_drain_timer: false,
         }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.record.settings.epoch.now_micros()
+    }
+
+    /// Activity that is not a lifecycle event (lease operations) still keeps the session from idling.
+    fn mark_active(&mut self) {
+        self.record.shared.set_last_active_us(self.now_us());
     }
 
     /// Runs a handler body with `in_handler` raised (left raised if it panics).
@@ -92,6 +127,7 @@ impl SessionActor {
         if self.lifecycle.apply(event).is_ok() {
             self.record.version += 1;
             self.record.last_active_at = SystemTime::now();
+            self.mark_active();
         }
     }
 
@@ -99,39 +135,305 @@ impl SessionActor {
         let used = self.record.ledger.committed();
         if bytes == 0 {
             Some(AllocError::ZeroSize)
-        } else if bytes > self.limits.max_buffer_size {
+        } else if bytes > self.record.settings.max_buffer_size {
             Some(AllocError::TooLarge {
                 requested: bytes,
-                max: self.limits.max_buffer_size,
+                max: self.record.settings.max_buffer_size,
             })
-        } else if used.saturating_add(bytes) > self.limits.max_bytes {
+        } else if used.saturating_add(bytes) > self.record.settings.max_bytes {
             Some(AllocError::OverSessionBudget {
                 requested: bytes,
                 used,
-                budget: self.limits.max_bytes,
+                budget: self.record.settings.max_bytes,
             })
         } else {
             None
         }
     }
 
-    /// Moves to Closing and hands the end to the registry (the end guard bumps the version once).
-    fn end(
+    /// Moves to Closing at once; reports the end now if no lease is held,
+    /// else when the last one is returned or the drain deadline passes.
+    fn begin_end(
         &mut self,
         reason: EndReason,
+        deadline: Option<Deadline>,
         waiter: Option<oneshot::Sender<ReleaseReceipt>>,
+        ctx: &mut Context<Self>,
     ) -> Result<(), SessionError> {
         self.check(Event::End(reason))?;
         let _ = self.lifecycle.apply(Event::End(reason));
-        self.record.report(reason, waiter);
+        let mut ending = Ending::new(reason, deadline, self.leases.len());
+        ending.waiters.extend(waiter);
+        let began_us = self.record.settings.epoch.micros(ending.began);
+        self.record.shared.set_closing(reason, began_us);
+        self.ending = Some(ending);
+        if self.leases.is_empty() {
+            self.finish_end(ctx);
+        } else {
+            tracing::debug!(
+                target: "sessionbus::supervisor",
+                event = "session.draining",
+                session_id = %self.record.id,
+                %reason,
+                leases = self.leases.len(),
+                "session closing: waiting for its leases"
+            );
+            self.arm_drain_timer(ctx);
+        }
         Ok(())
+    }
+
+    fn arm_drain_timer(&mut self, ctx: &mut Context<Self>) {
+        #[cfg(feature = "fault-injection")]
+        if self.lose_drain_timer {
+            return;
+        }
+        ctx.run_later(self.record.settings.drain_timeout, |session, ctx| {
+            if session.ending.is_some() {
+                session.finish_end(ctx);
+            }
+        });
+    }
+
+    /// Reports the end that has begun (forcing past leases still held) and stops.
+    fn finish_end(&mut self, ctx: &mut Context<Self>) {
+        let Some(ending) = self.ending.take() else {
+            return;
+        };
+        let forced = self.force_leases(&ending);
+        self.record.report(ending, forced);
+        ctx.stop();
+    }
+
+    /// Drops every lease still held; returns how many (0: a clean drain).
+    fn force_leases(&mut self, ending: &Ending) -> u32 {
+        let forced = self.leases.force_all();
+        if forced > 0 {
+            tracing::warn!(
+                target: "sessionbus::supervisor",
+                event = "session.drain_forced",
+                session_id = %self.record.id,
+                reason = %ending.reason,
+                leases = forced,
+                waited_us = clock::now().saturating_duration_since(ending.began).as_micros() as u64,
+                "session end forced with leases still held"
+            );
+        }
+        forced.try_into().unwrap_or(u32::MAX)
+    }
+
+    /// Whether an idle deadline that fired is really due (a message may have
+    /// been queued ahead of it). Leases count as activity.
+    fn idle_deadline_holds(&mut self) -> bool {
+        if !self.leases.is_empty() {
+            self.mark_active();
+            return false;
+        }
+        let Some(idle) = self.idle_timeout else {
+            return false;
+        };
+        let due = self
+            .record
+            .shared
+            .last_active_us()
+            .saturating_add(clock::micros(idle));
+        due <= self.now_us()
+    }
+
+    fn end(&mut self, msg: End, ctx: &mut Context<Self>) -> Result<(), SessionError> {
+        self.authorize(&msg.caller)?;
+        if let Some(ending) = self.ending.as_mut() {
+            // Already ending (draining leases): wait for the same end.
+            ending.waiters.extend(msg.waiter);
+            return Ok(());
+        }
+        if let Some(deadline) = msg.deadline {
+            if deadline.kind == DeadlineKind::Idle && !self.idle_deadline_holds() {
+                self.rearm();
+                return Ok(());
+            }
+        }
+        self.begin_end(msg.reason, msg.deadline, msg.waiter, ctx)
+    }
+
+    fn rearm(&self) {
+        let rearm = Rearm(self.record.id);
+        if let Err(actix::dev::SendError::Full(rearm)) =
+            self.record.settings.registry.try_send(rearm)
+        {
+            let registry = self.record.settings.registry.clone();
+            actix::spawn(async move {
+                let _ = registry.send(rearm).await;
+            });
+        }
+    }
+
+    fn take_lease(
+        &mut self,
+        msg: TakeLease,
+        ctx: &mut Context<Self>,
+    ) -> Result<LeaseGrant, SessionError> {
+        self.authorize(&msg.caller)?;
+        self.check(Event::Touch)?;
+        let settings = &self.record.settings;
+        let grant = if msg.remote {
+            let id = self.leases.acquire(Holder::Remote {
+                last_beat: clock::now(),
+            });
+            LeaseGrant {
+                id,
+                heartbeat_interval: settings.heartbeat_interval,
+                revoked_after: settings.revoke_after,
+            }
+        } else {
+            LeaseGrant {
+                id: self.leases.acquire(Holder::Local),
+                heartbeat_interval: std::time::Duration::ZERO,
+                revoked_after: std::time::Duration::ZERO,
+            }
+        };
+        if msg.remote && self.heartbeat_check.is_none() {
+            let every = settings.heartbeat_interval;
+            self.heartbeat_check = Some(ctx.run_interval(every, |session, ctx| {
+                session.guarded(|session| session.revoke_silent_leases(ctx))
+            }));
+        }
+        self.mark_active();
+        Ok(grant)
+    }
+
+    fn lease_error(&self, source: LeaseError) -> SessionError {
+        SessionError::Lease {
+            id: self.record.id,
+            source,
+        }
+    }
+
+    fn return_lease(
+        &mut self,
+        lease: LeaseId,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), SessionError> {
+        self.leases
+            .release(lease)
+            .map_err(|source| self.lease_error(source))?;
+        self.mark_active();
+        self.after_lease_change(ctx);
+        Ok(())
+    }
+
+    /// Finishes a drain whose last lease just went; stops the heartbeat check when no remote lease is left.
+    fn after_lease_change(&mut self, ctx: &mut Context<Self>) {
+        if !self.leases.has_remote() {
+            if let Some(check) = self.heartbeat_check.take() {
+                ctx.cancel_future(check);
+            }
+        }
+        if self.ending.is_some() && self.leases.is_empty() {
+            self.finish_end(ctx);
+        }
+    }
+
+    fn revoke_silent_leases(&mut self, ctx: &mut Context<Self>) {
+        let settings = self.record.settings.clone();
+        let revoked = self.leases.revoke_silent(
+            clock::now(),
+            settings.revoke_after,
+            settings.missed_heartbeats,
+        );
+        if revoked.is_empty() {
+            return;
+        }
+        for lease in &revoked {
+            tracing::warn!(
+                target: "sessionbus::supervisor",
+                event = "lease.revoked",
+                session_id = %self.record.id,
+                lease = lease.0,
+                missed = settings.missed_heartbeats,
+                "remote lease revoked: its heartbeats stopped"
+            );
+            let _ = settings.registry.try_send(LeaseRevoked);
+        }
+        if self.ending.is_none() && settings.end_session_on_lease_lost {
+            let _ = self.begin_end(EndReason::LeaseLost, None, None, ctx);
+        } else {
+            self.after_lease_change(ctx);
+        }
+    }
+
+    /// Asks the context policy about the turn; an error changes nothing.
+    fn assess_context(&mut self, signal: &TurnSignal) -> Result<ContextVerdict, SessionError> {
+        let fresh = ContextVerdict::Fresh { similarity: None };
+        let policy = match &mut self.context {
+            Some(policy) => policy,
+            // Sessions whose turns carry no signal never pay for a policy.
+            None if *signal == TurnSignal::default() => return Ok(fresh),
+            None => {
+                let factory =
+                    self.context_factory
+                        .as_ref()
+                        .or(self.record.settings.context.as_ref());
+                let Some(factory) = factory else {
+                    return Ok(fresh);
+                };
+                self.context.insert(factory())
+            }
+        };
+        policy
+            .assess(signal, clock::now())
+            .map_err(|source| SessionError::Context {
+                id: self.record.id,
+                source,
+            })
+    }
+
+    /// The context went stale: release its buffers and tell the registry,
+    /// which publishes the reset once the memory is back.
+    fn reset_context(&mut self, reason: StaleReason, trace_id: TraceId) {
+        self.accept(Event::ContextReset);
+        let released = self.record.ledger.take_context();
+        let (reply, report) = oneshot::channel();
+        let holds_memory = !released.is_empty();
+        if holds_memory {
+            let ids = released.iter().map(|a| a.id).collect();
+            self.record
+                .settings
+                .pool
+                .release_allocations(self.record.id, ids, reply);
+        }
+        let mut reset = ContextReset {
+            id: self.record.id,
+            owner: self.record.owner.clone(),
+            reason,
+            turn: self.turns,
+            buffers: 0,
+            bytes: 0,
+            at: SystemTime::now(),
+            trace_id,
+        };
+        let registry = self.record.settings.registry.clone();
+        actix::spawn(async move {
+            if holds_memory {
+                if let Ok(report) = report.await {
+                    reset.buffers = report.buffers;
+                    reset.bytes = report.bytes;
+                }
+            }
+            let _ = registry.send(ContextWasReset(reset)).await;
+        });
     }
 
     fn chat(&mut self, msg: Chat) -> Result<TurnAck, SessionError> {
         self.authorize(&msg.caller)?;
         self.check(Event::Message)?;
+        let context = self.assess_context(&msg.turn.signal)?;
         self.accept(Event::Message);
         self.turns += 1;
+        if let ContextVerdict::Stale(reason) = &context {
+            let trace_id = msg.turn.trace_id.unwrap_or(self.record.trace_id);
+            self.reset_context(reason.clone(), trace_id);
+        }
         tracing::trace!(
             target: "sessionbus::supervisor",
             event = "session.turn",
@@ -142,6 +444,7 @@ impl SessionActor {
         Ok(TurnAck {
             turn: self.turns,
             version: self.record.version,
+            context,
         })
     }
 
@@ -176,7 +479,7 @@ impl SessionActor {
         }
         self.record.ledger.reserve(msg.bytes);
         let (reply, answer) = oneshot::channel();
-        self.pool.allocate(
+        self.record.settings.pool.allocate(
             AllocRequest {
                 session: id,
                 id: AllocationId::next(),
@@ -190,11 +493,12 @@ impl SessionActor {
     fn finish_allocation(
         &mut self,
         bytes: u64,
+        binding: Binding,
         answer: Result<Allocated, GpuError>,
     ) -> Result<Allocated, SessionError> {
         match answer {
             Ok(allocated) => {
-                self.record.ledger.confirm(bytes, allocated);
+                self.record.ledger.confirm(bytes, allocated, binding);
                 self.accept(Event::Allocate);
                 Ok(allocated)
             }
@@ -218,6 +522,13 @@ impl Actor for SessionActor {
         // Every handle is gone: the client disconnected. Otherwise the actor is
         // stopped from outside, with handles still alive: the engine's System is
         // shutting down (a runtime dropped without `shutdown()`).
+        // An end already under way (draining) is finished now, forced: after
+        // this the actor is gone and nobody could return its leases.
+        if let Some(ending) = self.ending.take() {
+            let forced = self.force_leases(&ending);
+            self.record.report(ending, forced);
+            return Running::Stop;
+        }
         let reason = if self.in_handler {
             EndReason::Crashed
         } else if !ctx.connected() {
@@ -225,7 +536,12 @@ impl Actor for SessionActor {
         } else {
             EndReason::Shutdown
         };
-        let _ = self.end(reason, None);
+        if self.check(Event::End(reason)).is_ok() {
+            let _ = self.lifecycle.apply(Event::End(reason));
+            let ending = Ending::new(reason, None, self.leases.len());
+            let forced = self.force_leases(&ending);
+            self.record.report(ending, forced);
+        }
         Running::Stop
     }
 }
@@ -258,12 +574,12 @@ impl Handler<Allocate> for SessionActor {
     type Result = ResponseActFuture<Self, Result<Allocated, SessionError>>;
 
     fn handle(&mut self, msg: Allocate, _ctx: &mut Self::Context) -> Self::Result {
-        let bytes = msg.bytes;
+        let (bytes, binding) = (msg.bytes, msg.binding);
         match self.guarded(|session| session.start_allocation(&msg)) {
             Err(refused) => Box::pin(fut::ready(Err(refused))),
             Ok(answer) => Box::pin(answer.into_actor(self).map(move |answer, session, _ctx| {
                 let answer = answer.unwrap_or(Err(GpuError::Unavailable));
-                session.guarded(|session| session.finish_allocation(bytes, answer))
+                session.guarded(|session| session.finish_allocation(bytes, binding, answer))
             })),
         }
     }
@@ -273,13 +589,68 @@ impl Handler<End> for SessionActor {
     type Result = Result<(), SessionError>;
 
     fn handle(&mut self, msg: End, ctx: &mut Self::Context) -> Self::Result {
+        self.guarded(|session| session.end(msg, ctx))
+    }
+}
+
+impl Handler<ForceEnd> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ForceEnd, ctx: &mut Self::Context) {
+        self.guarded(|session| session.finish_end(ctx))
+    }
+}
+
+impl Handler<TakeLease> for SessionActor {
+    type Result = Result<LeaseGrant, SessionError>;
+
+    fn handle(&mut self, msg: TakeLease, ctx: &mut Self::Context) -> Self::Result {
+        self.guarded(|session| session.take_lease(msg, ctx))
+    }
+}
+
+impl Handler<ReturnLease> for SessionActor {
+    type Result = Result<(), SessionError>;
+
+    fn handle(&mut self, msg: ReturnLease, ctx: &mut Self::Context) -> Self::Result {
         self.guarded(|session| {
             session.authorize(&msg.caller)?;
-            session.end(msg.reason, msg.waiter)
-        })?;
-        // The registry now owns the end; this actor has nothing left to do.
-        ctx.stop();
-        Ok(())
+            session.return_lease(msg.lease, ctx)
+        })
+    }
+}
+
+impl Handler<LeaseDropped> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeaseDropped, ctx: &mut Self::Context) {
+        // Already released explicitly (or forced): nothing to do.
+        let _ = self.guarded(|session| session.return_lease(msg.0, ctx));
+    }
+}
+
+impl Handler<Heartbeat> for SessionActor {
+    type Result = Result<(), SessionError>;
+
+    fn handle(&mut self, msg: Heartbeat, _ctx: &mut Self::Context) -> Self::Result {
+        self.guarded(|session| {
+            session.authorize(&msg.caller)?;
+            session
+                .leases
+                .heartbeat(msg.lease, clock::now())
+                .map_err(|source| session.lease_error(source))?;
+            session.mark_active();
+            Ok(())
+        })
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<InjectLostDrainTimer> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: InjectLostDrainTimer, _ctx: &mut Self::Context) {
+        self.lose_drain_timer = true;
     }
 }
 

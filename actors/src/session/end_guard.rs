@@ -9,12 +9,14 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use actix::Recipient;
 use tokio::sync::oneshot;
 
 use super::ledger::Ledger;
+use super::settings::SessionSettings;
 use super::shared::SessionShared;
-use crate::events::{ReleaseReceipt, SessionEndEvent};
+use crate::clock;
+use crate::events::{Drain, ReleaseReceipt, SessionEndEvent};
+use crate::expiry::Deadline;
 use crate::ids::{Owner, SessionId, TraceId};
 use crate::lifecycle::EndReason;
 use crate::registry::SessionFinished;
@@ -28,8 +30,8 @@ pub(crate) struct EndGuard {
     pub(crate) last_active_at: SystemTime,
     pub(crate) version: u64,
     pub(crate) ledger: Ledger,
-    shared: Arc<SessionShared>,
-    registry: Recipient<SessionFinished>,
+    pub(crate) shared: Arc<SessionShared>,
+    pub(crate) settings: Arc<SessionSettings>,
     reported: bool,
 }
 
@@ -39,7 +41,7 @@ impl EndGuard {
         owner: Owner,
         trace_id: TraceId,
         shared: Arc<SessionShared>,
-        registry: Recipient<SessionFinished>,
+        settings: Arc<SessionSettings>,
     ) -> Self {
         let now = SystemTime::now();
         EndGuard {
@@ -51,21 +53,19 @@ impl EndGuard {
             version: 1,
             ledger: Ledger::default(),
             shared,
-            registry,
+            settings,
             reported: false,
         }
     }
 
     /// Reports the end to the registry. Only the first call does anything.
-    pub(crate) fn report(
-        &mut self,
-        reason: EndReason,
-        waiter: Option<oneshot::Sender<ReleaseReceipt>>,
-    ) {
+    pub(crate) fn report(&mut self, ending: Ending, forced: u32) {
         if std::mem::replace(&mut self.reported, true) {
             return;
         }
-        self.shared.set_closing(reason);
+        let reason = ending.reason;
+        let began_us = self.settings.epoch.micros(ending.began);
+        self.shared.set_closing(reason, began_us);
         let (allocations, bytes) = self.ledger.take();
         let event = SessionEndEvent {
             id: self.id,
@@ -75,18 +75,27 @@ impl EndGuard {
             bytes,
             created_at: self.created_at,
             last_active_at: self.last_active_at,
-            ended_at: SystemTime::now(),
-            ended_instant: Instant::now(),
+            ended_at: ending.began_wall,
+            ended_instant: ending.began,
+            deadline: ending.deadline,
+            drain: Drain {
+                leases: ending.leases,
+                forced,
+                waited: clock::now().saturating_duration_since(ending.began),
+            },
             version: self.version + 1, // the end itself is the last accepted event
             trace_id: self.trace_id,
         };
-        let message = SessionFinished { event, waiter };
+        let message = SessionFinished {
+            event,
+            waiters: ending.waiters,
+        };
         // This message carries memory to give back, so it must not be refused.
         // A full registry mailbox falls back to `do_send`, which ignores capacity:
         // the overflow is bounded by the number of sessions (each reports once).
-        match self.registry.try_send(message) {
+        match self.settings.registry.try_send(message) {
             Ok(()) => {}
-            Err(actix::dev::SendError::Full(message)) => self.registry.do_send(message),
+            Err(actix::dev::SendError::Full(message)) => self.settings.registry.do_send(message),
             Err(actix::dev::SendError::Closed(_)) => tracing::error!(
                 target: "sessionbus::supervisor",
                 event = "session.end_unreported",
@@ -94,6 +103,31 @@ impl EndGuard {
                 %reason,
                 "the registry is gone; this session's end cannot be published"
             ),
+        }
+    }
+}
+
+/// An end that has begun: the session is Closing and may be draining leases.
+#[derive(Debug)]
+pub(crate) struct Ending {
+    pub(crate) reason: EndReason,
+    pub(crate) began: Instant,
+    pub(crate) began_wall: SystemTime,
+    pub(crate) deadline: Option<Deadline>,
+    /// Leases held when the end began.
+    pub(crate) leases: u32,
+    pub(crate) waiters: Vec<oneshot::Sender<ReleaseReceipt>>,
+}
+
+impl Ending {
+    pub(crate) fn new(reason: EndReason, deadline: Option<Deadline>, leases: usize) -> Self {
+        Ending {
+            reason,
+            began: clock::now(),
+            began_wall: SystemTime::now(),
+            deadline,
+            leases: leases.try_into().unwrap_or(u32::MAX),
+            waiters: Vec::new(),
         }
     }
 }
@@ -107,7 +141,7 @@ impl Drop for EndGuard {
                 session_id = %self.id,
                 "session actor died without ending; reporting it as crashed"
             );
-            self.report(EndReason::Crashed, None);
+            self.report(Ending::new(EndReason::Crashed, None, 0), 0);
         }
     }
 }

@@ -1,5 +1,7 @@
+use crate::context::ContextError;
 use crate::gpu::GpuError;
 use crate::ids::SessionId;
+use crate::lease::LeaseError;
 use crate::lifecycle::{EndReason, Event, State};
 
 /// Why a session refused a request.
@@ -39,6 +41,26 @@ pub enum SessionError {
         /// Why.
         #[source]
         source: AllocError,
+    },
+    /// The turn's context signal was malformed (bad embedding or intent).
+    /// The turn was refused; the session and its context are unchanged.
+    #[error("session {id}: turn refused: {source}")]
+    Context {
+        /// The session.
+        id: SessionId,
+        /// What was wrong.
+        #[source]
+        source: ContextError,
+    },
+    /// A lease operation was refused (released twice, revoked, unknown).
+    /// The session is not affected.
+    #[error("session {id}: {source}")]
+    Lease {
+        /// The session.
+        id: SessionId,
+        /// Why.
+        #[source]
+        source: LeaseError,
     },
     /// The runtime is stopped; nothing can be done.
     #[error("the sessionbus runtime is not running")]

@@ -5,11 +5,13 @@ use tokio::sync::oneshot;
 
 use super::actor::SessionActor;
 use super::error::SessionError;
+use super::lease::Lease;
 use super::messages::*;
 use super::shared::SessionShared;
 use crate::events::ReleaseReceipt;
 use crate::gpu::Allocated;
 use crate::ids::{Caller, SessionId};
+use crate::lease::LeaseId;
 use crate::lifecycle::{EndReason, Event, State};
 use crate::registry::{AwaitReceipt, RegistryActor};
 
@@ -95,14 +97,88 @@ impl SessionHandle {
     /// Allocates one GPU buffer of `bytes` for this session. It is released
     /// when the session ends, whatever ends it.
     pub async fn allocate(&self, bytes: u64) -> Result<Allocated, SessionError> {
+        self.allocate_bound(bytes, Binding::Session).await
+    }
+
+    /// Allocates one GPU buffer bound to the conversation's context (a KV
+    /// cache): released when the context goes stale, or when the session
+    /// ends, whichever comes first.
+    pub async fn allocate_for_context(&self, bytes: u64) -> Result<Allocated, SessionError> {
+        self.allocate_bound(bytes, Binding::Context).await
+    }
+
+    async fn allocate_bound(
+        &self,
+        bytes: u64,
+        binding: Binding,
+    ) -> Result<Allocated, SessionError> {
         let sent = self
             .addr
             .send(Allocate {
                 caller: self.caller.clone(),
                 bytes,
+                binding,
             })
             .await;
         self.answer(sent, Event::Allocate)
+    }
+
+    /// Takes a local lease for in-flight work (a token stream). An end of the
+    /// session waits for it, up to `leases.drain_timeout_secs`; release it
+    /// with [`Lease::release`] or by dropping it.
+    pub async fn lease(&self) -> Result<Lease, SessionError> {
+        let grant = self.take_lease(false).await?;
+        Ok(Lease::new(
+            self.id,
+            grant,
+            self.caller.clone(),
+            self.addr.clone(),
+        ))
+    }
+
+    /// Takes a lease for a holder in another process. It must be renewed with
+    /// [`heartbeat`](Self::heartbeat) every `grant.heartbeat_interval`; one
+    /// silent for `grant.revoked_after` is revoked (and, by default, the
+    /// session ends with reason `lease_lost`). Return it with
+    /// [`release_lease`](Self::release_lease).
+    pub async fn lease_remote(&self) -> Result<LeaseGrant, SessionError> {
+        self.take_lease(true).await
+    }
+
+    /// Renews a remote lease.
+    pub async fn heartbeat(&self, lease: LeaseId) -> Result<(), SessionError> {
+        let sent = self
+            .addr
+            .send(Heartbeat {
+                caller: self.caller.clone(),
+                lease,
+            })
+            .await;
+        self.answer(sent, Event::Touch)
+    }
+
+    /// Returns a lease by id. Returning it twice is an error
+    /// (`LeaseError::AlreadyReleased`) and changes nothing.
+    pub async fn release_lease(&self, lease: LeaseId) -> Result<(), SessionError> {
+        let sent = self
+            .addr
+            .send(ReturnLease {
+                caller: self.caller.clone(),
+                lease,
+            })
+            .await;
+        self.answer(sent, Event::Touch)
+    }
+
+    async fn take_lease(&self, remote: bool) -> Result<LeaseGrant, SessionError> {
+        let sent = self
+            .addr
+            .send(TakeLease {
+                caller: self.caller.clone(),
+                remote,
+            })
+            .await;
+        self.answer(sent, Event::Touch)
     }
 
     /// A snapshot of the session.
@@ -125,6 +201,7 @@ impl SessionHandle {
             caller: self.caller.clone(),
             reason: EndReason::Closed,
             waiter: Some(waiter),
+            deadline: None,
         };
         match self.addr.send(end).await {
             Ok(Ok(())) => receipt.await.map_err(|_| SessionError::RuntimeStopped),
@@ -141,6 +218,14 @@ impl SessionHandle {
     #[cfg(feature = "fault-injection")]
     pub async fn inject_panic(&self) {
         let _ = self.addr.send(InjectPanic).await;
+    }
+
+    /// Makes the session lose its drain timer (fault-injection builds only),
+    /// so an end that waits for a lease is stuck in Closing until the sweeper
+    /// finds it.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_lost_drain_timer(&self) {
+        let _ = self.addr.send(InjectLostDrainTimer).await;
     }
 
     /// The receipt of a session that has already ended (waits for it if the

@@ -1,7 +1,7 @@
 //! The little a session shares with its handles: its state and end reason,
 //! so a handle can name them after the actor is gone.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use crate::lifecycle::{EndReason, State};
 
@@ -10,6 +10,14 @@ pub(crate) struct SessionShared {
     state: AtomicU8,
     /// 0 until ended, then 1 + the reason's index in `EndReason::ALL`.
     reason: AtomicU8,
+    /// Last activity, in microseconds on the engine epoch. Written by the
+    /// session actor on every accepted activity (one relaxed store: this is
+    /// all a touch costs the expiry machinery); read by the registry when a
+    /// deadline comes due.
+    last_active_us: AtomicU64,
+    /// When the session entered Closing (microseconds on the engine epoch);
+    /// the sweeper reads it to find sessions stuck there.
+    closing_since_us: AtomicU64,
 }
 
 const STATES: [State; 4] = [
@@ -20,10 +28,28 @@ const STATES: [State; 4] = [
 ];
 
 impl SessionShared {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(now_us: u64) -> Self {
         SessionShared {
             state: AtomicU8::new(1),
             reason: AtomicU8::new(0),
+            last_active_us: AtomicU64::new(now_us),
+            closing_since_us: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    pub(crate) fn last_active_us(&self) -> u64 {
+        self.last_active_us.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_last_active_us(&self, now_us: u64) {
+        self.last_active_us.store(now_us, Ordering::Relaxed);
+    }
+
+    /// When the session entered Closing, if it has.
+    pub(crate) fn closing_since_us(&self) -> Option<u64> {
+        match self.closing_since_us.load(Ordering::Acquire) {
+            u64::MAX => None,
+            at => Some(at),
         }
     }
 
@@ -38,7 +64,13 @@ impl SessionShared {
         }
     }
 
-    pub(crate) fn set_closing(&self, reason: EndReason) {
+    pub(crate) fn set_closing(&self, reason: EndReason, now_us: u64) {
+        let _ = self.closing_since_us.compare_exchange(
+            u64::MAX,
+            now_us,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         let index = EndReason::ALL
             .iter()
             .position(|r| *r == reason)
