@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sessionbus_actors::{BusConfig, EngineConfig, ReleaseConfig, SessionsConfig};
+use sessionbus_actors::{
+    BusConfig, ContextConfig, EngineConfig, ExpiryConfig, LeasesConfig, ReleaseConfig,
+    SessionsConfig,
+};
 
 use crate::gpu::{GpuConfig, GpuConfigError};
 
@@ -19,6 +22,24 @@ use crate::gpu::{GpuConfig, GpuConfigError};
 /// mailbox_capacity = 64         # messages waiting per session before senders wait
 /// tombstones = 100000           # ended sessions remembered (late messages get "session gone")
 /// tombstone_ttl_secs = 3600
+///
+/// [expiry]
+/// idle_timeout_secs = 1800      # seconds without activity, or "never"
+/// ttl_secs = 86400              # absolute lifetime in seconds, or "never"
+/// sweep_interval_secs = 30      # the safety-net sweeper (finds nothing when healthy)
+///
+/// [leases]
+/// drain_timeout_secs = 30       # an ending session waits this long for in-flight work
+/// heartbeat_interval_secs = 5   # remote lease holders heartbeat this often
+/// missed_heartbeats = 3         # ...and are revoked after this many silent intervals
+/// end_session_on_lease_lost = true
+///
+/// [context]
+/// enabled = true                # context expiry on turns that carry a signal
+/// similarity_threshold = 0.4    # cosine(new turn, context) below this: stale (within [-1, 1])
+/// half_life_secs = 600          # the context's weight halves every this many idle seconds
+/// min_weight = 0.05             # ...and below this weight it is stale
+/// # dimension = 768             # embedding size (else fixed by the first embedding)
 ///
 /// [release]
 /// buffers_per_second = 1000000  # GCRA pacing of GPU release
@@ -38,6 +59,12 @@ use crate::gpu::{GpuConfig, GpuConfigError};
 pub struct Config {
     /// Session limits.
     pub sessions: SessionsConfig,
+    /// Idle timeout, TTL, the sweeper.
+    pub expiry: ExpiryConfig,
+    /// Lease draining and heartbeats.
+    pub leases: LeasesConfig,
+    /// Context expiry for multi-turn chat.
+    pub context: ContextConfig,
     /// Pacing of GPU release.
     pub release: ReleaseConfig,
     /// The lifecycle event bus.
@@ -109,6 +136,9 @@ impl Config {
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
             sessions: self.sessions.clone(),
+            expiry: self.expiry.clone(),
+            leases: self.leases.clone(),
+            context: self.context.clone(),
             release: self.release.clone(),
             bus: self.bus.clone(),
         }
@@ -147,5 +177,54 @@ mod tests {
         assert!(err.to_string().contains("buffers_per_second"), "{err}");
         let err = Config::from_toml("[gpu]\nbackend = \"glide\"\n").unwrap_err();
         assert!(err.to_string().contains("glide"), "{err}");
+    }
+
+    #[test]
+    fn zero_negative_or_nan_timeouts_name_the_field() {
+        for (text, field) in [
+            (
+                "[expiry]\nidle_timeout_secs = 0\n",
+                "expiry.idle_timeout_secs",
+            ),
+            ("[expiry]\nttl_secs = -5\n", "expiry.ttl_secs"),
+            (
+                "[expiry]\nidle_timeout_secs = nan\n",
+                "expiry.idle_timeout_secs",
+            ),
+            (
+                "[expiry]\nsweep_interval_secs = 0\n",
+                "expiry.sweep_interval_secs",
+            ),
+            (
+                "[leases]\ndrain_timeout_secs = -1\n",
+                "leases.drain_timeout_secs",
+            ),
+            (
+                "[leases]\nmissed_heartbeats = 0\n",
+                "leases.missed_heartbeats",
+            ),
+            (
+                "[context]\nsimilarity_threshold = 1.5\n",
+                "context.similarity_threshold",
+            ),
+            (
+                "[context]\nsimilarity_threshold = -2\n",
+                "context.similarity_threshold",
+            ),
+        ] {
+            let err = Config::from_toml(text).unwrap_err();
+            assert_eq!(err.field(), Some(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn timeouts_can_be_switched_off_and_take_fractions() {
+        let config =
+            Config::from_toml("[expiry]\nidle_timeout_secs = \"never\"\nttl_secs = 0.25\n")
+                .unwrap();
+        assert_eq!(config.expiry.idle_timeout_secs, None);
+        assert_eq!(config.expiry.ttl_secs, Some(0.25));
+        let err = Config::from_toml("[expiry]\nttl_secs = \"forever\"\n").unwrap_err();
+        assert!(err.to_string().contains("never"), "{err}");
     }
 }
