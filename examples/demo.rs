@@ -134,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
                         seen.released_buffers += receipt.buffers;
                         seen.released_at.insert(receipt.id, receipt.released_at);
                     }
-                    LifecycleEvent::Started(_) => {}
+                    LifecycleEvent::Started(_) | LifecycleEvent::ContextReset(_) => {}
                 }
             }
         }
