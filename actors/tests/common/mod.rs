@@ -1,0 +1,107 @@
+//! Shared by the engine's integration tests: an engine on the in-memory pool,
+//! run on **paused time** (tokio's clock jumps straight to the next timer when
+//! everything is idle), so deadlines of seconds or hours are tested without
+//! sleeping and without timing thresholds.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessionbus_actors::*;
+use tokio::sync::mpsc;
+
+pub const MIB: u64 = 1 << 20;
+
+/// Runs `test` inside an actix System whose tokio clock is paused.
+pub fn on_paused_time<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
+    let runner = actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a paused tokio runtime")
+    });
+    runner.block_on(test());
+}
+
+pub struct Fixture {
+    pub engine: EngineHandle,
+    pub pool: Arc<InMemoryPool>,
+    pub events: mpsc::Receiver<LifecycleEvent>,
+}
+
+pub async fn start(config: EngineConfig) -> Fixture {
+    let pool = Arc::new(InMemoryPool::new(256 * MIB, 16 * MIB));
+    let engine = Engine::start(config, pool.clone()).expect("valid config");
+    let events = engine
+        .subscribe_channel(EventKinds::ALL, Delivery::Reliable)
+        .await
+        .expect("engine running");
+    Fixture {
+        engine,
+        pool,
+        events,
+    }
+}
+
+/// A config whose sessions never expire unless a test says so.
+pub fn no_expiry() -> EngineConfig {
+    let mut config = EngineConfig::default();
+    config.expiry.idle_timeout_secs = None;
+    config.expiry.ttl_secs = None;
+    config
+}
+
+pub fn policy(idle: Option<Duration>, ttl: Option<Duration>) -> ExpiryPolicy {
+    ExpiryPolicy {
+        idle_timeout: idle,
+        ttl,
+    }
+}
+
+impl Fixture {
+    /// The next event of `kinds` (on paused time a long timeout costs nothing).
+    pub async fn next(&mut self, kinds: EventKinds) -> LifecycleEvent {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(24 * 3600), self.events.recv())
+                .await
+                .expect("an event within a (virtual) day")
+                .expect("bus open");
+            if kinds.contains(event.kind()) {
+                return event;
+            }
+        }
+    }
+
+    pub async fn next_end(&mut self) -> Arc<SessionEndEvent> {
+        match self.next(EventKinds::ENDED).await {
+            LifecycleEvent::Ended(end) => end,
+            _ => unreachable!(),
+        }
+    }
+
+    pub async fn next_release(&mut self) -> Arc<ReleaseReceipt> {
+        match self.next(EventKinds::RELEASED).await {
+            LifecycleEvent::Released(receipt) => receipt,
+            _ => unreachable!(),
+        }
+    }
+
+    pub async fn stats(&self) -> RegistryStats {
+        self.engine.stats().await.expect("engine running")
+    }
+
+    /// Shuts down and checks that nothing is left on the pool.
+    pub async fn shutdown_clean(self) -> RegistryStats {
+        let report = self.engine.shutdown().await.expect("engine running");
+        assert_eq!(self.pool.stats().live_buffers, 0, "buffers left after shutdown");
+        report.stats
+    }
+}
+
+/// Lets every ready message be handled (virtual time moves by `by`).
+pub async fn settle(by: Duration) {
+    tokio::time::sleep(by).await;
+}
