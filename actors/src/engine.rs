@@ -250,6 +250,25 @@ impl EngineHandle {
         self.registry.send(FlushBus { timeout }).await.unwrap_or(0)
     }
 
+    /// Allocates `bytes` of GPU memory for a session id the registry does not
+    /// know (fault-injection builds only): the kind of leak the sweeper exists
+    /// to find. Resolves once the buffer exists.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_orphan_allocation(&self, bytes: u64) -> Result<SessionId, crate::GpuError> {
+        let session = SessionId::random();
+        let (reply, allocated) = tokio::sync::oneshot::channel();
+        let request = crate::AllocRequest {
+            session,
+            id: crate::AllocationId::next(),
+            bytes,
+        };
+        self.pool.allocate(request, reply);
+        allocated
+            .await
+            .unwrap_or(Err(crate::GpuError::Unavailable))?;
+        Ok(session)
+    }
+
     /// Stops admitting sessions, ends every live session with reason
     /// `shutdown`, and resolves once all their memory is released.
     pub async fn shutdown(&self) -> Option<ShutdownReport> {

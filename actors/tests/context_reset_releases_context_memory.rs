@@ -24,8 +24,22 @@ fn a_topic_shift_releases_the_context_buffers_and_keeps_the_session() {
         let kept = session.allocate(MIB).await.unwrap();
         session.allocate_for_context(2 * MIB).await.unwrap();
         session.allocate_for_context(2 * MIB).await.unwrap();
-        assert!(!session.chat(Turn::new().embedding(topic(0))).await.unwrap().context.is_stale());
-        assert!(!session.chat(Turn::new().embedding(topic(0))).await.unwrap().context.is_stale());
+        assert!(
+            !session
+                .chat(Turn::new().embedding(topic(0)))
+                .await
+                .unwrap()
+                .context
+                .is_stale()
+        );
+        assert!(
+            !session
+                .chat(Turn::new().embedding(topic(0)))
+                .await
+                .unwrap()
+                .context
+                .is_stale()
+        );
 
         let ack = session.chat(Turn::new().embedding(topic(5))).await.unwrap();
         assert!(matches!(
@@ -44,7 +58,14 @@ fn a_topic_shift_releases_the_context_buffers_and_keeps_the_session() {
         assert_eq!(f.pool.stats().live_buffers, 1);
 
         // The new context is on topic 5 now.
-        assert!(!session.chat(Turn::new().embedding(topic(5))).await.unwrap().context.is_stale());
+        assert!(
+            !session
+                .chat(Turn::new().embedding(topic(5)))
+                .await
+                .unwrap()
+                .context
+                .is_stale()
+        );
         let receipt = session.close().await.unwrap();
         assert_eq!(receipt.buffers, 1, "context buffers are not released twice");
         let stats = f.shutdown_clean().await;
@@ -58,8 +79,14 @@ fn negation_intent_switch_and_decay_reset_the_context() {
         let mut f = start(no_expiry()).await;
         let session = f.engine.open("bob").await.unwrap();
         let stale = |ack: TurnAck| ack.context.stale_reason().map(|r| r.as_str());
-        session.chat(Turn::new().intent("billing", 0.6)).await.unwrap();
-        let ack = session.chat(Turn::new().intent("refund", 0.9)).await.unwrap();
+        session
+            .chat(Turn::new().intent("billing", 0.6))
+            .await
+            .unwrap();
+        let ack = session
+            .chat(Turn::new().intent("refund", 0.9))
+            .await
+            .unwrap();
         assert_eq!(stale(ack), Some("intent_switch"));
         let ack = session.chat(Turn::new().negation()).await.unwrap();
         assert_eq!(stale(ack), Some("negation"));
@@ -99,11 +126,21 @@ fn bad_embeddings_are_refused_and_change_nothing() {
         ] {
             let err = session.chat(turn).await.unwrap_err();
             assert!(matches!(err, SessionError::Context { .. }), "{err}");
-            assert!(err.to_string().contains(says), "{err} should mention {says}");
+            assert!(
+                err.to_string().contains(says),
+                "{err} should mention {says}"
+            );
         }
-        assert_eq!(session.info().await.unwrap(), before, "refused turns change nothing");
+        assert_eq!(
+            session.info().await.unwrap(),
+            before,
+            "refused turns change nothing"
+        );
         let ack = session.chat(Turn::new().embedding(topic(0))).await.unwrap();
-        assert!(!ack.context.is_stale(), "the context survived the bad turns");
+        assert!(
+            !ack.context.is_stale(),
+            "the context survived the bad turns"
+        );
         let stats = f.shutdown_clean().await;
         assert_eq!((stats.context_resets, stats.incidents), (0, 0));
     });

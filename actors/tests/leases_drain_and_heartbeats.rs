@@ -35,7 +35,11 @@ fn close_refuses_new_work_at_once_and_waits_for_the_lease() {
         assert_eq!(session.state(), State::Closing);
         let refused = session.chat(Turn::new()).await.unwrap_err();
         assert!(refused.is_gone(), "{refused}");
-        assert_eq!(f.pool.stats().live_buffers, 1, "memory stays while the stream runs");
+        assert_eq!(
+            f.pool.stats().live_buffers,
+            1,
+            "memory stays while the stream runs"
+        );
 
         settle(10 * SEC).await; // the stream finishes well inside the drain deadline
         stream.release().await.unwrap();
@@ -123,7 +127,13 @@ fn revocation_can_spare_the_session_when_configured() {
         settle(10 * SEC).await;
         let err = session.heartbeat(grant.id).await.unwrap_err();
         assert!(
-            matches!(err, SessionError::Lease { source: LeaseError::Revoked { missed: 2, .. }, .. }),
+            matches!(
+                err,
+                SessionError::Lease {
+                    source: LeaseError::Revoked { missed: 2, .. },
+                    ..
+                }
+            ),
             "{err}"
         );
         assert_eq!(session.info().await.unwrap().state, State::Established);
@@ -141,14 +151,26 @@ fn lease_mistakes_are_clear_errors_and_leave_the_session_alone() {
         session.release_lease(grant.id).await.unwrap();
         let twice = session.release_lease(grant.id).await.unwrap_err();
         assert!(
-            matches!(twice, SessionError::Lease { source: LeaseError::AlreadyReleased { .. }, .. }),
+            matches!(
+                twice,
+                SessionError::Lease {
+                    source: LeaseError::AlreadyReleased { .. },
+                    ..
+                }
+            ),
             "{twice}"
         );
         assert!(twice.to_string().contains("already released"), "{twice}");
         let stranger = LeaseId(u64::MAX);
         let unknown = session.heartbeat(stranger).await.unwrap_err();
         assert!(
-            matches!(unknown, SessionError::Lease { source: LeaseError::Unknown { .. }, .. }),
+            matches!(
+                unknown,
+                SessionError::Lease {
+                    source: LeaseError::Unknown { .. },
+                    ..
+                }
+            ),
             "{unknown}"
         );
         // Someone else's handle cannot touch the lease either.

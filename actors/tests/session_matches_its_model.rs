@@ -72,7 +72,10 @@ impl Model {
                     self.begin_end(due.0, due.1);
                 }
                 Phase::Closing { since, reason } if since + DRAIN <= now => {
-                    self.phase = Phase::Ended { reason, forced: true };
+                    self.phase = Phase::Ended {
+                        reason,
+                        forced: true,
+                    };
                 }
                 _ => return,
             }
@@ -81,7 +84,10 @@ impl Model {
 
     fn begin_end(&mut self, at: f64, reason: EndReason) {
         self.phase = if self.leases == 0 {
-            Phase::Ended { reason, forced: false }
+            Phase::Ended {
+                reason,
+                forced: false,
+            }
         } else {
             Phase::Closing { since: at, reason }
         };
@@ -119,7 +125,12 @@ fn run(ops: Vec<Op>) {
             match op {
                 Op::Chat => {
                     let answer = session.chat(Turn::new()).await;
-                    assert_eq!(answer.is_ok(), established, "chat in {:?}: {answer:?}", model.phase);
+                    assert_eq!(
+                        answer.is_ok(),
+                        established,
+                        "chat in {:?}: {answer:?}",
+                        model.phase
+                    );
                     if established {
                         model.last_active = now();
                     }
@@ -141,7 +152,10 @@ fn run(ops: Vec<Op>) {
                         model.last_active = now();
                         if let Phase::Closing { reason, .. } = model.phase {
                             if model.leases == 0 {
-                                model.phase = Phase::Ended { reason, forced: false };
+                                model.phase = Phase::Ended {
+                                    reason,
+                                    forced: false,
+                                };
                             }
                         }
                     }
@@ -166,7 +180,12 @@ fn run(ops: Vec<Op>) {
                 model.leases = 0;
             }
             settle(Duration::from_millis(1)).await;
-            assert_eq!(session.state(), model.state(), "after {op:?} at {:.3} s: {model:?}", now());
+            assert_eq!(
+                session.state(),
+                model.state(),
+                "after {op:?} at {:.3} s: {model:?}",
+                now()
+            );
         }
         // Let the model and the engine run out: every path ends within TTL + drain.
         settle(Duration::from_secs_f64(TTL + DRAIN + 1.0)).await;
@@ -176,7 +195,11 @@ fn run(ops: Vec<Op>) {
         };
         let end = f.next_end().await;
         assert_eq!(end.id, session.id());
-        assert_eq!((end.reason, end.drain.was_forced()), (reason, forced), "{end:?}");
+        assert_eq!(
+            (end.reason, end.drain.was_forced()),
+            (reason, forced),
+            "{end:?}"
+        );
         let receipt = f.next_release().await;
         assert_eq!(receipt.buffers, 1);
         for close in closes {

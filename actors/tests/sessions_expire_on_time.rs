@@ -14,7 +14,7 @@ const SEC: Duration = Duration::from_secs(1);
 fn an_idle_session_ends_with_idle_timeout_and_its_deadline() {
     on_paused_time(|| async {
         let mut f = start(no_expiry()).await;
-        let opened_at = std::time::Instant::from(tokio::time::Instant::now().into_std());
+        let opened_at = tokio::time::Instant::now().into_std();
         let options = OpenOptions::new("alice").expiry(policy(Some(30 * SEC), None));
         let session = f.engine.open_with(options).await.unwrap();
         session.allocate(MIB).await.unwrap();
@@ -23,10 +23,16 @@ fn an_idle_session_ends_with_idle_timeout_and_its_deadline() {
         assert_eq!(end.reason, EndReason::IdleTimeout);
         let deadline = end.deadline.expect("an expiry carries its deadline");
         assert_eq!(deadline.kind, DeadlineKind::Idle);
-        assert!(deadline.at >= opened_at + 30 * SEC, "due 30 s after the last activity");
+        assert!(
+            deadline.at >= opened_at + 30 * SEC,
+            "due 30 s after the last activity"
+        );
         assert!(deadline.fired_at >= deadline.at, "never fires early");
         let receipt = f.next_release().await;
-        assert_eq!((receipt.id, receipt.buffers, receipt.bytes), (session.id(), 1, MIB));
+        assert_eq!(
+            (receipt.id, receipt.buffers, receipt.bytes),
+            (session.id(), 1, MIB)
+        );
         assert_eq!(receipt.deadline, Some(deadline));
         assert!(session.chat(Turn::new()).await.unwrap_err().is_gone());
         let stats = f.shutdown_clean().await;
@@ -90,7 +96,10 @@ fn the_configured_default_applies_and_never_means_never() {
             .await
             .unwrap();
         let end = f.next_end().await;
-        assert_eq!((end.id, end.reason), (by_default.id(), EndReason::IdleTimeout));
+        assert_eq!(
+            (end.id, end.reason),
+            (by_default.id(), EndReason::IdleTimeout)
+        );
         tokio::time::sleep(Duration::from_secs(7 * 24 * 3600)).await;
         assert_eq!(forever.info().await.unwrap().state, State::Established);
         f.shutdown_clean().await;

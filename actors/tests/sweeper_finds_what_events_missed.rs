@@ -78,7 +78,11 @@ fn memory_whose_session_is_gone_is_released() {
         assert_eq!(f.pool.stats().live_buffers, 2);
 
         settle(35 * SEC).await; // two passes confirm it, the third is spare
-        assert_eq!(f.pool.stats().live_buffers, 1, "the orphan is gone, the live session's buffer is not");
+        assert_eq!(
+            f.pool.stats().live_buffers,
+            1,
+            "the orphan is gone, the live session's buffer is not"
+        );
         assert_eq!(f.pool.stats().live_bytes, MIB);
         let stats = f.stats().await;
         assert_eq!(stats.sweeper_incidents, 1);

@@ -96,7 +96,11 @@ impl Fixture {
     /// Shuts down and checks that nothing is left on the pool.
     pub async fn shutdown_clean(self) -> RegistryStats {
         let report = self.engine.shutdown().await.expect("engine running");
-        assert_eq!(self.pool.stats().live_buffers, 0, "buffers left after shutdown");
+        assert_eq!(
+            self.pool.stats().live_buffers,
+            0,
+            "buffers left after shutdown"
+        );
         report.stats
     }
 }
