@@ -52,6 +52,7 @@ pub(super) struct Counters {
     pub(super) sweeps: u64,
     pub(super) leases_revoked: u64,
     pub(super) context_resets: u64,
+    pub(super) drains_forced: u64,
 }
 
 struct ShutdownInProgress {
@@ -146,6 +147,7 @@ impl RegistryActor {
             sweeps: self.counters.sweeps,
             leases_revoked: self.counters.leases_revoked,
             context_resets: self.counters.context_resets,
+            drains_forced: self.counters.drains_forced,
             scheduled_deadlines: self.expiry.queue.len(),
             bus_dropped: self.bus.dropped_total(),
             bus_backlog: self.bus.backlog_len(),
@@ -430,6 +432,9 @@ impl Handler<SessionFinished> for RegistryActor {
         }
         if let Some(due) = live.due_us {
             self.expiry.queue.remove(id, due);
+        }
+        if event.drain.was_forced() {
+            self.counters.drains_forced += 1;
         }
         self.releasing += 1;
         let mut waiters = live.waiters;

@@ -32,6 +32,8 @@ pub struct RegistryStats {
     pub leases_revoked: u64,
     /// Context resets (stale conversations whose context-bound memory was released).
     pub context_resets: u64,
+    /// Ends forced past leases still held (drain deadline, sweeper, or every handle gone).
+    pub drains_forced: u64,
     /// Sessions filed in the deadline queue now.
     pub scheduled_deadlines: usize,
     /// Events dropped for best-effort bus subscribers.
