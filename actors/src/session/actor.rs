@@ -353,7 +353,11 @@ impl SessionActor {
                 missed = settings.missed_heartbeats,
                 "remote lease revoked: its heartbeats stopped"
             );
-            let _ = settings.registry.try_send(LeaseRevoked);
+            let registry = settings.registry.clone();
+            // Counted reliably (a full mailbox waits in a task), never blocking this actor.
+            actix::spawn(async move {
+                let _ = registry.send(LeaseRevoked).await;
+            });
         }
         if self.ending.is_none() && settings.end_session_on_lease_lost {
             let _ = self.begin_end(EndReason::LeaseLost, None, None, ctx);
