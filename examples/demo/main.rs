@@ -1,0 +1,168 @@
+//! The main job: a simulated chat backend on embedded defaults.
+//!
+//! Two scenarios, each checking the invariants against wgpu's own counters:
+//!
+//! - `default`: many clients open sessions and chat for several turns; each
+//!   turn grows the session's KV cache by one GPU buffer. Then some clients
+//!   close, some just drop their handle (a disconnect), and the rest are ended
+//!   by shutdown.
+//! - `expiry`: sessions that end on their own, in a few seconds: idle
+//!   timeouts, TTLs, revoked remote leases, closes that drain a token stream,
+//!   and context resets along the way. Each revoked lease is logged at WARN
+//!   (`lease.revoked`) on stderr; `RUST_LOG=error` hides them.
+//!
+//! ```text
+//! cargo run --release --example demo -- --sessions 2000 --json
+//! cargo run --release --example demo -- --scenario expiry --json
+//! ```
+
+mod conversation;
+mod expiry_clients;
+mod report;
+mod scenario_default;
+mod scenario_expiry;
+mod watch;
+
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use sessionbus::{Config, GpuCounters, PoolInfo, Runtime, StopReport};
+
+use crate::report::Leak;
+use crate::watch::{Observed, Watch};
+
+/// Simulates a chat backend on sessionbus and reports what happened to every byte.
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// What the clients do: `default` (chat, then close, disconnect or wait for
+    /// shutdown) or `expiry` (sessions end on their own: idle timeout, TTL, lease lost).
+    #[arg(long, value_enum, default_value_t = Scenario::Default)]
+    scenario: Scenario,
+    /// Chat sessions to open.
+    #[arg(long, default_value_t = 2000)]
+    sessions: usize,
+    /// Turns per session; each turn allocates one KV-cache buffer (default scenario).
+    #[arg(long, default_value_t = 8)]
+    turns: usize,
+    /// Bytes of KV cache each turn adds.
+    #[arg(long, default_value_t = 64 * 1024)]
+    kv_bytes_per_turn: u64,
+    /// Clients chatting at the same time (default scenario; in `expiry` every client runs at once).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seed for the clients' choices (who closes, who disconnects, who stays).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// A TOML configuration file (defaults are embedded). The `expiry`
+    /// scenario sets its own lease and sweeper timings on top of it.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Print the report as one JSON object on the last line of stdout.
+    #[arg(long)]
+    json: bool,
+    /// Supervisor logs as JSON lines on stderr (level from RUST_LOG, default warn).
+    #[arg(long)]
+    json_logs: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    Default,
+    Expiry,
+}
+
+/// What every scenario starts from: a running runtime, wgpu's counters
+/// before any session, and a watch on the bus subscribed before the first open.
+pub struct Demo {
+    pub rt: Runtime,
+    pub watch: Watch,
+    baseline: GpuCounters,
+    adapter: PoolInfo,
+    wall: Instant,
+}
+
+/// What every scenario ends with.
+pub struct Finished {
+    pub stop: StopReport,
+    /// Everything the bus delivered, up to the shutdown.
+    pub seen: Observed,
+    /// wgpu's counters after the shutdown, less the baseline.
+    pub leak: Leak,
+    pub baseline: GpuCounters,
+    pub adapter: PoolInfo,
+    pub wall_ms: u64,
+}
+
+impl Demo {
+    async fn start(config: Config, quiet: bool) -> anyhow::Result<Demo> {
+        let wall = Instant::now();
+        let rt = Runtime::start(config)
+            .await
+            .context("starting the sessionbus runtime")?;
+        let baseline = rt.gpu_counters();
+        let adapter = rt.adapter().clone();
+        if !quiet {
+            println!(
+                "sessionbus demo on {} ({}, {})",
+                adapter.adapter, adapter.backend, adapter.device_type
+            );
+        }
+        let watch = Watch::subscribe(&rt).await?;
+        Ok(Demo {
+            rt,
+            baseline,
+            adapter,
+            watch,
+            wall,
+        })
+    }
+
+    /// Shuts the runtime down (ending what is still live) and collects the results.
+    pub async fn finish(self) -> anyhow::Result<Finished> {
+        let stop = self.rt.shutdown().await;
+        let seen = self.watch.finish().await?;
+        Ok(Finished {
+            leak: Leak::between(self.baseline, stop.gpu_after),
+            stop,
+            seen,
+            baseline: self.baseline,
+            adapter: self.adapter,
+            wall_ms: self.wall.elapsed().as_millis() as u64,
+        })
+    }
+}
+
+fn init_logs(json_logs: bool) {
+    let filter =
+        // wgpu probes every backend while picking an adapter; without a GL driver
+        // its EGL probe logs an error that does not matter once Vulkan is chosen.
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "warn,wgpu_hal::gles::egl=off".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json_logs {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logs(args.json_logs);
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if args.scenario == Scenario::Expiry {
+        scenario_expiry::configure(&mut config);
+    }
+    let demo = Demo::start(config, args.json).await?;
+    match args.scenario {
+        Scenario::Default => scenario_default::run(demo, &args).await,
+        Scenario::Expiry => scenario_expiry::run(demo, &args).await,
+    }
+}

@@ -1,0 +1,233 @@
+//! The default scenario: clients chat, then close, disconnect, or stay until shutdown.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use sessionbus::{Runtime, SessionHandle, SessionId, Turn};
+
+use crate::report::{self, Checks, row};
+use crate::{Args, Demo};
+
+/// What a client does once it has chatted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Close,
+    Disconnect,
+    StayUntilShutdown,
+}
+
+enum Outcome {
+    Closed(Duration),
+    Disconnected(SessionId, Instant),
+    Kept(SessionHandle),
+}
+
+pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
+    let progress = ProgressBar::new(args.sessions as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} sessions  {msg}")?
+            .progress_chars("=> "),
+    );
+    if args.json {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let fates: Vec<Fate> = (0..args.sessions)
+        .map(|_| match rng.random_range(0..10) {
+            0..4 => Fate::Close,
+            4..7 => Fate::Disconnect,
+            _ => Fate::StayUntilShutdown,
+        })
+        .collect();
+
+    let rt = &demo.rt;
+    let errors = Mutex::new(Vec::<String>::new());
+    let outcomes: Vec<_> = futures::stream::iter(fates.into_iter().enumerate())
+        .map(|(i, fate)| {
+            let errors = &errors;
+            let progress = progress.clone();
+            let (turns, kv) = (args.turns, args.kv_bytes_per_turn);
+            async move {
+                let outcome = client(rt, i, fate, turns, kv).await;
+                progress.inc(1);
+                match outcome {
+                    Ok(outcome) => Some(outcome),
+                    Err(e) => {
+                        errors.lock().unwrap().push(format!("client {i}: {e:#}"));
+                        None
+                    }
+                }
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect()
+        .await;
+    progress.finish_with_message("chatted");
+
+    let mut close_us = Vec::new();
+    let mut disconnected_at = Vec::new();
+    let mut kept = Vec::new();
+    for outcome in outcomes.into_iter().flatten() {
+        match outcome {
+            Outcome::Closed(latency) => close_us.push(latency.as_micros() as u64),
+            Outcome::Disconnected(id, at) => disconnected_at.push((id, at)),
+            Outcome::Kept(handle) => kept.push(handle),
+        }
+    }
+
+    // Disconnects end asynchronously: wait until each one's release was seen.
+    let disconnected: Vec<SessionId> = disconnected_at.iter().map(|(id, _)| *id).collect();
+    demo.watch
+        .until_released(&disconnected, Duration::from_secs(60))
+        .await;
+    let disconnect_us: Vec<u64> = {
+        let seen = demo.watch.seen();
+        disconnected_at
+            .iter()
+            .filter_map(|(id, at)| {
+                seen.released_at
+                    .get(id)
+                    .map(|r| r.saturating_duration_since(*at).as_micros() as u64)
+            })
+            .collect()
+    };
+
+    let pool = demo.rt.pool_stats();
+    let kept_count = kept.len();
+    let end = demo.finish().await?;
+    let (stop, seen) = (&end.stop, &end.seen);
+    drop(kept);
+
+    let double_ends = seen.double_ends();
+    let errors = errors.into_inner().unwrap();
+    let leaked = end.leak.buffers;
+    let report = json!({
+        "adapter": report::adapter_json(&end.adapter),
+        "sessions_opened": stop.sessions.stats.opened,
+        "sessions_ended": seen.ends.len(),
+        "double_ends": double_ends,
+        "ended_by": seen.ended_by(),
+        "kept_until_shutdown": kept_count,
+        "gpu_buffers_allocated": pool.allocated_total,
+        "gpu_buffers_released": seen.released_buffers,
+        "gpu_bytes_peak": pool.peak_bytes,
+        "wgpu_hal_buffers_baseline": end.baseline.buffers,
+        "wgpu_hal_buffers_after": stop.gpu_after.buffers,
+        "wgpu_hal_buffer_memory_baseline": end.baseline.buffer_memory,
+        "wgpu_hal_buffer_memory_after": stop.gpu_after.buffer_memory,
+        "leaked_buffers": leaked,
+        "close_to_release_us": report::percentiles(&close_us),
+        "disconnect_to_release_us": report::percentiles(&disconnect_us),
+        "shutdown_us": stop.sessions.took.as_micros() as u64,
+        "incidents": stop.sessions.stats.incidents,
+        "errors": errors.len(),
+        "wall_ms": end.wall_ms,
+    });
+
+    print_human(&report, &errors);
+    if args.json {
+        report::print_json(&report);
+    }
+    let mut checks = Checks::default();
+    checks.require(leaked == 0, "wgpu hal.buffers back at baseline");
+    checks.require(double_ends == 0, "no session ended twice");
+    checks.require(errors.is_empty(), "no client errors");
+    checks.require(
+        seen.ends.len() as u64 == stop.sessions.stats.opened,
+        "every opened session ended",
+    );
+    checks.conclude()
+}
+
+async fn client(
+    rt: &Runtime,
+    i: usize,
+    fate: Fate,
+    turns: usize,
+    kv_bytes: u64,
+) -> anyhow::Result<Outcome> {
+    let session = rt.open(format!("user-{i}")).await?;
+    for _ in 0..turns {
+        session.chat(Turn::default()).await?;
+        session.allocate(kv_bytes).await?;
+    }
+    Ok(match fate {
+        Fate::Close => {
+            let asked = Instant::now();
+            let receipt = session.close().await?;
+            Outcome::Closed(receipt.released_at.saturating_duration_since(asked))
+        }
+        Fate::Disconnect => {
+            let id = session.id();
+            let at = Instant::now();
+            drop(session);
+            Outcome::Disconnected(id, at)
+        }
+        Fate::StayUntilShutdown => Outcome::Kept(session),
+    })
+}
+
+fn print_human(report: &serde_json::Value, errors: &[String]) {
+    let r = report;
+    let line = |k: &str| r[k].to_string();
+    println!();
+    println!("── sessionbus demo report ─────────────────────────────────────");
+    let adapter = &r["adapter"];
+    row(
+        "adapter",
+        format!("{} ({})", adapter["name"], adapter["backend"]),
+    );
+    row(
+        "sessions",
+        format!(
+            "{} opened, {} ended, {} ended twice",
+            line("sessions_opened"),
+            line("sessions_ended"),
+            line("double_ends")
+        ),
+    );
+    row("ended by", report::counts(&r["ended_by"]));
+    row(
+        "GPU buffers",
+        format!(
+            "{} allocated, {} released, peak {} bytes",
+            line("gpu_buffers_allocated"),
+            line("gpu_buffers_released"),
+            line("gpu_bytes_peak")
+        ),
+    );
+    row(
+        "wgpu hal.buffers",
+        format!(
+            "baseline {}, after {}  → leaked {}",
+            line("wgpu_hal_buffers_baseline"),
+            line("wgpu_hal_buffers_after"),
+            line("leaked_buffers")
+        ),
+    );
+    row(
+        "close → released",
+        report::latency(&r["close_to_release_us"]),
+    );
+    row(
+        "disconnect → released",
+        report::latency(&r["disconnect_to_release_us"]),
+    );
+    row(
+        "shutdown",
+        format!(
+            "{} µs, incidents {}, errors {}",
+            line("shutdown_us"),
+            line("incidents"),
+            line("errors")
+        ),
+    );
+    row("wall", format!("{} ms", line("wall_ms")));
+    report::print_errors(errors);
+}
