@@ -29,6 +29,42 @@ impl SessionId {
     }
 }
 
+/// Hashes a `SessionId` by folding its 128 bits into 64: the ids are drawn
+/// at random by the registry, so they are already uniformly spread, and
+/// SipHash would only add cost (it dominated the registry's table resizes).
+/// Safe against flooding: only the registry's own random ids are ever
+/// inserted; an id chosen by a caller is only looked up.
+#[derive(Default, Clone, Copy, Debug)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for SessionId (it hashes through write_u128); kept correct anyway.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u128(&mut self, id: u128) {
+        self.0 = (id as u64) ^ ((id >> 64) as u64);
+    }
+}
+
+/// A map keyed by session id, hashed with [`IdHasher`].
+pub(crate) type IdMap<V> =
+    std::collections::HashMap<SessionId, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// A set of session ids, hashed with [`IdHasher`].
+pub(crate) type IdSet =
+    std::collections::HashSet<SessionId, std::hash::BuildHasherDefault<IdHasher>>;
+
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:032x}", self.0)

@@ -3,7 +3,6 @@
 //! GPU work happens on the pool's thread, subscribers are fed without waiting
 //! (see `bus`), and futures it hands out resolve from messages it receives.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +23,7 @@ use crate::context::DecayingContext;
 use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt, SessionStarted};
 use crate::expiry::ExpiryPolicy;
 use crate::gpu::GpuPool;
-use crate::ids::{Caller, Owner, SessionId};
+use crate::ids::{Caller, IdMap, Owner, SessionId};
 use crate::lifecycle::EndReason;
 use crate::session::{End, EndGuard, SessionActor, SessionError, SessionSettings, SessionShared};
 
@@ -72,7 +71,7 @@ pub(crate) struct RegistryActor {
     config: SessionsConfig,
     pub(super) settings: Arc<SessionSettings>,
     bus: Bus,
-    pub(super) sessions: HashMap<SessionId, LiveSession>,
+    pub(super) sessions: IdMap<LiveSession>,
     pub(super) tombstones: Tombstones,
     releasing: usize,
     pub(super) counters: Counters,
@@ -108,7 +107,7 @@ impl RegistryActor {
             config: sessions,
             settings: Arc::new(settings),
             bus: Bus::default(),
-            sessions: HashMap::new(),
+            sessions: IdMap::default(),
             tombstones,
             releasing: 0,
             counters: Counters::default(),

@@ -10,7 +10,6 @@
 //! a pool's answer can trail a release that completes in between, and a real
 //! orphan does not go away on its own.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -18,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::actor::RegistryActor;
 use crate::clock;
-use crate::ids::SessionId;
+use crate::ids::{IdSet, SessionId};
 use crate::session::ForceEnd;
 
 pub(crate) struct SweeperState {
@@ -26,7 +25,7 @@ pub(crate) struct SweeperState {
     /// Closing for longer than this (drain deadline + one pass) is stuck.
     stuck_after: Duration,
     /// Sessions holding memory without a registry entry at the last pass.
-    suspects: HashSet<SessionId>,
+    suspects: IdSet,
 }
 
 impl SweeperState {
@@ -34,7 +33,7 @@ impl SweeperState {
         SweeperState {
             every,
             stuck_after: drain_timeout + every,
-            suspects: HashSet::new(),
+            suspects: IdSet::default(),
         }
     }
 }
@@ -84,7 +83,7 @@ impl RegistryActor {
     }
 
     fn release_orphans(&mut self, holders: Vec<SessionId>) {
-        let unknown: HashSet<SessionId> = holders
+        let unknown: IdSet = holders
             .into_iter()
             .filter(|id| !self.sessions.contains_key(id) && !self.tombstones.contains(id))
             .collect();

@@ -5,14 +5,14 @@
 //! never forgotten: someone may be waiting on it, and forgetting it early
 //! would let a late message look like an unknown id.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use crate::events::ReleaseReceipt;
-use crate::ids::{Owner, SessionId};
+use crate::ids::{IdMap, Owner, SessionId};
 use crate::lifecycle::EndReason;
 use crate::session::SessionShared;
 
@@ -30,7 +30,8 @@ pub(crate) struct Tombstone {
 /// eviction of others, and is never itself evicted.
 #[derive(Debug)]
 pub(crate) struct Tombstones {
-    by_id: HashMap<SessionId, Tombstone>,
+    /// Boxed, so growing the table moves 24-byte entries, not whole tombstones.
+    by_id: IdMap<Box<Tombstone>>,
     released_order: VecDeque<(SessionId, Instant)>,
     capacity: usize,
     ttl: Duration,
@@ -39,7 +40,7 @@ pub(crate) struct Tombstones {
 impl Tombstones {
     pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
         Tombstones {
-            by_id: HashMap::new(),
+            by_id: IdMap::default(),
             released_order: VecDeque::new(),
             capacity,
             ttl,
@@ -51,12 +52,12 @@ impl Tombstones {
     }
 
     pub(crate) fn get_mut(&mut self, id: &SessionId) -> Option<&mut Tombstone> {
-        self.by_id.get_mut(id)
+        self.by_id.get_mut(id).map(|stone| &mut **stone)
     }
 
     /// A session just ended; its release is under way.
     pub(crate) fn insert(&mut self, id: SessionId, tombstone: Tombstone) {
-        self.by_id.insert(id, tombstone);
+        self.by_id.insert(id, Box::new(tombstone));
     }
 
     /// A session's release completed: keep the receipt, and from now on the
