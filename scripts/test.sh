@@ -42,3 +42,5 @@ fi
 cargo test --workspace --locked
 echo "test.sh: demo end-to-end check"
 cargo run --quiet --locked --example demo -- --sessions 300 --turns 4 --json | tail -n 1
+echo "test.sh: demo expiry scenario (idle timeouts, TTLs, leases, context resets; wgpu counters back at baseline)"
+cargo run --quiet --locked --example demo -- --scenario expiry --sessions 300 --json | tail -n 1
