@@ -39,10 +39,9 @@ fn touch_at_scale(c: &mut Criterion) {
         tokio.block_on(async {
             for chunk in 0..added.div_ceil(10_000) {
                 let n = (added - chunk * 10_000).min(10_000);
-                let opened = futures::future::join_all(
-                    (0..n).map(|i| rt.open(format!("user-{chunk}-{i}"))),
-                )
-                .await;
+                let opened =
+                    futures::future::join_all((0..n).map(|i| rt.open(format!("user-{chunk}-{i}"))))
+                        .await;
                 live.extend(opened.into_iter().map(|s| s.expect("open")));
             }
         });
@@ -69,7 +68,10 @@ fn touch_at_scale(c: &mut Criterion) {
     group.finish();
     drop(live);
     let report = tokio.block_on(rt.shutdown());
-    println!("shutdown: {} sessions ended", report.sessions.sessions_ended);
+    println!(
+        "shutdown: {} sessions ended",
+        report.sessions.sessions_ended
+    );
 }
 
 criterion_group!(benches, touch_at_scale);

@@ -122,6 +122,24 @@ struct PendingRelease {
     started_at: Instant,
 }
 
+impl PendingRelease {
+    /// A release whose buffers (`freed`: count, bytes) are destroyed; its reply waits for the poll.
+    fn new(
+        session: SessionId,
+        reply: oneshot::Sender<ReleaseReport>,
+        (buffers, bytes): (u64, u64),
+        started_at: Instant,
+    ) -> Self {
+        PendingRelease {
+            session,
+            reply,
+            buffers,
+            bytes,
+            started_at,
+        }
+    }
+}
+
 struct Worker {
     device: wgpu::Device,
     _queue: wgpu::Queue,
@@ -247,14 +265,8 @@ impl Worker {
         reply: oneshot::Sender<ReleaseReport>,
     ) -> PendingRelease {
         let started_at = Instant::now();
-        let (buffers, bytes) = self.destroy_session(session);
-        PendingRelease {
-            session,
-            reply,
-            buffers,
-            bytes,
-            started_at,
-        }
+        let freed = self.destroy_session(session);
+        PendingRelease::new(session, reply, freed, started_at)
     }
 
     /// Destroys the listed buffers of `session` now; the reply waits for the batch's poll.
@@ -265,14 +277,8 @@ impl Worker {
         reply: oneshot::Sender<ReleaseReport>,
     ) -> PendingRelease {
         let started_at = Instant::now();
-        let (buffers, bytes) = self.destroy_allocations(session, ids);
-        PendingRelease {
-            session,
-            reply,
-            buffers,
-            bytes,
-            started_at,
-        }
+        let freed = self.destroy_allocations(session, ids);
+        PendingRelease::new(session, reply, freed, started_at)
     }
 
     /// Only `session`'s own list is searched, so an id of another session's
