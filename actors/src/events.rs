@@ -41,7 +41,7 @@ pub struct SessionEndEvent {
     pub bytes: u64,
     /// When it was opened.
     pub created_at: SystemTime,
-    /// Its last activity (message, touch or allocation).
+    /// Its last activity (message, touch, allocation or lease operation).
     pub last_active_at: SystemTime,
     /// When it ended, i.e. left Established (wall clock, for logs and audit).
     pub ended_at: SystemTime,

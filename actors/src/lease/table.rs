@@ -24,14 +24,36 @@ enum Fate {
 /// "revoked" apart from "never granted".
 const REMEMBERED: usize = 32;
 
+/// A session's leases. Most sessions never take one, so the table is one
+/// pointer until the first lease (an idle session's size matters at a million).
 #[derive(Debug, Default, Clone)]
-pub(crate) struct LeaseTable {
+pub(crate) struct LeaseTable(Option<Box<Leases>>);
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Leases {
     held: HashMap<LeaseId, Holder>,
     finished: VecDeque<(LeaseId, Fate)>,
     missed_on_revoke: u32,
 }
 
-impl LeaseTable {
+impl std::ops::Deref for LeaseTable {
+    type Target = Leases;
+
+    fn deref(&self) -> &Leases {
+        static EMPTY: std::sync::OnceLock<Leases> = std::sync::OnceLock::new();
+        self.0
+            .as_deref()
+            .unwrap_or_else(|| EMPTY.get_or_init(Leases::default))
+    }
+}
+
+impl std::ops::DerefMut for LeaseTable {
+    fn deref_mut(&mut self) -> &mut Leases {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl Leases {
     pub(crate) fn acquire(&mut self, holder: Holder) -> LeaseId {
         let id = LeaseId::next();
         self.held.insert(id, holder);

@@ -43,7 +43,11 @@ impl RegistryActor {
             self.expiry.queue.remove(id, old);
         }
         let last_active = live.shared.last_active_us();
-        if let Some((_, due)) = next_due(&live.policy, live.opened_us, last_active) {
+        let policy = live
+            .policy
+            .as_deref()
+            .unwrap_or(&self.expiry.default_policy);
+        if let Some((_, due)) = next_due(policy, live.opened_us, last_active) {
             live.due_us = Some(due);
             self.expiry.queue.insert(id, due);
             self.arm(ctx);
@@ -80,7 +84,11 @@ impl RegistryActor {
             };
             live.due_us = None;
             let last_active = live.shared.last_active_us();
-            match next_due(&live.policy, live.opened_us, last_active) {
+            let policy = live
+                .policy
+                .as_deref()
+                .unwrap_or(&self.expiry.default_policy);
+            match next_due(policy, live.opened_us, last_active) {
                 Some((kind, due)) if due <= now_us => {
                     let Some(addr) = live.addr.upgrade() else {
                         continue; // stopping: its end is on the way
@@ -98,6 +106,7 @@ impl RegistryActor {
                             at: epoch.instant(due),
                             fired_at: now,
                         }),
+                        seen_active_us: last_active,
                     };
                     deliver_end(addr, end);
                 }

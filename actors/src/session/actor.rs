@@ -26,7 +26,7 @@ use crate::context::{
 };
 use crate::events::ContextReset;
 use crate::events::ReleaseReceipt;
-use crate::expiry::{Deadline, DeadlineKind, ExpiryPolicy};
+use crate::expiry::{Deadline, DeadlineKind};
 use crate::gpu::{AllocRequest, Allocated, GpuError};
 use crate::ids::{AllocationId, Caller, TraceId};
 use crate::lease::{Holder, LeaseError, LeaseId, LeaseTable};
@@ -36,12 +36,11 @@ use crate::registry::{ContextWasReset, LeaseRevoked, Rearm};
 pub(crate) struct SessionActor {
     record: EndGuard,
     lifecycle: Lifecycle,
-    /// Only the idle timeout is read here (to re-check an idle deadline).
-    idle_timeout: Option<std::time::Duration>,
     turns: u64,
     leases: LeaseTable,
     /// Set once the end has begun; the end is reported when leases are drained.
-    ending: Option<Ending>,
+    /// Boxed: only an ending session needs it.
+    ending: Option<Box<Ending>>,
     /// The conversation's context policy, built on the first turn that carries a signal.
     context: Option<Box<dyn ContextPolicy>>,
     /// This session's own policy factory, if the application replaced the engine's.
@@ -55,11 +54,7 @@ pub(crate) struct SessionActor {
 }
 
 impl SessionActor {
-    pub(crate) fn new(
-        record: EndGuard,
-        policy: ExpiryPolicy,
-        context_factory: Option<ContextPolicyFactory>,
-    ) -> Self {
+    pub(crate) fn new(record: EndGuard, context_factory: Option<ContextPolicyFactory>) -> Self {
         let mut lifecycle = Lifecycle::new();
         lifecycle
             .apply(Event::Establish)
@@ -67,7 +62,6 @@ impl SessionActor {
         SessionActor {
             record,
             lifecycle,
-            idle_timeout: policy.idle_timeout,
             turns: 0,
             leases: LeaseTable::default(),
             ending: None,
@@ -126,7 +120,6 @@ impl SessionActor {
     fn accept(&mut self, event: Event) {
         if self.lifecycle.apply(event).is_ok() {
             self.record.version += 1;
-            self.record.last_active_at = SystemTime::now();
             self.mark_active();
         }
     }
@@ -166,7 +159,7 @@ impl SessionActor {
         ending.waiters.extend(waiter);
         let began_us = self.record.settings.epoch.micros(ending.began);
         self.record.shared.set_closing(reason, began_us);
-        self.ending = Some(ending);
+        self.ending = Some(Box::new(ending));
         if self.leases.is_empty() {
             self.finish_end(ctx);
         } else {
@@ -201,12 +194,16 @@ impl SessionActor {
             return;
         };
         let forced = self.force_leases(&ending);
-        self.record.report(ending, forced);
+        self.record.report(*ending, forced);
         ctx.stop();
     }
 
     /// Drops every lease still held; returns how many (0: a clean drain).
     fn force_leases(&mut self, ending: &Ending) -> u32 {
+        // Checked through `Deref` first: an idle session's table is never allocated.
+        if self.leases.is_empty() {
+            return 0;
+        }
         let forced = self.leases.force_all();
         if forced > 0 {
             tracing::warn!(
@@ -224,20 +221,12 @@ impl SessionActor {
 
     /// Whether an idle deadline that fired is really due (a message may have
     /// been queued ahead of it). Leases count as activity.
-    fn idle_deadline_holds(&mut self) -> bool {
+    fn idle_deadline_holds(&mut self, seen_active_us: u64) -> bool {
         if !self.leases.is_empty() {
             self.mark_active();
             return false;
         }
-        let Some(idle) = self.idle_timeout else {
-            return false;
-        };
-        let due = self
-            .record
-            .shared
-            .last_active_us()
-            .saturating_add(clock::micros(idle));
-        due <= self.now_us()
+        self.record.shared.last_active_us() == seen_active_us
     }
 
     fn end(&mut self, msg: End, ctx: &mut Context<Self>) -> Result<(), SessionError> {
@@ -248,7 +237,8 @@ impl SessionActor {
             return Ok(());
         }
         if let Some(deadline) = msg.deadline {
-            if deadline.kind == DeadlineKind::Idle && !self.idle_deadline_holds() {
+            if deadline.kind == DeadlineKind::Idle && !self.idle_deadline_holds(msg.seen_active_us)
+            {
                 self.rearm();
                 return Ok(());
             }
@@ -530,7 +520,7 @@ impl Actor for SessionActor {
         // this the actor is gone and nobody could return its leases.
         if let Some(ending) = self.ending.take() {
             let forced = self.force_leases(&ending);
-            self.record.report(ending, forced);
+            self.record.report(*ending, forced);
             return Running::Stop;
         }
         let reason = if self.in_handler {

@@ -27,7 +27,6 @@ pub(crate) struct EndGuard {
     pub(crate) owner: Owner,
     pub(crate) trace_id: TraceId,
     pub(crate) created_at: SystemTime,
-    pub(crate) last_active_at: SystemTime,
     pub(crate) version: u64,
     pub(crate) ledger: Ledger,
     pub(crate) shared: Arc<SessionShared>,
@@ -49,13 +48,24 @@ impl EndGuard {
             owner,
             trace_id,
             created_at: now,
-            last_active_at: now,
             version: 1,
             ledger: Ledger::default(),
             shared,
             settings,
             reported: false,
         }
+    }
+
+    /// The last activity on the wall clock, from the monotonic stamp in the
+    /// shared atomics (kept once there rather than twice per session).
+    fn last_active_wall(&self) -> SystemTime {
+        let epoch = self.settings.epoch;
+        let since =
+            clock::now().saturating_duration_since(epoch.instant(self.shared.last_active_us()));
+        SystemTime::now()
+            .checked_sub(since)
+            .unwrap_or(self.created_at)
+            .max(self.created_at)
     }
 
     /// Reports the end to the registry. Only the first call does anything.
@@ -74,7 +84,7 @@ impl EndGuard {
             allocations,
             bytes,
             created_at: self.created_at,
-            last_active_at: self.last_active_at,
+            last_active_at: self.last_active_wall(),
             ended_at: ending.began_wall,
             ended_instant: ending.began,
             deadline: ending.deadline,

@@ -202,6 +202,7 @@ impl SessionHandle {
             reason: EndReason::Closed,
             waiter: Some(waiter),
             deadline: None,
+            seen_active_us: 0,
         };
         match self.addr.send(end).await {
             Ok(Ok(())) => receipt.await.map_err(|_| SessionError::RuntimeStopped),

@@ -2,17 +2,18 @@
 
 use super::messages::Binding;
 use crate::gpu::Allocated;
-use crate::ids::AllocationId;
-
 /// Buffers a session owns, plus bytes reserved for allocations still in flight
 /// (so two concurrent requests cannot both squeeze under the budget).
+///
+/// One vector holds both kinds: session-lifetime buffers first, then the
+/// context-bound ones from `context_from` on (one vector, not two: an idle
+/// session's size is multiplied by a million).
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     live: Vec<Allocated>,
     live_bytes: u64,
     reserved: u64,
-    /// Which of `live` are context-bound (released on a context reset).
-    context_bound: Vec<AllocationId>,
+    context_from: usize,
 }
 
 impl Ledger {
@@ -26,12 +27,15 @@ impl Ledger {
     }
 
     pub(crate) fn confirm(&mut self, reserved: u64, allocation: Allocated, binding: Binding) {
-        if binding == Binding::Context {
-            self.context_bound.push(allocation.id);
-        }
         self.reserved -= reserved;
         self.live_bytes += allocation.bytes;
-        self.live.push(allocation);
+        match binding {
+            Binding::Context => self.live.push(allocation),
+            Binding::Session => {
+                self.live.insert(self.context_from, allocation);
+                self.context_from += 1;
+            }
+        }
     }
 
     pub(crate) fn cancel(&mut self, reserved: u64) {
@@ -48,20 +52,53 @@ impl Ledger {
 
     /// Removes the context-bound allocations; returns them.
     pub(crate) fn take_context(&mut self) -> Vec<Allocated> {
-        if self.context_bound.is_empty() {
-            return Vec::new();
-        }
-        let bound = std::mem::take(&mut self.context_bound);
-        let (context, session): (Vec<_>, Vec<_>) =
-            self.live.drain(..).partition(|a| bound.contains(&a.id));
-        self.live = session;
+        let context = self.live.split_off(self.context_from);
         self.live_bytes -= context.iter().map(|a| a.bytes).sum::<u64>();
         context
     }
 
     pub(crate) fn take(&mut self) -> (Vec<Allocated>, u64) {
-        self.context_bound.clear();
+        self.context_from = 0;
         let bytes = std::mem::take(&mut self.live_bytes);
         (std::mem::take(&mut self.live), bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::AllocationId;
+
+    fn buffer(id: u64) -> Allocated {
+        Allocated {
+            id: AllocationId(id),
+            bytes: 10 * id,
+        }
+    }
+
+    #[test]
+    fn a_context_reset_takes_exactly_the_context_bound_buffers() {
+        let mut ledger = Ledger::default();
+        for (id, binding) in [
+            (1, Binding::Context),
+            (2, Binding::Session),
+            (3, Binding::Context),
+            (4, Binding::Session),
+        ] {
+            ledger.reserve(10 * id);
+            ledger.confirm(10 * id, buffer(id), binding);
+        }
+        let context: Vec<_> = ledger.take_context().iter().map(|a| a.id.0).collect();
+        assert_eq!(context, vec![1, 3]);
+        assert_eq!(ledger.live_bytes(), 60);
+        assert!(ledger.take_context().is_empty());
+        ledger.reserve(50);
+        ledger.confirm(50, buffer(5), Binding::Context);
+        let (all, bytes) = ledger.take();
+        assert_eq!(
+            all.iter().map(|a| a.id.0).collect::<Vec<_>>(),
+            vec![2, 4, 5]
+        );
+        assert_eq!((bytes, ledger.committed()), (110, 0));
     }
 }

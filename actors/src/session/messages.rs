@@ -132,6 +132,9 @@ pub(crate) struct End {
     pub(crate) waiter: Option<oneshot::Sender<ReleaseReceipt>>,
     /// Set when a deadline fired (the session re-checks an idle deadline first).
     pub(crate) deadline: Option<Deadline>,
+    /// The last-activity stamp the registry saw when it found the session
+    /// idle: a different stamp now means activity came in since.
+    pub(crate) seen_active_us: u64,
 }
 
 /// From the sweeper: a session stuck in Closing past its drain deadline ends now.
