@@ -39,6 +39,10 @@ pub struct SessionEndEvent {
     pub allocations: Vec<Allocated>,
     /// Sum of `allocations`' bytes.
     pub bytes: u64,
+    /// Bytes of allocations requested but not yet answered when it ended.
+    /// The pool frees them too (it executes requests in order), so the
+    /// receipt may count more than `allocations`.
+    pub in_flight_bytes: u64,
     /// When it was opened.
     pub created_at: SystemTime,
     /// Its last activity (message, touch, allocation or lease operation).

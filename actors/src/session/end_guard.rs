@@ -76,6 +76,7 @@ impl EndGuard {
         let reason = ending.reason;
         let began_us = self.settings.epoch.micros(ending.began);
         self.shared.set_closing(reason, began_us);
+        let in_flight_bytes = self.ledger.in_flight();
         let (allocations, bytes) = self.ledger.take();
         let event = SessionEndEvent {
             id: self.id,
@@ -83,6 +84,7 @@ impl EndGuard {
             reason,
             allocations,
             bytes,
+            in_flight_bytes,
             created_at: self.created_at,
             last_active_at: self.last_active_wall(),
             ended_at: ending.began_wall,

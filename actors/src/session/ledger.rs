@@ -57,6 +57,11 @@ impl Ledger {
         context
     }
 
+    /// Bytes of allocations requested and not yet answered.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.reserved
+    }
+
     pub(crate) fn take(&mut self) -> (Vec<Allocated>, u64) {
         self.context_from = 0;
         let bytes = std::mem::take(&mut self.live_bytes);
