@@ -15,6 +15,8 @@ fn main() {
     compare::run(
         "expiry_lateness",
         &["expiry"],
-        &[compare::PeerKind::Sweeper(std::time::Duration::from_secs(1))],
+        &[compare::PeerKind::Sweeper(std::time::Duration::from_secs(
+            1,
+        ))],
     );
 }

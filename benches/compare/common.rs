@@ -81,6 +81,31 @@ pub fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }
 
+/// (p50, p99) of `peer` over those of `bus`, when both were measured.
+pub fn ratios(bus: &Option<Summary>, peer: &Option<Summary>) -> Option<(f64, f64)> {
+    let (b, p) = (bus.as_ref()?, peer.as_ref()?);
+    Some((ratio(p.p50, b.p50), ratio(p.p99, b.p99)))
+}
+
+pub fn ratios_json(ratios: Option<(f64, f64)>) -> serde_json::Value {
+    ratios.map_or(
+        serde_json::Value::Null,
+        |(p50, p99)| json!({"p50": p50, "p99": p99}),
+    )
+}
+
+/// "met (p99 …)" / "MISSED (p99 …)" / "not measured".
+pub fn p99_verdict(s: &Option<Summary>, target: Duration) -> String {
+    match s {
+        Some(s) => format!(
+            "{} (p99 {})",
+            if s.p99 <= target { "met" } else { "MISSED" },
+            show(s.p99)
+        ),
+        None => "not measured in this run".into(),
+    }
+}
+
 /// Linux reports thread and process times in USER_HZ, which is 100 on every mainstream platform.
 const TICKS_PER_SEC: f64 = 100.0;
 

@@ -2,7 +2,6 @@
 //! [`Releaser`] that asks it to release a session and records when the memory
 //! was back, and [`Peer`], the session store under comparison.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -102,15 +101,13 @@ impl Releaser {
 
 /// Allocates one buffer of `bytes` for `session` on `pool`.
 pub async fn allocate(pool: &WgpuPool, session: SessionId, bytes: u64) -> Result<(), String> {
+    let request = AllocRequest {
+        id: AllocationId::next(),
+        session,
+        bytes,
+    };
     let (reply, answer) = oneshot::channel();
-    pool.allocate(
-        AllocRequest {
-            session,
-            id: AllocationId::next(),
-            bytes,
-        },
-        reply,
-    );
+    pool.allocate(request, reply);
     match answer.await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("allocate: {e}")),
@@ -141,7 +138,10 @@ pub enum PeerKind {
 impl PeerKind {
     pub fn name(self) -> String {
         match self {
-            PeerKind::Sweeper(period) => format!("polling sweeper ({} s)", period.as_secs()),
+            PeerKind::Sweeper(period) => match peer_sweeper::shards_for(period) {
+                1 => format!("polling sweeper ({} s)", period.as_secs()),
+                phases => format!("polling sweeper ({} s, {phases} phases)", period.as_secs()),
+            },
             PeerKind::Moka => format!(
                 "moka cache (tasks every {} ms)",
                 peer_moka::MAINTENANCE_EVERY.as_millis()
@@ -188,7 +188,9 @@ impl Peer {
     /// Starts the store; `Err` says why it cannot run here (the peer is skipped).
     pub fn start(kind: PeerKind, releaser: Arc<Releaser>) -> Result<Peer, String> {
         Ok(match kind {
-            PeerKind::Sweeper(period) => Peer::Sweeper(peer_sweeper::Sweeper::start(period, releaser)),
+            PeerKind::Sweeper(period) => {
+                Peer::Sweeper(peer_sweeper::Sweeper::start(period, releaser))
+            }
             PeerKind::Moka => Peer::Moka(peer_moka::MokaStore::start(releaser)),
             PeerKind::TokioTask => Peer::TokioTask(peer_tokio::TaskStore::start(releaser)),
             PeerKind::Redis => Peer::Redis(peer_redis::RedisStore::start(releaser)?),
@@ -228,5 +230,51 @@ impl Peer {
     }
 }
 
+/// A direct peer ready to run: its pool, wgpu's counters before anything was
+/// allocated, its releaser and the store.
+pub struct Started {
+    pub pool: Arc<WgpuPool>,
+    pub baseline: sessionbus::GpuCounters,
+    pub releaser: Arc<Releaser>,
+    pub peer: Peer,
+}
+
+impl Started {
+    pub fn into_parts(self) -> (Arc<WgpuPool>, sessionbus::GpuCounters, Arc<Releaser>, Peer) {
+        (self.pool, self.baseline, self.releaser, self.peer)
+    }
+}
+
+/// Starts a pool and the store of `kind` on it. `None` if it cannot: why goes
+/// to `skipped` (the peer cannot run here) or to `errors` (a failure).
+pub fn start(
+    kind: PeerKind,
+    skipped: &mut Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<Started> {
+    let pool = match WgpuPool::start(&sessionbus::GpuConfig::default()) {
+        Ok(pool) => Arc::new(pool),
+        Err(e) => {
+            errors.push(format!("{}: pool did not start: {e}", kind.name()));
+            return None;
+        }
+    };
+    let baseline = pool.counters();
+    let releaser = Releaser::start(pool.clone());
+    match Peer::start(kind, releaser.clone()) {
+        Ok(peer) => Some(Started {
+            pool,
+            baseline,
+            releaser,
+            peer,
+        }),
+        Err(why) => {
+            releaser.finish();
+            *skipped = Some(why);
+            None
+        }
+    }
+}
+
 /// Sessions → due times, for stores that keep them next to their own state.
-pub type Deadlines = Arc<Mutex<HashMap<SessionId, Instant>>>;
+pub type Deadlines = Arc<Mutex<std::collections::HashMap<SessionId, Instant>>>;

@@ -65,7 +65,9 @@ fn parse_args() -> Args {
         } else if let Some(path) = arg.strip_prefix("--json=") {
             args.json = Some(PathBuf::from(path));
         } else if arg == "--only" {
-            args.only = it.next().map(|s| s.split(',').map(str::to_string).collect());
+            args.only = it
+                .next()
+                .map(|s| s.split(',').map(str::to_string).collect());
         } else if arg == "--child" {
             let rest: Vec<String> = it.by_ref().take(4).collect();
             if let [what, peer, n, window_ms] = rest.as_slice() {
@@ -95,7 +97,11 @@ pub fn run(bench: &str, workloads: &[&str], expiry_peers: &[PeerKind]) {
     let selected: Vec<&str> = workloads
         .iter()
         .copied()
-        .filter(|w| args.only.as_ref().is_none_or(|only| only.iter().any(|o| o == w)))
+        .filter(|w| {
+            args.only
+                .as_ref()
+                .is_none_or(|only| only.iter().any(|o| o == w))
+        })
         .collect();
     let (cpu, listed, usable) = machine();
     println!("machine: {cpu}, {listed} cores listed, {usable} usable");
@@ -131,13 +137,21 @@ pub fn run(bench: &str, workloads: &[&str], expiry_peers: &[PeerKind]) {
     for workload in &selected {
         let (json, errs) = match *workload {
             "expiry" => {
-                let sizes: &[usize] = if args.quick { &[2_000] } else { &[10_000, 100_000] };
+                let sizes: &[usize] = if args.quick {
+                    &[2_000]
+                } else {
+                    &[10_000, 100_000]
+                };
                 let out = wl_expiry::run(&tokio, sizes, expiry_peers, &mut adapter);
                 println!("adapter: {adapter}");
                 out
             }
             "close" => {
-                let (live, closes) = if args.quick { (1_000, 500) } else { (10_000, 5_000) };
+                let (live, closes) = if args.quick {
+                    (1_000, 500)
+                } else {
+                    (10_000, 5_000)
+                };
                 wl_close::run(&tokio, live, closes, &close_peers)
             }
             "throughput" => {
@@ -145,11 +159,19 @@ pub fn run(bench: &str, workloads: &[&str], expiry_peers: &[PeerKind]) {
                 wl_throughput::run(window, 1_024)
             }
             "memory" => {
-                let sizes: &[usize] = if args.quick { &[100_000] } else { &[100_000, 1_000_000] };
+                let sizes: &[usize] = if args.quick {
+                    &[100_000]
+                } else {
+                    &[100_000, 1_000_000]
+                };
                 wl_idle::memory(sizes, &idle_peers)
             }
             "idle" => {
-                let (n, window) = if args.quick { (10_000, 1) } else { (100_000, 3) };
+                let (n, window) = if args.quick {
+                    (10_000, 1)
+                } else {
+                    (100_000, 3)
+                };
                 wl_idle::idle_cpu(n, Duration::from_secs(window), &idle_peers)
             }
             "stress" => wl_stress::run(&tokio, &wl_stress::TIERS),
@@ -166,7 +188,10 @@ pub fn run(bench: &str, workloads: &[&str], expiry_peers: &[PeerKind]) {
     if errors.is_empty() {
         println!("correctness: every session released once, wgpu counters back at baseline: OK");
     } else {
-        println!("correctness: {} VIOLATIONS (listed on stderr)", errors.len());
+        println!(
+            "correctness: {} VIOLATIONS (listed on stderr)",
+            errors.len()
+        );
     }
     if let Some(path) = &args.json {
         let document = json!({

@@ -22,7 +22,12 @@ pub const MAINTENANCE_EVERY: Duration = Duration::from_millis(10);
 struct UntilDue;
 
 impl Expiry<SessionId, Instant> for UntilDue {
-    fn expire_after_create(&self, _: &SessionId, due: &Instant, created_at: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &SessionId,
+        due: &Instant,
+        created_at: Instant,
+    ) -> Option<Duration> {
         Some(due.saturating_duration_since(created_at))
     }
 }

@@ -111,7 +111,11 @@ impl RedisStore {
     pub async fn insert(&self, session: SessionId, due: Instant) -> Result<(), String> {
         // Redis takes whole milliseconds: round up, and measure from what it was asked.
         let sent = Instant::now();
-        let ms = (due.saturating_duration_since(sent).as_micros().div_ceil(1000) as u64).max(1);
+        let ms = (due
+            .saturating_duration_since(sent)
+            .as_micros()
+            .div_ceil(1000) as u64)
+            .max(1);
         self.deadlines
             .lock()
             .unwrap()

@@ -31,7 +31,10 @@ pub async fn start(sessions: usize, idle_timeout: bool) -> Result<Runtime, Strin
 pub async fn finish(rt: Runtime, baseline: sessionbus::GpuCounters, errors: &mut Vec<String>) {
     let now = rt.gpu_counters();
     if now != baseline {
-        push_error(errors, format!("sessionbus: wgpu counters not at baseline: {now:?} vs {baseline:?}"));
+        push_error(
+            errors,
+            format!("sessionbus: wgpu counters not at baseline: {now:?} vs {baseline:?}"),
+        );
     }
     if let Some(stats) = rt.stats().await
         && (stats.incidents > 0 || stats.live > 0 || stats.releasing > 0)
@@ -63,7 +66,10 @@ pub async fn open_with_buffers(
     buffers: usize,
     bytes: u64,
 ) -> Result<SessionHandle, String> {
-    let session = rt.open_with(options).await.map_err(|e| format!("open: {e}"))?;
+    let session = rt
+        .open_with(options)
+        .await
+        .map_err(|e| format!("open: {e}"))?;
     for _ in 0..buffers {
         session
             .allocate(bytes)
@@ -71,6 +77,29 @@ pub async fn open_with_buffers(
             .map_err(|e| format!("allocate on {}: {e}", session.id()))?;
     }
     Ok(session)
+}
+
+/// Opens `count` sessions owned by `{prefix}-{i}`, each with `buffers` buffers
+/// of `bytes`, `SETUP_CONCURRENCY` at a time.
+pub async fn open_many(
+    rt: &Runtime,
+    prefix: &str,
+    count: usize,
+    buffers: usize,
+    bytes: u64,
+) -> Vec<Result<SessionHandle, String>> {
+    futures::stream::iter(0..count)
+        .map(|i| {
+            open_with_buffers(
+                rt,
+                OpenOptions::new(format!("{prefix}-{i}")),
+                buffers,
+                bytes,
+            )
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .collect()
+        .await
 }
 
 /// Workload 1 for sessionbus: sessions with TTLs, one buffer each; measured
@@ -168,7 +197,10 @@ pub async fn expiry(ttls: &[Duration], buffer_bytes: u64) -> (PeerRun, String) {
     let mut fires: HashMap<Instant, usize> = HashMap::new();
     for receipt in &receipts {
         let Some(deadline) = receipt.deadline else {
-            push_error(&mut run.errors, format!("sessionbus: receipt for {} without a deadline", receipt.id));
+            push_error(
+                &mut run.errors,
+                format!("sessionbus: receipt for {} without a deadline", receipt.id),
+            );
             continue;
         };
         if receipt.reason != EndReason::TtlExpired
@@ -186,7 +218,11 @@ pub async fn expiry(ttls: &[Duration], buffer_bytes: u64) -> (PeerRun, String) {
         }
         released.push(receipt.released_at.saturating_duration_since(deadline.at));
         timer.push(deadline.fired_at.saturating_duration_since(deadline.at));
-        after_fire.push(receipt.released_at.saturating_duration_since(deadline.fired_at));
+        after_fire.push(
+            receipt
+                .released_at
+                .saturating_duration_since(deadline.fired_at),
+        );
         run.due_during_setup += (deadline.at < setup_done) as usize;
         // Sessions that share a `fired_at` were ended by the same timer fire.
         *fires.entry(deadline.fired_at).or_default() += 1;
@@ -199,7 +235,10 @@ pub async fn expiry(ttls: &[Duration], buffer_bytes: u64) -> (PeerRun, String) {
         run.per_fire = Some((at(0.5), at(0.99), sizes[sizes.len() - 1]));
     }
     if handles.len() != n {
-        push_error(&mut run.errors, format!("sessionbus: {} opened of {n}", handles.len()));
+        push_error(
+            &mut run.errors,
+            format!("sessionbus: {} opened of {n}", handles.len()),
+        );
     }
     check_once(
         "sessionbus",

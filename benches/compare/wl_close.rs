@@ -4,15 +4,14 @@
 //! (map remove, cache remove, task abort, `DEL`) and releasing its buffers
 //! through their pool, to `ReleaseReport::finished_at`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::json;
-use sessionbus::{GpuConfig, OpenOptions, SessionId, WgpuPool};
+use sessionbus::{OpenOptions, SessionId};
 
-use super::common::*;
-use super::direct::{Peer, PeerKind, Releaser, allocate, release_now};
+use super::common::{self, *};
+use super::direct::{self, PeerKind, allocate, release_now};
 use super::peer_sessionbus;
 
 /// The sessions being closed hold this many buffers of this size.
@@ -41,15 +40,16 @@ async fn sessionbus(live: usize, closes: usize) -> CloseRun {
         }
     };
     let baseline = rt.gpu_counters();
-    let population: Vec<_> = futures::stream::iter(0..live)
-        .map(|i| peer_sessionbus::open_with_buffers(&rt, OpenOptions::new(format!("live-{i}")), 1, LIVE_BYTES))
-        .buffer_unordered(SETUP_CONCURRENCY)
-        .collect()
-        .await;
+    let population = peer_sessionbus::open_many(&rt, "live", live, 1, LIVE_BYTES).await;
     let mut samples = Vec::with_capacity(closes);
     for i in 0..closes {
-        let opened =
-            peer_sessionbus::open_with_buffers(&rt, OpenOptions::new(format!("closed-{i}")), BUFFERS, BUFFER_BYTES).await;
+        let opened = peer_sessionbus::open_with_buffers(
+            &rt,
+            OpenOptions::new(format!("closed-{i}")),
+            BUFFERS,
+            BUFFER_BYTES,
+        )
+        .await;
         let session = match opened {
             Ok(s) => s,
             Err(e) => {
@@ -64,7 +64,10 @@ async fn sessionbus(live: usize, closes: usize) -> CloseRun {
             }
             Ok(receipt) => push_error(
                 &mut run.errors,
-                format!("sessionbus: close freed {} buffers, error {:?}", receipt.buffers, receipt.error),
+                format!(
+                    "sessionbus: close freed {} buffers, error {:?}",
+                    receipt.buffers, receipt.error
+                ),
             ),
             Err(e) => push_error(&mut run.errors, format!("sessionbus: close: {e}")),
         }
@@ -73,7 +76,10 @@ async fn sessionbus(live: usize, closes: usize) -> CloseRun {
         match session {
             Ok(s) => {
                 if let Err(e) = s.close().await {
-                    push_error(&mut run.errors, format!("sessionbus: close of the population: {e}"));
+                    push_error(
+                        &mut run.errors,
+                        format!("sessionbus: close of the population: {e}"),
+                    );
                 }
             }
             Err(e) => push_error(&mut run.errors, format!("sessionbus: population: {e}")),
@@ -85,25 +91,12 @@ async fn sessionbus(live: usize, closes: usize) -> CloseRun {
 }
 
 fn direct(tokio: &tokio::runtime::Runtime, kind: PeerKind, live: usize, closes: usize) -> CloseRun {
-    let name = kind.name();
     let mut run = CloseRun::default();
-    let pool = match WgpuPool::start(&GpuConfig::default()) {
-        Ok(pool) => Arc::new(pool),
-        Err(e) => {
-            run.errors.push(format!("{name}: pool did not start: {e}"));
-            return run;
-        }
+    let name = kind.name();
+    let Some(started) = direct::start(kind, &mut run.skipped, &mut run.errors) else {
+        return run;
     };
-    let baseline = pool.counters();
-    let releaser = Releaser::start(pool.clone());
-    let peer = match Peer::start(kind, releaser.clone()) {
-        Ok(peer) => peer,
-        Err(why) => {
-            run.skipped = Some(why);
-            releaser.finish();
-            return run;
-        }
-    };
+    let (pool, baseline, releaser, peer) = started.into_parts();
     let mut samples = Vec::with_capacity(closes);
     tokio.block_on(async {
         let population: Vec<Result<SessionId, String>> = futures::stream::iter(0..live)
@@ -157,11 +150,20 @@ fn direct(tokio: &tokio::runtime::Runtime, kind: PeerKind, live: usize, closes: 
     peer.stop();
     let log = releaser.finish();
     if !log.released.is_empty() {
-        push_error(&mut run.errors, format!("{name}: {} sessions expired during the close run", log.released.len()));
+        push_error(
+            &mut run.errors,
+            format!(
+                "{name}: {} sessions expired during the close run",
+                log.released.len()
+            ),
+        );
     }
     let after = pool.shutdown();
     if after != baseline {
-        push_error(&mut run.errors, format!("{name}: wgpu counters {after:?} after the run (baseline {baseline:?})"));
+        push_error(
+            &mut run.errors,
+            format!("{name}: wgpu counters {after:?} after the run (baseline {baseline:?})"),
+        );
     }
     run.released = Summary::of(&mut samples);
     run
@@ -218,26 +220,20 @@ pub fn run(
     );
     let mut ratios_json = serde_json::Map::new();
     for (kind, r) in &others {
-        let ratios = match (&bus.released, &r.released) {
-            (Some(b), Some(p)) => Some((ratio(p.p50, b.p50), ratio(p.p99, b.p99))),
-            _ => None,
-        };
+        let ratios = ratios(&bus.released, &r.released);
         row(&kind.name(), r, ratios);
         peers_json.insert(
             kind.key(),
             json!({"close_to_released": summary_json(&r.released), "skipped": r.skipped, "errors": r.errors}),
         );
-        ratios_json.insert(
-            kind.key(),
-            ratios.map_or(serde_json::Value::Null, |(p50, p99)| json!({"p50": p50, "p99": p99})),
-        );
+        ratios_json.insert(kind.key(), common::ratios_json(ratios));
         errors.extend(r.errors.iter().cloned());
     }
-    let verdict = match &bus.released {
-        Some(s) => format!("{} (p99 {})", if s.p99 <= TARGET_P99 { "met" } else { "MISSED" }, show(s.p99)),
-        None => "not measured".into(),
-    };
-    println!("target: sessionbus close → released p99 ≤ {}: {verdict}", show(TARGET_P99));
+    let verdict = p99_verdict(&bus.released, TARGET_P99);
+    println!(
+        "target: sessionbus close → released p99 ≤ {}: {verdict}",
+        show(TARGET_P99)
+    );
     let json = json!({
         "live_sessions": live,
         "closes": closes,

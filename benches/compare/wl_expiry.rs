@@ -4,15 +4,14 @@
 //! counters must be back at their baseline.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::json;
-use sessionbus::{GpuConfig, SessionId, WgpuPool};
+use sessionbus::SessionId;
 
-use super::common::*;
-use super::direct::{Peer, PeerKind, Releaser, allocate};
+use super::common::{self, *};
+use super::direct::{self, PeerKind, allocate};
 use super::peer_sessionbus;
 
 /// One buffer per session.
@@ -84,7 +83,9 @@ pub fn check_once(
     if never > 0 || twice > 0 || stray > 0 {
         push_error(
             errors,
-            format!("{peer}: {never} never released, {twice} released more than once, {stray} releases of unknown sessions"),
+            format!(
+                "{peer}: {never} never released, {twice} released more than once, {stray} releases of unknown sessions"
+            ),
         );
     }
 }
@@ -92,25 +93,12 @@ pub fn check_once(
 /// Runs one direct peer (its own `WgpuPool`) on the TTL draws.
 pub fn run_direct(tokio: &tokio::runtime::Runtime, kind: PeerKind, ttls: &[Duration]) -> PeerRun {
     let n = ttls.len();
-    let name = kind.name();
     let mut run = PeerRun::default();
-    let pool = match WgpuPool::start(&GpuConfig::default()) {
-        Ok(pool) => Arc::new(pool),
-        Err(e) => {
-            run.errors.push(format!("{name}: pool did not start: {e}"));
-            return run;
-        }
+    let name = kind.name();
+    let Some(started) = direct::start(kind, &mut run.skipped, &mut run.errors) else {
+        return run;
     };
-    let baseline = pool.counters();
-    let releaser = Releaser::start(pool.clone());
-    let peer = match Peer::start(kind, releaser.clone()) {
-        Ok(peer) => peer,
-        Err(why) => {
-            run.skipped = Some(why);
-            releaser.finish();
-            return run;
-        }
-    };
+    let (pool, baseline, releaser, peer) = started.into_parts();
 
     let started = Instant::now();
     let opened: Vec<Result<SessionId, String>> = tokio.block_on(
@@ -151,7 +139,10 @@ pub fn run_direct(tokio: &tokio::runtime::Runtime, kind: PeerKind, ttls: &[Durat
         } else if last_change.elapsed() > QUIET_LIMIT + kind_slack(kind) {
             push_error(
                 &mut run.errors,
-                format!("{name}: no release for {QUIET_LIMIT:?} with {done} of {} received", sessions.len()),
+                format!(
+                    "{name}: no release for {QUIET_LIMIT:?} with {done} of {} received",
+                    sessions.len()
+                ),
             );
             break;
         }
@@ -164,20 +155,43 @@ pub fn run_direct(tokio: &tokio::runtime::Runtime, kind: PeerKind, ttls: &[Durat
     let log = releaser.finish();
 
     if log.lost > 0 {
-        push_error(&mut run.errors, format!("{name}: {} release reports never came", log.lost));
+        push_error(
+            &mut run.errors,
+            format!("{name}: {} release reports never came", log.lost),
+        );
     }
-    let bad = log.released.iter().filter(|(_, _, buffers)| *buffers != 1).count();
+    let bad = log
+        .released
+        .iter()
+        .filter(|(_, _, buffers)| *buffers != 1)
+        .count();
     if bad > 0 {
-        push_error(&mut run.errors, format!("{name}: {bad} releases freed other than one buffer"));
+        push_error(
+            &mut run.errors,
+            format!("{name}: {bad} releases freed other than one buffer"),
+        );
     }
-    check_once(&name, sessions.iter().copied(), log.released.iter().map(|r| r.0), &mut run.errors);
+    check_once(
+        &name,
+        sessions.iter().copied(),
+        log.released.iter().map(|r| r.0),
+        &mut run.errors,
+    );
     let now = pool.counters();
     if now != baseline {
-        push_error(&mut run.errors, format!("{name}: wgpu counters not at baseline after every release: {now:?} vs {baseline:?}"));
+        push_error(
+            &mut run.errors,
+            format!(
+                "{name}: wgpu counters not at baseline after every release: {now:?} vs {baseline:?}"
+            ),
+        );
     }
     let after = pool.shutdown();
     if after != baseline {
-        push_error(&mut run.errors, format!("{name}: after shutdown wgpu counters {after:?} (baseline {baseline:?})"));
+        push_error(
+            &mut run.errors,
+            format!("{name}: after shutdown wgpu counters {after:?} (baseline {baseline:?})"),
+        );
     }
     let mut released: Vec<Duration> = log.released.iter().map(|r| r.1).collect();
     run.due_during_setup = ttls.iter().filter(|&&t| started + t < setup_done).count();
@@ -241,7 +255,10 @@ pub fn run(
                 ratios.map_or(String::new(), |r| format!("{:.0}×", r.0)),
                 ratios.map_or(String::new(), |r| format!("{:.0}×", r.1)),
             ),
-            None => println!("{n:>9} | {peer:<34} | {:>7} | {:>10} | {:>10} | {:>10} |", 0, "-", "-", "-"),
+            None => println!(
+                "{n:>9} | {peer:<34} | {:>7} | {:>10} | {:>10} | {:>10} |",
+                0, "-", "-", "-"
+            ),
         };
         row("sessionbus", &bus.released, None);
         row("  timer only (fired - due)", &bus.timer, None);
@@ -250,20 +267,14 @@ pub fn run(
         peers_json.insert("sessionbus".into(), bus.json());
         let mut ratios_json = serde_json::Map::new();
         for (kind, r) in others {
-            let ratios = match (&bus.released, &r.released) {
-                (Some(b), Some(p)) => Some((ratio(p.p50, b.p50), ratio(p.p99, b.p99))),
-                _ => None,
-            };
+            let ratios = ratios(&bus.released, &r.released);
             if let Some(why) = &r.skipped {
                 println!("{n:>9} | {:<34} | skipped: {why}", kind.name());
             } else {
                 row(&kind.name(), &r.released, ratios);
             }
             peers_json.insert(kind.key(), r.json());
-            ratios_json.insert(
-                kind.key(),
-                ratios.map_or(serde_json::Value::Null, |(p50, p99)| json!({"p50": p50, "p99": p99})),
-            );
+            ratios_json.insert(kind.key(), common::ratios_json(ratios));
             errors.extend(r.errors.iter().cloned());
         }
         println!(
@@ -274,10 +285,19 @@ pub fn run(
             bus.fires,
             bus.per_fire
         );
-        println!("{:>9} | sessionbus CPU after set-up: {}", "", cpu_line(&bus.cpu));
+        println!(
+            "{:>9} | sessionbus CPU after set-up: {}",
+            "",
+            cpu_line(&bus.cpu)
+        );
         for (kind, r) in others {
             if r.skipped.is_none() {
-                println!("{:>9} | {} CPU after set-up: {}", "", kind.name(), cpu_line(&r.cpu));
+                println!(
+                    "{:>9} | {} CPU after set-up: {}",
+                    "",
+                    kind.name(),
+                    cpu_line(&r.cpu)
+                );
             }
         }
         println!("{}", "-".repeat(120));
@@ -292,15 +312,11 @@ pub fn run(
         .iter()
         .find(|(n, _, _)| *n == TARGET_SESSIONS)
         .and_then(|(_, bus, _)| bus.released);
-    let verdict = match target {
-        Some(s) => format!(
-            "{} (p99 {})",
-            if s.p99 <= TARGET_P99 { "met" } else { "MISSED" },
-            show(s.p99)
-        ),
-        None => "not measured in this run".into(),
-    };
-    println!("target: sessionbus p99 ≤ {} at {TARGET_SESSIONS} sessions: {verdict}", show(TARGET_P99));
+    let verdict = p99_verdict(&target, TARGET_P99);
+    println!(
+        "target: sessionbus p99 ≤ {} at {TARGET_SESSIONS} sessions: {verdict}",
+        show(TARGET_P99)
+    );
     let json = json!({
         "buffer_bytes": BUFFER_BYTES,
         "ttl_us": {"min": TTL_MIN_US, "max": TTL_MAX_US},

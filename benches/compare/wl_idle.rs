@@ -115,7 +115,13 @@ fn measure(what: &str, peer: &str, n: usize, window: Duration) -> serde_json::Va
         Err(e) => return json!({"error": format!("current_exe: {e}")}),
     };
     let output = Command::new(exe)
-        .args(["--child", what, peer, &n.to_string(), &window.as_millis().to_string()])
+        .args([
+            "--child",
+            what,
+            peer,
+            &n.to_string(),
+            &window.as_millis().to_string(),
+        ])
         .output();
     match output {
         Ok(out) => String::from_utf8_lossy(&out.stdout)
@@ -145,7 +151,10 @@ pub fn memory(sizes: &[usize], peers: &[&str]) -> (serde_json::Value, Vec<String
     }
     println!();
     println!("4. resident memory per idle session (RSS delta / sessions, fresh process each)");
-    println!("{:>9} | {:<34} | {:>12} | {:>12} | {:>10}", "sessions", "peer", "RSS delta", "per session", "open time");
+    println!(
+        "{:>9} | {:<34} | {:>12} | {:>12} | {:>10}",
+        "sessions", "peer", "RSS delta", "per session", "open time"
+    );
     println!("{}", "-".repeat(90));
     let mut target = None;
     for (n, peer, r) in &rows {
@@ -155,13 +164,18 @@ pub fn memory(sizes: &[usize], peers: &[&str]) -> (serde_json::Value, Vec<String
             continue;
         }
         let per = r["bytes_per_session"].as_f64().unwrap_or(f64::NAN);
-        let delta = r["rss_after"].as_u64().unwrap_or(0).saturating_sub(r["rss_before"].as_u64().unwrap_or(0));
+        let delta = r["rss_after"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(r["rss_before"].as_u64().unwrap_or(0));
         println!(
             "{n:>9} | {:<34} | {:>9.1} MiB | {:>10.0} B | {:>10}",
             peer_label(peer),
             delta as f64 / (1 << 20) as f64,
             per,
-            show(Duration::from_secs_f64(r["open_us"].as_f64().unwrap_or(0.0) / 1e6)),
+            show(Duration::from_secs_f64(
+                r["open_us"].as_f64().unwrap_or(0.0) / 1e6
+            )),
         );
         if *peer == "sessionbus" {
             target = Some(target.map_or(per, |t: f64| t.max(per)));
@@ -171,7 +185,10 @@ pub fn memory(sizes: &[usize], peers: &[&str]) -> (serde_json::Value, Vec<String
     println!(
         "target: sessionbus ≤ {TARGET_BYTES:.0} B per idle session at every size: {}",
         match target {
-            Some(t) => format!("{} (worst {t:.0} B)", if t <= TARGET_BYTES { "met" } else { "MISSED" }),
+            Some(t) => format!(
+                "{} (worst {t:.0} B)",
+                if t <= TARGET_BYTES { "met" } else { "MISSED" }
+            ),
             None => "not measured".into(),
         }
     );
@@ -179,7 +196,10 @@ pub fn memory(sizes: &[usize], peers: &[&str]) -> (serde_json::Value, Vec<String
         .iter()
         .map(|(n, peer, r)| json!({"sessions": n, "peer": peer, "result": r}))
         .collect();
-    (json!({"rows": json_rows, "target": {"bytes_per_session": TARGET_BYTES, "met": met}}), errors)
+    (
+        json!({"rows": json_rows, "target": {"bytes_per_session": TARGET_BYTES, "met": met}}),
+        errors,
+    )
 }
 
 pub fn idle_cpu(n: usize, window: Duration, peers: &[&str]) -> (serde_json::Value, Vec<String>) {
@@ -190,8 +210,14 @@ pub fn idle_cpu(n: usize, window: Duration, peers: &[&str]) -> (serde_json::Valu
         rows.push((peer, measure("idle", peer, n, window)));
     }
     println!();
-    println!("5. idle CPU: {n} idle sessions, process CPU time over {} (fresh process each)", show(window));
-    println!("{:<34} | {:>12} | {:>14} | {:>9}", "peer", "CPU time", "% of one core", "×bus");
+    println!(
+        "5. idle CPU: {n} idle sessions, process CPU time over {} (fresh process each)",
+        show(window)
+    );
+    println!(
+        "{:<34} | {:>12} | {:>14} | {:>9}",
+        "peer", "CPU time", "% of one core", "×bus"
+    );
     println!("{}", "-".repeat(80));
     let bus = rows
         .iter()
@@ -207,7 +233,9 @@ pub fn idle_cpu(n: usize, window: Duration, peers: &[&str]) -> (serde_json::Valu
         println!(
             "{:<34} | {:>12} | {:>13.2}% | {:>9}",
             peer_label(peer),
-            show(Duration::from_secs_f64(r["cpu_us"].as_f64().unwrap_or(0.0) / 1e6)),
+            show(Duration::from_secs_f64(
+                r["cpu_us"].as_f64().unwrap_or(0.0) / 1e6
+            )),
             pct,
             match bus {
                 Some(b) if *peer != "sessionbus" && b > 0.0 => format!("{:.1}×", pct / b),
@@ -221,10 +249,23 @@ pub fn idle_cpu(n: usize, window: Duration, peers: &[&str]) -> (serde_json::Valu
     println!(
         "target: sessionbus idle CPU near zero (< {NEAR_ZERO_PERCENT}% of a core): {}",
         match bus {
-            Some(b) => format!("{} ({b:.2}%)", if b < NEAR_ZERO_PERCENT { "met" } else { "MISSED" }),
+            Some(b) => format!(
+                "{} ({b:.2}%)",
+                if b < NEAR_ZERO_PERCENT {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+            ),
             None => "not measured".into(),
         }
     );
-    let json_rows: Vec<_> = rows.iter().map(|(peer, r)| json!({"peer": peer, "result": r})).collect();
-    (json!({"sessions": n, "window_us": micros(window), "rows": json_rows, "target": {"percent": NEAR_ZERO_PERCENT, "met": met}}), errors)
+    let json_rows: Vec<_> = rows
+        .iter()
+        .map(|(peer, r)| json!({"peer": peer, "result": r}))
+        .collect();
+    (
+        json!({"sessions": n, "window_us": micros(window), "rows": json_rows, "target": {"percent": NEAR_ZERO_PERCENT, "met": met}}),
+        errors,
+    )
 }

@@ -4,9 +4,7 @@
 
 use std::time::Instant;
 
-use futures::StreamExt;
 use serde_json::json;
-use sessionbus::OpenOptions;
 
 use super::common::*;
 use super::peer_sessionbus;
@@ -16,7 +14,12 @@ const BUFFER_BYTES: u64 = 64 * 1024;
 pub const TIERS: [usize; 4] = [50, 200, 500, 2000];
 /// The field report's figures (average latency in ms, error %) for the first
 /// three tiers, in order; it gives none for the fourth.
-const FIELD: [Option<(f64, f64)>; 4] = [Some((120.0, 0.0)), Some((480.0, 1.2)), Some((1100.0, 8.7)), None];
+const FIELD: [Option<(f64, f64)>; 4] = [
+    Some((120.0, 0.0)),
+    Some((480.0, 1.2)),
+    Some((1100.0, 8.7)),
+    None,
+];
 
 pub fn run(tokio: &tokio::runtime::Runtime, tiers: &[usize]) -> (serde_json::Value, Vec<String>) {
     let mut errors = Vec::new();
@@ -33,14 +36,14 @@ pub fn run(tokio: &tokio::runtime::Runtime, tiers: &[usize]) -> (serde_json::Val
         let baseline = rt.gpu_counters();
         for &tier in tiers {
             eprintln!("[stress] {tier} concurrent destroys…");
-            let opened: Vec<_> = futures::stream::iter(0..tier)
-                .map(|i| peer_sessionbus::open_with_buffers(&rt, OpenOptions::new(format!("storm-{i}")), BUFFERS, BUFFER_BYTES))
-                .buffer_unordered(SETUP_CONCURRENCY)
-                .collect()
-                .await;
+            let opened =
+                peer_sessionbus::open_many(&rt, "storm", tier, BUFFERS, BUFFER_BYTES).await;
             let sessions: Vec<_> = opened
                 .into_iter()
-                .filter_map(|s| s.map_err(|e| push_error(&mut errors, format!("sessionbus: storm set-up: {e}"))).ok())
+                .filter_map(|s| {
+                    s.map_err(|e| push_error(&mut errors, format!("sessionbus: storm set-up: {e}")))
+                        .ok()
+                })
                 .collect();
             let asked = Instant::now();
             let receipts = futures::future::join_all(sessions.iter().map(|s| s.close())).await;
@@ -82,7 +85,9 @@ pub fn run(tokio: &tokio::runtime::Runtime, tiers: &[usize]) -> (serde_json::Val
             field.map_or("-".into(), |f| format!("{:.1}%", f.1)),
         );
         if *failed > 0 {
-            errors.push(format!("sessionbus: {failed} of {tier} closes failed in the storm"));
+            errors.push(format!(
+                "sessionbus: {failed} of {tier} closes failed in the storm"
+            ));
         }
         json_rows.push(json!({
             "sessions": tier,
@@ -92,6 +97,11 @@ pub fn run(tokio: &tokio::runtime::Runtime, tiers: &[usize]) -> (serde_json::Val
             "field_report": field.map(|f| json!({"avg_ms": f.0, "error_percent": f.1})),
         }));
     }
-    println!("(field figures are mapped to the tiers in order: 120 ms / 0 %, 480 ms / 1.2 %, 1100 ms / 8.7 %; none given for 2000)");
-    (json!({"buffers_per_session": BUFFERS, "buffer_bytes": BUFFER_BYTES, "tiers": json_rows}), errors)
+    println!(
+        "(field figures are mapped to the tiers in order: 120 ms / 0 %, 480 ms / 1.2 %, 1100 ms / 8.7 %; none given for 2000)"
+    );
+    (
+        json!({"buffers_per_session": BUFFERS, "buffer_bytes": BUFFER_BYTES, "tiers": json_rows}),
+        errors,
+    )
 }

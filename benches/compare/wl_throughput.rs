@@ -64,21 +64,39 @@ pub fn run(window: Duration, concurrency: usize) -> (serde_json::Value, Vec<Stri
             Ok(rt) => peer_sessionbus::finish(rt, baseline, &mut errors).await,
             Err(_) => errors.push("sessionbus: runtime still shared after the run".into()),
         }
-        (cycles.load(Ordering::Relaxed), failures.load(Ordering::Relaxed), took, cpu)
+        (
+            cycles.load(Ordering::Relaxed),
+            failures.load(Ordering::Relaxed),
+            took,
+            cpu,
+        )
     });
     if failures > 0 {
         errors.push(format!("sessionbus: {failures} open/close cycles failed"));
     }
     let per_sec = cycles as f64 / took.as_secs_f64().max(1e-9);
     println!();
-    println!("3. open + close throughput (no GPU allocation), sessionbus, {concurrency} concurrent tasks on {workers} tokio workers");
-    println!("{:<34} | {:>10} | {:>10} | {:>14} | {:>8}", "peer", "cycles", "window", "cycles/s", "failed");
+    println!(
+        "3. open + close throughput (no GPU allocation), sessionbus, {concurrency} concurrent tasks on {workers} tokio workers"
+    );
+    println!(
+        "{:<34} | {:>10} | {:>10} | {:>14} | {:>8}",
+        "peer", "cycles", "window", "cycles/s", "failed"
+    );
     println!("{}", "-".repeat(90));
-    println!("{:<34} | {cycles:>10} | {:>10} | {per_sec:>14.0} | {failures:>8}", "sessionbus", show(took));
+    println!(
+        "{:<34} | {cycles:>10} | {:>10} | {per_sec:>14.0} | {failures:>8}",
+        "sessionbus",
+        show(took)
+    );
     println!("{:<34} | CPU: {}", "", cpu_line(&cpu));
     println!(
         "target: ≥ {TARGET_PER_SEC:.0} open+close/s: {} ({per_sec:.0}/s)",
-        if per_sec >= TARGET_PER_SEC { "met" } else { "MISSED" }
+        if per_sec >= TARGET_PER_SEC {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
     let json = json!({
         "concurrency": concurrency,
