@@ -94,6 +94,27 @@ pub fn ratios_json(ratios: Option<(f64, f64)>) -> serde_json::Value {
     )
 }
 
+/// The cells of a latency row: n, mean, p50, p99, max and the ratios to sessionbus.
+pub fn summary_cells(s: &Summary, ratios: Option<(f64, f64)>) -> String {
+    let times = |r: f64| {
+        if r < 10.0 {
+            format!("{r:.1}×")
+        } else {
+            format!("{r:.0}×")
+        }
+    };
+    format!(
+        "{:>7} | {:>10} | {:>10} | {:>10} | {:>10} | {:>9} | {:>9}",
+        s.n,
+        show(s.mean),
+        show(s.p50),
+        show(s.p99),
+        show(s.max),
+        ratios.map_or(String::new(), |r| times(r.0)),
+        ratios.map_or(String::new(), |r| times(r.1)),
+    )
+}
+
 /// "met (p99 …)" / "MISSED (p99 …)" / "not measured".
 pub fn p99_verdict(s: &Option<Summary>, target: Duration) -> String {
     match s {

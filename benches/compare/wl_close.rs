@@ -198,16 +198,7 @@ pub fn run(
             return;
         }
         match &r.released {
-            Some(s) => println!(
-                "{peer:<34} | {:>7} | {:>10} | {:>10} | {:>10} | {:>10} | {:>9} | {:>9}",
-                s.n,
-                show(s.mean),
-                show(s.p50),
-                show(s.p99),
-                show(s.max),
-                ratios.map_or(String::new(), |r| format!("{:.1}×", r.0)),
-                ratios.map_or(String::new(), |r| format!("{:.1}×", r.1)),
-            ),
+            Some(s) => println!("{peer:<34} | {}", summary_cells(s, ratios)),
             None => println!("{peer:<34} | {:>7} | no samples", 0),
         }
     };
