@@ -132,7 +132,7 @@ pub fn run_direct(tokio: &tokio::runtime::Runtime, kind: PeerKind, ttls: &[Durat
     let mut last_change = Instant::now();
     let mut last_release = Instant::now();
     while releaser.done() < sessions.len() {
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(10));
         let done = releaser.done();
         if done != last_count {
             (last_count, last_change, last_release) = (done, Instant::now(), Instant::now());
