@@ -14,14 +14,10 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sessionbus::{Config, Runtime, SessionHandle};
 
-fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
+#[allow(dead_code)] // Only `resident_bytes` is used here.
+#[path = "compare/common.rs"]
+mod common;
+use common::resident_bytes;
 
 fn touch_at_scale(c: &mut Criterion) {
     let tokio = tokio::runtime::Builder::new_current_thread()

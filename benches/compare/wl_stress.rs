@@ -1,0 +1,107 @@
+//! Workload 6: destroy storms. Tiers of sessions, each holding buffers, all
+//! closed at once; close → released per session (average and p99) and the
+//! share of closes that failed, next to the field report's figures.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::common::*;
+use super::peer_sessionbus;
+
+const BUFFERS: usize = 4;
+const BUFFER_BYTES: u64 = 64 * 1024;
+pub const TIERS: [usize; 4] = [50, 200, 500, 2000];
+/// The field report's figures (average latency in ms, error %) for the first
+/// three tiers, in order; it gives none for the fourth.
+const FIELD: [Option<(f64, f64)>; 4] = [
+    Some((120.0, 0.0)),
+    Some((480.0, 1.2)),
+    Some((1100.0, 8.7)),
+    None,
+];
+
+pub fn run(tokio: &tokio::runtime::Runtime, tiers: &[usize]) -> (serde_json::Value, Vec<String>) {
+    let mut errors = Vec::new();
+    let mut rows = Vec::new();
+    tokio.block_on(async {
+        let largest = tiers.iter().copied().max().unwrap_or(0);
+        let rt = match peer_sessionbus::start(largest, false).await {
+            Ok(rt) => rt,
+            Err(e) => {
+                errors.push(e);
+                return;
+            }
+        };
+        let baseline = rt.gpu_counters();
+        for &tier in tiers {
+            eprintln!("[stress] {tier} concurrent destroys…");
+            let opened =
+                peer_sessionbus::open_many(&rt, "storm", tier, BUFFERS, BUFFER_BYTES).await;
+            let sessions: Vec<_> = opened
+                .into_iter()
+                .filter_map(|s| {
+                    s.map_err(|e| push_error(&mut errors, format!("sessionbus: storm set-up: {e}")))
+                        .ok()
+                })
+                .collect();
+            let asked = Instant::now();
+            let receipts = futures::future::join_all(sessions.iter().map(|s| s.close())).await;
+            let mut samples = Vec::with_capacity(tier);
+            let mut failed = tier - sessions.len();
+            for receipt in receipts {
+                match receipt {
+                    Ok(r) if r.error.is_none() && r.buffers == BUFFERS as u64 => {
+                        samples.push(r.released_at.saturating_duration_since(asked))
+                    }
+                    _ => failed += 1,
+                }
+            }
+            rows.push((tier, Summary::of(&mut samples), failed));
+        }
+        peer_sessionbus::finish(rt, baseline, &mut errors).await;
+    });
+    println!();
+    println!(
+        "6. destroy storms: N sessions with {BUFFERS} × {} KiB each, closed at once; close → released",
+        BUFFER_BYTES / 1024
+    );
+    println!(
+        "{:>6} | {:>10} | {:>10} | {:>10} | {:>8} | {:>15} | {:>12}",
+        "tier", "mean", "p99", "max", "errors", "field avg (ms)", "field errors"
+    );
+    println!("{}", "-".repeat(90));
+    let mut json_rows = Vec::new();
+    for (tier, s, failed) in &rows {
+        let field = TIERS.iter().position(|t| t == tier).and_then(|p| FIELD[p]);
+        let rate = 100.0 * *failed as f64 / (*tier).max(1) as f64;
+        println!(
+            "{tier:>6} | {:>10} | {:>10} | {:>10} | {:>7.1}% | {:>15} | {:>12}",
+            s.map_or("-".into(), |s| show(s.mean)),
+            s.map_or("-".into(), |s| show(s.p99)),
+            s.map_or("-".into(), |s| show(s.max)),
+            rate,
+            field.map_or("-".into(), |f| format!("{:.0}", f.0)),
+            field.map_or("-".into(), |f| format!("{:.1}%", f.1)),
+        );
+        if *failed > 0 {
+            errors.push(format!(
+                "sessionbus: {failed} of {tier} closes failed in the storm"
+            ));
+        }
+        json_rows.push(json!({
+            "sessions": tier,
+            "close_to_released": summary_json(s),
+            "failed": failed,
+            "error_percent": rate,
+            "field_report": field.map(|f| json!({"avg_ms": f.0, "error_percent": f.1})),
+        }));
+    }
+    println!(
+        "(field figures are mapped to the tiers in order: 120 ms / 0 %, 480 ms / 1.2 %, 1100 ms / 8.7 %; none given for 2000)"
+    );
+    (
+        json!({"buffers_per_session": BUFFERS, "buffer_bytes": BUFFER_BYTES, "tiers": json_rows}),
+        errors,
+    )
+}

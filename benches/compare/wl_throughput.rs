@@ -1,0 +1,112 @@
+//! Workload 3: open + close cycles per second on sessionbus, no GPU
+//! allocation, many tasks opening and closing at once from a multi-thread
+//! tokio runtime.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::common::*;
+use super::peer_sessionbus;
+
+pub const TARGET_PER_SEC: f64 = 200_000.0;
+
+pub fn run(window: Duration, concurrency: usize) -> (serde_json::Value, Vec<String>) {
+    eprintln!("[throughput] sessionbus, {concurrency} tasks for {window:?}…");
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("multi-thread tokio runtime");
+    let mut errors = Vec::new();
+    let (cycles, failures, took, cpu) = tokio.block_on(async {
+        let rt = match peer_sessionbus::start(concurrency, false).await {
+            Ok(rt) => Arc::new(rt),
+            Err(e) => {
+                errors.push(e);
+                return (0, 0, Duration::ZERO, Vec::new());
+            }
+        };
+        let baseline = rt.gpu_counters();
+        let cycles = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(AtomicU64::new(0));
+        let ticks = thread_ticks();
+        let started = Instant::now();
+        let until = started + window;
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let (rt, cycles, failures) = (rt.clone(), cycles.clone(), failures.clone());
+                tokio::spawn(async move {
+                    let owner = sessionbus::Owner::new(format!("tput-{t}"));
+                    while Instant::now() < until {
+                        let ok = match rt.open(owner.clone()).await {
+                            Ok(session) => session.close().await.is_ok_and(|r| r.error.is_none()),
+                            Err(_) => false,
+                        };
+                        if ok {
+                            cycles.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+        let took = started.elapsed();
+        let cpu = cpu_use(&ticks, &thread_ticks(), took);
+        match Arc::try_unwrap(rt) {
+            Ok(rt) => peer_sessionbus::finish(rt, baseline, &mut errors).await,
+            Err(_) => errors.push("sessionbus: runtime still shared after the run".into()),
+        }
+        (
+            cycles.load(Ordering::Relaxed),
+            failures.load(Ordering::Relaxed),
+            took,
+            cpu,
+        )
+    });
+    if failures > 0 {
+        errors.push(format!("sessionbus: {failures} open/close cycles failed"));
+    }
+    let per_sec = cycles as f64 / took.as_secs_f64().max(1e-9);
+    println!();
+    println!(
+        "3. open + close throughput (no GPU allocation), sessionbus, {concurrency} concurrent tasks on {workers} tokio workers"
+    );
+    println!(
+        "{:<34} | {:>10} | {:>10} | {:>14} | {:>8}",
+        "peer", "cycles", "window", "cycles/s", "failed"
+    );
+    println!("{}", "-".repeat(90));
+    println!(
+        "{:<34} | {cycles:>10} | {:>10} | {per_sec:>14.0} | {failures:>8}",
+        "sessionbus",
+        show(took)
+    );
+    println!("{:<34} | CPU: {}", "", cpu_line(&cpu));
+    println!(
+        "target: ≥ {TARGET_PER_SEC:.0} open+close/s: {} ({per_sec:.0}/s)",
+        if per_sec >= TARGET_PER_SEC {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    let json = json!({
+        "concurrency": concurrency,
+        "tokio_workers": workers,
+        "cycles": cycles,
+        "failed": failures,
+        "window_us": micros(took),
+        "per_second": per_sec,
+        "thread_cpu_percent": cpu_json(&cpu),
+        "target": {"per_second": TARGET_PER_SEC, "met": per_sec >= TARGET_PER_SEC},
+    });
+    (json, errors)
+}
