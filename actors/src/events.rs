@@ -128,6 +128,26 @@ impl Drain {
 }
 
 impl ReleaseReceipt {
+    /// The receipt of a session that held nothing on the GPU.
+    pub(crate) fn nothing_released(ended: &SessionEndEvent) -> Self {
+        ReleaseReceipt {
+            id: ended.id,
+            reason: ended.reason,
+            buffers: 0,
+            bytes: 0,
+            ended_at: ended.ended_instant,
+            released_at: crate::clock::now(),
+            paced_for: Duration::ZERO,
+            error: None,
+            deadline: ended.deadline,
+        }
+    }
+
+    /// Whether the session behind `ended` held nothing on the GPU, so no release is needed.
+    pub(crate) fn nothing_to_release(ended: &SessionEndEvent) -> bool {
+        ended.allocations.is_empty() && ended.in_flight_bytes == 0
+    }
+
     /// From the end of the session to its memory being back.
     pub fn end_to_release(&self) -> Duration {
         self.released_at.saturating_duration_since(self.ended_at)

@@ -33,6 +33,9 @@ pub fn child(what: &str, peer: &str, n: usize, window: Duration) -> ! {
         .build()
         .expect("tokio runtime");
     let mut ids: Vec<SessionId> = Vec::with_capacity(n);
+    // The handles stay alive: dropping the last handle is a disconnect, which
+    // would end the session and measure tombstones instead of idle sessions.
+    let mut handles = Vec::with_capacity(n);
     let mut keep = None;
     let mut store = None;
     let mut before = 0;
@@ -50,7 +53,9 @@ pub fn child(what: &str, peer: &str, n: usize, window: Duration) -> ! {
                     )
                     .await;
                     for s in sessions {
-                        ids.push(s.map_err(|e| format!("open: {e}"))?.id());
+                        let s = s.map_err(|e| format!("open: {e}"))?;
+                        ids.push(s.id());
+                        handles.push(s);
                     }
                 }
                 Ok::<_, String>(())
@@ -112,7 +117,7 @@ pub fn child(what: &str, peer: &str, n: usize, window: Duration) -> ! {
     };
     println!("CHILD {report}");
     // Leave without tearing a million sessions down: the process is throwaway.
-    std::mem::forget((keep, store));
+    std::mem::forget((keep, store, handles));
     std::process::exit(0)
 }
 

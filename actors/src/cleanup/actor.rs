@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::dev::SendError;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
@@ -38,30 +37,6 @@ impl CleanupActor {
     }
 }
 
-impl CleanupActor {
-    fn nothing_to_release(&self, ended: &SessionEndEvent) {
-        let receipt = ReleaseReceipt {
-            id: ended.id,
-            reason: ended.reason,
-            buffers: 0,
-            bytes: 0,
-            ended_at: ended.ended_instant,
-            released_at: crate::clock::now(),
-            paced_for: std::time::Duration::ZERO,
-            error: None,
-            deadline: ended.deadline,
-        };
-        let completed = ReleaseCompleted { receipt };
-        // The receipt closes the session's books; it must reach the registry.
-        if let Err(SendError::Full(completed)) = self.registry.try_send(completed) {
-            let registry = self.registry.clone();
-            actix::spawn(async move {
-                let _ = registry.send(completed).await;
-            });
-        }
-    }
-}
-
 impl Actor for CleanupActor {
     type Context = Context<Self>;
 
@@ -77,11 +52,8 @@ impl Handler<LifecycleEvent> for CleanupActor {
         let LifecycleEvent::Ended(ended) = event else {
             return;
         };
-        if ended.allocations.is_empty() && ended.in_flight_bytes == 0 {
-            // Nothing was ever handed to the pool, or all of it is already
-            // back: no GPU round trip, no pacing. Common for short sessions.
-            self.nothing_to_release(&ended);
-            return;
+        if ReleaseReceipt::nothing_to_release(&ended) {
+            return; // the registry closed its books when it published the end
         }
         // A task of its own (not `ctx.spawn`): the context would poll every
         // pending release on each wake-up, quadratic under a paced storm.

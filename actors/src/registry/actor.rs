@@ -461,7 +461,15 @@ impl Handler<SessionFinished> for RegistryActor {
             drain_forced = event.drain.forced,
             "session ended"
         );
+        let receipt = ReleaseReceipt::nothing_to_release(&event)
+            .then(|| ReleaseReceipt::nothing_released(&event));
         self.bus.publish(LifecycleEvent::Ended(Arc::new(event)));
+        if let Some(receipt) = receipt {
+            // Nothing was ever handed to the pool (or all of it is back): the
+            // cleanup actor skips this end, and the books close here, with no
+            // round trip through it or the GPU thread.
+            self.complete_release(receipt);
+        }
     }
 }
 
@@ -469,7 +477,12 @@ impl Handler<ReleaseCompleted> for RegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: ReleaseCompleted, _ctx: &mut Self::Context) {
-        let receipt = msg.receipt;
+        self.complete_release(msg.receipt);
+    }
+}
+
+impl RegistryActor {
+    fn complete_release(&mut self, receipt: ReleaseReceipt) {
         let id = receipt.id;
         self.releasing = self.releasing.saturating_sub(1);
         self.counters.released += 1;
