@@ -156,7 +156,7 @@ pub fn run(bench: &str, workloads: &[&str], expiry_peers: &[PeerKind]) {
             }
             "throughput" => {
                 let window = Duration::from_secs(if args.quick { 1 } else { 3 });
-                wl_throughput::run(window, 1_024)
+                wl_throughput::run(&tokio, window, 1_024, &close_peers)
             }
             "memory" => {
                 let sizes: &[usize] = if args.quick {
@@ -174,7 +174,7 @@ pub fn run(bench: &str, workloads: &[&str], expiry_peers: &[PeerKind]) {
                 };
                 wl_idle::idle_cpu(n, Duration::from_secs(window), &idle_peers)
             }
-            "stress" => wl_stress::run(&tokio, &wl_stress::TIERS),
+            "stress" => wl_stress::run(&tokio, &wl_stress::TIERS, &close_peers),
             other => {
                 eprintln!("unknown workload {other}");
                 continue;

@@ -11,8 +11,9 @@ use serde_json::json;
 use sessionbus::{OpenOptions, SessionId};
 
 use super::common::{self, *};
-use super::direct::{self, PeerKind, allocate, release_now};
+use super::direct::{self, Peer, PeerKind, allocate, release_now};
 use super::peer_sessionbus;
+use sessionbus::WgpuPool;
 
 /// The sessions being closed hold this many buffers of this size.
 pub const BUFFERS: usize = 4;
@@ -90,6 +91,40 @@ async fn sessionbus(live: usize, closes: usize) -> CloseRun {
     run
 }
 
+/// A session in a direct peer's store holding `buffers` buffers of `bytes`.
+pub async fn open_direct(
+    pool: &WgpuPool,
+    peer: &Peer,
+    buffers: usize,
+    bytes: u64,
+) -> Result<SessionId, String> {
+    let session = SessionId::random();
+    for _ in 0..buffers {
+        allocate(pool, session, bytes).await?;
+    }
+    peer.insert(session, Instant::now() + FAR).await?;
+    Ok(session)
+}
+
+/// A direct peer's explicit close: out of the store, then its buffers
+/// released through the pool; the time from `asked` to the memory being back.
+pub async fn close_direct(
+    pool: &WgpuPool,
+    peer: &Peer,
+    session: SessionId,
+    buffers: u64,
+    asked: Instant,
+) -> Result<Duration, String> {
+    if !peer.remove(session).await? {
+        return Err("not in the store".into());
+    }
+    let report = release_now(pool, session).await?;
+    if report.buffers != buffers {
+        return Err(format!("freed {} buffers of {buffers}", report.buffers));
+    }
+    Ok(report.finished_at.saturating_duration_since(asked))
+}
+
 fn direct(tokio: &tokio::runtime::Runtime, kind: PeerKind, live: usize, closes: usize) -> CloseRun {
     let mut run = CloseRun::default();
     let name = kind.name();
@@ -112,28 +147,12 @@ fn direct(tokio: &tokio::runtime::Runtime, kind: PeerKind, live: usize, closes: 
             .buffer_unordered(SETUP_CONCURRENCY)
             .collect()
             .await;
-        let close = async |session: SessionId, buffers: u64| -> Result<Duration, String> {
-            let asked = Instant::now();
-            if !peer.remove(session).await? {
-                return Err("not in the store".into());
-            }
-            let report = release_now(&pool, session).await?;
-            if report.buffers != buffers {
-                return Err(format!("freed {} buffers of {buffers}", report.buffers));
-            }
-            Ok(report.finished_at.saturating_duration_since(asked))
+        let close = async |session: SessionId, buffers: u64| {
+            close_direct(&pool, &peer, session, buffers, Instant::now()).await
         };
         for _ in 0..closes {
-            let session = SessionId::random();
-            let mut opened = Ok(());
-            for _ in 0..BUFFERS {
-                opened = opened.and(allocate(&pool, session, BUFFER_BYTES).await);
-            }
-            let result = match opened {
-                Ok(()) => match peer.insert(session, Instant::now() + FAR).await {
-                    Ok(()) => close(session, BUFFERS as u64).await,
-                    Err(e) => Err(e),
-                },
+            let result = match open_direct(&pool, &peer, BUFFERS, BUFFER_BYTES).await {
+                Ok(session) => close(session, BUFFERS as u64).await,
                 Err(e) => Err(e),
             };
             match result {

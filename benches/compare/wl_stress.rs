@@ -7,10 +7,10 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::common::*;
+use super::direct::{self, PeerKind};
 use super::peer_sessionbus;
+use super::wl_close::{BUFFER_BYTES, BUFFERS, close_direct, open_direct};
 
-const BUFFERS: usize = 4;
-const BUFFER_BYTES: u64 = 64 * 1024;
 pub const TIERS: [usize; 4] = [50, 200, 500, 2000];
 /// The field report's figures (average latency in ms, error %) for the first
 /// three tiers, in order; it gives none for the fourth.
@@ -21,7 +21,60 @@ const FIELD: [Option<(f64, f64)>; 4] = [
     None,
 ];
 
-pub fn run(tokio: &tokio::runtime::Runtime, tiers: &[usize]) -> (serde_json::Value, Vec<String>) {
+/// A direct peer's storms: per tier, sessions with buffers set up, then all
+/// taken out of the store and released at once.
+fn direct_storms(
+    tokio: &tokio::runtime::Runtime,
+    kind: PeerKind,
+    tiers: &[usize],
+    errors: &mut Vec<String>,
+) -> Vec<(String, usize, Option<Summary>, usize)> {
+    let mut skipped = None;
+    let Some(started) = direct::start(kind, &mut skipped, errors) else {
+        if let Some(why) = skipped {
+            println!("{}: skipped in the storms: {why}", kind.name());
+        }
+        return Vec::new();
+    };
+    let (pool, baseline, releaser, peer) = started.into_parts();
+    let mut rows = Vec::new();
+    tokio.block_on(async {
+        for &tier in tiers {
+            let opened = futures::future::join_all(
+                (0..tier).map(|_| open_direct(&pool, &peer, BUFFERS, BUFFER_BYTES)),
+            )
+            .await;
+            let sessions: Vec<_> = opened.into_iter().filter_map(Result::ok).collect();
+            let asked = Instant::now();
+            let closes = sessions
+                .iter()
+                .map(|s| close_direct(&pool, &peer, *s, BUFFERS as u64, asked));
+            let results = futures::future::join_all(closes).await;
+            let mut samples: Vec<_> = results
+                .iter()
+                .filter_map(|r| r.as_ref().ok().copied())
+                .collect();
+            let failed = tier - samples.len();
+            rows.push((kind.name(), tier, Summary::of(&mut samples), failed));
+        }
+    });
+    peer.stop();
+    releaser.finish();
+    let after = pool.shutdown();
+    if after != baseline {
+        errors.push(format!(
+            "{}: wgpu counters {after:?} after the storms (baseline {baseline:?})",
+            kind.name()
+        ));
+    }
+    rows
+}
+
+pub fn run(
+    tokio: &tokio::runtime::Runtime,
+    tiers: &[usize],
+    peers: &[PeerKind],
+) -> (serde_json::Value, Vec<String>) {
     let mut errors = Vec::new();
     let mut rows = Vec::new();
     tokio.block_on(async {
@@ -57,26 +110,36 @@ pub fn run(tokio: &tokio::runtime::Runtime, tiers: &[usize]) -> (serde_json::Val
                     _ => failed += 1,
                 }
             }
-            rows.push((tier, Summary::of(&mut samples), failed));
+            rows.push((
+                "sessionbus".to_string(),
+                tier,
+                Summary::of(&mut samples),
+                failed,
+            ));
         }
         peer_sessionbus::finish(rt, baseline, &mut errors).await;
     });
+    for &kind in peers {
+        eprintln!("[stress] {}…", kind.name());
+        let peer_rows = direct_storms(tokio, kind, tiers, &mut errors);
+        rows.extend(peer_rows);
+    }
     println!();
     println!(
         "6. destroy storms: N sessions with {BUFFERS} × {} KiB each, closed at once; close → released",
         BUFFER_BYTES / 1024
     );
     println!(
-        "{:>6} | {:>10} | {:>10} | {:>10} | {:>8} | {:>15} | {:>12}",
-        "tier", "mean", "p99", "max", "errors", "field avg (ms)", "field errors"
+        "{:<34} | {:>6} | {:>10} | {:>10} | {:>10} | {:>8} | {:>15} | {:>12}",
+        "peer", "tier", "mean", "p99", "max", "errors", "field avg (ms)", "field errors"
     );
-    println!("{}", "-".repeat(90));
+    println!("{}", "-".repeat(125));
     let mut json_rows = Vec::new();
-    for (tier, s, failed) in &rows {
+    for (peer, tier, s, failed) in &rows {
         let field = TIERS.iter().position(|t| t == tier).and_then(|p| FIELD[p]);
         let rate = 100.0 * *failed as f64 / (*tier).max(1) as f64;
         println!(
-            "{tier:>6} | {:>10} | {:>10} | {:>10} | {:>7.1}% | {:>15} | {:>12}",
+            "{peer:<34} | {tier:>6} | {:>10} | {:>10} | {:>10} | {:>7.1}% | {:>15} | {:>12}",
             s.map_or("-".into(), |s| show(s.mean)),
             s.map_or("-".into(), |s| show(s.p99)),
             s.map_or("-".into(), |s| show(s.max)),
@@ -86,10 +149,11 @@ pub fn run(tokio: &tokio::runtime::Runtime, tiers: &[usize]) -> (serde_json::Val
         );
         if *failed > 0 {
             errors.push(format!(
-                "sessionbus: {failed} of {tier} closes failed in the storm"
+                "{peer}: {failed} of {tier} closes failed in the storm"
             ));
         }
         json_rows.push(json!({
+            "peer": peer,
             "sessions": tier,
             "close_to_released": summary_json(s),
             "failed": failed,

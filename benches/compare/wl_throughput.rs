@@ -1,6 +1,8 @@
-//! Workload 3: open + close cycles per second on sessionbus, no GPU
-//! allocation, many tasks opening and closing at once from a multi-thread
-//! tokio runtime.
+//! Workload 3: open + close cycles per second, no GPU allocation. sessionbus:
+//! many tasks opening and closing at once from a multi-thread tokio runtime.
+//! Peers: the same number of concurrent loops filing a session in the store
+//! and taking it out again, on one thread (their stores need no hop to
+//! another thread, so this is their best case).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,11 +11,51 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::common::*;
+use super::direct::{self, PeerKind};
 use super::peer_sessionbus;
 
 pub const TARGET_PER_SEC: f64 = 200_000.0;
 
-pub fn run(window: Duration, concurrency: usize) -> (serde_json::Value, Vec<String>) {
+/// Far beyond the run: nothing expires on its own here.
+const FAR: Duration = Duration::from_secs(3_600);
+
+/// One peer's cycles in `window`: (cycles, failed, window, why it was skipped).
+fn direct_cycles(
+    tokio: &tokio::runtime::Runtime,
+    kind: PeerKind,
+    window: Duration,
+    concurrency: usize,
+    errors: &mut Vec<String>,
+) -> (u64, u64, Duration, Option<String>) {
+    let mut skipped = None;
+    let Some(started) = direct::start(kind, &mut skipped, errors) else {
+        return (0, 0, Duration::ZERO, skipped);
+    };
+    let (_pool, _baseline, releaser, peer) = started.into_parts();
+    let (cycles, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+    let started = Instant::now();
+    let until = started + window;
+    tokio.block_on(futures::future::join_all((0..concurrency).map(|_| async {
+        while Instant::now() < until {
+            let session = sessionbus::SessionId::random();
+            let ok = peer.insert(session, Instant::now() + FAR).await.is_ok()
+                && peer.remove(session).await.unwrap_or(false);
+            let counter = if ok { &cycles } else { &failed };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    })));
+    let took = started.elapsed();
+    peer.stop();
+    releaser.finish();
+    (cycles.into_inner(), failed.into_inner(), took, None)
+}
+
+pub fn run(
+    tokio_one: &tokio::runtime::Runtime,
+    window: Duration,
+    concurrency: usize,
+    peers: &[PeerKind],
+) -> (serde_json::Value, Vec<String>) {
     eprintln!("[throughput] sessionbus, {concurrency} tasks for {window:?}…");
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -75,6 +117,19 @@ pub fn run(window: Duration, concurrency: usize) -> (serde_json::Value, Vec<Stri
         errors.push(format!("sessionbus: {failures} open/close cycles failed"));
     }
     let per_sec = cycles as f64 / took.as_secs_f64().max(1e-9);
+    let mut peer_rows = Vec::new();
+    for &kind in peers {
+        eprintln!("[throughput] {}…", kind.name());
+        let row = direct_cycles(tokio_one, kind, window, concurrency, &mut errors);
+        if row.1 > 0 {
+            errors.push(format!(
+                "{}: {} insert/remove cycles failed",
+                kind.name(),
+                row.1
+            ));
+        }
+        peer_rows.push((kind, row));
+    }
     println!();
     println!(
         "3. open + close throughput (no GPU allocation), sessionbus, {concurrency} concurrent tasks on {workers} tokio workers"
@@ -90,6 +145,28 @@ pub fn run(window: Duration, concurrency: usize) -> (serde_json::Value, Vec<Stri
         show(took)
     );
     println!("{:<34} | CPU: {}", "", cpu_line(&cpu));
+    let mut peers_json = Vec::new();
+    for (kind, (cycles, failed, took, skipped)) in &peer_rows {
+        if let Some(why) = skipped {
+            println!("{:<34} | skipped: {why}", kind.name());
+            continue;
+        }
+        let peer_per_sec = *cycles as f64 / took.as_secs_f64().max(1e-9);
+        println!(
+            "{:<34} | {cycles:>10} | {:>10} | {peer_per_sec:>14.0} | {failed:>8} | bus ÷ peer {:.2}×",
+            kind.name(),
+            show(*took),
+            per_sec / peer_per_sec.max(1e-9)
+        );
+        peers_json.push(json!({
+            "peer": kind.key(),
+            "cycles": cycles,
+            "failed": failed,
+            "window_us": micros(*took),
+            "per_second": peer_per_sec,
+            "bus_over_peer": per_sec / peer_per_sec.max(1e-9),
+        }));
+    }
     println!(
         "target: ≥ {TARGET_PER_SEC:.0} open+close/s: {} ({per_sec:.0}/s)",
         if per_sec >= TARGET_PER_SEC {
@@ -107,6 +184,7 @@ pub fn run(window: Duration, concurrency: usize) -> (serde_json::Value, Vec<Stri
         "per_second": per_sec,
         "thread_cpu_percent": cpu_json(&cpu),
         "target": {"per_second": TARGET_PER_SEC, "met": per_sec >= TARGET_PER_SEC},
+        "peers": peers_json,
     });
     (json, errors)
 }
