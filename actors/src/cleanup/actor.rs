@@ -4,7 +4,6 @@
 //! of its own, so one slow release does not hold up the others.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -109,15 +108,9 @@ async fn release(
                 "the GPU pool dropped a release request; its memory may not be back"
             );
             ReleaseReceipt {
-                id: ended.id,
-                reason: ended.reason,
-                buffers: 0,
-                bytes: 0,
-                ended_at: ended.ended_instant,
-                released_at: Instant::now(),
                 paced_for,
                 error: Some("the GPU pool is not running".into()),
-                deadline: ended.deadline,
+                ..ReleaseReceipt::nothing_released(&ended)
             }
         }
     };
