@@ -14,7 +14,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sessionbus::{Config, Runtime, SessionHandle};
+use sessionbus::{Runtime, SessionHandle};
+
+mod common;
 
 const LIVE_SESSIONS: usize = 10_000;
 const BUFFERS_PER_SESSION: usize = 4;
@@ -33,13 +35,8 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 fn close_to_release(c: &mut Criterion) {
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let rt = tokio
-        .block_on(Runtime::start(Config::default()))
-        .expect("runtime on a real adapter");
+    let tokio = common::tokio();
+    let rt = common::start(&tokio);
     let adapter = rt.adapter().clone();
     let live: Vec<SessionHandle> = tokio.block_on(async {
         futures::future::join_all(

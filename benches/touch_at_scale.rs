@@ -12,21 +12,17 @@
 //! ```
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use sessionbus::{Config, Runtime, SessionHandle};
+use sessionbus::SessionHandle;
 
 #[allow(dead_code)] // Only `resident_bytes` is used here.
 #[path = "compare/common.rs"]
+mod compare_common;
 mod common;
-use common::resident_bytes;
+use compare_common::resident_bytes;
 
 fn touch_at_scale(c: &mut Criterion) {
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let rt = tokio
-        .block_on(Runtime::start(Config::default()))
-        .expect("runtime on a real adapter");
+    let tokio = common::tokio();
+    let rt = common::start(&tokio);
     let mut group = c.benchmark_group("touch");
     let mut live: Vec<SessionHandle> = Vec::new();
     for population in [1_000usize, 1_000_000] {
