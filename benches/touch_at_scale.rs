@@ -14,10 +14,10 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sessionbus::SessionHandle;
 
+mod common;
 #[allow(dead_code)] // Only `resident_bytes` is used here.
 #[path = "compare/common.rs"]
 mod compare_common;
-mod common;
 use compare_common::resident_bytes;
 
 fn touch_at_scale(c: &mut Criterion) {

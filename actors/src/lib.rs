@@ -33,6 +33,7 @@ mod gpu;
 mod ids;
 mod lease;
 mod lifecycle;
+mod mailbox;
 mod registry;
 mod session;
 

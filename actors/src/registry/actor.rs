@@ -25,6 +25,7 @@ use crate::expiry::ExpiryPolicy;
 use crate::gpu::GpuPool;
 use crate::ids::{Caller, IdMap, Owner, SessionId};
 use crate::lifecycle::EndReason;
+use crate::mailbox::send_now_or_later;
 use crate::session::{End, EndGuard, SessionActor, SessionError, SessionSettings, SessionShared};
 
 pub(super) struct LiveSession {
@@ -235,17 +236,9 @@ impl RegistryActor {
 /// Asks a session to end without making the registry wait. actix lets each new
 /// sender exceed a mailbox's capacity by one message, so a freshly upgraded
 /// address almost always delivers at once; the task is a fallback, not the rule.
+/// (A closed mailbox means the session is already stopping: its end guard reports the end.)
 pub(super) fn deliver_end(addr: Addr<SessionActor>, end: End) {
-    match addr.try_send(end) {
-        Ok(()) => {}
-        Err(actix::dev::SendError::Full(end)) => {
-            actix::spawn(async move {
-                let _ = addr.send(end).await;
-            });
-        }
-        // Already stopping: its end guard reports the end.
-        Err(actix::dev::SendError::Closed(_)) => {}
-    }
+    send_now_or_later(&addr, end);
 }
 
 impl Actor for RegistryActor {

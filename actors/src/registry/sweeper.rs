@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use super::actor::RegistryActor;
 use crate::clock;
 use crate::ids::{IdSet, SessionId};
+use crate::mailbox::send_now_or_later;
 use crate::session::ForceEnd;
 
 pub(crate) struct SweeperState {
@@ -73,11 +74,7 @@ impl RegistryActor {
                 "sweeper: session stuck in closing past its drain deadline; forcing its end"
             );
             if let Some(addr) = self.sessions.get(&id).and_then(|l| l.addr.upgrade()) {
-                if let Err(actix::dev::SendError::Full(force)) = addr.try_send(ForceEnd) {
-                    actix::spawn(async move {
-                        let _ = addr.send(force).await;
-                    });
-                }
+                send_now_or_later(&addr, ForceEnd);
             }
         }
     }

@@ -31,6 +31,7 @@ use crate::gpu::{AllocRequest, Allocated, GpuError};
 use crate::ids::{AllocationId, Caller, TraceId};
 use crate::lease::{Holder, LeaseError, LeaseId, LeaseTable};
 use crate::lifecycle::{EndReason, Event, Lifecycle};
+use crate::mailbox::send_now_or_later;
 use crate::registry::{ContextWasReset, LeaseRevoked, Rearm};
 
 pub(crate) struct SessionActor {
@@ -190,12 +191,19 @@ impl SessionActor {
 
     /// Reports the end that has begun (forcing past leases still held) and stops.
     fn finish_end(&mut self, ctx: &mut Context<Self>) {
+        if self.report_ending() {
+            ctx.stop();
+        }
+    }
+
+    /// Reports the end under way, if there is one, forcing past leases still held.
+    fn report_ending(&mut self) -> bool {
         let Some(ending) = self.ending.take() else {
-            return;
+            return false;
         };
         let forced = self.force_leases(&ending);
         self.record.report(*ending, forced);
-        ctx.stop();
+        true
     }
 
     /// Drops every lease still held; returns how many (0: a clean drain).
@@ -247,15 +255,7 @@ impl SessionActor {
     }
 
     fn rearm(&self) {
-        let rearm = Rearm(self.record.id);
-        if let Err(actix::dev::SendError::Full(rearm)) =
-            self.record.settings.registry.try_send(rearm)
-        {
-            let registry = self.record.settings.registry.clone();
-            actix::spawn(async move {
-                let _ = registry.send(rearm).await;
-            });
-        }
+        send_now_or_later(&self.record.settings.registry, Rearm(self.record.id));
     }
 
     fn take_lease(
@@ -343,11 +343,8 @@ impl SessionActor {
                 missed = settings.missed_heartbeats,
                 "remote lease revoked: its heartbeats stopped"
             );
-            let registry = settings.registry.clone();
             // Counted reliably (a full mailbox waits in a task), never blocking this actor.
-            actix::spawn(async move {
-                let _ = registry.send(LeaseRevoked).await;
-            });
+            send_now_or_later(&settings.registry, LeaseRevoked);
         }
         if self.ending.is_none() && settings.end_session_on_lease_lost {
             let _ = self.begin_end(EndReason::LeaseLost, None, None, ctx);
@@ -518,9 +515,7 @@ impl Actor for SessionActor {
         // shutting down (a runtime dropped without `shutdown()`).
         // An end already under way (draining) is finished now, forced: after
         // this the actor is gone and nobody could return its leases.
-        if let Some(ending) = self.ending.take() {
-            let forced = self.force_leases(&ending);
-            self.record.report(*ending, forced);
+        if self.report_ending() {
             return Running::Stop;
         }
         let reason = if self.in_handler {
