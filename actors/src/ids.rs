@@ -217,6 +217,12 @@ impl From<Owner> for Caller {
 #[derive(Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize)]
 pub struct AllocationId(pub u64);
 
+impl fmt::Display for AllocationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
 impl AllocationId {
     /// The next id; never repeats within a process.
     pub fn next() -> Self {

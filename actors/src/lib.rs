@@ -50,7 +50,8 @@ pub use events::{
 };
 pub use expiry::{Deadline, DeadlineKind, ExpiryConfig, ExpiryPolicy};
 pub use gpu::{
-    AllocRequest, Allocated, GpuError, GpuPool, InMemoryPool, PoolInfo, PoolStats, ReleaseReport,
+    AllocRequest, Allocated, GpuError, GpuPool, InMemoryPool, OffloadReport, PoolInfo, PoolStats,
+    ReleaseReport, RestoreReport,
 };
 pub use ids::{AllocationId, Caller, Owner, ParseIdError, SessionId, TraceId};
 pub use lease::{LeaseError, LeaseId, LeasesConfig};

@@ -110,6 +110,8 @@ pub(crate) fn open_device(config: &GpuConfig) -> Result<OpenedDevice, GpuInitErr
             // reports 2^31 - 1, where a request of exactly that would fail).
             max_buffer_size: limits.max_buffer_size / wgpu::COPY_BUFFER_ALIGNMENT
                 * wgpu::COPY_BUFFER_ALIGNMENT,
+            size_alignment: wgpu::COPY_BUFFER_ALIGNMENT,
+            min_buffer_bytes: wgpu::COPY_BUFFER_ALIGNMENT,
         },
         lost,
     })

@@ -62,6 +62,9 @@ impl SharedStats {
             peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
             allocated_total: self.allocated_total.load(Ordering::Relaxed),
             released_total: self.released_total.load(Ordering::Relaxed),
+            // The wgpu pool cannot offload yet.
+            offloaded_buffers: 0,
+            offloaded_bytes: 0,
         }
     }
 }

@@ -124,7 +124,8 @@ fn buffers_show_in_wgpu_counters_and_release_gives_exactly_them_back() {
             live_bytes: 3 * MIB + 2 * 1004,
             peak_bytes: 3 * MIB + 2 * 1004,
             allocated_total: 5,
-            released_total: 0
+            released_total: 0,
+            ..PoolStats::default()
         }
     );
 

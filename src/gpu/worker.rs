@@ -351,6 +351,7 @@ impl Worker {
                 started_at: release.started_at,
                 finished_at,
                 batch_len,
+                host_bytes: 0,
             });
         }
     }

@@ -48,6 +48,8 @@ impl InMemoryPool {
                 backend: "memory".into(),
                 device_type: "none".into(),
                 max_buffer_size,
+                size_alignment: 1,
+                min_buffer_bytes: 1,
             },
             capacity,
             state: Mutex::new(State::default()),
@@ -66,6 +68,7 @@ impl InMemoryPool {
             started_at,
             finished_at: Instant::now(),
             batch_len: 1,
+            host_bytes: 0,
         }
     }
 

@@ -17,7 +17,12 @@
 //!   (no buffer is ever destroyed, or counted, twice);
 //! - `sessions_holding_memory` describes the pool as it stands after every
 //!   earlier request and before every later one: a session whose
-//!   `release_session` came first is not listed.
+//!   `release_session` came first is not listed;
+//! - `write`, `read`, `offload_session` and `restore_session` are ordered
+//!   with everything else: a read after a write sees it, an offload copies
+//!   every earlier write, and a release after an offload frees the host
+//!   copies. `sessions_holding_memory` lists a session that holds only host
+//!   copies too (host memory can leak as well).
 //!
 //! Only execution is ordered, not answers: a pool may answer a later request
 //! (an allocation, a `sessions_holding_memory`) before an earlier release,
@@ -44,6 +49,21 @@ pub struct PoolInfo {
     pub device_type: String,
     /// Largest single buffer the device accepts, in bytes.
     pub max_buffer_size: u64,
+    /// Every buffer's size is its request rounded up to a multiple of this
+    /// (wgpu: 4, `COPY_BUFFER_ALIGNMENT`), so `Allocated::bytes` is known
+    /// before the pool answers. Budgets count rounded bytes.
+    pub size_alignment: u64,
+    /// Device memory the smallest buffer occupies, as measured by the pool at
+    /// start. A GPU budget below it could not hold a single buffer.
+    pub min_buffer_bytes: u64,
+}
+
+impl PoolInfo {
+    /// `bytes` rounded up to the pool's size alignment: what a buffer of that
+    /// request will really hold.
+    pub fn rounded(&self, bytes: u64) -> u64 {
+        bytes.div_ceil(self.size_alignment.max(1)) * self.size_alignment.max(1)
+    }
 }
 
 /// A request for one buffer on behalf of a session.
@@ -83,6 +103,41 @@ pub struct ReleaseReport {
     pub finished_at: Instant,
     /// How many releases (of either kind) shared the batch (and its one device poll).
     pub batch_len: u32,
+    /// Host memory freed with it: copies of buffers that had been offloaded
+    /// (see [`GpuPool::offload_session`]) and were dropped by this release.
+    /// Such buffers are counted in `buffers` too, but not in `bytes`, which is
+    /// GPU memory only.
+    pub host_bytes: u64,
+}
+
+/// What one `offload_session` moved from the GPU to host memory.
+#[derive(Clone, Copy, Debug)]
+pub struct OffloadReport {
+    /// The session whose buffers were offloaded.
+    pub session: SessionId,
+    /// Buffers copied to host memory and then destroyed on the GPU.
+    pub buffers: u64,
+    /// GPU bytes given back (the buffers' sizes; equal to the host bytes now held).
+    pub bytes: u64,
+    /// When the pool began the offload.
+    pub started_at: Instant,
+    /// When the copies were complete, the GPU buffers destroyed and the device polled.
+    pub finished_at: Instant,
+}
+
+/// What one `restore_session` brought back from host memory.
+#[derive(Clone, Copy, Debug)]
+pub struct RestoreReport {
+    /// The session whose buffers were restored.
+    pub session: SessionId,
+    /// Buffers recreated on the GPU (under their old ids, with their old contents).
+    pub buffers: u64,
+    /// GPU bytes they occupy again.
+    pub bytes: u64,
+    /// When the pool began the restore.
+    pub started_at: Instant,
+    /// When every buffer was recreated and filled.
+    pub finished_at: Instant,
 }
 
 /// Counters a pool keeps about itself. Its own bookkeeping: leak checks should
@@ -95,6 +150,10 @@ pub struct PoolStats {
     pub live_bytes: u64,
     /// Highest `live_bytes` ever seen.
     pub peak_bytes: u64,
+    /// Buffers held in host memory after an offload (not on the GPU).
+    pub offloaded_buffers: u64,
+    /// Host bytes those offloaded buffers hold.
+    pub offloaded_bytes: u64,
     /// Buffers created since start.
     pub allocated_total: u64,
     /// Buffers destroyed since start.
@@ -116,6 +175,43 @@ pub enum GpuError {
     /// The pool's worker is gone (shut down or crashed); nothing can be allocated.
     #[error("the GPU pool is not running")]
     Unavailable,
+    /// This pool does not implement the operation (e.g. offload).
+    #[error("this GPU pool does not support {0}")]
+    Unsupported(&'static str),
+    /// The id is not a buffer of this session (unknown, released, or another session's).
+    #[error("buffer {id} is not a live buffer of this session")]
+    UnknownBuffer {
+        /// The id asked for.
+        id: AllocationId,
+    },
+    /// A read or write past the end of the buffer.
+    #[error("{len} bytes at offset {offset} do not fit in buffer {id} of {size} bytes")]
+    OutOfRange {
+        /// The buffer.
+        id: AllocationId,
+        /// Where the access starts.
+        offset: u64,
+        /// How many bytes it covers.
+        len: u64,
+        /// The buffer's size.
+        size: u64,
+    },
+    /// Offset and length of a write must be multiples of the size alignment.
+    #[error("writes must start and end on {alignment}-byte boundaries (offset {offset}, {len} bytes)")]
+    Misaligned {
+        /// Where the write starts.
+        offset: u64,
+        /// How many bytes it covers.
+        len: u64,
+        /// `PoolInfo::size_alignment`.
+        alignment: u64,
+    },
+    /// The buffer is in host memory after an offload; restore the session first.
+    #[error("buffer {id} is offloaded to host memory; restore its session first")]
+    Offloaded {
+        /// The buffer.
+        id: AllocationId,
+    },
 }
 
 /// Where GPU memory comes from. Implemented by the `sessionbus` crate on wgpu,
@@ -166,4 +262,66 @@ pub trait GpuPool: Send + Sync + 'static {
 
     /// The pool's own counters.
     fn stats(&self) -> PoolStats;
+
+    /// Writes `data` into buffer `id` of `session` at `offset` (both multiples
+    /// of `PoolInfo::size_alignment`) and answers once the write is queued on
+    /// the device; a later `read` or offload sees it. Must not block.
+    ///
+    /// Errors: `UnknownBuffer` (not a live buffer of `session`), `OutOfRange`,
+    /// `Misaligned`, `Offloaded`. A pool that is shut down drops `reply`.
+    fn write(
+        &self,
+        session: SessionId,
+        id: AllocationId,
+        offset: u64,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), GpuError>>,
+    ) {
+        let _ = (session, id, offset, data);
+        let _ = reply.send(Err(GpuError::Unsupported("buffer writes")));
+    }
+
+    /// Reads the whole of buffer `id` of `session` back to host memory.
+    /// Errors as for `write`. Must not block.
+    fn read(
+        &self,
+        session: SessionId,
+        id: AllocationId,
+        reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
+    ) {
+        let _ = (session, id);
+        let _ = reply.send(Err(GpuError::Unsupported("buffer reads")));
+    }
+
+    /// Soft eviction: copies every live GPU buffer of `session` to host
+    /// memory, bit for bit, and only once *all* copies are complete destroys
+    /// the GPU buffers and polls the device. On any failure nothing is
+    /// destroyed and the error is answered (no data is ever lost). The host
+    /// copies stay with the pool under the session: `restore_session` brings
+    /// them back, `release_session` (and `release_allocations` for listed
+    /// ids) drops them. A session with no live GPU buffer reports zero.
+    /// Must not block.
+    fn offload_session(
+        &self,
+        session: SessionId,
+        reply: oneshot::Sender<Result<OffloadReport, GpuError>>,
+    ) {
+        let _ = session;
+        let _ = reply.send(Err(GpuError::Unsupported("offload")));
+    }
+
+    /// Recreates every offloaded buffer of `session` on the GPU under its old
+    /// id, with its old size and contents, then drops the host copies. All or
+    /// nothing: if one buffer cannot be created (out of memory), the ones
+    /// already created are destroyed, the host copies are kept, and the error
+    /// is answered. A session with nothing offloaded reports zero.
+    /// Must not block.
+    fn restore_session(
+        &self,
+        session: SessionId,
+        reply: oneshot::Sender<Result<RestoreReport, GpuError>>,
+    ) {
+        let _ = session;
+        let _ = reply.send(Err(GpuError::Unsupported("restore")));
+    }
 }
