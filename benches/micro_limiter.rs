@@ -1,7 +1,8 @@
 //! The release pacer's limiter check: governor's GCRA `check_n`, on a limiter
-//! built the way `cleanup::Pacer` builds it (`RateLimiter::direct`, the
-//! default clock, `Quota::per_second(buffers_per_second).allow_burst(burst)`
-//! from the default `[release]` config: 1 000 000 buffers/s, burst 65 536).
+//! built like the ones `cleanup::Pacer` builds (one per load tier,
+//! `Quota::per_second(rate).allow_burst(burst)`, here the default `[release]`
+//! config's first tier; the pacer reads the engine clock, this one governor's
+//! default clock).
 //! The pacer is crate-private, so the limiter is rebuilt here from the same
 //! public config.
 //!
@@ -30,8 +31,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sessionbus::ReleaseConfig;
 
 fn pacer_limiter(config: &ReleaseConfig) -> DefaultDirectRateLimiter {
-    let rate = NonZeroU32::new(config.buffers_per_second).expect("validated");
-    let burst = NonZeroU32::new(config.burst).expect("validated");
+    let tier = &config.tiers[0];
+    let rate = NonZeroU32::new(tier.rate).expect("validated");
+    let burst = NonZeroU32::new(tier.burst).expect("validated");
     RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
 }
 
@@ -41,7 +43,7 @@ fn micro_limiter(c: &mut Criterion) {
     for n in [1u32, 4] {
         let step = NonZeroU32::new(n).unwrap();
         // Checks per fresh limiter: within the burst even if no time passed.
-        let per_limiter = u64::from(config.burst / n);
+        let per_limiter = u64::from(config.tiers[0].burst / n);
         group.bench_function(BenchmarkId::new("check_n_admitted", n), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -68,9 +70,9 @@ fn micro_limiter(c: &mut Criterion) {
     let exhausted = RateLimiter::direct(
         Quota::with_period(Duration::from_secs(86_400))
             .expect("non-zero period")
-            .allow_burst(NonZeroU32::new(config.burst).unwrap()),
+            .allow_burst(NonZeroU32::new(config.tiers[0].burst).unwrap()),
     );
-    let burst = NonZeroU32::new(config.burst).unwrap();
+    let burst = NonZeroU32::new(config.tiers[0].burst).unwrap();
     assert!(exhausted.check_n(burst).is_ok_and(|ok| ok.is_ok()));
     group.bench_function(BenchmarkId::new("check_n_refused", 1), |b| {
         b.iter(|| {

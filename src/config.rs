@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sessionbus_actors::{
-    BusConfig, ContextConfig, EngineConfig, ExpiryConfig, LeasesConfig, ReleaseConfig,
-    SessionsConfig,
+    BudgetConfig, BusConfig, ContextConfig, EngineConfig, ExpiryConfig, LeasesConfig,
+    ReleaseConfig, SessionsConfig,
 };
 
 use crate::gpu::{GpuConfig, GpuConfigError};
@@ -42,8 +42,36 @@ use crate::gpu::{GpuConfig, GpuConfigError};
 /// # dimension = 768             # embedding size (else fixed by the first embedding)
 ///
 /// [release]
-/// buffers_per_second = 1000000  # GCRA pacing of GPU release
+/// unit = "buffers"              # what rates count: "buffers" or "mib"
+/// busy_live_sessions = 100000   # this many live sessions lower the tier by one
+/// # Load tiers, chosen by the release queue's depth (see BENCHMARKS.md, "Storms").
+/// [[release.tiers]]
+/// name = "low"
+/// from_queue = 0                # applies from this queue depth (in `unit`)
+/// rate = 50000                  # sustained release rate per second (GCRA)
+/// burst = 4096                  # released at once before pacing starts
+/// max_in_flight = 64            # releases handed to the GPU thread at once
+/// [[release.tiers]]
+/// name = "medium"
+/// from_queue = 8192
+/// rate = 200000
+/// burst = 16384
+/// max_in_flight = 256
+/// [[release.tiers]]
+/// name = "high"
+/// from_queue = 65536
+/// rate = 1000000
 /// burst = 65536
+/// max_in_flight = 1024
+///
+/// [budget]
+/// device_bytes = "none"         # GPU bytes all sessions may hold, or "none"
+/// owner_bytes = "none"          # GPU bytes one owner's sessions may hold, or "none"
+/// when_exhausted = "evict"      # fail | wait | evict (idle sessions, least recently active first)
+/// wait_timeout_ms = 5000        # how long an allocation waits for room
+/// evict_idle_ms = 1000          # only sessions idle this long are evicted or offloaded
+/// offload = true                # evict softly: buffers to host memory, session stays alive
+/// offload_host_bytes = 8589934592 # host memory offloaded sessions may hold
 ///
 /// [bus]
 /// subscriber_capacity = 4096    # queue per subscriber
@@ -65,8 +93,10 @@ pub struct Config {
     pub leases: LeasesConfig,
     /// Context expiry for multi-turn chat.
     pub context: ContextConfig,
-    /// Pacing of GPU release.
+    /// Pacing of GPU release: the queue's load tiers.
     pub release: ReleaseConfig,
+    /// GPU memory budgets and eviction.
+    pub budget: BudgetConfig,
     /// The lifecycle event bus.
     pub bus: BusConfig,
     /// The GPU device and its worker thread.
@@ -100,7 +130,7 @@ impl ConfigError {
     /// The offending field's path, when the error is about one field.
     pub fn field(&self) -> Option<&str> {
         match self {
-            ConfigError::Invalid(e) => Some(e.field),
+            ConfigError::Invalid(e) => Some(&e.field),
             ConfigError::Gpu(e) => Some(e.field()),
             _ => None,
         }
@@ -140,6 +170,7 @@ impl Config {
             leases: self.leases.clone(),
             context: self.context.clone(),
             release: self.release.clone(),
+            budget: self.budget.clone(),
             bus: self.bus.clone(),
         }
     }
@@ -173,8 +204,8 @@ mod tests {
     fn out_of_range_values_name_the_field() {
         let err = Config::from_toml("[sessions]\nmax_sessions = 0\n").unwrap_err();
         assert_eq!(err.field(), Some("sessions.max_sessions"));
-        let err = Config::from_toml("[release]\nbuffers_per_second = -1\n").unwrap_err();
-        assert!(err.to_string().contains("buffers_per_second"), "{err}");
+        let err = Config::from_toml("[[release.tiers]]\nname = \"x\"\nfrom_queue = 0\nrate = -1\nburst = 1\nmax_in_flight = 1\n").unwrap_err();
+        assert!(err.to_string().contains("rate"), "{err}");
         let err = Config::from_toml("[gpu]\nbackend = \"glide\"\n").unwrap_err();
         assert!(err.to_string().contains("glide"), "{err}");
     }
@@ -215,6 +246,41 @@ mod tests {
             let err = Config::from_toml(text).unwrap_err();
             assert_eq!(err.field(), Some(field), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn zero_rates_bursts_and_budgets_that_cannot_work_name_the_field() {
+        let tier = |rate: u32, burst: u32| {
+            format!(
+                "[[release.tiers]]\nname = \"t\"\nfrom_queue = 0\nrate = {rate}\nburst = {burst}\nmax_in_flight = 4\n"
+            )
+        };
+        for (text, field) in [
+            (tier(0, 10), "release.tiers[0].rate"),
+            (tier(10, 0), "release.tiers[0].burst"),
+            ("[release]\ntiers = []\n".into(), "release.tiers"),
+            (
+                "[budget]\ndevice_bytes = 1048576\n".into(),
+                "sessions.max_session_bytes",
+            ),
+            ("[budget]\ndevice_bytes = 0\n".into(), "budget.device_bytes"),
+            (
+                "[budget]\ndevice_bytes = 100\nowner_bytes = 200\n[sessions]\nmax_session_bytes = 50\n"
+                    .into(),
+                "budget.owner_bytes",
+            ),
+            ("[budget]\nwait_timeout_ms = 0\n".into(), "budget.wait_timeout_ms"),
+        ] {
+            let err = Config::from_toml(&text).unwrap_err();
+            assert_eq!(err.field(), Some(field), "{text}: {err}");
+        }
+        let err = Config::from_toml("[budget]\nwhen_exhausted = \"panic\"\n").unwrap_err();
+        assert!(err.to_string().contains("panic"), "{err}");
+        let config = Config::from_toml(
+            "[budget]\ndevice_bytes = 1048576\n[sessions]\nmax_session_bytes = 65536\n",
+        )
+        .unwrap();
+        assert_eq!(config.budget.device_bytes, Some(1 << 20));
     }
 
     #[test]

@@ -30,12 +30,9 @@ async fn an_adapter_name_that_matches_nothing_is_refused() {
 #[tokio::test]
 async fn invalid_configuration_is_refused_before_anything_starts() {
     let mut config = Config::default();
-    config.release.buffers_per_second = 0;
+    config.release.tiers[0].rate = 0;
     let err = Runtime::start(config).await.unwrap_err();
-    assert!(
-        err.to_string().contains("release.buffers_per_second"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("release.tiers[0].rate"), "{err}");
 
     let err = sessionbus::Config::from_toml("[gpu]\nbatch_max = 0\n").unwrap_err();
     assert!(err.to_string().contains("gpu.batch_max"), "{err}");

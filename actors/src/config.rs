@@ -4,31 +4,33 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::budget::BudgetConfig;
+use crate::cleanup::ReleaseConfig;
 use crate::context::ContextConfig;
 use crate::expiry::ExpiryConfig;
 use crate::lease::LeasesConfig;
 
-/// A configuration value that cannot work, named by its path (`release.burst`).
+/// A configuration value that cannot work, named by its path (`release.tiers[0].burst`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {field}: {reason}")]
 pub struct ConfigError {
     /// The field's path, as written in TOML.
-    pub field: &'static str,
+    pub field: String,
     /// What is wrong and what is accepted.
     pub reason: String,
 }
 
 impl ConfigError {
     /// An error for `field`.
-    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError {
-            field,
+            field: field.into(),
             reason: reason.into(),
         }
     }
 }
 
-fn at_least(field: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
+pub(crate) fn at_least(field: &str, value: u64, min: u64) -> Result<(), ConfigError> {
     if value < min {
         return Err(ConfigError::new(
             field,
@@ -79,38 +81,6 @@ impl SessionsConfig {
     }
 }
 
-/// Pacing of GPU release (a GCRA limiter, in buffers).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ReleaseConfig {
-    /// Sustained buffers destroyed per second. Default 1 000 000: far above what a
-    /// normal workload ends, so pacing only shows in a storm.
-    pub buffers_per_second: u32,
-    /// Buffers that may be destroyed at once before pacing starts. Default 65 536.
-    pub burst: u32,
-}
-
-impl Default for ReleaseConfig {
-    fn default() -> Self {
-        ReleaseConfig {
-            buffers_per_second: 1_000_000,
-            burst: 65_536,
-        }
-    }
-}
-
-impl ReleaseConfig {
-    /// Refuses values that cannot work.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        at_least(
-            "release.buffers_per_second",
-            self.buffers_per_second.into(),
-            1,
-        )?;
-        at_least("release.burst", self.burst.into(), 1)
-    }
-}
-
 /// The lifecycle event bus.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -156,8 +126,10 @@ pub struct EngineConfig {
     pub leases: LeasesConfig,
     /// Context expiry (the default policy).
     pub context: ContextConfig,
-    /// Release pacing.
+    /// Release pacing: the queue, its load tiers.
     pub release: ReleaseConfig,
+    /// GPU memory budgets (device, owner) and what happens when one is exhausted.
+    pub budget: BudgetConfig,
     /// The event bus.
     pub bus: BusConfig,
 }
@@ -170,6 +142,7 @@ impl EngineConfig {
         self.leases.validate()?;
         self.context.validate()?;
         self.release.validate()?;
+        self.budget.validate(self.sessions.max_session_bytes)?;
         self.bus.validate()
     }
 }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use actix::{Actor, Addr, AsyncContext, Recipient};
 use tokio::sync::mpsc;
 
+use crate::budget::Budget;
 use crate::bus::{Delivery, Sink, SubscriptionId};
-use crate::cleanup::{CleanupActor, Pacer};
+use crate::cleanup::{CleanupActor, Pacer, Release, ReleaseQueue};
 use crate::config::{ConfigError, EngineConfig};
 use crate::context::ContextPolicyFactory;
 use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt};
@@ -85,15 +86,32 @@ impl Engine {
         pool: Arc<dyn GpuPool>,
     ) -> Result<EngineHandle, ConfigError> {
         config.validate()?;
+        config
+            .budget
+            .validate_for_device(pool.info().min_buffer_bytes)?;
         let pacer = Arc::new(Pacer::new(&config.release));
+        let budget = Arc::new(Budget::new(&config.budget));
+        let queue = Arc::new(ReleaseQueue::default());
         let capacity = config.bus.subscriber_capacity;
         let registry = RegistryActor::create({
             let pool = pool.clone();
             move |ctx| {
-                let mut registry = RegistryActor::new(&config, pool.clone(), ctx.address())
-                    .expect("the configuration was validated above");
-                let cleanup =
-                    CleanupActor::new(pool, pacer, ctx.address().recipient(), capacity).start();
+                let mut registry = RegistryActor::new(
+                    &config,
+                    pool.clone(),
+                    ctx.address(),
+                    budget.clone(),
+                    queue.clone(),
+                )
+                .expect("the configuration was validated above");
+                let release = Release {
+                    pool,
+                    pacer,
+                    queue,
+                    budget,
+                    registry: ctx.address().recipient(),
+                };
+                let cleanup = CleanupActor::new(release, capacity).start();
                 registry.subscribe_internal(Sink::Actor(cleanup.recipient()), EventKinds::ENDED);
                 registry
             }

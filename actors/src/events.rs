@@ -43,6 +43,9 @@ pub struct SessionEndEvent {
     /// The pool frees them too (it executes requests in order), so the
     /// receipt may count more than `allocations`.
     pub in_flight_bytes: u64,
+    /// Of `bytes`, those held in host memory after an offload (soft eviction)
+    /// rather than on the GPU.
+    pub offloaded_bytes: u64,
     /// When it was opened.
     pub created_at: SystemTime,
     /// Its last activity (message, touch, allocation or lease operation).
@@ -60,6 +63,14 @@ pub struct SessionEndEvent {
     pub version: u64,
     /// The trace of the request that opened it.
     pub trace_id: TraceId,
+}
+
+impl SessionEndEvent {
+    /// GPU bytes the session still had (or was being given) when it ended:
+    /// what its release gives back to the device and to the budgets.
+    pub fn gpu_bytes(&self) -> u64 {
+        self.bytes - self.offloaded_bytes + self.in_flight_bytes
+    }
 }
 
 /// A session's conversation context went stale and was dropped; the session
@@ -99,7 +110,9 @@ pub struct ReleaseReceipt {
     pub ended_at: Instant,
     /// When its buffers were destroyed and the device polled.
     pub released_at: Instant,
-    /// Time spent waiting for the release pacer (zero unless a storm is being paced).
+    /// Time spent in the release queue: waiting behind more urgent releases,
+    /// for a free release slot, and for the pacer (near zero unless a storm
+    /// is being paced).
     pub paced_for: Duration,
     /// What went wrong, if the memory could not be released (an incident, logged as an error).
     pub error: Option<String>,

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod budget;
 mod bus;
 mod cleanup;
 mod clock;
@@ -37,8 +38,10 @@ mod mailbox;
 mod registry;
 mod session;
 
+pub use budget::{BudgetConfig, BudgetScope, BudgetStats, WhenExhausted};
 pub use bus::{Delivery, SubscriptionId};
-pub use config::{BusConfig, ConfigError, EngineConfig, ReleaseConfig, SessionsConfig};
+pub use cleanup::{PaceUnit, ReleaseConfig, ReleaseQueueStats, ReleaseTier};
+pub use config::{BusConfig, ConfigError, EngineConfig, SessionsConfig};
 pub use context::{
     ContextConfig, ContextError, ContextPolicy, ContextPolicyFactory, ContextVerdict,
     DecayingContext, Intent, StaleReason, TurnSignal,
@@ -56,7 +59,7 @@ pub use gpu::{
 pub use ids::{AllocationId, Caller, Owner, ParseIdError, SessionId, TraceId};
 pub use lease::{LeaseError, LeaseId, LeasesConfig};
 pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
-pub use registry::{OpenError, RegistryStats, ShutdownReport};
+pub use registry::{OpenError, PressureCounters, RegistryStats, ShutdownReport};
 pub use session::{
     AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo, Turn, TurnAck,
 };

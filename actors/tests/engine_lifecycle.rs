@@ -339,15 +339,12 @@ async fn a_slow_best_effort_subscriber_does_not_stall_ends() {
 async fn invalid_configuration_names_the_field() {
     let pool = Arc::new(InMemoryPool::new(MIB, MIB));
     let config = EngineConfig {
-        release: ReleaseConfig {
-            burst: 0,
-            ..Default::default()
-        },
+        release: ReleaseConfig::fixed(PaceUnit::Buffers, 100, 0, 4),
         ..Default::default()
     };
     let err = Engine::start(config, pool).unwrap_err();
-    assert_eq!(err.field, "release.burst");
-    assert!(err.to_string().contains("release.burst"), "{err}");
+    assert_eq!(err.field, "release.tiers[0].burst");
+    assert!(err.to_string().contains("release.tiers[0].burst"), "{err}");
 }
 
 #[actix::test]

@@ -1,36 +1,42 @@
-//! Ground rules: a cleanup actor never touches the GPU. It waits for the
-//! pacer, hands the session to the pool (whose own thread destroys and polls),
-//! and reports the receipt to the registry. Each end is handled in a task
-//! of its own, so one slow release does not hold up the others.
+//! Ground rules: a cleanup actor never touches the GPU. It queues each end
+//! (urgent ends first), and one dispatcher task hands releases to the pool as
+//! the load tier allows: at most `max_in_flight` unanswered, paced by the
+//! tier's limiter, except while allocations wait for memory (then nothing
+//! holds release back). Each pool answer refunds the budget and sends the
+//! receipt to the registry.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::pacer::Pacer;
+use super::pacer::{Load, Pacer};
+use super::queue::{Queued, ReleaseQueue};
+use crate::budget::Budget;
+use crate::clock;
 use crate::events::{LifecycleEvent, ReleaseReceipt, SessionEndEvent};
 use crate::gpu::GpuPool;
 use crate::registry::ReleaseCompleted;
 
+/// What the cleanup actor and its dispatcher share.
+#[derive(Clone)]
+pub(crate) struct Release {
+    pub(crate) pool: Arc<dyn GpuPool>,
+    pub(crate) pacer: Arc<Pacer>,
+    pub(crate) queue: Arc<ReleaseQueue>,
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) registry: Recipient<ReleaseCompleted>,
+}
+
 pub(crate) struct CleanupActor {
-    pool: Arc<dyn GpuPool>,
-    pacer: Arc<Pacer>,
-    registry: Recipient<ReleaseCompleted>,
+    release: Release,
     mailbox_capacity: usize,
 }
 
 impl CleanupActor {
-    pub(crate) fn new(
-        pool: Arc<dyn GpuPool>,
-        pacer: Arc<Pacer>,
-        registry: Recipient<ReleaseCompleted>,
-        mailbox_capacity: usize,
-    ) -> Self {
+    pub(crate) fn new(release: Release, mailbox_capacity: usize) -> Self {
         CleanupActor {
-            pool,
-            pacer,
-            registry,
+            release,
             mailbox_capacity,
         }
     }
@@ -41,6 +47,8 @@ impl Actor for CleanupActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.mailbox_capacity);
+        // A task of its own (not `ctx.spawn`): it runs as long as the engine.
+        actix::spawn(dispatch(self.release.clone()));
     }
 }
 
@@ -54,27 +62,55 @@ impl Handler<LifecycleEvent> for CleanupActor {
         if ReleaseReceipt::nothing_to_release(&ended) {
             return; // the registry closed its books when it published the end
         }
-        // A task of its own (not `ctx.spawn`): the context would poll every
-        // pending release on each wake-up, quadratic under a paced storm.
-        let release = release(
+        let cost = self
+            .release
+            .pacer
+            .unit()
+            .cost(ended.allocations.len().max(1) as u64, ended.gpu_bytes());
+        self.release.queue.push(Queued {
             ended,
-            self.pool.clone(),
-            self.pacer.clone(),
-            self.registry.clone(),
-        );
-        actix::spawn(release);
+            cost,
+            queued_at: clock::now(),
+        });
     }
 }
 
-async fn release(
+/// Hands queued releases to the pool, by priority, as the load tier allows.
+async fn dispatch(release: Release) {
+    loop {
+        let Some((next, queued)) = release.queue.pop() else {
+            release.queue.arrival().await;
+            continue;
+        };
+        let load = Load {
+            queued,
+            live_sessions: release.queue.live_sessions(),
+            waiting_bytes: release.budget.waiting_bytes(),
+        };
+        let tier = release.pacer.select(load);
+        let max_in_flight = u64::from(release.pacer.tier(tier).max_in_flight);
+        release.queue.room_in_flight(max_in_flight).await;
+        // Allocations waiting for memory: pacing must not hold release below
+        // that demand, so it is skipped (checked again after the slot wait).
+        if release.budget.waiting_bytes() == 0 {
+            release.pacer.admit(tier, next.cost).await;
+        }
+        let paced_for = clock::now().saturating_duration_since(next.queued_at);
+        let gpu_bytes = next.ended.gpu_bytes();
+        release.queue.dispatched(gpu_bytes);
+        let (reply, report) = oneshot::channel();
+        release.pool.release_session(next.ended.id, reply);
+        actix::spawn(receipt(release.clone(), next.ended, report, paced_for));
+    }
+}
+
+async fn receipt(
+    release: Release,
     ended: Arc<SessionEndEvent>,
-    pool: Arc<dyn GpuPool>,
-    pacer: Arc<Pacer>,
-    registry: Recipient<ReleaseCompleted>,
+    report: oneshot::Receiver<crate::gpu::ReleaseReport>,
+    paced_for: std::time::Duration,
 ) {
-    let paced_for = pacer.admit(ended.allocations.len() as u64).await;
-    let (reply, report) = oneshot::channel();
-    pool.release_session(ended.id, reply);
+    let gpu_bytes = ended.gpu_bytes();
     let receipt = match report.await {
         Ok(report) => {
             if report.buffers < ended.allocations.len() as u64 {
@@ -87,6 +123,8 @@ async fn release(
                     "the pool released fewer buffers than the session held"
                 );
             }
+            // The memory is back: the budget may hand it out again.
+            release.budget.refund(&ended.owner, gpu_bytes);
             ReleaseReceipt {
                 id: ended.id,
                 reason: ended.reason,
@@ -114,6 +152,7 @@ async fn release(
             }
         }
     };
+    release.queue.answered(gpu_bytes);
     // The receipt closes the session's books; it must reach the registry.
-    let _ = registry.send(ReleaseCompleted { receipt }).await;
+    let _ = release.registry.send(ReleaseCompleted { receipt }).await;
 }

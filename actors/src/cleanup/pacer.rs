@@ -1,48 +1,129 @@
-//! Paces GPU release with a GCRA limiter (governor), counted in buffers, so a
+//! Paces GPU release with governor GCRA limiters, one per load tier, so a
 //! mass disconnect becomes a steady stream instead of an avalanche.
+//!
+//! The limiters read the engine's clock (`clock::now()`, tokio's), and waits
+//! are tokio sleeps: on paused time a paced storm is tested exactly, without
+//! sleeping.
 
 use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 
-use crate::config::ReleaseConfig;
+use super::config::{PaceUnit, ReleaseConfig, ReleaseTier};
+use crate::clock;
+
+/// Governor's view of the engine clock: nanoseconds since the pacer began.
+#[derive(Clone, Debug)]
+struct EngineClock {
+    start: tokio::time::Instant,
+}
+
+impl Clock for EngineClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(clock::now().saturating_duration_since(self.start.into_std()))
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, EngineClock, NoOpMiddleware<Nanos>>;
+
+/// The load a tier is chosen by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Load {
+    /// What the release queue holds, in the pacing unit (including the release at hand).
+    pub(crate) queued: u64,
+    /// Sessions live now.
+    pub(crate) live_sessions: u64,
+    /// Bytes allocations are waiting for.
+    pub(crate) waiting_bytes: u64,
+}
 
 #[derive(Debug)]
 pub(crate) struct Pacer {
-    limiter: DefaultDirectRateLimiter,
-    burst: NonZeroU32,
+    unit: PaceUnit,
+    tiers: Vec<(ReleaseTier, Limiter)>,
+    busy_live_sessions: u64,
+    clock: EngineClock,
 }
 
 impl Pacer {
-    /// Builds the limiter; `config` must have been validated (non-zero rate and burst).
+    /// Builds one limiter per tier; `config` must have been validated.
     pub(crate) fn new(config: &ReleaseConfig) -> Self {
-        let rate = NonZeroU32::new(config.buffers_per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
+        let clock = EngineClock {
+            start: tokio::time::Instant::from_std(clock::now()),
+        };
+        let tiers = config
+            .tiers
+            .iter()
+            .map(|tier| {
+                let rate = NonZeroU32::new(tier.rate).unwrap_or(NonZeroU32::MIN);
+                let burst = NonZeroU32::new(tier.burst).unwrap_or(NonZeroU32::MIN);
+                let quota = Quota::per_second(rate).allow_burst(burst);
+                (
+                    tier.clone(),
+                    RateLimiter::direct_with_clock(quota, clock.clone()),
+                )
+            })
+            .collect();
         Pacer {
-            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
-            burst,
+            unit: config.unit,
+            tiers,
+            busy_live_sessions: config.busy_live_sessions,
+            clock,
         }
     }
 
-    /// Waits until `buffers` may be destroyed; returns how long that took.
-    /// Larger requests than the burst are admitted in burst-sized steps.
-    pub(crate) async fn admit(&self, buffers: u64) -> Duration {
-        let mut left = buffers;
-        let mut start = None;
-        while left > 0 {
-            let step = left.min(u64::from(self.burst.get())) as u32;
-            let step = NonZeroU32::new(step).unwrap_or(NonZeroU32::MIN);
-            if self.limiter.check_n(step).is_ok_and(|ok| ok.is_ok()) {
-                left -= u64::from(step.get());
-                continue;
-            }
-            start.get_or_insert_with(Instant::now);
-            // `step` never exceeds the burst, so this cannot report insufficient capacity.
-            let _ = self.limiter.until_n_ready(step).await;
-            left -= u64::from(step.get());
+    pub(crate) fn unit(&self) -> PaceUnit {
+        self.unit
+    }
+
+    /// The tier for `load`: the highest whose `from_queue` the queue reaches,
+    /// one lower when live sessions are at `busy_live_sessions` or more.
+    pub(crate) fn select(&self, load: Load) -> usize {
+        let reached = self
+            .tiers
+            .iter()
+            .rposition(|(tier, _)| load.queued >= tier.from_queue)
+            .unwrap_or(0);
+        if load.live_sessions >= self.busy_live_sessions {
+            reached.saturating_sub(1)
+        } else {
+            reached
         }
-        start.map(|s| s.elapsed()).unwrap_or_default()
+    }
+
+    pub(crate) fn tier(&self, index: usize) -> &ReleaseTier {
+        &self.tiers[index].0
+    }
+
+    /// Waits until `cost` (in the pacing unit) may be released under tier
+    /// `index`; returns how long that took. Costs above the burst are
+    /// admitted in burst-sized steps.
+    pub(crate) async fn admit(&self, index: usize, cost: u64) -> Duration {
+        let (tier, limiter) = &self.tiers[index];
+        let burst = u64::from(tier.burst.max(1));
+        let started = clock::now();
+        let mut left = cost;
+        while left > 0 {
+            let step = left.min(burst) as u32;
+            let step = NonZeroU32::new(step).unwrap_or(NonZeroU32::MIN);
+            match limiter.check_n(step) {
+                Ok(Ok(())) => left -= u64::from(step.get()),
+                Ok(Err(not_until)) => {
+                    let wait = not_until.wait_time_from(self.clock.now());
+                    tokio::time::sleep(wait.max(Duration::from_micros(1))).await;
+                }
+                // `step` never exceeds the burst.
+                Err(_) => left -= u64::from(step.get()),
+            }
+        }
+        clock::now().saturating_duration_since(started)
     }
 }
 
@@ -50,24 +131,31 @@ impl Pacer {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn within_the_burst_nothing_waits() {
-        let pacer = Pacer::new(&ReleaseConfig {
-            buffers_per_second: 10,
-            burst: 100,
-        });
-        assert_eq!(pacer.admit(100).await, Duration::ZERO);
-        assert_eq!(pacer.admit(0).await, Duration::ZERO);
+    #[tokio::test(start_paused = true)]
+    async fn within_the_burst_nothing_waits_past_it_release_is_paced_exactly() {
+        let pacer = Pacer::new(&ReleaseConfig::fixed(PaceUnit::Buffers, 1000, 10, 1));
+        assert_eq!(pacer.admit(0, 10).await, Duration::ZERO);
+        assert_eq!(pacer.admit(0, 0).await, Duration::ZERO);
+        // 20 more buffers at 1000/s: 20 ms on the engine clock.
+        let waited = pacer.admit(0, 20).await;
+        assert!(
+            (Duration::from_millis(19)..=Duration::from_millis(21)).contains(&waited),
+            "{waited:?}"
+        );
     }
 
-    #[tokio::test]
-    async fn past_the_burst_release_is_paced() {
-        let pacer = Pacer::new(&ReleaseConfig {
-            buffers_per_second: 1000,
-            burst: 10,
-        });
-        pacer.admit(10).await;
-        // 20 more buffers at 1000/s cannot be admitted at once.
-        assert!(pacer.admit(20).await > Duration::ZERO);
+    #[test]
+    fn the_queue_raises_the_tier_and_a_busy_gpu_lowers_it() {
+        let pacer = Pacer::new(&ReleaseConfig::default());
+        let load = |queued, live_sessions| Load {
+            queued,
+            live_sessions,
+            waiting_bytes: 0,
+        };
+        assert_eq!(pacer.select(load(1, 10)), 0);
+        assert_eq!(pacer.select(load(8_192, 10)), 1);
+        assert_eq!(pacer.select(load(1 << 20, 10)), 2);
+        assert_eq!(pacer.select(load(1 << 20, 100_000)), 1);
+        assert_eq!(pacer.select(load(0, 100_000)), 0);
     }
 }

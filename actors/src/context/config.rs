@@ -84,7 +84,7 @@ impl ContextConfig {
 mod tests {
     use super::*;
 
-    fn field_of(config: ContextConfig) -> &'static str {
+    fn field_of(config: ContextConfig) -> String {
         config.validate().expect_err("should be refused").field
     }
 

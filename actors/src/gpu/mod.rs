@@ -197,7 +197,9 @@ pub enum GpuError {
         size: u64,
     },
     /// Offset and length of a write must be multiples of the size alignment.
-    #[error("writes must start and end on {alignment}-byte boundaries (offset {offset}, {len} bytes)")]
+    #[error(
+        "writes must start and end on {alignment}-byte boundaries (offset {offset}, {len} bytes)"
+    )]
     Misaligned {
         /// Where the write starts.
         offset: u64,

@@ -13,10 +13,13 @@ use tokio::sync::oneshot;
 use super::error::OpenError;
 use super::expiry::ExpiryState;
 use super::messages::*;
+use super::pressure::PressureState;
 use super::stats::{RegistryStats, ShutdownReport};
 use super::sweeper::SweeperState;
 use super::tombstones::{Tombstone, Tombstones};
+use crate::budget::{Budget, WaitRules};
 use crate::bus::{Bus, Sink, SubscriptionId};
+use crate::cleanup::ReleaseQueue;
 use crate::clock::Epoch;
 use crate::config::{ConfigError, EngineConfig, SessionsConfig};
 use crate::context::DecayingContext;
@@ -83,6 +86,7 @@ pub(crate) struct RegistryActor {
     shutdown: Option<ShutdownInProgress>,
     pub(super) expiry: ExpiryState,
     pub(super) sweeper: SweeperState,
+    pub(super) pressure: PressureState,
 }
 
 impl RegistryActor {
@@ -90,6 +94,8 @@ impl RegistryActor {
         config: &EngineConfig,
         pool: Arc<dyn GpuPool>,
         me: Addr<RegistryActor>,
+        budget: Arc<Budget>,
+        queue: Arc<ReleaseQueue>,
     ) -> Result<Self, ConfigError> {
         let sessions = config.sessions.clone();
         let tombstones = Tombstones::new(
@@ -107,6 +113,11 @@ impl RegistryActor {
                 true => Some(DecayingContext::factory(config.context.clone())?),
                 false => None,
             },
+            budget.clone(),
+            WaitRules {
+                when_exhausted: config.budget.when_exhausted,
+                timeout: Duration::from_millis(config.budget.wait_timeout_ms),
+            },
         );
         Ok(RegistryActor {
             config: sessions,
@@ -122,6 +133,7 @@ impl RegistryActor {
                 config.expiry.sweep_interval(),
                 config.leases.drain_timeout(),
             ),
+            pressure: PressureState::new(&config.budget, budget, queue),
         })
     }
 
@@ -155,6 +167,9 @@ impl RegistryActor {
             scheduled_deadlines: self.expiry.queue.len(),
             bus_dropped: self.bus.dropped_total(),
             bus_backlog: self.bus.backlog_len(),
+            budget: self.pressure.budget.snapshot(),
+            release_queue: self.pressure.queue.stats(),
+            pressure: self.pressure.counters,
         }
     }
 
@@ -306,6 +321,9 @@ impl Handler<Open> for RegistryActor {
             due_us: None,
         };
         self.sessions.insert(id, Box::new(live));
+        self.pressure
+            .queue
+            .set_live_sessions(self.sessions.len() as u64);
         self.schedule(id, ctx);
         self.counters.opened += 1;
         tracing::info!(
@@ -403,7 +421,18 @@ impl Handler<SessionFinished> for RegistryActor {
     fn handle(&mut self, msg: SessionFinished, _ctx: &mut Self::Context) {
         let event = msg.event;
         let id = event.id;
-        let Some(live) = self.sessions.remove(&id) else {
+        let removed = self.sessions.remove(&id);
+        self.pressure
+            .queue
+            .set_live_sessions(self.sessions.len() as u64);
+        if event.offloaded_bytes > 0 {
+            let counters = &mut self.pressure.counters;
+            counters.offloaded_now = counters.offloaded_now.saturating_sub(1);
+            counters.offloaded_bytes = counters
+                .offloaded_bytes
+                .saturating_sub(event.offloaded_bytes);
+        }
+        let Some(live) = removed else {
             // Cannot happen by construction (the end guard reports once); if it
             // does, publishing again would break "exactly one end".
             self.incident();

@@ -5,6 +5,7 @@ use tokio::sync::oneshot;
 
 use super::error::OpenError;
 use super::stats::{RegistryStats, ShutdownReport};
+use crate::budget::BudgetScope;
 use crate::bus::{Delivery, Sink, SubscriptionId};
 use crate::context::ContextPolicyFactory;
 use crate::events::{ContextReset, EventKinds, ReleaseReceipt, SessionEndEvent};
@@ -111,4 +112,24 @@ pub(crate) struct Shutdown;
 #[rtype(result = "usize")]
 pub(crate) struct FlushBus {
     pub(crate) timeout: std::time::Duration,
+}
+
+/// From a session whose allocation waits for room (`when_exhausted =
+/// "evict"`): make room in `scope` by evicting idle sessions.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct MakeRoom {
+    pub(crate) requester: SessionId,
+    pub(crate) owner: Owner,
+    pub(crate) scope: BudgetScope,
+}
+
+/// From a session: its buffers moved between the GPU and host memory.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) enum MemoryMoved {
+    /// Offloaded to host memory (soft eviction).
+    Offloaded { id: SessionId, bytes: u64 },
+    /// Brought back to the GPU.
+    Restored { id: SessionId, bytes: u64 },
 }

@@ -1,5 +1,8 @@
 use std::time::Duration;
 
+use super::pressure::PressureCounters;
+use crate::budget::BudgetStats;
+use crate::cleanup::ReleaseQueueStats;
 use crate::lifecycle::EndReason;
 
 /// Counts the registry keeps.
@@ -40,6 +43,12 @@ pub struct RegistryStats {
     pub bus_dropped: u64,
     /// Events waiting now for reliable bus subscribers that fell behind.
     pub bus_backlog: usize,
+    /// The GPU budgets' books.
+    pub budget: BudgetStats,
+    /// Ended sessions whose memory is queued or on its way back.
+    pub release_queue: ReleaseQueueStats,
+    /// Evictions, offloads and restores under memory pressure.
+    pub pressure: PressureCounters,
 }
 
 /// What `shutdown` did.

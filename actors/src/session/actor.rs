@@ -27,12 +27,13 @@ use crate::context::{
 use crate::events::ContextReset;
 use crate::events::ReleaseReceipt;
 use crate::expiry::{Deadline, DeadlineKind};
-use crate::gpu::{AllocRequest, Allocated, GpuError};
-use crate::ids::{AllocationId, Caller, TraceId};
+use crate::ids::{Caller, TraceId};
 use crate::lease::{Holder, LeaseError, LeaseId, LeaseTable};
 use crate::lifecycle::{EndReason, Event, Lifecycle};
 use crate::mailbox::send_now_or_later;
 use crate::registry::{ContextWasReset, LeaseRevoked, Rearm};
+
+mod memory;
 
 pub(crate) struct SessionActor {
     record: EndGuard,
@@ -50,6 +51,10 @@ pub(crate) struct SessionActor {
     heartbeat_check: Option<SpawnHandle>,
     /// Raised while a handler runs; still raised in `stopping` means it panicked.
     in_handler: bool,
+    /// A restore of offloaded buffers is under way (a `ctx.wait` future).
+    restoring: bool,
+    /// Why the last restore failed, for the requests that needed it.
+    restore_error: Option<AllocError>,
     #[cfg(feature = "fault-injection")]
     lose_drain_timer: bool,
 }
@@ -70,6 +75,8 @@ impl SessionActor {
             context_factory,
             heartbeat_check: None,
             in_handler: false,
+            restoring: false,
+            restore_error: None,
             #[cfg(feature = "fault-injection")]
             lose_drain_timer: false,
         }
@@ -125,28 +132,6 @@ impl SessionActor {
         }
     }
 
-    fn refuse_allocation(&self, bytes: u64) -> Option<AllocError> {
-        let used = self.record.ledger.committed();
-        if bytes == 0 {
-            Some(AllocError::ZeroSize)
-        } else if bytes > self.record.settings.max_buffer_size {
-            Some(AllocError::TooLarge {
-                requested: bytes,
-                max: self.record.settings.max_buffer_size,
-            })
-        } else if used.saturating_add(bytes) > self.record.settings.max_bytes {
-            Some(AllocError::OverSessionBudget {
-                requested: bytes,
-                used,
-                budget: self.record.settings.max_bytes,
-            })
-        } else {
-            None
-        }
-    }
-
-    /// Moves to Closing at once; reports the end now if no lease is held,
-    /// else when the last one is returned or the drain deadline passes.
     fn begin_end(
         &mut self,
         reason: EndReason,
@@ -289,6 +274,7 @@ impl SessionActor {
             }));
         }
         self.mark_active();
+        self.record.shared.set_leases(self.leases.len() as u32);
         Ok(grant)
     }
 
@@ -314,6 +300,7 @@ impl SessionActor {
 
     /// Finishes a drain whose last lease just went; stops the heartbeat check when no remote lease is left.
     fn after_lease_change(&mut self, ctx: &mut Context<Self>) {
+        self.record.shared.set_leases(self.leases.len() as u32);
         if !self.leases.has_remote() {
             if let Some(check) = self.heartbeat_check.take() {
                 ctx.cancel_future(check);
@@ -384,6 +371,12 @@ impl SessionActor {
     fn reset_context(&mut self, reason: StaleReason, trace_id: TraceId) {
         self.accept(Event::ContextReset);
         let released = self.record.ledger.take_context();
+        self.publish_gpu_bytes();
+        let charged: u64 = released.iter().map(|a| a.bytes).sum();
+        let (budget, owner) = (
+            self.record.settings.budget.clone(),
+            self.record.owner.clone(),
+        );
         let (reply, report) = oneshot::channel();
         let holds_memory = !released.is_empty();
         if holds_memory {
@@ -409,6 +402,8 @@ impl SessionActor {
                 if let Ok(report) = report.await {
                     reset.buffers = report.buffers;
                     reset.bytes = report.bytes;
+                    // The memory is back: the budget may hand it out again.
+                    budget.refund(&owner, charged);
                 }
             }
             let _ = registry.send(ContextWasReset(reset)).await;
@@ -456,52 +451,6 @@ impl SessionActor {
             version: self.record.version,
         })
     }
-
-    /// Validates and reserves; returns what to await. Nothing changes on refusal.
-    fn start_allocation(
-        &mut self,
-        msg: &Allocate,
-    ) -> Result<oneshot::Receiver<Result<Allocated, GpuError>>, SessionError> {
-        let id = self.record.id;
-        self.authorize(&msg.caller)?;
-        self.check(Event::Allocate)?;
-        if let Some(source) = self.refuse_allocation(msg.bytes) {
-            return Err(SessionError::Allocation { id, source });
-        }
-        self.record.ledger.reserve(msg.bytes);
-        let (reply, answer) = oneshot::channel();
-        self.record.settings.pool.allocate(
-            AllocRequest {
-                session: id,
-                id: AllocationId::next(),
-                bytes: msg.bytes,
-            },
-            reply,
-        );
-        Ok(answer)
-    }
-
-    fn finish_allocation(
-        &mut self,
-        bytes: u64,
-        binding: Binding,
-        answer: Result<Allocated, GpuError>,
-    ) -> Result<Allocated, SessionError> {
-        match answer {
-            Ok(allocated) => {
-                self.record.ledger.confirm(bytes, allocated, binding);
-                self.accept(Event::Allocate);
-                Ok(allocated)
-            }
-            Err(gpu) => {
-                self.record.ledger.cancel(bytes);
-                Err(SessionError::Allocation {
-                    id: self.record.id,
-                    source: AllocError::Gpu(gpu),
-                })
-            }
-        }
-    }
 }
 
 impl Actor for SessionActor {
@@ -536,10 +485,21 @@ impl Actor for SessionActor {
 }
 
 impl Handler<Chat> for SessionActor {
-    type Result = Result<TurnAck, SessionError>;
+    type Result = ResponseActFuture<Self, Result<TurnAck, SessionError>>;
 
-    fn handle(&mut self, msg: Chat, _ctx: &mut Self::Context) -> Self::Result {
-        self.guarded(|session| session.chat(msg))
+    fn handle(&mut self, msg: Chat, ctx: &mut Self::Context) -> Self::Result {
+        if self.record.ledger.is_offloaded() {
+            // Checked before the restore: a refused turn brings nothing back.
+            if let Err(refused) = self.guarded(|session| {
+                session.authorize(&msg.caller)?;
+                session.check(Event::Message)
+            }) {
+                return Box::pin(fut::ready(Err(refused)));
+            }
+        }
+        self.on_gpu(ctx, move |session, _ctx| {
+            Box::pin(fut::ready(session.guarded(|session| session.chat(msg))))
+        })
     }
 }
 
@@ -556,21 +516,6 @@ impl Handler<Inspect> for SessionActor {
 
     fn handle(&mut self, msg: Inspect, _ctx: &mut Self::Context) -> Self::Result {
         self.guarded(|session| session.inspect(msg))
-    }
-}
-
-impl Handler<Allocate> for SessionActor {
-    type Result = ResponseActFuture<Self, Result<Allocated, SessionError>>;
-
-    fn handle(&mut self, msg: Allocate, _ctx: &mut Self::Context) -> Self::Result {
-        let (bytes, binding) = (msg.bytes, msg.binding);
-        match self.guarded(|session| session.start_allocation(&msg)) {
-            Err(refused) => Box::pin(fut::ready(Err(refused))),
-            Ok(answer) => Box::pin(answer.into_actor(self).map(move |answer, session, _ctx| {
-                let answer = answer.unwrap_or(Err(GpuError::Unavailable));
-                session.guarded(|session| session.finish_allocation(bytes, binding, answer))
-            })),
-        }
     }
 }
 
@@ -591,10 +536,23 @@ impl Handler<ForceEnd> for SessionActor {
 }
 
 impl Handler<TakeLease> for SessionActor {
-    type Result = Result<LeaseGrant, SessionError>;
+    type Result = ResponseActFuture<Self, Result<LeaseGrant, SessionError>>;
 
     fn handle(&mut self, msg: TakeLease, ctx: &mut Self::Context) -> Self::Result {
-        self.guarded(|session| session.take_lease(msg, ctx))
+        if self.record.ledger.is_offloaded() {
+            if let Err(refused) = self.guarded(|session| {
+                session.authorize(&msg.caller)?;
+                session.check(Event::Touch)
+            }) {
+                return Box::pin(fut::ready(Err(refused)));
+            }
+        }
+        // A lease guards work on the buffers: they come back first.
+        self.on_gpu(ctx, move |session, ctx| {
+            Box::pin(fut::ready(
+                session.guarded(|session| session.take_lease(msg, ctx)),
+            ))
+        })
     }
 }
 

@@ -68,6 +68,11 @@ impl EndGuard {
             .max(self.created_at)
     }
 
+    /// Whether the end has been reported (the ledger then belongs to the end event).
+    pub(crate) fn has_reported(&self) -> bool {
+        self.reported
+    }
+
     /// Reports the end to the registry. Only the first call does anything.
     pub(crate) fn report(&mut self, ending: Ending, forced: u32) {
         if std::mem::replace(&mut self.reported, true) {
@@ -77,7 +82,9 @@ impl EndGuard {
         let began_us = self.settings.epoch.micros(ending.began);
         self.shared.set_closing(reason, began_us);
         let in_flight_bytes = self.ledger.in_flight();
+        let offloaded = self.ledger.is_offloaded();
         let (allocations, bytes) = self.ledger.take();
+        let offloaded_bytes = if offloaded { bytes } else { 0 };
         let event = SessionEndEvent {
             id: self.id,
             owner: self.owner.clone(),
@@ -85,6 +92,7 @@ impl EndGuard {
             allocations,
             bytes,
             in_flight_bytes,
+            offloaded_bytes,
             created_at: self.created_at,
             last_active_at: self.last_active_wall(),
             ended_at: ending.began_wall,

@@ -1,3 +1,4 @@
+use crate::budget::BudgetScope;
 use crate::context::ContextError;
 use crate::gpu::GpuError;
 use crate::ids::SessionId;
@@ -62,6 +63,16 @@ pub enum SessionError {
         #[source]
         source: LeaseError,
     },
+    /// An offload (soft eviction) was refused; the session and its buffers
+    /// are unchanged. `why` says what stood in the way (a lease held, an
+    /// allocation in flight, already offloaded, nothing on the GPU, ...).
+    #[error("session {id}: offload refused: {why}")]
+    OffloadRefused {
+        /// The session.
+        id: SessionId,
+        /// What stood in the way.
+        why: String,
+    },
     /// The runtime is stopped; nothing can be done.
     #[error("the sessionbus runtime is not running")]
     RuntimeStopped,
@@ -104,6 +115,47 @@ pub enum AllocError {
         /// The budget.
         budget: u64,
     },
+    /// Larger than a budget could ever hold, however much is given back:
+    /// refused at once rather than waited for.
+    #[error("{requested} bytes can never fit the {scope} budget of {limit} bytes")]
+    ExceedsBudget {
+        /// Which budget (`device` or `owner`).
+        scope: BudgetScope,
+        /// Bytes asked for.
+        requested: u64,
+        /// The budget.
+        limit: u64,
+    },
+    /// A budget has no room now and `budget.when_exhausted = "fail"`.
+    #[error(
+        "the {scope} GPU budget is full: {used} of {limit} bytes in use, {requested} more asked for"
+    )]
+    OverBudget {
+        /// Which budget (`device` or `owner`).
+        scope: BudgetScope,
+        /// Bytes asked for.
+        requested: u64,
+        /// Bytes charged to that budget now.
+        used: u64,
+        /// The budget.
+        limit: u64,
+    },
+    /// Waited `budget.wait_timeout_ms` for room in a budget; none came.
+    #[error(
+        "waited {waited_ms} ms for {requested} bytes of room in the {scope} GPU budget; none came"
+    )]
+    BudgetWaitTimedOut {
+        /// Which budget was full when the wait began.
+        scope: BudgetScope,
+        /// Bytes asked for.
+        requested: u64,
+        /// How long it waited.
+        waited_ms: u64,
+    },
+    /// The session's buffers are in host memory (offloaded) and could not be
+    /// brought back; they are kept there, nothing is lost. The cause says why.
+    #[error("the session's offloaded buffers could not be restored: {0}")]
+    RestoreFailed(Box<AllocError>),
     /// The GPU refused.
     #[error(transparent)]
     Gpu(#[from] GpuError),

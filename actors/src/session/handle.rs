@@ -9,8 +9,8 @@ use super::lease::Lease;
 use super::messages::*;
 use super::shared::SessionShared;
 use crate::events::ReleaseReceipt;
-use crate::gpu::Allocated;
-use crate::ids::{Caller, SessionId};
+use crate::gpu::{Allocated, OffloadReport};
+use crate::ids::{AllocationId, Caller, SessionId};
 use crate::lease::LeaseId;
 use crate::lifecycle::{EndReason, Event, State};
 use crate::registry::{AwaitReceipt, RegistryActor};
@@ -176,6 +176,55 @@ impl SessionHandle {
             .send(TakeLease {
                 caller: self.caller.clone(),
                 remote,
+            })
+            .await;
+        self.answer(sent, Event::Touch)
+    }
+
+    /// Writes `data` into buffer `id` of this session at `offset` (a KV
+    /// cache filling up). Offset and length must be multiples of the pool's
+    /// size alignment (`PoolInfo::size_alignment`, 4 on wgpu). If the session
+    /// was offloaded, its buffers are brought back first.
+    pub async fn write_buffer(
+        &self,
+        id: AllocationId,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<(), SessionError> {
+        let sent = self
+            .addr
+            .send(WriteBuffer {
+                caller: self.caller.clone(),
+                id,
+                offset,
+                data,
+            })
+            .await;
+        self.answer(sent, Event::Touch)
+    }
+
+    /// Reads buffer `id` of this session back (bringing offloaded buffers back first).
+    pub async fn read_buffer(&self, id: AllocationId) -> Result<Vec<u8>, SessionError> {
+        let sent = self
+            .addr
+            .send(ReadBuffer {
+                caller: self.caller.clone(),
+                id,
+            })
+            .await;
+        self.answer(sent, Event::Touch)
+    }
+
+    /// Soft-evicts the session now: its buffers are copied to host memory and
+    /// freed on the GPU; the session stays alive and its next message brings
+    /// them back. Refused (`SessionError::OffloadRefused`, nothing changed)
+    /// while a lease is held or an allocation is in flight. The engine does
+    /// this on its own under memory pressure (`budget.offload`).
+    pub async fn offload(&self) -> Result<OffloadReport, SessionError> {
+        let sent = self
+            .addr
+            .send(Offload {
+                caller: self.caller.clone(),
             })
             .await;
         self.answer(sent, Event::Touch)

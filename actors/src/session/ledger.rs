@@ -12,18 +12,48 @@ use crate::gpu::Allocated;
 pub(crate) struct Ledger {
     live: Vec<Allocated>,
     live_bytes: u64,
+    /// Charged to the budget, asked of the pool, not yet answered.
     reserved: u64,
+    /// Waiting for room in a budget (counted against the session cap only).
+    waiting: u64,
     context_from: usize,
+    /// The live buffers are in host memory (offloaded), not on the GPU.
+    offloaded: bool,
 }
 
 impl Ledger {
-    /// Bytes held plus bytes reserved.
+    /// Bytes held plus bytes reserved or waited for: what the session cap limits.
     pub(crate) fn committed(&self) -> u64 {
-        self.live_bytes + self.reserved
+        self.live_bytes + self.reserved + self.waiting
+    }
+
+    /// GPU bytes charged to the budgets: buffers on the GPU, allocations in flight.
+    pub(crate) fn charged(&self) -> u64 {
+        if self.offloaded {
+            self.reserved
+        } else {
+            self.live_bytes + self.reserved
+        }
     }
 
     pub(crate) fn reserve(&mut self, bytes: u64) {
         self.reserved += bytes;
+    }
+
+    pub(crate) fn wait(&mut self, bytes: u64) {
+        self.waiting += bytes;
+    }
+
+    pub(crate) fn stop_waiting(&mut self, bytes: u64) {
+        self.waiting -= bytes;
+    }
+
+    pub(crate) fn is_offloaded(&self) -> bool {
+        self.offloaded
+    }
+
+    pub(crate) fn set_offloaded(&mut self, offloaded: bool) {
+        self.offloaded = offloaded;
     }
 
     pub(crate) fn confirm(&mut self, reserved: u64, allocation: Allocated, binding: Binding) {
@@ -64,6 +94,7 @@ impl Ledger {
 
     pub(crate) fn take(&mut self) -> (Vec<Allocated>, u64) {
         self.context_from = 0;
+        self.offloaded = false;
         let bytes = std::mem::take(&mut self.live_bytes);
         (std::mem::take(&mut self.live), bytes)
     }

@@ -10,8 +10,8 @@ use super::error::SessionError;
 use crate::context::{ContextVerdict, Intent, TurnSignal};
 use crate::events::ReleaseReceipt;
 use crate::expiry::Deadline;
-use crate::gpu::Allocated;
-use crate::ids::{Caller, TraceId};
+use crate::gpu::{Allocated, OffloadReport};
+use crate::ids::{AllocationId, Caller, TraceId};
 use crate::lease::LeaseId;
 use crate::lifecycle::{EndReason, State};
 
@@ -193,3 +193,29 @@ pub(crate) struct InjectLostDrainTimer;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct InjectPanic;
+
+/// Writes into one of the session's buffers.
+#[derive(Message)]
+#[rtype(result = "Result<(), SessionError>")]
+pub(crate) struct WriteBuffer {
+    pub(crate) caller: Caller,
+    pub(crate) id: AllocationId,
+    pub(crate) offset: u64,
+    pub(crate) data: Vec<u8>,
+}
+
+/// Reads one of the session's buffers back.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u8>, SessionError>")]
+pub(crate) struct ReadBuffer {
+    pub(crate) caller: Caller,
+    pub(crate) id: AllocationId,
+}
+
+/// Soft eviction: move the session's buffers to host memory (from the
+/// registry under memory pressure, or an operator).
+#[derive(Message)]
+#[rtype(result = "Result<OffloadReport, SessionError>")]
+pub(crate) struct Offload {
+    pub(crate) caller: Caller,
+}

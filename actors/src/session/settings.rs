@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use actix::Addr;
 
+use crate::budget::{Budget, WaitRules};
 use crate::clock::Epoch;
 use crate::context::ContextPolicyFactory;
 use crate::gpu::GpuPool;
@@ -28,6 +29,10 @@ pub(crate) struct SessionSettings {
     /// Builds a session's context policy on its first turn with a signal;
     /// `None` when context expiry is switched off.
     pub(crate) context: Option<ContextPolicyFactory>,
+    /// The device and owner budgets all sessions charge.
+    pub(crate) budget: Arc<Budget>,
+    /// What an allocation past a budget does.
+    pub(crate) wait_rules: WaitRules,
 }
 
 impl SessionSettings {
@@ -38,6 +43,8 @@ impl SessionSettings {
         pool: Arc<dyn GpuPool>,
         registry: Addr<RegistryActor>,
         context: Option<ContextPolicyFactory>,
+        budget: Arc<Budget>,
+        wait_rules: WaitRules,
     ) -> Self {
         SessionSettings {
             epoch,
@@ -51,7 +58,14 @@ impl SessionSettings {
             pool,
             registry,
             context,
+            budget,
+            wait_rules,
         }
+    }
+
+    /// What a buffer of `bytes` really holds (the pool's size alignment).
+    pub(crate) fn rounded(&self, bytes: u64) -> u64 {
+        self.pool.info().rounded(bytes)
     }
 }
 

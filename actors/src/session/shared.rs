@@ -1,7 +1,7 @@
 //! The little a session shares with its handles: its state and end reason,
 //! so a handle can name them after the actor is gone.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use crate::lifecycle::{EndReason, State};
 
@@ -18,6 +18,11 @@ pub(crate) struct SessionShared {
     /// When the session entered Closing (microseconds on the engine epoch);
     /// the sweeper reads it to find sessions stuck there.
     closing_since_us: AtomicU64,
+    /// GPU bytes charged to the budgets (0 when offloaded): how much an
+    /// eviction of this session would give back.
+    gpu_bytes: AtomicU64,
+    /// Leases held: a session with work in flight is never evicted.
+    leases: AtomicU32,
 }
 
 const STATES: [State; 4] = [
@@ -34,6 +39,8 @@ impl SessionShared {
             reason: AtomicU8::new(0),
             last_active_us: AtomicU64::new(now_us),
             closing_since_us: AtomicU64::new(u64::MAX),
+            gpu_bytes: AtomicU64::new(0),
+            leases: AtomicU32::new(0),
         }
     }
 
@@ -77,6 +84,22 @@ impl SessionShared {
             .unwrap_or(0);
         self.reason.store(index as u8 + 1, Ordering::Release);
         self.state.store(2, Ordering::Release);
+    }
+
+    pub(crate) fn gpu_bytes(&self) -> u64 {
+        self.gpu_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_gpu_bytes(&self, bytes: u64) {
+        self.gpu_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn leases(&self) -> u32 {
+        self.leases.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_leases(&self, leases: u32) {
+        self.leases.store(leases, Ordering::Relaxed);
     }
 
     pub(crate) fn set_closed(&self) {

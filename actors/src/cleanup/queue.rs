@@ -1,0 +1,148 @@
+//! The release queue: ended sessions whose memory is on its way back.
+//!
+//! Ground rules: the queue holds memory that is being given back, so nothing
+//! in it is ever dropped; it is unbounded by design and bounded in practice
+//! by the sessions that exist. Two classes, each FIFO: explicit ends and
+//! pressure evictions (`urgent`) go before expiries (`deferred`), because an
+//! application or an allocation is waiting for the former and nobody for the
+//! latter.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::events::SessionEndEvent;
+use crate::lifecycle::EndReason;
+
+/// A release waiting in the queue.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) ended: Arc<SessionEndEvent>,
+    /// What it costs in the pacing unit.
+    pub(crate) cost: u64,
+    /// When it entered the queue.
+    pub(crate) queued_at: std::time::Instant,
+}
+
+#[derive(Debug, Default)]
+struct Classes {
+    urgent: VecDeque<Queued>,
+    deferred: VecDeque<Queued>,
+    cost: u64,
+    bytes: u64,
+}
+
+/// What the queue holds, and the load gauges release is paced by.
+#[derive(Debug, Default)]
+pub(crate) struct ReleaseQueue {
+    classes: Mutex<Classes>,
+    arrived: Notify,
+    /// Releases handed to the pool and not yet answered.
+    in_flight: AtomicU64,
+    /// GPU bytes of those.
+    in_flight_bytes: AtomicU64,
+    answered: Notify,
+    /// Live sessions, kept by the registry.
+    live_sessions: AtomicU64,
+}
+
+/// Whether an end goes before others.
+pub(crate) fn is_urgent(reason: EndReason) -> bool {
+    !matches!(reason, EndReason::IdleTimeout | EndReason::TtlExpired)
+}
+
+/// How much the release queue holds, for stats and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReleaseQueueStats {
+    /// Ended sessions waiting for their release to start.
+    pub queued: u64,
+    /// Of those, ends that go first (closes, disconnects, evictions, ...).
+    pub queued_urgent: u64,
+    /// GPU bytes the queued sessions hold.
+    pub queued_bytes: u64,
+    /// Releases handed to the GPU thread and not yet answered.
+    pub in_flight: u64,
+    /// GPU bytes of those.
+    pub in_flight_bytes: u64,
+}
+
+impl ReleaseQueue {
+    fn classes(&self) -> std::sync::MutexGuard<'_, Classes> {
+        self.classes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn push(&self, queued: Queued) {
+        let mut classes = self.classes();
+        classes.cost += queued.cost;
+        classes.bytes += queued.ended.gpu_bytes();
+        if is_urgent(queued.ended.reason) {
+            classes.urgent.push_back(queued);
+        } else {
+            classes.deferred.push_back(queued);
+        }
+        drop(classes);
+        self.arrived.notify_one();
+    }
+
+    /// The next release by priority, with the queue's cost including it.
+    pub(crate) fn pop(&self) -> Option<(Queued, u64)> {
+        let mut classes = self.classes();
+        let depth = classes.cost;
+        let next = classes
+            .urgent
+            .pop_front()
+            .or_else(|| classes.deferred.pop_front())?;
+        classes.cost -= next.cost;
+        classes.bytes -= next.ended.gpu_bytes();
+        Some((next, depth))
+    }
+
+    /// Resolves when something may have been pushed since the last `pop`.
+    pub(crate) async fn arrival(&self) {
+        self.arrived.notified().await;
+    }
+
+    pub(crate) fn dispatched(&self, bytes: u64) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn answered(&self, bytes: u64) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.in_flight_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.answered.notify_one();
+    }
+
+    /// Waits until fewer than `max` releases are in flight.
+    pub(crate) async fn room_in_flight(&self, max: u64) {
+        while self.in_flight.load(Ordering::Relaxed) >= max {
+            self.answered.notified().await;
+        }
+    }
+
+    pub(crate) fn set_live_sessions(&self, live: u64) {
+        self.live_sessions.store(live, Ordering::Relaxed);
+    }
+
+    pub(crate) fn live_sessions(&self) -> u64 {
+        self.live_sessions.load(Ordering::Relaxed)
+    }
+
+    /// GPU bytes on their way back: queued or in flight.
+    pub(crate) fn bytes_pending(&self) -> u64 {
+        self.classes().bytes + self.in_flight_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn stats(&self) -> ReleaseQueueStats {
+        let classes = self.classes();
+        ReleaseQueueStats {
+            queued: (classes.urgent.len() + classes.deferred.len()) as u64,
+            queued_urgent: classes.urgent.len() as u64,
+            queued_bytes: classes.bytes,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            in_flight_bytes: self.in_flight_bytes.load(Ordering::Relaxed),
+        }
+    }
+}

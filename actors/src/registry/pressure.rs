@@ -1,0 +1,277 @@
+//! Memory pressure: making room in a full budget by evicting idle sessions,
+//! least recently active first, softly (offload to host memory) when it can.
+//!
+//! Ground rules: only sessions that are Established, hold GPU memory, hold no
+//! lease and were idle for `budget.evict_idle_ms` are candidates; the session
+//! itself re-checks (a lease may have come in since) and refuses rather than
+//! lose data. Room already on its way (releases queued or in flight, sessions
+//! asked to go) counts before anything more is evicted, so a burst of waiting
+//! allocations does not evict more than it needs.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::actor::{RegistryActor, deliver_end};
+use super::messages::{MakeRoom, MemoryMoved};
+use crate::budget::{Budget, BudgetConfig, BudgetScope};
+use crate::cleanup::ReleaseQueue;
+use crate::ids::{Caller, IdMap, SessionId};
+use crate::lifecycle::{EndReason, State};
+use crate::session::{End, Offload, SessionError};
+
+/// What the registry keeps about pressure.
+pub(super) struct PressureState {
+    pub(super) budget: Arc<Budget>,
+    pub(super) queue: Arc<ReleaseQueue>,
+    evict_idle_us: u64,
+    offload: bool,
+    offload_host_bytes: u64,
+    /// Sessions asked to go (offload or end) and the GPU bytes they held then.
+    leaving: IdMap<u64>,
+    caller: Caller,
+    pub(super) counters: PressureCounters,
+}
+
+/// Counts of pressure actions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PressureCounters {
+    /// Requests to make room (allocations that found a budget full, under `evict`).
+    pub make_room: u64,
+    /// Sessions ended with reason `evicted` to make room.
+    pub evicted: u64,
+    /// Sessions offloaded to host memory (soft eviction).
+    pub offloaded: u64,
+    /// Offloaded sessions brought back by their next message.
+    pub restored: u64,
+    /// Offloads a session refused (a lease came in, an allocation was in flight).
+    pub offload_refused: u64,
+    /// Sessions offloaded now.
+    pub offloaded_now: u64,
+    /// Host bytes they hold.
+    pub offloaded_bytes: u64,
+}
+
+impl PressureState {
+    pub(super) fn new(
+        config: &BudgetConfig,
+        budget: Arc<Budget>,
+        queue: Arc<ReleaseQueue>,
+    ) -> Self {
+        PressureState {
+            budget,
+            queue,
+            evict_idle_us: config.evict_idle_ms.saturating_mul(1_000),
+            offload: config.offload,
+            offload_host_bytes: config.offload_host_bytes,
+            leaving: IdMap::default(),
+            caller: Caller::Operator("sessionbus-pressure".into()),
+            counters: PressureCounters::default(),
+        }
+    }
+}
+
+impl RegistryActor {
+    /// Bytes already on their way back to `scope` (for `owner` if per owner).
+    fn room_coming(&mut self, scope: BudgetScope, owner: &crate::ids::Owner) -> u64 {
+        let sessions = &self.sessions;
+        self.pressure.leaving.retain(|id, _| {
+            sessions
+                .get(id)
+                .is_some_and(|live| live.shared.gpu_bytes() > 0)
+        });
+        let leaving: u64 = self
+            .pressure
+            .leaving
+            .iter()
+            .filter(|(id, _)| {
+                scope == BudgetScope::Device
+                    || self.sessions.get(*id).is_some_and(|l| &l.owner == owner)
+            })
+            .map(|(_, bytes)| *bytes)
+            .sum();
+        match scope {
+            // Releases queued or in flight give back device memory; whose
+            // owner they belong to is not tracked per owner, so they count
+            // for the device budget only.
+            BudgetScope::Device => leaving + self.pressure.queue.bytes_pending(),
+            _ => leaving,
+        }
+    }
+
+    fn make_room(&mut self, msg: MakeRoom) {
+        self.pressure.counters.make_room += 1;
+        let owner = (msg.scope == BudgetScope::Owner).then_some(&msg.owner);
+        let demand = self.pressure.budget.waiting_for(owner);
+        let room = self
+            .pressure
+            .budget
+            .room(msg.scope, &msg.owner)
+            .unwrap_or(u64::MAX);
+        let coming = self.room_coming(msg.scope, &msg.owner);
+        let mut need = demand.saturating_sub(room).saturating_sub(coming);
+        if need == 0 {
+            return;
+        }
+        let now_us = self.settings.epoch.now_micros();
+        let idle_since = now_us.saturating_sub(self.pressure.evict_idle_us);
+        let mut candidates: Vec<(u64, SessionId, u64)> = self
+            .sessions
+            .iter()
+            .filter(|(id, live)| {
+                **id != msg.requester
+                    && !self.pressure.leaving.contains_key(*id)
+                    && (owner.is_none() || Some(&live.owner) == owner)
+                    && live.shared.state() == State::Established
+                    && live.shared.leases() == 0
+                    && live.shared.gpu_bytes() > 0
+                    && live.shared.last_active_us() <= idle_since
+            })
+            .map(|(id, live)| (live.shared.last_active_us(), *id, live.shared.gpu_bytes()))
+            .collect();
+        candidates.sort_unstable();
+        let mut host_bytes = self.settings.pool.stats().offloaded_bytes;
+        for (_, id, bytes) in candidates {
+            let Some(addr) = self.sessions.get(&id).and_then(|l| l.addr.upgrade()) else {
+                continue;
+            };
+            self.pressure.leaving.insert(id, bytes);
+            let soft =
+                self.pressure.offload && host_bytes + bytes <= self.pressure.offload_host_bytes;
+            if soft {
+                host_bytes += bytes;
+                self.offload_or_evict(id, addr);
+            } else {
+                self.evict(addr);
+            }
+            need = need.saturating_sub(bytes);
+            if need == 0 {
+                break;
+            }
+        }
+        if need > 0 {
+            tracing::debug!(
+                target: "sessionbus::supervisor",
+                event = "budget.no_candidates",
+                scope = %msg.scope,
+                short_bytes = need,
+                "not enough idle sessions to make room; the allocation waits for releases"
+            );
+        }
+    }
+
+    fn evict(&mut self, addr: Addr<crate::session::SessionActor>) {
+        self.pressure.counters.evicted += 1;
+        let end = End {
+            caller: self.pressure.caller.clone(),
+            reason: EndReason::Evicted,
+            waiter: None,
+            deadline: None,
+            seen_active_us: 0,
+        };
+        deliver_end(addr, end);
+    }
+
+    /// Offloads the session; if the pool cannot offload, ends it instead.
+    /// A session that refuses (work came in) is left alone.
+    fn offload_or_evict(&mut self, id: SessionId, addr: Addr<crate::session::SessionActor>) {
+        let caller = self.pressure.caller.clone();
+        let me = self.settings.registry.clone();
+        actix::spawn(async move {
+            let answer = addr
+                .send(Offload { caller })
+                .await
+                .unwrap_or(Err(SessionError::RuntimeStopped));
+            let _ = me
+                .send(OffloadAnswered {
+                    id,
+                    answer: answer.map(|_| ()),
+                })
+                .await;
+        });
+    }
+}
+
+/// What came of an offload the registry asked for.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct OffloadAnswered {
+    id: SessionId,
+    answer: Result<(), SessionError>,
+}
+
+impl Handler<OffloadAnswered> for RegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: OffloadAnswered, _ctx: &mut Self::Context) {
+        match msg.answer {
+            Ok(()) => {}
+            Err(SessionError::OffloadRefused { why, .. }) => {
+                self.pressure.counters.offload_refused += 1;
+                self.pressure.leaving.remove(&msg.id);
+                tracing::debug!(
+                    target: "sessionbus::supervisor",
+                    event = "session.offload_refused",
+                    session_id = %msg.id,
+                    why,
+                    "an idle session refused to be offloaded; left alone"
+                );
+            }
+            Err(other) => {
+                // The pool cannot offload (or failed to): end the session instead.
+                tracing::info!(
+                    target: "sessionbus::supervisor",
+                    event = "session.offload_failed",
+                    session_id = %msg.id,
+                    error = %other,
+                    "offload failed; evicting the session instead"
+                );
+                if let Some(addr) = self.sessions.get(&msg.id).and_then(|l| l.addr.upgrade()) {
+                    self.evict(addr);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<MakeRoom> for RegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MakeRoom, _ctx: &mut Self::Context) {
+        self.make_room(msg);
+    }
+}
+
+impl Handler<MemoryMoved> for RegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MemoryMoved, _ctx: &mut Self::Context) {
+        let counters = &mut self.pressure.counters;
+        match msg {
+            MemoryMoved::Offloaded { id, bytes } => {
+                counters.offloaded += 1;
+                counters.offloaded_now += 1;
+                counters.offloaded_bytes += bytes;
+                tracing::info!(
+                    target: "sessionbus::supervisor",
+                    event = "session.offloaded",
+                    session_id = %id,
+                    bytes,
+                    "an idle session's buffers moved to host memory"
+                );
+            }
+            MemoryMoved::Restored { id, bytes } => {
+                counters.restored += 1;
+                tracing::debug!(
+                    target: "sessionbus::supervisor",
+                    event = "session.restored",
+                    session_id = %id,
+                    bytes,
+                    "an offloaded session's buffers are back on the GPU"
+                );
+                counters.offloaded_now = counters.offloaded_now.saturating_sub(1);
+                counters.offloaded_bytes = counters.offloaded_bytes.saturating_sub(bytes);
+            }
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! A session's GPU memory: allocations through the budgets, buffer reads and
+//! writes, offload to host memory and the restore before the next use.
+//!
+//! Ground rules: a request is checked in full (owner, lifecycle, session cap,
+//! "can never fit") before anything is charged. Room in the budgets is a
+//! `Charge` until the pool is asked, so a session that stops halfway never
+//! leaves bytes charged. A restore runs as a `ctx.wait` future: nothing else
+//! in the mailbox is handled until the buffers are back (or could not come
+//! back), so no message ever sees half-restored memory.
+
+use std::pin::Pin;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::SessionActor;
+use crate::budget::{BudgetScope, acquire};
+use crate::gpu::{AllocRequest, Allocated, GpuError, OffloadReport};
+use crate::ids::AllocationId;
+use crate::lifecycle::{Event, State};
+use crate::mailbox::send_now_or_later;
+use crate::registry::{MakeRoom, MemoryMoved};
+use crate::session::error::{AllocError, SessionError};
+use crate::session::messages::{Allocate, Binding, Offload, ReadBuffer, WriteBuffer};
+
+type Reply<T> = Pin<Box<dyn ActorFuture<SessionActor, Output = Result<T, SessionError>>>>;
+
+fn ready<T: 'static>(value: Result<T, SessionError>) -> Reply<T> {
+    Box::pin(fut::ready(value))
+}
+
+impl SessionActor {
+    fn allocation_error(&self, source: AllocError) -> SessionError {
+        SessionError::Allocation {
+            id: self.record.id,
+            source,
+        }
+    }
+
+    /// Checks an allocation of `charge` rounded bytes; nothing changes on refusal.
+    fn admit_allocation(&self, msg: &Allocate, charge: u64) -> Result<(), SessionError> {
+        self.authorize(&msg.caller)?;
+        self.check(Event::Allocate)?;
+        if let Some(source) = self.refuse_allocation(msg.bytes, charge) {
+            return Err(self.allocation_error(source));
+        }
+        Ok(())
+    }
+
+    fn refuse_allocation(&self, bytes: u64, charge: u64) -> Option<AllocError> {
+        let settings = &self.record.settings;
+        let used = self.record.ledger.committed();
+        if bytes == 0 {
+            Some(AllocError::ZeroSize)
+        } else if bytes > settings.max_buffer_size {
+            Some(AllocError::TooLarge {
+                requested: bytes,
+                max: settings.max_buffer_size,
+            })
+        } else if used.saturating_add(charge) > settings.max_bytes {
+            Some(AllocError::OverSessionBudget {
+                requested: charge,
+                used,
+                budget: settings.max_bytes,
+            })
+        } else {
+            settings
+                .budget
+                .never_fits(charge)
+                .map(|short| AllocError::ExceedsBudget {
+                    scope: short.scope,
+                    requested: charge,
+                    limit: short.limit,
+                })
+        }
+    }
+
+    /// What `acquire` calls when the rules say to evict.
+    fn make_room(&self) -> impl FnOnce(BudgetScope) + 'static {
+        let registry = self.record.settings.registry.clone();
+        let (requester, owner) = (self.record.id, self.record.owner.clone());
+        move |scope| {
+            send_now_or_later(
+                &registry,
+                MakeRoom {
+                    requester,
+                    owner,
+                    scope,
+                },
+            )
+        }
+    }
+
+    /// Keeps the registry's view of this session's GPU bytes current.
+    pub(super) fn publish_gpu_bytes(&self) {
+        let shared = &self.record.shared;
+        shared.set_gpu_bytes(self.record.ledger.charged());
+    }
+
+    /// If the buffers are offloaded, brings them back before any other
+    /// message is handled (a `ctx.wait` future). Afterwards either the
+    /// buffers are on the GPU or `restore_error` says why not.
+    pub(super) fn ensure_on_gpu(&mut self, ctx: &mut Context<Self>) {
+        if !self.record.ledger.is_offloaded() || self.restoring {
+            return;
+        }
+        self.restoring = true;
+        let settings = self.record.settings.clone();
+        let bytes = self.record.ledger.live_bytes();
+        let charged = acquire(
+            settings.budget.clone(),
+            self.record.owner.clone(),
+            bytes,
+            settings.wait_rules,
+            self.make_room(),
+        );
+        let id = self.record.id;
+        let restore = async move {
+            let charge = charged.await.map_err(|e| (e, None))?;
+            let (reply, answer) = oneshot::channel();
+            settings.pool.restore_session(id, reply);
+            match answer.await {
+                Ok(Ok(report)) => Ok((report, charge)),
+                Ok(Err(gpu)) => Err((AllocError::Gpu(gpu), Some(charge))),
+                Err(_) => Err((AllocError::Gpu(GpuError::Unavailable), Some(charge))),
+            }
+        };
+        ctx.wait(restore.into_actor(self).map(|restored, session, _ctx| {
+            session.restoring = false;
+            match restored {
+                Ok((report, charge)) => {
+                    charge.commit();
+                    session.record.ledger.set_offloaded(false);
+                    session.restore_error = None;
+                    session.publish_gpu_bytes();
+                    send_now_or_later(
+                        &session.record.settings.registry,
+                        MemoryMoved::Restored {
+                            id: session.record.id,
+                            bytes: report.bytes,
+                        },
+                    );
+                }
+                // A charge that came with the error is dropped here: refunded.
+                Err((error, _charge)) => {
+                    tracing::warn!(
+                        target: "sessionbus::supervisor",
+                        event = "session.restore_failed",
+                        session_id = %session.record.id,
+                        %error,
+                        "offloaded buffers could not be brought back; they stay in host memory"
+                    );
+                    session.restore_error = Some(error);
+                }
+            }
+        }));
+    }
+
+    /// The error for a request that needed the buffers on the GPU, if they are not.
+    pub(super) fn not_on_gpu(&self) -> Option<SessionError> {
+        self.record.ledger.is_offloaded().then(|| {
+            let cause = self
+                .restore_error
+                .clone()
+                .unwrap_or(AllocError::Gpu(GpuError::Unavailable));
+            self.allocation_error(AllocError::RestoreFailed(Box::new(cause)))
+        })
+    }
+
+    /// Runs `body` once the buffers are on the GPU (restoring them first if needed).
+    pub(super) fn on_gpu<T: 'static>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        body: impl FnOnce(&mut Self, &mut Context<Self>) -> Reply<T> + 'static,
+    ) -> Reply<T> {
+        if !self.record.ledger.is_offloaded() {
+            return body(self, ctx);
+        }
+        self.ensure_on_gpu(ctx);
+        Box::pin(fut::ready(()).then(
+            move |(), session: &mut Self, ctx| match session.not_on_gpu() {
+                Some(error) => ready(Err(error)),
+                None => body(session, ctx),
+            },
+        ))
+    }
+
+    fn allocate(&mut self, msg: Allocate, _ctx: &mut Context<Self>) -> Reply<Allocated> {
+        let settings = self.record.settings.clone();
+        let charge = settings.rounded(msg.bytes);
+        if let Err(refused) = self.guarded(|session| session.admit_allocation(&msg, charge)) {
+            return ready(Err(refused));
+        }
+        self.record.ledger.wait(charge);
+        let charged = acquire(
+            settings.budget.clone(),
+            self.record.owner.clone(),
+            charge,
+            settings.wait_rules,
+            self.make_room(),
+        );
+        let (bytes, binding) = (msg.bytes, msg.binding);
+        Box::pin(
+            charged
+                .into_actor(self)
+                .then(move |charged, session, _ctx| {
+                    session.record.ledger.stop_waiting(charge);
+                    let charged = match charged {
+                        Ok(charged) => charged,
+                        Err(source) => return ready(Err(session.allocation_error(source))),
+                    };
+                    // The session may have begun to end while it waited: the charge
+                    // is dropped (refunded) and the pool is never asked.
+                    if let Err(refused) = session.check(Event::Allocate) {
+                        return ready(Err(refused));
+                    }
+                    if let Some(error) = session.not_on_gpu() {
+                        return ready(Err(error));
+                    }
+                    session.record.ledger.reserve(charged.commit());
+                    let (reply, answer) = oneshot::channel();
+                    session.record.settings.pool.allocate(
+                        AllocRequest {
+                            session: session.record.id,
+                            id: AllocationId::next(),
+                            bytes,
+                        },
+                        reply,
+                    );
+                    Box::pin(
+                        answer
+                            .into_actor(session)
+                            .map(move |answer, session, _ctx| {
+                                let answer = answer.unwrap_or(Err(GpuError::Unavailable));
+                                session.guarded(|session| {
+                                    session.finish_allocation(charge, binding, answer)
+                                })
+                            }),
+                    )
+                }),
+        )
+    }
+
+    fn finish_allocation(
+        &mut self,
+        charge: u64,
+        binding: Binding,
+        answer: Result<Allocated, GpuError>,
+    ) -> Result<Allocated, SessionError> {
+        let budget = &self.record.settings.budget;
+        match answer {
+            Ok(allocated) => {
+                if allocated.bytes != charge {
+                    budget.correct(&self.record.owner, charge, allocated.bytes);
+                }
+                self.record.ledger.confirm(charge, allocated, binding);
+                self.accept(Event::Allocate);
+                self.publish_gpu_bytes();
+                Ok(allocated)
+            }
+            Err(gpu) => {
+                self.record.ledger.cancel(charge);
+                // Once the end is reported, its release refunds what was in flight.
+                if !self.record.has_reported() {
+                    budget.refund(&self.record.owner, charge);
+                }
+                Err(self.allocation_error(AllocError::Gpu(gpu)))
+            }
+        }
+    }
+
+    fn buffer_access(&mut self, caller: &crate::ids::Caller) -> Result<(), SessionError> {
+        self.authorize(caller)?;
+        self.check(Event::Touch)?;
+        self.mark_active();
+        Ok(())
+    }
+
+    fn gpu_answer<T: 'static>(
+        &mut self,
+        answer: oneshot::Receiver<Result<T, GpuError>>,
+    ) -> Reply<T> {
+        let id = self.record.id;
+        Box::pin(answer.into_actor(self).map(move |answer, _session, _ctx| {
+            answer
+                .unwrap_or(Err(GpuError::Unavailable))
+                .map_err(|gpu| SessionError::Allocation {
+                    id,
+                    source: AllocError::Gpu(gpu),
+                })
+        }))
+    }
+
+    fn offload(&mut self, msg: Offload, ctx: &mut Context<Self>) -> Reply<OffloadReport> {
+        let refused = |why: &str| SessionError::OffloadRefused {
+            id: self.record.id,
+            why: why.to_owned(),
+        };
+        if let Err(error) = self.authorize(&msg.caller) {
+            return ready(Err(error));
+        }
+        let why = if self.lifecycle.state() != State::Established || self.ending.is_some() {
+            Some("the session is ending")
+        } else if !self.leases.is_empty() {
+            Some("a lease is held: work is in flight on its buffers")
+        } else if self.record.ledger.in_flight() > 0 {
+            Some("an allocation is in flight")
+        } else if self.record.ledger.is_offloaded() || self.restoring {
+            Some("already offloaded")
+        } else if self.record.ledger.live().is_empty() {
+            Some("nothing on the GPU")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return ready(Err(refused(why)));
+        }
+        let settings = self.record.settings.clone();
+        let id = self.record.id;
+        let (reply, answer) = oneshot::channel();
+        settings.pool.offload_session(id, reply);
+        let (tx, rx) = oneshot::channel();
+        // Nothing else is handled until the offload is complete, so no
+        // message ever sees buffers that are half gone.
+        ctx.wait(answer.into_actor(self).map(move |answer, session, _ctx| {
+            let answer = answer.unwrap_or(Err(GpuError::Unavailable));
+            if let Ok(report) = &answer {
+                let charged = session.record.ledger.charged();
+                session.record.ledger.set_offloaded(true);
+                session.publish_gpu_bytes();
+                settings.budget.refund(&session.record.owner, charged);
+                send_now_or_later(
+                    &settings.registry,
+                    MemoryMoved::Offloaded {
+                        id,
+                        bytes: report.bytes,
+                    },
+                );
+            }
+            let _ = tx.send(answer);
+        }));
+        Box::pin(rx.into_actor(self).map(move |answer, _session, _ctx| {
+            answer
+                .unwrap_or(Err(GpuError::Unavailable))
+                .map_err(|gpu| SessionError::Allocation {
+                    id,
+                    source: AllocError::Gpu(gpu),
+                })
+        }))
+    }
+}
+
+impl Handler<Allocate> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<Allocated, SessionError>>;
+
+    fn handle(&mut self, msg: Allocate, ctx: &mut Self::Context) -> Self::Result {
+        if let Err(refused) = self.guarded(|session| {
+            session.authorize(&msg.caller)?;
+            session.check(Event::Allocate)
+        }) {
+            return ready(Err(refused));
+        }
+        self.on_gpu(ctx, move |session, ctx| session.allocate(msg, ctx))
+    }
+}
+
+impl Handler<WriteBuffer> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<(), SessionError>>;
+
+    fn handle(&mut self, msg: WriteBuffer, ctx: &mut Self::Context) -> Self::Result {
+        if let Err(refused) = self.guarded(|session| session.buffer_access(&msg.caller)) {
+            return ready(Err(refused));
+        }
+        self.on_gpu(ctx, move |session, _ctx| {
+            let (reply, answer) = oneshot::channel();
+            let pool = &session.record.settings.pool;
+            pool.write(session.record.id, msg.id, msg.offset, msg.data, reply);
+            session.gpu_answer(answer)
+        })
+    }
+}
+
+impl Handler<ReadBuffer> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<Vec<u8>, SessionError>>;
+
+    fn handle(&mut self, msg: ReadBuffer, ctx: &mut Self::Context) -> Self::Result {
+        if let Err(refused) = self.guarded(|session| session.buffer_access(&msg.caller)) {
+            return ready(Err(refused));
+        }
+        self.on_gpu(ctx, move |session, _ctx| {
+            let (reply, answer) = oneshot::channel();
+            session
+                .record
+                .settings
+                .pool
+                .read(session.record.id, msg.id, reply);
+            session.gpu_answer(answer)
+        })
+    }
+}
+
+impl Handler<Offload> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<OffloadReport, SessionError>>;
+
+    fn handle(&mut self, msg: Offload, ctx: &mut Self::Context) -> Self::Result {
+        self.offload(msg, ctx)
+    }
+}
