@@ -76,9 +76,14 @@ impl Handler<LifecycleEvent> for CleanupActor {
 }
 
 /// Hands queued releases to the pool, by priority, as the load tier allows.
+///
+/// It waits for a release slot and for the pacer *before* it takes a release
+/// off the queue, so whatever is most urgent at that moment goes next: an
+/// explicit close that arrives while the pacer holds back an idle expiry
+/// overtakes it.
 async fn dispatch(release: Release) {
     loop {
-        let Some((next, queued)) = release.queue.pop() else {
+        let Some((queued, cost)) = release.queue.peek() else {
             release.queue.arrival().await;
             continue;
         };
@@ -91,9 +96,16 @@ async fn dispatch(release: Release) {
         let max_in_flight = u64::from(release.pacer.tier(tier).max_in_flight);
         release.queue.room_in_flight(max_in_flight).await;
         // Allocations waiting for memory: pacing must not hold release below
-        // that demand, so it is skipped (checked again after the slot wait).
-        if release.budget.waiting_bytes() == 0 {
-            release.pacer.admit(tier, next.cost).await;
+        // that demand, so it is skipped.
+        let paced = release.budget.waiting_bytes() == 0;
+        if paced {
+            release.pacer.admit(tier, cost).await;
+        }
+        let Some(next) = release.queue.pop() else {
+            continue;
+        };
+        if paced && next.cost > cost {
+            release.pacer.admit(tier, next.cost - cost).await;
         }
         let paced_for = clock::now().saturating_duration_since(next.queued_at);
         let gpu_bytes = next.ended.gpu_bytes();

@@ -86,17 +86,24 @@ impl ReleaseQueue {
         self.arrived.notify_one();
     }
 
-    /// The next release by priority, with the queue's cost including it.
-    pub(crate) fn pop(&self) -> Option<(Queued, u64)> {
+    /// The queue's total cost and the cost of the release that would go next,
+    /// if there is one.
+    pub(crate) fn peek(&self) -> Option<(u64, u64)> {
+        let classes = self.classes();
+        let next = classes.urgent.front().or(classes.deferred.front())?;
+        Some((classes.cost, next.cost))
+    }
+
+    /// Takes the most urgent release now (it may have arrived since `peek`).
+    pub(crate) fn pop(&self) -> Option<Queued> {
         let mut classes = self.classes();
-        let depth = classes.cost;
         let next = classes
             .urgent
             .pop_front()
             .or_else(|| classes.deferred.pop_front())?;
         classes.cost -= next.cost;
         classes.bytes -= next.ended.gpu_bytes();
-        Some((next, depth))
+        Some(next)
     }
 
     /// Resolves when something may have been pushed since the last `pop`.
