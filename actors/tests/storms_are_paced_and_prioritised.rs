@@ -67,9 +67,10 @@ fn closes_overtake_idle_expiries_waiting_in_the_queue() {
         // 10 buffers/s, burst 1: every release after the first waits 100 ms.
         let mut f = start(paced(10, 1)).await;
         let blockers = sessions_holding_one_buffer(&f, 2).await;
-        let idle = Some(Duration::from_millis(50));
         let mut expiring = Vec::new();
         for i in 0..2 {
+            // 40 and 50 ms: distinct deadlines, so their end order is known.
+            let idle = Some(Duration::from_millis(40 + 10 * i));
             let options = OpenOptions::new(format!("idle-{i}")).expiry(policy(idle, None));
             let session = f.engine.open_with(options).await.unwrap();
             session.allocate(KIB).await.unwrap();
@@ -82,7 +83,7 @@ fn closes_overtake_idle_expiries_waiting_in_the_queue() {
             let blocker = blocker.clone();
             actix::spawn(async move { blocker.close().await });
         }
-        // t = 50 ms: the idle sessions expire; t = 60 ms: two closes.
+        // t = 40 and 50 ms: the idle sessions expire; t = 60 ms: two closes.
         settle(Duration::from_millis(60)).await;
         for session in &closing {
             let session = session.clone();
