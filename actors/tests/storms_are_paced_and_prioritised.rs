@@ -42,7 +42,11 @@ fn a_storm_past_the_burst_is_released_at_the_configured_rate() {
             (receipt, Instant::now())
         }))
         .await;
-        assert!(receipts.iter().all(|(r, _)| r.buffers == 1 && r.error.is_none()));
+        assert!(
+            receipts
+                .iter()
+                .all(|(r, _)| r.buffers == 1 && r.error.is_none())
+        );
         let last = receipts.iter().map(|(_, at)| *at).max().unwrap();
         let paced_for = last - storm;
         // 45 paced buffers at 100/s: 450 ms; the achieved rate within ±5 %.

@@ -30,6 +30,10 @@ pub(super) struct PressureState {
     /// Sessions asked to go (offload or end) and the GPU bytes they held then.
     leaving: IdMap<u64>,
     caller: Caller,
+    /// A request that could not be met yet, looked at again when sessions
+    /// may have become idle enough (one re-check armed at a time).
+    unmet: Option<MakeRoom>,
+    recheck_armed: bool,
     pub(super) counters: PressureCounters,
 }
 
@@ -66,6 +70,8 @@ impl PressureState {
             offload_host_bytes: config.offload_host_bytes,
             leaving: IdMap::default(),
             caller: Caller::Operator("sessionbus-pressure".into()),
+            unmet: None,
+            recheck_armed: false,
             counters: PressureCounters::default(),
         }
     }
@@ -99,8 +105,8 @@ impl RegistryActor {
         }
     }
 
-    fn make_room(&mut self, msg: MakeRoom) {
-        self.pressure.counters.make_room += 1;
+    /// Evicts what `msg` needs; returns the bytes still short.
+    fn make_room(&mut self, msg: &MakeRoom) -> u64 {
         let owner = (msg.scope == BudgetScope::Owner).then_some(&msg.owner);
         let demand = self.pressure.budget.waiting_for(owner);
         let room = self
@@ -111,10 +117,12 @@ impl RegistryActor {
         let coming = self.room_coming(msg.scope, &msg.owner);
         let mut need = demand.saturating_sub(room).saturating_sub(coming);
         if need == 0 {
-            return;
+            return 0;
         }
         let now_us = self.settings.epoch.now_micros();
-        let idle_since = now_us.saturating_sub(self.pressure.evict_idle_us);
+        let Some(idle_since) = now_us.checked_sub(self.pressure.evict_idle_us) else {
+            return need; // the engine is younger than `evict_idle_ms`: nobody is idle enough
+        };
         let mut candidates: Vec<(u64, SessionId, u64)> = self
             .sessions
             .iter()
@@ -158,6 +166,28 @@ impl RegistryActor {
                 "not enough idle sessions to make room; the allocation waits for releases"
             );
         }
+        need
+    }
+
+    /// Makes room now, and while some of it is still short and allocations
+    /// wait, looks again as sessions grow idle enough to be evicted.
+    fn make_room_or_recheck(&mut self, msg: MakeRoom, ctx: &mut Context<Self>) {
+        let short = self.make_room(&msg);
+        if short == 0 || self.pressure.budget.waiting_bytes() == 0 {
+            self.pressure.unmet = None;
+            return;
+        }
+        self.pressure.unmet = Some(msg);
+        if std::mem::replace(&mut self.pressure.recheck_armed, true) {
+            return;
+        }
+        let every = std::time::Duration::from_micros((self.pressure.evict_idle_us / 4).max(1_000));
+        ctx.run_later(every, |registry, ctx| {
+            registry.pressure.recheck_armed = false;
+            if let Some(unmet) = registry.pressure.unmet.take() {
+                registry.make_room_or_recheck(unmet, ctx);
+            }
+        });
     }
 
     fn evict(&mut self, addr: Addr<crate::session::SessionActor>) {
@@ -237,8 +267,9 @@ impl Handler<OffloadAnswered> for RegistryActor {
 impl Handler<MakeRoom> for RegistryActor {
     type Result = ();
 
-    fn handle(&mut self, msg: MakeRoom, _ctx: &mut Self::Context) {
-        self.make_room(msg);
+    fn handle(&mut self, msg: MakeRoom, ctx: &mut Self::Context) {
+        self.pressure.counters.make_room += 1;
+        self.make_room_or_recheck(msg, ctx);
     }
 }
 
