@@ -62,7 +62,8 @@ impl PoolInfo {
     /// `bytes` rounded up to the pool's size alignment: what a buffer of that
     /// request will really hold.
     pub fn rounded(&self, bytes: u64) -> u64 {
-        bytes.div_ceil(self.size_alignment.max(1)) * self.size_alignment.max(1)
+        let unit = self.size_alignment.max(1);
+        bytes.div_ceil(unit).saturating_mul(unit)
     }
 }
 
