@@ -11,7 +11,7 @@ use super::error::{GpuInitError, INSTALL_HINT};
 /// The device the worker owns, and what the engine is told about it.
 pub(crate) struct OpenedDevice {
     pub(crate) device: wgpu::Device,
-    /// Never used for submissions, but kept alive next to the device for its lifetime.
+    /// Carries writes and the copies of reads, offloads and restores.
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: PoolInfo,
     /// Set by the device-lost callback, so the worker stops creating buffers
@@ -98,6 +98,17 @@ pub(crate) fn open_device(config: &GpuConfig) -> Result<OpenedDevice, GpuInitErr
         tracing::error!(?reason, %message, "GPU device lost; the pool refuses new allocations");
     });
 
+    // wgpu keeps some start-up work of its own (and a little memory for it)
+    // queued until the first submission; retire it now, so the counters read
+    // next are a baseline that the first read or offload does not move.
+    queue.submit([]);
+    let _ = device.poll(wgpu::PollType::wait_indefinitely());
+    let min_buffer_bytes = smallest_buffer_footprint(&device);
+    tracing::debug!(
+        min_buffer_bytes,
+        "measured the smallest buffer's device memory"
+    );
+
     Ok(OpenedDevice {
         device,
         queue,
@@ -111,10 +122,39 @@ pub(crate) fn open_device(config: &GpuConfig) -> Result<OpenedDevice, GpuInitErr
             max_buffer_size: limits.max_buffer_size / wgpu::COPY_BUFFER_ALIGNMENT
                 * wgpu::COPY_BUFFER_ALIGNMENT,
             size_alignment: wgpu::COPY_BUFFER_ALIGNMENT,
-            min_buffer_bytes: wgpu::COPY_BUFFER_ALIGNMENT,
+            min_buffer_bytes,
         },
         lost,
     })
+}
+
+/// Device memory that the smallest buffer the pool can make really occupies:
+/// drivers round every buffer up to their own allocation granularity (16 or
+/// 64 bytes on lavapipe and many GPUs, more on some), so a budget counting
+/// only requested bytes would undercount many small buffers.
+///
+/// Measured once, when the device opens: one buffer of one copy unit with the
+/// pool's usage is created and destroyed, and the difference in wgpu's
+/// `hal.buffer_memory` counter is the answer. Where the backend does not
+/// count memory (GL reports 0), the answer is the size alignment, the least
+/// any buffer holds.
+fn smallest_buffer_footprint(device: &wgpu::Device) -> u64 {
+    let memory = || device.get_internal_counters().hal.buffer_memory.read();
+    let before = memory();
+    let probe = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("sessionbus-footprint-probe"),
+        size: wgpu::COPY_BUFFER_ALIGNMENT,
+        usage: super::worker::USAGE,
+        mapped_at_creation: false,
+    });
+    let after = memory();
+    probe.destroy();
+    drop(probe);
+    // Never used by a submission, so destroyed at once; the poll is for
+    // backends that defer it anyway, so the baseline taken next is clean.
+    let _ = device.poll(wgpu::PollType::wait_indefinitely());
+    let footprint = u64::try_from(after.saturating_sub(before)).unwrap_or(0);
+    footprint.max(wgpu::COPY_BUFFER_ALIGNMENT)
 }
 
 /// Higher is better: device kind first, then backend.

@@ -30,6 +30,10 @@ impl GpuCounters {
 
 /// [`PoolStats`] as atomics: written by the worker only, read by anyone.
 ///
+/// `allocated_total` and `released_total` count the engine's allocations;
+/// offload and restore move buffers between `live_*` and `offloaded_*`, so
+/// `allocated_total - released_total == live_buffers + offloaded_buffers`.
+///
 /// A reader may see fields from slightly different moments (each is loaded on
 /// its own); good enough for metrics, and exact once the pool is idle.
 #[derive(Debug, Default)]
@@ -39,6 +43,9 @@ pub(crate) struct SharedStats {
     peak_bytes: AtomicU64,
     allocated_total: AtomicU64,
     released_total: AtomicU64,
+    /// Host copies held after offloads, and their bytes.
+    offloaded_buffers: AtomicU64,
+    offloaded_bytes: AtomicU64,
 }
 
 impl SharedStats {
@@ -55,6 +62,32 @@ impl SharedStats {
         self.released_total.fetch_add(buffers, Ordering::Relaxed);
     }
 
+    /// `buffers` of `bytes` moved from the device to host memory. Not a
+    /// release: `released_total` counts them when a release drops the copies.
+    pub(crate) fn record_offloaded(&self, buffers: u64, bytes: u64) {
+        self.live_buffers.fetch_sub(buffers, Ordering::Relaxed);
+        self.live_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.offloaded_buffers.fetch_add(buffers, Ordering::Relaxed);
+        self.offloaded_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// `buffers` of `bytes` back on the device from host memory. Not an
+    /// allocation: `allocated_total` counted them when they were first made.
+    pub(crate) fn record_restored(&self, buffers: u64, bytes: u64) {
+        self.offloaded_buffers.fetch_sub(buffers, Ordering::Relaxed);
+        self.offloaded_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.live_buffers.fetch_add(buffers, Ordering::Relaxed);
+        let live = self.live_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak_bytes.fetch_max(live, Ordering::Relaxed);
+    }
+
+    /// Host copies of `bytes` dropped by a release: released buffers too.
+    pub(crate) fn record_host_released(&self, buffers: u64, bytes: u64) {
+        self.offloaded_buffers.fetch_sub(buffers, Ordering::Relaxed);
+        self.offloaded_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.released_total.fetch_add(buffers, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> PoolStats {
         PoolStats {
             live_buffers: self.live_buffers.load(Ordering::Relaxed),
@@ -62,9 +95,8 @@ impl SharedStats {
             peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
             allocated_total: self.allocated_total.load(Ordering::Relaxed),
             released_total: self.released_total.load(Ordering::Relaxed),
-            // The wgpu pool cannot offload yet.
-            offloaded_buffers: 0,
-            offloaded_bytes: 0,
+            offloaded_buffers: self.offloaded_buffers.load(Ordering::Relaxed),
+            offloaded_bytes: self.offloaded_bytes.load(Ordering::Relaxed),
         }
     }
 }

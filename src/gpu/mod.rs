@@ -4,6 +4,8 @@
 //! - `config`: the `[gpu]` settings ([`GpuConfig`]).
 //! - `adapter`: picks the adapter and opens the device.
 //! - `worker`: the `sessionbus-gpu` thread, the only one calling into wgpu.
+//! - `host_copy`: moves buffer contents to host memory and back (reads,
+//!   offload, restore), on that thread.
 //! - `pool`: [`WgpuPool`], the handle the engine holds.
 //! - `counters`: wgpu's live-buffer counters ([`GpuCounters`]) and the pool's stats.
 
@@ -11,9 +13,12 @@ mod adapter;
 mod config;
 mod counters;
 mod error;
+mod host_copy;
 mod pool;
 mod worker;
 
+#[cfg(test)]
+mod offload_tests;
 #[cfg(test)]
 mod tests;
 

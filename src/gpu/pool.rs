@@ -6,7 +6,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 use sessionbus_actors::{
-    AllocRequest, Allocated, GpuError, GpuPool, PoolInfo, PoolStats, ReleaseReport,
+    AllocRequest, Allocated, GpuError, GpuPool, OffloadReport, PoolInfo, PoolStats, ReleaseReport,
+    RestoreReport,
 };
 use sessionbus_actors::{AllocationId, SessionId};
 use tokio::sync::oneshot;
@@ -105,10 +106,11 @@ impl WgpuPool {
     /// the engine), waits for the device, stops the worker thread and returns
     /// the counters as they stood after that cleanup, before wgpu dropped its
     /// own buffers, so they compare with [`WgpuPool::initial_counters`].
-    /// Afterwards `allocate` answers [`GpuError::Unavailable`], while
-    /// `release_session`, `release_allocations` and `sessions_holding_memory`
+    /// Afterwards `allocate`, `offload_session` and `restore_session` answer
+    /// [`GpuError::Unavailable`], while `release_session`,
+    /// `release_allocations`, `sessions_holding_memory`, `write` and `read`
     /// drop their replies unanswered; a second call just reads the counters
-    /// as they are now.
+    /// as they are now. Host copies still held are dropped (a warning each).
     pub fn shutdown(&self) -> GpuCounters {
         let Some(handle) = self
             .worker
@@ -186,5 +188,58 @@ impl GpuPool for WgpuPool {
 
     fn stats(&self) -> PoolStats {
         self.stats.snapshot()
+    }
+
+    fn write(
+        &self,
+        session: SessionId,
+        id: AllocationId,
+        offset: u64,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), GpuError>>,
+    ) {
+        // As the contract says: a worker that is gone drops the reply.
+        let _ = self.commands.send(Command::Write {
+            session,
+            id,
+            offset,
+            data,
+            reply,
+        });
+    }
+
+    fn read(
+        &self,
+        session: SessionId,
+        id: AllocationId,
+        reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
+    ) {
+        // As `write`: a worker that is gone drops the reply.
+        let _ = self.commands.send(Command::Read { session, id, reply });
+    }
+
+    fn offload_session(
+        &self,
+        session: SessionId,
+        reply: oneshot::Sender<Result<OffloadReport, GpuError>>,
+    ) {
+        // As `allocate`: the command comes back, and its reply says so.
+        if let Err(crossbeam_channel::SendError(Command::Offload { reply, .. })) =
+            self.commands.send(Command::Offload { session, reply })
+        {
+            let _ = reply.send(Err(GpuError::Unavailable));
+        }
+    }
+
+    fn restore_session(
+        &self,
+        session: SessionId,
+        reply: oneshot::Sender<Result<RestoreReport, GpuError>>,
+    ) {
+        if let Err(crossbeam_channel::SendError(Command::Restore { reply, .. })) =
+            self.commands.send(Command::Restore { session, reply })
+        {
+            let _ = reply.send(Err(GpuError::Unavailable));
+        }
     }
 }

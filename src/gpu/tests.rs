@@ -10,23 +10,27 @@ use tokio::sync::oneshot;
 
 use super::*;
 
-const MIB: u64 = 1 << 20;
+pub(super) const MIB: u64 = 1 << 20;
 
-fn vulkan() -> GpuConfig {
+pub(super) fn vulkan() -> GpuConfig {
     GpuConfig {
         backend: BackendChoice::Vulkan,
         ..GpuConfig::default()
     }
 }
 
-fn start() -> WgpuPool {
+pub(super) fn start() -> WgpuPool {
     match WgpuPool::start(&vulkan()) {
         Ok(pool) => pool,
         Err(error) => panic!("these tests need a Vulkan adapter: {error}"),
     }
 }
 
-fn allocate(pool: &WgpuPool, session: SessionId, bytes: u64) -> Result<Allocated, GpuError> {
+pub(super) fn allocate(
+    pool: &WgpuPool,
+    session: SessionId,
+    bytes: u64,
+) -> Result<Allocated, GpuError> {
     let (reply, answer) = oneshot::channel();
     pool.allocate(
         AllocRequest {
@@ -41,7 +45,7 @@ fn allocate(pool: &WgpuPool, session: SessionId, bytes: u64) -> Result<Allocated
         .expect("the pool dropped an allocation reply")
 }
 
-fn release(pool: &WgpuPool, session: SessionId) -> ReleaseReport {
+pub(super) fn release(pool: &WgpuPool, session: SessionId) -> ReleaseReport {
     let (reply, answer) = oneshot::channel();
     pool.release_session(session, reply);
     answer
@@ -49,7 +53,11 @@ fn release(pool: &WgpuPool, session: SessionId) -> ReleaseReport {
         .expect("the pool dropped a release reply")
 }
 
-fn release_allocations(pool: &WgpuPool, session: SessionId, ids: &[AllocationId]) -> ReleaseReport {
+pub(super) fn release_allocations(
+    pool: &WgpuPool,
+    session: SessionId,
+    ids: &[AllocationId],
+) -> ReleaseReport {
     let (reply, answer) = oneshot::channel();
     pool.release_allocations(session, ids.to_vec(), reply);
     answer
@@ -57,7 +65,7 @@ fn release_allocations(pool: &WgpuPool, session: SessionId, ids: &[AllocationId]
         .expect("the pool dropped a release_allocations reply")
 }
 
-fn holders(pool: &WgpuPool) -> Vec<SessionId> {
+pub(super) fn holders(pool: &WgpuPool) -> Vec<SessionId> {
     let (reply, answer) = oneshot::channel();
     pool.sessions_holding_memory(reply);
     answer
@@ -65,7 +73,7 @@ fn holders(pool: &WgpuPool) -> Vec<SessionId> {
         .expect("the pool dropped a sessions_holding_memory reply")
 }
 
-fn sorted(mut sessions: Vec<SessionId>) -> Vec<SessionId> {
+pub(super) fn sorted(mut sessions: Vec<SessionId>) -> Vec<SessionId> {
     sessions.sort_unstable();
     sessions
 }

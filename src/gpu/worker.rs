@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use sessionbus_actors::{AllocRequest, Allocated, GpuError, PoolInfo, ReleaseReport};
+use sessionbus_actors::{
+    AllocRequest, Allocated, GpuError, OffloadReport, PoolInfo, ReleaseReport, RestoreReport,
+};
 use sessionbus_actors::{AllocationId, SessionId};
 use tokio::sync::oneshot;
 
@@ -19,6 +21,7 @@ use super::adapter::{OpenedDevice, open_device};
 use super::config::GpuConfig;
 use super::counters::{GpuCounters, SharedStats};
 use super::error::GpuInitError;
+use super::host_copy;
 
 /// What the pool handle asks of the worker.
 pub(crate) enum Command {
@@ -40,6 +43,30 @@ pub(crate) enum Command {
     SessionsHoldingMemory {
         reply: oneshot::Sender<Vec<SessionId>>,
     },
+    /// Queue a write into one buffer; answered at once.
+    Write {
+        session: SessionId,
+        id: AllocationId,
+        offset: u64,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), GpuError>>,
+    },
+    /// Copy one buffer back to host memory (waits for the device).
+    Read {
+        session: SessionId,
+        id: AllocationId,
+        reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
+    },
+    /// Copy a session's buffers to host memory, then destroy them on the device.
+    Offload {
+        session: SessionId,
+        reply: oneshot::Sender<Result<OffloadReport, GpuError>>,
+    },
+    /// Recreate a session's offloaded buffers from their host copies.
+    Restore {
+        session: SessionId,
+        reply: oneshot::Sender<Result<RestoreReport, GpuError>>,
+    },
     /// Destroy whatever is left, poll, answer with the counters, and exit.
     Shutdown { reply: Sender<GpuCounters> },
 }
@@ -54,10 +81,16 @@ pub(crate) struct Started {
 }
 
 /// Every buffer is usable as compute storage and as a copy source/target:
-/// what a model's KV cache or activations need, without mapping.
-const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+/// what a model's KV cache or activations need, without mapping. Writes
+/// (`queue.write_buffer`) need COPY_DST; reads and offloads copy out of the
+/// buffer, which needs COPY_SRC.
+pub(super) const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
+const _: () = assert!(
+    USAGE.contains(wgpu::BufferUsages::COPY_SRC.union(wgpu::BufferUsages::COPY_DST)),
+    "reads, writes, offload and restore copy into and out of every buffer"
+);
 
 /// The thread's body: opens the device, reports on `started`, then serves
 /// `commands` until told to stop or until every sender is gone.
@@ -113,41 +146,65 @@ struct LiveBuffer {
     bytes: u64,
 }
 
+/// An offloaded buffer: its id and contents (its size is their length).
+struct HostCopy {
+    id: AllocationId,
+    data: Vec<u8>,
+}
+
 /// A release whose buffers are destroyed but whose reply waits for the batch's poll.
 struct PendingRelease {
     session: SessionId,
     reply: oneshot::Sender<ReleaseReport>,
     buffers: u64,
     bytes: u64,
+    host_bytes: u64,
     started_at: Instant,
 }
 
 impl PendingRelease {
-    /// A release whose buffers (`freed`: count, bytes) are destroyed; its reply waits for the poll.
+    /// A release whose buffers (`freed`: count, device bytes, host bytes) are
+    /// destroyed; its reply waits for the poll.
     fn new(
         session: SessionId,
         reply: oneshot::Sender<ReleaseReport>,
-        (buffers, bytes): (u64, u64),
+        freed: Freed,
         started_at: Instant,
     ) -> Self {
         PendingRelease {
             session,
             reply,
-            buffers,
-            bytes,
+            buffers: freed.buffers,
+            bytes: freed.bytes,
+            host_bytes: freed.host_bytes,
             started_at,
         }
     }
 }
 
+/// What one release destroyed: buffers on the device and host copies alike
+/// (`buffers`), device bytes, host bytes.
+#[derive(Clone, Copy, Default)]
+struct Freed {
+    buffers: u64,
+    bytes: u64,
+    host_bytes: u64,
+}
+
 struct Worker {
     device: wgpu::Device,
-    _queue: wgpu::Queue,
+    queue: wgpu::Queue,
     max_buffer_size: u64,
     lost: Arc<std::sync::atomic::AtomicBool>,
     stats: Arc<SharedStats>,
     /// Owned by this thread alone, hence no lock.
     sessions: HashMap<SessionId, Vec<LiveBuffer>>,
+    /// Host copies of offloaded buffers, per session. No empty entries:
+    /// `sessions_holding_memory` lists these keys too.
+    offloaded: HashMap<SessionId, Vec<HostCopy>>,
+    /// A `queue.write_buffer` since the last submission: wgpu holds it (and
+    /// its staging memory) until something is submitted.
+    unsubmitted_writes: bool,
 }
 
 impl Worker {
@@ -155,10 +212,12 @@ impl Worker {
         Worker {
             max_buffer_size: opened.info.max_buffer_size,
             device: opened.device,
-            _queue: opened.queue,
+            queue: opened.queue,
             lost: opened.lost,
             stats,
             sessions: HashMap::new(),
+            offloaded: HashMap::new(),
+            unsubmitted_writes: false,
         }
     }
 
@@ -200,6 +259,27 @@ impl Worker {
                         // even if their release's reply still waits for the poll.
                         let _ = reply.send(self.sessions_holding_memory());
                     }
+                    Command::Write {
+                        session,
+                        id,
+                        offset,
+                        data,
+                        reply,
+                    } => {
+                        let _ = reply.send(self.write(session, id, offset, &data));
+                    }
+                    // The three below wait for the device themselves; releases
+                    // earlier in the batch (destroyed already) are freed by that
+                    // wait too, and still answered after the batch's poll.
+                    Command::Read { session, id, reply } => {
+                        let _ = reply.send(self.read(session, id));
+                    }
+                    Command::Offload { session, reply } => {
+                        let _ = reply.send(self.offload(session));
+                    }
+                    Command::Restore { session, reply } => {
+                        let _ = reply.send(self.restore(session));
+                    }
                     Command::Shutdown { reply } => {
                         stop = Some(reply);
                         break;
@@ -209,6 +289,7 @@ impl Worker {
                     next = commands.try_recv().ok();
                 }
             }
+            self.submit_writes();
             self.finish_releases(pending);
             if stop.is_some() {
                 return stop;
@@ -281,36 +362,56 @@ impl Worker {
         PendingRelease::new(session, reply, freed, started_at)
     }
 
-    /// Only `session`'s own list is searched, so an id of another session's
+    /// Only `session`'s own lists are searched, so an id of another session's
     /// buffer (or an unknown or already-destroyed one) matches nothing.
-    fn destroy_allocations(&mut self, session: SessionId, ids: &[AllocationId]) -> (u64, u64) {
-        let Some(live) = self.sessions.get_mut(&session) else {
-            return (0, 0);
-        };
+    fn destroy_allocations(&mut self, session: SessionId, ids: &[AllocationId]) -> Freed {
         let listed: HashSet<AllocationId> = ids.iter().copied().collect();
-        let (doomed, kept): (Vec<LiveBuffer>, Vec<LiveBuffer>) = std::mem::take(live)
-            .into_iter()
-            .partition(|buffer| listed.contains(&buffer.id));
-        if kept.is_empty() {
-            // No empty entries: `sessions_holding_memory` lists the map's keys.
-            self.sessions.remove(&session);
-        } else {
-            *live = kept;
-        }
-        self.destroy_buffers(doomed)
+        let doomed = take_listed(&mut self.sessions, session, |buffer| {
+            listed.contains(&buffer.id)
+        });
+        let copies = take_listed(&mut self.offloaded, session, |copy| {
+            listed.contains(&copy.id)
+        });
+        let (buffers, bytes) = self.destroy_buffers(doomed);
+        self.free_host_copies(buffers, bytes, copies)
     }
 
-    /// Sorted, so callers and logs see a stable order.
+    /// Sorted, so callers and logs see a stable order. A session holding
+    /// only host copies is listed too: host memory can leak as well.
     fn sessions_holding_memory(&self) -> Vec<SessionId> {
-        let mut holders: Vec<SessionId> = self.sessions.keys().copied().collect();
+        let mut holders: Vec<SessionId> = self
+            .sessions
+            .keys()
+            .chain(
+                self.offloaded
+                    .keys()
+                    .filter(|s| !self.sessions.contains_key(s)),
+            )
+            .copied()
+            .collect();
         holders.sort_unstable();
         holders
     }
 
-    fn destroy_session(&mut self, session: SessionId) -> (u64, u64) {
-        match self.sessions.remove(&session) {
+    fn destroy_session(&mut self, session: SessionId) -> Freed {
+        let (buffers, bytes) = match self.sessions.remove(&session) {
             Some(live) => self.destroy_buffers(live),
             None => (0, 0),
+        };
+        let copies = self.offloaded.remove(&session).unwrap_or_default();
+        self.free_host_copies(buffers, bytes, copies)
+    }
+
+    /// Drops host copies along with a release that destroyed (`buffers`,
+    /// `bytes`) on the device.
+    fn free_host_copies(&self, buffers: u64, bytes: u64, copies: Vec<HostCopy>) -> Freed {
+        let count = copies.len() as u64;
+        let host_bytes: u64 = copies.iter().map(|copy| copy.data.len() as u64).sum();
+        self.stats.record_host_released(count, host_bytes);
+        Freed {
+            buffers: buffers + count,
+            bytes,
+            host_bytes,
         }
     }
 
@@ -332,12 +433,171 @@ impl Worker {
         (buffers, bytes)
     }
 
+    /// The device buffer `id` of `session`, or why there is none. Only this
+    /// session's lists are searched: another session's buffer is unknown.
+    fn live_buffer(&self, session: SessionId, id: AllocationId) -> Result<&LiveBuffer, GpuError> {
+        if self.lost.load(Ordering::Acquire) {
+            return Err(GpuError::Unavailable);
+        }
+        let offloaded = self
+            .offloaded
+            .get(&session)
+            .is_some_and(|copies| copies.iter().any(|copy| copy.id == id));
+        if offloaded {
+            return Err(GpuError::Offloaded { id });
+        }
+        self.sessions
+            .get(&session)
+            .and_then(|live| live.iter().find(|buffer| buffer.id == id))
+            .ok_or(GpuError::UnknownBuffer { id })
+    }
+
+    /// Queues `data` for buffer `id` at `offset`. It reaches the device with
+    /// the next submission: a read, offload or restore (whose copies it
+    /// precedes) or the end of the batch.
+    fn write(
+        &mut self,
+        session: SessionId,
+        id: AllocationId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), GpuError> {
+        let buffer = self.live_buffer(session, id)?;
+        let len = data.len() as u64;
+        let alignment = wgpu::COPY_BUFFER_ALIGNMENT;
+        if offset % alignment != 0 || len % alignment != 0 {
+            return Err(GpuError::Misaligned {
+                offset,
+                len,
+                alignment,
+            });
+        }
+        if offset.checked_add(len).is_none_or(|end| end > buffer.bytes) {
+            return Err(GpuError::OutOfRange {
+                id,
+                offset,
+                len,
+                size: buffer.bytes,
+            });
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.queue.write_buffer(&buffer.buffer, offset, data);
+        if let Some(error) = pollster::block_on(validation.pop()) {
+            return Err(GpuError::Rejected(error.to_string().trim_end().to_owned()));
+        }
+        self.unsubmitted_writes = true;
+        Ok(())
+    }
+
+    /// The whole of buffer `id`, copied back through a staging buffer.
+    fn read(&mut self, session: SessionId, id: AllocationId) -> Result<Vec<u8>, GpuError> {
+        let buffer = self.live_buffer(session, id)?;
+        let mut copies = host_copy::read_back(&self.device, &self.queue, &[&buffer.buffer])?;
+        self.unsubmitted_writes = false;
+        Ok(copies.pop().unwrap_or_default())
+    }
+
+    /// Copies every device buffer of `session` to host memory; only once all
+    /// copies are complete are the device buffers destroyed (and the device
+    /// polled). A failed copy destroys nothing.
+    fn offload(&mut self, session: SessionId) -> Result<OffloadReport, GpuError> {
+        let started_at = Instant::now();
+        if self.lost.load(Ordering::Acquire) {
+            return Err(GpuError::Unavailable);
+        }
+        let sources: Vec<&wgpu::Buffer> = self
+            .sessions
+            .get(&session)
+            .map(|live| live.iter().map(|buffer| &buffer.buffer).collect())
+            .unwrap_or_default();
+        let (mut buffers, mut bytes) = (0, 0);
+        if !sources.is_empty() {
+            let contents = host_copy::read_back(&self.device, &self.queue, &sources)?;
+            self.unsubmitted_writes = false;
+            let live = self.sessions.remove(&session).unwrap_or_default();
+            let copies = self.offloaded.entry(session).or_default();
+            for (buffer, data) in live.into_iter().zip(contents) {
+                buffer.buffer.destroy();
+                buffers += 1;
+                bytes += buffer.bytes;
+                copies.push(HostCopy {
+                    id: buffer.id,
+                    data,
+                });
+            }
+            self.stats.record_offloaded(buffers, bytes);
+            self.wait_idle();
+        }
+        Ok(OffloadReport {
+            session,
+            buffers,
+            bytes,
+            started_at,
+            finished_at: Instant::now(),
+        })
+    }
+
+    /// Recreates every offloaded buffer of `session` under its old id and
+    /// contents, all or nothing: on failure the host copies stay.
+    fn restore(&mut self, session: SessionId) -> Result<RestoreReport, GpuError> {
+        let started_at = Instant::now();
+        if self.lost.load(Ordering::Acquire) {
+            return Err(GpuError::Unavailable);
+        }
+        let contents: Vec<&[u8]> = self
+            .offloaded
+            .get(&session)
+            .map(|copies| copies.iter().map(|copy| copy.data.as_slice()).collect())
+            .unwrap_or_default();
+        let (mut buffers, mut bytes) = (0, 0);
+        if !contents.is_empty() {
+            let device = &self.device;
+            let created = host_copy::upload(device, &self.queue, &contents, |descriptor| {
+                scoped_create(device, descriptor, descriptor.size)
+            })?;
+            self.unsubmitted_writes = false;
+            let copies = self.offloaded.remove(&session).unwrap_or_default();
+            let live = self.sessions.entry(session).or_default();
+            for (copy, buffer) in copies.into_iter().zip(created) {
+                let size = copy.data.len() as u64;
+                buffers += 1;
+                bytes += size;
+                live.push(LiveBuffer {
+                    id: copy.id,
+                    buffer,
+                    bytes: size,
+                });
+            }
+            self.stats.record_restored(buffers, bytes);
+        }
+        Ok(RestoreReport {
+            session,
+            buffers,
+            bytes,
+            started_at,
+            finished_at: Instant::now(),
+        })
+    }
+
+    /// Hands queued writes to the device, so they (and the staging memory
+    /// wgpu keeps for them) do not wait for an unrelated submission, and so
+    /// a buffer destroyed after a write is freed by the next poll.
+    fn submit_writes(&mut self) {
+        if std::mem::take(&mut self.unsubmitted_writes) {
+            self.queue.submit([]);
+        }
+    }
+
     /// One poll for the whole batch, then every release reply.
     fn finish_releases(&mut self, pending: Vec<PendingRelease>) {
         if pending.is_empty() {
             return;
         }
-        if pending.iter().any(|release| release.buffers > 0) {
+        // Dropping host copies needs no poll; destroying device buffers does.
+        if pending.iter().any(|release| release.bytes > 0) {
             self.wait_idle();
         }
         let finished_at = Instant::now();
@@ -351,7 +611,7 @@ impl Worker {
                 started_at: release.started_at,
                 finished_at,
                 batch_len,
-                host_bytes: 0,
+                host_bytes: release.host_bytes,
             });
         }
     }
@@ -367,12 +627,18 @@ impl Worker {
     /// Shutdown path: anything still alive is a session that was never
     /// released, i.e. an engine bug worth a warning each.
     fn destroy_everything(&mut self) {
+        self.submit_writes();
         let leftovers: Vec<(SessionId, Vec<LiveBuffer>)> = self.sessions.drain().collect();
         let any = !leftovers.is_empty();
         for (session, live) in leftovers {
             let ids: Vec<u64> = live.iter().map(|buffer| buffer.id.0).collect();
             let (buffers, bytes) = self.destroy_buffers(live);
             tracing::warn!(%session, buffers, bytes, ?ids, "GPU buffers still alive at shutdown; destroyed them");
+        }
+        for (session, copies) in std::mem::take(&mut self.offloaded) {
+            let ids: Vec<u64> = copies.iter().map(|copy| copy.id.0).collect();
+            let freed = self.free_host_copies(0, 0, copies);
+            tracing::warn!(%session, buffers = freed.buffers, host_bytes = freed.host_bytes, ?ids, "offloaded host copies still held at shutdown; dropped them");
         }
         if any {
             self.wait_idle();
@@ -387,17 +653,29 @@ pub(super) fn create_buffer(
     requested: u64,
     size: u64,
 ) -> Result<wgpu::Buffer, GpuError> {
+    let descriptor = wgpu::BufferDescriptor {
+        label: None,
+        size,
+        usage: USAGE,
+        mapped_at_creation: false,
+    };
+    scoped_create(device, &descriptor, requested)
+}
+
+/// Creates the buffer `descriptor` describes inside error scopes, so that
+/// wgpu's refusal (out of memory, validation) comes back as the engine's
+/// error rather than a log line; `requested` is for the error message.
+pub(super) fn scoped_create(
+    device: &wgpu::Device,
+    descriptor: &wgpu::BufferDescriptor<'_>,
+    requested: u64,
+) -> Result<wgpu::Buffer, GpuError> {
     // Scopes instead of the uncaptured handler, so the error reaches this
     // caller rather than a log line. Popped in reverse order, as wgpu requires;
     // on native backends the pop futures are already resolved.
     let oom_scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation_scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size,
-        usage: USAGE,
-        mapped_at_creation: false,
-    });
+    let buffer = device.create_buffer(descriptor);
     let validation = pollster::block_on(validation_scope.pop());
     let oom = pollster::block_on(oom_scope.pop());
     match oom.or(validation) {
@@ -408,14 +686,43 @@ pub(super) fn create_buffer(
     }
 }
 
-/// Commands that arrived after `Shutdown`: allocations are refused outright;
-/// the replies of releases (either kind) and of `SessionsHoldingMemory` are
+/// Commands that arrived after `Shutdown`: allocations, offloads and
+/// restores are refused outright (`Unavailable`); the replies of releases
+/// (either kind), of `SessionsHoldingMemory` and of reads and writes are
 /// dropped unanswered (the engine treats a dropped release reply as an
 /// incident, which a release after shutdown is).
 fn refuse_the_rest(commands: &Receiver<Command>) {
     while let Ok(command) = commands.try_recv() {
-        if let Command::Allocate { reply, .. } = command {
-            let _ = reply.send(Err(GpuError::Unavailable));
+        match command {
+            Command::Allocate { reply, .. } => {
+                let _ = reply.send(Err(GpuError::Unavailable));
+            }
+            Command::Offload { reply, .. } => {
+                let _ = reply.send(Err(GpuError::Unavailable));
+            }
+            Command::Restore { reply, .. } => {
+                let _ = reply.send(Err(GpuError::Unavailable));
+            }
+            _ => {}
         }
     }
+}
+
+/// Removes the entries of `session` in `map` that `doomed` picks, dropping
+/// the session's entry once it is empty (no empty entries: holders are keys).
+fn take_listed<T>(
+    map: &mut HashMap<SessionId, Vec<T>>,
+    session: SessionId,
+    doomed: impl Fn(&T) -> bool,
+) -> Vec<T> {
+    let Some(held) = map.get_mut(&session) else {
+        return Vec::new();
+    };
+    let (taken, kept): (Vec<T>, Vec<T>) = std::mem::take(held).into_iter().partition(doomed);
+    if kept.is_empty() {
+        map.remove(&session);
+    } else {
+        *held = kept;
+    }
+    taken
 }

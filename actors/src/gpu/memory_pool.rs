@@ -1,5 +1,19 @@
-//! A GPU pool that only counts: for tests of the engine itself (no device needed).
+//! A GPU pool without a GPU: for tests of the engine itself (no device needed).
 //! The product's tests use the real wgpu pool instead.
+//!
+//! It keeps what a device would: each buffer's size and contents (zeros until
+//! the first write, materialised only then, so big pools of never-written
+//! buffers cost nothing), and after an offload the session's host copies.
+//! `capacity` bounds the bytes on the "device" only; host copies do not count
+//! against it, as on a real machine. Restoring checks it for every buffer
+//! before anything moves, which is how tests see an all-or-nothing restore
+//! refused on a full device.
+//!
+//! Counting: `allocated_total` and `released_total` count the engine's
+//! allocations (`allocate`, and the releases that end them). An offload and a
+//! restore move buffers between `live_*` and `offloaded_*` without counting
+//! as a release or an allocation, so at any time
+//! `allocated_total - released_total == live_buffers + offloaded_buffers`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -7,7 +21,10 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::{AllocRequest, Allocated, GpuError, GpuPool, PoolInfo, PoolStats, ReleaseReport};
+use super::{
+    AllocRequest, Allocated, GpuError, GpuPool, OffloadReport, PoolInfo, PoolStats, ReleaseReport,
+    RestoreReport,
+};
 use crate::ids::{AllocationId, SessionId};
 
 /// An in-memory stand-in for a GPU: allocations are entries in a map.
@@ -21,26 +38,105 @@ pub struct InMemoryPool {
     state: Mutex<State>,
 }
 
+/// One buffer, on the "device" or (after an offload) as a host copy.
+#[derive(Debug)]
+struct Buffer {
+    id: AllocationId,
+    /// Its size: the request rounded up to the pool's alignment.
+    bytes: u64,
+    /// `None` until the first write: a buffer never written reads as zeros.
+    contents: Option<Vec<u8>>,
+}
+
+impl Buffer {
+    fn contents(&self) -> Vec<u8> {
+        self.contents
+            .clone()
+            .unwrap_or_else(|| vec![0; self.bytes as usize])
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    sessions: HashMap<SessionId, Vec<(AllocationId, u64)>>,
+    /// Buffers on the "device", per session. No empty entries:
+    /// `sessions_holding_memory` lists the keys.
+    sessions: HashMap<SessionId, Vec<Buffer>>,
+    /// Host copies of offloaded buffers, per session. No empty entries either.
+    offloaded: HashMap<SessionId, Vec<Buffer>>,
     stats: PoolStats,
 }
 
+/// Removes the listed buffers of `session` from `map` (all of them when
+/// `listed` is `None`), dropping the entry if it becomes empty.
+fn take(
+    map: &mut HashMap<SessionId, Vec<Buffer>>,
+    session: SessionId,
+    listed: Option<&HashSet<AllocationId>>,
+) -> Vec<Buffer> {
+    let Some(held) = map.get_mut(&session) else {
+        return Vec::new();
+    };
+    let Some(listed) = listed else {
+        return map.remove(&session).unwrap_or_default();
+    };
+    let (taken, kept): (Vec<Buffer>, Vec<Buffer>) = std::mem::take(held)
+        .into_iter()
+        .partition(|buffer| listed.contains(&buffer.id));
+    if kept.is_empty() {
+        map.remove(&session);
+    } else {
+        *held = kept;
+    }
+    taken
+}
+
+fn total(buffers: &[Buffer]) -> (u64, u64) {
+    (
+        buffers.len() as u64,
+        buffers.iter().map(|buffer| buffer.bytes).sum(),
+    )
+}
+
 impl State {
-    /// Counts `buffers` (already out of the map) as released; returns (buffers, bytes).
-    fn forget(&mut self, buffers: &[(AllocationId, u64)]) -> (u64, u64) {
-        let count = buffers.len() as u64;
-        let bytes: u64 = buffers.iter().map(|(_, b)| b).sum();
-        self.stats.live_buffers -= count;
-        self.stats.live_bytes -= bytes;
-        self.stats.released_total += count;
-        (count, bytes)
+    /// Frees the listed buffers of `session` (all when `listed` is `None`),
+    /// on the device and in host memory alike: (buffers, device bytes, host bytes).
+    fn release(
+        &mut self,
+        session: SessionId,
+        listed: Option<&HashSet<AllocationId>>,
+    ) -> (u64, u64, u64) {
+        let (on_device, bytes) = total(&take(&mut self.sessions, session, listed));
+        let (in_host, host_bytes) = total(&take(&mut self.offloaded, session, listed));
+        let stats = &mut self.stats;
+        stats.live_buffers -= on_device;
+        stats.live_bytes -= bytes;
+        stats.offloaded_buffers -= in_host;
+        stats.offloaded_bytes -= host_bytes;
+        stats.released_total += on_device + in_host;
+        (on_device + in_host, bytes, host_bytes)
+    }
+
+    /// The device buffer `id` of `session`, or why there is none.
+    fn on_device(&mut self, session: SessionId, id: AllocationId) -> Result<&mut Buffer, GpuError> {
+        let held = |map: &HashMap<SessionId, Vec<Buffer>>| {
+            map.get(&session)
+                .is_some_and(|buffers| buffers.iter().any(|buffer| buffer.id == id))
+        };
+        if held(&self.offloaded) {
+            return Err(GpuError::Offloaded { id });
+        }
+        // Only this session's list is searched: another session's buffer is
+        // as unknown here as a made-up id.
+        self.sessions
+            .get_mut(&session)
+            .and_then(|buffers| buffers.iter_mut().find(|buffer| buffer.id == id))
+            .ok_or(GpuError::UnknownBuffer { id })
     }
 }
 
 impl InMemoryPool {
     /// A pool that holds at most `capacity` bytes, with buffers up to `max_buffer_size`.
+    /// Sizes are not rounded (alignment 1); see [`InMemoryPool::with_size_alignment`].
     pub fn new(capacity: u64, max_buffer_size: u64) -> Self {
         InMemoryPool {
             info: PoolInfo {
@@ -56,27 +152,60 @@ impl InMemoryPool {
         }
     }
 
-    fn report(
-        session: SessionId,
-        (buffers, bytes): (u64, u64),
-        started_at: Instant,
-    ) -> ReleaseReport {
-        ReleaseReport {
-            session,
-            buffers,
-            bytes,
-            started_at,
-            finished_at: Instant::now(),
-            batch_len: 1,
-            host_bytes: 0,
-        }
+    /// The same pool, rounding every buffer up to a multiple of `alignment`
+    /// bytes (wgpu's is 4), refusing writes that are not aligned to it, and
+    /// saying that the smallest buffer occupies `alignment` bytes. For tests
+    /// of budgets that must count rounded bytes. An `alignment` of 0 counts as 1.
+    pub fn with_size_alignment(mut self, alignment: u64) -> Self {
+        let alignment = alignment.max(1);
+        self.info.size_alignment = alignment;
+        self.info.min_buffer_bytes = alignment;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic elsewhere cannot leave the counters half-updated: every update is one statement.
+        // A panic elsewhere cannot leave the counters half-updated: no update
+        // calls anything that can panic between its first and last statement.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Why `len` bytes at `offset` cannot be written to `buffer`, if they cannot.
+    fn check_write(&self, buffer: &Buffer, offset: u64, len: u64) -> Result<(), GpuError> {
+        let alignment = self.info.size_alignment.max(1);
+        if offset % alignment != 0 || len % alignment != 0 {
+            return Err(GpuError::Misaligned {
+                offset,
+                len,
+                alignment,
+            });
+        }
+        if offset.checked_add(len).is_none_or(|end| end > buffer.bytes) {
+            return Err(GpuError::OutOfRange {
+                id: buffer.id,
+                offset,
+                len,
+                size: buffer.bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn release_report(
+    session: SessionId,
+    (buffers, bytes, host_bytes): (u64, u64, u64),
+    started_at: Instant,
+) -> ReleaseReport {
+    ReleaseReport {
+        session,
+        buffers,
+        bytes,
+        started_at,
+        finished_at: Instant::now(),
+        batch_len: 1,
+        host_bytes,
     }
 }
 
@@ -86,8 +215,9 @@ impl GpuPool for InMemoryPool {
     }
 
     fn allocate(&self, request: AllocRequest, reply: oneshot::Sender<Result<Allocated, GpuError>>) {
+        let bytes = self.info.rounded(request.bytes);
         let mut state = self.lock();
-        let result = if state.stats.live_bytes + request.bytes > self.capacity {
+        let result = if state.stats.live_bytes + bytes > self.capacity {
             Err(GpuError::OutOfMemory {
                 bytes: request.bytes,
             })
@@ -96,15 +226,19 @@ impl GpuPool for InMemoryPool {
                 .sessions
                 .entry(request.session)
                 .or_default()
-                .push((request.id, request.bytes));
+                .push(Buffer {
+                    id: request.id,
+                    bytes,
+                    contents: None,
+                });
             let stats = &mut state.stats;
             stats.live_buffers += 1;
-            stats.live_bytes += request.bytes;
+            stats.live_bytes += bytes;
             stats.peak_bytes = stats.peak_bytes.max(stats.live_bytes);
             stats.allocated_total += 1;
             Ok(Allocated {
                 id: request.id,
-                bytes: request.bytes,
+                bytes,
             })
         };
         drop(state);
@@ -113,11 +247,8 @@ impl GpuPool for InMemoryPool {
 
     fn release_session(&self, session: SessionId, reply: oneshot::Sender<ReleaseReport>) {
         let started_at = Instant::now();
-        let mut state = self.lock();
-        let buffers = state.sessions.remove(&session).unwrap_or_default();
-        let freed = state.forget(&buffers);
-        drop(state);
-        let _ = reply.send(Self::report(session, freed, started_at));
+        let freed = self.lock().release(session, None);
+        let _ = reply.send(release_report(session, freed, started_at));
     }
 
     fn release_allocations(
@@ -128,30 +259,24 @@ impl GpuPool for InMemoryPool {
     ) {
         let started_at = Instant::now();
         let listed: HashSet<AllocationId> = ids.into_iter().collect();
-        let mut state = self.lock();
-        // Only this session's entry is looked at, so another session's buffer
-        // with a listed id is never touched.
-        let released = match state.sessions.get_mut(&session) {
-            Some(live) => {
-                let (released, kept) = std::mem::take(live)
-                    .into_iter()
-                    .partition(|(id, _)| listed.contains(id));
-                *live = kept;
-                if live.is_empty() {
-                    // No empty entries: `sessions_holding_memory` lists the map's keys.
-                    state.sessions.remove(&session);
-                }
-                released
-            }
-            None => Vec::new(),
-        };
-        let freed = state.forget(&released);
-        drop(state);
-        let _ = reply.send(Self::report(session, freed, started_at));
+        // Only this session's entries are looked at, so another session's
+        // buffer with a listed id is never touched.
+        let freed = self.lock().release(session, Some(&listed));
+        let _ = reply.send(release_report(session, freed, started_at));
     }
 
     fn sessions_holding_memory(&self, reply: oneshot::Sender<Vec<SessionId>>) {
-        let mut holders: Vec<SessionId> = self.lock().sessions.keys().copied().collect();
+        let state = self.lock();
+        // Host copies are memory too: a session holding only those is listed.
+        let mut holders: Vec<SessionId> = state
+            .sessions
+            .keys()
+            .chain(state.offloaded.keys())
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        drop(state);
         holders.sort_unstable();
         let _ = reply.send(holders);
     }
@@ -159,7 +284,122 @@ impl GpuPool for InMemoryPool {
     fn stats(&self) -> PoolStats {
         self.lock().stats
     }
+
+    fn write(
+        &self,
+        session: SessionId,
+        id: AllocationId,
+        offset: u64,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), GpuError>>,
+    ) {
+        let mut state = self.lock();
+        let result = state.on_device(session, id).and_then(|buffer| {
+            self.check_write(buffer, offset, data.len() as u64)?;
+            let size = buffer.bytes as usize;
+            let contents = buffer.contents.get_or_insert_with(|| vec![0; size]);
+            let start = offset as usize;
+            contents[start..start + data.len()].copy_from_slice(&data);
+            Ok(())
+        });
+        drop(state);
+        let _ = reply.send(result);
+    }
+
+    fn read(
+        &self,
+        session: SessionId,
+        id: AllocationId,
+        reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
+    ) {
+        let result = self
+            .lock()
+            .on_device(session, id)
+            .map(|buffer| buffer.contents());
+        let _ = reply.send(result);
+    }
+
+    fn offload_session(
+        &self,
+        session: SessionId,
+        reply: oneshot::Sender<Result<OffloadReport, GpuError>>,
+    ) {
+        let started_at = Instant::now();
+        let mut state = self.lock();
+        // Copying cannot fail here, so the whole list moves at once.
+        let moved = take(&mut state.sessions, session, None);
+        let (buffers, bytes) = total(&moved);
+        if !moved.is_empty() {
+            state.offloaded.entry(session).or_default().extend(moved);
+        }
+        let stats = &mut state.stats;
+        stats.live_buffers -= buffers;
+        stats.live_bytes -= bytes;
+        stats.offloaded_buffers += buffers;
+        stats.offloaded_bytes += bytes;
+        drop(state);
+        let _ = reply.send(Ok(OffloadReport {
+            session,
+            buffers,
+            bytes,
+            started_at,
+            finished_at: Instant::now(),
+        }));
+    }
+
+    fn restore_session(
+        &self,
+        session: SessionId,
+        reply: oneshot::Sender<Result<RestoreReport, GpuError>>,
+    ) {
+        let started_at = Instant::now();
+        let mut state = self.lock();
+        let host = state.offloaded.get(&session).map_or(&[][..], Vec::as_slice);
+        // Every buffer is checked against the capacity before any moves: the
+        // first that would not fit refuses the whole restore, as a failed
+        // creation does on a real device.
+        let mut needed = 0;
+        let mut refused = None;
+        for buffer in host {
+            needed += buffer.bytes;
+            if state.stats.live_bytes + needed > self.capacity {
+                refused = Some(GpuError::OutOfMemory {
+                    bytes: buffer.bytes,
+                });
+                break;
+            }
+        }
+        let result = match refused {
+            Some(error) => Err(error),
+            None => {
+                let moved = take(&mut state.offloaded, session, None);
+                let (buffers, bytes) = total(&moved);
+                if !moved.is_empty() {
+                    state.sessions.entry(session).or_default().extend(moved);
+                }
+                let stats = &mut state.stats;
+                stats.offloaded_buffers -= buffers;
+                stats.offloaded_bytes -= bytes;
+                stats.live_buffers += buffers;
+                stats.live_bytes += bytes;
+                stats.peak_bytes = stats.peak_bytes.max(stats.live_bytes);
+                Ok(RestoreReport {
+                    session,
+                    buffers,
+                    bytes,
+                    started_at,
+                    finished_at: Instant::now(),
+                })
+            }
+        };
+        drop(state);
+        let _ = reply.send(result);
+    }
 }
+
+#[cfg(test)]
+#[path = "memory_pool_offload_tests.rs"]
+mod offload_tests;
 
 #[cfg(test)]
 mod tests {
