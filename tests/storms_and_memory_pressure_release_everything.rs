@@ -111,7 +111,16 @@ async fn an_offloaded_session_gets_its_buffers_back_bit_for_bit() {
             .unwrap();
         written.push((buffer.id, data));
     }
+    // A read waits for the device, so the writes' staging memory is gone
+    // before the counters are read.
+    for (id, data) in &written {
+        assert!(
+            session.read_buffer(*id).await.unwrap() == *data,
+            "buffer {id} as written"
+        );
+    }
     let with_buffers = h.rt.gpu_counters();
+    assert_eq!(with_buffers.buffers, h.baseline.buffers + 3);
     let report = session.offload().await.unwrap();
     assert_eq!(report.buffers, 3);
     assert_eq!(

@@ -22,7 +22,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 
 fn with_budget(device: Option<u64>, when: WhenExhausted) -> EngineConfig {
     let mut config = no_expiry();
-    config.sessions.max_session_bytes = MIB;
+    config.sessions.max_session_bytes = 256 * KIB; // what `filled` allocates
     config.budget.device_bytes = device;
     config.budget.when_exhausted = when;
     config.budget.evict_idle_ms = 1_000;
