@@ -129,9 +129,9 @@ pub(crate) fn open_device(config: &GpuConfig) -> Result<OpenedDevice, GpuInitErr
 }
 
 /// Device memory that the smallest buffer the pool can make really occupies:
-/// drivers round every buffer up to their own allocation granularity (16 or
-/// 64 bytes on lavapipe and many GPUs, more on some), so a budget counting
-/// only requested bytes would undercount many small buffers.
+/// a driver may round every buffer up to its own allocation granularity, so
+/// a budget counting only requested bytes would undercount many small
+/// buffers. (Lavapipe rounds nothing: it reports 4 bytes.)
 ///
 /// Measured once, when the device opens: one buffer of one copy unit with the
 /// pool's usage is created and destroyed, and the difference in wgpu's
