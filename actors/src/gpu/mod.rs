@@ -143,6 +143,9 @@ pub struct RestoreReport {
 
 /// Counters a pool keeps about itself. Its own bookkeeping: leak checks should
 /// also read the GPU API's counters (the `sessionbus` crate exposes wgpu's).
+///
+/// An offload is not a release and a restore is not an allocation, so
+/// `allocated_total - released_total == live_buffers + offloaded_buffers`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PoolStats {
     /// Buffers alive now.
