@@ -52,8 +52,10 @@ async fn a_mass_disconnect_ends_every_session_once_with_zero_errors() {
 
 #[tokio::test]
 async fn a_paced_storm_gives_every_buffer_back() {
-    let mut config = Config::default();
-    config.release = ReleaseConfig::fixed(PaceUnit::Buffers, 20_000, 64, 16);
+    let config = Config {
+        release: ReleaseConfig::fixed(PaceUnit::Buffers, 20_000, 64, 16),
+        ..Config::default()
+    };
     let h = start_with(config).await;
     let sessions = population(&h, 300, 4).await;
     let receipts = join_all(sessions.iter().map(|s| s.close())).await;

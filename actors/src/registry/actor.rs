@@ -17,7 +17,7 @@ use super::pressure::PressureState;
 use super::stats::{RegistryStats, ShutdownReport};
 use super::sweeper::SweeperState;
 use super::tombstones::{Tombstone, Tombstones};
-use crate::budget::{Budget, WaitRules};
+use crate::budget::Budget;
 use crate::bus::{Bus, Sink, SubscriptionId};
 use crate::cleanup::ReleaseQueue;
 use crate::clock::Epoch;
@@ -105,8 +105,7 @@ impl RegistryActor {
         let epoch = Epoch::now();
         let settings = SessionSettings::new(
             epoch,
-            sessions.max_session_bytes,
-            &config.leases,
+            config,
             pool,
             me,
             match config.context.enabled {
@@ -114,10 +113,6 @@ impl RegistryActor {
                 false => None,
             },
             budget.clone(),
-            WaitRules {
-                when_exhausted: config.budget.when_exhausted,
-                timeout: Duration::from_millis(config.budget.wait_timeout_ms),
-            },
         );
         Ok(RegistryActor {
             config: sessions,

@@ -8,9 +8,9 @@ use actix::Addr;
 
 use crate::budget::{Budget, WaitRules};
 use crate::clock::Epoch;
+use crate::config::EngineConfig;
 use crate::context::ContextPolicyFactory;
 use crate::gpu::GpuPool;
-use crate::lease::LeasesConfig;
 use crate::registry::RegistryActor;
 
 pub(crate) struct SessionSettings {
@@ -38,17 +38,16 @@ pub(crate) struct SessionSettings {
 impl SessionSettings {
     pub(crate) fn new(
         epoch: Epoch,
-        max_bytes: u64,
-        leases: &LeasesConfig,
+        config: &EngineConfig,
         pool: Arc<dyn GpuPool>,
         registry: Addr<RegistryActor>,
         context: Option<ContextPolicyFactory>,
         budget: Arc<Budget>,
-        wait_rules: WaitRules,
     ) -> Self {
+        let leases = &config.leases;
         SessionSettings {
             epoch,
-            max_bytes,
+            max_bytes: config.sessions.max_session_bytes,
             max_buffer_size: pool.info().max_buffer_size,
             drain_timeout: leases.drain_timeout(),
             heartbeat_interval: leases.heartbeat_interval(),
@@ -59,7 +58,10 @@ impl SessionSettings {
             registry,
             context,
             budget,
-            wait_rules,
+            wait_rules: WaitRules {
+                when_exhausted: config.budget.when_exhausted,
+                timeout: Duration::from_millis(config.budget.wait_timeout_ms),
+            },
         }
     }
 
