@@ -10,9 +10,11 @@ use tokio::sync::oneshot;
 use super::error::StartError;
 use crate::config::Config;
 use crate::gpu::{GpuCounters, WgpuPool};
+use crate::metrics::MetricsTask;
 
 /// What the thread hands back once the engine is up.
-pub(super) type Started = Result<(EngineHandle, Arc<WgpuPool>, actix::System), StartError>;
+pub(super) type Started =
+    Result<(EngineHandle, Arc<WgpuPool>, actix::System, Option<MetricsTask>), StartError>;
 
 pub(super) fn run(
     config: Config,
@@ -27,11 +29,17 @@ pub(super) fn run(
         }
     };
     let runner = actix::System::new();
-    let engine = runner.block_on(async { Engine::start(config.engine(), gpu.clone()) });
+    // The metrics subscriber subscribes before anything can open a session,
+    // and lives on this thread's System next to the engine it watches.
+    let engine = runner.block_on(async {
+        let engine = Engine::start(config.engine(), gpu.clone())?;
+        let metrics = MetricsTask::start(&engine, &config.metrics).await;
+        Ok::<_, sessionbus_actors::ConfigError>((engine, metrics))
+    });
     match engine {
-        Ok(engine) => {
+        Ok((engine, metrics)) => {
             let system = actix::System::current();
-            if started.send(Ok((engine, gpu.clone(), system))).is_err() {
+            if started.send(Ok((engine, gpu.clone(), system, metrics))).is_err() {
                 return; // the caller gave up on start; nothing to run
             }
         }
