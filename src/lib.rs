@@ -8,7 +8,7 @@ pub mod metrics;
 mod runtime;
 
 pub use config::{Config, ConfigError};
-pub use metrics::MetricsConfig;
 pub use gpu::{BackendChoice, GpuConfig, GpuConfigError, GpuCounters, GpuInitError, WgpuPool};
+pub use metrics::MetricsConfig;
 pub use runtime::{Runtime, RuntimeBuilder, StartError, StopReport};
 pub use sessionbus_actors::*;

@@ -86,6 +86,7 @@ pub const BUS_BACKLOG: &str = "sessionbus_bus_backlog";
 
 /// Close → released: tens of microseconds when healthy, up to seconds
 /// during a paced storm.
+#[rustfmt::skip]
 pub const CLOSE_TO_RELEASE_BUCKETS: &[f64] = &[
     0.000_010, 0.000_025, 0.000_050, 0.000_100, 0.000_250, 0.000_500, 0.001, 0.002_5, 0.005, 0.01,
     0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -93,6 +94,7 @@ pub const CLOSE_TO_RELEASE_BUCKETS: &[f64] = &[
 
 /// Expiry lateness: a millisecond or two when healthy; the upper buckets
 /// are where a polling sweeper would land (0.5–1 s).
+#[rustfmt::skip]
 pub const EXPIRY_LATENESS_BUCKETS: &[f64] = &[
     0.000_100, 0.000_250, 0.000_500, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0, 30.0,
@@ -100,6 +102,7 @@ pub const EXPIRY_LATENESS_BUCKETS: &[f64] = &[
 
 /// Limiter waits: from a fraction of a millisecond to the seconds a large
 /// storm is spread over.
+#[rustfmt::skip]
 pub const LIMITER_WAIT_BUCKETS: &[f64] = &[
     0.000_100, 0.000_500, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -159,6 +162,7 @@ use Kind::{Counter, Gauge, Histogram};
 const REASON: Option<&str> = Some("reason");
 
 /// Every metric sessionbus emits.
+#[rustfmt::skip] // one metric per line reads as a table
 pub const ALL: &[Described] = &[
     m(SESSIONS, Gauge, Unit::Count, Some("state"), "Sessions now, by state (live, releasing)."),
     m(SESSIONS_STARTED_TOTAL, Counter, Unit::Count, None, "Sessions opened."),

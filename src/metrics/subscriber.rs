@@ -25,7 +25,10 @@ pub(crate) struct MetricsTask {
 impl MetricsTask {
     /// Subscribes and spawns the task on the current actix System (the
     /// engine thread). `None` when metrics are off or the engine is gone.
-    pub(crate) async fn start(engine: &EngineHandle, config: &MetricsConfig) -> Option<MetricsTask> {
+    pub(crate) async fn start(
+        engine: &EngineHandle,
+        config: &MetricsConfig,
+    ) -> Option<MetricsTask> {
         if !config.enabled {
             return None;
         }

@@ -13,8 +13,15 @@ use crate::gpu::{GpuCounters, WgpuPool};
 use crate::metrics::MetricsTask;
 
 /// What the thread hands back once the engine is up.
-pub(super) type Started =
-    Result<(EngineHandle, Arc<WgpuPool>, actix::System, Option<MetricsTask>), StartError>;
+pub(super) type Started = Result<
+    (
+        EngineHandle,
+        Arc<WgpuPool>,
+        actix::System,
+        Option<MetricsTask>,
+    ),
+    StartError,
+>;
 
 pub(super) fn run(
     config: Config,
@@ -39,7 +46,10 @@ pub(super) fn run(
     match engine {
         Ok((engine, metrics)) => {
             let system = actix::System::current();
-            if started.send(Ok((engine, gpu.clone(), system, metrics))).is_err() {
+            if started
+                .send(Ok((engine, gpu.clone(), system, metrics)))
+                .is_err()
+            {
                 return; // the caller gave up on start; nothing to run
             }
         }
