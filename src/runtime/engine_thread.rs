@@ -61,5 +61,12 @@ pub(super) fn run(
     let _ = runner.run();
     // The engine is stopped, so nothing can ask for GPU work any more. Stopping
     // the worker joins its thread: done here, never on the application's thread.
-    let _ = exit.send(gpu.shutdown());
+    let counters = gpu.shutdown();
+    // Let go of the device before answering, so that the last reference is
+    // the `Runtime`'s and wgpu's instance is torn down before `shutdown()`
+    // returns. Dropped here after the answer, it raced the process's exit
+    // (a program that returned from main while this thread was still in
+    // Mesa's EGL teardown crashed in the exit handlers).
+    drop(gpu);
+    let _ = exit.send(counters);
 }
