@@ -246,4 +246,16 @@ mod tests {
             assert!(buckets[0] > 0.0);
         }
     }
+
+    #[test]
+    fn the_readme_table_lists_every_metric() {
+        let readme = include_str!("../../README.md");
+        for d in ALL {
+            assert!(
+                readme.contains(&format!("| `{}` |", d.name)),
+                "README's Metrics table lacks {}",
+                d.name
+            );
+        }
+    }
 }
