@@ -61,14 +61,24 @@ async fn run(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let asked = loop {
+    // Why the loop ended: the runtime asked (answer when done), the runtime
+    // is gone (nobody to answer), or the bus closed (wait to be asked).
+    enum Stop {
+        Asked(oneshot::Sender<()>),
+        RuntimeGone,
+        BusClosed,
+    }
+    let stop = loop {
         tokio::select! {
             biased;
-            done = &mut finish => break done.ok(),
+            asked = &mut finish => break match asked {
+                Ok(done) => Stop::Asked(done),
+                Err(_) => Stop::RuntimeGone,
+            },
             event = events.recv() => match event {
                 Some(event) => record::event(&event),
                 // The engine closed the subscription (shutdown): every event is in.
-                None => break None,
+                None => break Stop::BusClosed,
             },
             _ = tick.tick() => sample(&engine).await,
         }
@@ -77,11 +87,11 @@ async fn run(
         record::event(&event);
     }
     sample(&engine).await;
-    // Stay until the runtime asks (or is dropped), so that its `finish` finds
-    // the final sample taken.
-    let done = match asked {
-        Some(done) => Some(done),
-        None => finish.await.ok(),
+    // Answer only now, so that the runtime's `finish` finds the last sample taken.
+    let done = match stop {
+        Stop::Asked(done) => Some(done),
+        Stop::RuntimeGone => None,
+        Stop::BusClosed => finish.await.ok(),
     };
     if let Some(done) = done {
         let _ = done.send(());
