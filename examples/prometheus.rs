@@ -100,7 +100,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Before the runtime starts, so that its metric descriptions reach the exporter.
     let handle = install()?;
-    let rt = Runtime::start(Config::default())
+    let mut config = Config::default();
+    config.metrics.enabled = true;
+    let rt = Runtime::start(config)
         .await
         .context("starting the sessionbus runtime")?;
 

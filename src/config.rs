@@ -56,7 +56,7 @@ use crate::metrics::MetricsConfig;
 /// batch_max = 256               # GPU commands per batch, one device poll per batch
 ///
 /// [metrics]
-/// enabled = true                # emit through the `metrics` facade (no-ops without a recorder)
+/// enabled = false               # true: emit through the `metrics` facade (install a recorder)
 /// sample_interval_ms = 1000     # gauges (sessions, GPU bytes, queue depth) are sampled this often
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -95,6 +95,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 async fn metrics_follow_a_real_workload() {
     let prometheus = install_prometheus();
     let mut config = Config::default();
+    config.metrics.enabled = true;
     // A narrow limiter, so that closing a dozen sessions at once is paced.
     config.release.buffers_per_second = 200;
     config.release.burst = BUFFERS as u32;

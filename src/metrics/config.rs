@@ -7,14 +7,15 @@ use sessionbus_actors::ConfigError;
 ///
 /// ```toml
 /// [metrics]
-/// enabled = true            # subscribe to the bus and emit metrics (no-ops without a recorder)
+/// enabled = false           # true: a subscriber turns bus events into metrics (install a recorder)
 /// sample_interval_ms = 1000 # gauges (sessions, GPU bytes, queue depth) are sampled this often
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// On by default: the subscriber costs one bus subscription (measured in
-    /// BENCHMARKS.md); `false` removes it entirely.
+    /// Off by default, so that a runtime without a recorder pays nothing: the
+    /// subscriber costs a reliable bus subscription and a thread (measured in
+    /// BENCHMARKS.md). Turn it on where an exporter is installed.
     pub enabled: bool,
     /// Gauges are read from the registry and the pool this often; counters and
     /// histograms follow the bus event by event.
@@ -24,7 +25,7 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
-            enabled: true,
+            enabled: false,
             sample_interval_ms: 1000,
         }
     }

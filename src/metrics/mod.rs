@@ -1,9 +1,9 @@
 //! Metrics through the [`metrics`](https://docs.rs/metrics) facade.
 //!
-//! The runtime emits; the application installs a recorder (an exporter).
-//! Until one is installed every call is a no-op, so an application without
-//! metrics pays only for the subscriber's bus subscription, and
-//! `[metrics] enabled = false` removes that too.
+//! The runtime emits; the application installs a recorder (an exporter) and
+//! sets `[metrics] enabled = true`. Off (the default), there is no subscriber
+//! and nothing is paid. On without a recorder, every facade call is a no-op
+//! (one atomic load); the subscriber's bus subscription and thread remain.
 //!
 //! What is emitted, with names, units, labels and meanings, is listed in
 //! [`names`] (and in the README's "Metrics" table). Counters and histograms
@@ -20,6 +20,9 @@
 //!     builder = builder.set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)?;
 //! }
 //! let handle = builder.install_recorder()?; // before Runtime::start
+//! let mut config = sessionbus::Config::default();
+//! config.metrics.enabled = true;
+//! let runtime = sessionbus::Runtime::start(config).await?;
 //! println!("{}", handle.render());
 //! ```
 //!

@@ -1,10 +1,14 @@
-//! The metrics subscriber: one task on the engine thread that follows the bus
-//! (every event, reliably, so counters are exact) and samples the gauges
-//! every `metrics.sample_interval_ms`.
+//! The metrics subscriber: a thread of its own (`sessionbus-metrics`) that
+//! follows the bus (every event, reliably, so counters are exact) and samples
+//! the gauges every `metrics.sample_interval_ms`.
 //!
 //! Ground rules: it only reads. It never holds up an end or a release: the
 //! bus hands it events without waiting, and if it falls behind its backlog
-//! shows in `sessionbus_bus_backlog`. At shutdown the runtime asks it to
+//! shows in `sessionbus_bus_backlog`. It runs on its own thread, not as a task
+//! on the engine thread, because the engine thread is the serial path of
+//! every end: in a storm, a task there would be polled between the registry's
+//! and the cleanup's work. It takes events in batches, so a storm wakes it a
+//! few times, not once per event. At shutdown the runtime asks it to
 //! finish: it takes every event already delivered, samples once more, and
 //! says it is done, so a scrape after `shutdown()` matches the run.
 
@@ -23,8 +27,8 @@ pub(crate) struct MetricsTask {
 }
 
 impl MetricsTask {
-    /// Subscribes and spawns the task on the current actix System (the
-    /// engine thread). `None` when metrics are off or the engine is gone.
+    /// Subscribes (before any session can open) and starts the thread.
+    /// `None` when metrics are off, the engine is gone, or no thread can start.
     pub(crate) async fn start(
         engine: &EngineHandle,
         config: &MetricsConfig,
@@ -39,7 +43,32 @@ impl MetricsTask {
             .await?;
         let (finish, finish_rx) = oneshot::channel();
         let interval = Duration::from_millis(config.sample_interval_ms);
-        actix::spawn(run(engine.clone(), events, interval, finish_rx));
+        let engine = engine.clone();
+        let thread = std::thread::Builder::new()
+            .name("sessionbus-metrics".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build();
+                match rt {
+                    Ok(rt) => rt.block_on(run(engine, events, interval, finish_rx)),
+                    Err(e) => tracing::error!(
+                        target: "sessionbus::supervisor",
+                        event = "metrics.not_started",
+                        error = %e,
+                        "metrics subscriber could not start its timer runtime"
+                    ),
+                }
+            });
+        if let Err(e) = thread {
+            tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "metrics.not_started",
+                error = %e,
+                "metrics subscriber thread could not start"
+            );
+            return None;
+        }
         Some(MetricsTask { finish })
     }
 
@@ -53,12 +82,16 @@ impl MetricsTask {
     }
 }
 
+/// Events taken from the channel per wake-up.
+const BATCH: usize = 256;
+
 async fn run(
     engine: EngineHandle,
     mut events: mpsc::Receiver<LifecycleEvent>,
     interval: Duration,
     mut finish: oneshot::Receiver<oneshot::Sender<()>>,
 ) {
+    let mut batch = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Why the loop ended: the runtime asked (answer when done), the runtime
@@ -75,10 +108,12 @@ async fn run(
                 Ok(done) => Stop::Asked(done),
                 Err(_) => Stop::RuntimeGone,
             },
-            event = events.recv() => match event {
-                Some(event) => record::event(&event),
-                // The engine closed the subscription (shutdown): every event is in.
-                None => break Stop::BusClosed,
+            n = events.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    // The engine closed the subscription (shutdown): every event is in.
+                    break Stop::BusClosed;
+                }
+                batch.drain(..).for_each(|event| record::event(&event));
             },
             _ = tick.tick() => sample(&engine).await,
         }

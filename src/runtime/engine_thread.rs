@@ -36,8 +36,8 @@ pub(super) fn run(
         }
     };
     let runner = actix::System::new();
-    // The metrics subscriber subscribes before anything can open a session,
-    // and lives on this thread's System next to the engine it watches.
+    // The metrics subscriber subscribes here, before anything can open a
+    // session, so its counters see the whole run (it then runs on its own thread).
     let engine = runner.block_on(async {
         let engine = Engine::start(config.engine(), gpu.clone())?;
         let metrics = MetricsTask::start(&engine, &config.metrics).await;

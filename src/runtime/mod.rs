@@ -59,7 +59,7 @@ pub struct Runtime {
     system: actix::System,
     engine_exit: Option<oneshot::Receiver<GpuCounters>>,
     flush_timeout: std::time::Duration,
-    /// The metrics subscriber (`None` with `metrics.enabled = false`).
+    /// The metrics subscriber (`None` unless `metrics.enabled`).
     metrics: Option<MetricsTask>,
 }
 
