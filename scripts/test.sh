@@ -33,6 +33,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# Headless Chromium, for tests/report_renders_in_a_browser.rs (the demo's
+# HTML report is opened in it). CHROMIUM may name another Chromium or Chrome.
+if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "test.sh: missing system package: chromium"
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  else
+    echo "test.sh: cannot install it here. Run:  sudo apt-get install -y chromium  (or set CHROMIUM to a Chromium or Chrome binary)" >&2
+    exit 1
+  fi
+fi
+
 # Lavapipe warns on stderr when this is unset; give it a private directory.
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
   XDG_RUNTIME_DIR="$(mktemp -d)"

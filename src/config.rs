@@ -11,6 +11,7 @@ use sessionbus_actors::{
 };
 
 use crate::gpu::{GpuConfig, GpuConfigError};
+use crate::metrics::MetricsConfig;
 
 /// Everything the runtime can be told. `Config::default()` is the embedded
 /// default the demo runs on.
@@ -81,6 +82,10 @@ use crate::gpu::{GpuConfig, GpuConfigError};
 /// backend = "auto"              # auto | vulkan | gl | metal | dx12 (auto honours WGPU_BACKEND)
 /// # adapter = "llvmpipe"        # prefer adapters whose name contains this (or WGPU_ADAPTER_NAME)
 /// batch_max = 256               # GPU commands per batch, one device poll per batch
+///
+/// [metrics]
+/// enabled = false               # true: emit through the `metrics` facade (install a recorder)
+/// sample_interval_ms = 1000     # gauges (sessions, GPU bytes, queue depth) are sampled this often
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -101,6 +106,8 @@ pub struct Config {
     pub bus: BusConfig,
     /// The GPU device and its worker thread.
     pub gpu: GpuConfig,
+    /// Metrics through the `metrics` facade.
+    pub metrics: MetricsConfig,
 }
 
 /// A configuration that cannot be used.
@@ -159,6 +166,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.engine().validate()?;
         self.gpu.validate()?;
+        self.metrics.validate()?;
         Ok(())
     }
 
@@ -241,6 +249,10 @@ mod tests {
             (
                 "[context]\nsimilarity_threshold = -2\n",
                 "context.similarity_threshold",
+            ),
+            (
+                "[metrics]\nsample_interval_ms = 0\n",
+                "metrics.sample_interval_ms",
             ),
         ] {
             let err = Config::from_toml(text).unwrap_err();

@@ -18,9 +18,11 @@
 
 mod conversation;
 mod expiry_clients;
+mod html_report;
 mod report;
 mod scenario_default;
 mod scenario_expiry;
+mod timeline;
 mod watch;
 
 use std::time::Instant;
@@ -64,6 +66,10 @@ pub struct Args {
     /// Supervisor logs as JSON lines on stderr (level from RUST_LOG, default warn).
     #[arg(long)]
     json_logs: bool,
+    /// Also write an HTML report with charts (GPU bytes and live sessions over
+    /// time, latency distributions, release rate) to this file.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,8 +167,10 @@ async fn main() -> anyhow::Result<()> {
         scenario_expiry::configure(&mut config);
     }
     let demo = Demo::start(config, args.json).await?;
-    match args.scenario {
+    let report = html_report::Recorder::start(&demo.rt, &args).await?;
+    let outcome = match args.scenario {
         Scenario::Default => scenario_default::run(demo, &args).await,
         Scenario::Expiry => scenario_expiry::run(demo, &args).await,
-    }
+    };
+    report.finish(outcome).await
 }

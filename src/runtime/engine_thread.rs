@@ -10,9 +10,18 @@ use tokio::sync::oneshot;
 use super::error::StartError;
 use crate::config::Config;
 use crate::gpu::{GpuCounters, WgpuPool};
+use crate::metrics::MetricsTask;
 
 /// What the thread hands back once the engine is up.
-pub(super) type Started = Result<(EngineHandle, Arc<WgpuPool>, actix::System), StartError>;
+pub(super) type Started = Result<
+    (
+        EngineHandle,
+        Arc<WgpuPool>,
+        actix::System,
+        Option<MetricsTask>,
+    ),
+    StartError,
+>;
 
 pub(super) fn run(
     config: Config,
@@ -27,11 +36,20 @@ pub(super) fn run(
         }
     };
     let runner = actix::System::new();
-    let engine = runner.block_on(async { Engine::start(config.engine(), gpu.clone()) });
+    // The metrics subscriber subscribes here, before anything can open a
+    // session, so its counters see the whole run (it then runs on its own thread).
+    let engine = runner.block_on(async {
+        let engine = Engine::start(config.engine(), gpu.clone())?;
+        let metrics = MetricsTask::start(&engine, &config.metrics).await;
+        Ok::<_, sessionbus_actors::ConfigError>((engine, metrics))
+    });
     match engine {
-        Ok(engine) => {
+        Ok((engine, metrics)) => {
             let system = actix::System::current();
-            if started.send(Ok((engine, gpu.clone(), system))).is_err() {
+            if started
+                .send(Ok((engine, gpu.clone(), system, metrics)))
+                .is_err()
+            {
                 return; // the caller gave up on start; nothing to run
             }
         }
@@ -43,5 +61,12 @@ pub(super) fn run(
     let _ = runner.run();
     // The engine is stopped, so nothing can ask for GPU work any more. Stopping
     // the worker joins its thread: done here, never on the application's thread.
-    let _ = exit.send(gpu.shutdown());
+    let counters = gpu.shutdown();
+    // Let go of the device before answering, so that the last reference is
+    // the `Runtime`'s and wgpu's instance is torn down before `shutdown()`
+    // returns. Dropped here after the answer, it raced the process's exit
+    // (a program that returned from main while this thread was still in
+    // Mesa's EGL teardown crashed in the exit handlers).
+    drop(gpu);
+    let _ = exit.send(counters);
 }

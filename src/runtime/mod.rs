@@ -18,6 +18,7 @@ mod error;
 
 use crate::config::Config;
 use crate::gpu::{GpuCounters, WgpuPool};
+use crate::metrics::MetricsTask;
 pub use error::StartError;
 
 /// Builds a [`Runtime`].
@@ -58,6 +59,8 @@ pub struct Runtime {
     system: actix::System,
     engine_exit: Option<oneshot::Receiver<GpuCounters>>,
     flush_timeout: std::time::Duration,
+    /// The metrics subscriber (`None` unless `metrics.enabled`).
+    metrics: Option<MetricsTask>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -85,7 +88,7 @@ impl Runtime {
             .name("sessionbus-engine".into())
             .spawn(move || engine_thread::run(config, started_tx, exit_tx))
             .map_err(|e| StartError::Thread(e.to_string()))?;
-        let (engine, gpu, system) = started_rx
+        let (engine, gpu, system, metrics) = started_rx
             .await
             .map_err(|_| StartError::Thread("the engine thread died while starting".into()))??;
         tracing::info!(
@@ -101,6 +104,7 @@ impl Runtime {
             system,
             engine_exit: Some(exit_rx),
             flush_timeout,
+            metrics,
         })
     }
 
@@ -128,6 +132,9 @@ impl Runtime {
     pub async fn shutdown(mut self) -> StopReport {
         let sessions = self.engine.shutdown().await.unwrap_or_default();
         let bus_undelivered = self.engine.flush_bus(self.flush_timeout).await;
+        if let Some(metrics) = self.metrics.take() {
+            metrics.finish().await; // counts every event of the run, samples once more
+        }
         self.system.stop();
         let gpu_after = match self.engine_exit.take() {
             Some(exit) => exit.await.ok(),
