@@ -97,8 +97,7 @@ async fn metrics_follow_a_real_workload() {
     let mut config = Config::default();
     config.metrics.enabled = true;
     // A narrow limiter, so that closing a dozen sessions at once is paced.
-    config.release.buffers_per_second = 200;
-    config.release.burst = BUFFERS as u32;
+    config.release = ReleaseConfig::fixed(PaceUnit::Buffers, 200, BUFFERS as u32, 64);
     let Harness {
         rt,
         baseline,

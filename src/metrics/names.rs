@@ -50,9 +50,23 @@ pub const GPU_LIVE_BUFFERS: &str = "sessionbus_gpu_live_buffers";
 pub const GPU_RELEASED_BYTES_TOTAL: &str = "sessionbus_gpu_released_bytes_total";
 /// Counter: GPU buffers released by session ends.
 pub const GPU_RELEASED_BUFFERS_TOTAL: &str = "sessionbus_gpu_released_buffers_total";
-/// Gauge: releases waiting or under way. Until the engine has a release
-/// queue of its own, this is the releases in flight (ended − released).
+/// Gauge: releases in the release queue or handed to the GPU thread and not
+/// yet answered.
 pub const RELEASE_QUEUE_DEPTH: &str = "sessionbus_release_queue_depth";
+/// Gauge (bytes): GPU memory on its way back (queued or in flight).
+pub const RELEASE_QUEUE_BYTES: &str = "sessionbus_release_queue_bytes";
+/// Gauge (bytes): GPU memory charged to the device budget (held or being allocated).
+pub const BUDGET_USED_BYTES: &str = "sessionbus_budget_used_bytes";
+/// Gauge: allocations waiting for room in a budget.
+pub const BUDGET_WAITING: &str = "sessionbus_budget_waiting_allocations";
+/// Counter: sessions ended (`evicted`) to make room in a budget.
+pub const EVICTIONS_TOTAL: &str = "sessionbus_evictions_total";
+/// Counter: sessions offloaded to host memory (soft eviction).
+pub const OFFLOADS_TOTAL: &str = "sessionbus_offloads_total";
+/// Counter: offloaded sessions brought back to the GPU.
+pub const RESTORES_TOTAL: &str = "sessionbus_restores_total";
+/// Gauge (bytes): host memory held by offloaded sessions.
+pub const OFFLOADED_BYTES: &str = "sessionbus_offloaded_bytes";
 /// Counter: releases that failed (each is also an incident, logged at ERROR).
 pub const RELEASE_FAILURES_TOTAL: &str = "sessionbus_release_failures_total";
 /// Counter: releases the rate limiter made wait (a storm being paced).
@@ -177,7 +191,14 @@ pub const ALL: &[Described] = &[
     m(GPU_LIVE_BUFFERS, Gauge, Unit::Count, None, "GPU buffers alive."),
     m(GPU_RELEASED_BYTES_TOTAL, Counter, Unit::Bytes, None, "GPU memory released by session ends."),
     m(GPU_RELEASED_BUFFERS_TOTAL, Counter, Unit::Count, None, "GPU buffers released by session ends."),
-    m(RELEASE_QUEUE_DEPTH, Gauge, Unit::Count, None, "Releases waiting or under way."),
+    m(RELEASE_QUEUE_DEPTH, Gauge, Unit::Count, None, "Releases queued or in flight."),
+    m(RELEASE_QUEUE_BYTES, Gauge, Unit::Bytes, None, "GPU memory on its way back (queued or in flight)."),
+    m(BUDGET_USED_BYTES, Gauge, Unit::Bytes, None, "GPU memory charged to the device budget."),
+    m(BUDGET_WAITING, Gauge, Unit::Count, None, "Allocations waiting for room in a budget."),
+    m(EVICTIONS_TOTAL, Counter, Unit::Count, None, "Sessions ended to make room in a budget."),
+    m(OFFLOADS_TOTAL, Counter, Unit::Count, None, "Sessions offloaded to host memory."),
+    m(RESTORES_TOTAL, Counter, Unit::Count, None, "Offloaded sessions brought back to the GPU."),
+    m(OFFLOADED_BYTES, Gauge, Unit::Bytes, None, "Host memory held by offloaded sessions."),
     m(RELEASE_FAILURES_TOTAL, Counter, Unit::Count, None, "Releases that failed."),
     m(LIMITER_WAITS_TOTAL, Counter, Unit::Count, None, "Releases the rate limiter made wait."),
     m(LIMITER_WAIT_SECONDS, Histogram, Unit::Seconds, None, "Time releases waited for the rate limiter."),

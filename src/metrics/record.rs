@@ -51,9 +51,15 @@ pub(crate) fn event(event: &LifecycleEvent) {
 pub(crate) fn registry(stats: &RegistryStats) {
     gauge!(SESSIONS, "state" => "live").set(stats.live as f64);
     gauge!(SESSIONS, "state" => "releasing").set(stats.releasing as f64);
-    // The engine has no release queue of its own yet: what waits is every
-    // release in flight (ended, memory not yet back).
-    gauge!(RELEASE_QUEUE_DEPTH).set(stats.releasing as f64);
+    let queue = &stats.release_queue;
+    gauge!(RELEASE_QUEUE_DEPTH).set((queue.queued + queue.in_flight) as f64);
+    gauge!(RELEASE_QUEUE_BYTES).set((queue.queued_bytes + queue.in_flight_bytes) as f64);
+    gauge!(BUDGET_USED_BYTES).set(stats.budget.device_used as f64);
+    gauge!(BUDGET_WAITING).set(stats.budget.waiting as f64);
+    counter!(EVICTIONS_TOTAL).absolute(stats.pressure.evicted);
+    counter!(OFFLOADS_TOTAL).absolute(stats.pressure.offloaded);
+    counter!(RESTORES_TOTAL).absolute(stats.pressure.restored);
+    gauge!(OFFLOADED_BYTES).set(stats.pressure.offloaded_bytes as f64);
     gauge!(BUS_BACKLOG).set(stats.bus_backlog as f64);
     counter!(INCIDENTS_TOTAL).absolute(stats.incidents);
     counter!(SWEEPER_INCIDENTS_TOTAL).absolute(stats.sweeper_incidents);
