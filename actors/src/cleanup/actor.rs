@@ -97,6 +97,7 @@ async fn release(
                 paced_for,
                 error: None,
                 deadline: ended.deadline,
+                trace_id: ended.request_trace_id(),
             }
         }
         Err(_) => {

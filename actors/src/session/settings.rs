@@ -10,6 +10,7 @@ use crate::clock::Epoch;
 use crate::context::ContextPolicyFactory;
 use crate::gpu::GpuPool;
 use crate::lease::LeasesConfig;
+use crate::pseudonym::Pseudonymizer;
 use crate::registry::RegistryActor;
 
 pub(crate) struct SessionSettings {
@@ -28,6 +29,8 @@ pub(crate) struct SessionSettings {
     /// Builds a session's context policy on its first turn with a signal;
     /// `None` when context expiry is switched off.
     pub(crate) context: Option<ContextPolicyFactory>,
+    /// Owner pseudonyms for log lines (owners never appear in clear).
+    pub(crate) pseudonyms: Arc<Pseudonymizer>,
 }
 
 impl SessionSettings {
@@ -38,6 +41,7 @@ impl SessionSettings {
         pool: Arc<dyn GpuPool>,
         registry: Addr<RegistryActor>,
         context: Option<ContextPolicyFactory>,
+        pseudonyms: Arc<Pseudonymizer>,
     ) -> Self {
         SessionSettings {
             epoch,
@@ -51,6 +55,7 @@ impl SessionSettings {
             pool,
             registry,
             context,
+            pseudonyms,
         }
     }
 }
