@@ -10,6 +10,7 @@ use sessionbus_actors::{
     SessionsConfig,
 };
 
+use crate::audit::{AuditConfig, AuditConfigError};
 use crate::gpu::{GpuConfig, GpuConfigError};
 
 /// Everything the runtime can be told. `Config::default()` is the embedded
@@ -71,6 +72,10 @@ pub struct Config {
     pub bus: BusConfig,
     /// The GPU device and its worker thread.
     pub gpu: GpuConfig,
+    /// The audit trail; off unless the `[audit]` section is present (it then
+    /// needs a key). See [`AuditConfig`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditConfig>,
 }
 
 /// A configuration that cannot be used.
@@ -94,6 +99,9 @@ pub enum ConfigError {
     /// A GPU setting is out of range (the error names the field).
     #[error(transparent)]
     Gpu(#[from] GpuConfigError),
+    /// An `[audit]` setting cannot be used: a missing or short key, … (names the field).
+    #[error(transparent)]
+    Audit(#[from] AuditConfigError),
 }
 
 impl ConfigError {
@@ -102,6 +110,7 @@ impl ConfigError {
         match self {
             ConfigError::Invalid(e) => Some(e.field),
             ConfigError::Gpu(e) => Some(e.field()),
+            ConfigError::Audit(e) => Some(e.field),
             _ => None,
         }
     }
@@ -129,6 +138,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.engine().validate()?;
         self.gpu.validate()?;
+        if let Some(audit) = &self.audit {
+            audit.validate()?;
+        }
         Ok(())
     }
 

@@ -118,7 +118,7 @@ impl Engine {
             move |ctx| {
                 let mut registry =
                     RegistryActor::new(&config, pool.clone(), ctx.address(), pseudonyms)
-                    .expect("the configuration was validated above");
+                        .expect("the configuration was validated above");
                 let cleanup =
                     CleanupActor::new(pool, pacer, ctx.address().recipient(), capacity).start();
                 registry.subscribe_internal(Sink::Actor(cleanup.recipient()), EventKinds::ENDED);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use sessionbus_actors::{Engine, EngineHandle};
+use sessionbus_actors::{Engine, EngineHandle, Pseudonymizer};
 use tokio::sync::oneshot;
 
 use super::error::StartError;
@@ -16,6 +16,7 @@ pub(super) type Started = Result<(EngineHandle, Arc<WgpuPool>, actix::System), S
 
 pub(super) fn run(
     config: Config,
+    pseudonyms: Pseudonymizer,
     started: oneshot::Sender<Started>,
     exit: oneshot::Sender<GpuCounters>,
 ) {
@@ -27,7 +28,8 @@ pub(super) fn run(
         }
     };
     let runner = actix::System::new();
-    let engine = runner.block_on(async { Engine::start(config.engine(), gpu.clone()) });
+    let engine =
+        runner.block_on(async { Engine::start_with(config.engine(), gpu.clone(), pseudonyms) });
     match engine {
         Ok(engine) => {
             let system = actix::System::current();

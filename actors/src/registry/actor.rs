@@ -24,9 +24,9 @@ use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt, SessionStarted};
 use crate::expiry::ExpiryPolicy;
 use crate::gpu::GpuPool;
 use crate::ids::{Caller, IdMap, Owner, SessionId};
-use crate::pseudonym::Pseudonymizer;
 use crate::lifecycle::EndReason;
 use crate::mailbox::send_now_or_later;
+use crate::pseudonym::Pseudonymizer;
 use crate::session::{End, EndGuard, SessionActor, SessionError, SessionSettings, SessionShared};
 
 pub(super) struct LiveSession {
