@@ -30,9 +30,8 @@ async fn every_action_is_recorded_with_its_fields_and_the_chain_verifies() {
     let ip: IpAddr = "203.0.113.7".parse().unwrap();
 
     // alice: opened with a client IP and a trace, a context reset, closed with its own trace.
-    let alice = h
-        .rt
-        .open_with(
+    let alice =
+        h.rt.open_with(
             OpenOptions::new("alice@example.com")
                 .client_ip(ip)
                 .trace_id(trace(0xa1)),
@@ -52,7 +51,10 @@ async fn every_action_is_recorded_with_its_fields_and_the_chain_verifies() {
         )
         .await
         .unwrap();
-    assert!(ack.context.is_stale(), "an orthogonal turn resets the context");
+    assert!(
+        ack.context.is_stale(),
+        "an orthogonal turn resets the context"
+    );
     // The reset is published once its memory is back; wait for it, so the
     // close below comes after it in the trail too.
     loop {
@@ -68,15 +70,13 @@ async fn every_action_is_recorded_with_its_fields_and_the_chain_verifies() {
     // bob: closed by an operator, by id.
     let bob = h.rt.open("bob@example.com").await.unwrap();
     bob.allocate(16 * KIB).await.unwrap();
-    h.rt
-        .close(bob.id(), Caller::Operator("ops-carol".into()))
+    h.rt.close(bob.id(), Caller::Operator("ops-carol".into()))
         .await
         .unwrap();
 
     // dave: expires (TTL); erin: disconnects; frank: ended by shutdown.
-    let dave = h
-        .rt
-        .open_with(OpenOptions::new("dave@example.com").expiry(ExpiryPolicy {
+    let dave =
+        h.rt.open_with(OpenOptions::new("dave@example.com").expiry(ExpiryPolicy {
             idle_timeout: None,
             ttl: Some(Duration::from_millis(50)),
         }))
@@ -101,11 +101,21 @@ async fn every_action_is_recorded_with_its_fields_and_the_chain_verifies() {
     let verified = verify_dir(&dir, &test_key()).expect("an untouched trail verifies");
     assert_eq!(verified.records, records.len() as u64);
     assert!(verified.ends_with_shutdown);
-    assert_eq!(records.first().unwrap().action, audit_action::RUNTIME_STARTED);
-    assert_eq!(records.last().unwrap().action, audit_action::RUNTIME_SHUTDOWN);
+    assert_eq!(
+        records.first().unwrap().action,
+        audit_action::RUNTIME_STARTED
+    );
+    assert_eq!(
+        records.last().unwrap().action,
+        audit_action::RUNTIME_SHUTDOWN
+    );
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r.seq, i as u64);
-        assert!(r.ts.ends_with('Z') && r.ts.len() == 27, "RFC 3339 UTC: {}", r.ts);
+        assert!(
+            r.ts.ends_with('Z') && r.ts.len() == 27,
+            "RFC 3339 UTC: {}",
+            r.ts
+        );
     }
 
     // alice: opened → context reset → closed → released, with traces and pseudonyms.
@@ -126,15 +136,36 @@ async fn every_action_is_recorded_with_its_fields_and_the_chain_verifies() {
     assert!(ip_pseudonym.starts_with("p:") && ip_pseudonym != owner);
     for r in &a {
         assert_eq!(r.owner.as_deref(), Some(owner.as_str()), "{}", r.action);
-        assert_eq!(r.client_ip.as_deref(), Some(ip_pseudonym.as_str()), "{}", r.action);
+        assert_eq!(
+            r.client_ip.as_deref(),
+            Some(ip_pseudonym.as_str()),
+            "{}",
+            r.action
+        );
     }
-    assert_eq!(a[0].operator.as_deref(), Some(owner.as_str()), "the owner opened it");
+    assert_eq!(
+        a[0].operator.as_deref(),
+        Some(owner.as_str()),
+        "the owner opened it"
+    );
     assert_eq!(a[0].trace_id, Some(trace(0xa1).to_string()));
-    assert_eq!(a[1].trace_id, Some(trace(0xc2).to_string()), "the turn's trace");
+    assert_eq!(
+        a[1].trace_id,
+        Some(trace(0xc2).to_string()),
+        "the turn's trace"
+    );
     assert_eq!(a[1].reason.as_deref(), Some("low_similarity"));
     assert_eq!(a[1].bytes, Some(64 * KIB));
-    assert_eq!(a[2].operator.as_deref(), Some(owner.as_str()), "the owner closed it");
-    assert_eq!(a[2].trace_id, Some(trace(0xb1).to_string()), "the close's trace");
+    assert_eq!(
+        a[2].operator.as_deref(),
+        Some(owner.as_str()),
+        "the owner closed it"
+    );
+    assert_eq!(
+        a[2].trace_id,
+        Some(trace(0xb1).to_string()),
+        "the close's trace"
+    );
     assert_eq!(a[2].reason.as_deref(), Some("closed"));
     assert_eq!(a[2].bytes, Some(32 * KIB));
     assert_eq!(a[3].trace_id, Some(trace(0xb1).to_string()));
@@ -161,7 +192,15 @@ async fn every_action_is_recorded_with_its_fields_and_the_chain_verifies() {
 
     // No identity in clear anywhere in the file.
     let text = trail_text(&dir);
-    for secret in ["alice", "bob@", "dave@", "erin@", "frank@", "203.0.113.7", "ops-carol"] {
+    for secret in [
+        "alice",
+        "bob@",
+        "dave@",
+        "erin@",
+        "frank@",
+        "203.0.113.7",
+        "ops-carol",
+    ] {
         assert!(!text.contains(secret), "{secret} appears in the trail");
     }
     std::fs::remove_dir_all(&dir).unwrap();

@@ -2,9 +2,9 @@
 //!
 //! A file is named after the `seq` of its first record
 //! (`audit-00000000000000000042.jsonl`), so name order is chain order.
-//! Retention goes by a file's last modification (its last record): a file
-//! last written more than `retention_days` ago is deleted. The file being
-//! written is never deleted.
+//! Retention goes by a file's last modification (its last record): the
+//! oldest files, last written more than `retention_days` ago, are deleted.
+//! The file being written is never deleted.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -56,8 +56,9 @@ pub(crate) fn list(dir: &Path) -> io::Result<Vec<(PathBuf, u64)>> {
     Ok(files)
 }
 
-/// Deletes the trail's files last written before `now - retention`, except
-/// `keep`; returns how many.
+/// Deletes the oldest of the trail's files while they were last written
+/// before `now - retention`, never `keep`; returns how many. Only a prefix
+/// of the chain goes, so what is left is always one unbroken chain.
 pub(crate) fn delete_expired(
     dir: &Path,
     now: SystemTime,
@@ -70,19 +71,20 @@ pub(crate) fn delete_expired(
     let mut deleted = 0;
     for (path, _) in list(dir)? {
         if Some(path.as_path()) == keep {
-            continue;
+            break;
         }
         let modified = std::fs::metadata(&path)?.modified()?;
-        if modified < cutoff {
-            std::fs::remove_file(&path)?;
-            tracing::info!(
-                target: "sessionbus::supervisor",
-                event = "audit.file_deleted",
-                file = %path.display(),
-                "audit file past its retention period deleted"
-            );
-            deleted += 1;
+        if modified >= cutoff {
+            break;
         }
+        std::fs::remove_file(&path)?;
+        tracing::info!(
+            target: "sessionbus::supervisor",
+            event = "audit.file_deleted",
+            file = %path.display(),
+            "audit file past its retention period deleted"
+        );
+        deleted += 1;
     }
     Ok(deleted)
 }

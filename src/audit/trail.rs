@@ -201,6 +201,10 @@ impl AuditTrail {
     fn rotate(&mut self) -> io::Result<()> {
         if let Some(old) = self.current.take() {
             // Best effort: the old file's records were all written already.
+            // Its modification time is its last record's on the trail's
+            // clock, which retention reads (the same as the file system's
+            // on the system clock; a test's fake clock moves it too).
+            let _ = old.file.set_modified(self.clock.now());
             let _ = old.file.sync_data();
         }
         self.start_file()?;
