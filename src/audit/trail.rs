@@ -24,8 +24,10 @@ use super::rotate::{self, AuditClock};
 pub struct AuditStats {
     /// Records on disk, written by this process.
     pub records_written: u64,
-    /// Records that could not be written (disk full, I/O error). Each is an
-    /// incident, logged at ERROR as `audit.write_failed`.
+    /// Records that could not be written (disk full, I/O error), so are
+    /// missing from the trail. An incident, logged at ERROR as
+    /// `audit.write_failed`; once writing works again, an
+    /// `audit.records_lost` record in the chain says how many are missing.
     pub write_failures: u64,
     /// Files started after the first (by size or age).
     pub files_rotated: u64,
@@ -155,6 +157,17 @@ impl AuditTrail {
             Err(_) => self.counters.write_failures.fetch_add(1, Ordering::Relaxed),
         };
         result
+    }
+
+    /// Appends a note about the trail itself (records lost): counted as
+    /// written when it is, but not as a lost record when it is not (the
+    /// writer keeps it and tries again).
+    pub(crate) fn append_note(&mut self, record: AuditRecord) -> io::Result<()> {
+        self.try_append(record)?;
+        self.counters
+            .records_written
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn try_append(&mut self, record: AuditRecord) -> io::Result<()> {

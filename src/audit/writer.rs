@@ -209,14 +209,15 @@ impl Writer {
             let now = trail.now();
             let mut gap = AuditRecord::new(action::RECORDS_LOST, now);
             gap.reason = Some(format!("{} records lost to write failures", self.lost));
-            match trail.append(gap) {
-                Ok(()) => self.lost = 0,
-                Err(e) => {
-                    self.failed(trail, &e);
+            if trail.append_note(gap).is_err() {
+                // Still failing: this record is lost too (and counted by `append`).
+                if let Err(e) = trail.append(record) {
                     self.lost += 1;
-                    return;
+                    self.failed(trail, &e);
                 }
+                return;
             }
+            self.lost = 0;
         }
         if let Err(e) = trail.append(record) {
             self.lost += 1;
@@ -226,8 +227,9 @@ impl Writer {
 
     fn failed(&self, trail: &AuditTrail, error: &std::io::Error) {
         let failures = trail.stats().write_failures;
-        // Every failure is counted; the log says so for the first and then every 1 024th.
-        if failures == 1 || failures % 1024 == 0 {
+        // Every failure is counted; the log says so for the first of each
+        // incident (since the last good write) and then every 1 024th.
+        if self.lost <= 1 || self.lost % 1024 == 0 {
             tracing::error!(
                 target: "sessionbus::supervisor",
                 event = "audit.write_failed",

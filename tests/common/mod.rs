@@ -88,3 +88,4 @@ pub fn ends_by_session(events: &[LifecycleEvent]) -> HashMap<SessionId, Vec<EndR
     ends
 }
 pub mod audit;
+pub mod logs;

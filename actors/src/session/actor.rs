@@ -545,6 +545,14 @@ impl Actor for SessionActor {
             return Running::Stop;
         }
         let reason = if self.in_handler {
+            tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "session.crashed",
+                session_id = %self.record.id,
+                owner = %self.record.settings.pseudonyms.display_owner(&self.record.owner),
+                trace_id = %self.record.trace_id,
+                "a session handler panicked; the session ends as crashed"
+            );
             EndReason::Crashed
         } else if !ctx.connected() {
             EndReason::Disconnected
