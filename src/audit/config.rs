@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use sessionbus_actors::MIN_KEY_BYTES;
+use sessionbus_actors::{MIN_KEY_BYTES, Pseudonymizer};
 
+use super::chain::AuditKeys;
 use super::error::AuditConfigError;
 
 /// The audit trail's configuration. Present (`[audit]` in TOML) means on.
@@ -100,6 +101,13 @@ impl AuditConfig {
             return bad("audit.retention_days", "must be at least 1, got 0".into());
         }
         Ok(())
+    }
+
+    /// The pseudonymizer the trail (and the runtime's log lines) use under
+    /// this configuration's key: to find a user's records, compute their
+    /// pseudonym with it (`pseudonymizer()?.owner(&owner)`).
+    pub fn pseudonymizer(&self) -> Result<Pseudonymizer, AuditConfigError> {
+        Ok(AuditKeys::derive(&self.resolve_key()?).pseudonyms)
     }
 
     /// The key's bytes, from `key` or the variable `key_env` names.
