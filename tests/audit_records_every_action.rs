@@ -109,6 +109,8 @@ async fn every_action_is_recorded_with_its_fields_and_the_chain_verifies() {
         records.last().unwrap().action,
         audit_action::RUNTIME_SHUTDOWN
     );
+    let last = records.last().unwrap().reason.as_deref();
+    assert_eq!(last, Some("shutdown"), "stopped in order");
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r.seq, i as u64);
         assert!(

@@ -98,7 +98,8 @@ fn run(
                 biased;
                 event = events.recv() => match event {
                     Some(event) => writer.record(&mut trail, &event),
-                    None => return false,
+                    // The engine stopped; in order if the runtime asks us to stop next.
+                    None => return (&mut stop).await.is_ok(),
                 },
                 asked = &mut stop => {
                     if asked.is_ok() {
