@@ -101,8 +101,14 @@ async fn no_log_line_holds_a_raw_owner_or_ip_but_the_pseudonym_and_trace_are_the
         })
         .unwrap();
     let pseudonym = opened.owner.clone().unwrap();
-    let computed = audit_config(&dir).pseudonymizer().unwrap().owner(&Owner::new(OWNERS[0]));
-    assert_eq!(pseudonym, computed, "a user's pseudonym can be computed with the key");
+    let computed = audit_config(&dir)
+        .pseudonymizer()
+        .unwrap()
+        .owner(&Owner::new(OWNERS[0]));
+    assert_eq!(
+        pseudonym, computed,
+        "a user's pseudonym can be computed with the key"
+    );
     let lines = logs.lines();
     let started = event(&lines, "session.started", alice.id());
     assert_eq!(started["fields"]["owner"], pseudonym.as_str());
