@@ -33,6 +33,22 @@ pub use trail::{AuditStats, AuditTrail};
 pub use verify::{VerifyReport, verify_dir};
 pub(crate) use writer::AuditWriter;
 
+/// Opens the trail on a short-lived thread of its own (it creates the
+/// directory and reads the last file back to continue the chain), so the
+/// caller's executor never blocks on the disk.
+pub(crate) async fn open_trail(config: AuditConfig) -> Result<AuditTrail, AuditError> {
+    let (done, opened) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("sessionbus-audit-open".into())
+        .spawn(move || {
+            let _ = done.send(AuditTrail::open(&config));
+        })
+        .map_err(|e| AuditError::Thread(e.to_string()))?;
+    opened
+        .await
+        .map_err(|_| AuditError::Thread("the audit trail's opening thread died".into()))?
+}
+
 /// The pseudonymizer for log lines that matches the trail's pseudonyms.
 pub(crate) fn log_pseudonyms(trail: &AuditTrail) -> sessionbus_actors::Pseudonymizer {
     trail.keys().pseudonyms.clone()

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 mod engine_thread;
 mod error;
 
-use crate::audit::{self, AuditStats, AuditTrail, AuditWriter};
+use crate::audit::{self, AuditStats, AuditWriter};
 use crate::config::Config;
 use crate::gpu::{GpuCounters, WgpuPool};
 pub use error::StartError;
@@ -87,7 +87,7 @@ impl Runtime {
         config.validate()?;
         // Opened first: an unwritable directory refuses the start before anything runs.
         let trail = match &config.audit {
-            Some(audit) => Some(AuditTrail::open(audit)?),
+            Some(audit) => Some(audit::open_trail(audit.clone()).await?),
             None => None,
         };
         // Log lines carry the same owner pseudonyms as the audit trail when it
