@@ -65,10 +65,12 @@ impl Pseudonymizer {
         mac.update(&[0]);
         mac.update(value);
         let digest = mac.finalize().into_bytes();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(2 + 32);
         out.push_str("p:");
         for byte in &digest[..16] {
-            out.push_str(&format!("{byte:02x}"));
+            out.push(HEX[usize::from(byte >> 4)] as char);
+            out.push(HEX[usize::from(byte & 0xf)] as char);
         }
         out
     }

@@ -169,7 +169,13 @@ pub(crate) fn decode_hex(text: &str) -> Option<Vec<u8>> {
 
 /// Bytes to lowercase hex.
 pub(crate) fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(HEX[usize::from(byte >> 4)] as char);
+        out.push(HEX[usize::from(byte & 0xf)] as char);
+    }
+    out
 }
 
 impl std::fmt::Debug for AuditConfig {
