@@ -15,7 +15,7 @@ fn trace(n: u128) -> TraceId {
     TraceId(n)
 }
 
-fn of<'a>(records: &'a [AuditRecord], session: SessionId) -> Vec<&'a AuditRecord> {
+fn of(records: &[AuditRecord], session: SessionId) -> Vec<&AuditRecord> {
     let id = session.to_string();
     records
         .iter()
