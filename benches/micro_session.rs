@@ -15,6 +15,7 @@
 //!
 //! ```text
 //! cargo bench --bench micro_session
+//! MICRO_SESSION_LOGS=1 cargo bench --bench micro_session   # with a subscriber at INFO
 //! ```
 
 use std::time::Instant;
@@ -28,6 +29,15 @@ mod common;
 const EMBEDDING_DIM: usize = 384;
 
 fn micro_session(c: &mut Criterion) {
+    // `MICRO_SESSION_LOGS=1`: a subscriber wants the supervisor's INFO lines
+    // (written to a sink), so each session has its span and the lifecycle
+    // lines are formatted: what logging costs, next to the run without.
+    if std::env::var_os("MICRO_SESSION_LOGS").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter("sessionbus::supervisor=info")
+            .with_writer(std::io::sink)
+            .init();
+    }
     let tokio = common::tokio();
     let rt = common::start(&tokio);
     let mut group = c.benchmark_group("session");

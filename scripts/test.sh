@@ -61,3 +61,17 @@ echo "test.sh: demo expiry scenario (idle timeouts, TTLs, leases, context resets
 # the demo itself fails on any incident, leak or double end.
 RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::supervisor=error}" \
   cargo run --quiet --locked --example demo -- --scenario expiry --sessions 300 --json | tail -n 1
+echo "test.sh: demo with the audit trail (a fresh random key), then the trail verifies, and a changed copy does not"
+audit_dir="$(mktemp -d)"
+SESSIONBUS_AUDIT_KEY="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
+export SESSIONBUS_AUDIT_KEY
+cargo run --quiet --locked --example demo -- --sessions 300 --turns 4 --audit-dir "$audit_dir" --json | tail -n 1
+cargo run --quiet --locked --example audit_verify -- "$audit_dir"
+first_file="$(ls "$audit_dir"/audit-*.jsonl | head -n 1)"
+sed -i '3s/"action":"/"action":"x/' "$first_file"
+if cargo run --quiet --locked --example audit_verify -- "$audit_dir"; then
+  echo "test.sh: audit_verify accepted a changed record" >&2
+  exit 1
+fi
+rm -rf "$audit_dir"
+unset SESSIONBUS_AUDIT_KEY

@@ -10,6 +10,7 @@ use sessionbus_actors::{
     ReleaseConfig, SessionsConfig,
 };
 
+use crate::audit::{AuditConfig, AuditConfigError};
 use crate::gpu::{GpuConfig, GpuConfigError};
 use crate::metrics::MetricsConfig;
 
@@ -108,6 +109,10 @@ pub struct Config {
     pub gpu: GpuConfig,
     /// Metrics through the `metrics` facade.
     pub metrics: MetricsConfig,
+    /// The audit trail; off unless the `[audit]` section is present (it then
+    /// needs a key). See [`AuditConfig`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditConfig>,
 }
 
 /// A configuration that cannot be used.
@@ -131,6 +136,9 @@ pub enum ConfigError {
     /// A GPU setting is out of range (the error names the field).
     #[error(transparent)]
     Gpu(#[from] GpuConfigError),
+    /// An `[audit]` setting cannot be used: a missing or short key, … (names the field).
+    #[error(transparent)]
+    Audit(#[from] AuditConfigError),
 }
 
 impl ConfigError {
@@ -139,6 +147,7 @@ impl ConfigError {
         match self {
             ConfigError::Invalid(e) => Some(&e.field),
             ConfigError::Gpu(e) => Some(e.field()),
+            ConfigError::Audit(e) => Some(e.field),
             _ => None,
         }
     }
@@ -167,6 +176,9 @@ impl Config {
         self.engine().validate()?;
         self.gpu.validate()?;
         self.metrics.validate()?;
+        if let Some(audit) = &self.audit {
+            audit.validate()?;
+        }
         Ok(())
     }
 

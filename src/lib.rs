@@ -2,11 +2,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod audit;
 mod config;
 mod gpu;
 pub mod metrics;
 mod runtime;
 
+pub use audit::action as audit_action;
+pub use audit::{
+    AuditClock, AuditConfig, AuditConfigError, AuditError, AuditRecord, AuditStats, AuditTrail,
+    BreakKind, ChainBreak, SystemClock, VerifyReport, rfc3339_utc, verify_dir,
+};
 pub use config::{Config, ConfigError};
 pub use gpu::{BackendChoice, GpuConfig, GpuConfigError, GpuCounters, GpuInitError, WgpuPool};
 pub use metrics::MetricsConfig;

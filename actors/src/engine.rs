@@ -1,5 +1,6 @@
 //! Starting the engine, and the handle an application drives it with.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use actix::{Actor, Addr, AsyncContext, Recipient};
@@ -14,6 +15,7 @@ use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt};
 use crate::expiry::ExpiryPolicy;
 use crate::gpu::{GpuPool, PoolInfo, PoolStats};
 use crate::ids::{Caller, Owner, SessionId, TraceId};
+use crate::pseudonym::Pseudonymizer;
 use crate::registry::*;
 use crate::session::{SessionError, SessionHandle};
 
@@ -28,6 +30,8 @@ pub struct OpenOptions {
     pub expiry: Option<ExpiryPolicy>,
     /// Replaces the engine's context policy (built from `[context]`) for this session.
     pub context_policy: Option<ContextPolicyFactory>,
+    /// The client's address, for the audit trail (never logged in clear).
+    pub client_ip: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -35,6 +39,7 @@ impl std::fmt::Debug for OpenOptions {
         f.debug_struct("OpenOptions")
             .field("owner", &self.owner)
             .field("trace_id", &self.trace_id)
+            .field("client_ip", &self.client_ip.map(|_| "<set>"))
             .field("expiry", &self.expiry)
             .field(
                 "context_policy",
@@ -52,7 +57,15 @@ impl OpenOptions {
             trace_id: None,
             expiry: None,
             context_policy: None,
+            client_ip: None,
         }
+    }
+
+    /// With the client's address (carried in `SessionStarted` and
+    /// `SessionEndEvent` for the audit trail; logs never show it).
+    pub fn client_ip(mut self, ip: IpAddr) -> Self {
+        self.client_ip = Some(ip);
+        self
     }
 
     /// With this expiry policy instead of the configured one.
@@ -80,15 +93,28 @@ pub struct Engine;
 
 impl Engine {
     /// Starts the registry and the cleanup actor on the current actix arbiter.
-    /// Must be called from inside a running actix `System`.
+    /// Must be called from inside a running actix `System`. Owners in log
+    /// lines are pseudonymised with a random key for this process.
     pub fn start(
         config: EngineConfig,
         pool: Arc<dyn GpuPool>,
+    ) -> Result<EngineHandle, ConfigError> {
+        Engine::start_with(config, pool, Pseudonymizer::random())
+    }
+
+    /// Like [`Engine::start`], with owners in log lines pseudonymised by
+    /// `pseudonyms` (keyed by the application, so they are stable across
+    /// processes and match the audit trail's).
+    pub fn start_with(
+        config: EngineConfig,
+        pool: Arc<dyn GpuPool>,
+        pseudonyms: Pseudonymizer,
     ) -> Result<EngineHandle, ConfigError> {
         config.validate()?;
         config
             .budget
             .validate_for_device(pool.info().min_buffer_bytes)?;
+        let pseudonyms = Arc::new(pseudonyms);
         let pacer = Arc::new(Pacer::new(&config.release));
         let budget = Arc::new(Budget::new(&config.budget));
         let queue = Arc::new(ReleaseQueue::default());
@@ -102,6 +128,7 @@ impl Engine {
                     ctx.address(),
                     budget.clone(),
                     queue.clone(),
+                    pseudonyms,
                 )
                 .expect("the configuration was validated above");
                 let release = Release {
@@ -154,6 +181,7 @@ impl EngineHandle {
             trace_id: options.trace_id.unwrap_or_else(TraceId::random),
             expiry: options.expiry,
             context_policy: options.context_policy,
+            client_ip: options.client_ip,
         };
         let opened = self
             .registry
@@ -201,9 +229,31 @@ impl EngineHandle {
         id: SessionId,
         caller: impl Into<Caller>,
     ) -> Result<ReleaseReceipt, SessionError> {
+        self.close_traced_opt(id, caller.into(), None).await
+    }
+
+    /// Closes a session by id like [`close`](Self::close), for a request that
+    /// carries `trace_id` (see [`SessionHandle::close_traced`]).
+    pub async fn close_traced(
+        &self,
+        id: SessionId,
+        caller: impl Into<Caller>,
+        trace_id: TraceId,
+    ) -> Result<ReleaseReceipt, SessionError> {
+        self.close_traced_opt(id, caller.into(), Some(trace_id))
+            .await
+    }
+
+    async fn close_traced_opt(
+        &self,
+        id: SessionId,
+        caller: Caller,
+        trace_id: Option<TraceId>,
+    ) -> Result<ReleaseReceipt, SessionError> {
         let close = CloseById {
             id,
-            caller: caller.into(),
+            caller,
+            trace_id,
         };
         self.registry
             .send(close)

@@ -1,6 +1,7 @@
 //! What the bus carries: lifecycle events, shared by reference (`Arc`) so
 //! fan-out to many subscribers copies nothing.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -9,7 +10,7 @@ use actix::Message;
 use crate::context::StaleReason;
 use crate::expiry::Deadline;
 use crate::gpu::Allocated;
-use crate::ids::{Owner, SessionId, TraceId};
+use crate::ids::{Caller, Owner, SessionId, TraceId};
 use crate::lifecycle::EndReason;
 
 /// A session was opened and is established.
@@ -23,6 +24,9 @@ pub struct SessionStarted {
     pub trace_id: TraceId,
     /// When it was opened (wall clock).
     pub at: SystemTime,
+    /// The client's address, if the application gave one (`OpenOptions::client_ip`).
+    /// For audit: pseudonymise before writing it anywhere.
+    pub client_ip: Option<IpAddr>,
 }
 
 /// A session ended. Published exactly once per session, by the registry only.
@@ -63,6 +67,22 @@ pub struct SessionEndEvent {
     pub version: u64,
     /// The trace of the request that opened it.
     pub trace_id: TraceId,
+    /// Who asked for the end (a close by the owner or an operator, the
+    /// runtime's own operators for expiry and shutdown); `None` when no
+    /// request ended it (disconnect, crash, lease lost).
+    pub ended_by: Option<Caller>,
+    /// The trace of the request that ended it, if it came with one
+    /// (`close_traced`); see [`SessionEndEvent::request_trace_id`].
+    pub end_trace_id: Option<TraceId>,
+    /// The client's address given at open, if any.
+    pub client_ip: Option<IpAddr>,
+}
+
+impl SessionEndEvent {
+    /// The trace this end belongs to: the ending request's, else the opening one's.
+    pub fn request_trace_id(&self) -> TraceId {
+        self.end_trace_id.unwrap_or(self.trace_id)
+    }
 }
 
 impl SessionEndEvent {
@@ -93,6 +113,8 @@ pub struct ContextReset {
     pub at: SystemTime,
     /// The trace of the turn that caused it (the session's own if the turn had none).
     pub trace_id: TraceId,
+    /// The client's address given at open, if any.
+    pub client_ip: Option<IpAddr>,
 }
 
 /// A session's GPU memory has been given back.
@@ -119,6 +141,8 @@ pub struct ReleaseReceipt {
     /// The deadline that ended the session, if one did: `released_at - deadline.at`
     /// is deadline → memory back.
     pub deadline: Option<Deadline>,
+    /// The trace of the end ([`SessionEndEvent::request_trace_id`]).
+    pub trace_id: TraceId,
 }
 
 /// How an ending session's leases (in-flight work) were drained.
@@ -153,6 +177,7 @@ impl ReleaseReceipt {
             paced_for: Duration::ZERO,
             error: None,
             deadline: ended.deadline,
+            trace_id: ended.request_trace_id(),
         }
     }
 

@@ -35,6 +35,7 @@ mod ids;
 mod lease;
 mod lifecycle;
 mod mailbox;
+mod pseudonym;
 mod registry;
 mod session;
 
@@ -59,6 +60,7 @@ pub use gpu::{
 pub use ids::{AllocationId, Caller, Owner, ParseIdError, SessionId, TraceId};
 pub use lease::{LeaseError, LeaseId, LeasesConfig};
 pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
+pub use pseudonym::{KeyTooShort, MIN_KEY_BYTES, Pseudonymizer};
 pub use registry::{OpenError, PressureCounters, RegistryStats, ShutdownReport};
 pub use session::{
     AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo, Turn, TurnAck,

@@ -70,6 +70,11 @@ pub struct Args {
     /// time, latency distributions, release rate) to this file.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
+    /// Write the audit trail to this directory; the key is read (as hex)
+    /// from the environment variable SESSIONBUS_AUDIT_KEY. Check it afterwards
+    /// with `cargo run --example audit_verify -- DIR`.
+    #[arg(long)]
+    audit_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,6 +170,12 @@ async fn main() -> anyhow::Result<()> {
     };
     if args.scenario == Scenario::Expiry {
         scenario_expiry::configure(&mut config);
+    }
+    if let Some(dir) = &args.audit_dir {
+        config.audit = Some(sessionbus::AuditConfig {
+            key_env: Some("SESSIONBUS_AUDIT_KEY".into()),
+            ..sessionbus::AuditConfig::new(dir)
+        });
     }
     let demo = Demo::start(config, args.json).await?;
     let report = html_report::Recorder::start(&demo.rt, &args).await?;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use sessionbus_actors::{Engine, EngineHandle};
+use sessionbus_actors::{Engine, EngineHandle, Pseudonymizer};
 use tokio::sync::oneshot;
 
 use super::error::StartError;
@@ -25,6 +25,7 @@ pub(super) type Started = Result<
 
 pub(super) fn run(
     config: Config,
+    pseudonyms: Pseudonymizer,
     started: oneshot::Sender<Started>,
     exit: oneshot::Sender<GpuCounters>,
 ) {
@@ -39,7 +40,7 @@ pub(super) fn run(
     // The metrics subscriber subscribes here, before anything can open a
     // session, so its counters see the whole run (it then runs on its own thread).
     let engine = runner.block_on(async {
-        let engine = Engine::start(config.engine(), gpu.clone())?;
+        let engine = Engine::start_with(config.engine(), gpu.clone(), pseudonyms)?;
         let metrics = MetricsTask::start(&engine, &config.metrics).await;
         Ok::<_, sessionbus_actors::ConfigError>((engine, metrics))
     });

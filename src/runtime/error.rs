@@ -1,3 +1,4 @@
+use crate::audit::AuditError;
 use crate::config::ConfigError;
 use crate::gpu::GpuInitError;
 
@@ -10,6 +11,9 @@ pub enum StartError {
     /// No usable GPU adapter or device (the error names the backends tried and how to get one).
     #[error(transparent)]
     Gpu(#[from] GpuInitError),
+    /// The audit trail cannot start: its directory is not writable, … (names the field).
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// The engine thread could not be started.
     #[error("could not start the sessionbus engine thread: {0}")]
     Thread(String),

@@ -10,12 +10,15 @@
 use std::sync::Arc;
 use std::thread;
 
-use sessionbus_actors::{EngineHandle, GpuPool, PoolInfo, ShutdownReport};
+use sessionbus_actors::{
+    Delivery, EngineHandle, EventKinds, GpuPool, PoolInfo, Pseudonymizer, ShutdownReport,
+};
 use tokio::sync::oneshot;
 
 mod engine_thread;
 mod error;
 
+use crate::audit::{self, AuditStats, AuditWriter};
 use crate::config::Config;
 use crate::gpu::{GpuCounters, WgpuPool};
 use crate::metrics::MetricsTask;
@@ -50,6 +53,9 @@ pub struct StopReport {
     pub bus_undelivered: usize,
     /// wgpu's own counters after everything was released and the device polled.
     pub gpu_after: GpuCounters,
+    /// The audit trail's counters after its last record (`runtime.shutdown`)
+    /// was written and synced; `None` without `[audit]`.
+    pub audit: Option<AuditStats>,
 }
 
 /// A running sessionbus: the engine's actors plus the wgpu pool.
@@ -61,6 +67,7 @@ pub struct Runtime {
     flush_timeout: std::time::Duration,
     /// The metrics subscriber (`None` unless `metrics.enabled`).
     metrics: Option<MetricsTask>,
+    audit: Option<AuditWriter>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -81,12 +88,22 @@ impl Runtime {
     /// own thread. Awaitable from any executor; the caller's thread never blocks.
     pub async fn start(config: Config) -> Result<Runtime, StartError> {
         config.validate()?;
+        // Opened first: an unwritable directory refuses the start before anything runs.
+        let trail = match &config.audit {
+            Some(audit) => Some(audit::open_trail(audit.clone()).await?),
+            None => None,
+        };
+        // Log lines carry the same owner pseudonyms as the audit trail when it
+        // has a key; otherwise pseudonyms are stable only within this process.
+        let pseudonyms = trail
+            .as_ref()
+            .map_or_else(Pseudonymizer::random, audit::log_pseudonyms);
         let flush_timeout = std::time::Duration::from_millis(config.bus.flush_timeout_ms);
         let (started_tx, started_rx) = oneshot::channel::<engine_thread::Started>();
         let (exit_tx, exit_rx) = oneshot::channel();
         thread::Builder::new()
             .name("sessionbus-engine".into())
-            .spawn(move || engine_thread::run(config, started_tx, exit_tx))
+            .spawn(move || engine_thread::run(config, pseudonyms, started_tx, exit_tx))
             .map_err(|e| StartError::Thread(e.to_string()))?;
         let (engine, gpu, system, metrics) = started_rx
             .await
@@ -98,14 +115,27 @@ impl Runtime {
             backend = %gpu.info().backend,
             "sessionbus runtime started"
         );
-        Ok(Runtime {
+        let mut runtime = Runtime {
             engine,
             gpu,
             system,
             engine_exit: Some(exit_rx),
             flush_timeout,
             metrics,
-        })
+            audit: None,
+        };
+        if let Some(trail) = trail {
+            // Subscribed before `start` returns, so no session can be opened unseen.
+            let events = runtime
+                .engine
+                .subscribe_channel(EventKinds::ALL, Delivery::Reliable)
+                .await
+                .ok_or_else(|| StartError::Thread("the engine stopped while starting".into()))?;
+            let writer = AuditWriter::spawn(trail, events)
+                .map_err(|e| audit::AuditError::Thread(e.to_string()))?;
+            runtime.audit = Some(writer);
+        }
+        Ok(runtime)
     }
 
     /// A cheap, cloneable handle to the engine, for tasks and threads. The
@@ -118,6 +148,12 @@ impl Runtime {
     /// The adapter in use.
     pub fn adapter(&self) -> &PoolInfo {
         self.gpu.info()
+    }
+
+    /// The audit trail's counters (records written, write failures, files
+    /// rotated and deleted); `None` without `[audit]`.
+    pub fn audit_stats(&self) -> Option<AuditStats> {
+        self.audit.as_ref().map(AuditWriter::stats)
     }
 
     /// wgpu's own counters for the device: the ground truth for leak checks.
@@ -142,10 +178,17 @@ impl Runtime {
         };
         // Only if the engine thread died: stop the worker from here.
         let gpu_after = gpu_after.unwrap_or_else(|| self.gpu.shutdown());
+        // The engine has stopped publishing: the writer drains what is queued,
+        // writes `runtime.shutdown` and syncs before this resolves.
+        let audit = match self.audit.as_mut() {
+            Some(writer) => Some(writer.finish().await),
+            None => None,
+        };
         StopReport {
             sessions,
             bus_undelivered,
             gpu_after,
+            audit,
         }
     }
 }

@@ -87,3 +87,5 @@ pub fn ends_by_session(events: &[LifecycleEvent]) -> HashMap<SessionId, Vec<EndR
     }
     ends
 }
+pub mod audit;
+pub mod logs;

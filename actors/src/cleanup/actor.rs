@@ -147,6 +147,7 @@ async fn receipt(
                 paced_for,
                 error: None,
                 deadline: ended.deadline,
+                trace_id: ended.request_trace_id(),
             }
         }
         Err(_) => {

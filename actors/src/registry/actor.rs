@@ -29,6 +29,7 @@ use crate::gpu::GpuPool;
 use crate::ids::{Caller, IdMap, Owner, SessionId};
 use crate::lifecycle::EndReason;
 use crate::mailbox::send_now_or_later;
+use crate::pseudonym::Pseudonymizer;
 use crate::session::{End, EndGuard, SessionActor, SessionError, SessionSettings, SessionShared};
 
 pub(super) struct LiveSession {
@@ -96,6 +97,7 @@ impl RegistryActor {
         me: Addr<RegistryActor>,
         budget: Arc<Budget>,
         queue: Arc<ReleaseQueue>,
+        pseudonyms: Arc<Pseudonymizer>,
     ) -> Result<Self, ConfigError> {
         let sessions = config.sessions.clone();
         let tombstones = Tombstones::new(
@@ -113,6 +115,7 @@ impl RegistryActor {
                 false => None,
             },
             budget.clone(),
+            pseudonyms,
         );
         Ok(RegistryActor {
             config: sessions,
@@ -299,7 +302,8 @@ impl Handler<Open> for RegistryActor {
             msg.trace_id,
             shared.clone(),
             self.settings.clone(),
-        );
+        )
+        .with_client_ip(msg.client_ip);
         let session = SessionActor::new(record, msg.context_policy);
         let capacity = self.config.mailbox_capacity;
         let addr = SessionActor::create(move |ctx| {
@@ -325,6 +329,7 @@ impl Handler<Open> for RegistryActor {
             target: "sessionbus::supervisor",
             event = "session.started",
             session_id = %id,
+            owner = %self.settings.pseudonyms.display_owner(&msg.owner),
             trace_id = %msg.trace_id,
             "session started"
         );
@@ -333,6 +338,7 @@ impl Handler<Open> for RegistryActor {
             owner: msg.owner,
             trace_id: msg.trace_id,
             at: SystemTime::now(),
+            client_ip: msg.client_ip,
         };
         self.bus.publish(LifecycleEvent::Started(Arc::new(started)));
         Ok(Opened { id, addr, shared })
@@ -392,6 +398,7 @@ impl Handler<CloseById> for RegistryActor {
                     waiter: None,
                     deadline: None,
                     seen_active_us: 0,
+                    trace_id: msg.trace_id,
                 };
                 // Refusal means it is already ending; the waiter above gets the receipt either way.
                 deliver_end(addr, end);
@@ -458,6 +465,29 @@ impl Handler<SessionFinished> for RegistryActor {
         self.releasing += 1;
         let mut waiters = live.waiters;
         waiters.extend(msg.waiters);
+        let pseudonyms = &self.settings.pseudonyms;
+        tracing::info!(
+            target: "sessionbus::supervisor",
+            event = "session.ended",
+            session_id = %id,
+            owner = %pseudonyms.display_owner(&live.owner),
+            reason = %reason,
+            buffers = event.allocations.len(),
+            bytes = event.bytes,
+            duration_us = event
+                .ended_at
+                .duration_since(event.created_at)
+                .unwrap_or_default()
+                .as_micros() as u64,
+            trace_id = %event.request_trace_id(),
+            ended_by = event
+                .ended_by
+                .as_ref()
+                .map(|caller| tracing::field::display(pseudonyms.display_caller(caller))),
+            lateness_us = event.deadline.map(|d| d.lateness().as_micros() as u64),
+            drain_forced = event.drain.forced,
+            "session ended"
+        );
         let stone = Tombstone {
             owner: live.owner,
             reason,
@@ -466,18 +496,6 @@ impl Handler<SessionFinished> for RegistryActor {
             waiters,
         };
         self.tombstones.insert(id, stone);
-        tracing::info!(
-            target: "sessionbus::supervisor",
-            event = "session.ended",
-            session_id = %id,
-            reason = %reason,
-            buffers = event.allocations.len(),
-            bytes = event.bytes,
-            trace_id = %event.trace_id,
-            lateness_us = event.deadline.map(|d| d.lateness().as_micros() as u64),
-            drain_forced = event.drain.forced,
-            "session ended"
-        );
         let receipt = ReleaseReceipt::nothing_to_release(&event)
             .then(|| ReleaseReceipt::nothing_released(&event));
         self.bus.publish(LifecycleEvent::Ended(Arc::new(event)));
@@ -516,6 +534,7 @@ impl RegistryActor {
             buffers = receipt.buffers,
             bytes = receipt.bytes,
             duration_us = receipt.end_to_release().as_micros() as u64,
+            trace_id = %receipt.trace_id,
             "session memory released"
         );
         if let Some(stone) = self.tombstones.get_mut(&id) {
@@ -603,6 +622,7 @@ impl Handler<Shutdown> for RegistryActor {
                         waiter: None,
                         deadline: None,
                         seen_active_us: 0,
+                        trace_id: None,
                     };
                     deliver_end(addr, end);
                 }
@@ -634,6 +654,7 @@ impl Handler<ContextWasReset> for RegistryActor {
             target: "sessionbus::supervisor",
             event = "session.context_reset",
             session_id = %reset.id,
+            owner = %self.settings.pseudonyms.display_owner(&reset.owner),
             reason = reset.reason.as_str(),
             turn = reset.turn,
             buffers = reset.buffers,

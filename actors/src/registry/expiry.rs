@@ -107,6 +107,7 @@ impl RegistryActor {
                             fired_at: now,
                         }),
                         seen_active_us: last_active,
+                        trace_id: None,
                     };
                     deliver_end(addr, end);
                 }

@@ -29,6 +29,7 @@ pub(crate) struct Open {
     pub(crate) expiry: Option<ExpiryPolicy>,
     /// Overrides the engine's context policy for this session.
     pub(crate) context_policy: Option<ContextPolicyFactory>,
+    pub(crate) client_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Message)]
@@ -44,6 +45,8 @@ pub(crate) struct Attach {
 pub(crate) struct CloseById {
     pub(crate) id: SessionId,
     pub(crate) caller: Caller,
+    /// The trace of the closing request, if it came with one.
+    pub(crate) trace_id: Option<TraceId>,
 }
 
 /// Resolves with the receipt of a session once it is released.

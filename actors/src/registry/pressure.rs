@@ -198,6 +198,7 @@ impl RegistryActor {
             waiter: None,
             deadline: None,
             seen_active_us: 0,
+            trace_id: None,
         };
         deliver_end(addr, end);
     }

@@ -55,6 +55,10 @@ pub(crate) struct SessionActor {
     restoring: bool,
     /// Why the last restore failed, for the requests that needed it.
     restore_error: Option<AllocError>,
+    /// The session's span (`session_id`, `trace_id`, `owner` pseudonym),
+    /// entered around every handler; `None` when no subscriber wants it, so
+    /// a session without logs pays one pointer and no allocation.
+    span: Option<Box<tracing::Span>>,
     #[cfg(feature = "fault-injection")]
     lose_drain_timer: bool,
 }
@@ -65,6 +69,14 @@ impl SessionActor {
         lifecycle
             .apply(Event::Establish)
             .expect("a new lifecycle can be established");
+        let span = tracing::info_span!(
+            target: "sessionbus::supervisor",
+            "session",
+            session_id = %record.id,
+            trace_id = %record.trace_id,
+            owner = %record.settings.pseudonyms.display_owner(&record.owner),
+        );
+        let span = (!span.is_disabled()).then(|| Box::new(span));
         SessionActor {
             record,
             lifecycle,
@@ -77,6 +89,7 @@ impl SessionActor {
             in_handler: false,
             restoring: false,
             restore_error: None,
+            span,
             #[cfg(feature = "fault-injection")]
             lose_drain_timer: false,
         }
@@ -92,10 +105,16 @@ impl SessionActor {
     }
 
     /// Runs a handler body with `in_handler` raised (left raised if it panics).
+    /// Inside the session's span, if it has one.
     fn guarded<R>(&mut self, body: impl FnOnce(&mut Self) -> R) -> R {
+        // Taken out for the call (the body needs `&mut self`); a panic drops it with the actor.
+        let span = self.span.take();
+        let entered = span.as_deref().map(tracing::Span::enter);
         self.in_handler = true;
         let result = body(self);
         self.in_handler = false;
+        drop(entered);
+        self.span = span;
         result
     }
 
@@ -236,7 +255,13 @@ impl SessionActor {
                 return Ok(());
             }
         }
-        self.begin_end(msg.reason, msg.deadline, msg.waiter, ctx)
+        // Who asked, for the end event (and so the audit trail); kept only if this request ends it.
+        self.record.end_request = Some(Box::new((msg.caller, msg.trace_id)));
+        let began = self.begin_end(msg.reason, msg.deadline, msg.waiter, ctx);
+        if began.is_err() {
+            self.record.end_request = None;
+        }
+        began
     }
 
     fn rearm(&self) {
@@ -395,6 +420,7 @@ impl SessionActor {
             bytes: 0,
             at: SystemTime::now(),
             trace_id,
+            client_ip: self.record.client_ip,
         };
         let registry = self.record.settings.registry.clone();
         actix::spawn(async move {
@@ -468,6 +494,14 @@ impl Actor for SessionActor {
             return Running::Stop;
         }
         let reason = if self.in_handler {
+            tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "session.crashed",
+                session_id = %self.record.id,
+                owner = %self.record.settings.pseudonyms.display_owner(&self.record.owner),
+                trace_id = %self.record.trace_id,
+                "a session handler panicked; the session ends as crashed"
+            );
             EndReason::Crashed
         } else if !ctx.connected() {
             EndReason::Disconnected

@@ -6,6 +6,7 @@
 //! actix actor, and nothing restarts it), the guard's `Drop` reports the end
 //! with reason `Crashed`, carrying the ledger, so the memory is still released.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -17,7 +18,7 @@ use super::shared::SessionShared;
 use crate::clock;
 use crate::events::{Drain, ReleaseReceipt, SessionEndEvent};
 use crate::expiry::Deadline;
-use crate::ids::{Owner, SessionId, TraceId};
+use crate::ids::{Caller, Owner, SessionId, TraceId};
 use crate::lifecycle::EndReason;
 use crate::registry::SessionFinished;
 
@@ -31,6 +32,11 @@ pub(crate) struct EndGuard {
     pub(crate) ledger: Ledger,
     pub(crate) shared: Arc<SessionShared>,
     pub(crate) settings: Arc<SessionSettings>,
+    /// The client's address given at open (for the audit trail).
+    pub(crate) client_ip: Option<IpAddr>,
+    /// Who asked for the end under way, and the trace of that request.
+    /// Boxed: only an ending session has one.
+    pub(crate) end_request: Option<Box<(Caller, Option<TraceId>)>>,
     reported: bool,
 }
 
@@ -52,8 +58,16 @@ impl EndGuard {
             ledger: Ledger::default(),
             shared,
             settings,
+            client_ip: None,
+            end_request: None,
             reported: false,
         }
+    }
+
+    /// With the client's address given at open.
+    pub(crate) fn with_client_ip(mut self, ip: Option<IpAddr>) -> Self {
+        self.client_ip = ip;
+        self
     }
 
     /// The last activity on the wall clock, from the monotonic stamp in the
@@ -85,6 +99,10 @@ impl EndGuard {
         let offloaded = self.ledger.is_offloaded();
         let (allocations, bytes) = self.ledger.take();
         let offloaded_bytes = if offloaded { bytes } else { 0 };
+        let (ended_by, end_trace_id) = match self.end_request.take() {
+            Some(request) => (Some(request.0), request.1),
+            None => (None, None),
+        };
         let event = SessionEndEvent {
             id: self.id,
             owner: self.owner.clone(),
@@ -105,6 +123,9 @@ impl EndGuard {
             },
             version: self.version + 1, // the end itself is the last accepted event
             trace_id: self.trace_id,
+            ended_by,
+            end_trace_id,
+            client_ip: self.client_ip,
         };
         let message = SessionFinished {
             event,

@@ -10,7 +10,7 @@ use super::messages::*;
 use super::shared::SessionShared;
 use crate::events::ReleaseReceipt;
 use crate::gpu::{Allocated, OffloadReport};
-use crate::ids::{AllocationId, Caller, SessionId};
+use crate::ids::{AllocationId, Caller, SessionId, TraceId};
 use crate::lease::LeaseId;
 use crate::lifecycle::{EndReason, Event, State};
 use crate::registry::{AwaitReceipt, RegistryActor};
@@ -245,6 +245,18 @@ impl SessionHandle {
     /// released (buffers destroyed, device polled). Closing again, from any
     /// handle, returns the same receipt; nothing is released twice.
     pub async fn close(&self) -> Result<ReleaseReceipt, SessionError> {
+        self.close_with(None).await
+    }
+
+    /// Closes the session like [`close`](Self::close), for a request that
+    /// carries `trace_id`: the end event, its log lines, the receipt and the
+    /// audit record carry that trace (the session's own trace stays in
+    /// `SessionEndEvent::trace_id`).
+    pub async fn close_traced(&self, trace_id: TraceId) -> Result<ReleaseReceipt, SessionError> {
+        self.close_with(Some(trace_id)).await
+    }
+
+    async fn close_with(&self, trace_id: Option<TraceId>) -> Result<ReleaseReceipt, SessionError> {
         let (waiter, receipt) = oneshot::channel();
         let end = End {
             caller: self.caller.clone(),
@@ -252,6 +264,7 @@ impl SessionHandle {
             waiter: Some(waiter),
             deadline: None,
             seen_active_us: 0,
+            trace_id,
         };
         match self.addr.send(end).await {
             Ok(Ok(())) => receipt.await.map_err(|_| SessionError::RuntimeStopped),

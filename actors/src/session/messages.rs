@@ -135,6 +135,8 @@ pub(crate) struct End {
     /// The last-activity stamp the registry saw when it found the session
     /// idle: a different stamp now means activity came in since.
     pub(crate) seen_active_us: u64,
+    /// The trace of the request asking for the end, if it came with one.
+    pub(crate) trace_id: Option<TraceId>,
 }
 
 /// From the sweeper: a session stuck in Closing past its drain deadline ends now.

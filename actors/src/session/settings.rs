@@ -11,6 +11,7 @@ use crate::clock::Epoch;
 use crate::config::EngineConfig;
 use crate::context::ContextPolicyFactory;
 use crate::gpu::GpuPool;
+use crate::pseudonym::Pseudonymizer;
 use crate::registry::RegistryActor;
 
 pub(crate) struct SessionSettings {
@@ -33,6 +34,8 @@ pub(crate) struct SessionSettings {
     pub(crate) budget: Arc<Budget>,
     /// What an allocation past a budget does.
     pub(crate) wait_rules: WaitRules,
+    /// Owner pseudonyms for log lines (owners never appear in clear).
+    pub(crate) pseudonyms: Arc<Pseudonymizer>,
 }
 
 impl SessionSettings {
@@ -43,6 +46,7 @@ impl SessionSettings {
         registry: Addr<RegistryActor>,
         context: Option<ContextPolicyFactory>,
         budget: Arc<Budget>,
+        pseudonyms: Arc<Pseudonymizer>,
     ) -> Self {
         let leases = &config.leases;
         SessionSettings {
@@ -62,6 +66,7 @@ impl SessionSettings {
                 when_exhausted: config.budget.when_exhausted,
                 timeout: Duration::from_millis(config.budget.wait_timeout_ms),
             },
+            pseudonyms,
         }
     }
 

@@ -1,0 +1,246 @@
+//! The `[audit]` section: where the trail goes, its key, rotation and retention.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sessionbus_actors::{MIN_KEY_BYTES, Pseudonymizer};
+
+use super::chain::AuditKeys;
+use super::error::AuditConfigError;
+
+/// The audit trail's configuration. Present (`[audit]` in TOML) means on.
+///
+/// ```toml
+/// [audit]
+/// dir = "/var/lib/sessionbus/audit"  # created if missing; must be writable at start
+/// key_env = "SESSIONBUS_AUDIT_KEY"    # env var holding the key: hex, at least 32 bytes
+/// # key = "…"                         # the key inline (tests only: never commit a real key)
+/// mode = "hmac"                       # operator and IP as HMAC-SHA256 pseudonyms
+/// rotate_bytes = 67108864             # start a new file past this size
+/// rotate_secs = 86400                 # ...or when the file is this old
+/// retention_days = 180                # files last written longer ago are deleted
+/// ```
+///
+/// The key never appears in `Debug` output.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The directory for the trail's files (`audit-<first seq>.jsonl`).
+    pub dir: PathBuf,
+    /// The key inline, as hex. For tests; in production use `key_env`.
+    #[serde(default, skip_serializing)]
+    pub key: Option<String>,
+    /// The environment variable that holds the key, as hex.
+    #[serde(default)]
+    pub key_env: Option<String>,
+    /// How identities are hidden. Only `"hmac"` (keyed-hash pseudonyms) today.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// A file is rotated once it holds this many bytes (at least 1 024).
+    #[serde(default = "default_rotate_bytes")]
+    pub rotate_bytes: u64,
+    /// A file is rotated once it is this many seconds old (at least 1).
+    #[serde(default = "default_rotate_secs")]
+    pub rotate_secs: u64,
+    /// Files last written more than this many days ago are deleted (at least 1).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
+}
+
+fn default_mode() -> String {
+    "hmac".into()
+}
+fn default_rotate_bytes() -> u64 {
+    64 << 20
+}
+fn default_rotate_secs() -> u64 {
+    86_400
+}
+fn default_retention_days() -> u64 {
+    180
+}
+
+impl AuditConfig {
+    /// A configuration for `dir` with every other field at its default and no key.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        AuditConfig {
+            dir: dir.into(),
+            key: None,
+            key_env: None,
+            mode: default_mode(),
+            rotate_bytes: default_rotate_bytes(),
+            rotate_secs: default_rotate_secs(),
+            retention_days: default_retention_days(),
+        }
+    }
+
+    /// Refuses values that cannot work, naming the field; this includes
+    /// resolving the key (missing, not hex, or too short).
+    pub fn validate(&self) -> Result<(), AuditConfigError> {
+        self.resolve_key()?;
+        let bad = |field: &'static str, problem: String| Err(AuditConfigError { field, problem });
+        if self.mode != "hmac" {
+            return bad(
+                "audit.mode",
+                format!("must be \"hmac\", got {:?}", self.mode),
+            );
+        }
+        if self.dir.as_os_str().is_empty() {
+            return bad("audit.dir", "must name a directory".into());
+        }
+        if self.rotate_bytes < 1024 {
+            return bad(
+                "audit.rotate_bytes",
+                format!("must be at least 1024, got {}", self.rotate_bytes),
+            );
+        }
+        if self.rotate_secs == 0 {
+            return bad("audit.rotate_secs", "must be at least 1, got 0".into());
+        }
+        if self.retention_days == 0 {
+            return bad("audit.retention_days", "must be at least 1, got 0".into());
+        }
+        Ok(())
+    }
+
+    /// The pseudonymizer the trail (and the runtime's log lines) use under
+    /// this configuration's key: to find a user's records, compute their
+    /// pseudonym with it (`pseudonymizer()?.owner(&owner)`).
+    pub fn pseudonymizer(&self) -> Result<Pseudonymizer, AuditConfigError> {
+        Ok(AuditKeys::derive(&self.resolve_key()?).pseudonyms)
+    }
+
+    /// The key's bytes, from `key` or the variable `key_env` names.
+    pub fn resolve_key(&self) -> Result<Vec<u8>, AuditConfigError> {
+        let (field, text) = match (&self.key, &self.key_env) {
+            (Some(_), Some(_)) => {
+                return Err(AuditConfigError {
+                    field: "audit.key",
+                    problem: "set either key or key_env, not both".into(),
+                });
+            }
+            (Some(key), None) => ("audit.key", key.clone()),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(text) => ("audit.key_env", text),
+                Err(_) => {
+                    return Err(AuditConfigError {
+                        field: "audit.key_env",
+                        problem: format!("the environment variable {var} is not set"),
+                    });
+                }
+            },
+            (None, None) => {
+                return Err(AuditConfigError {
+                    field: "audit.key",
+                    problem: "missing: the audit trail needs a key (key_env naming an \
+                              environment variable that holds it as hex, or key)"
+                        .into(),
+                });
+            }
+        };
+        let bytes = decode_hex(text.trim()).ok_or_else(|| AuditConfigError {
+            field,
+            problem: "not hex (expected an even number of 0-9a-f digits)".into(),
+        })?;
+        if bytes.len() < MIN_KEY_BYTES {
+            return Err(AuditConfigError {
+                field,
+                problem: format!(
+                    "too short: {} bytes, at least {MIN_KEY_BYTES} needed ({} hex digits)",
+                    bytes.len(),
+                    MIN_KEY_BYTES * 2
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// Hex text to bytes; `None` if it is not hex.
+pub(crate) fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Bytes to lowercase hex.
+pub(crate) fn encode_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(HEX[usize::from(byte >> 4)] as char);
+        out.push(HEX[usize::from(byte & 0xf)] as char);
+    }
+    out
+}
+
+impl std::fmt::Debug for AuditConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditConfig")
+            .field("dir", &self.dir)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("key_env", &self.key_env)
+            .field("mode", &self.mode)
+            .field("rotate_bytes", &self.rotate_bytes)
+            .field("rotate_secs", &self.rotate_secs)
+            .field("retention_days", &self.retention_days)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_key(key: &str) -> AuditConfig {
+        AuditConfig {
+            key: Some(key.into()),
+            ..AuditConfig::new("/tmp/x")
+        }
+    }
+
+    #[test]
+    fn a_missing_key_names_the_field() {
+        let err = AuditConfig::new("/tmp/x").validate().unwrap_err();
+        assert_eq!(err.field, "audit.key");
+        assert!(err.problem.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_short_or_malformed_key_names_the_field() {
+        let err = with_key(&"ab".repeat(31)).validate().unwrap_err();
+        assert_eq!(err.field, "audit.key");
+        assert!(err.problem.contains("31 bytes"), "{err}");
+        let err = with_key("xyz").validate().unwrap_err();
+        assert!(err.problem.contains("not hex"), "{err}");
+        assert!(with_key(&"ab".repeat(32)).validate().is_ok());
+    }
+
+    #[test]
+    fn an_unset_key_variable_names_the_field() {
+        let config = AuditConfig {
+            key_env: Some("SESSIONBUS_TEST_SURELY_UNSET_KEY".into()),
+            ..AuditConfig::new("/tmp/x")
+        };
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.field, "audit.key_env");
+    }
+
+    #[test]
+    fn the_key_never_shows_in_debug() {
+        let key = "cd".repeat(32);
+        assert!(!format!("{:?}", with_key(&key)).contains(&key));
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let bytes = vec![0u8, 1, 0xab, 0xff];
+        assert_eq!(decode_hex(&encode_hex(&bytes)), Some(bytes));
+        assert_eq!(decode_hex("0"), None);
+        assert_eq!(decode_hex("zz"), None);
+    }
+}
