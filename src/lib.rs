@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+#[cfg(feature = "redis")]
+pub mod cluster;
 mod config;
 mod gpu;
 mod runtime;

@@ -10,6 +10,7 @@ use crate::context::ContextPolicyFactory;
 use crate::events::{ContextReset, EventKinds, ReleaseReceipt, SessionEndEvent};
 use crate::expiry::ExpiryPolicy;
 use crate::ids::{Caller, Owner, SessionId, TraceId};
+use crate::lifecycle::EndReason;
 use crate::session::{SessionActor, SessionError, SessionShared};
 
 /// A newly opened or attached session's parts, from which a handle is built.
@@ -43,6 +44,9 @@ pub(crate) struct Attach {
 pub(crate) struct CloseById {
     pub(crate) id: SessionId,
     pub(crate) caller: Caller,
+    /// `Closed` for a close; another reason for an end decided outside the
+    /// engine (a cluster layer ending a fenced node's sessions with `NodeLost`).
+    pub(crate) reason: EndReason,
 }
 
 /// Resolves with the receipt of a session once it is released.

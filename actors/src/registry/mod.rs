@@ -4,12 +4,14 @@
 mod actor;
 mod error;
 mod expiry;
+mod listing;
 mod messages;
 mod stats;
 mod sweeper;
 mod tombstones;
 
 pub(crate) use actor::RegistryActor;
+pub(crate) use listing::LiveSessions;
 pub use error::OpenError;
 pub(crate) use messages::*;
 pub use stats::{RegistryStats, ShutdownReport};
