@@ -71,6 +71,12 @@ pub struct Config {
     pub bus: BusConfig,
     /// The GPU device and its worker thread.
     pub gpu: GpuConfig,
+    /// Beyond one machine: the Redis directory this node joins (`None`: a
+    /// single node). Read by the application, which starts a
+    /// [`ClusterNode`](crate::cluster::ClusterNode) with it next to the runtime.
+    #[cfg(feature = "redis")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// A configuration that cannot be used.
@@ -94,6 +100,10 @@ pub enum ConfigError {
     /// A GPU setting is out of range (the error names the field).
     #[error(transparent)]
     Gpu(#[from] GpuConfigError),
+    /// A `[cluster]` setting is out of range (the error names the field).
+    #[cfg(feature = "redis")]
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterConfigError),
 }
 
 impl ConfigError {
@@ -102,6 +112,8 @@ impl ConfigError {
         match self {
             ConfigError::Invalid(e) => Some(e.field),
             ConfigError::Gpu(e) => Some(e.field()),
+            #[cfg(feature = "redis")]
+            ConfigError::Cluster(e) => Some(e.field),
             _ => None,
         }
     }
@@ -129,6 +141,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.engine().validate()?;
         self.gpu.validate()?;
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         Ok(())
     }
 
@@ -215,6 +231,19 @@ mod tests {
             let err = Config::from_toml(text).unwrap_err();
             assert_eq!(err.field(), Some(field), "{text}: {err}");
         }
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_bad_cluster_section_names_the_field() {
+        let config = Config::from_toml("[cluster]\nnode_id = \"b\"\nheartbeat_interval_ms = 100\nnode_ttl_ms = 300\n").unwrap();
+        assert_eq!(config.cluster.unwrap().node_id, "b");
+        let err = Config::from_toml("[cluster]\nnode_id = \"a b\"\n").unwrap_err();
+        assert_eq!(err.field(), Some("cluster.node_id"), "{err}");
+        let err = Config::from_toml("[cluster]\nnode_ttl_ms = 10\n").unwrap_err();
+        assert_eq!(err.field(), Some("cluster.node_ttl_ms"), "{err}");
+        let err = Config::from_toml("[cluster]\nredis = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("redis"), "{err}");
     }
 
     #[test]

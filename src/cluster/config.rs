@@ -73,9 +73,9 @@ impl Default for ClusterConfig {
 
 /// A `[cluster]` value that cannot work. Names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid cluster.{field}: {reason}")]
+#[error("invalid {field}: {reason}")]
 pub struct ClusterConfigError {
-    /// The field, without the `cluster.` prefix.
+    /// The field's path, e.g. `cluster.node_id`.
     pub field: &'static str,
     /// What is wrong and what would work.
     pub reason: String,
@@ -111,26 +111,23 @@ impl ClusterConfig {
     /// syntax is checked when the node starts (`ClusterError::BadUrl`).
     pub fn validate(&self) -> Result<(), ClusterConfigError> {
         if self.redis_url.trim().is_empty() {
-            return Err(bad("redis_url", "must not be empty (e.g. redis://127.0.0.1:6379)"));
+            return Err(bad("cluster.redis_url", "must not be empty (e.g. redis://127.0.0.1:6379)"));
         }
         if !is_name(&self.node_id) {
-            return Err(bad(
-                "node_id",
+            return Err(bad("cluster.node_id",
                 format!("{:?}: use 1 to 64 letters, digits, '-', '_' or '.'", self.node_id),
             ));
         }
         if !is_name(&self.key_prefix) {
-            return Err(bad(
-                "key_prefix",
+            return Err(bad("cluster.key_prefix",
                 format!("{:?}: use 1 to 64 letters, digits, '-', '_' or '.'", self.key_prefix),
             ));
         }
         if self.heartbeat_interval_ms == 0 {
-            return Err(bad("heartbeat_interval_ms", "must be above zero"));
+            return Err(bad("cluster.heartbeat_interval_ms", "must be above zero"));
         }
         if self.node_ttl_ms < 2 * self.heartbeat_interval_ms {
-            return Err(bad(
-                "node_ttl_ms",
+            return Err(bad("cluster.node_ttl_ms",
                 format!(
                     "{} ms is less than twice heartbeat_interval_ms ({} ms): one late heartbeat would declare the node lost",
                     self.node_ttl_ms, self.heartbeat_interval_ms
@@ -138,14 +135,13 @@ impl ClusterConfig {
             ));
         }
         if self.session_ttl_secs == 0 {
-            return Err(bad("session_ttl_secs", "must be above zero"));
+            return Err(bad("cluster.session_ttl_secs", "must be above zero"));
         }
         if self.renew_interval_ms == 0 {
-            return Err(bad("renew_interval_ms", "must be above zero"));
+            return Err(bad("cluster.renew_interval_ms", "must be above zero"));
         }
         if self.renew_interval_ms.saturating_mul(2) > self.session_ttl_secs.saturating_mul(1000) {
-            return Err(bad(
-                "renew_interval_ms",
+            return Err(bad("cluster.renew_interval_ms",
                 format!(
                     "{} ms is more than half of session_ttl_secs ({} s): active sessions' entries would lapse between renewals",
                     self.renew_interval_ms, self.session_ttl_secs
@@ -153,13 +149,13 @@ impl ClusterConfig {
             ));
         }
         if self.queue_bound == 0 {
-            return Err(bad("queue_bound", "must be above zero"));
+            return Err(bad("cluster.queue_bound", "must be above zero"));
         }
         if self.forward_timeout_ms == 0 {
-            return Err(bad("forward_timeout_ms", "must be above zero"));
+            return Err(bad("cluster.forward_timeout_ms", "must be above zero"));
         }
         if self.seen_ended == 0 {
-            return Err(bad("seen_ended", "must be above zero"));
+            return Err(bad("cluster.seen_ended", "must be above zero"));
         }
         Ok(())
     }
@@ -226,7 +222,7 @@ mod tests {
             (ClusterConfig { seen_ended: 0, ..base() }, "seen_ended"),
         ] {
             let err = config.validate().unwrap_err();
-            assert_eq!(err.field, field, "{err}");
+            assert_eq!(err.field, format!("cluster.{field}"), "{err}");
             assert!(err.to_string().contains(field), "{err}");
         }
     }

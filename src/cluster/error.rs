@@ -131,8 +131,10 @@ impl ClusterError {
     pub fn field(&self) -> Option<&str> {
         match self {
             ClusterError::Config(e) => Some(e.field),
-            ClusterError::BadUrl { .. } | ClusterError::TlsNotEnabled { .. } => Some("redis_url"),
-            ClusterError::NodeIdInUse { .. } => Some("node_id"),
+            ClusterError::BadUrl { .. } | ClusterError::TlsNotEnabled { .. } => {
+                Some("cluster.redis_url")
+            }
+            ClusterError::NodeIdInUse { .. } => Some("cluster.node_id"),
             _ => None,
         }
     }

@@ -112,7 +112,9 @@ pub(crate) fn apply(shared: &Arc<Shared>, invalidation: Invalidation) {
             Some(invalidation.reason),
             shared.config.seen_ended,
         );
-    let own_end = invalidation.by == shared.node();
+    // This node's own end as owner: it already dropped everything. (A
+    // takeover this node ran is not: it held routes to the lost node.)
+    let own_end = invalidation.node == shared.node() && invalidation.by == shared.node();
     // A route read at a version as new as this end is newer news than the end.
     let older_than_route = shared
         .routes

@@ -90,6 +90,15 @@ impl ClusterNode {
             .await
             .ok_or(ClusterError::Stopped)?;
         let shared = Arc::new(Shared::new(config, directory, engine.clone(), stamp));
+        // Sessions the engine had before the node started: owned from now on
+        // (their owner is not known here; the directory keeps it for display only).
+        for id in engine.live_sessions(None).await {
+            let owned = super::state::Owned {
+                version: 1,
+                owner: String::new(),
+            };
+            shared.owned.lock().unwrap().entry(id).or_insert(owned);
+        }
         tracing::info!(
             target: "sessionbus::cluster",
             event = "cluster.joined",
@@ -114,7 +123,7 @@ impl ClusterNode {
         // Invalidations published before the subscription would be lost to this node.
         let wait = Duration::from_millis(node.shared.config.forward_timeout_ms);
         let _ = tokio::time::timeout(wait, subscribed).await;
-        // Sessions the engine had before the node started go into the directory too.
+        // The first resync writes the sessions the engine had before the node started.
         node.shared
             .resync_pending
             .store(true, std::sync::atomic::Ordering::Release);

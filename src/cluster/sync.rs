@@ -384,17 +384,6 @@ impl Writer {
             .lock()
             .unwrap()
             .retain(|id, _| live_set.contains(id));
-        for id in &live {
-            let missing = !self.shared.owned.lock().unwrap().contains_key(id);
-            if missing {
-                // Opened while the queue was full: its registration was dropped.
-                let owned = Owned {
-                    version: 1,
-                    owner: String::new(),
-                };
-                self.shared.owned.lock().unwrap().insert(*id, owned);
-            }
-        }
         self.renew(live).await;
         if let Err(error) = self.end_forgotten(&live_set).await {
             if let ClusterError::Redis(error) = &error {

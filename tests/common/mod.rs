@@ -87,3 +87,4 @@ pub fn ends_by_session(events: &[LifecycleEvent]) -> HashMap<SessionId, Vec<EndR
     }
     ends
 }
+pub mod redis_server;
