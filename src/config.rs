@@ -144,6 +144,19 @@ impl Config {
         #[cfg(feature = "redis")]
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
+            // An idle session must end in the engine before its directory entry lapses.
+            if let Some(idle) = self.expiry.idle_timeout_secs {
+                if (cluster.session_ttl_secs as f64) < idle {
+                    return Err(crate::cluster::ClusterConfigError {
+                        field: "cluster.session_ttl_secs",
+                        reason: format!(
+                            "{} s is shorter than expiry.idle_timeout_secs ({idle} s): idle sessions would vanish from the directory while still live",
+                            cluster.session_ttl_secs
+                        ),
+                    }
+                    .into());
+                }
+            }
         }
         Ok(())
     }
@@ -242,6 +255,8 @@ mod tests {
         assert_eq!(err.field(), Some("cluster.node_id"), "{err}");
         let err = Config::from_toml("[cluster]\nnode_ttl_ms = 10\n").unwrap_err();
         assert_eq!(err.field(), Some("cluster.node_ttl_ms"), "{err}");
+        let err = Config::from_toml("[expiry]\nidle_timeout_secs = 600\n[cluster]\nsession_ttl_secs = 60\n").unwrap_err();
+        assert_eq!(err.field(), Some("cluster.session_ttl_secs"), "{err}");
         let err = Config::from_toml("[cluster]\nredis = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("redis"), "{err}");
     }

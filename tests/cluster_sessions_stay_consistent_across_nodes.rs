@@ -472,3 +472,37 @@ async fn auth_urls_work_and_a_wrong_password_is_refused_without_being_logged() {
     h.shutdown_at_baseline().await;
     node.leave().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_beyond_the_queue_bound_are_dropped_and_the_resync_repairs_them() {
+    let mut redis = RedisServer::start();
+    let h = common::start_with(Config::default()).await;
+    let config = ClusterConfig {
+        queue_bound: 2,
+        ..cluster_config(&redis, "a")
+    };
+    let node = ClusterNode::start(h.rt.engine(), config).await.unwrap();
+    let closed = node.open(alice()).await.unwrap();
+
+    redis.kill();
+    eventually!("degraded", node.health() == ClusterHealth::Degraded);
+    closed.close().await.unwrap();
+    let mut opened = Vec::new();
+    for _ in 0..5 {
+        opened.push(node.open(alice()).await.unwrap());
+    }
+    eventually!("updates dropped", node.stats().updates_dropped >= 4);
+    assert_eq!(node.stats().queued_updates, 2, "the queue holds no more than its bound");
+
+    redis.restart();
+    eventually!("resynced", node.health() == ClusterHealth::Healthy && node.stats().resyncs >= 2);
+    for session in &opened {
+        let entry = node.directory().entry(session.id()).await.unwrap().expect("re-registered");
+        assert_eq!((entry.state, entry.node.as_str()), (EntryState::Live, "a"));
+    }
+    let entry = node.directory().entry(closed.id()).await.unwrap().expect("its end was queued");
+    assert_eq!((entry.state, entry.reason), (EntryState::Ended, Some(EndReason::Closed)));
+    drop((closed, opened));
+    h.shutdown_at_baseline().await;
+    node.leave().await.unwrap();
+}

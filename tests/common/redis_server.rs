@@ -25,7 +25,7 @@ fn binary() -> String {
         .is_ok_and(|s| s.success());
     assert!(
         found,
-        "these tests need a real redis-server and `{binary}` was not found: \
+        "sessionbus's cluster tests, example and bench need a real redis-server and `{binary}` was not found: \
          install it with `sudo apt-get install -y redis-server` (scripts/test.sh does), \
          or point REDIS_SERVER at the binary"
     );
