@@ -447,7 +447,7 @@ async fn misconfiguration_is_a_clear_error_at_start() {
     let err = start(cluster_config(&redis, "same")).await.unwrap_err();
     assert!(matches!(err, ClusterError::NodeIdInUse { .. }), "{err}");
     first.leave().await.unwrap();
-    drop(h);
+    h.shutdown_at_baseline().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

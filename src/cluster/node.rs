@@ -202,14 +202,9 @@ impl ClusterNode {
     }
 
     fn refuse_if_fenced(&self) -> Result<(), ClusterError> {
-        match self.shared.health() {
-            ClusterHealth::Fenced => Err(ClusterError::Fenced {
-                node: self.shared.node().to_string(),
-                epoch: self.shared.stamp.epoch,
-                current: self.shared.stamp.epoch + 1,
-            }),
-            ClusterHealth::Stopped => Err(ClusterError::Stopped),
-            _ => Ok(()),
+        match self.shared.is_active() {
+            true => Ok(()),
+            false => Err(self.shared.refusal()),
         }
     }
 

@@ -165,6 +165,8 @@ pub(crate) struct Shared {
     /// Forwarded requests waiting for their answer, by request id.
     pub(crate) pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     pub(crate) next_request: AtomicU64,
+    /// The epoch the directory held when this node found itself fenced.
+    pub(crate) fenced_by_epoch: AtomicU64,
 }
 
 impl Shared {
@@ -191,6 +193,7 @@ impl Shared {
             paused: watch::channel(false).0,
             pending: Mutex::default(),
             next_request: AtomicU64::new(1),
+            fenced_by_epoch: AtomicU64::new(0),
         }
     }
 
@@ -253,6 +256,7 @@ impl Shared {
         if matches!(self.health(), ClusterHealth::Fenced | ClusterHealth::Stopped) {
             return;
         }
+        self.fenced_by_epoch.store(current, Ordering::Release);
         self.set_health(ClusterHealth::Fenced);
         tracing::error!(
             target: "sessionbus::cluster",
@@ -268,6 +272,18 @@ impl Shared {
         let live = self.engine.live_sessions(None).await;
         let ends = live.into_iter().map(|id| self.end_locally(id, EndReason::NodeLost));
         futures::future::join_all(ends).await;
+    }
+
+    /// The error for a write attempted after the node was fenced or stopped.
+    pub(crate) fn refusal(&self) -> super::error::ClusterError {
+        match self.health() {
+            ClusterHealth::Stopped => super::error::ClusterError::Stopped,
+            _ => super::error::ClusterError::Fenced {
+                node: self.node().to_string(),
+                epoch: self.stamp.epoch,
+                current: self.fenced_by_epoch.load(Ordering::Acquire),
+            },
+        }
     }
 
     /// Ends a local session because the directory says it has ended elsewhere.

@@ -73,11 +73,20 @@ impl Writer {
                 // Fenced or stopped: nothing may be written any more.
                 self.queue.clear();
                 self.publish_queue_len();
-                if events.recv().await.is_none() {
-                    return;
+                tokio::select! {
+                    event = events.recv() => if event.is_none() { return },
+                    update = updates.recv() => match update {
+                        Some(Update::Flush(done)) => { let _ = done.send(()); }
+                        Some(Update::Register { done: Some(done), .. }) => {
+                            let _ = done.send(Err(self.shared.refusal()));
+                        }
+                        Some(_) => {}
+                        None => return,
+                    },
                 }
                 continue;
             }
+            let mut retry_now = false;
             tokio::select! {
                 event = events.recv() => match event {
                     Some(event) => self.on_event(event),
@@ -96,10 +105,14 @@ impl Writer {
                     None => return,
                 },
                 _ = renew.tick() => self.renew_active().await,
-                _ = retry.tick() => {}
+                _ = retry.tick() => retry_now = true,
                 _ = self.shared.resync.notified() => self.resync().await,
             }
-            self.flush().await;
+            // While degraded, writes are retried once per heartbeat interval,
+            // not on every update (each try may wait for a timeout).
+            if retry_now || self.shared.health() == super::state::ClusterHealth::Healthy {
+                self.flush().await;
+            }
         }
     }
 
@@ -213,6 +226,21 @@ impl Writer {
         }
         self.queue.push_back(update);
         self.publish_queue_len();
+        if self.shared.health() != super::state::ClusterHealth::Healthy {
+            self.release_waiting_opens();
+        }
+    }
+
+    /// Opens waiting for their registration go on while Redis is away: the
+    /// session is served locally and its registration stays queued.
+    fn release_waiting_opens(&mut self) {
+        for update in self.queue.iter_mut() {
+            if let Update::Register { done, .. } = update {
+                if let Some(done) = done.take() {
+                    let _ = done.send(Ok(()));
+                }
+            }
+        }
     }
 
     /// Writes queued updates in order until one fails for lack of Redis.
@@ -226,12 +254,7 @@ impl Writer {
             match result {
                 Err(ClusterError::Redis(error)) => {
                     self.shared.degraded("directory write", &error);
-                    // A waiting open goes on: the session is served locally.
-                    if let Some(Update::Register { done, .. }) = self.queue.front_mut() {
-                        if let Some(done) = done.take() {
-                            let _ = done.send(Ok(()));
-                        }
-                    }
+                    self.release_waiting_opens();
                     break;
                 }
                 Err(ClusterError::Fenced { current, .. }) => {
