@@ -23,6 +23,12 @@ use super::state::{Owned, Shared};
 /// Entries per renewal script call (one round trip each).
 const RENEW_BATCH: usize = 512;
 
+/// Directory writes sent together (pipelined on the one connection).
+const WRITE_BATCH: usize = 256;
+
+/// Events taken from the bus before writing, so a burst of ends goes out as batches.
+const EVENTS_PER_WAKE: usize = 1024;
+
 /// A directory update, or a request to the writer.
 #[derive(Debug)]
 pub(crate) enum Update {
@@ -42,6 +48,15 @@ pub(crate) enum Update {
     },
     /// Answer once every update received so far is written (or queued because Redis is down).
     Flush(oneshot::Sender<()>),
+}
+
+impl Update {
+    fn session(&self) -> Option<SessionId> {
+        match self {
+            Update::Register { id, .. } | Update::End { id, .. } => Some(*id),
+            Update::Flush(_) => None,
+        }
+    }
 }
 
 pub(crate) struct Writer {
@@ -89,7 +104,13 @@ impl Writer {
             let mut retry_now = false;
             tokio::select! {
                 event = events.recv() => match event {
-                    Some(event) => self.on_event(event),
+                    Some(event) => {
+                        self.on_event(event);
+                        for _ in 1..EVENTS_PER_WAKE {
+                            let Ok(event) = events.try_recv() else { break };
+                            self.on_event(event);
+                        }
+                    }
                     None => return,
                 },
                 update = updates.recv() => match update {
@@ -243,29 +264,51 @@ impl Writer {
         }
     }
 
-    /// Writes queued updates in order until one fails for lack of Redis.
+    /// Writes queued updates until one fails for lack of Redis. Consecutive
+    /// updates of distinct sessions go out together (the connection pipelines
+    /// them); one session's updates stay in order, since a batch stops at the
+    /// first id it already holds.
     async fn flush(&mut self) {
-        while let Some(update) = self.queue.front() {
+        while !self.queue.is_empty() {
             if !self.shared.is_active() {
                 self.queue.clear();
                 break;
             }
-            let result = self.write(update).await;
-            match result {
-                Err(ClusterError::Redis(error)) => {
-                    self.shared.degraded("directory write", &error);
-                    self.release_waiting_opens();
-                    break;
+            let mut ids = HashSet::new();
+            let n = self
+                .queue
+                .iter()
+                .take(WRITE_BATCH)
+                .take_while(|u| u.session().is_some_and(|id| ids.insert(id)))
+                .count()
+                .max(1);
+            let batch: Vec<Update> = self.queue.drain(..n).collect();
+            let results = futures::future::join_all(batch.iter().map(|u| self.write(u))).await;
+            let mut unwritten = Vec::new();
+            let mut unreachable = None;
+            let mut fenced = None;
+            for (update, result) in batch.into_iter().zip(results) {
+                match result {
+                    Err(ClusterError::Redis(error)) => {
+                        unreachable = Some(error);
+                        unwritten.push(update);
+                    }
+                    Err(ClusterError::Fenced { current, .. }) => fenced = Some(current),
+                    result => self.settle(Some(update), result).await,
                 }
-                Err(ClusterError::Fenced { current, .. }) => {
-                    self.queue.clear();
-                    self.shared.fenced(current).await;
-                    break;
+            }
+            if let Some(current) = fenced {
+                self.queue.clear();
+                self.shared.fenced(current).await;
+                break;
+            }
+            if let Some(error) = unreachable {
+                for update in unwritten.into_iter().rev() {
+                    self.queue.push_front(update);
                 }
-                result => {
-                    let update = self.queue.pop_front();
-                    self.settle(update, result).await;
-                }
+                self.shared.degraded("directory write", &error);
+                self.release_waiting_opens();
+                break;
             }
         }
         self.publish_queue_len();
