@@ -45,7 +45,9 @@ async fn node(url: &str, name: &str) -> (Runtime, ClusterNode) {
         session_ttl_secs: 600,
         ..ClusterConfig::new(url, name)
     };
-    let node = ClusterNode::start(runtime.engine(), config).await.expect("node joins");
+    let node = ClusterNode::start(runtime.engine(), config)
+        .await
+        .expect("node joins");
     (runtime, node)
 }
 
@@ -83,7 +85,9 @@ async fn main() {
     let mut samples = Vec::with_capacity(sessions);
     for s in &handles {
         s.close().await.unwrap();
-        let LifecycleEvent::Ended(end) = ended.recv().await.unwrap() else { unreachable!() };
+        let LifecycleEvent::Ended(end) = ended.recv().await.unwrap() else {
+            unreachable!()
+        };
         let inv = heard.recv().await.unwrap();
         let dropped_at = Instant::now();
         assert_eq!(inv.id, s.id());

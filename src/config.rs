@@ -249,13 +249,19 @@ mod tests {
     #[cfg(feature = "redis")]
     #[test]
     fn a_bad_cluster_section_names_the_field() {
-        let config = Config::from_toml("[cluster]\nnode_id = \"b\"\nheartbeat_interval_ms = 100\nnode_ttl_ms = 300\n").unwrap();
+        let config = Config::from_toml(
+            "[cluster]\nnode_id = \"b\"\nheartbeat_interval_ms = 100\nnode_ttl_ms = 300\n",
+        )
+        .unwrap();
         assert_eq!(config.cluster.unwrap().node_id, "b");
         let err = Config::from_toml("[cluster]\nnode_id = \"a b\"\n").unwrap_err();
         assert_eq!(err.field(), Some("cluster.node_id"), "{err}");
         let err = Config::from_toml("[cluster]\nnode_ttl_ms = 10\n").unwrap_err();
         assert_eq!(err.field(), Some("cluster.node_ttl_ms"), "{err}");
-        let err = Config::from_toml("[expiry]\nidle_timeout_secs = 600\n[cluster]\nsession_ttl_secs = 60\n").unwrap_err();
+        let err = Config::from_toml(
+            "[expiry]\nidle_timeout_secs = 600\n[cluster]\nsession_ttl_secs = 60\n",
+        )
+        .unwrap_err();
         assert_eq!(err.field(), Some("cluster.session_ttl_secs"), "{err}");
         let err = Config::from_toml("[cluster]\nredis = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("redis"), "{err}");

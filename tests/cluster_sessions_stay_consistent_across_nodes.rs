@@ -25,7 +25,11 @@ macro_rules! eventually {
             if $cond {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "never happened: {}", $what);
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never happened: {}",
+                $what
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }};
@@ -95,21 +99,33 @@ async fn a_close_sent_to_a_non_owner_is_forwarded_and_the_other_node_drops_its_r
     // Someone else may not close it, through any node: the owner's answer, unchanged.
     let refused = b.node.close(id, Owner::new("mallory")).await.unwrap_err();
     assert!(
-        matches!(refused, ClusterError::Session(SessionError::Unauthorized { .. })),
+        matches!(
+            refused,
+            ClusterError::Session(SessionError::Unauthorized { .. })
+        ),
         "{refused}"
     );
 
     let receipt = b.node.close(id, alice()).await.unwrap();
-    assert_eq!((receipt.id, receipt.reason, receipt.buffers), (id, EndReason::Closed, 1));
+    assert_eq!(
+        (receipt.id, receipt.reason, receipt.buffers),
+        (id, EndReason::Closed, 1)
+    );
     assert_eq!(receipt.bytes, 64 * KIB);
 
     let heard = next_invalidation(&mut b_heard).await;
-    assert_eq!((heard.id, heard.reason, heard.by.as_str()), (id, EndReason::Closed, "a"));
+    assert_eq!(
+        (heard.id, heard.reason, heard.by.as_str()),
+        (id, EndReason::Closed, "a")
+    );
     assert!(!b.node.holds(id), "b dropped its route");
     assert!(!a.node.holds(id));
 
     let entry = a.node.directory().entry(id).await.unwrap().unwrap();
-    assert_eq!((entry.state, entry.reason, entry.version), (EntryState::Ended, Some(EndReason::Closed), 2));
+    assert_eq!(
+        (entry.state, entry.reason, entry.version),
+        (EntryState::Ended, Some(EndReason::Closed), 2)
+    );
 
     // A second close through the non-owner gets the first close's receipt, as locally.
     let again = b.node.close(id, alice()).await.unwrap();
@@ -140,14 +156,24 @@ async fn messages_and_leases_are_forwarded_to_the_owner_with_local_results() {
     let grant = b.node.lease_remote(id, alice()).await.unwrap();
     assert!(grant.heartbeat_interval > Duration::ZERO);
     b.node.heartbeat_lease(id, alice(), grant.id).await.unwrap();
-    assert_eq!(session.info().await.unwrap().turns, 1, "the turn ran on the owner");
+    assert_eq!(
+        session.info().await.unwrap().turns,
+        1,
+        "the turn ran on the owner"
+    );
     b.node.release_lease(id, alice(), grant.id).await.unwrap();
-    assert!(b.node.release_lease(id, alice(), grant.id).await.is_err(), "released twice");
+    assert!(
+        b.node.release_lease(id, alice(), grant.id).await.is_err(),
+        "released twice"
+    );
 
     // A session no node knows: the same "unknown" a local engine gives.
     let unknown = SessionId::random();
     let err = b.node.close(unknown, alice()).await.unwrap_err();
-    assert!(matches!(err, ClusterError::Session(SessionError::Unknown { .. })), "{err}");
+    assert!(
+        matches!(err, ClusterError::Session(SessionError::Unknown { .. })),
+        "{err}"
+    );
 
     assert!(b.node.stats().forwarded >= 5 && a.node.stats().served >= 5);
     drop(session);
@@ -197,19 +223,43 @@ async fn a_stale_version_is_refused_and_changes_nothing() {
     let id = SessionId::random();
     assert_eq!(directory.register(&stamp, id, "alice", 5).await.unwrap(), 5);
 
-    let err = directory.register(&stamp, id, "alice", 3).await.unwrap_err();
+    let err = directory
+        .register(&stamp, id, "alice", 3)
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, ClusterError::StaleVersion { expected: 3, current: 5, .. }),
+        matches!(
+            err,
+            ClusterError::StaleVersion {
+                expected: 3,
+                current: 5,
+                ..
+            }
+        ),
         "{err}"
     );
-    let err = directory.end(&stamp, id, 4, EndReason::Closed).await.unwrap_err();
+    let err = directory
+        .end(&stamp, id, 4, EndReason::Closed)
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, ClusterError::StaleVersion { expected: 4, current: 5, .. }),
+        matches!(
+            err,
+            ClusterError::StaleVersion {
+                expected: 4,
+                current: 5,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("expected version 4"), "{err}");
     let entry = directory.entry(id).await.unwrap().unwrap();
-    assert_eq!((entry.state, entry.version), (EntryState::Live, 5), "nothing written");
+    assert_eq!(
+        (entry.state, entry.version),
+        (EntryState::Live, 5),
+        "nothing written"
+    );
 
     // Another node may not write it at all.
     let (other_epoch, _) = directory.join("other").await.unwrap();
@@ -217,12 +267,27 @@ async fn a_stale_version_is_refused_and_changes_nothing() {
         node: "other".into(),
         epoch: other_epoch,
     };
-    let err = directory.end(&other, id, 5, EndReason::Closed).await.unwrap_err();
+    let err = directory
+        .end(&other, id, 5, EndReason::Closed)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClusterError::NotOwner { .. }), "{err}");
 
-    assert_eq!(directory.end(&stamp, id, 5, EndReason::Closed).await.unwrap(), 6);
-    let err = directory.end(&stamp, id, 6, EndReason::Closed).await.unwrap_err();
-    assert!(matches!(err, ClusterError::Ended { version: 6, .. }), "{err}");
+    assert_eq!(
+        directory
+            .end(&stamp, id, 5, EndReason::Closed)
+            .await
+            .unwrap(),
+        6
+    );
+    let err = directory
+        .end(&stamp, id, 6, EndReason::Closed)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClusterError::Ended { version: 6, .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,26 +315,43 @@ async fn an_owner_whose_cluster_layer_dies_has_its_sessions_ended_as_node_lost_b
     let mut b_heard = b.node.invalidations();
 
     // A crash of a's cluster layer: its heartbeat stops, it says no goodbye.
-    let Node { h: a_h, node: a_node } = a;
+    let Node {
+        h: a_h,
+        node: a_node,
+    } = a;
     a_node.inject_kill();
 
     let mut ended = HashSet::new();
     while ended.len() < lost.len() {
         let heard = next_invalidation(&mut b_heard).await;
-        assert_eq!((heard.reason, heard.node.as_str(), heard.by.as_str()), (EndReason::NodeLost, "a", "b"));
+        assert_eq!(
+            (heard.reason, heard.node.as_str(), heard.by.as_str()),
+            (EndReason::NodeLost, "a", "b")
+        );
         ended.insert(heard.id);
     }
     assert_eq!(ended, lost.iter().copied().collect());
     for id in &lost {
         assert!(!b.node.holds(*id), "b dropped route and lease of {id}");
         let entry = b.node.directory().entry(*id).await.unwrap().unwrap();
-        assert_eq!((entry.state, entry.reason), (EntryState::Ended, Some(EndReason::NodeLost)));
+        assert_eq!(
+            (entry.state, entry.reason),
+            (EntryState::Ended, Some(EndReason::NodeLost))
+        );
         let err = b.node.close(*id, alice()).await.unwrap_err();
         assert!(err.is_gone(), "{err}");
     }
-    assert!(b.node.directory().node_epoch("a").await.unwrap() > a_stamp.epoch, "a was fenced");
+    assert!(
+        b.node.directory().node_epoch("a").await.unwrap() > a_stamp.epoch,
+        "a was fenced"
+    );
     assert_eq!(b.node.stats().takeovers, 1);
-    assert!(b.node.release_lease(lost[0], alice(), grant.id).await.is_err());
+    assert!(
+        b.node
+            .release_lease(lost[0], alice(), grant.id)
+            .await
+            .is_err()
+    );
 
     // The survivor's own session is untouched; its memory comes back on close.
     assert!(b.node.owns(mine.id()));
@@ -309,9 +391,15 @@ async fn a_paused_node_that_comes_back_is_fenced_and_can_never_act_as_owner() {
     // Redis itself refuses a's writes as owner: fencing does not rely on a
     // noticing anything. Split brain cannot happen.
     let directory = a.node.directory();
-    let err = directory.end(&stamp, ids[0], 1, EndReason::Closed).await.unwrap_err();
+    let err = directory
+        .end(&stamp, ids[0], 1, EndReason::Closed)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClusterError::Fenced { .. }), "{err}");
-    let err = directory.register(&stamp, SessionId::random(), "alice", 1).await.unwrap_err();
+    let err = directory
+        .register(&stamp, SessionId::random(), "alice", 1)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClusterError::Fenced { .. }), "{err}");
     let err = directory.heartbeat(&stamp).await.unwrap_err();
     assert!(matches!(err, ClusterError::Fenced { .. }), "{err}");
@@ -319,7 +407,10 @@ async fn a_paused_node_that_comes_back_is_fenced_and_can_never_act_as_owner() {
     assert!(matches!(err, ClusterError::Fenced { .. }), "{err}");
 
     a.node.inject_resume();
-    eventually!("a notices it was fenced", a.node.health() == ClusterHealth::Fenced);
+    eventually!(
+        "a notices it was fenced",
+        a.node.health() == ClusterHealth::Fenced
+    );
 
     // Its local sessions end exactly once, as node_lost, and give their memory back.
     let events = a.h.until_released(2).await;
@@ -327,7 +418,10 @@ async fn a_paused_node_that_comes_back_is_fenced_and_can_never_act_as_owner() {
     for id in &ids {
         assert_eq!(ends[id], vec![EndReason::NodeLost]);
         let entry = b.node.directory().entry(*id).await.unwrap().unwrap();
-        assert_eq!((entry.state, entry.reason, entry.version), (EntryState::Ended, Some(EndReason::NodeLost), 2));
+        assert_eq!(
+            (entry.state, entry.reason, entry.version),
+            (EntryState::Ended, Some(EndReason::NodeLost), 2)
+        );
     }
     a.h.assert_gpu_at_baseline();
     let err = a.node.open(alice()).await.unwrap_err();
@@ -377,8 +471,18 @@ async fn redis_restarted_mid_run_leaves_no_session_inconsistent_after_resync() {
     for node in [&a, &b] {
         let live = node.h.rt.live_sessions(None).await;
         for id in &live {
-            let entry = node.node.directory().entry(*id).await.unwrap().expect("entry");
-            assert_eq!((entry.state, entry.node.as_str()), (EntryState::Live, node.node.stamp().node.as_str()), "{id}");
+            let entry = node
+                .node
+                .directory()
+                .entry(*id)
+                .await
+                .unwrap()
+                .expect("entry");
+            assert_eq!(
+                (entry.state, entry.node.as_str()),
+                (EntryState::Live, node.node.stamp().node.as_str()),
+                "{id}"
+            );
         }
         let listed: HashSet<SessionId> = node
             .node
@@ -392,10 +496,19 @@ async fn redis_restarted_mid_run_leaves_no_session_inconsistent_after_resync() {
     }
     // ... the session ended while Redis was away is ended there, ...
     let entry = a.node.directory().entry(s1.id()).await.unwrap().unwrap();
-    assert_eq!((entry.state, entry.reason), (EntryState::Ended, Some(EndReason::Closed)));
+    assert_eq!(
+        (entry.state, entry.reason),
+        (EntryState::Ended, Some(EndReason::Closed))
+    );
     // ... and routing works both ways again.
-    assert_eq!(b.node.owner_of(s2.id()).await.unwrap().as_deref(), Some("a"));
-    assert_eq!(a.node.owner_of(s4.id()).await.unwrap().as_deref(), Some("b"));
+    assert_eq!(
+        b.node.owner_of(s2.id()).await.unwrap().as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        a.node.owner_of(s4.id()).await.unwrap().as_deref(),
+        Some("b")
+    );
     let receipt = a.node.close(s4.id(), alice()).await.unwrap();
     assert_eq!(receipt.buffers, 1);
 
@@ -411,18 +524,26 @@ async fn misconfiguration_is_a_clear_error_at_start() {
     let engine = h.rt.engine();
     let start = |config: ClusterConfig| ClusterNode::start(engine, config);
 
-    let err = start(ClusterConfig::new("http://127.0.0.1:6379", "a")).await.unwrap_err();
+    let err = start(ClusterConfig::new("http://127.0.0.1:6379", "a"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClusterError::BadUrl { .. }), "{err}");
     assert_eq!(err.field(), Some("cluster.redis_url"));
-    let err = start(ClusterConfig::new("redis://127.0.0.1:notaport", "a")).await.unwrap_err();
+    let err = start(ClusterConfig::new("redis://127.0.0.1:notaport", "a"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClusterError::BadUrl { .. }), "{err}");
     #[cfg(not(feature = "redis-tls"))]
     {
-        let err = start(ClusterConfig::new("rediss://127.0.0.1:6380", "a")).await.unwrap_err();
+        let err = start(ClusterConfig::new("rediss://127.0.0.1:6380", "a"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, ClusterError::TlsNotEnabled { .. }), "{err}");
         assert!(err.to_string().contains("redis-tls"), "{err}");
     }
-    let err = start(ClusterConfig::new(redis.url(), "a b")).await.unwrap_err();
+    let err = start(ClusterConfig::new(redis.url(), "a b"))
+        .await
+        .unwrap_err();
     assert_eq!(err.field(), Some("cluster.node_id"), "{err}");
     let err = start(ClusterConfig {
         node_ttl_ms: 100,
@@ -433,7 +554,11 @@ async fn misconfiguration_is_a_clear_error_at_start() {
     assert_eq!(err.field(), Some("cluster.node_ttl_ms"), "{err}");
 
     // Well-formed but nobody listens: refused (a node cannot get an epoch without Redis).
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let err = start(ClusterConfig {
         forward_timeout_ms: 500,
         ..ClusterConfig::new(format!("redis://127.0.0.1:{closed_port}"), "a")
@@ -492,16 +617,36 @@ async fn updates_beyond_the_queue_bound_are_dropped_and_the_resync_repairs_them(
         opened.push(node.open(alice()).await.unwrap());
     }
     eventually!("updates dropped", node.stats().updates_dropped >= 4);
-    assert_eq!(node.stats().queued_updates, 2, "the queue holds no more than its bound");
+    assert_eq!(
+        node.stats().queued_updates,
+        2,
+        "the queue holds no more than its bound"
+    );
 
     redis.restart();
-    eventually!("resynced", node.health() == ClusterHealth::Healthy && node.stats().resyncs >= 2);
+    eventually!(
+        "resynced",
+        node.health() == ClusterHealth::Healthy && node.stats().resyncs >= 2
+    );
     for session in &opened {
-        let entry = node.directory().entry(session.id()).await.unwrap().expect("re-registered");
+        let entry = node
+            .directory()
+            .entry(session.id())
+            .await
+            .unwrap()
+            .expect("re-registered");
         assert_eq!((entry.state, entry.node.as_str()), (EntryState::Live, "a"));
     }
-    let entry = node.directory().entry(closed.id()).await.unwrap().expect("its end was queued");
-    assert_eq!((entry.state, entry.reason), (EntryState::Ended, Some(EndReason::Closed)));
+    let entry = node
+        .directory()
+        .entry(closed.id())
+        .await
+        .unwrap()
+        .expect("its end was queued");
+    assert_eq!(
+        (entry.state, entry.reason),
+        (EntryState::Ended, Some(EndReason::Closed))
+    );
     drop((closed, opened));
     h.shutdown_at_baseline().await;
     node.leave().await.unwrap();

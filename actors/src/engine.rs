@@ -222,7 +222,10 @@ impl EngineHandle {
     /// lease operation) in that window. One scan of the registry's table, for
     /// periodic mirroring (the cluster layer's coalesced directory renewals),
     /// not per request. Empty once the runtime is stopped.
-    pub async fn live_sessions(&self, active_within: Option<std::time::Duration>) -> Vec<SessionId> {
+    pub async fn live_sessions(
+        &self,
+        active_within: Option<std::time::Duration>,
+    ) -> Vec<SessionId> {
         self.registry
             .send(LiveSessions { active_within })
             .await

@@ -45,7 +45,14 @@ pub(crate) async fn run(url: String, sessions: usize) -> anyhow::Result<()> {
 
     // Node c, in its own process.
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["--child-node", "c", "--redis", &url, "--sessions", &sessions.to_string()])
+        .args([
+            "--child-node",
+            "c",
+            "--redis",
+            &url,
+            "--sessions",
+            &sessions.to_string(),
+        ])
         .env("SESSIONBUS_EXAMPLE_PREFIX", &prefix)
         .stdout(Stdio::piped())
         .spawn()
@@ -129,7 +136,10 @@ pub(crate) async fn run(url: String, sessions: usize) -> anyhow::Result<()> {
         detected
     );
     let takeovers = a.cluster.stats().takeovers + b.cluster.stats().takeovers;
-    ensure!(takeovers == 1, "exactly one survivor runs the takeover, got {takeovers}");
+    ensure!(
+        takeovers == 1,
+        "exactly one survivor runs the takeover, got {takeovers}"
+    );
 
     // Shutdown: ends the rest, writes the ends, leaves; wgpu's counters say nothing leaked.
     drop(a_sessions);
@@ -138,7 +148,10 @@ pub(crate) async fn run(url: String, sessions: usize) -> anyhow::Result<()> {
         node.cluster.leave().await?;
         println!(
             "node {}: shut down, {} sessions ended, wgpu buffers {} → {} (baseline → after)",
-            node.name, report.sessions.sessions_ended, node.baseline.buffers, report.gpu_after.buffers
+            node.name,
+            report.sessions.sessions_ended,
+            node.baseline.buffers,
+            report.gpu_after.buffers
         );
         ensure!(
             report.gpu_after == node.baseline,

@@ -111,23 +111,35 @@ impl ClusterConfig {
     /// syntax is checked when the node starts (`ClusterError::BadUrl`).
     pub fn validate(&self) -> Result<(), ClusterConfigError> {
         if self.redis_url.trim().is_empty() {
-            return Err(bad("cluster.redis_url", "must not be empty (e.g. redis://127.0.0.1:6379)"));
+            return Err(bad(
+                "cluster.redis_url",
+                "must not be empty (e.g. redis://127.0.0.1:6379)",
+            ));
         }
         if !is_name(&self.node_id) {
-            return Err(bad("cluster.node_id",
-                format!("{:?}: use 1 to 64 letters, digits, '-', '_' or '.'", self.node_id),
+            return Err(bad(
+                "cluster.node_id",
+                format!(
+                    "{:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                    self.node_id
+                ),
             ));
         }
         if !is_name(&self.key_prefix) {
-            return Err(bad("cluster.key_prefix",
-                format!("{:?}: use 1 to 64 letters, digits, '-', '_' or '.'", self.key_prefix),
+            return Err(bad(
+                "cluster.key_prefix",
+                format!(
+                    "{:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                    self.key_prefix
+                ),
             ));
         }
         if self.heartbeat_interval_ms == 0 {
             return Err(bad("cluster.heartbeat_interval_ms", "must be above zero"));
         }
         if self.node_ttl_ms < 2 * self.heartbeat_interval_ms {
-            return Err(bad("cluster.node_ttl_ms",
+            return Err(bad(
+                "cluster.node_ttl_ms",
                 format!(
                     "{} ms is less than twice heartbeat_interval_ms ({} ms): one late heartbeat would declare the node lost",
                     self.node_ttl_ms, self.heartbeat_interval_ms
@@ -141,7 +153,8 @@ impl ClusterConfig {
             return Err(bad("cluster.renew_interval_ms", "must be above zero"));
         }
         if self.renew_interval_ms.saturating_mul(2) > self.session_ttl_secs.saturating_mul(1000) {
-            return Err(bad("cluster.renew_interval_ms",
+            return Err(bad(
+                "cluster.renew_interval_ms",
                 format!(
                     "{} ms is more than half of session_ttl_secs ({} s): active sessions' entries would lapse between renewals",
                     self.renew_interval_ms, self.session_ttl_secs
@@ -208,18 +221,90 @@ mod tests {
     fn bad_values_name_their_field() {
         let base = ClusterConfig::default;
         for (config, field) in [
-            (ClusterConfig { node_id: "".into(), ..base() }, "node_id"),
-            (ClusterConfig { node_id: "a:b".into(), ..base() }, "node_id"),
-            (ClusterConfig { key_prefix: "x y".into(), ..base() }, "key_prefix"),
-            (ClusterConfig { redis_url: " ".into(), ..base() }, "redis_url"),
-            (ClusterConfig { heartbeat_interval_ms: 0, ..base() }, "heartbeat_interval_ms"),
-            (ClusterConfig { node_ttl_ms: 1500, ..base() }, "node_ttl_ms"),
-            (ClusterConfig { session_ttl_secs: 0, ..base() }, "session_ttl_secs"),
-            (ClusterConfig { renew_interval_ms: 0, ..base() }, "renew_interval_ms"),
-            (ClusterConfig { session_ttl_secs: 10, ..base() }, "renew_interval_ms"),
-            (ClusterConfig { queue_bound: 0, ..base() }, "queue_bound"),
-            (ClusterConfig { forward_timeout_ms: 0, ..base() }, "forward_timeout_ms"),
-            (ClusterConfig { seen_ended: 0, ..base() }, "seen_ended"),
+            (
+                ClusterConfig {
+                    node_id: "".into(),
+                    ..base()
+                },
+                "node_id",
+            ),
+            (
+                ClusterConfig {
+                    node_id: "a:b".into(),
+                    ..base()
+                },
+                "node_id",
+            ),
+            (
+                ClusterConfig {
+                    key_prefix: "x y".into(),
+                    ..base()
+                },
+                "key_prefix",
+            ),
+            (
+                ClusterConfig {
+                    redis_url: " ".into(),
+                    ..base()
+                },
+                "redis_url",
+            ),
+            (
+                ClusterConfig {
+                    heartbeat_interval_ms: 0,
+                    ..base()
+                },
+                "heartbeat_interval_ms",
+            ),
+            (
+                ClusterConfig {
+                    node_ttl_ms: 1500,
+                    ..base()
+                },
+                "node_ttl_ms",
+            ),
+            (
+                ClusterConfig {
+                    session_ttl_secs: 0,
+                    ..base()
+                },
+                "session_ttl_secs",
+            ),
+            (
+                ClusterConfig {
+                    renew_interval_ms: 0,
+                    ..base()
+                },
+                "renew_interval_ms",
+            ),
+            (
+                ClusterConfig {
+                    session_ttl_secs: 10,
+                    ..base()
+                },
+                "renew_interval_ms",
+            ),
+            (
+                ClusterConfig {
+                    queue_bound: 0,
+                    ..base()
+                },
+                "queue_bound",
+            ),
+            (
+                ClusterConfig {
+                    forward_timeout_ms: 0,
+                    ..base()
+                },
+                "forward_timeout_ms",
+            ),
+            (
+                ClusterConfig {
+                    seen_ended: 0,
+                    ..base()
+                },
+                "seen_ended",
+            ),
         ] {
             let err = config.validate().unwrap_err();
             assert_eq!(err.field, format!("cluster.{field}"), "{err}");
@@ -230,7 +315,10 @@ mod tests {
     #[test]
     fn passwords_never_reach_logs() {
         assert_eq!(redact("redis://:s3cret@h:6379"), "redis://:***@h:6379");
-        assert_eq!(redact("rediss://bob:s3cret@h:6379/2"), "rediss://bob:***@h:6379/2");
+        assert_eq!(
+            redact("rediss://bob:s3cret@h:6379/2"),
+            "rediss://bob:***@h:6379/2"
+        );
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
     }
 }

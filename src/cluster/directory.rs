@@ -91,7 +91,9 @@ pub struct Directory {
 
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Directory").field("keys", &self.keys).finish()
+        f.debug_struct("Directory")
+            .field("keys", &self.keys)
+            .finish()
     }
 }
 
@@ -105,13 +107,8 @@ fn num(text: Option<&&str>) -> u64 {
 }
 
 fn reason(text: Option<&&str>) -> EndReason {
-    text.and_then(|t| {
-        EndReason::ALL
-            .iter()
-            .copied()
-            .find(|r| r.as_str() == *t)
-    })
-    .unwrap_or(EndReason::NodeLost)
+    text.and_then(|t| EndReason::ALL.iter().copied().find(|r| r.as_str() == *t))
+        .unwrap_or(EndReason::NodeLost)
 }
 
 impl Directory {
@@ -452,7 +449,10 @@ impl Directory {
             .arg(self.keys.node_sessions(node))
             .query_async(&mut self.conn())
             .await?;
-        Ok(ids.iter().filter_map(|s| SessionId::from_str(s).ok()).collect())
+        Ok(ids
+            .iter()
+            .filter_map(|s| SessionId::from_str(s).ok())
+            .collect())
     }
 
     /// `node`'s current fencing epoch (0 if unknown).

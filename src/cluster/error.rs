@@ -57,7 +57,9 @@ pub enum ClusterError {
     Redis(#[from] redis::RedisError),
     /// A versioned write carried a version that is no longer current: someone
     /// else changed the entry first. Nothing was written.
-    #[error("stale write to session {id}: expected version {expected}, the directory holds {current}")]
+    #[error(
+        "stale write to session {id}: expected version {expected}, the directory holds {current}"
+    )]
     StaleVersion {
         /// The session.
         id: SessionId,
@@ -68,7 +70,9 @@ pub enum ClusterError {
     },
     /// The node was declared lost and its epoch bumped: it may never act as
     /// owner again. Its local sessions have been (or are being) ended with `node_lost`.
-    #[error("node {node} is fenced: it writes with epoch {epoch}, the directory is at epoch {current}")]
+    #[error(
+        "node {node} is fenced: it writes with epoch {epoch}, the directory is at epoch {current}"
+    )]
     Fenced {
         /// This node.
         node: String,

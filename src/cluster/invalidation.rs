@@ -102,16 +102,12 @@ fn bad_message(channel: &str, error: &serde_json::Error) {
 /// A session ended somewhere: drop what this node holds for it, once.
 pub(crate) fn apply(shared: &Arc<Shared>, invalidation: Invalidation) {
     let id = invalidation.id;
-    let fresh = shared
-        .seen
-        .lock()
-        .unwrap()
-        .record(
-            id,
-            invalidation.version,
-            Some(invalidation.reason),
-            shared.config.seen_ended,
-        );
+    let fresh = shared.seen.lock().unwrap().record(
+        id,
+        invalidation.version,
+        Some(invalidation.reason),
+        shared.config.seen_ended,
+    );
     // This node's own end as owner: it already dropped everything. (A
     // takeover this node ran is not: it held routes to the lost node.)
     let own_end = invalidation.node == shared.node() && invalidation.by == shared.node();

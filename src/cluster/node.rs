@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessionbus_actors::{
-    Caller, Delivery, EndReason, EngineHandle, Event, EventKinds, LeaseGrant, LeaseId,
-    OpenOptions, Owner, ReleaseReceipt, SessionError, SessionHandle, SessionId, State, Turn,
-    TurnAck,
+    Caller, Delivery, EndReason, EngineHandle, Event, EventKinds, LeaseGrant, LeaseId, OpenOptions,
+    Owner, ReleaseReceipt, SessionError, SessionHandle, SessionId, State, Turn, TurnAck,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -71,16 +70,13 @@ impl ClusterNode {
     /// process is heartbeating under. Once started, losing Redis only degrades the node.
     pub async fn start(engine: &EngineHandle, config: ClusterConfig) -> Result<Self, ClusterError> {
         let directory = Directory::connect(&config).await?;
-        let (epoch, orphans) = directory
-            .join(&config.node_id)
-            .await
-            .map_err(|e| match e {
-                ClusterError::Redis(source) => ClusterError::Unreachable {
-                    url: config.redacted_url(),
-                    source,
-                },
-                other => other,
-            })?;
+        let (epoch, orphans) = directory.join(&config.node_id).await.map_err(|e| match e {
+            ClusterError::Redis(source) => ClusterError::Unreachable {
+                url: config.redacted_url(),
+                source,
+            },
+            other => other,
+        })?;
         let stamp = NodeStamp {
             node: config.node_id.clone(),
             epoch,
@@ -193,7 +189,9 @@ impl ClusterNode {
             match registered.await {
                 Ok(Err(e @ ClusterError::Fenced { .. })) => return Err(e),
                 Ok(Err(ClusterError::Ended { .. } | ClusterError::NotOwner { .. })) => {
-                    return Err(ClusterError::Session(SessionError::Unknown { id: handle.id() }));
+                    return Err(ClusterError::Session(SessionError::Unknown {
+                        id: handle.id(),
+                    }));
                 }
                 _ => {}
             }
@@ -216,7 +214,7 @@ impl ClusterNode {
         caller: impl Into<Caller>,
     ) -> Result<ReleaseReceipt, ClusterError> {
         match self.call(id, caller.into(), Op::Close).await? {
-            Done::Receipt(receipt) => Ok(receipt.to_receipt(id)),
+            Done::Receipt(receipt) => Ok(receipt.into_receipt(id)),
             other => Err(unexpected(id, other)),
         }
     }
@@ -238,7 +236,11 @@ impl ClusterNode {
     }
 
     /// Marks a session active wherever it lives.
-    pub async fn touch(&self, id: SessionId, caller: impl Into<Caller>) -> Result<(), ClusterError> {
+    pub async fn touch(
+        &self,
+        id: SessionId,
+        caller: impl Into<Caller>,
+    ) -> Result<(), ClusterError> {
         self.call(id, caller.into(), Op::Touch).await.map(drop)
     }
 
@@ -249,7 +251,10 @@ impl ClusterNode {
         caller: impl Into<Caller>,
     ) -> Result<LeaseGrant, ClusterError> {
         let caller = caller.into();
-        let remote = matches!(self.locate(id, &Op::LeaseRemote).await?, Location::Remote(_));
+        let remote = matches!(
+            self.locate(id, &Op::LeaseRemote).await?,
+            Location::Remote(_)
+        );
         match self.call(id, caller, Op::LeaseRemote).await? {
             Done::Lease {
                 id: lease,
@@ -265,7 +270,11 @@ impl ClusterNode {
                         .or_default()
                         .push(lease);
                 }
-                Ok(Done::to_grant(lease, heartbeat_interval_us, revoked_after_us))
+                Ok(Done::to_grant(
+                    lease,
+                    heartbeat_interval_us,
+                    revoked_after_us,
+                ))
             }
             other => Err(unexpected(id, other)),
         }
@@ -290,7 +299,8 @@ impl ClusterNode {
         caller: impl Into<Caller>,
         lease: LeaseId,
     ) -> Result<(), ClusterError> {
-        self.call(id, caller.into(), Op::LeaseRelease(lease.0)).await?;
+        self.call(id, caller.into(), Op::LeaseRelease(lease.0))
+            .await?;
         let mut leases = self.shared.leases.lock().unwrap();
         if let Some(held) = leases.get_mut(&id) {
             held.retain(|l| *l != lease.0);
@@ -349,11 +359,12 @@ impl ClusterNode {
         }
         if entry.state == EntryState::Ended {
             let reason = entry.reason.unwrap_or(EndReason::NodeLost);
-            self.shared
-                .seen
-                .lock()
-                .unwrap()
-                .record(id, entry.version, Some(reason), self.shared.config.seen_ended);
+            self.shared.seen.lock().unwrap().record(
+                id,
+                entry.version,
+                Some(reason),
+                self.shared.config.seen_ended,
+            );
             if reason == EndReason::NodeLost {
                 return Err(gone(id, op.event(), Some(reason)));
             }

@@ -95,7 +95,7 @@ pub(crate) async fn forward(
     shared.pending.lock().unwrap().remove(&req);
     match reply?.result {
         Ok(done) => Ok(done),
-        Err(error) => Err(match error.to_session_error(id) {
+        Err(error) => Err(match error.into_session_error(id) {
             Ok(error) => ClusterError::Session(error),
             Err(message) => ClusterError::Remote {
                 id,

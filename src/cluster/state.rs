@@ -212,7 +212,10 @@ impl Shared {
 
     /// Whether the node may still write as owner.
     pub(crate) fn is_active(&self) -> bool {
-        matches!(self.health(), ClusterHealth::Healthy | ClusterHealth::Degraded)
+        matches!(
+            self.health(),
+            ClusterHealth::Healthy | ClusterHealth::Degraded
+        )
     }
 
     /// Redis failed: serve locally, queue updates, resync when it is back.
@@ -220,7 +223,9 @@ impl Shared {
         self.resync_pending.store(true, Ordering::Release);
         if self.health() == ClusterHealth::Healthy {
             self.set_health(ClusterHealth::Degraded);
-            self.counters.degraded_episodes.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .degraded_episodes
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 target: "sessionbus::cluster",
                 event = "cluster.degraded",
@@ -253,7 +258,10 @@ impl Shared {
     /// was away. It ends every local session with `node_lost` (their memory is
     /// released as for any end) and never writes as owner again.
     pub(crate) async fn fenced(&self, current: u64) {
-        if matches!(self.health(), ClusterHealth::Fenced | ClusterHealth::Stopped) {
+        if matches!(
+            self.health(),
+            ClusterHealth::Fenced | ClusterHealth::Stopped
+        ) {
             return;
         }
         self.fenced_by_epoch.store(current, Ordering::Release);
@@ -270,7 +278,9 @@ impl Shared {
         self.routes.lock().unwrap().clear();
         self.leases.lock().unwrap().clear();
         let live = self.engine.live_sessions(None).await;
-        let ends = live.into_iter().map(|id| self.end_locally(id, EndReason::NodeLost));
+        let ends = live
+            .into_iter()
+            .map(|id| self.end_locally(id, EndReason::NodeLost));
         futures::future::join_all(ends).await;
     }
 

@@ -240,7 +240,10 @@ impl Writer {
                     "directory update queue full; dropping updates until Redis is back (the resync repairs them)"
                 );
             }
-            if let Update::Register { done: Some(done), .. } = update {
+            if let Update::Register {
+                done: Some(done), ..
+            } = update
+            {
                 let _ = done.send(Ok(()));
             }
             return;
@@ -320,7 +323,10 @@ impl Writer {
         match update {
             Update::Register {
                 id, owner, version, ..
-            } => directory.register(stamp, *id, owner, *version).await.map(drop),
+            } => directory
+                .register(stamp, *id, owner, *version)
+                .await
+                .map(drop),
             Update::End {
                 id,
                 reason,

@@ -4,7 +4,7 @@
 //! Engine types stay free of serde-for-the-wire: this module maps them to
 //! small wire types and back, so a forwarded call returns exactly the result
 //! type of a local one. Instants cannot cross machines: a forwarded receipt
-//! carries durations and is rebuilt on the caller's clock (see `to_receipt`).
+//! carries durations and is rebuilt on the caller's clock (see `into_receipt`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,7 +121,9 @@ impl From<WireTurn> for Turn {
         let mut turn = Turn::new();
         turn.trace_id = wire.trace_id.map(TraceId);
         turn.signal.embedding = wire.embedding;
-        turn.signal.intent = wire.intent.map(|(label, confidence)| Intent::new(label, confidence));
+        turn.signal.intent = wire
+            .intent
+            .map(|(label, confidence)| Intent::new(label, confidence));
         turn.signal.negation = wire.negation;
         turn
     }
@@ -230,7 +232,7 @@ impl WireReceipt {
     /// The receipt on the caller's clock: `released_at` is when the answer
     /// arrived, `ended_at` that minus the owner's end-to-release time. The
     /// deadline (instants on the owner's clock) does not cross.
-    pub(crate) fn to_receipt(self, id: SessionId) -> ReleaseReceipt {
+    pub(crate) fn into_receipt(self, id: SessionId) -> ReleaseReceipt {
         let released_at = Instant::now();
         let end_to_release = Duration::from_micros(self.end_to_release_us);
         ReleaseReceipt {
@@ -238,7 +240,9 @@ impl WireReceipt {
             reason: self.reason,
             buffers: self.buffers,
             bytes: self.bytes,
-            ended_at: released_at.checked_sub(end_to_release).unwrap_or(released_at),
+            ended_at: released_at
+                .checked_sub(end_to_release)
+                .unwrap_or(released_at),
             released_at,
             paced_for: Duration::from_micros(self.paced_for_us),
             error: self.error,
@@ -256,7 +260,11 @@ impl Done {
         }
     }
 
-    pub(crate) fn to_grant(id: u64, heartbeat_interval_us: u64, revoked_after_us: u64) -> LeaseGrant {
+    pub(crate) fn to_grant(
+        id: u64,
+        heartbeat_interval_us: u64,
+        revoked_after_us: u64,
+    ) -> LeaseGrant {
         LeaseGrant {
             id: LeaseId(id),
             heartbeat_interval: Duration::from_micros(heartbeat_interval_us),
@@ -268,8 +276,14 @@ impl Done {
 /// The session errors that have an exact wire form; others travel as text.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum WireError {
-    Unauthorized { caller: String },
-    NotEstablished { state: String, event: String, reason: Option<EndReason> },
+    Unauthorized {
+        caller: String,
+    },
+    NotEstablished {
+        state: String,
+        event: String,
+        reason: Option<EndReason>,
+    },
     Unknown,
     RuntimeStopped,
     Other(String),
@@ -280,10 +294,15 @@ fn state_name(state: State) -> &'static str {
 }
 
 fn state_from(name: &str) -> State {
-    [State::Init, State::Established, State::Closing, State::Closed]
-        .into_iter()
-        .find(|s| s.as_str() == name)
-        .unwrap_or(State::Closed)
+    [
+        State::Init,
+        State::Established,
+        State::Closing,
+        State::Closed,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == name)
+    .unwrap_or(State::Closed)
 }
 
 fn event_name(event: Event) -> String {
@@ -339,7 +358,7 @@ impl From<&SessionError> for WireError {
 
 impl WireError {
     /// The error a local call would have given, where it has an exact form.
-    pub(crate) fn to_session_error(self, id: SessionId) -> Result<SessionError, String> {
+    pub(crate) fn into_session_error(self, id: SessionId) -> Result<SessionError, String> {
         Ok(match self {
             WireError::Unauthorized { caller } => SessionError::Unauthorized { id, caller },
             WireError::NotEstablished {
@@ -388,15 +407,13 @@ mod tests {
         ] {
             let text = serde_json::to_string(&WireError::from(&e)).unwrap();
             let back: WireError = serde_json::from_str(&text).unwrap();
-            assert_eq!(back.to_session_error(id), Ok(e));
+            assert_eq!(back.into_session_error(id), Ok(e));
         }
     }
 
     #[test]
     fn turns_and_acks_cross_unchanged() {
-        let turn = Turn::new()
-            .trace_id(TraceId(7))
-            .embedding(vec![0.5, -1.0]);
+        let turn = Turn::new().trace_id(TraceId(7)).embedding(vec![0.5, -1.0]);
         let wire: WireTurn =
             serde_json::from_str(&serde_json::to_string(&WireTurn::from(&turn)).unwrap()).unwrap();
         let back = Turn::from(wire);

@@ -11,7 +11,7 @@ mod sweeper;
 mod tombstones;
 
 pub(crate) use actor::RegistryActor;
-pub(crate) use listing::LiveSessions;
 pub use error::OpenError;
+pub(crate) use listing::LiveSessions;
 pub(crate) use messages::*;
 pub use stats::{RegistryStats, ShutdownReport};
