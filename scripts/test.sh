@@ -5,8 +5,12 @@
 #    (lavapipe, package mesa-vulkan-drivers) when there is no GPU. Installs it
 #    with apt-get when it can (root, or passwordless sudo); otherwise says
 #    exactly what to install and stops.
+#    Likewise `redis-server` (package redis-server): the cluster tests start
+#    their own on a free port.
 # 2. Runs every test in the workspace (engine unit tests, integration tests on
-#    real wgpu buffers, doctests of the README).
+#    real wgpu buffers and a real redis-server, doctests of the README). The
+#    crate's self dev-dependency turns on its `redis` and `fault-injection`
+#    features, so the cluster tests need no extra flag.
 # 3. Runs the demo as an end-to-end check: it exits non-zero if any session
 #    ended twice, any buffer leaked (by wgpu's own counters), or any error occurred.
 set -euo pipefail
@@ -15,6 +19,7 @@ cd "$(dirname "$0")/.."
 missing=()
 have_lavapipe() { compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null; }
 have_lavapipe || missing+=(mesa-vulkan-drivers)
+command -v redis-server >/dev/null 2>&1 || [ -n "${REDIS_SERVER:-}" ] || missing+=(redis-server)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: missing system packages: ${missing[*]}"
@@ -28,7 +33,7 @@ if [ ${#missing[@]} -gt 0 ]; then
       exit 1
     fi
   else
-    echo "test.sh: no apt-get here. Install Mesa's Vulkan software driver (lavapipe), or run on a machine with a GPU and its Vulkan driver." >&2
+    echo "test.sh: no apt-get here. Install: ${missing[*]} (Mesa's Vulkan software driver, lavapipe, unless the machine has a GPU and its Vulkan driver; redis-server for the cluster tests)." >&2
     exit 1
   fi
 fi
@@ -75,3 +80,6 @@ if cargo run --quiet --locked --example audit_verify -- "$audit_dir"; then
 fi
 rm -rf "$audit_dir"
 unset SESSIONBUS_AUDIT_KEY
+echo "test.sh: cluster example (3 nodes on a throwaway redis-server; one killed with SIGKILL)"
+RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::cluster=error}" \
+  cargo run --quiet --locked --example cluster -- --sessions 50

@@ -113,6 +113,12 @@ pub struct Config {
     /// needs a key). See [`AuditConfig`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditConfig>,
+    /// Beyond one machine: the Redis directory this node joins (`None`: a
+    /// single node). Read by the application, which starts a
+    /// [`ClusterNode`](crate::cluster::ClusterNode) with it next to the runtime.
+    #[cfg(feature = "redis")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// A configuration that cannot be used.
@@ -139,6 +145,10 @@ pub enum ConfigError {
     /// An `[audit]` setting cannot be used: a missing or short key, … (names the field).
     #[error(transparent)]
     Audit(#[from] AuditConfigError),
+    /// A `[cluster]` setting is out of range (the error names the field).
+    #[cfg(feature = "redis")]
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterConfigError),
 }
 
 impl ConfigError {
@@ -148,6 +158,8 @@ impl ConfigError {
             ConfigError::Invalid(e) => Some(&e.field),
             ConfigError::Gpu(e) => Some(e.field()),
             ConfigError::Audit(e) => Some(e.field),
+            #[cfg(feature = "redis")]
+            ConfigError::Cluster(e) => Some(e.field),
             _ => None,
         }
     }
@@ -178,6 +190,23 @@ impl Config {
         self.metrics.validate()?;
         if let Some(audit) = &self.audit {
             audit.validate()?;
+        }
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+            // An idle session must end in the engine before its directory entry lapses.
+            if let Some(idle) = self.expiry.idle_timeout_secs {
+                if (cluster.session_ttl_secs as f64) < idle {
+                    return Err(crate::cluster::ClusterConfigError {
+                        field: "cluster.session_ttl_secs",
+                        reason: format!(
+                            "{} s is shorter than expiry.idle_timeout_secs ({idle} s): idle sessions would vanish from the directory while still live",
+                            cluster.session_ttl_secs
+                        ),
+                    }
+                    .into());
+                }
+            }
         }
         Ok(())
     }
@@ -270,6 +299,27 @@ mod tests {
             let err = Config::from_toml(text).unwrap_err();
             assert_eq!(err.field(), Some(field), "{text}: {err}");
         }
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_bad_cluster_section_names_the_field() {
+        let config = Config::from_toml(
+            "[cluster]\nnode_id = \"b\"\nheartbeat_interval_ms = 100\nnode_ttl_ms = 300\n",
+        )
+        .unwrap();
+        assert_eq!(config.cluster.unwrap().node_id, "b");
+        let err = Config::from_toml("[cluster]\nnode_id = \"a b\"\n").unwrap_err();
+        assert_eq!(err.field(), Some("cluster.node_id"), "{err}");
+        let err = Config::from_toml("[cluster]\nnode_ttl_ms = 10\n").unwrap_err();
+        assert_eq!(err.field(), Some("cluster.node_ttl_ms"), "{err}");
+        let err = Config::from_toml(
+            "[expiry]\nidle_timeout_secs = 600\n[cluster]\nsession_ttl_secs = 60\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), Some("cluster.session_ttl_secs"), "{err}");
+        let err = Config::from_toml("[cluster]\nredis = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("redis"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod audit;
+#[cfg(feature = "redis")]
+pub mod cluster;
 mod config;
 mod gpu;
 pub mod metrics;

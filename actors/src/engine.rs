@@ -15,6 +15,7 @@ use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt};
 use crate::expiry::ExpiryPolicy;
 use crate::gpu::{GpuPool, PoolInfo, PoolStats};
 use crate::ids::{Caller, Owner, SessionId, TraceId};
+use crate::lifecycle::EndReason;
 use crate::pseudonym::Pseudonymizer;
 use crate::registry::*;
 use crate::session::{SessionError, SessionHandle};
@@ -254,11 +255,50 @@ impl EngineHandle {
             id,
             caller,
             trace_id,
+            reason: EndReason::Closed,
         };
         self.registry
             .send(close)
             .await
             .map_err(|_| SessionError::RuntimeStopped)?
+    }
+
+    /// Ends a session by id with `reason`, for layers that decide an end
+    /// outside the engine (the cluster layer ends a fenced node's sessions with
+    /// [`EndReason::NodeLost`]). Same rules as [`EngineHandle::close`]: the
+    /// caller must be the owner or an operator, and an ended session answers
+    /// with the receipt of its first end (its reason unchanged).
+    pub async fn end(
+        &self,
+        id: SessionId,
+        caller: impl Into<Caller>,
+        reason: EndReason,
+    ) -> Result<ReleaseReceipt, SessionError> {
+        let end = CloseById {
+            id,
+            caller: caller.into(),
+            trace_id: None,
+            reason,
+        };
+        self.registry
+            .send(end)
+            .await
+            .map_err(|_| SessionError::RuntimeStopped)?
+    }
+
+    /// The ids of the sessions that are live (established) now; with
+    /// `active_within`, only those with activity (message, touch, allocation,
+    /// lease operation) in that window. One scan of the registry's table, for
+    /// periodic mirroring (the cluster layer's coalesced directory renewals),
+    /// not per request. Empty once the runtime is stopped.
+    pub async fn live_sessions(
+        &self,
+        active_within: Option<std::time::Duration>,
+    ) -> Vec<SessionId> {
+        self.registry
+            .send(LiveSessions { active_within })
+            .await
+            .unwrap_or_default()
     }
 
     /// Subscribes an actor to lifecycle events of `kinds`.

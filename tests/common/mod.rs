@@ -89,3 +89,4 @@ pub fn ends_by_session(events: &[LifecycleEvent]) -> HashMap<SessionId, Vec<EndR
 }
 pub mod audit;
 pub mod logs;
+pub mod redis_server;

@@ -20,11 +20,14 @@ pub enum EndReason {
     Crashed,
     /// A lease on it stopped heartbeating and the session was forced to end.
     LeaseLost,
+    /// The cluster node that owned it stopped heartbeating and was fenced off:
+    /// another node declared the session ended (see the `redis` feature of `sessionbus`).
+    NodeLost,
 }
 
 impl EndReason {
     /// Every reason, in declaration order (for reports that list them all).
-    pub const ALL: [EndReason; 8] = [
+    pub const ALL: [EndReason; 9] = [
         EndReason::Closed,
         EndReason::Disconnected,
         EndReason::IdleTimeout,
@@ -33,6 +36,7 @@ impl EndReason {
         EndReason::Shutdown,
         EndReason::Crashed,
         EndReason::LeaseLost,
+        EndReason::NodeLost,
     ];
 
     /// The stable snake_case name used in logs, metrics and JSON.
@@ -46,6 +50,7 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::Crashed => "crashed",
             EndReason::LeaseLost => "lease_lost",
+            EndReason::NodeLost => "node_lost",
         }
     }
 }

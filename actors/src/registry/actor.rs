@@ -394,7 +394,7 @@ impl Handler<CloseById> for RegistryActor {
             if let Some(addr) = live.addr.upgrade() {
                 let end = End {
                     caller: msg.caller,
-                    reason: EndReason::Closed,
+                    reason: msg.reason,
                     waiter: None,
                     deadline: None,
                     seen_active_us: 0,

@@ -11,6 +11,7 @@ use crate::context::ContextPolicyFactory;
 use crate::events::{ContextReset, EventKinds, ReleaseReceipt, SessionEndEvent};
 use crate::expiry::ExpiryPolicy;
 use crate::ids::{Caller, Owner, SessionId, TraceId};
+use crate::lifecycle::EndReason;
 use crate::session::{SessionActor, SessionError, SessionShared};
 
 /// A newly opened or attached session's parts, from which a handle is built.
@@ -47,6 +48,9 @@ pub(crate) struct CloseById {
     pub(crate) caller: Caller,
     /// The trace of the closing request, if it came with one.
     pub(crate) trace_id: Option<TraceId>,
+    /// `Closed` for a close; another reason for an end decided outside the
+    /// engine (a cluster layer ending a fenced node's sessions with `NodeLost`).
+    pub(crate) reason: EndReason,
 }
 
 /// Resolves with the receipt of a session once it is released.

@@ -4,6 +4,7 @@
 mod actor;
 mod error;
 mod expiry;
+mod listing;
 mod messages;
 mod pressure;
 mod stats;
@@ -12,6 +13,7 @@ mod tombstones;
 
 pub(crate) use actor::RegistryActor;
 pub use error::OpenError;
+pub(crate) use listing::LiveSessions;
 pub(crate) use messages::*;
 pub use pressure::PressureCounters;
 pub use stats::{RegistryStats, ShutdownReport};

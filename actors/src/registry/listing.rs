@@ -1,0 +1,42 @@
+//! Listing live sessions, for layers outside the engine that mirror them
+//! elsewhere (the `sessionbus` cluster layer keeps a Redis directory of them
+//! and renews the entries of the sessions that were active, in one batch).
+//!
+//! A scan reads one atomic per live session on the registry's thread; callers
+//! ask every few seconds, not per message.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::actor::RegistryActor;
+use crate::ids::SessionId;
+use crate::lifecycle::State;
+
+/// The ids of live (established) sessions; with `active_within`, only those
+/// with activity in that window.
+#[derive(Message)]
+#[rtype(result = "Vec<SessionId>")]
+pub(crate) struct LiveSessions {
+    pub(crate) active_within: Option<Duration>,
+}
+
+impl Handler<LiveSessions> for RegistryActor {
+    type Result = Vec<SessionId>;
+
+    fn handle(&mut self, msg: LiveSessions, _ctx: &mut Self::Context) -> Self::Result {
+        let now_us = self.settings.epoch.now_micros();
+        let since_us = msg
+            .active_within
+            .map(|window| now_us.saturating_sub(crate::clock::micros(window)))
+            .unwrap_or(0);
+        self.sessions
+            .iter()
+            .filter(|(_, live)| {
+                live.shared.state() == State::Established
+                    && live.shared.last_active_us() >= since_us
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}

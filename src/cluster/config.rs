@@ -1,0 +1,324 @@
+//! The `[cluster]` section: where Redis is, who this node is, and the timings
+//! of heartbeats, renewals and forwarding. Validation names the field.
+
+use serde::{Deserialize, Serialize};
+
+/// How this node joins the cluster.
+///
+/// ```toml
+/// [cluster]
+/// redis_url = "redis://127.0.0.1:6379"  # redis://[user:password@]host:port[/db]; rediss:// for TLS (feature redis-tls)
+/// node_id = "node-a"            # unique per process; letters, digits, '-', '_', '.'
+/// key_prefix = "sessionbus"     # every key and channel starts with this (several clusters can share a Redis)
+/// heartbeat_interval_ms = 1000  # the node refreshes its heartbeat key this often
+/// node_ttl_ms = 5000            # ...which expires after this long: then the node is declared lost and fenced
+/// session_ttl_secs = 3600       # a session's directory entry expires this long after its last renewal
+/// renew_interval_ms = 10000     # entries of sessions active in the last interval are renewed in one batch
+/// queue_bound = 100000          # directory updates held while Redis is unreachable (beyond: dropped, resync repairs)
+/// forward_timeout_ms = 2000     # a request forwarded to the owner node fails after this long
+/// seen_ended = 100000           # ended session ids remembered, so late or duplicate invalidations are ignored
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The Redis server holding the directory. Credentials go in the URL
+    /// (`redis://user:password@host:6379`); they are never logged.
+    pub redis_url: String,
+    /// This node's name in the directory. Must be unique among running nodes:
+    /// a start while another process heartbeats under the same id is refused.
+    pub node_id: String,
+    /// Namespace for keys and channels, so several clusters (or test runs) can share one Redis.
+    pub key_prefix: String,
+    /// How often the node refreshes its heartbeat (and looks for lost nodes).
+    pub heartbeat_interval_ms: u64,
+    /// How long a heartbeat lives. A node silent this long is declared lost:
+    /// its epoch is bumped (fenced) and its sessions end with `node_lost`.
+    /// At least twice `heartbeat_interval_ms`, so one late beat is not a loss.
+    pub node_ttl_ms: u64,
+    /// How long a session's entry lives without renewal: the last backstop
+    /// when an end is lost. Keep it above `expiry.idle_timeout_secs` so an idle
+    /// session ends in the engine before its entry lapses.
+    pub session_ttl_secs: u64,
+    /// Renewals are coalesced: once per interval, one batch renews the entries
+    /// of the sessions active since the last batch (not one write per message).
+    pub renew_interval_ms: u64,
+    /// Directory updates (registrations, ends) kept while Redis is unreachable.
+    /// Updates beyond it are dropped and counted; the resync after reconnect
+    /// rebuilds the directory from the node's live sessions anyway.
+    pub queue_bound: usize,
+    /// How long a request forwarded to another node may take before
+    /// `ClusterError::OwnerUnreachable`.
+    pub forward_timeout_ms: u64,
+    /// Ended session ids remembered with their last version, so an
+    /// invalidation older than one already seen is ignored.
+    pub seen_ended: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            node_id: "node-a".into(),
+            key_prefix: "sessionbus".into(),
+            heartbeat_interval_ms: 1000,
+            node_ttl_ms: 5000,
+            session_ttl_secs: 3600,
+            renew_interval_ms: 10_000,
+            queue_bound: 100_000,
+            forward_timeout_ms: 2000,
+            seen_ended: 100_000,
+        }
+    }
+}
+
+/// A `[cluster]` value that cannot work. Names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct ClusterConfigError {
+    /// The field's path, e.g. `cluster.node_id`.
+    pub field: &'static str,
+    /// What is wrong and what would work.
+    pub reason: String,
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> ClusterConfigError {
+    ClusterConfigError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Node ids and prefixes go into key names and `:`-separated script answers.
+fn is_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl ClusterConfig {
+    /// A configuration for `node_id` against `redis_url`, other fields at their defaults.
+    pub fn new(redis_url: impl Into<String>, node_id: impl Into<String>) -> Self {
+        ClusterConfig {
+            redis_url: redis_url.into(),
+            node_id: node_id.into(),
+            ..ClusterConfig::default()
+        }
+    }
+
+    /// Refuses values that cannot work, naming the first bad field. The URL's
+    /// syntax is checked when the node starts (`ClusterError::BadUrl`).
+    pub fn validate(&self) -> Result<(), ClusterConfigError> {
+        if self.redis_url.trim().is_empty() {
+            return Err(bad(
+                "cluster.redis_url",
+                "must not be empty (e.g. redis://127.0.0.1:6379)",
+            ));
+        }
+        if !is_name(&self.node_id) {
+            return Err(bad(
+                "cluster.node_id",
+                format!(
+                    "{:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                    self.node_id
+                ),
+            ));
+        }
+        if !is_name(&self.key_prefix) {
+            return Err(bad(
+                "cluster.key_prefix",
+                format!(
+                    "{:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                    self.key_prefix
+                ),
+            ));
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err(bad("cluster.heartbeat_interval_ms", "must be above zero"));
+        }
+        if self.node_ttl_ms < 2 * self.heartbeat_interval_ms {
+            return Err(bad(
+                "cluster.node_ttl_ms",
+                format!(
+                    "{} ms is less than twice heartbeat_interval_ms ({} ms): one late heartbeat would declare the node lost",
+                    self.node_ttl_ms, self.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if self.session_ttl_secs == 0 {
+            return Err(bad("cluster.session_ttl_secs", "must be above zero"));
+        }
+        if self.renew_interval_ms == 0 {
+            return Err(bad("cluster.renew_interval_ms", "must be above zero"));
+        }
+        if self.renew_interval_ms.saturating_mul(2) > self.session_ttl_secs.saturating_mul(1000) {
+            return Err(bad(
+                "cluster.renew_interval_ms",
+                format!(
+                    "{} ms is more than half of session_ttl_secs ({} s): active sessions' entries would lapse between renewals",
+                    self.renew_interval_ms, self.session_ttl_secs
+                ),
+            ));
+        }
+        if self.queue_bound == 0 {
+            return Err(bad("cluster.queue_bound", "must be above zero"));
+        }
+        if self.forward_timeout_ms == 0 {
+            return Err(bad("cluster.forward_timeout_ms", "must be above zero"));
+        }
+        if self.seen_ended == 0 {
+            return Err(bad("cluster.seen_ended", "must be above zero"));
+        }
+        Ok(())
+    }
+
+    /// The URL with any password replaced by `***`, for logs and errors.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.redis_url)
+    }
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or("");
+            if credentials.contains(':') {
+                format!("{scheme}://{user}:***@{host}")
+            } else {
+                format!("{scheme}://***@{host}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_is_the_default() {
+        let doc = include_str!("config.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.contains("```toml"))
+            .skip(2)
+            .take_while(|l| !l.contains("```"))
+            .map(|l| l.trim_start_matches("///").trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: ClusterConfig = toml::from_str(&example).unwrap();
+        assert_eq!(parsed, ClusterConfig::default());
+        assert_eq!(parsed.validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let base = ClusterConfig::default;
+        for (config, field) in [
+            (
+                ClusterConfig {
+                    node_id: "".into(),
+                    ..base()
+                },
+                "node_id",
+            ),
+            (
+                ClusterConfig {
+                    node_id: "a:b".into(),
+                    ..base()
+                },
+                "node_id",
+            ),
+            (
+                ClusterConfig {
+                    key_prefix: "x y".into(),
+                    ..base()
+                },
+                "key_prefix",
+            ),
+            (
+                ClusterConfig {
+                    redis_url: " ".into(),
+                    ..base()
+                },
+                "redis_url",
+            ),
+            (
+                ClusterConfig {
+                    heartbeat_interval_ms: 0,
+                    ..base()
+                },
+                "heartbeat_interval_ms",
+            ),
+            (
+                ClusterConfig {
+                    node_ttl_ms: 1500,
+                    ..base()
+                },
+                "node_ttl_ms",
+            ),
+            (
+                ClusterConfig {
+                    session_ttl_secs: 0,
+                    ..base()
+                },
+                "session_ttl_secs",
+            ),
+            (
+                ClusterConfig {
+                    renew_interval_ms: 0,
+                    ..base()
+                },
+                "renew_interval_ms",
+            ),
+            (
+                ClusterConfig {
+                    session_ttl_secs: 10,
+                    ..base()
+                },
+                "renew_interval_ms",
+            ),
+            (
+                ClusterConfig {
+                    queue_bound: 0,
+                    ..base()
+                },
+                "queue_bound",
+            ),
+            (
+                ClusterConfig {
+                    forward_timeout_ms: 0,
+                    ..base()
+                },
+                "forward_timeout_ms",
+            ),
+            (
+                ClusterConfig {
+                    seen_ended: 0,
+                    ..base()
+                },
+                "seen_ended",
+            ),
+        ] {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.field, format!("cluster.{field}"), "{err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact("redis://:s3cret@h:6379"), "redis://:***@h:6379");
+        assert_eq!(
+            redact("rediss://bob:s3cret@h:6379/2"),
+            "rediss://bob:***@h:6379/2"
+        );
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+}

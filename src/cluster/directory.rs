@@ -1,0 +1,502 @@
+//! The session directory in Redis: one entry per session (owner node, epoch,
+//! version, state, TTL), node heartbeats and fencing epochs. Every write goes
+//! through a Lua script (`scripts.rs`) that checks the writer's epoch and the
+//! entry's version atomically.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sessionbus_actors::{EndReason, SessionId};
+
+use super::config::ClusterConfig;
+use super::error::ClusterError;
+use super::keys::Keys;
+use super::scripts::Scripts;
+
+/// Who writes: a node id and the epoch it joined with. A write whose epoch is
+/// no longer the node's current one is refused (`ClusterError::Fenced`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStamp {
+    /// The node.
+    pub node: String,
+    /// Its fencing epoch.
+    pub epoch: u64,
+}
+
+/// Whether a directory entry's session is live or ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EntryState {
+    /// Live on its owner node.
+    Live,
+    /// Ended (the entry is a tombstone until its TTL runs out).
+    Ended,
+}
+
+/// One session's directory entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The owner node.
+    pub node: String,
+    /// The owner node's epoch when it last wrote the entry.
+    pub epoch: u64,
+    /// Only grows: 1 at registration, +1 at the end.
+    pub version: u64,
+    /// Live or ended.
+    pub state: EntryState,
+    /// Why it ended, once ended.
+    pub reason: Option<EndReason>,
+    /// The session's owner (the application's user), as text.
+    pub owner: String,
+}
+
+/// What a renewal batch found for each entry it was given, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// TTL extended.
+    Renewed,
+    /// No entry (expired, or Redis lost its data): the owner re-registers it.
+    Missing,
+    /// Ended, or owned by another node: the owner must not keep it.
+    Lost,
+    /// The entry holds another version.
+    Stale {
+        /// The stored version.
+        current: u64,
+    },
+}
+
+/// A takeover of a lost node that this node won.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Takeover {
+    /// The lost node.
+    pub node: String,
+    /// Its new (fencing) epoch.
+    pub epoch: u64,
+    /// Sessions ended with `node_lost`.
+    pub sessions_ended: u64,
+}
+
+/// The Redis directory. Cheap to clone (one multiplexed, self-reconnecting connection).
+#[derive(Clone)]
+pub struct Directory {
+    conn: ConnectionManager,
+    client: redis::Client,
+    keys: Keys,
+    scripts: std::sync::Arc<Scripts>,
+    node_ttl_ms: u64,
+    session_ttl_ms: u64,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("keys", &self.keys)
+            .finish()
+    }
+}
+
+/// Parses a script's `:`-separated answer.
+fn parts(answer: &str) -> Vec<&str> {
+    answer.split(':').collect()
+}
+
+fn num(text: Option<&&str>) -> u64 {
+    text.and_then(|t| t.parse().ok()).unwrap_or(0)
+}
+
+fn reason(text: Option<&&str>) -> EndReason {
+    text.and_then(|t| EndReason::ALL.iter().copied().find(|r| r.as_str() == *t))
+        .unwrap_or(EndReason::NodeLost)
+}
+
+impl Directory {
+    /// Checks the URL and connects. Misconfiguration and an unreachable Redis
+    /// are typed errors; nothing keeps running after one.
+    pub async fn connect(config: &ClusterConfig) -> Result<Directory, ClusterError> {
+        config.validate()?;
+        let client = client_for(config)?;
+        let timeout = Duration::from_millis(config.forward_timeout_ms.max(500));
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout)
+            .set_number_of_retries(1)
+            .set_max_delay(1000);
+        let conn = ConnectionManager::new_with_config(client.clone(), manager)
+            .await
+            .map_err(|source| ClusterError::Unreachable {
+                url: config.redacted_url(),
+                source,
+            })?;
+        Ok(Directory {
+            conn,
+            client,
+            keys: Keys::new(&config.key_prefix),
+            scripts: std::sync::Arc::new(Scripts::new()),
+            node_ttl_ms: config.node_ttl_ms,
+            session_ttl_ms: config.session_ttl_secs.saturating_mul(1000),
+        })
+    }
+
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Tombstones live as long as live entries: long enough for every node to
+    /// hear of the end, or to find it at resync.
+    fn tombstone_ttl_ms(&self) -> u64 {
+        self.session_ttl_ms
+    }
+
+    fn fenced(stamp: &NodeStamp, answer: &[&str]) -> ClusterError {
+        ClusterError::Fenced {
+            node: stamp.node.clone(),
+            epoch: stamp.epoch,
+            current: num(answer.get(1)),
+        }
+    }
+
+    /// Joins as a fresh run of `node`: a new epoch, and sessions a previous
+    /// run left behind ended with `node_lost`. Returns the epoch.
+    pub async fn join(&self, node: &str) -> Result<(u64, u64), ClusterError> {
+        let k = &self.keys;
+        let answer: String = self
+            .scripts
+            .join
+            .key(k.epoch(node))
+            .key(k.heartbeat(node))
+            .key(k.nodes())
+            .key(k.node_sessions(node))
+            .arg(node)
+            .arg(self.node_ttl_ms)
+            .arg(k.session_prefix())
+            .arg(self.tombstone_ttl_ms())
+            .arg(k.invalidations())
+            .invoke_async(&mut self.conn())
+            .await?;
+        let p = parts(&answer);
+        match p[0] {
+            "ok" => Ok((num(p.get(1)), num(p.get(2)))),
+            _ => Err(ClusterError::NodeIdInUse {
+                node: node.to_string(),
+                ago_ms: p.get(1).and_then(|t| t.parse().ok()).unwrap_or(0),
+            }),
+        }
+    }
+
+    /// Refreshes the node's heartbeat (re-joining with its epoch if Redis lost its data).
+    pub async fn heartbeat(&self, stamp: &NodeStamp) -> Result<(), ClusterError> {
+        let k = &self.keys;
+        let answer: String = self
+            .scripts
+            .heartbeat
+            .key(k.epoch(&stamp.node))
+            .key(k.heartbeat(&stamp.node))
+            .key(k.nodes())
+            .arg(&stamp.node)
+            .arg(stamp.epoch)
+            .arg(self.node_ttl_ms)
+            .invoke_async(&mut self.conn())
+            .await?;
+        let p = parts(&answer);
+        match p[0] {
+            "ok" => Ok(()),
+            _ => Err(Self::fenced(stamp, &p)),
+        }
+    }
+
+    /// Runs a fenced script; on `unknown_node` (Redis lost its data) re-joins
+    /// with the stamp's epoch and runs it once more.
+    async fn fenced_script<'s>(
+        &'s self,
+        stamp: &NodeStamp,
+        invocation: impl Fn() -> redis::ScriptInvocation<'s>,
+    ) -> Result<String, ClusterError> {
+        let answer: String = invocation().invoke_async(&mut self.conn()).await?;
+        if answer != "unknown_node" {
+            return Ok(answer);
+        }
+        self.heartbeat(stamp).await?;
+        Ok(invocation().invoke_async(&mut self.conn()).await?)
+    }
+
+    /// Registers `id` as owned by the stamp's node, at `version`. Idempotent
+    /// for the node's own live entry.
+    pub async fn register(
+        &self,
+        stamp: &NodeStamp,
+        id: SessionId,
+        owner: &str,
+        version: u64,
+    ) -> Result<u64, ClusterError> {
+        let k = &self.keys;
+        let answer = self
+            .fenced_script(stamp, || {
+                let mut i = self.scripts.register.key(k.epoch(&stamp.node));
+                i.key(k.session(id))
+                    .key(k.node_sessions(&stamp.node))
+                    .arg(&stamp.node)
+                    .arg(stamp.epoch)
+                    .arg(owner)
+                    .arg(version)
+                    .arg(self.session_ttl_ms)
+                    .arg(id.to_string());
+                i
+            })
+            .await?;
+        let p = parts(&answer);
+        match p[0] {
+            "ok" => Ok(num(p.get(1))),
+            "fenced" => Err(Self::fenced(stamp, &p)),
+            "ended" => Err(ClusterError::Ended {
+                id,
+                version: num(p.get(1)),
+                reason: reason(p.get(2)),
+            }),
+            "owned" => Err(ClusterError::NotOwner {
+                id,
+                owner: p.get(1).unwrap_or(&"").to_string(),
+            }),
+            _ => Err(ClusterError::StaleVersion {
+                id,
+                expected: version,
+                current: num(p.get(1)),
+            }),
+        }
+    }
+
+    /// Renews the entries of `sessions` (id, version) in one script call.
+    pub async fn renew(
+        &self,
+        stamp: &NodeStamp,
+        sessions: &[(SessionId, u64)],
+    ) -> Result<Vec<Renewal>, ClusterError> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = &self.keys;
+        let answer = self
+            .fenced_script(stamp, || {
+                let mut i = self.scripts.renew.key(k.epoch(&stamp.node));
+                i.arg(&stamp.node).arg(stamp.epoch).arg(self.session_ttl_ms);
+                for (id, version) in sessions {
+                    i.key(k.session(*id)).arg(*version);
+                }
+                i
+            })
+            .await?;
+        let Some(list) = answer.strip_prefix("ok|") else {
+            return Err(Self::fenced(stamp, &parts(&answer)));
+        };
+        Ok(list
+            .split(',')
+            .map(|one| match one {
+                "ok" => Renewal::Renewed,
+                "missing" => Renewal::Missing,
+                "lost" => Renewal::Lost,
+                stale => Renewal::Stale {
+                    current: num(parts(stale).get(1)),
+                },
+            })
+            .collect())
+    }
+
+    /// Ends `id` at `expected_version` with `reason`, and publishes the
+    /// invalidation. Returns the new version.
+    pub async fn end(
+        &self,
+        stamp: &NodeStamp,
+        id: SessionId,
+        expected_version: u64,
+        why: EndReason,
+    ) -> Result<u64, ClusterError> {
+        let k = &self.keys;
+        let answer = self
+            .fenced_script(stamp, || {
+                let mut i = self.scripts.end.key(k.epoch(&stamp.node));
+                i.key(k.session(id))
+                    .key(k.node_sessions(&stamp.node))
+                    .arg(&stamp.node)
+                    .arg(stamp.epoch)
+                    .arg(expected_version)
+                    .arg(why.as_str())
+                    .arg(self.tombstone_ttl_ms())
+                    .arg(id.to_string())
+                    .arg(k.invalidations());
+                i
+            })
+            .await?;
+        let p = parts(&answer);
+        match p[0] {
+            "ok" => Ok(num(p.get(1))),
+            "fenced" => Err(Self::fenced(stamp, &p)),
+            "ended" => Err(ClusterError::Ended {
+                id,
+                version: num(p.get(1)),
+                reason: reason(p.get(2)),
+            }),
+            "owned" => Err(ClusterError::NotOwner {
+                id,
+                owner: p.get(1).unwrap_or(&"").to_string(),
+            }),
+            _ => Err(ClusterError::StaleVersion {
+                id,
+                expected: expected_version,
+                current: num(p.get(1)),
+            }),
+        }
+    }
+
+    /// Declares `lost` lost if its heartbeat has expired: fences it and ends
+    /// its sessions. `None` if it is alive or another node already did it.
+    pub async fn takeover(&self, lost: &str, by: &str) -> Result<Option<Takeover>, ClusterError> {
+        let k = &self.keys;
+        let answer: String = self
+            .scripts
+            .takeover
+            .key(k.epoch(lost))
+            .key(k.heartbeat(lost))
+            .key(k.nodes())
+            .key(k.node_sessions(lost))
+            .arg(lost)
+            .arg(k.session_prefix())
+            .arg(self.tombstone_ttl_ms())
+            .arg(k.invalidations())
+            .arg(by)
+            .invoke_async(&mut self.conn())
+            .await?;
+        let p = parts(&answer);
+        Ok((p[0] == "ok").then(|| Takeover {
+            node: lost.to_string(),
+            epoch: num(p.get(1)),
+            sessions_ended: num(p.get(2)),
+        }))
+    }
+
+    /// A clean goodbye: heartbeat deleted, node out of the set.
+    pub async fn leave(&self, stamp: &NodeStamp) -> Result<(), ClusterError> {
+        let k = &self.keys;
+        let answer: String = self
+            .scripts
+            .leave
+            .key(k.epoch(&stamp.node))
+            .key(k.heartbeat(&stamp.node))
+            .key(k.nodes())
+            .arg(&stamp.node)
+            .arg(stamp.epoch)
+            .invoke_async(&mut self.conn())
+            .await?;
+        let p = parts(&answer);
+        match p[0] {
+            "fenced" => Err(Self::fenced(stamp, &p)),
+            _ => Ok(()),
+        }
+    }
+
+    /// One session's entry, if the directory has one.
+    pub async fn entry(&self, id: SessionId) -> Result<Option<Entry>, ClusterError> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.session(id))
+            .query_async(&mut self.conn())
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let get = |name: &str| fields.get(name).cloned().unwrap_or_default();
+        Ok(Some(Entry {
+            node: get("node"),
+            epoch: get("epoch").parse().unwrap_or(0),
+            version: get("version").parse().unwrap_or(0),
+            state: match get("state").as_str() {
+                "live" => EntryState::Live,
+                _ => EntryState::Ended,
+            },
+            reason: fields
+                .get("reason")
+                .and_then(|r| EndReason::ALL.iter().copied().find(|e| e.as_str() == r)),
+            owner: get("owner"),
+        }))
+    }
+
+    /// The nodes that joined and were not declared lost.
+    pub async fn nodes(&self) -> Result<Vec<String>, ClusterError> {
+        Ok(redis::cmd("SMEMBERS")
+            .arg(self.keys.nodes())
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
+    /// Whether `node`'s heartbeat key is alive.
+    pub async fn is_alive(&self, node: &str) -> Result<bool, ClusterError> {
+        Ok(redis::cmd("EXISTS")
+            .arg(self.keys.heartbeat(node))
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
+    /// The ids `node` owns according to the directory.
+    pub async fn node_sessions(&self, node: &str) -> Result<Vec<SessionId>, ClusterError> {
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.node_sessions(node))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(ids
+            .iter()
+            .filter_map(|s| SessionId::from_str(s).ok())
+            .collect())
+    }
+
+    /// `node`'s current fencing epoch (0 if unknown).
+    pub async fn node_epoch(&self, node: &str) -> Result<u64, ClusterError> {
+        let epoch: Option<u64> = redis::cmd("GET")
+            .arg(self.keys.epoch(node))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(epoch.unwrap_or(0))
+    }
+
+    /// Publishes `payload` on `channel`; returns how many subscribers got it.
+    pub(crate) async fn publish(&self, channel: &str, payload: &str) -> Result<u64, ClusterError> {
+        Ok(redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query_async(&mut self.conn())
+            .await?)
+    }
+}
+
+/// A client for the configured URL, or the typed error saying what is wrong with it.
+fn client_for(config: &ClusterConfig) -> Result<redis::Client, ClusterError> {
+    let url = config.redacted_url();
+    if config.redis_url.starts_with("rediss://") {
+        #[cfg(not(feature = "redis-tls"))]
+        return Err(ClusterError::TlsNotEnabled { url });
+        #[cfg(feature = "redis-tls")]
+        {
+            // rustls needs a process-wide crypto provider; keep the application's if it set one.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    }
+    if !config.redis_url.starts_with("redis://")
+        && !config.redis_url.starts_with("rediss://")
+        && !config.redis_url.starts_with("unix://")
+    {
+        return Err(ClusterError::BadUrl {
+            url,
+            reason: "expected redis://, rediss:// or unix://".into(),
+        });
+    }
+    redis::Client::open(config.redis_url.as_str()).map_err(|e| ClusterError::BadUrl {
+        url,
+        reason: e.to_string(),
+    })
+}

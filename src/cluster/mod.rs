@@ -1,0 +1,61 @@
+//! Beyond one machine (cargo feature `redis`): a Redis session directory,
+//! cross-node invalidation, routing to the owner node, and fencing.
+//!
+//! Each process runs a [`Runtime`](crate::Runtime) and a [`ClusterNode`]
+//! next to it. The node mirrors the engine's sessions into the directory
+//! (from the engine's bus: started → registered, ended → ended), heartbeats,
+//! and answers for any session of the cluster:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use sessionbus::cluster::{ClusterConfig, ClusterNode};
+//! use sessionbus::{Config, Runtime};
+//!
+//! let runtime = Runtime::start(Config::default()).await?;
+//! let node = ClusterNode::start(runtime.engine(), ClusterConfig::new("redis://127.0.0.1:6379", "node-a")).await?;
+//!
+//! let session = node.open("user-42").await?;     // registered in the directory before it returns
+//! // ... on any node: node.close(id, caller) is forwarded to the owner.
+//! let receipt = node.close(session.id(), sessionbus::Owner::new("user-42")).await?;
+//!
+//! runtime.shutdown().await;                       // ends the rest; the node writes the ends
+//! node.leave().await?;                            // then says goodbye
+//! # Ok(()) }
+//! ```
+//!
+//! # Consistency model
+//!
+//! - **Immediate (one atomic script):** a directory write checks the writer's
+//!   fencing epoch and the entry's version; an end and its invalidation are
+//!   published in the same script. A stale write is refused (`StaleVersion`),
+//!   a fenced node's write is refused (`Fenced`).
+//! - **Eventual, bounded by a round trip:** other nodes drop what they hold
+//!   for an ended session when its invalidation arrives (pub/sub, sub-millisecond
+//!   on a LAN; see BENCHMARKS.md).
+//! - **Eventual, bounded by `node_ttl_ms` + `heartbeat_interval_ms`:** a dead
+//!   node is declared lost, fenced, and its sessions ended.
+//! - **After Redis comes back:** each node resyncs within one heartbeat interval.
+//! - **Last backstop:** entries expire `session_ttl_secs` after their last renewal.
+//!
+//! Fencing survives a Redis restart only if Redis persists its data (AOF or
+//! RDB): a Redis that forgot everything forgets the epochs too.
+
+mod config;
+mod directory;
+mod error;
+mod invalidation;
+mod keys;
+mod liveness;
+mod node;
+mod routing;
+mod scripts;
+mod state;
+mod sync;
+mod wire;
+
+pub use config::{ClusterConfig, ClusterConfigError};
+pub use directory::{Directory, Entry, EntryState, NodeStamp, Renewal, Takeover};
+pub use error::ClusterError;
+pub use node::ClusterNode;
+pub use state::{ClusterHealth, ClusterStats};
+pub use wire::Invalidation;
