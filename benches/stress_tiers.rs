@@ -157,6 +157,7 @@ async fn tiers(
             buffer_bytes: BUFFER_BYTES,
             before: Duration::ZERO,
             end: StormEnd::Close,
+            burst: 0,
         };
         let (mut all, mut failed, mut worst) = (Vec::new(), 0, Duration::ZERO);
         for _ in 0..rounds {
@@ -218,6 +219,9 @@ async fn live_storm(
         buffer_bytes: BUFFER_BYTES,
         before: BEFORE,
         end: StormEnd::Disconnect,
+        burst: rate.map_or(0, |r| {
+            u64::from(storm::fixed_release(r, BUFFERS).tiers[0].burst)
+        }),
     };
     let outcome = one_storm(rt, watch, &plan, errors).await?;
     Ok(StormRow {

@@ -25,6 +25,9 @@ pub fn configure(config: &mut Config, args: &Args) {
 }
 
 pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
+    let burst = args
+        .release_rate
+        .map(|rate| storm::fixed_release(rate, args.turns).tiers[0].burst);
     let plan = Plan {
         live: args.live,
         storm: args.storm_size,
@@ -32,6 +35,7 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         buffer_bytes: args.kv_bytes_per_turn,
         before: BEFORE,
         end: StormEnd::Disconnect,
+        burst: burst.map_or(0, u64::from),
     };
     if !args.json {
         println!(
@@ -40,9 +44,6 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         );
     }
     let outcome = storm::run(&demo.rt, &demo.watch, &plan).await?;
-    let burst = args
-        .release_rate
-        .map(|rate| storm::fixed_release(rate, args.turns).tiers[0].burst);
     let pool = demo.rt.pool_stats();
     let end = demo.finish().await?;
     // The live population ended with the shutdown, not by a dropped handle.

@@ -25,6 +25,8 @@ pub const LIVE_TURN_INTERVAL: Duration = Duration::from_millis(50);
 /// The KV cache one live turn adds: small, so that a live population chatting
 /// for seconds stays far below the storm's memory.
 const LIVE_TURN_BYTES: u64 = 4 * 1024;
+/// How much of a fixed rate may go at once (see [`fixed_release`]).
+const BURST_WINDOW: Duration = Duration::from_millis(20);
 /// Sessions being opened (and allocated) at once while the populations are set up.
 const SETUP_CONCURRENCY: usize = 256;
 /// Longest wait for the storm's releases before the run counts them missing.
@@ -53,6 +55,9 @@ pub struct Plan {
     /// How long live latency is measured before the storm.
     pub before: Duration,
     pub end: StormEnd,
+    /// Buffers the release limiter may let go at once (its burst; 0 when
+    /// release follows the load tiers): see [`achieved_rate`].
+    pub burst: u64,
 }
 
 /// What a run measured.
@@ -83,17 +88,19 @@ pub struct Outcome {
     pub live: Vec<SessionHandle>,
 }
 
-/// Buffers released per second over the paced part of a storm: every buffer
-/// released after the first release, over the time from the first release to
-/// the last (`released_at` of the receipts). The first release's own buffers
-/// are left out because they went at the start of the span, not within it.
-/// `None` with fewer than two releases or a zero span.
-pub fn achieved_rate(releases: &[(Instant, u64)]) -> Option<f64> {
+/// Buffers released per second over the paced part of a storm: the buffers
+/// released, less what went at the very start (the limiter's `burst`, or the
+/// first release's buffers if that is more), over the time from the first
+/// release to the last (`released_at` of the receipts). A token bucket lets
+/// `burst` go at once and then `rate` a second, so for a paced storm this is
+/// the rate the limiter held. `None` with fewer than two releases or a zero span.
+pub fn achieved_rate(releases: &[(Instant, u64)], burst: u64) -> Option<f64> {
     let first = releases.iter().min_by_key(|(at, _)| *at)?;
     let last = releases.iter().map(|(at, _)| *at).max()?;
     let span = last.saturating_duration_since(first.0).as_secs_f64();
-    let after_first: u64 = releases.iter().map(|(_, b)| b).sum::<u64>() - first.1;
-    (releases.len() > 1 && span > 0.0).then(|| after_first as f64 / span)
+    let total: u64 = releases.iter().map(|(_, b)| b).sum();
+    let paced = total.saturating_sub(burst.max(first.1));
+    (releases.len() > 1 && span > 0.0).then(|| paced as f64 / span)
 }
 
 /// Opens `count` sessions owned by `{prefix}-{i}`, each holding `buffers`
@@ -322,7 +329,7 @@ pub async fn run(rt: &Runtime, watch: &Watch, plan: &Plan) -> anyhow::Result<Out
             .collect(),
         released_buffers: releases.iter().map(|(_, b)| b).sum(),
         released_ok,
-        achieved_rate: achieved_rate(&releases),
+        achieved_rate: achieved_rate(&releases, plan.burst),
         release_span: last_release.saturating_duration_since(first_release),
         time_to_baseline,
         errors,
@@ -339,12 +346,14 @@ fn receipts_of(watch: &Watch, ids: &HashSet<SessionId>) -> Vec<Arc<ReleaseReceip
 }
 
 /// A fixed release rate of `rate` buffers a second, as the storm scenario and
-/// the bench configure it. The burst is 4 ms worth of the rate (at least one
-/// session's `buffers`): the pacer sleeps on tokio's timer, which wakes on
-/// 1 ms ticks, so a smaller burst would lose the tokens that accrue between
-/// wakes and hold release below the rate; a larger one would let the start
-/// of a storm go unpaced.
+/// the bench configure it. The burst is `BURST_WINDOW` worth of the rate (at
+/// least one session's `buffers`): the pacer sleeps on tokio's timer, which
+/// wakes on 1 ms ticks and, on a busy machine, later; tokens that accrue
+/// beyond the burst while it sleeps are lost, and release falls below the rate.
 pub fn fixed_release(rate: u32, buffers: usize) -> sessionbus::ReleaseConfig {
-    let burst = (rate / 250).max(buffers as u32).max(1);
+    let window = BURST_WINDOW.as_secs_f64();
+    let burst = ((f64::from(rate) * window) as u32)
+        .max(buffers as u32)
+        .max(1);
     sessionbus::ReleaseConfig::fixed(sessionbus::PaceUnit::Buffers, rate, burst, 64)
 }
