@@ -21,6 +21,7 @@
 //! ```text
 //! cargo bench --bench stress_tiers
 //! cargo bench --bench stress_tiers -- --rounds 10 --rates 5000,20000 --json storms.json
+//! cargo bench --bench stress_tiers -- --config tiers.toml   # other release tiers
 //! ```
 
 #[path = "compare/common.rs"]
@@ -60,6 +61,9 @@ const RATE_TOLERANCE: f64 = 0.05;
 const LIVE_P99_FACTOR: f64 = 2.0;
 
 struct Args {
+    /// A TOML configuration for the unthrottled runs (default: the embedded
+    /// defaults), to try other release tiers.
+    config: Option<PathBuf>,
     rounds: usize,
     rates: Vec<u32>,
     json: Option<PathBuf>,
@@ -67,6 +71,7 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut args = Args {
+        config: None,
         rounds: 5,
         rates: vec![5_000, 20_000, 100_000],
         json: None,
@@ -82,6 +87,7 @@ fn parse_args() -> Args {
                     .unwrap_or_default()
             }
             "--json" => args.json = it.next().map(PathBuf::from),
+            "--config" => args.config = it.next().map(PathBuf::from),
             // Anything else (`--bench` from cargo, filters) is ignored.
             _ => {}
         }
@@ -234,18 +240,21 @@ async fn live_storm(
     })
 }
 
-fn config(rate: Option<u32>) -> Config {
-    let mut config = Config::default();
+fn config(file: Option<&PathBuf>, rate: Option<u32>) -> anyhow::Result<Config> {
+    let mut config = match file {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
     if let Some(rate) = rate {
         config.release = storm::fixed_release(rate, BUFFERS);
     }
-    config
+    Ok(config)
 }
 
-fn print_tiers(rows: &[TierRow], rounds: usize) -> Vec<Value> {
+fn print_tiers(rows: &[TierRow], rounds: usize, tiers: &str) -> Vec<Value> {
     println!();
     println!(
-        "1. {BUFFERS} × {} KiB per session, N closed concurrently, default release tiers, {rounds} rounds per tier; close → released",
+        "1. {BUFFERS} × {} KiB per session, N closed concurrently, release tiers: {tiers}, {rounds} rounds per tier; close → released",
         BUFFER_BYTES / 1024
     );
     println!(
@@ -402,25 +411,34 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let mut errors = Vec::new();
     let (adapter, tier_rows, storm_rows) = tokio.block_on(async {
-        let (adapter, tier_rows) =
-            on_runtime(config(None), &mut errors, async |rt, watch, errors| {
+        let (adapter, tier_rows) = on_runtime(
+            config(args.config.as_ref(), None)?,
+            &mut errors,
+            async |rt, watch, errors| {
                 let adapter = describe_adapter(rt.adapter());
                 let rows = tiers(rt, watch, args.rounds.max(1), errors).await;
                 (adapter, rows)
-            })
-            .await?;
+            },
+        )
+        .await?;
         let mut storm_rows = Vec::new();
         for rate in std::iter::once(None).chain(args.rates.iter().copied().map(Some)) {
-            let row = on_runtime(config(rate), &mut errors, async |rt, watch, errors| {
-                live_storm(rt, watch, rate, errors).await
-            })
+            let row = on_runtime(
+                config(args.config.as_ref(), rate)?,
+                &mut errors,
+                async |rt, watch, errors| live_storm(rt, watch, rate, errors).await,
+            )
             .await??;
             storm_rows.push(row);
         }
         anyhow::Ok((adapter, tier_rows?, storm_rows))
     })?;
     println!("adapter: {adapter}");
-    let tiers_json = print_tiers(&tier_rows, args.rounds);
+    let tiers_from = args
+        .config
+        .as_ref()
+        .map_or("the defaults".to_string(), |p| p.display().to_string());
+    let tiers_json = print_tiers(&tier_rows, args.rounds, &tiers_from);
     println!(
         "(field report: 50 → 120 ms, 0 %; 200 → 480 ms, 1.2 %; 500 → 1100 ms, 8.7 %; none for 2000)"
     );
@@ -437,6 +455,7 @@ fn main() -> anyhow::Result<()> {
             "buffers_per_session": BUFFERS,
             "buffer_bytes": BUFFER_BYTES,
             "rounds": args.rounds,
+            "release_tiers_from": tiers_from,
             "tiers": tiers_json,
             "storms": storms_json,
             "targets": targets,
