@@ -34,13 +34,15 @@ pub fn with_books(end: &Finished, pool: &PoolStats, extra: Value) -> Value {
         "double_ends": seen.double_ends(),
         "ended_by": seen.ended_by(),
         "gpu_buffers_allocated": pool.allocated_total,
-        "gpu_buffers_released": seen.released_buffers,
+        // Context resets give buffers back too, without ending the session.
+        "gpu_buffers_released": seen.released_buffers + seen.context_reset_buffers,
         "gpu_bytes_peak": pool.peak_bytes,
         "wgpu_hal_buffers_baseline": end.baseline.buffers,
         "wgpu_hal_buffers_after": stop.gpu_after.buffers,
         "wgpu_hal_buffer_memory_baseline": end.baseline.buffer_memory,
         "wgpu_hal_buffer_memory_after": stop.gpu_after.buffer_memory,
         "leaked_buffers": end.leak.buffers,
+        "leaked_bytes": end.leak.bytes,
         "incidents": stop.sessions.stats.incidents,
         "wall_ms": end.wall_ms,
     });
