@@ -110,12 +110,14 @@ fn print_human(report: &serde_json::Value, errors: &[String]) {
             line("storm_buffers_released")
         ),
     );
+    let configured = match r["release_rate_configured"].as_u64() {
+        Some(rate) => format!("{rate} buffers/s (burst {})", line("release_burst")),
+        None => "the load tiers".to_string(),
+    };
     row(
         "release rate",
         format!(
-            "configured {} buffers/s (burst {}), achieved {} over {:.1} ms",
-            line("release_rate_configured"),
-            line("release_burst"),
+            "configured {configured}, achieved {} buffers/s over {:.1} ms",
             line("release_rate_achieved"),
             r["release_span_ms"].as_f64().unwrap_or(0.0)
         ),
