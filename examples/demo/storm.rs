@@ -134,13 +134,17 @@ pub async fn open_population(
 /// answers were back.
 type Sample = (Instant, Duration);
 
+/// What a live client hands back when it stops: its session, its round
+/// trips, and the error that stopped it early, if one did.
+type ClientEnd = (SessionHandle, Vec<Sample>, Option<String>);
+
 /// The live population's clients, each on a task of its own.
 struct LiveChat {
     stop: Arc<AtomicBool>,
     /// Live turns' allocations asked for so far (counted before each is sent,
     /// so one in flight counts as live memory already).
     allocating: Arc<AtomicU64>,
-    clients: Vec<tokio::task::JoinHandle<(SessionHandle, Vec<Sample>, Option<String>)>>,
+    clients: Vec<tokio::task::JoinHandle<ClientEnd>>,
 }
 
 impl LiveChat {
@@ -188,7 +192,7 @@ async fn chat(
     phase: Duration,
     stop: Arc<AtomicBool>,
     allocating: Arc<AtomicU64>,
-) -> (SessionHandle, Vec<Sample>, Option<String>) {
+) -> ClientEnd {
     let mut samples = Vec::new();
     let mut ticks =
         tokio::time::interval_at(tokio::time::Instant::now() + phase, LIVE_TURN_INTERVAL);
