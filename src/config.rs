@@ -50,8 +50,8 @@ use crate::metrics::MetricsConfig;
 /// [[release.tiers]]
 /// name = "low"
 /// from_queue = 0                # applies from this queue depth (in `unit`)
-/// rate = 50000                  # sustained release rate per second (GCRA)
-/// burst = 4096                  # released at once before pacing starts
+/// rate = 100000                 # sustained release rate per second (GCRA)
+/// burst = 8192                  # released at once before pacing starts
 /// max_in_flight = 64            # releases handed to the GPU thread at once
 /// [[release.tiers]]
 /// name = "medium"

@@ -23,6 +23,7 @@
 
 mod common;
 mod direct;
+mod field_report;
 mod peer_moka;
 mod peer_redis;
 mod peer_sessionbus;

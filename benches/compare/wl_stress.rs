@@ -11,15 +11,8 @@ use super::direct::{self, PeerKind};
 use super::peer_sessionbus;
 use super::wl_close::{BUFFER_BYTES, BUFFERS, close_direct, open_direct};
 
-pub const TIERS: [usize; 4] = [50, 200, 500, 2000];
-/// The field report's figures (average latency in ms, error %) for the first
-/// three tiers, in order; it gives none for the fourth.
-const FIELD: [Option<(f64, f64)>; 4] = [
-    Some((120.0, 0.0)),
-    Some((480.0, 1.2)),
-    Some((1100.0, 8.7)),
-    None,
-];
+pub use super::field_report::TIERS;
+use super::field_report::field;
 
 /// A direct peer's storms: per tier, sessions with buffers set up, then all
 /// taken out of the store and released at once.
@@ -136,7 +129,7 @@ pub fn run(
     println!("{}", "-".repeat(125));
     let mut json_rows = Vec::new();
     for (peer, tier, s, failed) in &rows {
-        let field = TIERS.iter().position(|t| t == tier).and_then(|p| FIELD[p]);
+        let field = field(*tier);
         let rate = 100.0 * *failed as f64 / (*tier).max(1) as f64;
         println!(
             "{peer:<34} | {tier:>6} | {:>10} | {:>10} | {:>10} | {:>7.1}% | {:>15} | {:>12}",

@@ -10,10 +10,14 @@
 //!   timeouts, TTLs, revoked remote leases, closes that drain a token stream,
 //!   and context resets along the way. Each revoked lease is logged at WARN
 //!   (`lease.revoked`) on stderr; `RUST_LOG=error` hides them.
+//! - `storm`: live sessions chat while a storm population (each session holding
+//!   `--turns` KV-cache buffers) disconnects at once; release is paced by the
+//!   default load tiers or at a fixed `--release-rate`.
 //!
 //! ```text
 //! cargo run --release --example demo -- --sessions 2000 --json
 //! cargo run --release --example demo -- --scenario expiry --json
+//! cargo run --release --example demo -- --scenario storm --release-rate 20000 --json
 //! ```
 
 mod conversation;
@@ -22,6 +26,8 @@ mod html_report;
 mod report;
 mod scenario_default;
 mod scenario_expiry;
+mod scenario_storm;
+mod storm;
 mod timeline;
 mod watch;
 
@@ -44,7 +50,8 @@ pub struct Args {
     /// Chat sessions to open.
     #[arg(long, default_value_t = 2000)]
     sessions: usize,
-    /// Turns per session; each turn allocates one KV-cache buffer (default scenario).
+    /// Turns per session; each turn allocates one KV-cache buffer (default
+    /// scenario; in `storm`, the buffers each storm session holds).
     #[arg(long, default_value_t = 8)]
     turns: usize,
     /// Bytes of KV cache each turn adds.
@@ -53,6 +60,16 @@ pub struct Args {
     /// Clients chatting at the same time (default scenario; in `expiry` every client runs at once).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Storm scenario: sessions that disconnect at once.
+    #[arg(long, default_value_t = 2000)]
+    storm_size: usize,
+    /// Storm scenario: release at this fixed rate, in buffers per second
+    /// (default: the configured load tiers, unthrottled for a storm this size).
+    #[arg(long)]
+    release_rate: Option<u32>,
+    /// Storm scenario: live sessions chatting through the storm (a message every 20 ms each).
+    #[arg(long, default_value_t = 200)]
+    live: usize,
     /// Seed for the clients' choices (who closes, who disconnects, who stays).
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -81,6 +98,7 @@ pub struct Args {
 enum Scenario {
     Default,
     Expiry,
+    Storm,
 }
 
 /// What every scenario starts from: a running runtime, wgpu's counters
@@ -168,8 +186,10 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    if args.scenario == Scenario::Expiry {
-        scenario_expiry::configure(&mut config);
+    match args.scenario {
+        Scenario::Expiry => scenario_expiry::configure(&mut config),
+        Scenario::Storm => scenario_storm::configure(&mut config, &args),
+        Scenario::Default => {}
     }
     if let Some(dir) = &args.audit_dir {
         config.audit = Some(sessionbus::AuditConfig {
@@ -182,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
     let outcome = match args.scenario {
         Scenario::Default => scenario_default::run(demo, &args).await,
         Scenario::Expiry => scenario_expiry::run(demo, &args).await,
+        Scenario::Storm => scenario_storm::run(demo, &args).await,
     };
     report.finish(outcome).await
 }

@@ -2,7 +2,9 @@
 //! on wgpu's counters, the invariant checks, and printing.
 
 use serde_json::{Value, json};
-use sessionbus::{GpuCounters, PoolInfo};
+use sessionbus::{GpuCounters, PoolInfo, PoolStats};
+
+use crate::Finished;
 
 /// `{p50, p99, max, n}` of `samples` (nulls when there are none).
 pub fn percentiles(samples: &[u64]) -> Value {
@@ -17,6 +19,37 @@ pub fn percentiles(samples: &[u64]) -> Value {
 
 pub fn adapter_json(adapter: &PoolInfo) -> Value {
     json!({ "name": adapter.adapter, "backend": adapter.backend, "device_type": adapter.device_type })
+}
+
+/// What every scenario's JSON report holds: the adapter, the sessions' ends,
+/// the GPU's books by the pool and by wgpu's own counters, incidents and wall
+/// time. `pool` is read before the shutdown; `extra` holds the scenario's own
+/// fields.
+pub fn with_books(end: &Finished, pool: &PoolStats, extra: Value) -> Value {
+    let (stop, seen) = (&end.stop, &end.seen);
+    let mut report = json!({
+        "adapter": adapter_json(&end.adapter),
+        "sessions_opened": stop.sessions.stats.opened,
+        "sessions_ended": seen.ends.len(),
+        "double_ends": seen.double_ends(),
+        "ended_by": seen.ended_by(),
+        "gpu_buffers_allocated": pool.allocated_total,
+        // Context resets give buffers back too, without ending the session.
+        "gpu_buffers_released": seen.released_buffers + seen.context_reset_buffers,
+        "gpu_bytes_peak": pool.peak_bytes,
+        "wgpu_hal_buffers_baseline": end.baseline.buffers,
+        "wgpu_hal_buffers_after": stop.gpu_after.buffers,
+        "wgpu_hal_buffer_memory_baseline": end.baseline.buffer_memory,
+        "wgpu_hal_buffer_memory_after": stop.gpu_after.buffer_memory,
+        "leaked_buffers": end.leak.buffers,
+        "leaked_bytes": end.leak.bytes,
+        "incidents": stop.sessions.stats.incidents,
+        "wall_ms": end.wall_ms,
+    });
+    if let (Some(report), Value::Object(extra)) = (report.as_object_mut(), extra) {
+        report.extend(extra);
+    }
+    report
 }
 
 /// What wgpu's own counters say is still alive beyond the baseline.
@@ -75,6 +108,13 @@ pub fn latency(p: &Value) -> String {
     )
 }
 
+/// One `latency` row per `(label, key)` of `report`.
+pub fn latency_rows(report: &Value, rows: &[(&str, &str)]) {
+    for (label, key) in rows {
+        row(label, latency(&report[*key]));
+    }
+}
+
 /// `name count, …` of a JSON object of counts, leaving out the zeros.
 pub fn counts(map: &Value) -> String {
     let nonzero: Vec<String> = map
@@ -87,6 +127,31 @@ pub fn counts(map: &Value) -> String {
         })
         .unwrap_or_default();
     nonzero.join(", ")
+}
+
+/// The human report's title rule and the adapter it ran on.
+pub fn heading(title: &str, report: &Value) {
+    let rule = 63usize.saturating_sub(title.chars().count() + 4);
+    println!();
+    println!("── {title} {}", "─".repeat(rule));
+    let adapter = &report["adapter"];
+    row(
+        "adapter",
+        format!("{} ({})", adapter["name"], adapter["backend"]),
+    );
+}
+
+/// wgpu's live buffers against their baseline.
+pub fn leak_row(report: &Value) {
+    row(
+        "wgpu hal.buffers",
+        format!(
+            "baseline {}, after {}  → leaked {}",
+            report["wgpu_hal_buffers_baseline"],
+            report["wgpu_hal_buffers_after"],
+            report["leaked_buffers"]
+        ),
+    );
 }
 
 pub fn print_errors(errors: &[String]) {

@@ -107,28 +107,14 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     let double_ends = seen.double_ends();
     let errors = errors.into_inner().unwrap();
     let leaked = end.leak.buffers;
-    let report = json!({
-        "adapter": report::adapter_json(&end.adapter),
-        "sessions_opened": stop.sessions.stats.opened,
-        "sessions_ended": seen.ends.len(),
-        "double_ends": double_ends,
-        "ended_by": seen.ended_by(),
+    let extra = json!({
         "kept_until_shutdown": kept_count,
-        "gpu_buffers_allocated": pool.allocated_total,
-        "gpu_buffers_released": seen.released_buffers,
-        "gpu_bytes_peak": pool.peak_bytes,
-        "wgpu_hal_buffers_baseline": end.baseline.buffers,
-        "wgpu_hal_buffers_after": stop.gpu_after.buffers,
-        "wgpu_hal_buffer_memory_baseline": end.baseline.buffer_memory,
-        "wgpu_hal_buffer_memory_after": stop.gpu_after.buffer_memory,
-        "leaked_buffers": leaked,
         "close_to_release_us": report::percentiles(&close_us),
         "disconnect_to_release_us": report::percentiles(&disconnect_us),
         "shutdown_us": stop.sessions.took.as_micros() as u64,
-        "incidents": stop.sessions.stats.incidents,
         "errors": errors.len(),
-        "wall_ms": end.wall_ms,
     });
+    let report = report::with_books(&end, &pool, extra);
 
     print_human(&report, &errors);
     if args.json {
@@ -176,13 +162,7 @@ async fn client(
 fn print_human(report: &serde_json::Value, errors: &[String]) {
     let r = report;
     let line = |k: &str| r[k].to_string();
-    println!();
-    println!("── sessionbus demo report ─────────────────────────────────────");
-    let adapter = &r["adapter"];
-    row(
-        "adapter",
-        format!("{} ({})", adapter["name"], adapter["backend"]),
-    );
+    report::heading("sessionbus demo report", r);
     row(
         "sessions",
         format!(
@@ -202,22 +182,13 @@ fn print_human(report: &serde_json::Value, errors: &[String]) {
             line("gpu_bytes_peak")
         ),
     );
-    row(
-        "wgpu hal.buffers",
-        format!(
-            "baseline {}, after {}  → leaked {}",
-            line("wgpu_hal_buffers_baseline"),
-            line("wgpu_hal_buffers_after"),
-            line("leaked_buffers")
-        ),
-    );
-    row(
-        "close → released",
-        report::latency(&r["close_to_release_us"]),
-    );
-    row(
-        "disconnect → released",
-        report::latency(&r["disconnect_to_release_us"]),
+    report::leak_row(r);
+    report::latency_rows(
+        r,
+        &[
+            ("close → released", "close_to_release_us"),
+            ("disconnect → released", "disconnect_to_release_us"),
+        ],
     );
     row(
         "shutdown",

@@ -82,15 +82,10 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     let stale_verdicts: u64 = outcomes.iter().map(|o| o.stale_verdicts).sum();
     let unplanned = unplanned_ends(&outcomes, &seen.ends);
 
-    let report = json!({
+    let extra = json!({
         "scenario": "expiry",
-        "adapter": report::adapter_json(&end.adapter),
-        "sessions_opened": stats.opened,
-        "sessions_ended": seen.ends.len(),
-        "double_ends": double_ends,
         "never_released": never_released,
         "handles_not_closed": handles_not_closed,
-        "ended_by": seen.ended_by(),
         "plans": plans(&outcomes),
         "unplanned_ends": unplanned,
         "expiry_lateness_us": report::percentiles(&seen.expiry_lateness_us),
@@ -103,19 +98,9 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         "drains_forced": seen.drains_forced,
         "sweeps": stats.sweeps,
         "sweeper_incidents": stats.sweeper_incidents,
-        "incidents": stats.incidents,
         "errors": errors.len(),
-        "gpu_buffers_allocated": pool.allocated_total,
-        "gpu_buffers_released": seen.released_buffers + seen.context_reset_buffers,
-        "gpu_bytes_peak": pool.peak_bytes,
-        "wgpu_hal_buffers_baseline": end.baseline.buffers,
-        "wgpu_hal_buffers_after": stop.gpu_after.buffers,
-        "wgpu_hal_buffer_memory_baseline": end.baseline.buffer_memory,
-        "wgpu_hal_buffer_memory_after": stop.gpu_after.buffer_memory,
-        "leaked_buffers": end.leak.buffers,
-        "leaked_bytes": end.leak.bytes,
-        "wall_ms": end.wall_ms,
     });
+    let report = report::with_books(&end, &pool, extra);
 
     if args.json {
         report::print_json(&report);

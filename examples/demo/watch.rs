@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sessionbus::{Delivery, EndReason, EventKinds, LifecycleEvent, Runtime, SessionId};
+use sessionbus::{
+    Delivery, EndReason, EventKinds, LifecycleEvent, ReleaseReceipt, Runtime, SessionId,
+};
 
 /// What the bus said.
 #[derive(Default)]
@@ -16,6 +18,8 @@ pub struct Observed {
     /// Buffers the release receipts say were destroyed.
     pub released_buffers: u64,
     pub released_at: HashMap<SessionId, Instant>,
+    /// Every release receipt, whole (the storm scenario reads rates and errors off them).
+    pub receipts: HashMap<SessionId, Arc<ReleaseReceipt>>,
     /// For ends by a deadline: `fired_at - at`, how late the engine's timer noticed (µs).
     pub timer_lateness_us: Vec<u64>,
     /// For ends by a deadline: `released_at - at`, deadline → memory back (µs).
@@ -49,6 +53,7 @@ impl Observed {
             LifecycleEvent::Released(receipt) => {
                 self.released_buffers += receipt.buffers;
                 self.released_at.insert(receipt.id, receipt.released_at);
+                self.receipts.insert(receipt.id, receipt.clone());
                 if let Some(deadline) = receipt.deadline {
                     let late = receipt.released_at.saturating_duration_since(deadline.at);
                     self.expiry_lateness_us.push(late.as_micros() as u64);

@@ -1,0 +1,146 @@
+//! The storm scenario: a live population chats while a storm population of
+//! sessions, each holding KV-cache buffers, disconnects all at once. Release
+//! goes at the default load tiers, or at a fixed rate (`--release-rate`).
+//! Reports the live messages' latency before and during the storm, the rate
+//! release achieved, and when wgpu's counters were back at the live
+//! population's level; then the usual checks after shutdown.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sessionbus::Config;
+
+use crate::report::{self, Checks, row};
+use crate::storm::{self, Plan, StormEnd};
+use crate::{Args, Demo};
+
+/// Live latency is measured this long before the storm.
+const BEFORE: Duration = Duration::from_secs(1);
+
+/// A fixed release rate, if one was asked for; otherwise the default tiers.
+pub fn configure(config: &mut Config, args: &Args) {
+    if let Some(rate) = args.release_rate {
+        config.release = storm::fixed_release(rate, args.turns);
+    }
+}
+
+pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
+    let burst = args
+        .release_rate
+        .map(|rate| storm::fixed_release(rate, args.turns).tiers[0].burst);
+    let plan = Plan {
+        live: args.live,
+        storm: args.storm_size,
+        buffers: args.turns,
+        buffer_bytes: args.kv_bytes_per_turn,
+        before: BEFORE,
+        end: StormEnd::Disconnect,
+        burst: burst.map_or(0, u64::from),
+    };
+    if !args.json {
+        println!(
+            "{} live sessions chatting; {} sessions with {} × {} B each disconnect at once after {BEFORE:?}",
+            plan.live, plan.storm, plan.buffers, plan.buffer_bytes
+        );
+    }
+    let outcome = storm::run(&demo.rt, &demo.watch, &plan).await?;
+    let pool = demo.rt.pool_stats();
+    let end = demo.finish().await?;
+    // The live population ended with the shutdown, not by a dropped handle.
+    drop(outcome.live);
+    let (stop, seen) = (&end.stop, &end.seen);
+
+    let double_ends = seen.double_ends();
+    let leaked = end.leak.buffers;
+    let errors = &outcome.errors;
+    let before = report::percentiles(&outcome.live_before_us);
+    let during = report::percentiles(&outcome.live_during_us);
+    let extra = json!({
+        "live_sessions": plan.live,
+        "storm_size": plan.storm,
+        "storm_buffers": plan.storm * plan.buffers,
+        "storm_buffers_released": outcome.released_buffers,
+        "storm_sessions_released": outcome.released_ok,
+        "release_rate_configured": args.release_rate,
+        "release_burst": burst,
+        "release_rate_achieved": outcome.achieved_rate.map(|r| r.round()),
+        "release_span_ms": outcome.release_span.as_secs_f64() * 1e3,
+        "storm_to_release_us": report::percentiles(&outcome.release_us),
+        "release_queue_us": report::percentiles(&outcome.paced_for_us),
+        "live_message_latency_us_before": before,
+        "live_message_latency_us_during": during,
+        "time_to_baseline_ms": outcome.time_to_baseline.map(|t| t.as_secs_f64() * 1e3),
+        "errors": errors.len(),
+    });
+    let report = report::with_books(&end, &pool, extra);
+
+    print_human(&report, errors);
+    if args.json {
+        report::print_json(&report);
+    }
+    let mut checks = Checks::default();
+    checks.require(leaked == 0, "wgpu hal.buffers back at baseline");
+    checks.require(double_ends == 0, "no session ended twice");
+    checks.require(errors.is_empty(), "no errors in the storm or the live chat");
+    checks.require(
+        outcome.released_ok == plan.storm,
+        "every storm session released whole",
+    );
+    checks.require(
+        outcome.time_to_baseline.is_some(),
+        "wgpu counters back at the live population's level after the storm",
+    );
+    checks.require(
+        seen.ends.len() as u64 == stop.sessions.stats.opened,
+        "every opened session ended",
+    );
+    checks.conclude()
+}
+
+fn print_human(report: &serde_json::Value, errors: &[String]) {
+    let r = report;
+    let line = |k: &str| r[k].to_string();
+    report::heading("sessionbus storm report", r);
+    row(
+        "storm",
+        format!(
+            "{} sessions, {} buffers, {} released",
+            line("storm_size"),
+            line("storm_buffers"),
+            line("storm_buffers_released")
+        ),
+    );
+    let configured = match r["release_rate_configured"].as_u64() {
+        Some(rate) => format!("{rate} buffers/s (burst {})", line("release_burst")),
+        None => "the load tiers".to_string(),
+    };
+    row(
+        "release rate",
+        format!(
+            "configured {configured}, achieved {} buffers/s over {:.1} ms",
+            line("release_rate_achieved"),
+            r["release_span_ms"].as_f64().unwrap_or(0.0)
+        ),
+    );
+    report::latency_rows(
+        r,
+        &[
+            ("storm → released", "storm_to_release_us"),
+            ("in release queue", "release_queue_us"),
+            ("live msg before", "live_message_latency_us_before"),
+            ("live msg during", "live_message_latency_us_during"),
+        ],
+    );
+    row(
+        "back to baseline",
+        format!("{} ms after the storm began", line("time_to_baseline_ms")),
+    );
+    row("ended by", report::counts(&r["ended_by"]));
+    report::leak_row(r);
+    row(
+        "errors",
+        format!("{}, incidents {}", line("errors"), line("incidents")),
+    );
+    row("wall", format!("{} ms", line("wall_ms")));
+    report::print_errors(errors);
+}
