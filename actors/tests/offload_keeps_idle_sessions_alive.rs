@@ -196,3 +196,31 @@ fn ending_an_offloaded_session_frees_its_host_copies() {
         assert_eq!(stats.budget.device_used, 0);
     });
 }
+
+#[test]
+fn a_session_waiting_for_room_refuses_an_offload() {
+    on_paused_time(|| async {
+        let mut config = with_budget(Some(256 * KIB), WhenExhausted::Wait);
+        config.sessions.max_session_bytes = 256 * KIB;
+        let f = start(config).await;
+        let holder = f.engine.open("holder").await.unwrap();
+        holder.allocate(192 * KIB).await.unwrap();
+        let asker = f.engine.open("asker").await.unwrap();
+        asker.allocate(64 * KIB).await.unwrap();
+        settle(5 * SEC).await; // both idle for long
+        let waiting = actix::spawn({
+            let asker = asker.clone();
+            async move { asker.allocate(64 * KIB).await }
+        });
+        settle(SEC / 10).await;
+        let refused = asker.offload().await.unwrap_err();
+        assert!(
+            matches!(&refused, SessionError::OffloadRefused { why, .. } if why.contains("waiting")),
+            "{refused}"
+        );
+        holder.close().await.unwrap();
+        waiting.await.unwrap().unwrap();
+        assert_eq!(f.pool.stats().offloaded_buffers, 0);
+        f.shutdown_clean().await;
+    });
+}

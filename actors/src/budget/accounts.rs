@@ -131,6 +131,38 @@ impl Budget {
         None
     }
 
+    /// Like `shortfall`, with `queued` bytes waited for device-wide and
+    /// `queued_mine` by `owner` counted as already taken.
+    fn shortfall_beside(
+        &self,
+        books: &Books,
+        owner: &Owner,
+        bytes: u64,
+        queued: u64,
+        queued_mine: u64,
+    ) -> Option<Shortfall> {
+        if let Some(limit) = self.device_limit {
+            if books.device_used + queued + bytes > limit {
+                return Some(Shortfall {
+                    scope: BudgetScope::Device,
+                    used: books.device_used,
+                    limit,
+                });
+            }
+        }
+        if let Some(limit) = self.owner_limit {
+            let used = books.owners.get(owner).copied().unwrap_or(0);
+            if used + queued_mine + bytes > limit {
+                return Some(Shortfall {
+                    scope: BudgetScope::Owner,
+                    used,
+                    limit,
+                });
+            }
+        }
+        None
+    }
+
     fn charge_unchecked(&self, books: &mut Books, owner: &Owner, bytes: u64) {
         books.device_used += bytes;
         self.peak.fetch_max(books.device_used, Ordering::Relaxed);
@@ -153,9 +185,16 @@ impl Budget {
             return Err(short);
         }
         if !books.waiters.is_empty() {
-            // Someone waits for room: they go first, unless this fits beside them.
-            let queued: u64 = books.waiters.iter().map(|w| w.bytes).sum();
-            if let Some(short) = self.shortfall(&books, owner, bytes + queued) {
+            // Someone waits for room: they go first, unless this fits beside
+            // them (all waiters count for the device, the owner's own for its budget).
+            let (mut queued, mut queued_mine) = (0, 0);
+            for waiter in books.waiters.iter().filter(|w| !w.grant.is_closed()) {
+                queued += waiter.bytes;
+                if &waiter.owner == owner {
+                    queued_mine += waiter.bytes;
+                }
+            }
+            if let Some(short) = self.shortfall_beside(&books, owner, bytes, queued, queued_mine) {
                 return Err(short);
             }
         }
@@ -205,7 +244,10 @@ impl Budget {
         }
     }
 
-    /// Charges and wakes every waiter that fits, in order; drops those that gave up.
+    /// Charges and wakes waiters in order; drops those that gave up. First
+    /// come, first served: the first waiter short of *device* room stops the
+    /// round (nobody behind it may take that room); one short only of its
+    /// owner's budget is passed over (another owner's room is not its to take).
     fn serve(&self, books: &mut Books) {
         let mut index = 0;
         while index < books.waiters.len() {
@@ -215,21 +257,34 @@ impl Budget {
                 self.waiting_bytes.fetch_sub(gone.bytes, Ordering::Relaxed);
                 continue;
             }
-            if self.shortfall(books, &waiter.owner, waiter.bytes).is_some() {
-                index += 1;
-                continue;
+            match self.shortfall(books, &waiter.owner, waiter.bytes) {
+                Some(short) if short.scope == BudgetScope::Device => break,
+                Some(_) => {
+                    index += 1;
+                    continue;
+                }
+                None => {}
             }
             let waiter = books.waiters.remove(index).expect("index is in range");
             self.waiting_bytes
                 .fetch_sub(waiter.bytes, Ordering::Relaxed);
-            self.charge_unchecked(books, &waiter.owner, waiter.bytes);
-            if waiter.grant.send(()).is_err() {
-                // Gave up between the check and now: never charged after all.
-                books.device_used -= waiter.bytes;
-                if let Some(used) = books.owners.get_mut(&waiter.owner) {
-                    *used -= waiter.bytes;
-                }
+            if waiter.grant.send(()).is_ok() {
+                self.charge_unchecked(books, &waiter.owner, waiter.bytes);
             }
+            // A waiter that gave up between the check and now is never charged.
+        }
+        // Those that gave up behind a blocked one still stop counting as demand.
+        let before = books.waiters.len();
+        let mut dropped = 0;
+        books.waiters.retain(|w| {
+            let keep = !w.grant.is_closed();
+            if !keep {
+                dropped += w.bytes;
+            }
+            keep
+        });
+        if books.waiters.len() != before {
+            self.waiting_bytes.fetch_sub(dropped, Ordering::Relaxed);
         }
     }
 
@@ -360,10 +415,33 @@ mod tests {
         let budget = budget(Some(100), None);
         let owner = Owner::new("a");
         budget.try_charge(&owner, 80).unwrap();
-        let _waiting = budget.wait_for(&owner, 50);
+        let mut big = budget.wait_for(&owner, 50);
         assert!(
             budget.try_charge(&owner, 20).is_err(),
             "20 fits, but not beside the 50 waited for"
         );
+        let mut small = budget.wait_for(&owner, 20);
+        assert!(
+            small.try_recv().is_err(),
+            "the newcomer waits behind the 50"
+        );
+        budget.refund(&owner, 80);
+        assert!(
+            big.try_recv().is_ok() && small.try_recv().is_ok(),
+            "both, in order"
+        );
+        assert_eq!(budget.snapshot().device_used, 70);
+    }
+
+    #[test]
+    fn a_waiter_short_of_its_owner_budget_does_not_hold_up_other_owners() {
+        let budget = budget(Some(100), Some(50));
+        let (a, b) = (Owner::new("a"), Owner::new("b"));
+        budget.try_charge(&a, 50).unwrap();
+        let mut a_waits = budget.wait_for(&a, 10);
+        let mut b_waits = budget.wait_for(&b, 10);
+        assert!(a_waits.try_recv().is_err(), "a's own budget is full");
+        assert!(b_waits.try_recv().is_ok(), "b is not held up by a");
+        budget.try_charge(&b, 30).unwrap();
     }
 }

@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+
 use super::accounts::{Budget, BudgetScope, Shortfall};
 use super::config::WhenExhausted;
 use crate::clock;
@@ -75,11 +77,19 @@ pub(crate) async fn acquire(
         return Err(over_budget(short, bytes));
     }
     let started = clock::now();
-    let mut granted = budget.wait_for(&owner, bytes);
+    let mut pending = Pending {
+        granted: Some(budget.wait_for(&owner, bytes)),
+        budget: budget.clone(),
+        owner: owner.clone(),
+        bytes,
+    };
     if rules.when_exhausted == WhenExhausted::Evict {
         make_room(short.scope);
     }
-    match tokio::time::timeout(rules.timeout, &mut granted).await {
+    let granted = pending.granted.as_mut().expect("set above");
+    let waited = tokio::time::timeout(rules.timeout, granted).await;
+    let mut granted = pending.granted.take().expect("set above");
+    match waited {
         Ok(Ok(())) => Ok(charge(budget, owner)),
         Ok(Err(_)) | Err(_) => {
             // A grant may have arrived just as the wait ran out: it counts.
@@ -94,5 +104,67 @@ pub(crate) async fn acquire(
                 waited_ms: clock::now().saturating_duration_since(started).as_millis() as u64,
             })
         }
+    }
+}
+
+/// A wait for room that may be dropped at any point (its session stopped):
+/// a grant that arrived meanwhile is handed back, and the waiter is
+/// forgotten, so nothing stays charged or counted as demand.
+struct Pending {
+    granted: Option<oneshot::Receiver<()>>,
+    budget: Arc<Budget>,
+    owner: Owner,
+    bytes: u64,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(mut granted) = self.granted.take() else {
+            return;
+        };
+        granted.close();
+        if granted.try_recv().is_ok() {
+            self.budget.refund(&self.owner, self.bytes);
+        } else {
+            self.budget.forget_abandoned();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use super::*;
+    use crate::budget::BudgetConfig;
+
+    struct NoWake;
+
+    impl Wake for NoWake {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[tokio::test]
+    async fn a_wait_dropped_after_its_grant_hands_the_bytes_back() {
+        let budget = Arc::new(Budget::new(&BudgetConfig {
+            device_bytes: Some(100),
+            ..BudgetConfig::default()
+        }));
+        let owner = Owner::new("a");
+        budget.try_charge(&owner, 100).unwrap();
+        let rules = WaitRules {
+            when_exhausted: WhenExhausted::Wait,
+            timeout: Duration::from_secs(5),
+        };
+        let mut wait = Box::pin(acquire(budget.clone(), owner.clone(), 50, rules, |_| {}));
+        let waker = Waker::from(Arc::new(NoWake));
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(wait.as_mut().poll(&mut cx), Poll::Pending));
+        budget.refund(&owner, 100); // the waiter is served: 50 charged, grant sent
+        assert_eq!(budget.snapshot().device_used, 50);
+        drop(wait); // its session stopped before it could take the grant
+        let books = budget.snapshot();
+        assert_eq!((books.device_used, books.waiting_bytes), (0, 0));
     }
 }

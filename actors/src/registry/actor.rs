@@ -447,6 +447,9 @@ impl Handler<SessionFinished> for RegistryActor {
             );
             return;
         };
+        if event.reason == EndReason::Evicted {
+            self.pressure.counters.evicted += 1;
+        }
         let reason = event.reason;
         let index = EndReason::ALL
             .iter()

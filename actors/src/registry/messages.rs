@@ -139,4 +139,6 @@ pub(crate) enum MemoryMoved {
     Offloaded { id: SessionId, bytes: u64 },
     /// Brought back to the GPU.
     Restored { id: SessionId, bytes: u64 },
+    /// Picked for eviction as idle, but work came in since: it stays.
+    Kept { id: SessionId },
 }

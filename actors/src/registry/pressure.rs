@@ -32,7 +32,7 @@ pub(super) struct PressureState {
     caller: Caller,
     /// A request that could not be met yet, looked at again when sessions
     /// may have become idle enough (one re-check armed at a time).
-    unmet: Option<MakeRoom>,
+    unmet: Vec<MakeRoom>,
     recheck_armed: bool,
     pub(super) counters: PressureCounters,
 }
@@ -48,8 +48,9 @@ pub struct PressureCounters {
     pub offloaded: u64,
     /// Offloaded sessions brought back by their next message.
     pub restored: u64,
-    /// Offloads a session refused (a lease came in, an allocation was in flight).
-    pub offload_refused: u64,
+    /// Evictions and offloads a session refused: work came in after it was
+    /// picked (a lease, a message, an allocation).
+    pub refused: u64,
     /// Sessions offloaded now.
     pub offloaded_now: u64,
     /// Host bytes they hold.
@@ -70,7 +71,7 @@ impl PressureState {
             offload_host_bytes: config.offload_host_bytes,
             leaving: IdMap::default(),
             caller: Caller::Operator("sessionbus-pressure".into()),
-            unmet: None,
+            unmet: Vec::new(),
             recheck_armed: false,
             counters: PressureCounters::default(),
         }
@@ -132,6 +133,7 @@ impl RegistryActor {
                     && (owner.is_none() || Some(&live.owner) == owner)
                     && live.shared.state() == State::Established
                     && live.shared.leases() == 0
+                    && !live.shared.is_waiting()
                     && live.shared.gpu_bytes() > 0
                     && live.shared.last_active_us() <= idle_since
             })
@@ -139,7 +141,7 @@ impl RegistryActor {
             .collect();
         candidates.sort_unstable();
         let mut host_bytes = self.settings.pool.stats().offloaded_bytes;
-        for (_, id, bytes) in candidates {
+        for (seen_active_us, id, bytes) in candidates {
             let Some(addr) = self.sessions.get(&id).and_then(|l| l.addr.upgrade()) else {
                 continue;
             };
@@ -150,7 +152,7 @@ impl RegistryActor {
                 host_bytes += bytes;
                 self.offload_or_evict(id, addr);
             } else {
-                self.evict(addr);
+                self.evict(addr, seen_active_us);
             }
             need = need.saturating_sub(bytes);
             if need == 0 {
@@ -173,31 +175,37 @@ impl RegistryActor {
     /// wait, looks again as sessions grow idle enough to be evicted.
     fn make_room_or_recheck(&mut self, msg: MakeRoom, ctx: &mut Context<Self>) {
         let short = self.make_room(&msg);
+        // One unmet request per budget (the device's, or one owner's).
+        let same = |other: &MakeRoom| {
+            other.scope == msg.scope
+                && (msg.scope == BudgetScope::Device || other.owner == msg.owner)
+        };
+        self.pressure.unmet.retain(|other| !same(other));
         if short == 0 || self.pressure.budget.waiting_bytes() == 0 {
-            self.pressure.unmet = None;
             return;
         }
-        self.pressure.unmet = Some(msg);
+        self.pressure.unmet.push(msg);
         if std::mem::replace(&mut self.pressure.recheck_armed, true) {
             return;
         }
         let every = std::time::Duration::from_micros((self.pressure.evict_idle_us / 4).max(1_000));
         ctx.run_later(every, |registry, ctx| {
             registry.pressure.recheck_armed = false;
-            if let Some(unmet) = registry.pressure.unmet.take() {
+            for unmet in std::mem::take(&mut registry.pressure.unmet) {
                 registry.make_room_or_recheck(unmet, ctx);
             }
         });
     }
 
-    fn evict(&mut self, addr: Addr<crate::session::SessionActor>) {
-        self.pressure.counters.evicted += 1;
+    /// Ends the session as `evicted` if it is still as idle as it was seen
+    /// (`seen_active_us`); the session checks, and answers `Kept` if not.
+    fn evict(&mut self, addr: Addr<crate::session::SessionActor>, seen_active_us: u64) {
         let end = End {
             caller: self.pressure.caller.clone(),
             reason: EndReason::Evicted,
             waiter: None,
             deadline: None,
-            seen_active_us: 0,
+            seen_active_us,
             trace_id: None,
         };
         deliver_end(addr, end);
@@ -238,7 +246,7 @@ impl Handler<OffloadAnswered> for RegistryActor {
         match msg.answer {
             Ok(()) => {}
             Err(SessionError::OffloadRefused { why, .. }) => {
-                self.pressure.counters.offload_refused += 1;
+                self.pressure.counters.refused += 1;
                 self.pressure.leaving.remove(&msg.id);
                 tracing::debug!(
                     target: "sessionbus::supervisor",
@@ -257,8 +265,11 @@ impl Handler<OffloadAnswered> for RegistryActor {
                     error = %other,
                     "offload failed; evicting the session instead"
                 );
-                if let Some(addr) = self.sessions.get(&msg.id).and_then(|l| l.addr.upgrade()) {
-                    self.evict(addr);
+                if let Some(live) = self.sessions.get(&msg.id) {
+                    if let Some(addr) = live.addr.upgrade() {
+                        let seen = live.shared.last_active_us();
+                        self.evict(addr, seen);
+                    }
                 }
             }
         }
@@ -290,6 +301,16 @@ impl Handler<MemoryMoved> for RegistryActor {
                     session_id = %id,
                     bytes,
                     "an idle session's buffers moved to host memory"
+                );
+            }
+            MemoryMoved::Kept { id } => {
+                counters.refused += 1;
+                self.pressure.leaving.remove(&id);
+                tracing::debug!(
+                    target: "sessionbus::supervisor",
+                    event = "session.eviction_refused",
+                    session_id = %id,
+                    "a session picked for eviction was active again; left alone"
                 );
             }
             MemoryMoved::Restored { id, bytes } => {

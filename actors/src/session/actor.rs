@@ -31,7 +31,7 @@ use crate::ids::{Caller, TraceId};
 use crate::lease::{Holder, LeaseError, LeaseId, LeaseTable};
 use crate::lifecycle::{EndReason, Event, Lifecycle};
 use crate::mailbox::send_now_or_later;
-use crate::registry::{ContextWasReset, LeaseRevoked, Rearm};
+use crate::registry::{ContextWasReset, LeaseRevoked, MemoryMoved, Rearm};
 
 mod memory;
 
@@ -241,6 +241,14 @@ impl SessionActor {
         self.record.shared.last_active_us() == seen_active_us
     }
 
+    /// Whether the session is still as idle as when the registry picked it
+    /// for eviction: no lease, no allocation waiting, no activity since.
+    fn eviction_holds(&self, seen_active_us: u64) -> bool {
+        self.leases.is_empty()
+            && !self.record.ledger.is_waiting()
+            && self.record.shared.last_active_us() == seen_active_us
+    }
+
     fn end(&mut self, msg: End, ctx: &mut Context<Self>) -> Result<(), SessionError> {
         self.authorize(&msg.caller)?;
         if let Some(ending) = self.ending.as_mut() {
@@ -254,6 +262,15 @@ impl SessionActor {
                 self.rearm();
                 return Ok(());
             }
+        }
+        if msg.reason == EndReason::Evicted && !self.eviction_holds(msg.seen_active_us) {
+            // Picked as idle, but work came in since: it stays, and the
+            // registry looks elsewhere for room.
+            send_now_or_later(
+                &self.record.settings.registry,
+                MemoryMoved::Kept { id: self.record.id },
+            );
+            return Ok(());
         }
         // Who asked, for the end event (and so the audit trail); kept only if this request ends it.
         self.record.end_request = Some(Box::new((msg.caller, msg.trace_id)));

@@ -48,6 +48,11 @@ impl Ledger {
         self.waiting -= bytes;
     }
 
+    /// An allocation waits for room in a budget.
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.waiting > 0
+    }
+
     pub(crate) fn is_offloaded(&self) -> bool {
         self.offloaded
     }

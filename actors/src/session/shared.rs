@@ -1,7 +1,7 @@
 //! The little a session shares with its handles: its state and end reason,
 //! so a handle can name them after the actor is gone.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use crate::lifecycle::{EndReason, State};
 
@@ -23,6 +23,8 @@ pub(crate) struct SessionShared {
     gpu_bytes: AtomicU64,
     /// Leases held: a session with work in flight is never evicted.
     leases: AtomicU32,
+    /// An allocation waits for room: a session asking for memory is not evicted.
+    waiting: AtomicBool,
 }
 
 const STATES: [State; 4] = [
@@ -41,6 +43,7 @@ impl SessionShared {
             closing_since_us: AtomicU64::new(u64::MAX),
             gpu_bytes: AtomicU64::new(0),
             leases: AtomicU32::new(0),
+            waiting: AtomicBool::new(false),
         }
     }
 
@@ -100,6 +103,14 @@ impl SessionShared {
 
     pub(crate) fn set_leases(&self, leases: u32) {
         self.leases.store(leases, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_waiting(&self, waiting: bool) {
+        self.waiting.store(waiting, Ordering::Relaxed);
     }
 
     pub(crate) fn set_closed(&self) {

@@ -91,10 +91,12 @@ impl SessionActor {
         }
     }
 
-    /// Keeps the registry's view of this session's GPU bytes current.
+    /// Keeps the registry's view of this session's GPU bytes (and of whether
+    /// it waits for room) current.
     pub(super) fn publish_gpu_bytes(&self) {
         let shared = &self.record.shared;
         shared.set_gpu_bytes(self.record.ledger.charged());
+        shared.set_waiting(self.record.ledger.is_waiting());
     }
 
     /// If the buffers are offloaded, brings them back before any other
@@ -132,6 +134,7 @@ impl SessionActor {
                     charge.commit();
                     session.record.ledger.set_offloaded(false);
                     session.restore_error = None;
+                    session.mark_active();
                     session.publish_gpu_bytes();
                     send_now_or_later(
                         &session.record.settings.registry,
@@ -191,7 +194,10 @@ impl SessionActor {
         if let Err(refused) = self.guarded(|session| session.admit_allocation(&msg, charge)) {
             return ready(Err(refused));
         }
+        // Asking for memory is activity: a session waiting for room is not idle.
+        self.mark_active();
         self.record.ledger.wait(charge);
+        self.publish_gpu_bytes();
         let charged = acquire(
             settings.budget.clone(),
             self.record.owner.clone(),
@@ -205,6 +211,7 @@ impl SessionActor {
                 .into_actor(self)
                 .then(move |charged, session, _ctx| {
                     session.record.ledger.stop_waiting(charge);
+                    session.publish_gpu_bytes();
                     let charged = match charged {
                         Ok(charged) => charged,
                         Err(source) => return ready(Err(session.allocation_error(source))),
@@ -303,8 +310,8 @@ impl SessionActor {
             Some("the session is ending")
         } else if !self.leases.is_empty() {
             Some("a lease is held: work is in flight on its buffers")
-        } else if self.record.ledger.in_flight() > 0 {
-            Some("an allocation is in flight")
+        } else if self.record.ledger.in_flight() > 0 || self.record.ledger.is_waiting() {
+            Some("an allocation is in flight or waiting for room")
         } else if self.record.ledger.is_offloaded() || self.restoring {
             Some("already offloaded")
         } else if self.record.ledger.live().is_empty() {
