@@ -55,7 +55,7 @@ pub use events::{
 pub use expiry::{Deadline, DeadlineKind, ExpiryConfig, ExpiryPolicy};
 pub use gpu::{
     AllocRequest, Allocated, GpuError, GpuPool, InMemoryPool, OffloadReport, PoolInfo, PoolStats,
-    ReleaseReport, RestoreReport,
+    ReleaseReport, RestoreReport, check_write,
 };
 pub use ids::{AllocationId, Caller, Owner, ParseIdError, SessionId, TraceId};
 pub use lease::{LeaseError, LeaseId, LeasesConfig};

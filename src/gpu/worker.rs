@@ -464,22 +464,7 @@ impl Worker {
     ) -> Result<(), GpuError> {
         let buffer = self.live_buffer(session, id)?;
         let len = data.len() as u64;
-        let alignment = wgpu::COPY_BUFFER_ALIGNMENT;
-        if offset % alignment != 0 || len % alignment != 0 {
-            return Err(GpuError::Misaligned {
-                offset,
-                len,
-                alignment,
-            });
-        }
-        if offset.checked_add(len).is_none_or(|end| end > buffer.bytes) {
-            return Err(GpuError::OutOfRange {
-                id,
-                offset,
-                len,
-                size: buffer.bytes,
-            });
-        }
+        sessionbus_actors::check_write(id, offset, len, buffer.bytes, wgpu::COPY_BUFFER_ALIGNMENT)?;
         if data.is_empty() {
             return Ok(());
         }

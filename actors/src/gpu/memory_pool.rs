@@ -173,23 +173,13 @@ impl InMemoryPool {
 
     /// Why `len` bytes at `offset` cannot be written to `buffer`, if they cannot.
     fn check_write(&self, buffer: &Buffer, offset: u64, len: u64) -> Result<(), GpuError> {
-        let alignment = self.info.size_alignment.max(1);
-        if offset % alignment != 0 || len % alignment != 0 {
-            return Err(GpuError::Misaligned {
-                offset,
-                len,
-                alignment,
-            });
-        }
-        if offset.checked_add(len).is_none_or(|end| end > buffer.bytes) {
-            return Err(GpuError::OutOfRange {
-                id: buffer.id,
-                offset,
-                len,
-                size: buffer.bytes,
-            });
-        }
-        Ok(())
+        super::check_write(
+            buffer.id,
+            offset,
+            len,
+            buffer.bytes,
+            self.info.size_alignment,
+        )
     }
 }
 

@@ -58,6 +58,35 @@ pub struct PoolInfo {
     pub min_buffer_bytes: u64,
 }
 
+/// The contract's rules for a write of `len` bytes at `offset` into buffer
+/// `id` of `size` bytes, for pool implementations: both ends on `alignment`
+/// boundaries (`Misaligned`), and inside the buffer (`OutOfRange`).
+pub fn check_write(
+    id: AllocationId,
+    offset: u64,
+    len: u64,
+    size: u64,
+    alignment: u64,
+) -> Result<(), GpuError> {
+    let alignment = alignment.max(1);
+    if offset % alignment != 0 || len % alignment != 0 {
+        return Err(GpuError::Misaligned {
+            offset,
+            len,
+            alignment,
+        });
+    }
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(GpuError::OutOfRange {
+            id,
+            offset,
+            len,
+            size,
+        });
+    }
+    Ok(())
+}
+
 impl PoolInfo {
     /// `bytes` rounded up to the pool's size alignment: what a buffer of that
     /// request will really hold.
