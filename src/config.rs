@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sessionbus_actors::{
     BudgetConfig, BusConfig, ContextConfig, EngineConfig, ExpiryConfig, LeasesConfig,
-    ReleaseConfig, SessionsConfig,
+    ReleaseConfig, SessionsConfig, ShutdownConfig,
 };
 
 use crate::gpu::{GpuConfig, GpuConfigError};
@@ -81,6 +81,9 @@ use crate::gpu::{GpuConfig, GpuConfigError};
 /// backend = "auto"              # auto | vulkan | gl | metal | dx12 (auto honours WGPU_BACKEND)
 /// # adapter = "llvmpipe"        # prefer adapters whose name contains this (or WGPU_ADAPTER_NAME)
 /// batch_max = 256               # GPU commands per batch, one device poll per batch
+///
+/// [shutdown]
+/// deadline_secs = 30            # shutdown() forces leases at 3/4 of it, reports what is left at it
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -101,6 +104,8 @@ pub struct Config {
     pub bus: BusConfig,
     /// The GPU device and its worker thread.
     pub gpu: GpuConfig,
+    /// Graceful shutdown: the default deadline.
+    pub shutdown: ShutdownConfig,
 }
 
 /// A configuration that cannot be used.
@@ -172,6 +177,7 @@ impl Config {
             release: self.release.clone(),
             budget: self.budget.clone(),
             bus: self.bus.clone(),
+            shutdown: self.shutdown.clone(),
         }
     }
 }

@@ -5,6 +5,7 @@
 mod config;
 mod gpu;
 mod runtime;
+pub mod signals;
 
 pub use config::{Config, ConfigError};
 pub use gpu::{BackendChoice, GpuConfig, GpuConfigError, GpuCounters, GpuInitError, WgpuPool};

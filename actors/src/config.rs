@@ -9,6 +9,7 @@ use crate::cleanup::ReleaseConfig;
 use crate::context::ContextConfig;
 use crate::expiry::ExpiryConfig;
 use crate::lease::LeasesConfig;
+use crate::shutdown::ShutdownConfig;
 
 /// A configuration value that cannot work, named by its path (`release.tiers[0].burst`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,6 +133,8 @@ pub struct EngineConfig {
     pub budget: BudgetConfig,
     /// The event bus.
     pub bus: BusConfig,
+    /// Graceful shutdown: the default deadline.
+    pub shutdown: ShutdownConfig,
 }
 
 impl EngineConfig {
@@ -143,6 +146,7 @@ impl EngineConfig {
         self.context.validate()?;
         self.release.validate()?;
         self.budget.validate(self.sessions.max_session_bytes)?;
-        self.bus.validate()
+        self.bus.validate()?;
+        self.shutdown.validate()
     }
 }

@@ -93,6 +93,7 @@ impl Engine {
         let budget = Arc::new(Budget::new(&config.budget));
         let queue = Arc::new(ReleaseQueue::default());
         let capacity = config.bus.subscriber_capacity;
+        let shutdown_deadline = config.shutdown.deadline();
         let registry = RegistryActor::create({
             let pool = pool.clone();
             move |ctx| {
@@ -120,6 +121,7 @@ impl Engine {
             registry,
             pool,
             bus_capacity: capacity,
+            shutdown_deadline,
         })
     }
 }
@@ -130,6 +132,7 @@ pub struct EngineHandle {
     registry: Addr<RegistryActor>,
     pool: Arc<dyn GpuPool>,
     bus_capacity: usize,
+    shutdown_deadline: std::time::Duration,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -288,8 +291,16 @@ impl EngineHandle {
     }
 
     /// Stops admitting sessions, ends every live session with reason
-    /// `shutdown`, and resolves once all their memory is released.
+    /// `shutdown`, and resolves once all their memory is released, or at
+    /// `deadline` with what is left counted in the report. Leases still held
+    /// at three quarters of the deadline are forced. Releases go out unpaced.
+    pub async fn shutdown_within(&self, deadline: std::time::Duration) -> Option<ShutdownReport> {
+        self.registry.send(Shutdown { deadline }).await.ok()
+    }
+
+    /// [`shutdown_within`](Self::shutdown_within) the configured
+    /// `[shutdown] deadline_secs`.
     pub async fn shutdown(&self) -> Option<ShutdownReport> {
-        self.registry.send(Shutdown).await.ok()
+        self.shutdown_within(self.shutdown_deadline).await
     }
 }

@@ -37,6 +37,7 @@ mod lifecycle;
 mod mailbox;
 mod registry;
 mod session;
+mod shutdown;
 
 pub use budget::{BudgetConfig, BudgetScope, BudgetStats, WhenExhausted};
 pub use bus::{Delivery, SubscriptionId};
@@ -60,6 +61,7 @@ pub use ids::{AllocationId, Caller, Owner, ParseIdError, SessionId, TraceId};
 pub use lease::{LeaseError, LeaseId, LeasesConfig};
 pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
 pub use registry::{OpenError, PressureCounters, RegistryStats, ShutdownReport};
+pub use shutdown::ShutdownConfig;
 pub use session::{
     AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo, Turn, TurnAck,
 };

@@ -49,6 +49,9 @@ pub struct StopReport {
     pub bus_undelivered: usize,
     /// wgpu's own counters after everything was released and the device polled.
     pub gpu_after: GpuCounters,
+    /// wgpu's counters when the device had just opened, before any session:
+    /// `gpu_after == gpu_baseline` means every buffer was released.
+    pub gpu_baseline: GpuCounters,
 }
 
 /// A running sessionbus: the engine's actors plus the wgpu pool.
@@ -58,6 +61,7 @@ pub struct Runtime {
     system: actix::System,
     engine_exit: Option<oneshot::Receiver<GpuCounters>>,
     flush_timeout: std::time::Duration,
+    shutdown_deadline: std::time::Duration,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -79,6 +83,7 @@ impl Runtime {
     pub async fn start(config: Config) -> Result<Runtime, StartError> {
         config.validate()?;
         let flush_timeout = std::time::Duration::from_millis(config.bus.flush_timeout_ms);
+        let shutdown_deadline = config.shutdown.deadline();
         let (started_tx, started_rx) = oneshot::channel::<engine_thread::Started>();
         let (exit_tx, exit_rx) = oneshot::channel();
         thread::Builder::new()
@@ -101,6 +106,7 @@ impl Runtime {
             system,
             engine_exit: Some(exit_rx),
             flush_timeout,
+            shutdown_deadline,
         })
     }
 
@@ -121,12 +127,23 @@ impl Runtime {
         self.gpu.counters()
     }
 
+    /// [`shutdown_within`](Self::shutdown_within) the configured `[shutdown]
+    /// deadline_secs` (default 30 s).
+    pub async fn shutdown(self) -> StopReport {
+        let deadline = self.shutdown_deadline;
+        self.shutdown_within(deadline).await
+    }
+
     /// Stops admitting sessions, ends every session with reason `shutdown`,
-    /// waits until all their GPU memory is released, stops the engine thread
-    /// and the GPU worker, and reports. wgpu's counters in the report are read
-    /// after the last device poll.
-    pub async fn shutdown(mut self) -> StopReport {
-        let sessions = self.engine.shutdown().await.unwrap_or_default();
+    /// releases their GPU memory unpaced, stops the engine thread and the GPU
+    /// worker, and reports. Leases still held at three quarters of `deadline`
+    /// are forced; at `deadline` the engine reports what is still unreleased
+    /// (`sessions.releases_unfinished`, `sessions.completed == false`) and the
+    /// GPU thread destroys it as it stops. Reliable subscribers then get up
+    /// to `bus.flush_timeout_ms` to take their backlog. wgpu's counters in the
+    /// report are read after the last device poll.
+    pub async fn shutdown_within(mut self, deadline: std::time::Duration) -> StopReport {
+        let sessions = self.engine.shutdown_within(deadline).await.unwrap_or_default();
         let bus_undelivered = self.engine.flush_bus(self.flush_timeout).await;
         self.system.stop();
         let gpu_after = match self.engine_exit.take() {
@@ -139,6 +156,7 @@ impl Runtime {
             sessions,
             bus_undelivered,
             gpu_after,
+            gpu_baseline: self.gpu.initial_counters(),
         }
     }
 }

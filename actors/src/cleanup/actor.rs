@@ -92,12 +92,17 @@ async fn dispatch(release: Release) {
             live_sessions: release.queue.live_sessions(),
             waiting_bytes: release.budget.waiting_bytes(),
         };
-        let tier = release.pacer.select(load);
+        // At shutdown the deadline matters more than smoothing the storm.
+        let unpaced = release.queue.unpaced();
+        let tier = match unpaced {
+            true => release.pacer.top(),
+            false => release.pacer.select(load),
+        };
         let max_in_flight = u64::from(release.pacer.tier(tier).max_in_flight);
         release.queue.room_in_flight(max_in_flight).await;
         // Allocations waiting for memory: pacing must not hold release below
         // that demand, so it is skipped.
-        let paced = release.budget.waiting_bytes() == 0;
+        let paced = release.budget.waiting_bytes() == 0 && !unpaced;
         if paced {
             release.pacer.admit(tier, cost).await;
         }

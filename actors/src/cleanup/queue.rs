@@ -8,7 +8,7 @@
 //! latter.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -46,6 +46,9 @@ pub(crate) struct ReleaseQueue {
     answered: Notify,
     /// Live sessions, kept by the registry.
     live_sessions: AtomicU64,
+    /// Raised at shutdown: release at the top tier, without pacing, so the
+    /// memory is back before the deadline.
+    unpaced: AtomicBool,
 }
 
 /// Whether an end goes before others.
@@ -131,6 +134,17 @@ impl ReleaseQueue {
 
     pub(crate) fn set_live_sessions(&self, live: u64) {
         self.live_sessions.store(live, Ordering::Relaxed);
+    }
+
+    /// From now on, release as fast as the pool answers (shutdown).
+    pub(crate) fn lift_pacing(&self) {
+        self.unpaced.store(true, Ordering::Relaxed);
+        // The dispatcher may be asleep in the pacer or waiting for arrivals.
+        self.arrived.notify_one();
+    }
+
+    pub(crate) fn unpaced(&self) -> bool {
+        self.unpaced.load(Ordering::Relaxed)
     }
 
     pub(crate) fn live_sessions(&self) -> u64 {

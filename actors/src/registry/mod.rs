@@ -6,6 +6,7 @@ mod error;
 mod expiry;
 mod messages;
 mod pressure;
+mod shutdown;
 mod stats;
 mod sweeper;
 mod tombstones;
