@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sessionbus_actors::{
     BudgetConfig, BusConfig, ContextConfig, EngineConfig, ExpiryConfig, LeasesConfig,
-    ReleaseConfig, SessionsConfig, ShutdownConfig,
+    HooksConfig, ReleaseConfig, SessionsConfig, ShutdownConfig,
 };
 
 use crate::gpu::{GpuConfig, GpuConfigError};
@@ -84,6 +84,9 @@ use crate::gpu::{GpuConfig, GpuConfigError};
 ///
 /// [shutdown]
 /// deadline_secs = 30            # shutdown() forces leases at 3/4 of it, reports what is left at it
+///
+/// [hooks]
+/// timeout_ms = 5000             # each pre-destroy hook; past it the release goes ahead
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -106,6 +109,8 @@ pub struct Config {
     pub gpu: GpuConfig,
     /// Graceful shutdown: the default deadline.
     pub shutdown: ShutdownConfig,
+    /// Pre-destroy hooks.
+    pub hooks: HooksConfig,
 }
 
 /// A configuration that cannot be used.
@@ -178,6 +183,7 @@ impl Config {
             budget: self.budget.clone(),
             bus: self.bus.clone(),
             shutdown: self.shutdown.clone(),
+            hooks: self.hooks.clone(),
         }
     }
 }

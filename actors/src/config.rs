@@ -8,6 +8,7 @@ use crate::budget::BudgetConfig;
 use crate::cleanup::ReleaseConfig;
 use crate::context::ContextConfig;
 use crate::expiry::ExpiryConfig;
+use crate::hooks::HooksConfig;
 use crate::lease::LeasesConfig;
 use crate::shutdown::ShutdownConfig;
 
@@ -135,6 +136,8 @@ pub struct EngineConfig {
     pub bus: BusConfig,
     /// Graceful shutdown: the default deadline.
     pub shutdown: ShutdownConfig,
+    /// Pre-destroy hooks: how long each may run.
+    pub hooks: HooksConfig,
 }
 
 impl EngineConfig {
@@ -147,6 +150,7 @@ impl EngineConfig {
         self.release.validate()?;
         self.budget.validate(self.sessions.max_session_bytes)?;
         self.bus.validate()?;
-        self.shutdown.validate()
+        self.shutdown.validate()?;
+        self.hooks.validate()
     }
 }

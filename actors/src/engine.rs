@@ -13,6 +13,7 @@ use crate::context::ContextPolicyFactory;
 use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt};
 use crate::expiry::ExpiryPolicy;
 use crate::gpu::{GpuPool, PoolInfo, PoolStats};
+use crate::hooks::{BeforeRelease, Hooks};
 use crate::ids::{Caller, Owner, SessionId, TraceId};
 use crate::registry::*;
 use crate::session::{SessionError, SessionHandle};
@@ -94,8 +95,10 @@ impl Engine {
         let queue = Arc::new(ReleaseQueue::default());
         let capacity = config.bus.subscriber_capacity;
         let shutdown_deadline = config.shutdown.deadline();
+        let hooks = Arc::new(Hooks::new(config.hooks.timeout()));
         let registry = RegistryActor::create({
             let pool = pool.clone();
+            let hooks = hooks.clone();
             move |ctx| {
                 let mut registry = RegistryActor::new(
                     &config,
@@ -105,11 +108,13 @@ impl Engine {
                     queue.clone(),
                 )
                 .expect("the configuration was validated above");
+                registry.hooks = hooks.clone();
                 let release = Release {
                     pool,
                     pacer,
                     queue,
                     budget,
+                    hooks,
                     registry: ctx.address().recipient(),
                 };
                 let cleanup = CleanupActor::new(release, capacity).start();
@@ -122,6 +127,7 @@ impl Engine {
             pool,
             bus_capacity: capacity,
             shutdown_deadline,
+            hooks,
         })
     }
 }
@@ -133,6 +139,7 @@ pub struct EngineHandle {
     pool: Arc<dyn GpuPool>,
     bus_capacity: usize,
     shutdown_deadline: std::time::Duration,
+    hooks: Arc<Hooks>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -295,7 +302,41 @@ impl EngineHandle {
     /// `deadline` with what is left counted in the report. Leases still held
     /// at three quarters of the deadline are forced. Releases go out unpaced.
     pub async fn shutdown_within(&self, deadline: std::time::Duration) -> Option<ShutdownReport> {
-        self.registry.send(Shutdown { deadline }).await.ok()
+        let started = tokio::time::Instant::now();
+        let report = self.registry.send(Shutdown { deadline }).await.ok();
+        // Hooks of sessions that held no GPU memory do not hold a release
+        // back, so the registry does not wait for them; this does, within the deadline.
+        while self.hooks.stats().running > 0 && started.elapsed() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        report.map(|mut report| {
+            report.stats.hooks = self.hooks.stats();
+            report
+        })
+    }
+
+    /// Registers a pre-destroy hook, named `name` in logs: it runs after
+    /// every session end and before that session's GPU memory is released,
+    /// for at most `[hooks] timeout_ms`. Failures, panics and timeouts are
+    /// logged, counted in `stats().hooks`, and never stop the release.
+    ///
+    /// ```no_run
+    /// # fn demo(engine: &sessionbus_actors::EngineHandle) {
+    /// use std::sync::Arc;
+    /// use futures::FutureExt;
+    ///
+    /// engine.on_before_release("persist", Arc::new(|ended| {
+    ///     async move {
+    ///         // e.g. write the conversation of `ended.id` to the database
+    ///         let _ = ended.id;
+    ///         Ok(())
+    ///     }
+    ///     .boxed()
+    /// }));
+    /// # }
+    /// ```
+    pub fn on_before_release(&self, name: impl Into<String>, hook: BeforeRelease) {
+        self.hooks.add(name.into(), hook);
     }
 
     /// [`shutdown_within`](Self::shutdown_within) the configured

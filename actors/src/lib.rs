@@ -31,6 +31,7 @@ mod engine;
 mod events;
 mod expiry;
 mod gpu;
+mod hooks;
 mod ids;
 mod lease;
 mod lifecycle;
@@ -61,6 +62,7 @@ pub use ids::{AllocationId, Caller, Owner, ParseIdError, SessionId, TraceId};
 pub use lease::{LeaseError, LeaseId, LeasesConfig};
 pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
 pub use registry::{OpenError, PressureCounters, RegistryStats, ShutdownReport};
+pub use hooks::{BeforeRelease, HookStats, HooksConfig};
 pub use shutdown::ShutdownConfig;
 pub use session::{
     AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo, Turn, TurnAck,

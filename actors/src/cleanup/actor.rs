@@ -16,6 +16,7 @@ use crate::budget::Budget;
 use crate::clock;
 use crate::events::{LifecycleEvent, ReleaseReceipt, SessionEndEvent};
 use crate::gpu::GpuPool;
+use crate::hooks::Hooks;
 use crate::registry::ReleaseCompleted;
 
 /// What the cleanup actor and its dispatcher share.
@@ -25,6 +26,7 @@ pub(crate) struct Release {
     pub(crate) pacer: Arc<Pacer>,
     pub(crate) queue: Arc<ReleaseQueue>,
     pub(crate) budget: Arc<Budget>,
+    pub(crate) hooks: Arc<Hooks>,
     pub(crate) registry: Recipient<ReleaseCompleted>,
 }
 
@@ -59,20 +61,35 @@ impl Handler<LifecycleEvent> for CleanupActor {
         let LifecycleEvent::Ended(ended) = event else {
             return;
         };
-        if ReleaseReceipt::nothing_to_release(&ended) {
-            return; // the registry closed its books when it published the end
+        if self.release.hooks.is_empty() {
+            enqueue(&self.release, ended, std::time::Duration::ZERO);
+            return;
         }
-        let cost = self
-            .release
-            .pacer
-            .unit()
-            .cost(ended.allocations.len().max(1) as u64, ended.gpu_bytes());
-        self.release.queue.push(Queued {
-            ended,
-            cost,
-            queued_at: clock::now(),
+        // Hooks first, each bounded by its timeout; then the release.
+        let release = self.release.clone();
+        actix::spawn(async move {
+            let started = clock::now();
+            release.hooks.run(&ended).await;
+            enqueue(&release, ended, clock::now().saturating_duration_since(started));
         });
     }
+}
+
+/// Queues the release of `ended`, unless it held nothing on the GPU.
+fn enqueue(release: &Release, ended: Arc<SessionEndEvent>, hooks_took: std::time::Duration) {
+    if ReleaseReceipt::nothing_to_release(&ended) {
+        return; // the registry closed its books when it published the end
+    }
+    let cost = release
+        .pacer
+        .unit()
+        .cost(ended.allocations.len().max(1) as u64, ended.gpu_bytes());
+    release.queue.push(Queued {
+        ended,
+        cost,
+        queued_at: clock::now(),
+        hooks_took,
+    });
 }
 
 /// Hands queued releases to the pool, by priority, as the load tier allows.

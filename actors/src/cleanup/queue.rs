@@ -24,6 +24,8 @@ pub(crate) struct Queued {
     pub(crate) cost: u64,
     /// When it entered the queue.
     pub(crate) queued_at: std::time::Instant,
+    /// How long its pre-destroy hooks ran before it was queued.
+    pub(crate) hooks_took: std::time::Duration,
 }
 
 #[derive(Debug, Default)]

@@ -80,6 +80,8 @@ pub(crate) struct RegistryActor {
     pub(super) expiry: ExpiryState,
     pub(super) sweeper: SweeperState,
     pub(super) pressure: PressureState,
+    /// Pre-destroy hooks, for their counts in `stats()`.
+    pub(crate) hooks: Arc<crate::hooks::Hooks>,
 }
 
 impl RegistryActor {
@@ -127,6 +129,7 @@ impl RegistryActor {
                 config.leases.drain_timeout(),
             ),
             pressure: PressureState::new(&config.budget, budget, queue),
+            hooks: Arc::new(crate::hooks::Hooks::new(config.hooks.timeout())),
         })
     }
 
@@ -163,6 +166,7 @@ impl RegistryActor {
             budget: self.pressure.budget.snapshot(),
             release_queue: self.pressure.queue.stats(),
             pressure: self.pressure.counters,
+            hooks: self.hooks.stats(),
         }
     }
 

@@ -3,6 +3,7 @@ use std::time::Duration;
 use super::pressure::PressureCounters;
 use crate::budget::BudgetStats;
 use crate::cleanup::ReleaseQueueStats;
+use crate::hooks::HookStats;
 use crate::lifecycle::EndReason;
 
 /// Counts the registry keeps.
@@ -49,6 +50,8 @@ pub struct RegistryStats {
     pub release_queue: ReleaseQueueStats,
     /// Evictions, offloads and restores under memory pressure.
     pub pressure: PressureCounters,
+    /// Pre-destroy hooks: succeeded, failed, timed out, panicked.
+    pub hooks: HookStats,
 }
 
 /// What `shutdown` did. Nothing is skipped silently: what the deadline cut
