@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sessionbus_actors::{
     BudgetConfig, BusConfig, ContextConfig, EngineConfig, ExpiryConfig, LeasesConfig,
-    HooksConfig, ReleaseConfig, SessionsConfig, ShutdownConfig,
+    HooksConfig, ReleaseConfig, SessionsConfig, ShutdownConfig, SupervisionConfig,
 };
 
 use crate::gpu::{GpuConfig, GpuConfigError};
@@ -87,6 +87,11 @@ use crate::gpu::{GpuConfig, GpuConfigError};
 ///
 /// [hooks]
 /// timeout_ms = 5000             # each pre-destroy hook; past it the release goes ahead
+///
+/// [supervision]
+/// max_restarts = 5              # restarts of a runtime task within within_secs, then escalate
+/// within_secs = 5
+/// step_timeout_ms = 30000       # a GPU release unanswered this long is stuck: force-completed
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -111,6 +116,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Pre-destroy hooks.
     pub hooks: HooksConfig,
+    /// Restart limits and destroy-path step deadlines.
+    pub supervision: SupervisionConfig,
 }
 
 /// A configuration that cannot be used.
@@ -184,6 +191,7 @@ impl Config {
             bus: self.bus.clone(),
             shutdown: self.shutdown.clone(),
             hooks: self.hooks.clone(),
+            supervision: self.supervision.clone(),
         }
     }
 }

@@ -129,6 +129,8 @@ fn sigterm_mid_storm_ends_every_session_and_releases_every_buffer() {
     assert_eq!(stats["released"], POPULATION, "every release completed");
     assert_eq!(stats["released_buffers"], 2 * POPULATION);
     assert_eq!(stats["live"], 0);
+    assert_eq!(stats["steps"]["destroy_and_poll"]["count"], POPULATION, "every release timed");
+    assert_eq!(stats["steps"]["stuck"], 0);
     assert_eq!(stats["releasing"], 0);
     assert_eq!(sessions["completed"], true);
     assert_eq!(sessions["releases_unfinished"], 0);

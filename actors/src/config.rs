@@ -11,6 +11,7 @@ use crate::expiry::ExpiryConfig;
 use crate::hooks::HooksConfig;
 use crate::lease::LeasesConfig;
 use crate::shutdown::ShutdownConfig;
+use crate::supervision::SupervisionConfig;
 
 /// A configuration value that cannot work, named by its path (`release.tiers[0].burst`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +139,8 @@ pub struct EngineConfig {
     pub shutdown: ShutdownConfig,
     /// Pre-destroy hooks: how long each may run.
     pub hooks: HooksConfig,
+    /// Restart limits and destroy-path step deadlines.
+    pub supervision: SupervisionConfig,
 }
 
 impl EngineConfig {
@@ -151,6 +154,7 @@ impl EngineConfig {
         self.budget.validate(self.sessions.max_session_bytes)?;
         self.bus.validate()?;
         self.shutdown.validate()?;
-        self.hooks.validate()
+        self.hooks.validate()?;
+        self.supervision.validate()
     }
 }

@@ -96,6 +96,7 @@ impl Engine {
         let capacity = config.bus.subscriber_capacity;
         let shutdown_deadline = config.shutdown.deadline();
         let hooks = Arc::new(Hooks::new(config.hooks.timeout()));
+        let step_timeout = config.supervision.step_timeout();
         let registry = RegistryActor::create({
             let pool = pool.clone();
             let hooks = hooks.clone();
@@ -115,6 +116,7 @@ impl Engine {
                     queue,
                     budget,
                     hooks,
+                    step_timeout,
                     registry: ctx.address().recipient(),
                 };
                 let cleanup = CleanupActor::new(release, capacity).start();

@@ -11,6 +11,7 @@ use crate::expiry::Deadline;
 use crate::gpu::Allocated;
 use crate::ids::{Owner, SessionId, TraceId};
 use crate::lifecycle::EndReason;
+use crate::supervision::ReleaseSteps;
 
 /// A session was opened and is established.
 #[derive(Clone, Debug)]
@@ -119,6 +120,9 @@ pub struct ReleaseReceipt {
     /// The deadline that ended the session, if one did: `released_at - deadline.at`
     /// is deadline → memory back.
     pub deadline: Option<Deadline>,
+    /// How long each step of the destroy path took, and which one was
+    /// stuck if the release had to be force-completed.
+    pub steps: ReleaseSteps,
 }
 
 /// How an ending session's leases (in-flight work) were drained.
@@ -153,6 +157,7 @@ impl ReleaseReceipt {
             paced_for: Duration::ZERO,
             error: None,
             deadline: ended.deadline,
+            steps: ReleaseSteps::default(),
         }
     }
 

@@ -39,6 +39,7 @@ mod mailbox;
 mod registry;
 mod session;
 mod shutdown;
+mod supervision;
 
 pub use budget::{BudgetConfig, BudgetScope, BudgetStats, WhenExhausted};
 pub use bus::{Delivery, SubscriptionId};
@@ -64,6 +65,7 @@ pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
 pub use registry::{OpenError, PressureCounters, RegistryStats, ShutdownReport};
 pub use hooks::{BeforeRelease, HookStats, HooksConfig};
 pub use shutdown::ShutdownConfig;
+pub use supervision::{ReleaseStep, ReleaseSteps, StepTiming, StepTimings, SupervisionConfig};
 pub use session::{
     AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo, Turn, TurnAck,
 };

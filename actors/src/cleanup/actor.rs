@@ -17,6 +17,7 @@ use crate::clock;
 use crate::events::{LifecycleEvent, ReleaseReceipt, SessionEndEvent};
 use crate::gpu::GpuPool;
 use crate::hooks::Hooks;
+use crate::supervision::{ReleaseStep, ReleaseSteps};
 use crate::registry::ReleaseCompleted;
 
 /// What the cleanup actor and its dispatcher share.
@@ -27,6 +28,8 @@ pub(crate) struct Release {
     pub(crate) queue: Arc<ReleaseQueue>,
     pub(crate) budget: Arc<Budget>,
     pub(crate) hooks: Arc<Hooks>,
+    /// How long a release handed to the pool may go unanswered.
+    pub(crate) step_timeout: std::time::Duration,
     pub(crate) registry: Recipient<ReleaseCompleted>,
 }
 
@@ -129,24 +132,32 @@ async fn dispatch(release: Release) {
         if paced && next.cost > cost {
             release.pacer.admit(tier, next.cost - cost).await;
         }
-        let paced_for = clock::now().saturating_duration_since(next.queued_at);
+        let handed_at = clock::now();
+        let steps = ReleaseSteps {
+            hooks: next.hooks_took,
+            queued: handed_at.saturating_duration_since(next.queued_at),
+            ..ReleaseSteps::default()
+        };
         let gpu_bytes = next.ended.gpu_bytes();
         release.queue.dispatched(gpu_bytes);
         let (reply, report) = oneshot::channel();
         release.pool.release_session(next.ended.id, reply);
-        actix::spawn(receipt(release.clone(), next.ended, report, paced_for));
+        actix::spawn(receipt(release.clone(), next.ended, report, handed_at, steps));
     }
 }
 
+/// Waits for the pool's answer, at most `step_timeout`, and sends the receipt.
 async fn receipt(
     release: Release,
     ended: Arc<SessionEndEvent>,
-    report: oneshot::Receiver<crate::gpu::ReleaseReport>,
-    paced_for: std::time::Duration,
+    mut report: oneshot::Receiver<crate::gpu::ReleaseReport>,
+    handed_at: std::time::Instant,
+    mut steps: ReleaseSteps,
 ) {
     let gpu_bytes = ended.gpu_bytes();
-    let receipt = match report.await {
-        Ok(report) => {
+    let answer = tokio::time::timeout(release.step_timeout, &mut report).await;
+    let receipt = match answer {
+        Ok(Ok(report)) => {
             if report.buffers < ended.allocations.len() as u64 {
                 tracing::warn!(
                     target: "sessionbus::supervisor",
@@ -159,6 +170,8 @@ async fn receipt(
             }
             // The memory is back: the budget may hand it out again.
             release.budget.refund(&ended.owner, gpu_bytes);
+            steps.pool_wait = report.started_at.saturating_duration_since(handed_at);
+            steps.destroy_and_poll = report.finished_at.saturating_duration_since(report.started_at);
             ReleaseReceipt {
                 id: ended.id,
                 reason: ended.reason,
@@ -166,12 +179,13 @@ async fn receipt(
                 bytes: report.bytes,
                 ended_at: ended.ended_instant,
                 released_at: report.finished_at,
-                paced_for,
+                paced_for: steps.queued,
                 error: None,
                 deadline: ended.deadline,
+                steps,
             }
         }
-        Err(_) => {
+        Ok(Err(_)) => {
             tracing::error!(
                 target: "sessionbus::supervisor",
                 event = "release.failed",
@@ -180,8 +194,45 @@ async fn receipt(
                 "the GPU pool dropped a release request; its memory may not be back"
             );
             ReleaseReceipt {
-                paced_for,
+                paced_for: steps.queued,
                 error: Some("the GPU pool is not running".into()),
+                steps,
+                ..ReleaseReceipt::nothing_released(&ended)
+            }
+        }
+        Err(_) => {
+            tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "release.stuck",
+                session_id = %ended.id,
+                step = "destroy_and_poll",
+                buffers = ended.allocations.len(),
+                timeout_ms = release.step_timeout.as_millis() as u64,
+                "a GPU release neither completed nor failed in time; session force-completed"
+            );
+            steps.stuck = Some(ReleaseStep::DestroyAndPoll);
+            // A late answer still gives the budget its bytes back; the pool
+            // releases by session, so nothing is released twice.
+            let (budget, owner, id) = (release.budget.clone(), ended.owner.clone(), ended.id);
+            actix::spawn(async move {
+                if let Ok(late) = report.await {
+                    budget.refund(&owner, gpu_bytes);
+                    tracing::warn!(
+                        target: "sessionbus::supervisor",
+                        event = "release.late_answer",
+                        session_id = %id,
+                        buffers = late.buffers,
+                        "a release declared stuck was answered late; its memory is back"
+                    );
+                }
+            });
+            ReleaseReceipt {
+                paced_for: steps.queued,
+                error: Some(format!(
+                    "stuck: the GPU release did not answer within {:?}",
+                    release.step_timeout
+                )),
+                steps,
                 ..ReleaseReceipt::nothing_released(&ended)
             }
         }

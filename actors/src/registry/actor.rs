@@ -82,6 +82,8 @@ pub(crate) struct RegistryActor {
     pub(super) pressure: PressureState,
     /// Pre-destroy hooks, for their counts in `stats()`.
     pub(crate) hooks: Arc<crate::hooks::Hooks>,
+    /// Per-step timings of the releases the cleanup completed.
+    steps: crate::supervision::StepTimings,
 }
 
 impl RegistryActor {
@@ -130,6 +132,7 @@ impl RegistryActor {
             ),
             pressure: PressureState::new(&config.budget, budget, queue),
             hooks: Arc::new(crate::hooks::Hooks::new(config.hooks.timeout())),
+            steps: Default::default(),
         })
     }
 
@@ -167,6 +170,7 @@ impl RegistryActor {
             release_queue: self.pressure.queue.stats(),
             pressure: self.pressure.counters,
             hooks: self.hooks.stats(),
+            steps: self.steps,
         }
     }
 
@@ -461,6 +465,7 @@ impl Handler<ReleaseCompleted> for RegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: ReleaseCompleted, _ctx: &mut Self::Context) {
+        self.steps.add(&msg.receipt.steps);
         self.complete_release(msg.receipt);
     }
 }

@@ -4,6 +4,7 @@ use super::pressure::PressureCounters;
 use crate::budget::BudgetStats;
 use crate::cleanup::ReleaseQueueStats;
 use crate::hooks::HookStats;
+use crate::supervision::StepTimings;
 use crate::lifecycle::EndReason;
 
 /// Counts the registry keeps.
@@ -52,6 +53,9 @@ pub struct RegistryStats {
     pub pressure: PressureCounters,
     /// Pre-destroy hooks: succeeded, failed, timed out, panicked.
     pub hooks: HookStats,
+    /// Per-step timings of the destroy path, and releases force-completed
+    /// because a step was stuck.
+    pub steps: StepTimings,
 }
 
 /// What `shutdown` did. Nothing is skipped silently: what the deadline cut

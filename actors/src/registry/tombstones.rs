@@ -113,6 +113,7 @@ mod tests {
             paced_for: Duration::ZERO,
             error: None,
             deadline: None,
+            steps: Default::default(),
         }
     }
 
