@@ -97,9 +97,12 @@ impl Engine {
         let shutdown_deadline = config.shutdown.deadline();
         let hooks = Arc::new(Hooks::new(config.hooks.timeout()));
         let step_timeout = config.supervision.step_timeout();
+        let limits = config.supervision.clone();
+        let health = Arc::new(crate::supervision::Health::default());
         let registry = RegistryActor::create({
             let pool = pool.clone();
             let hooks = hooks.clone();
+            let health = health.clone();
             move |ctx| {
                 let mut registry = RegistryActor::new(
                     &config,
@@ -110,6 +113,7 @@ impl Engine {
                 )
                 .expect("the configuration was validated above");
                 registry.hooks = hooks.clone();
+                registry.health = health.clone();
                 let release = Release {
                     pool,
                     pacer,
@@ -117,6 +121,9 @@ impl Engine {
                     budget,
                     hooks,
                     step_timeout,
+                    hand: Default::default(),
+                    health,
+                    limits,
                     registry: ctx.address().recipient(),
                 };
                 let cleanup = CleanupActor::new(release, capacity).start();
@@ -130,6 +137,7 @@ impl Engine {
             bus_capacity: capacity,
             shutdown_deadline,
             hooks,
+            health,
         })
     }
 }
@@ -142,6 +150,7 @@ pub struct EngineHandle {
     bus_capacity: usize,
     shutdown_deadline: std::time::Duration,
     hooks: Arc<Hooks>,
+    health: Arc<crate::supervision::Health>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -297,6 +306,16 @@ impl EngineHandle {
             .await
             .unwrap_or(Err(crate::GpuError::Unavailable))?;
         Ok(session)
+    }
+
+    /// Makes the cleanup dispatcher panic `times` times (fault-injection
+    /// builds only), each right after it took a release off the queue and
+    /// before it handed it to the pool: the worst moment for a restart.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_cleanup_panics(&self, times: u32) {
+        self.health
+            .inject_panics
+            .fetch_add(times, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Stops admitting sessions, ends every live session with reason

@@ -65,7 +65,9 @@ pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
 pub use registry::{OpenError, PressureCounters, RegistryStats, ShutdownReport};
 pub use hooks::{BeforeRelease, HookStats, HooksConfig};
 pub use shutdown::ShutdownConfig;
-pub use supervision::{ReleaseStep, ReleaseSteps, StepTiming, StepTimings, SupervisionConfig};
+pub use supervision::{
+    ReleaseStep, ReleaseSteps, StepTiming, StepTimings, SupervisionConfig, SupervisionStats,
+};
 pub use session::{
     AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo, Turn, TurnAck,
 };

@@ -17,7 +17,7 @@ use crate::clock;
 use crate::events::{LifecycleEvent, ReleaseReceipt, SessionEndEvent};
 use crate::gpu::GpuPool;
 use crate::hooks::Hooks;
-use crate::supervision::{ReleaseStep, ReleaseSteps};
+use crate::supervision::{Health, ReleaseStep, ReleaseSteps, RestartIntensity, SupervisionConfig};
 use crate::registry::ReleaseCompleted;
 
 /// What the cleanup actor and its dispatcher share.
@@ -30,6 +30,11 @@ pub(crate) struct Release {
     pub(crate) hooks: Arc<Hooks>,
     /// How long a release handed to the pool may go unanswered.
     pub(crate) step_timeout: std::time::Duration,
+    /// The release the dispatcher has taken off the queue and not yet handed
+    /// to the pool: put back if the dispatcher panics in between.
+    pub(crate) hand: Arc<std::sync::Mutex<Option<Queued>>>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) limits: SupervisionConfig,
     pub(crate) registry: Recipient<ReleaseCompleted>,
 }
 
@@ -53,7 +58,7 @@ impl Actor for CleanupActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.mailbox_capacity);
         // A task of its own (not `ctx.spawn`): it runs as long as the engine.
-        actix::spawn(dispatch(self.release.clone()));
+        actix::spawn(supervise(self.release.clone()));
     }
 }
 
@@ -95,6 +100,56 @@ fn enqueue(release: &Release, ended: Arc<SessionEndEvent>, hooks_took: std::time
     });
 }
 
+/// Runs the dispatcher and restarts it after a panic, up to
+/// `supervision.max_restarts` within `within_secs`; past that it escalates:
+/// logged at ERROR, and the runtime marked failed (no new sessions). Work
+/// survives a restart: the queue is shared, and a release taken but not yet
+/// handed to the pool is put back. A release already handed over is the
+/// pool's, answered to its own receipt task, so nothing is released twice.
+async fn supervise(release: Release) {
+    use futures::FutureExt;
+    let mut intensity = RestartIntensity::new(release.limits.max_restarts, release.limits.window());
+    loop {
+        let run = std::panic::AssertUnwindSafe(dispatch(release.clone())).catch_unwind();
+        if run.await.is_ok() {
+            return;
+        }
+        let held = hand(&release).take();
+        let requeued = held.is_some();
+        if let Some(queued) = held {
+            release.queue.requeue(queued);
+        }
+        if !intensity.allow(crate::clock::now()) {
+            let what = format!(
+                "the cleanup dispatcher panicked more than {} times within {} s",
+                release.limits.max_restarts, release.limits.within_secs
+            );
+            tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "supervisor.escalated",
+                task = "cleanup.dispatch",
+                queued = release.queue.stats().queued,
+                "{what}; not restarting it: the runtime admits no new sessions"
+            );
+            release.health.fail(what);
+            return;
+        }
+        release.health.restarted();
+        tracing::error!(
+            target: "sessionbus::supervisor",
+            event = "supervisor.restarted",
+            task = "cleanup.dispatch",
+            requeued,
+            queued = release.queue.stats().queued,
+            "the cleanup dispatcher panicked; restarted it with its queue intact"
+        );
+    }
+}
+
+fn hand(release: &Release) -> std::sync::MutexGuard<'_, Option<Queued>> {
+    release.hand.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Hands queued releases to the pool, by priority, as the load tier allows.
 ///
 /// It waits for a release slot and for the pacer *before* it takes a release
@@ -129,9 +184,18 @@ async fn dispatch(release: Release) {
         let Some(next) = release.queue.pop() else {
             continue;
         };
-        if paced && next.cost > cost {
-            release.pacer.admit(tier, next.cost - cost).await;
+        let extra = next.cost.saturating_sub(cost);
+        *hand(&release) = Some(next);
+        if paced && extra > 0 {
+            release.pacer.admit(tier, extra).await;
         }
+        #[cfg(feature = "fault-injection")]
+        if release.health.take_injected_panic() {
+            panic!("injected panic in the cleanup dispatcher (fault-injection)");
+        }
+        let Some(next) = hand(&release).take() else {
+            continue;
+        };
         let handed_at = clock::now();
         let steps = ReleaseSteps {
             hooks: next.hooks_took,

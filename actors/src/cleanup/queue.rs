@@ -91,6 +91,21 @@ impl ReleaseQueue {
         self.arrived.notify_one();
     }
 
+    /// Puts back a release the dispatcher had taken but not handed to the
+    /// pool (it panicked in between): first in its class, as it was.
+    pub(crate) fn requeue(&self, queued: Queued) {
+        let mut classes = self.classes();
+        classes.cost += queued.cost;
+        classes.bytes += queued.ended.gpu_bytes();
+        if is_urgent(queued.ended.reason) {
+            classes.urgent.push_front(queued);
+        } else {
+            classes.deferred.push_front(queued);
+        }
+        drop(classes);
+        self.arrived.notify_one();
+    }
+
     /// The queue's total cost and the cost of the release that would go next,
     /// if there is one.
     pub(crate) fn peek(&self) -> Option<(u64, u64)> {

@@ -84,6 +84,8 @@ pub(crate) struct RegistryActor {
     pub(crate) hooks: Arc<crate::hooks::Hooks>,
     /// Per-step timings of the releases the cleanup completed.
     steps: crate::supervision::StepTimings,
+    /// Restarts and escalation of the runtime's own tasks.
+    pub(crate) health: Arc<crate::supervision::Health>,
 }
 
 impl RegistryActor {
@@ -133,6 +135,7 @@ impl RegistryActor {
             pressure: PressureState::new(&config.budget, budget, queue),
             hooks: Arc::new(crate::hooks::Hooks::new(config.hooks.timeout())),
             steps: Default::default(),
+            health: Default::default(),
         })
     }
 
@@ -171,6 +174,7 @@ impl RegistryActor {
             pressure: self.pressure.counters,
             hooks: self.hooks.stats(),
             steps: self.steps,
+            supervision: self.health.stats(),
         }
     }
 
@@ -242,6 +246,9 @@ impl Handler<Open> for RegistryActor {
     fn handle(&mut self, msg: Open, ctx: &mut Self::Context) -> Self::Result {
         if self.shutting_down() {
             return Err(OpenError::ShuttingDown);
+        }
+        if let Some(failed) = self.health.failed() {
+            return Err(OpenError::RuntimeFailed(failed));
         }
         if self.sessions.len() >= self.config.max_sessions {
             tracing::warn!(

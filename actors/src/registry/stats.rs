@@ -4,7 +4,7 @@ use super::pressure::PressureCounters;
 use crate::budget::BudgetStats;
 use crate::cleanup::ReleaseQueueStats;
 use crate::hooks::HookStats;
-use crate::supervision::StepTimings;
+use crate::supervision::{StepTimings, SupervisionStats};
 use crate::lifecycle::EndReason;
 
 /// Counts the registry keeps.
@@ -56,6 +56,8 @@ pub struct RegistryStats {
     /// Per-step timings of the destroy path, and releases force-completed
     /// because a step was stuck.
     pub steps: StepTimings,
+    /// Restarts of the runtime's own tasks, and the failure that escalated, if any.
+    pub supervision: SupervisionStats,
 }
 
 /// What `shutdown` did. Nothing is skipped silently: what the deadline cut

@@ -4,7 +4,12 @@
 //! long-lived tasks (`intensity.rs`).
 
 mod config;
+mod health;
+mod intensity;
 mod steps;
 
 pub use config::SupervisionConfig;
+pub(crate) use health::Health;
+pub use health::SupervisionStats;
+pub(crate) use intensity::RestartIntensity;
 pub use steps::{ReleaseStep, ReleaseSteps, StepTiming, StepTimings};
