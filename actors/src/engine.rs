@@ -308,6 +308,12 @@ impl EngineHandle {
         Ok(session)
     }
 
+    /// Why the runtime failed, if one of its supervised tasks panicked past
+    /// the restart limit (`[supervision]`); `None` while healthy.
+    pub fn failure(&self) -> Option<String> {
+        self.health.failed()
+    }
+
     /// Makes the cleanup dispatcher panic `times` times (fault-injection
     /// builds only), each right after it took a release off the queue and
     /// before it handed it to the pool: the worst moment for a restart.

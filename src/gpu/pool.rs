@@ -141,6 +141,23 @@ impl WgpuPool {
     }
 }
 
+impl WgpuPool {
+    /// GPU commands that panicked on the worker thread (caught: the thread
+    /// went on; only that command's caller got no answer).
+    pub fn worker_panics(&self) -> u64 {
+        self.stats
+            .worker_panics
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Queues a command that panics on the worker thread (fault-injection
+    /// builds only), in order with every other command.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_worker_panic(&self) {
+        let _ = self.commands.send(Command::InjectPanic);
+    }
+}
+
 impl Drop for WgpuPool {
     fn drop(&mut self) {
         self.shutdown();

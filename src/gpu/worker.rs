@@ -6,6 +6,7 @@
 //! arrival order, which the `GpuPool` ordering contract requires.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -69,6 +70,9 @@ pub(crate) enum Command {
     },
     /// Destroy whatever is left, poll, answer with the counters, and exit.
     Shutdown { reply: Sender<GpuCounters> },
+    /// Panic while executing this command (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    InjectPanic,
 }
 
 /// What the worker hands back to `WgpuPool::start` once the device is open.
@@ -240,49 +244,72 @@ impl Worker {
             let mut taken = 0;
             while let Some(command) = next.take() {
                 taken += 1;
-                match command {
-                    Command::Allocate { request, reply } => {
-                        // Answered at once: an allocation needs no poll.
-                        let _ = reply.send(self.allocate(request));
+                // Panic isolation: a command that panics (a driver bug, an
+                // injected fault) loses only its own reply; the buffer map,
+                // the batch's pending releases and the commands still in the
+                // channel are untouched, and nothing is released twice.
+                let executed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    match command {
+                        Command::Allocate { request, reply } => {
+                            // Answered at once: an allocation needs no poll.
+                            let _ = reply.send(self.allocate(request));
+                        }
+                        Command::Release { session, reply } => {
+                            pending.push(self.release(session, reply))
+                        }
+                        Command::ReleaseAllocations {
+                            session,
+                            ids,
+                            reply,
+                        } => pending.push(self.release_allocations(session, &ids, reply)),
+                        Command::SessionsHoldingMemory { reply } => {
+                            // Answered at once, from the map as it stands after every
+                            // earlier command: destroyed buffers are already out of it,
+                            // even if their release's reply still waits for the poll.
+                            let _ = reply.send(self.sessions_holding_memory());
+                        }
+                        Command::Write {
+                            session,
+                            id,
+                            offset,
+                            data,
+                            reply,
+                        } => {
+                            let _ = reply.send(self.write(session, id, offset, &data));
+                        }
+                        // The three below wait for the device themselves; releases
+                        // earlier in the batch (destroyed already) are freed by that
+                        // wait too, and still answered after the batch's poll.
+                        Command::Read { session, id, reply } => {
+                            let _ = reply.send(self.read(session, id));
+                        }
+                        Command::Offload { session, reply } => {
+                            let _ = reply.send(self.offload(session));
+                        }
+                        Command::Restore { session, reply } => {
+                            let _ = reply.send(self.restore(session));
+                        }
+                        Command::Shutdown { reply } => return Some(reply),
+                        #[cfg(feature = "fault-injection")]
+                        Command::InjectPanic => {
+                            panic!("injected panic on the sessionbus-gpu thread (fault-injection)")
+                        }
                     }
-                    Command::Release { session, reply } => {
-                        pending.push(self.release(session, reply))
-                    }
-                    Command::ReleaseAllocations {
-                        session,
-                        ids,
-                        reply,
-                    } => pending.push(self.release_allocations(session, &ids, reply)),
-                    Command::SessionsHoldingMemory { reply } => {
-                        // Answered at once, from the map as it stands after every
-                        // earlier command: destroyed buffers are already out of it,
-                        // even if their release's reply still waits for the poll.
-                        let _ = reply.send(self.sessions_holding_memory());
-                    }
-                    Command::Write {
-                        session,
-                        id,
-                        offset,
-                        data,
-                        reply,
-                    } => {
-                        let _ = reply.send(self.write(session, id, offset, &data));
-                    }
-                    // The three below wait for the device themselves; releases
-                    // earlier in the batch (destroyed already) are freed by that
-                    // wait too, and still answered after the batch's poll.
-                    Command::Read { session, id, reply } => {
-                        let _ = reply.send(self.read(session, id));
-                    }
-                    Command::Offload { session, reply } => {
-                        let _ = reply.send(self.offload(session));
-                    }
-                    Command::Restore { session, reply } => {
-                        let _ = reply.send(self.restore(session));
-                    }
-                    Command::Shutdown { reply } => {
+                    None
+                }));
+                match executed {
+                    Ok(Some(reply)) => {
                         stop = Some(reply);
                         break;
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        self.stats.worker_panics.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            target: "sessionbus::supervisor",
+                            event = "gpu.worker_panicked",
+                            "a GPU command panicked on the sessionbus-gpu thread; its caller gets no answer, the thread goes on"
+                        );
                     }
                 }
                 if taken < batch_max {

@@ -127,6 +127,19 @@ impl Runtime {
         self.gpu.counters()
     }
 
+    /// GPU commands that panicked on the `sessionbus-gpu` thread; the thread
+    /// survives each (see `gpu.worker_panicked` in the logs).
+    pub fn gpu_worker_panics(&self) -> u64 {
+        self.gpu.worker_panics()
+    }
+
+    /// Makes the `sessionbus-gpu` thread panic on its next command
+    /// (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_gpu_worker_panic(&self) {
+        self.gpu.inject_worker_panic();
+    }
+
     /// [`shutdown_within`](Self::shutdown_within) the configured `[shutdown]
     /// deadline_secs` (default 30 s).
     pub async fn shutdown(self) -> StopReport {
