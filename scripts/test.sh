@@ -47,3 +47,7 @@ echo "test.sh: demo expiry scenario (idle timeouts, TTLs, leases, context resets
 # the demo itself fails on any incident, leak or double end.
 RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::supervisor=error}" \
   cargo run --quiet --locked --example demo -- --scenario expiry --sessions 300 --json | tail -n 1
+echo "test.sh: demo shutdown scenario (a real SIGTERM mid-storm; leases forced, every buffer released within the deadline)"
+# Leases outlive the deadline on purpose, so `session.drain_forced` WARN lines are expected.
+RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::supervisor=error}" \
+  cargo run --quiet --locked --example demo -- --scenario shutdown --sessions 300 --deadline-secs 2 --json | tail -n 1

@@ -352,11 +352,11 @@ impl EngineHandle {
     /// use std::sync::Arc;
     /// use futures::FutureExt;
     ///
-    /// engine.on_before_release("persist", Arc::new(|ended| {
+    /// engine.on_before_release("persist", Arc::new(|ended: Arc<sessionbus_actors::SessionEndEvent>| {
     ///     async move {
     ///         // e.g. write the conversation of `ended.id` to the database
     ///         let _ = ended.id;
-    ///         Ok(())
+    ///         Ok::<(), String>(())
     ///     }
     ///     .boxed()
     /// }));

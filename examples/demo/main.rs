@@ -11,6 +11,9 @@
 //!   and context resets along the way. Each revoked lease is logged at WARN
 //!   (`lease.revoked`) on stderr; `RUST_LOG=error` hides them.
 //!
+//! - `shutdown`: a busy population gets a real SIGTERM mid-storm; the report
+//!   adds the shutdown report.
+//!
 //! ```text
 //! cargo run --release --example demo -- --sessions 2000 --json
 //! cargo run --release --example demo -- --scenario expiry --json
@@ -21,6 +24,7 @@ mod expiry_clients;
 mod report;
 mod scenario_default;
 mod scenario_expiry;
+mod scenario_shutdown;
 mod watch;
 
 use std::time::Instant;
@@ -58,6 +62,9 @@ pub struct Args {
     /// scenario sets its own lease and sweeper timings on top of it.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
+    /// `--scenario shutdown`: the deadline the SIGTERM handler shuts down within.
+    #[arg(long, default_value_t = 4.0)]
+    deadline_secs: f64,
     /// Print the report as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -70,6 +77,7 @@ pub struct Args {
 enum Scenario {
     Default,
     Expiry,
+    Shutdown,
 }
 
 /// What every scenario starts from: a running runtime, wgpu's counters
@@ -160,9 +168,13 @@ async fn main() -> anyhow::Result<()> {
     if args.scenario == Scenario::Expiry {
         scenario_expiry::configure(&mut config);
     }
+    if args.scenario == Scenario::Shutdown {
+        scenario_shutdown::configure(&mut config);
+    }
     let demo = Demo::start(config, args.json).await?;
     match args.scenario {
         Scenario::Default => scenario_default::run(demo, &args).await,
         Scenario::Expiry => scenario_expiry::run(demo, &args).await,
+        Scenario::Shutdown => scenario_shutdown::run(demo, &args).await,
     }
 }
