@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sessionbus_actors::{
-    BudgetConfig, BusConfig, ContextConfig, EngineConfig, ExpiryConfig, LeasesConfig,
-    HooksConfig, ReleaseConfig, SessionsConfig, ShutdownConfig, SupervisionConfig,
+    BudgetConfig, BusConfig, ContextConfig, EngineConfig, ExpiryConfig, HooksConfig, LeasesConfig,
+    ReleaseConfig, SessionsConfig, ShutdownConfig, SupervisionConfig,
 };
 
 use crate::gpu::{GpuConfig, GpuConfigError};

@@ -52,7 +52,9 @@ fn sigterm_child_process() {
 }
 
 async fn child() {
-    let runtime = Runtime::start(storm_config()).await.expect("runtime starts");
+    let runtime = Runtime::start(storm_config())
+        .await
+        .expect("runtime starts");
     let baseline = runtime.gpu_counters();
     let engine = runtime.engine().clone();
     let mut sessions = Vec::new();
@@ -96,7 +98,12 @@ async fn child() {
 #[test]
 fn sigterm_mid_storm_ends_every_session_and_releases_every_buffer() {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["sigterm_child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "sigterm_child_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, "1")
         .stdout(Stdio::piped())
         .spawn()
@@ -129,7 +136,10 @@ fn sigterm_mid_storm_ends_every_session_and_releases_every_buffer() {
     assert_eq!(stats["released"], POPULATION, "every release completed");
     assert_eq!(stats["released_buffers"], 2 * POPULATION);
     assert_eq!(stats["live"], 0);
-    assert_eq!(stats["steps"]["destroy_and_poll"]["count"], POPULATION, "every release timed");
+    assert_eq!(
+        stats["steps"]["destroy_and_poll"]["count"], POPULATION,
+        "every release timed"
+    );
     assert_eq!(stats["steps"]["stuck"], 0);
     assert_eq!(stats["releasing"], 0);
     assert_eq!(sessions["completed"], true);
@@ -148,6 +158,9 @@ fn sigterm_mid_storm_ends_every_session_and_releases_every_buffer() {
         .unwrap_or(0);
     assert_eq!(shutdown_ends, ended_by_shutdown);
     assert_eq!(report["bus_undelivered"], 0);
-    assert_eq!(report["gpu_after"], json["baseline"], "wgpu counters at baseline");
+    assert_eq!(
+        report["gpu_after"], json["baseline"],
+        "wgpu counters at baseline"
+    );
     assert_eq!(report["gpu_after"], report["gpu_baseline"]);
 }

@@ -59,15 +59,15 @@ pub use gpu::{
     AllocRequest, Allocated, GpuError, GpuPool, InMemoryPool, OffloadReport, PoolInfo, PoolStats,
     ReleaseReport, RestoreReport,
 };
+pub use hooks::{BeforeRelease, HookStats, HooksConfig};
 pub use ids::{AllocationId, Caller, Owner, ParseIdError, SessionId, TraceId};
 pub use lease::{LeaseError, LeaseId, LeasesConfig};
 pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
 pub use registry::{OpenError, PressureCounters, RegistryStats, ShutdownReport};
-pub use hooks::{BeforeRelease, HookStats, HooksConfig};
+pub use session::{
+    AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo, Turn, TurnAck,
+};
 pub use shutdown::ShutdownConfig;
 pub use supervision::{
     ReleaseStep, ReleaseSteps, StepTiming, StepTimings, SupervisionConfig, SupervisionStats,
-};
-pub use session::{
-    AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo, Turn, TurnAck,
 };

@@ -42,7 +42,10 @@ fn a_dispatcher_panic_with_releases_pending_loses_and_repeats_nothing() {
     on_paused_time(|| async {
         let mut f = start(slow_release()).await;
         close_all_at_once(&f, 10).await;
-        assert!(f.stats().await.release_queue.queued >= 8, "releases pending");
+        assert!(
+            f.stats().await.release_queue.queued >= 8,
+            "releases pending"
+        );
         f.engine.inject_cleanup_panics(2);
         let mut released: HashMap<SessionId, u32> = HashMap::new();
         for _ in 0..10 {
@@ -83,7 +86,11 @@ fn past_the_restart_limit_the_runtime_fails_loudly() {
         let refused = f.engine.open("late").await.unwrap_err();
         assert!(matches!(refused, OpenError::RuntimeFailed(_)), "{refused}");
         // Nothing is dispatched any more, and shutdown says so instead of hanging.
-        let report = f.engine.shutdown_within(Duration::from_secs(5)).await.unwrap();
+        let report = f
+            .engine
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
         assert!(!report.completed);
         assert!(report.releases_unfinished > 0);
         assert_eq!(

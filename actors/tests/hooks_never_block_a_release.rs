@@ -29,7 +29,10 @@ fn failing_panicking_and_hanging_hooks_do_not_stop_releases() {
                     let (reply, holding) = tokio::sync::oneshot::channel();
                     pool.sessions_holding_memory(reply);
                     let holding = holding.await.unwrap_or_default();
-                    record.lock().unwrap().push((ended.id, holding.contains(&ended.id)));
+                    record
+                        .lock()
+                        .unwrap()
+                        .push((ended.id, holding.contains(&ended.id)));
                     Ok(())
                 }
                 .boxed()
@@ -47,10 +50,8 @@ fn failing_panicking_and_hanging_hooks_do_not_stop_releases() {
             "panics-in-call",
             Arc::new(|_| panic!("hook bug before its future (injected)")),
         );
-        f.engine.on_before_release(
-            "hangs",
-            Arc::new(|_| futures::future::pending().boxed()),
-        );
+        f.engine
+            .on_before_release("hangs", Arc::new(|_| futures::future::pending().boxed()));
 
         let mut ids = Vec::new();
         for i in 0..3 {
@@ -118,9 +119,17 @@ fn shutdown_waits_for_hooks_within_its_deadline() {
             }
             std::mem::forget(session);
         }
-        let report = f.engine.shutdown_within(Duration::from_secs(10)).await.unwrap();
+        let report = f
+            .engine
+            .shutdown_within(Duration::from_secs(10))
+            .await
+            .unwrap();
         assert!(report.completed);
-        assert_eq!(*done.lock().unwrap(), 4, "every hook finished before shutdown returned");
+        assert_eq!(
+            *done.lock().unwrap(),
+            4,
+            "every hook finished before shutdown returned"
+        );
         assert_eq!(report.stats.hooks.succeeded, 4);
         assert_eq!(f.pool.stats().live_buffers, 0);
     });

@@ -43,9 +43,16 @@ fn shutdown_lifts_pacing_so_a_queued_storm_fits_the_deadline() {
         }
         settle(Duration::from_millis(1)).await;
         let queued = f.stats().await.release_queue.queued;
-        assert!(queued > 40, "the storm waits for the pacer ({queued} queued)");
+        assert!(
+            queued > 40,
+            "the storm waits for the pacer ({queued} queued)"
+        );
         // Paced at 1 per second these would take ~50 s; the deadline is 10 s.
-        let report = f.engine.shutdown_within(Duration::from_secs(10)).await.unwrap();
+        let report = f
+            .engine
+            .shutdown_within(Duration::from_secs(10))
+            .await
+            .unwrap();
         assert!(report.completed, "{report:?}");
         assert_eq!(report.releases_unfinished, 0);
         assert_eq!(report.stats.released, 50);
@@ -91,7 +98,10 @@ fn what_is_not_released_at_the_deadline_is_reported() {
             std::mem::forget(session);
         }
         pool.stall(true);
-        let report = engine.shutdown_within(Duration::from_secs(5)).await.unwrap();
+        let report = engine
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
         assert!(!report.completed);
         assert_eq!(report.sessions_ended, 3);
         assert_eq!(report.sessions_unfinished, 0);

@@ -32,17 +32,27 @@ fn a_release_the_pool_never_answers_is_force_completed() {
         stuck.allocate(2 * MIB).await.unwrap();
         let receipt = stuck.close().await.unwrap();
         assert_eq!(receipt.steps.stuck, Some(ReleaseStep::DestroyAndPoll));
-        assert!(receipt.error.as_deref().unwrap().contains("stuck"), "{receipt:?}");
+        assert!(
+            receipt.error.as_deref().unwrap().contains("stuck"),
+            "{receipt:?}"
+        );
         assert_eq!(receipt.buffers, 0, "nothing claimed released");
         assert_eq!(pool.held(), 1);
 
         let stats = engine.stats().await.unwrap();
         assert_eq!(stats.steps.stuck, 1);
-        assert_eq!(stats.steps.destroy_and_poll.count, 1, "only the healthy release");
+        assert_eq!(
+            stats.steps.destroy_and_poll.count, 1,
+            "only the healthy release"
+        );
         assert_eq!(stats.steps.queued.count, 2);
         assert!(stats.incidents >= 1);
         assert_eq!(stats.releasing, 0, "the session's books are closed");
-        assert_eq!(stats.budget.device_used, 2 * MIB, "not refunded while the memory is not back");
+        assert_eq!(
+            stats.budget.device_used,
+            2 * MIB,
+            "not refunded while the memory is not back"
+        );
 
         // The answer comes late: the memory is freed once, the budget refunded.
         pool.stall(false);

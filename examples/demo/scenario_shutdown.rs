@@ -75,7 +75,11 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         }
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let queued_at_signal = rt.stats().await.map(|s| s.release_queue.queued).unwrap_or(0);
+    let queued_at_signal = rt
+        .stats()
+        .await
+        .map(|s| s.release_queue.queued)
+        .unwrap_or(0);
 
     let deadline = Duration::from_secs_f64(args.deadline_secs);
     let shutdown = sessionbus::signals::shutdown_on_signal(rt, deadline);
@@ -110,7 +114,10 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     });
     println!();
     println!("── sessionbus shutdown report ─────────────────────────────────");
-    row("signal", format!("SIGTERM with {queued_at_signal} releases queued"));
+    row(
+        "signal",
+        format!("SIGTERM with {queued_at_signal} releases queued"),
+    );
     row(
         "shutdown",
         format!(
@@ -123,7 +130,11 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         ),
     );
     let step = |t: &sessionbus::StepTiming| {
-        format!("mean {} µs, max {} µs", t.total_us / t.count.max(1), t.max_us)
+        format!(
+            "mean {} µs, max {} µs",
+            t.total_us / t.count.max(1),
+            t.max_us
+        )
     };
     let steps = &s.stats.steps;
     row("step hooks", step(&steps.hooks));
@@ -132,7 +143,10 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     row("step destroy+poll", step(&steps.destroy_and_poll));
     row(
         "wgpu hal.buffers",
-        format!("baseline {}, after {} → leaked {}", baseline.buffers, stop.gpu_after.buffers, leak.buffers),
+        format!(
+            "baseline {}, after {} → leaked {}",
+            baseline.buffers, stop.gpu_after.buffers, leak.buffers
+        ),
     );
     if args.json {
         report::print_json(&report);
@@ -140,7 +154,10 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     let mut checks = Checks::default();
     checks.require(leak.buffers == 0, "wgpu hal.buffers back at baseline");
     checks.require(double_ends == 0, "no session ended twice");
-    checks.require(seen.ends.len() as u64 == s.stats.opened, "every opened session ended");
+    checks.require(
+        seen.ends.len() as u64 == s.stats.opened,
+        "every opened session ended",
+    );
     checks.require(s.completed, "shutdown completed within its deadline");
     checks.require(s.stats.steps.stuck == 0, "no stuck release");
     checks.conclude()

@@ -156,7 +156,11 @@ impl Runtime {
     /// to `bus.flush_timeout_ms` to take their backlog. wgpu's counters in the
     /// report are read after the last device poll.
     pub async fn shutdown_within(mut self, deadline: std::time::Duration) -> StopReport {
-        let sessions = self.engine.shutdown_within(deadline).await.unwrap_or_default();
+        let sessions = self
+            .engine
+            .shutdown_within(deadline)
+            .await
+            .unwrap_or_default();
         let bus_undelivered = self.engine.flush_bus(self.flush_timeout).await;
         self.system.stop();
         let gpu_after = match self.engine_exit.take() {

@@ -17,8 +17,8 @@ use crate::clock;
 use crate::events::{LifecycleEvent, ReleaseReceipt, SessionEndEvent};
 use crate::gpu::GpuPool;
 use crate::hooks::Hooks;
-use crate::supervision::{Health, ReleaseStep, ReleaseSteps, RestartIntensity, SupervisionConfig};
 use crate::registry::ReleaseCompleted;
+use crate::supervision::{Health, ReleaseStep, ReleaseSteps, RestartIntensity, SupervisionConfig};
 
 /// What the cleanup actor and its dispatcher share.
 #[derive(Clone)]
@@ -78,7 +78,11 @@ impl Handler<LifecycleEvent> for CleanupActor {
         actix::spawn(async move {
             let started = clock::now();
             release.hooks.run(&ended).await;
-            enqueue(&release, ended, clock::now().saturating_duration_since(started));
+            enqueue(
+                &release,
+                ended,
+                clock::now().saturating_duration_since(started),
+            );
         });
     }
 }
@@ -206,7 +210,13 @@ async fn dispatch(release: Release) {
         release.queue.dispatched(gpu_bytes);
         let (reply, report) = oneshot::channel();
         release.pool.release_session(next.ended.id, reply);
-        actix::spawn(receipt(release.clone(), next.ended, report, handed_at, steps));
+        actix::spawn(receipt(
+            release.clone(),
+            next.ended,
+            report,
+            handed_at,
+            steps,
+        ));
     }
 }
 
@@ -235,7 +245,9 @@ async fn receipt(
             // The memory is back: the budget may hand it out again.
             release.budget.refund(&ended.owner, gpu_bytes);
             steps.pool_wait = report.started_at.saturating_duration_since(handed_at);
-            steps.destroy_and_poll = report.finished_at.saturating_duration_since(report.started_at);
+            steps.destroy_and_poll = report
+                .finished_at
+                .saturating_duration_since(report.started_at);
             ReleaseReceipt {
                 id: ended.id,
                 reason: ended.reason,

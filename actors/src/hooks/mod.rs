@@ -13,5 +13,5 @@ mod config;
 mod runner;
 
 pub use config::HooksConfig;
-pub use runner::{BeforeRelease, HookStats};
 pub(crate) use runner::Hooks;
+pub use runner::{BeforeRelease, HookStats};

@@ -72,7 +72,10 @@ impl Hooks {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.hooks.read().unwrap_or_else(|p| p.into_inner()).is_empty()
+        self.hooks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     pub(crate) fn stats(&self) -> HookStats {
@@ -89,11 +92,7 @@ impl Hooks {
     /// Runs every hook for `ended`, concurrently; resolves within the timeout
     /// (plus scheduling) whatever the hooks do.
     pub(crate) async fn run(&self, ended: &Arc<SessionEndEvent>) {
-        let hooks: Vec<_> = self
-            .hooks
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let hooks: Vec<_> = self.hooks.read().unwrap_or_else(|p| p.into_inner()).clone();
         if hooks.is_empty() {
             return;
         }
@@ -130,7 +129,11 @@ impl Hooks {
                 return;
             }
             Outcome::Failed(error) => (&c.failed, "hook.failed", error),
-            Outcome::TimedOut => (&c.timed_out, "hook.timed_out", format!("no answer within {:?}", self.timeout)),
+            Outcome::TimedOut => (
+                &c.timed_out,
+                "hook.timed_out",
+                format!("no answer within {:?}", self.timeout),
+            ),
             Outcome::Panicked => (&c.panicked, "hook.panicked", "the hook panicked".to_owned()),
         };
         counter.fetch_add(1, Ordering::Relaxed);

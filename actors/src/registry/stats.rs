@@ -4,8 +4,8 @@ use super::pressure::PressureCounters;
 use crate::budget::BudgetStats;
 use crate::cleanup::ReleaseQueueStats;
 use crate::hooks::HookStats;
-use crate::supervision::{StepTimings, SupervisionStats};
 use crate::lifecycle::EndReason;
+use crate::supervision::{StepTimings, SupervisionStats};
 
 /// Counts the registry keeps.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]

@@ -20,7 +20,9 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { deadline_secs: 30.0 }
+        ShutdownConfig {
+            deadline_secs: 30.0,
+        }
     }
 }
 
@@ -30,7 +32,10 @@ impl ShutdownConfig {
         if !(self.deadline_secs.is_finite() && self.deadline_secs > 0.0) {
             return Err(ConfigError::new(
                 "shutdown.deadline_secs",
-                format!("must be a positive number of seconds, got {}", self.deadline_secs),
+                format!(
+                    "must be a positive number of seconds, got {}",
+                    self.deadline_secs
+                ),
             ));
         }
         if Duration::try_from_secs_f64(self.deadline_secs).is_err() {

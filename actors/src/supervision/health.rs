@@ -32,7 +32,10 @@ impl Health {
     }
 
     pub(crate) fn failed(&self) -> Option<String> {
-        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn stats(&self) -> SupervisionStats {
