@@ -16,7 +16,7 @@ fn failing_panicking_and_hanging_hooks_do_not_stop_releases() {
     on_paused_time(|| async {
         let mut config = no_expiry();
         config.hooks.timeout_ms = 2_000;
-        let mut f = start(config).await;
+        let f = start(config).await;
         // What a well-behaved hook saw: the session, and whether its memory was still there.
         let seen: Arc<Mutex<Vec<(SessionId, bool)>>> = Arc::default();
         let pool = f.pool.clone();
