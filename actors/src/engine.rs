@@ -308,6 +308,16 @@ impl EngineHandle {
         Ok(session)
     }
 
+    /// Ends every live session with reason `device_lost`: the GPU device
+    /// holding their memory is gone. Their releases run as usual (the pool
+    /// frees what the lost device still holds). Answers how many were asked to end.
+    pub async fn end_sessions_on_device_loss(&self) -> usize {
+        let end = EndAll {
+            reason: crate::lifecycle::EndReason::DeviceLost,
+        };
+        self.registry.send(end).await.unwrap_or(0)
+    }
+
     /// Why the runtime failed, if one of its supervised tasks panicked past
     /// the restart limit (`[supervision]`); `None` while healthy.
     pub fn failure(&self) -> Option<String> {
@@ -329,17 +339,7 @@ impl EngineHandle {
     /// `deadline` with what is left counted in the report. Leases still held
     /// at three quarters of the deadline are forced. Releases go out unpaced.
     pub async fn shutdown_within(&self, deadline: std::time::Duration) -> Option<ShutdownReport> {
-        let started = tokio::time::Instant::now();
-        let report = self.registry.send(Shutdown { deadline }).await.ok();
-        // Hooks of sessions that held no GPU memory do not hold a release
-        // back, so the registry does not wait for them; this does, within the deadline.
-        while self.hooks.stats().running > 0 && started.elapsed() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        report.map(|mut report| {
-            report.stats.hooks = self.hooks.stats();
-            report
-        })
+        self.registry.send(Shutdown { deadline }).await.ok()
     }
 
     /// Registers a pre-destroy hook, named `name` in logs: it runs after

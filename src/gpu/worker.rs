@@ -70,6 +70,14 @@ pub(crate) enum Command {
     },
     /// Destroy whatever is left, poll, answer with the counters, and exit.
     Shutdown { reply: Sender<GpuCounters> },
+    /// Destroy what is left on the (lost) device, open a new device with the
+    /// same configuration, and carry on with it.
+    Reopen {
+        reply: oneshot::Sender<Result<Started, GpuInitError>>,
+    },
+    /// Destroy the device, as a driver reset would (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    InjectDeviceLoss,
     /// Panic while executing this command (fault-injection builds only).
     #[cfg(feature = "fault-injection")]
     InjectPanic,
@@ -82,6 +90,8 @@ pub(crate) struct Started {
     pub(crate) info: PoolInfo,
     /// Counters right after the device opened: wgpu's own buffers only.
     pub(crate) initial: GpuCounters,
+    /// Raised by the device-lost callback.
+    pub(crate) lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Every buffer is usable as compute storage and as a copy source/target:
@@ -117,11 +127,12 @@ pub(crate) fn run(
         device: opened.device.clone(),
         info: opened.info.clone(),
         initial: GpuCounters::read(&opened.device),
+        lost: opened.lost.clone(),
     };
     if started.send(Ok(report)).is_err() {
         return;
     }
-    let mut worker = Worker::new(opened, stats);
+    let mut worker = Worker::new(opened, stats, config.clone());
     let shutdown_reply = worker.serve(&commands, config.batch_max.max(1));
     worker.destroy_everything();
     // Read before the device and queue are dropped: dropping them frees wgpu's
@@ -209,11 +220,14 @@ struct Worker {
     /// A `queue.write_buffer` since the last submission: wgpu holds it (and
     /// its staging memory) until something is submitted.
     unsubmitted_writes: bool,
+    /// For opening a new device after a loss.
+    config: GpuConfig,
 }
 
 impl Worker {
-    fn new(opened: OpenedDevice, stats: Arc<SharedStats>) -> Self {
+    fn new(opened: OpenedDevice, stats: Arc<SharedStats>, config: GpuConfig) -> Self {
         Worker {
+            config,
             max_buffer_size: opened.info.max_buffer_size,
             device: opened.device,
             queue: opened.queue,
@@ -290,6 +304,11 @@ impl Worker {
                             let _ = reply.send(self.restore(session));
                         }
                         Command::Shutdown { reply } => return Some(reply),
+                        Command::Reopen { reply } => {
+                            let _ = reply.send(self.reopen());
+                        }
+                        #[cfg(feature = "fault-injection")]
+                        Command::InjectDeviceLoss => self.device.destroy(),
                         #[cfg(feature = "fault-injection")]
                         Command::InjectPanic => {
                             panic!("injected panic on the sessionbus-gpu thread (fault-injection)")
@@ -649,6 +668,36 @@ impl Worker {
         if let Err(error) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
             tracing::error!(%error, "GPU poll failed; freed memory may come back late");
         }
+    }
+
+    /// After a device loss: whatever the old device still holds is dropped
+    /// (each leftover logged), then a new device takes its place. Host
+    /// copies of offloaded buffers survive: they are host memory.
+    fn reopen(&mut self) -> Result<Started, GpuInitError> {
+        let leftovers: Vec<(SessionId, Vec<LiveBuffer>)> = self.sessions.drain().collect();
+        for (session, live) in leftovers {
+            let (buffers, bytes) = self.destroy_buffers(live);
+            tracing::warn!(%session, buffers, bytes, "GPU buffers still held at device reopen; dropped with the old device");
+        }
+        let opened = open_device(&self.config)?;
+        let started = Started {
+            device: opened.device.clone(),
+            info: opened.info.clone(),
+            initial: GpuCounters::read(&opened.device),
+            lost: opened.lost.clone(),
+        };
+        self.max_buffer_size = opened.info.max_buffer_size;
+        self.device = opened.device;
+        self.queue = opened.queue;
+        self.lost = opened.lost;
+        self.unsubmitted_writes = false;
+        tracing::warn!(
+            target: "sessionbus::supervisor",
+            event = "gpu.reopened",
+            adapter = %started.info.adapter,
+            "a new GPU device replaces the lost one"
+        );
+        Ok(started)
     }
 
     /// Shutdown path: anything still alive is a session that was never

@@ -127,6 +127,48 @@ impl Runtime {
         self.gpu.counters()
     }
 
+    /// Whether wgpu reported the GPU device lost (see [`recover_gpu`](Self::recover_gpu)).
+    pub fn gpu_lost(&self) -> bool {
+        self.gpu.is_lost()
+    }
+
+    /// Recovers from a lost GPU device without restarting the process: ends
+    /// every live session with reason `device_lost`, waits until each one's
+    /// release receipt is published (bounded by lease drains and
+    /// `[supervision] step_timeout_ms`), then opens a new device in place of
+    /// the lost one. Sessions opened afterwards use the new device. Returns
+    /// how many sessions were ended.
+    pub async fn recover_gpu(&self) -> Result<usize, crate::GpuInitError> {
+        use sessionbus_actors::{Delivery, EndReason, EventKinds, LifecycleEvent};
+        let mut released = self
+            .engine
+            .subscribe_channel(EventKinds::RELEASED, Delivery::Reliable)
+            .await;
+        let ended = self.engine.end_sessions_on_device_loss().await;
+        if let Some(released) = released.as_mut() {
+            let mut seen = 0;
+            while seen < ended {
+                match released.recv().await {
+                    Some(LifecycleEvent::Released(receipt))
+                        if receipt.reason == EndReason::DeviceLost =>
+                    {
+                        seen += 1
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        }
+        self.gpu.reopen().await?;
+        Ok(ended)
+    }
+
+    /// Destroys the GPU device as a driver reset would (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_gpu_device_loss(&self) {
+        self.gpu.inject_device_loss();
+    }
+
     /// GPU commands that panicked on the `sessionbus-gpu` thread; the thread
     /// survives each (see `gpu.worker_panicked` in the logs).
     pub fn gpu_worker_panics(&self) -> u64 {

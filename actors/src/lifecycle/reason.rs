@@ -20,11 +20,14 @@ pub enum EndReason {
     Crashed,
     /// A lease on it stopped heartbeating and the session was forced to end.
     LeaseLost,
+    /// The GPU device holding its memory was lost (driver reset, device
+    /// removed); its buffers are gone with the device.
+    DeviceLost,
 }
 
 impl EndReason {
     /// Every reason, in declaration order (for reports that list them all).
-    pub const ALL: [EndReason; 8] = [
+    pub const ALL: [EndReason; 9] = [
         EndReason::Closed,
         EndReason::Disconnected,
         EndReason::IdleTimeout,
@@ -33,6 +36,7 @@ impl EndReason {
         EndReason::Shutdown,
         EndReason::Crashed,
         EndReason::LeaseLost,
+        EndReason::DeviceLost,
     ];
 
     /// The stable snake_case name used in logs, metrics and JSON.
@@ -46,6 +50,7 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::Crashed => "crashed",
             EndReason::LeaseLost => "lease_lost",
+            EndReason::DeviceLost => "device_lost",
         }
     }
 }

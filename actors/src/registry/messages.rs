@@ -109,6 +109,13 @@ pub(crate) struct Shutdown {
     pub(crate) deadline: std::time::Duration,
 }
 
+/// Ends every live session with `reason` (an operator's end); answers how many were asked.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub(crate) struct EndAll {
+    pub(crate) reason: crate::lifecycle::EndReason,
+}
+
 /// Resolves when reliable subscribers' backlogs are empty, or at `timeout`,
 /// with the number of events still waiting.
 #[derive(Message)]

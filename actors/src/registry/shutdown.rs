@@ -14,7 +14,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::actor::{RegistryActor, deliver_end};
-use super::messages::Shutdown;
+use super::messages::{EndAll, Shutdown};
 use super::stats::ShutdownReport;
 use crate::ids::Caller;
 use crate::lifecycle::EndReason;
@@ -172,6 +172,36 @@ impl RegistryActor {
     }
 }
 
+impl Handler<EndAll> for RegistryActor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: EndAll, _ctx: &mut Self::Context) -> usize {
+        tracing::warn!(
+            target: "sessionbus::supervisor",
+            event = "runtime.end_all",
+            reason = %msg.reason,
+            live = self.sessions.len(),
+            "ending every live session"
+        );
+        let operator = Caller::Operator(format!("sessionbus-{}", msg.reason).into());
+        let mut asked = 0;
+        for live in self.sessions.values() {
+            if let Some(addr) = live.addr.upgrade() {
+                let end = End {
+                    caller: operator.clone(),
+                    reason: msg.reason,
+                    waiter: None,
+                    deadline: None,
+                    seen_active_us: 0,
+                };
+                deliver_end(addr, end);
+                asked += 1;
+            }
+        }
+        asked
+    }
+}
+
 impl Handler<Shutdown> for RegistryActor {
     type Result = ResponseFuture<ShutdownReport>;
 
@@ -189,6 +219,18 @@ impl Handler<Shutdown> for RegistryActor {
             }
         }
         self.finish_shutdown_if_done();
-        Box::pin(async move { report.await.unwrap_or_default() })
+        let hooks = self.hooks.clone();
+        let deadline = self.shutdown.as_ref().map(|s| s.started + s.deadline);
+        Box::pin(async move {
+            let mut report = report.await.unwrap_or_default();
+            // Hooks of sessions that held no GPU memory hold no release back,
+            // so the report does not wait for them; the caller does, within
+            // the deadline (on the engine's thread, where the timers are).
+            while hooks.stats().running > 0 && deadline.is_some_and(|d| Instant::now() < d) {
+                actix::clock::sleep(Duration::from_millis(1)).await;
+            }
+            report.stats.hooks = hooks.stats();
+            report
+        })
     }
 }
