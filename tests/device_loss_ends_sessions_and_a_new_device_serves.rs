@@ -24,7 +24,10 @@ async fn after_a_device_loss_sessions_end_once_and_a_new_device_serves() {
     let events = h.until_released(11).await;
     let ends = ends_by_session(&events);
     assert_eq!(ends.len(), 11);
-    assert!(ends.values().all(|r| r == &vec![EndReason::DeviceLost]), "{ends:?}");
+    assert!(
+        ends.values().all(|r| r == &vec![EndReason::DeviceLost]),
+        "{ends:?}"
+    );
     assert!(!h.rt.gpu_lost(), "the new device is not lost");
     // The old device's state is gone with it; the new one starts at its own baseline.
     let fresh = h.rt.gpu_counters();
@@ -34,8 +37,14 @@ async fn after_a_device_loss_sessions_end_once_and_a_new_device_serves() {
     assert_eq!(session.close().await.unwrap().buffers, 1);
     assert_eq!(h.rt.gpu_counters(), fresh);
     let stats = h.rt.stats().await.unwrap();
-    assert_eq!(stats.ended_by, vec![(EndReason::Closed, 1), (EndReason::DeviceLost, 11)]);
+    assert_eq!(
+        stats.ended_by,
+        vec![(EndReason::Closed, 1), (EndReason::DeviceLost, 11)]
+    );
     drop((sessions, idle));
     let report = h.rt.shutdown().await;
-    assert_eq!(report.gpu_after, report.gpu_baseline, "the new device's counters at baseline");
+    assert_eq!(
+        report.gpu_after, report.gpu_baseline,
+        "the new device's counters at baseline"
+    );
 }

@@ -139,7 +139,12 @@ impl WgpuPool {
         let initial = self.initial_counters();
         let leaked = counters.buffers - initial.buffers;
         if leaked != 0 {
-            tracing::error!(leaked, ?counters, ?initial, "GPU buffers left after shutdown");
+            tracing::error!(
+                leaked,
+                ?counters,
+                ?initial,
+                "GPU buffers left after shutdown"
+            );
         }
         tracing::info!(?counters, stats = ?self.stats.snapshot(), "GPU pool stopped");
         counters
