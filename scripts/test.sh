@@ -85,3 +85,7 @@ unset SESSIONBUS_AUDIT_KEY
 echo "test.sh: cluster example (3 nodes on a throwaway redis-server; one killed with SIGKILL)"
 RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::cluster=error}" \
   cargo run --quiet --locked --example cluster -- --sessions 50
+echo "test.sh: demo shutdown scenario (a real SIGTERM mid-storm; leases forced, every buffer released within the deadline)"
+# Leases outlive the deadline on purpose, so `session.drain_forced` WARN lines are expected.
+RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::supervisor=error}" \
+  cargo run --quiet --locked --example demo -- --scenario shutdown --sessions 300 --deadline-secs 2 --json | tail -n 1

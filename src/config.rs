@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sessionbus_actors::{
-    BudgetConfig, BusConfig, ContextConfig, EngineConfig, ExpiryConfig, LeasesConfig,
-    ReleaseConfig, SessionsConfig,
+    BudgetConfig, BusConfig, ContextConfig, EngineConfig, ExpiryConfig, HooksConfig, LeasesConfig,
+    ReleaseConfig, SessionsConfig, ShutdownConfig, SupervisionConfig,
 };
 
 use crate::audit::{AuditConfig, AuditConfigError};
@@ -87,6 +87,17 @@ use crate::metrics::MetricsConfig;
 /// [metrics]
 /// enabled = false               # true: emit through the `metrics` facade (install a recorder)
 /// sample_interval_ms = 1000     # gauges (sessions, GPU bytes, queue depth) are sampled this often
+///
+/// [shutdown]
+/// deadline_secs = 30            # shutdown() forces leases at 3/4 of it, reports what is left at it
+///
+/// [hooks]
+/// timeout_ms = 5000             # each pre-destroy hook; past it the release goes ahead
+///
+/// [supervision]
+/// max_restarts = 5              # restarts of a runtime task within within_secs, then escalate
+/// within_secs = 5
+/// step_timeout_ms = 30000       # a GPU release unanswered this long is stuck: force-completed
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -119,6 +130,12 @@ pub struct Config {
     #[cfg(feature = "redis")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Graceful shutdown: the default deadline.
+    pub shutdown: ShutdownConfig,
+    /// Pre-destroy hooks.
+    pub hooks: HooksConfig,
+    /// Restart limits and destroy-path step deadlines.
+    pub supervision: SupervisionConfig,
 }
 
 /// A configuration that cannot be used.
@@ -221,6 +238,9 @@ impl Config {
             release: self.release.clone(),
             budget: self.budget.clone(),
             bus: self.bus.clone(),
+            shutdown: self.shutdown.clone(),
+            hooks: self.hooks.clone(),
+            supervision: self.supervision.clone(),
         }
     }
 }

@@ -9,6 +9,7 @@ mod config;
 mod gpu;
 pub mod metrics;
 mod runtime;
+pub mod signals;
 
 pub use audit::action as audit_action;
 pub use audit::{

@@ -8,7 +8,10 @@ use crate::budget::BudgetConfig;
 use crate::cleanup::ReleaseConfig;
 use crate::context::ContextConfig;
 use crate::expiry::ExpiryConfig;
+use crate::hooks::HooksConfig;
 use crate::lease::LeasesConfig;
+use crate::shutdown::ShutdownConfig;
+use crate::supervision::SupervisionConfig;
 
 /// A configuration value that cannot work, named by its path (`release.tiers[0].burst`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,6 +135,12 @@ pub struct EngineConfig {
     pub budget: BudgetConfig,
     /// The event bus.
     pub bus: BusConfig,
+    /// Graceful shutdown: the default deadline.
+    pub shutdown: ShutdownConfig,
+    /// Pre-destroy hooks: how long each may run.
+    pub hooks: HooksConfig,
+    /// Restart limits and destroy-path step deadlines.
+    pub supervision: SupervisionConfig,
 }
 
 impl EngineConfig {
@@ -143,6 +152,9 @@ impl EngineConfig {
         self.context.validate()?;
         self.release.validate()?;
         self.budget.validate(self.sessions.max_session_bytes)?;
-        self.bus.validate()
+        self.bus.validate()?;
+        self.shutdown.validate()?;
+        self.hooks.validate()?;
+        self.supervision.validate()
     }
 }

@@ -14,6 +14,7 @@ use crate::context::ContextPolicyFactory;
 use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt};
 use crate::expiry::ExpiryPolicy;
 use crate::gpu::{GpuPool, PoolInfo, PoolStats};
+use crate::hooks::{BeforeRelease, Hooks};
 use crate::ids::{Caller, Owner, SessionId, TraceId};
 use crate::lifecycle::EndReason;
 use crate::pseudonym::Pseudonymizer;
@@ -120,8 +121,15 @@ impl Engine {
         let budget = Arc::new(Budget::new(&config.budget));
         let queue = Arc::new(ReleaseQueue::default());
         let capacity = config.bus.subscriber_capacity;
+        let shutdown_deadline = config.shutdown.deadline();
+        let hooks = Arc::new(Hooks::new(config.hooks.timeout()));
+        let step_timeout = config.supervision.step_timeout();
+        let limits = config.supervision.clone();
+        let health = Arc::new(crate::supervision::Health::default());
         let registry = RegistryActor::create({
             let pool = pool.clone();
+            let hooks = hooks.clone();
+            let health = health.clone();
             move |ctx| {
                 let mut registry = RegistryActor::new(
                     &config,
@@ -132,11 +140,18 @@ impl Engine {
                     pseudonyms,
                 )
                 .expect("the configuration was validated above");
+                registry.hooks = hooks.clone();
+                registry.health = health.clone();
                 let release = Release {
                     pool,
                     pacer,
                     queue,
                     budget,
+                    hooks,
+                    step_timeout,
+                    hand: Default::default(),
+                    health,
+                    limits,
                     registry: ctx.address().recipient(),
                 };
                 let cleanup = CleanupActor::new(release, capacity).start();
@@ -148,6 +163,9 @@ impl Engine {
             registry,
             pool,
             bus_capacity: capacity,
+            shutdown_deadline,
+            hooks,
+            health,
         })
     }
 }
@@ -158,6 +176,9 @@ pub struct EngineHandle {
     registry: Addr<RegistryActor>,
     pool: Arc<dyn GpuPool>,
     bus_capacity: usize,
+    shutdown_deadline: std::time::Duration,
+    hooks: Arc<Hooks>,
+    health: Arc<crate::supervision::Health>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -377,9 +398,67 @@ impl EngineHandle {
         Ok(session)
     }
 
+    /// Ends every live session with reason `device_lost`: the GPU device
+    /// holding their memory is gone. Their releases run as usual (the pool
+    /// frees what the lost device still holds). Answers how many were asked to end.
+    pub async fn end_sessions_on_device_loss(&self) -> usize {
+        let end = EndAll {
+            reason: crate::lifecycle::EndReason::DeviceLost,
+        };
+        self.registry.send(end).await.unwrap_or(0)
+    }
+
+    /// Why the runtime failed, if one of its supervised tasks panicked past
+    /// the restart limit (`[supervision]`); `None` while healthy.
+    pub fn failure(&self) -> Option<String> {
+        self.health.failed()
+    }
+
+    /// Makes the cleanup dispatcher panic `times` times (fault-injection
+    /// builds only), each right after it took a release off the queue and
+    /// before it handed it to the pool: the worst moment for a restart.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_cleanup_panics(&self, times: u32) {
+        self.health
+            .inject_panics
+            .fetch_add(times, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Stops admitting sessions, ends every live session with reason
-    /// `shutdown`, and resolves once all their memory is released.
+    /// `shutdown`, and resolves once all their memory is released, or at
+    /// `deadline` with what is left counted in the report. Leases still held
+    /// at three quarters of the deadline are forced. Releases go out unpaced.
+    pub async fn shutdown_within(&self, deadline: std::time::Duration) -> Option<ShutdownReport> {
+        self.registry.send(Shutdown { deadline }).await.ok()
+    }
+
+    /// Registers a pre-destroy hook, named `name` in logs: it runs after
+    /// every session end and before that session's GPU memory is released,
+    /// for at most `[hooks] timeout_ms`. Failures, panics and timeouts are
+    /// logged, counted in `stats().hooks`, and never stop the release.
+    ///
+    /// ```no_run
+    /// # fn demo(engine: &sessionbus_actors::EngineHandle) {
+    /// use std::sync::Arc;
+    /// use futures::FutureExt;
+    ///
+    /// engine.on_before_release("persist", Arc::new(|ended: Arc<sessionbus_actors::SessionEndEvent>| {
+    ///     async move {
+    ///         // e.g. write the conversation of `ended.id` to the database
+    ///         let _ = ended.id;
+    ///         Ok::<(), String>(())
+    ///     }
+    ///     .boxed()
+    /// }));
+    /// # }
+    /// ```
+    pub fn on_before_release(&self, name: impl Into<String>, hook: BeforeRelease) {
+        self.hooks.add(name.into(), hook);
+    }
+
+    /// [`shutdown_within`](Self::shutdown_within) the configured
+    /// `[shutdown] deadline_secs`.
     pub async fn shutdown(&self) -> Option<ShutdownReport> {
-        self.registry.send(Shutdown).await.ok()
+        self.shutdown_within(self.shutdown_deadline).await
     }
 }

@@ -12,6 +12,7 @@ use crate::expiry::Deadline;
 use crate::gpu::Allocated;
 use crate::ids::{Caller, Owner, SessionId, TraceId};
 use crate::lifecycle::EndReason;
+use crate::supervision::ReleaseSteps;
 
 /// A session was opened and is established.
 #[derive(Clone, Debug)]
@@ -143,6 +144,9 @@ pub struct ReleaseReceipt {
     pub deadline: Option<Deadline>,
     /// The trace of the end ([`SessionEndEvent::request_trace_id`]).
     pub trace_id: TraceId,
+    /// How long each step of the destroy path took, and which one was
+    /// stuck if the release had to be force-completed.
+    pub steps: ReleaseSteps,
 }
 
 /// How an ending session's leases (in-flight work) were drained.
@@ -178,6 +182,7 @@ impl ReleaseReceipt {
             error: None,
             deadline: ended.deadline,
             trace_id: ended.request_trace_id(),
+            steps: ReleaseSteps::default(),
         }
     }
 

@@ -31,6 +31,7 @@ mod engine;
 mod events;
 mod expiry;
 mod gpu;
+mod hooks;
 mod ids;
 mod lease;
 mod lifecycle;
@@ -38,6 +39,8 @@ mod mailbox;
 mod pseudonym;
 mod registry;
 mod session;
+mod shutdown;
+mod supervision;
 
 pub use budget::{BudgetConfig, BudgetScope, BudgetStats, WhenExhausted};
 pub use bus::{Delivery, SubscriptionId};
@@ -57,6 +60,7 @@ pub use gpu::{
     AllocRequest, Allocated, GpuError, GpuPool, InMemoryPool, OffloadReport, PoolInfo, PoolStats,
     ReleaseReport, RestoreReport, check_write,
 };
+pub use hooks::{BeforeRelease, HookStats, HooksConfig};
 pub use ids::{AllocationId, Caller, Owner, ParseIdError, SessionId, TraceId};
 pub use lease::{LeaseError, LeaseId, LeasesConfig};
 pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
@@ -64,4 +68,8 @@ pub use pseudonym::{KeyTooShort, MIN_KEY_BYTES, Pseudonymizer};
 pub use registry::{OpenError, PressureCounters, RegistryStats, ShutdownReport};
 pub use session::{
     AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo, Turn, TurnAck,
+};
+pub use shutdown::ShutdownConfig;
+pub use supervision::{
+    ReleaseStep, ReleaseSteps, StepTiming, StepTimings, SupervisionConfig, SupervisionStats,
 };

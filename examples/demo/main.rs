@@ -14,6 +14,9 @@
 //!   `--turns` KV-cache buffers) disconnects at once; release is paced by the
 //!   default load tiers or at a fixed `--release-rate`.
 //!
+//! - `shutdown`: a busy population gets a real SIGTERM mid-storm; the report
+//!   adds the shutdown report.
+//!
 //! ```text
 //! cargo run --release --example demo -- --sessions 2000 --json
 //! cargo run --release --example demo -- --scenario expiry --json
@@ -26,6 +29,7 @@ mod html_report;
 mod report;
 mod scenario_default;
 mod scenario_expiry;
+mod scenario_shutdown;
 mod scenario_storm;
 mod storm;
 mod timeline;
@@ -77,6 +81,9 @@ pub struct Args {
     /// scenario sets its own lease and sweeper timings on top of it.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
+    /// `--scenario shutdown`: the deadline the SIGTERM handler shuts down within.
+    #[arg(long, default_value_t = 4.0)]
+    deadline_secs: f64,
     /// Print the report as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -99,6 +106,7 @@ enum Scenario {
     Default,
     Expiry,
     Storm,
+    Shutdown,
 }
 
 /// What every scenario starts from: a running runtime, wgpu's counters
@@ -189,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
     match args.scenario {
         Scenario::Expiry => scenario_expiry::configure(&mut config),
         Scenario::Storm => scenario_storm::configure(&mut config, &args),
+        Scenario::Shutdown => scenario_shutdown::configure(&mut config),
         Scenario::Default => {}
     }
     if let Some(dir) = &args.audit_dir {
@@ -197,12 +206,16 @@ async fn main() -> anyhow::Result<()> {
             ..sessionbus::AuditConfig::new(dir)
         });
     }
+    if args.scenario == Scenario::Shutdown {
+        scenario_shutdown::configure(&mut config);
+    }
     let demo = Demo::start(config, args.json).await?;
     let report = html_report::Recorder::start(&demo.rt, &args).await?;
     let outcome = match args.scenario {
         Scenario::Default => scenario_default::run(demo, &args).await,
         Scenario::Expiry => scenario_expiry::run(demo, &args).await,
         Scenario::Storm => scenario_storm::run(demo, &args).await,
+        Scenario::Shutdown => scenario_shutdown::run(demo, &args).await,
     };
     report.finish(outcome).await
 }

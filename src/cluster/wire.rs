@@ -252,6 +252,8 @@ impl WireReceipt {
             error: self.error,
             deadline: None,
             trace_id: TraceId(self.trace_id),
+            // The steps were the owner's; the forwarded answer carries none.
+            steps: Default::default(),
         }
     }
 }

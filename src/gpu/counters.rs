@@ -46,6 +46,9 @@ pub(crate) struct SharedStats {
     /// Host copies held after offloads, and their bytes.
     offloaded_buffers: AtomicU64,
     offloaded_bytes: AtomicU64,
+    /// Commands whose execution panicked on the worker thread (caught; the
+    /// thread went on with the next command).
+    pub(crate) worker_panics: AtomicU64,
 }
 
 impl SharedStats {

@@ -27,9 +27,12 @@ const THREAD_NAME: &str = "sessionbus-gpu";
 pub struct WgpuPool {
     commands: Sender<Command>,
     info: PoolInfo,
-    /// For counters only: reading them is atomics, not a GPU call.
-    device: wgpu::Device,
-    initial: GpuCounters,
+    /// For counters only: reading them is atomics, not a GPU call. Replaced
+    /// when a new device takes over after a loss.
+    device: Mutex<wgpu::Device>,
+    initial: Mutex<GpuCounters>,
+    /// The current device's lost flag (raised by wgpu's device-lost callback).
+    lost: Mutex<Arc<std::sync::atomic::AtomicBool>>,
     stats: Arc<SharedStats>,
     /// `None` once shut down.
     worker: Mutex<Option<JoinHandle<()>>>,
@@ -72,8 +75,9 @@ impl WgpuPool {
                 Ok(WgpuPool {
                     commands,
                     info: started.info,
-                    device: started.device,
-                    initial: started.initial,
+                    device: Mutex::new(started.device),
+                    initial: Mutex::new(started.initial),
+                    lost: Mutex::new(started.lost),
                     stats,
                     worker: Mutex::new(Some(handle)),
                 })
@@ -92,14 +96,14 @@ impl WgpuPool {
 
     /// wgpu's own count of live buffers and their memory on this device.
     pub fn counters(&self) -> GpuCounters {
-        GpuCounters::read(&self.device)
+        GpuCounters::read(&self.device.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The counters right after the device opened: wgpu's own internal
     /// buffers, none of the pool's. A pool that leaks nothing returns exactly
     /// these from [`WgpuPool::shutdown`].
     pub fn initial_counters(&self) -> GpuCounters {
-        self.initial
+        *self.initial.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Destroys every buffer still alive (warning once per session: a leak in
@@ -132,12 +136,66 @@ impl WgpuPool {
         if handle.join().is_err() {
             tracing::error!("the sessionbus-gpu thread panicked");
         }
-        let leaked = counters.buffers - self.initial.buffers;
+        let initial = self.initial_counters();
+        let leaked = counters.buffers - initial.buffers;
         if leaked != 0 {
-            tracing::error!(leaked, ?counters, initial = ?self.initial, "GPU buffers left after shutdown");
+            tracing::error!(
+                leaked,
+                ?counters,
+                ?initial,
+                "GPU buffers left after shutdown"
+            );
         }
         tracing::info!(?counters, stats = ?self.stats.snapshot(), "GPU pool stopped");
         counters
+    }
+}
+
+impl WgpuPool {
+    /// Whether wgpu reported the current device lost.
+    pub fn is_lost(&self) -> bool {
+        self.lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Opens a new device in place of the current one (after a loss), on the
+    /// worker thread, in order with every other command. Buffers the old
+    /// device still held are dropped with it (each logged); end their sessions
+    /// first (`EngineHandle::end_sessions_on_device_loss`). Afterwards the
+    /// counters and [`initial_counters`](Self::initial_counters) are the new device's.
+    pub async fn reopen(&self) -> Result<(), GpuInitError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::Reopen { reply })
+            .map_err(|_| GpuInitError::WorkerDied)?;
+        let started = answer.await.map_err(|_| GpuInitError::WorkerDied)??;
+        *self.device.lock().unwrap_or_else(PoisonError::into_inner) = started.device;
+        *self.initial.lock().unwrap_or_else(PoisonError::into_inner) = started.initial;
+        *self.lost.lock().unwrap_or_else(PoisonError::into_inner) = started.lost;
+        Ok(())
+    }
+
+    /// Destroys the device as a driver reset would (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_device_loss(&self) {
+        let _ = self.commands.send(Command::InjectDeviceLoss);
+    }
+
+    /// GPU commands that panicked on the worker thread (caught: the thread
+    /// went on; only that command's caller got no answer).
+    pub fn worker_panics(&self) -> u64 {
+        self.stats
+            .worker_panics
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Queues a command that panics on the worker thread (fault-injection
+    /// builds only), in order with every other command.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_worker_panic(&self) {
+        let _ = self.commands.send(Command::InjectPanic);
     }
 }
 

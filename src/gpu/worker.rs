@@ -6,6 +6,7 @@
 //! arrival order, which the `GpuPool` ordering contract requires.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -69,6 +70,17 @@ pub(crate) enum Command {
     },
     /// Destroy whatever is left, poll, answer with the counters, and exit.
     Shutdown { reply: Sender<GpuCounters> },
+    /// Destroy what is left on the (lost) device, open a new device with the
+    /// same configuration, and carry on with it.
+    Reopen {
+        reply: oneshot::Sender<Result<Started, GpuInitError>>,
+    },
+    /// Destroy the device, as a driver reset would (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    InjectDeviceLoss,
+    /// Panic while executing this command (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    InjectPanic,
 }
 
 /// What the worker hands back to `WgpuPool::start` once the device is open.
@@ -78,6 +90,8 @@ pub(crate) struct Started {
     pub(crate) info: PoolInfo,
     /// Counters right after the device opened: wgpu's own buffers only.
     pub(crate) initial: GpuCounters,
+    /// Raised by the device-lost callback.
+    pub(crate) lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Every buffer is usable as compute storage and as a copy source/target:
@@ -113,11 +127,12 @@ pub(crate) fn run(
         device: opened.device.clone(),
         info: opened.info.clone(),
         initial: GpuCounters::read(&opened.device),
+        lost: opened.lost.clone(),
     };
     if started.send(Ok(report)).is_err() {
         return;
     }
-    let mut worker = Worker::new(opened, stats);
+    let mut worker = Worker::new(opened, stats, config.clone());
     let shutdown_reply = worker.serve(&commands, config.batch_max.max(1));
     worker.destroy_everything();
     // Read before the device and queue are dropped: dropping them frees wgpu's
@@ -205,11 +220,14 @@ struct Worker {
     /// A `queue.write_buffer` since the last submission: wgpu holds it (and
     /// its staging memory) until something is submitted.
     unsubmitted_writes: bool,
+    /// For opening a new device after a loss.
+    config: GpuConfig,
 }
 
 impl Worker {
-    fn new(opened: OpenedDevice, stats: Arc<SharedStats>) -> Self {
+    fn new(opened: OpenedDevice, stats: Arc<SharedStats>, config: GpuConfig) -> Self {
         Worker {
+            config,
             max_buffer_size: opened.info.max_buffer_size,
             device: opened.device,
             queue: opened.queue,
@@ -240,49 +258,77 @@ impl Worker {
             let mut taken = 0;
             while let Some(command) = next.take() {
                 taken += 1;
-                match command {
-                    Command::Allocate { request, reply } => {
-                        // Answered at once: an allocation needs no poll.
-                        let _ = reply.send(self.allocate(request));
+                // Panic isolation: a command that panics (a driver bug, an
+                // injected fault) loses only its own reply; the buffer map,
+                // the batch's pending releases and the commands still in the
+                // channel are untouched, and nothing is released twice.
+                let executed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    match command {
+                        Command::Allocate { request, reply } => {
+                            // Answered at once: an allocation needs no poll.
+                            let _ = reply.send(self.allocate(request));
+                        }
+                        Command::Release { session, reply } => {
+                            pending.push(self.release(session, reply))
+                        }
+                        Command::ReleaseAllocations {
+                            session,
+                            ids,
+                            reply,
+                        } => pending.push(self.release_allocations(session, &ids, reply)),
+                        Command::SessionsHoldingMemory { reply } => {
+                            // Answered at once, from the map as it stands after every
+                            // earlier command: destroyed buffers are already out of it,
+                            // even if their release's reply still waits for the poll.
+                            let _ = reply.send(self.sessions_holding_memory());
+                        }
+                        Command::Write {
+                            session,
+                            id,
+                            offset,
+                            data,
+                            reply,
+                        } => {
+                            let _ = reply.send(self.write(session, id, offset, &data));
+                        }
+                        // The three below wait for the device themselves; releases
+                        // earlier in the batch (destroyed already) are freed by that
+                        // wait too, and still answered after the batch's poll.
+                        Command::Read { session, id, reply } => {
+                            let _ = reply.send(self.read(session, id));
+                        }
+                        Command::Offload { session, reply } => {
+                            let _ = reply.send(self.offload(session));
+                        }
+                        Command::Restore { session, reply } => {
+                            let _ = reply.send(self.restore(session));
+                        }
+                        Command::Shutdown { reply } => return Some(reply),
+                        Command::Reopen { reply } => {
+                            let _ = reply.send(self.reopen());
+                        }
+                        #[cfg(feature = "fault-injection")]
+                        Command::InjectDeviceLoss => self.device.destroy(),
+                        #[cfg(feature = "fault-injection")]
+                        Command::InjectPanic => {
+                            panic!("injected panic on the sessionbus-gpu thread (fault-injection)")
+                        }
                     }
-                    Command::Release { session, reply } => {
-                        pending.push(self.release(session, reply))
-                    }
-                    Command::ReleaseAllocations {
-                        session,
-                        ids,
-                        reply,
-                    } => pending.push(self.release_allocations(session, &ids, reply)),
-                    Command::SessionsHoldingMemory { reply } => {
-                        // Answered at once, from the map as it stands after every
-                        // earlier command: destroyed buffers are already out of it,
-                        // even if their release's reply still waits for the poll.
-                        let _ = reply.send(self.sessions_holding_memory());
-                    }
-                    Command::Write {
-                        session,
-                        id,
-                        offset,
-                        data,
-                        reply,
-                    } => {
-                        let _ = reply.send(self.write(session, id, offset, &data));
-                    }
-                    // The three below wait for the device themselves; releases
-                    // earlier in the batch (destroyed already) are freed by that
-                    // wait too, and still answered after the batch's poll.
-                    Command::Read { session, id, reply } => {
-                        let _ = reply.send(self.read(session, id));
-                    }
-                    Command::Offload { session, reply } => {
-                        let _ = reply.send(self.offload(session));
-                    }
-                    Command::Restore { session, reply } => {
-                        let _ = reply.send(self.restore(session));
-                    }
-                    Command::Shutdown { reply } => {
+                    None
+                }));
+                match executed {
+                    Ok(Some(reply)) => {
                         stop = Some(reply);
                         break;
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        self.stats.worker_panics.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            target: "sessionbus::supervisor",
+                            event = "gpu.worker_panicked",
+                            "a GPU command panicked on the sessionbus-gpu thread; its caller gets no answer, the thread goes on"
+                        );
                     }
                 }
                 if taken < batch_max {
@@ -607,6 +653,36 @@ impl Worker {
         if let Err(error) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
             tracing::error!(%error, "GPU poll failed; freed memory may come back late");
         }
+    }
+
+    /// After a device loss: whatever the old device still holds is dropped
+    /// (each leftover logged), then a new device takes its place. Host
+    /// copies of offloaded buffers survive: they are host memory.
+    fn reopen(&mut self) -> Result<Started, GpuInitError> {
+        let leftovers: Vec<(SessionId, Vec<LiveBuffer>)> = self.sessions.drain().collect();
+        for (session, live) in leftovers {
+            let (buffers, bytes) = self.destroy_buffers(live);
+            tracing::warn!(%session, buffers, bytes, "GPU buffers still held at device reopen; dropped with the old device");
+        }
+        let opened = open_device(&self.config)?;
+        let started = Started {
+            device: opened.device.clone(),
+            info: opened.info.clone(),
+            initial: GpuCounters::read(&opened.device),
+            lost: opened.lost.clone(),
+        };
+        self.max_buffer_size = opened.info.max_buffer_size;
+        self.device = opened.device;
+        self.queue = opened.queue;
+        self.lost = opened.lost;
+        self.unsubmitted_writes = false;
+        tracing::warn!(
+            target: "sessionbus::supervisor",
+            event = "gpu.reopened",
+            adapter = %started.info.adapter,
+            "a new GPU device replaces the lost one"
+        );
+        Ok(started)
     }
 
     /// Shutdown path: anything still alive is a session that was never

@@ -53,6 +53,11 @@ pub const GPU_RELEASED_BUFFERS_TOTAL: &str = "sessionbus_gpu_released_buffers_to
 /// Gauge: releases in the release queue or handed to the GPU thread and not
 /// yet answered.
 pub const RELEASE_QUEUE_DEPTH: &str = "sessionbus_release_queue_depth";
+/// Histogram (seconds): one step of the destroy path (`step` = `hooks`,
+/// `queued`, `pool_wait`, `destroy_and_poll`), so the slow step is visible.
+pub const RELEASE_STEP_SECONDS: &str = "sessionbus_release_step_seconds";
+/// Counter: releases force-completed because a step was stuck.
+pub const RELEASES_STUCK_TOTAL: &str = "sessionbus_releases_stuck_total";
 /// Gauge (bytes): GPU memory on its way back (queued or in flight).
 pub const RELEASE_QUEUE_BYTES: &str = "sessionbus_release_queue_bytes";
 /// Gauge (bytes): GPU memory charged to the device budget (held or being allocated).
@@ -128,6 +133,7 @@ pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     (EXPIRY_LATENESS_SECONDS, EXPIRY_LATENESS_BUCKETS),
     (EXPIRY_TIMER_LATENESS_SECONDS, EXPIRY_LATENESS_BUCKETS),
     (LIMITER_WAIT_SECONDS, LIMITER_WAIT_BUCKETS),
+    (RELEASE_STEP_SECONDS, CLOSE_TO_RELEASE_BUCKETS),
 ];
 
 /// The kind of a metric, for [`ALL`].
@@ -192,6 +198,8 @@ pub const ALL: &[Described] = &[
     m(GPU_RELEASED_BYTES_TOTAL, Counter, Unit::Bytes, None, "GPU memory released by session ends."),
     m(GPU_RELEASED_BUFFERS_TOTAL, Counter, Unit::Count, None, "GPU buffers released by session ends."),
     m(RELEASE_QUEUE_DEPTH, Gauge, Unit::Count, None, "Releases queued or in flight."),
+    m(RELEASE_STEP_SECONDS, Histogram, Unit::Seconds, Some("step"), "One step of the destroy path (hooks, queued, pool_wait, destroy_and_poll)."),
+    m(RELEASES_STUCK_TOTAL, Counter, Unit::Count, None, "Releases force-completed because a step was stuck."),
     m(RELEASE_QUEUE_BYTES, Gauge, Unit::Bytes, None, "GPU memory on its way back (queued or in flight)."),
     m(BUDGET_USED_BYTES, Gauge, Unit::Bytes, None, "GPU memory charged to the device budget."),
     m(BUDGET_WAITING, Gauge, Unit::Count, None, "Allocations waiting for room in a budget."),

@@ -28,6 +28,15 @@ pub(crate) fn event(event: &LifecycleEvent) {
             counter!(GPU_RELEASED_BYTES_TOTAL).increment(receipt.bytes);
             histogram!(CLOSE_TO_RELEASE_SECONDS, "reason" => reason)
                 .record(receipt.end_to_release().as_secs_f64());
+            let steps = &receipt.steps;
+            for (step, took) in [
+                ("hooks", steps.hooks),
+                ("queued", steps.queued),
+                ("pool_wait", steps.pool_wait),
+                ("destroy_and_poll", steps.destroy_and_poll),
+            ] {
+                histogram!(RELEASE_STEP_SECONDS, "step" => step).record(took.as_secs_f64());
+            }
             if let Some(deadline) = receipt.deadline {
                 let late = receipt.released_at.saturating_duration_since(deadline.at);
                 histogram!(EXPIRY_LATENESS_SECONDS, "reason" => reason).record(late.as_secs_f64());
@@ -57,6 +66,9 @@ pub(crate) fn registry(stats: &RegistryStats) {
     gauge!(BUDGET_USED_BYTES).set(stats.budget.device_used as f64);
     gauge!(BUDGET_WAITING).set(stats.budget.waiting as f64);
     counter!(EVICTIONS_TOTAL).absolute(stats.pressure.evicted);
+    let hooks = &stats.hooks;
+    counter!(HOOK_FAILURES_TOTAL).absolute(hooks.failed + hooks.timed_out + hooks.panicked);
+    counter!(RELEASES_STUCK_TOTAL).absolute(stats.steps.stuck);
     counter!(OFFLOADS_TOTAL).absolute(stats.pressure.offloaded);
     counter!(RESTORES_TOTAL).absolute(stats.pressure.restored);
     gauge!(OFFLOADED_BYTES).set(stats.pressure.offloaded_bytes as f64);

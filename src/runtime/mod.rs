@@ -56,6 +56,9 @@ pub struct StopReport {
     /// The audit trail's counters after its last record (`runtime.shutdown`)
     /// was written and synced; `None` without `[audit]`.
     pub audit: Option<AuditStats>,
+    /// wgpu's counters when the device had just opened, before any session:
+    /// `gpu_after == gpu_baseline` means every buffer was released.
+    pub gpu_baseline: GpuCounters,
 }
 
 /// A running sessionbus: the engine's actors plus the wgpu pool.
@@ -68,6 +71,7 @@ pub struct Runtime {
     /// The metrics subscriber (`None` unless `metrics.enabled`).
     metrics: Option<MetricsTask>,
     audit: Option<AuditWriter>,
+    shutdown_deadline: std::time::Duration,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -99,6 +103,7 @@ impl Runtime {
             .as_ref()
             .map_or_else(Pseudonymizer::random, audit::log_pseudonyms);
         let flush_timeout = std::time::Duration::from_millis(config.bus.flush_timeout_ms);
+        let shutdown_deadline = config.shutdown.deadline();
         let (started_tx, started_rx) = oneshot::channel::<engine_thread::Started>();
         let (exit_tx, exit_rx) = oneshot::channel();
         thread::Builder::new()
@@ -123,6 +128,7 @@ impl Runtime {
             flush_timeout,
             metrics,
             audit: None,
+            shutdown_deadline,
         };
         if let Some(trail) = trail {
             // Subscribed before `start` returns, so no session can be opened unseen.
@@ -161,12 +167,82 @@ impl Runtime {
         self.gpu.counters()
     }
 
+    /// Whether wgpu reported the GPU device lost (see [`recover_gpu`](Self::recover_gpu)).
+    pub fn gpu_lost(&self) -> bool {
+        self.gpu.is_lost()
+    }
+
+    /// Recovers from a lost GPU device without restarting the process: ends
+    /// every live session with reason `device_lost`, waits until each one's
+    /// release receipt is published (bounded by lease drains and
+    /// `[supervision] step_timeout_ms`), then opens a new device in place of
+    /// the lost one. Sessions opened afterwards use the new device. Returns
+    /// how many sessions were ended.
+    pub async fn recover_gpu(&self) -> Result<usize, crate::GpuInitError> {
+        use sessionbus_actors::{Delivery, EndReason, EventKinds, LifecycleEvent};
+        let mut released = self
+            .engine
+            .subscribe_channel(EventKinds::RELEASED, Delivery::Reliable)
+            .await;
+        let ended = self.engine.end_sessions_on_device_loss().await;
+        if let Some(released) = released.as_mut() {
+            let mut seen = 0;
+            while seen < ended {
+                match released.recv().await {
+                    Some(LifecycleEvent::Released(receipt))
+                        if receipt.reason == EndReason::DeviceLost =>
+                    {
+                        seen += 1
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        }
+        self.gpu.reopen().await?;
+        Ok(ended)
+    }
+
+    /// Destroys the GPU device as a driver reset would (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_gpu_device_loss(&self) {
+        self.gpu.inject_device_loss();
+    }
+
+    /// GPU commands that panicked on the `sessionbus-gpu` thread; the thread
+    /// survives each (see `gpu.worker_panicked` in the logs).
+    pub fn gpu_worker_panics(&self) -> u64 {
+        self.gpu.worker_panics()
+    }
+
+    /// Makes the `sessionbus-gpu` thread panic on its next command
+    /// (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_gpu_worker_panic(&self) {
+        self.gpu.inject_worker_panic();
+    }
+
+    /// [`shutdown_within`](Self::shutdown_within) the configured `[shutdown]
+    /// deadline_secs` (default 30 s).
+    pub async fn shutdown(self) -> StopReport {
+        let deadline = self.shutdown_deadline;
+        self.shutdown_within(deadline).await
+    }
+
     /// Stops admitting sessions, ends every session with reason `shutdown`,
-    /// waits until all their GPU memory is released, stops the engine thread
-    /// and the GPU worker, and reports. wgpu's counters in the report are read
-    /// after the last device poll.
-    pub async fn shutdown(mut self) -> StopReport {
-        let sessions = self.engine.shutdown().await.unwrap_or_default();
+    /// releases their GPU memory unpaced, stops the engine thread and the GPU
+    /// worker, and reports. Leases still held at three quarters of `deadline`
+    /// are forced; at `deadline` the engine reports what is still unreleased
+    /// (`sessions.releases_unfinished`, `sessions.completed == false`) and the
+    /// GPU thread destroys it as it stops. Reliable subscribers then get up
+    /// to `bus.flush_timeout_ms` to take their backlog. wgpu's counters in the
+    /// report are read after the last device poll.
+    pub async fn shutdown_within(mut self, deadline: std::time::Duration) -> StopReport {
+        let sessions = self
+            .engine
+            .shutdown_within(deadline)
+            .await
+            .unwrap_or_default();
         let bus_undelivered = self.engine.flush_bus(self.flush_timeout).await;
         if let Some(metrics) = self.metrics.take() {
             metrics.finish().await; // counts every event of the run, samples once more
@@ -189,6 +265,7 @@ impl Runtime {
             bus_undelivered,
             gpu_after,
             audit,
+            gpu_baseline: self.gpu.initial_counters(),
         }
     }
 }

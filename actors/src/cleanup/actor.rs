@@ -16,7 +16,9 @@ use crate::budget::Budget;
 use crate::clock;
 use crate::events::{LifecycleEvent, ReleaseReceipt, SessionEndEvent};
 use crate::gpu::GpuPool;
+use crate::hooks::Hooks;
 use crate::registry::ReleaseCompleted;
+use crate::supervision::{Health, ReleaseStep, ReleaseSteps, RestartIntensity, SupervisionConfig};
 
 /// What the cleanup actor and its dispatcher share.
 #[derive(Clone)]
@@ -25,6 +27,14 @@ pub(crate) struct Release {
     pub(crate) pacer: Arc<Pacer>,
     pub(crate) queue: Arc<ReleaseQueue>,
     pub(crate) budget: Arc<Budget>,
+    pub(crate) hooks: Arc<Hooks>,
+    /// How long a release handed to the pool may go unanswered.
+    pub(crate) step_timeout: std::time::Duration,
+    /// The release the dispatcher has taken off the queue and not yet handed
+    /// to the pool: put back if the dispatcher panics in between.
+    pub(crate) hand: Arc<std::sync::Mutex<Option<Queued>>>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) limits: SupervisionConfig,
     pub(crate) registry: Recipient<ReleaseCompleted>,
 }
 
@@ -48,7 +58,7 @@ impl Actor for CleanupActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.mailbox_capacity);
         // A task of its own (not `ctx.spawn`): it runs as long as the engine.
-        actix::spawn(dispatch(self.release.clone()));
+        actix::spawn(supervise(self.release.clone()));
     }
 }
 
@@ -59,20 +69,89 @@ impl Handler<LifecycleEvent> for CleanupActor {
         let LifecycleEvent::Ended(ended) = event else {
             return;
         };
-        if ReleaseReceipt::nothing_to_release(&ended) {
-            return; // the registry closed its books when it published the end
+        if self.release.hooks.is_empty() {
+            enqueue(&self.release, ended, std::time::Duration::ZERO);
+            return;
         }
-        let cost = self
-            .release
-            .pacer
-            .unit()
-            .cost(ended.allocations.len().max(1) as u64, ended.gpu_bytes());
-        self.release.queue.push(Queued {
-            ended,
-            cost,
-            queued_at: clock::now(),
+        // Hooks first, each bounded by its timeout; then the release.
+        let release = self.release.clone();
+        actix::spawn(async move {
+            let started = clock::now();
+            release.hooks.run(&ended).await;
+            enqueue(
+                &release,
+                ended,
+                clock::now().saturating_duration_since(started),
+            );
         });
     }
+}
+
+/// Queues the release of `ended`, unless it held nothing on the GPU.
+fn enqueue(release: &Release, ended: Arc<SessionEndEvent>, hooks_took: std::time::Duration) {
+    if ReleaseReceipt::nothing_to_release(&ended) {
+        return; // the registry closed its books when it published the end
+    }
+    let cost = release
+        .pacer
+        .unit()
+        .cost(ended.allocations.len().max(1) as u64, ended.gpu_bytes());
+    release.queue.push(Queued {
+        ended,
+        cost,
+        queued_at: clock::now(),
+        hooks_took,
+    });
+}
+
+/// Runs the dispatcher and restarts it after a panic, up to
+/// `supervision.max_restarts` within `within_secs`; past that it escalates:
+/// logged at ERROR, and the runtime marked failed (no new sessions). Work
+/// survives a restart: the queue is shared, and a release taken but not yet
+/// handed to the pool is put back. A release already handed over is the
+/// pool's, answered to its own receipt task, so nothing is released twice.
+async fn supervise(release: Release) {
+    use futures::FutureExt;
+    let mut intensity = RestartIntensity::new(release.limits.max_restarts, release.limits.window());
+    loop {
+        let run = std::panic::AssertUnwindSafe(dispatch(release.clone())).catch_unwind();
+        if run.await.is_ok() {
+            return;
+        }
+        let held = hand(&release).take();
+        let requeued = held.is_some();
+        if let Some(queued) = held {
+            release.queue.requeue(queued);
+        }
+        if !intensity.allow(crate::clock::now()) {
+            let what = format!(
+                "the cleanup dispatcher panicked more than {} times within {} s",
+                release.limits.max_restarts, release.limits.within_secs
+            );
+            tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "supervisor.escalated",
+                task = "cleanup.dispatch",
+                queued = release.queue.stats().queued,
+                "{what}; not restarting it: the runtime admits no new sessions"
+            );
+            release.health.fail(what);
+            return;
+        }
+        release.health.restarted();
+        tracing::error!(
+            target: "sessionbus::supervisor",
+            event = "supervisor.restarted",
+            task = "cleanup.dispatch",
+            requeued,
+            queued = release.queue.stats().queued,
+            "the cleanup dispatcher panicked; restarted it with its queue intact"
+        );
+    }
+}
+
+fn hand(release: &Release) -> std::sync::MutexGuard<'_, Option<Queued>> {
+    release.hand.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Hands queued releases to the pool, by priority, as the load tier allows.
@@ -92,39 +171,67 @@ async fn dispatch(release: Release) {
             live_sessions: release.queue.live_sessions(),
             waiting_bytes: release.budget.waiting_bytes(),
         };
-        let tier = release.pacer.select(load);
+        // At shutdown the deadline matters more than smoothing the storm.
+        let unpaced = release.queue.unpaced();
+        let tier = match unpaced {
+            true => release.pacer.top(),
+            false => release.pacer.select(load),
+        };
         let max_in_flight = u64::from(release.pacer.tier(tier).max_in_flight);
         release.queue.room_in_flight(max_in_flight).await;
         // Allocations waiting for memory: pacing must not hold release below
         // that demand, so it is skipped.
-        let paced = release.budget.waiting_bytes() == 0;
+        let paced = release.budget.waiting_bytes() == 0 && !unpaced;
         if paced {
             release.pacer.admit(tier, cost).await;
         }
         let Some(next) = release.queue.pop() else {
             continue;
         };
-        if paced && next.cost > cost {
-            release.pacer.admit(tier, next.cost - cost).await;
+        let extra = next.cost.saturating_sub(cost);
+        *hand(&release) = Some(next);
+        if paced && extra > 0 {
+            release.pacer.admit(tier, extra).await;
         }
-        let paced_for = clock::now().saturating_duration_since(next.queued_at);
+        #[cfg(feature = "fault-injection")]
+        if release.health.take_injected_panic() {
+            panic!("injected panic in the cleanup dispatcher (fault-injection)");
+        }
+        let Some(next) = hand(&release).take() else {
+            continue;
+        };
+        let handed_at = clock::now();
+        let steps = ReleaseSteps {
+            hooks: next.hooks_took,
+            queued: handed_at.saturating_duration_since(next.queued_at),
+            ..ReleaseSteps::default()
+        };
         let gpu_bytes = next.ended.gpu_bytes();
         release.queue.dispatched(gpu_bytes);
         let (reply, report) = oneshot::channel();
         release.pool.release_session(next.ended.id, reply);
-        actix::spawn(receipt(release.clone(), next.ended, report, paced_for));
+        actix::spawn(receipt(
+            release.clone(),
+            next.ended,
+            report,
+            handed_at,
+            steps,
+        ));
     }
 }
 
+/// Waits for the pool's answer, at most `step_timeout`, and sends the receipt.
 async fn receipt(
     release: Release,
     ended: Arc<SessionEndEvent>,
-    report: oneshot::Receiver<crate::gpu::ReleaseReport>,
-    paced_for: std::time::Duration,
+    mut report: oneshot::Receiver<crate::gpu::ReleaseReport>,
+    handed_at: std::time::Instant,
+    mut steps: ReleaseSteps,
 ) {
     let gpu_bytes = ended.gpu_bytes();
-    let receipt = match report.await {
-        Ok(report) => {
+    let answer = tokio::time::timeout(release.step_timeout, &mut report).await;
+    let receipt = match answer {
+        Ok(Ok(report)) => {
             if report.buffers < ended.allocations.len() as u64 {
                 tracing::warn!(
                     target: "sessionbus::supervisor",
@@ -137,6 +244,10 @@ async fn receipt(
             }
             // The memory is back: the budget may hand it out again.
             release.budget.refund(&ended.owner, gpu_bytes);
+            steps.pool_wait = report.started_at.saturating_duration_since(handed_at);
+            steps.destroy_and_poll = report
+                .finished_at
+                .saturating_duration_since(report.started_at);
             ReleaseReceipt {
                 id: ended.id,
                 reason: ended.reason,
@@ -144,13 +255,14 @@ async fn receipt(
                 bytes: report.bytes,
                 ended_at: ended.ended_instant,
                 released_at: report.finished_at,
-                paced_for,
+                paced_for: steps.queued,
                 error: None,
                 deadline: ended.deadline,
                 trace_id: ended.request_trace_id(),
+                steps,
             }
         }
-        Err(_) => {
+        Ok(Err(_)) => {
             tracing::error!(
                 target: "sessionbus::supervisor",
                 event = "release.failed",
@@ -159,8 +271,45 @@ async fn receipt(
                 "the GPU pool dropped a release request; its memory may not be back"
             );
             ReleaseReceipt {
-                paced_for,
+                paced_for: steps.queued,
                 error: Some("the GPU pool is not running".into()),
+                steps,
+                ..ReleaseReceipt::nothing_released(&ended)
+            }
+        }
+        Err(_) => {
+            tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "release.stuck",
+                session_id = %ended.id,
+                step = "destroy_and_poll",
+                buffers = ended.allocations.len(),
+                timeout_ms = release.step_timeout.as_millis() as u64,
+                "a GPU release neither completed nor failed in time; session force-completed"
+            );
+            steps.stuck = Some(ReleaseStep::DestroyAndPoll);
+            // A late answer still gives the budget its bytes back; the pool
+            // releases by session, so nothing is released twice.
+            let (budget, owner, id) = (release.budget.clone(), ended.owner.clone(), ended.id);
+            actix::spawn(async move {
+                if let Ok(late) = report.await {
+                    budget.refund(&owner, gpu_bytes);
+                    tracing::warn!(
+                        target: "sessionbus::supervisor",
+                        event = "release.late_answer",
+                        session_id = %id,
+                        buffers = late.buffers,
+                        "a release declared stuck was answered late; its memory is back"
+                    );
+                }
+            });
+            ReleaseReceipt {
+                paced_for: steps.queued,
+                error: Some(format!(
+                    "stuck: the GPU release did not answer within {:?}",
+                    release.step_timeout
+                )),
+                steps,
                 ..ReleaseReceipt::nothing_released(&ended)
             }
         }

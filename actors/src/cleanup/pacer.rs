@@ -98,6 +98,11 @@ impl Pacer {
         }
     }
 
+    /// The highest tier (most releases in flight), used at shutdown.
+    pub(crate) fn top(&self) -> usize {
+        self.tiers.len().saturating_sub(1)
+    }
+
     pub(crate) fn tier(&self, index: usize) -> &ReleaseTier {
         &self.tiers[index].0
     }

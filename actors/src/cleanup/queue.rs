@@ -8,7 +8,7 @@
 //! latter.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -24,6 +24,8 @@ pub(crate) struct Queued {
     pub(crate) cost: u64,
     /// When it entered the queue.
     pub(crate) queued_at: std::time::Instant,
+    /// How long its pre-destroy hooks ran before it was queued.
+    pub(crate) hooks_took: std::time::Duration,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +48,9 @@ pub(crate) struct ReleaseQueue {
     answered: Notify,
     /// Live sessions, kept by the registry.
     live_sessions: AtomicU64,
+    /// Raised at shutdown: release at the top tier, without pacing, so the
+    /// memory is back before the deadline.
+    unpaced: AtomicBool,
 }
 
 /// Whether an end goes before others.
@@ -81,6 +86,21 @@ impl ReleaseQueue {
             classes.urgent.push_back(queued);
         } else {
             classes.deferred.push_back(queued);
+        }
+        drop(classes);
+        self.arrived.notify_one();
+    }
+
+    /// Puts back a release the dispatcher had taken but not handed to the
+    /// pool (it panicked in between): first in its class, as it was.
+    pub(crate) fn requeue(&self, queued: Queued) {
+        let mut classes = self.classes();
+        classes.cost += queued.cost;
+        classes.bytes += queued.ended.gpu_bytes();
+        if is_urgent(queued.ended.reason) {
+            classes.urgent.push_front(queued);
+        } else {
+            classes.deferred.push_front(queued);
         }
         drop(classes);
         self.arrived.notify_one();
@@ -131,6 +151,17 @@ impl ReleaseQueue {
 
     pub(crate) fn set_live_sessions(&self, live: u64) {
         self.live_sessions.store(live, Ordering::Relaxed);
+    }
+
+    /// From now on, release as fast as the pool answers (shutdown).
+    pub(crate) fn lift_pacing(&self) {
+        self.unpaced.store(true, Ordering::Relaxed);
+        // The dispatcher may be asleep in the pacer or waiting for arrivals.
+        self.arrived.notify_one();
+    }
+
+    pub(crate) fn unpaced(&self) -> bool {
+        self.unpaced.load(Ordering::Relaxed)
     }
 
     pub(crate) fn live_sessions(&self) -> u64 {

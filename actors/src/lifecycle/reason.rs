@@ -23,11 +23,14 @@ pub enum EndReason {
     /// The cluster node that owned it stopped heartbeating and was fenced off:
     /// another node declared the session ended (see the `redis` feature of `sessionbus`).
     NodeLost,
+    /// The GPU device holding its memory was lost (driver reset, device
+    /// removed); its buffers are gone with the device.
+    DeviceLost,
 }
 
 impl EndReason {
     /// Every reason, in declaration order (for reports that list them all).
-    pub const ALL: [EndReason; 9] = [
+    pub const ALL: [EndReason; 10] = [
         EndReason::Closed,
         EndReason::Disconnected,
         EndReason::IdleTimeout,
@@ -37,6 +40,7 @@ impl EndReason {
         EndReason::Crashed,
         EndReason::LeaseLost,
         EndReason::NodeLost,
+        EndReason::DeviceLost,
     ];
 
     /// The stable snake_case name used in logs, metrics and JSON.
@@ -51,6 +55,7 @@ impl EndReason {
             EndReason::Crashed => "crashed",
             EndReason::LeaseLost => "lease_lost",
             EndReason::NodeLost => "node_lost",
+            EndReason::DeviceLost => "device_lost",
         }
     }
 }

@@ -14,7 +14,8 @@ use super::error::OpenError;
 use super::expiry::ExpiryState;
 use super::messages::*;
 use super::pressure::PressureState;
-use super::stats::{RegistryStats, ShutdownReport};
+use super::shutdown::ShutdownInProgress;
+use super::stats::RegistryStats;
 use super::sweeper::SweeperState;
 use super::tombstones::{Tombstone, Tombstones};
 use crate::budget::Budget;
@@ -61,14 +62,6 @@ pub(super) struct Counters {
     pub(super) drains_forced: u64,
 }
 
-struct ShutdownInProgress {
-    started: Instant,
-    sessions_ended: u64,
-    buffers_before: u64,
-    bytes_before: u64,
-    waiters: Vec<oneshot::Sender<ShutdownReport>>,
-}
-
 /// Messages that may wait for the registry. Every open, attach, end and
 /// receipt passes through it, so it is far deeper than a session's mailbox;
 /// an end that still finds it full is delivered anyway (see `EndGuard::report`).
@@ -82,12 +75,18 @@ pub(crate) struct RegistryActor {
     /// more than the extra pointer costs (measured per idle session at 1M).
     pub(super) sessions: IdMap<Box<LiveSession>>,
     pub(super) tombstones: Tombstones,
-    releasing: usize,
+    pub(super) releasing: usize,
     pub(super) counters: Counters,
-    shutdown: Option<ShutdownInProgress>,
+    pub(super) shutdown: Option<ShutdownInProgress>,
     pub(super) expiry: ExpiryState,
     pub(super) sweeper: SweeperState,
     pub(super) pressure: PressureState,
+    /// Pre-destroy hooks, for their counts in `stats()`.
+    pub(crate) hooks: Arc<crate::hooks::Hooks>,
+    /// Per-step timings of the releases the cleanup completed.
+    steps: crate::supervision::StepTimings,
+    /// Restarts and escalation of the runtime's own tasks.
+    pub(crate) health: Arc<crate::supervision::Health>,
 }
 
 impl RegistryActor {
@@ -132,6 +131,9 @@ impl RegistryActor {
                 config.leases.drain_timeout(),
             ),
             pressure: PressureState::new(&config.budget, budget, queue),
+            hooks: Arc::new(crate::hooks::Hooks::new(config.hooks.timeout())),
+            steps: Default::default(),
+            health: Default::default(),
         })
     }
 
@@ -140,7 +142,7 @@ impl RegistryActor {
         self.bus.subscribe_internal(sink, kinds)
     }
 
-    fn stats(&self) -> RegistryStats {
+    pub(super) fn stats(&self) -> RegistryStats {
         let ended_by: Vec<_> = EndReason::ALL
             .iter()
             .zip(self.counters.ended_by)
@@ -168,6 +170,9 @@ impl RegistryActor {
             budget: self.pressure.budget.snapshot(),
             release_queue: self.pressure.queue.stats(),
             pressure: self.pressure.counters,
+            hooks: self.hooks.stats(),
+            steps: self.steps,
+            supervision: self.health.stats(),
         }
     }
 
@@ -206,41 +211,6 @@ impl RegistryActor {
         Ok(receipt)
     }
 
-    fn finish_shutdown_if_done(&mut self) {
-        if !self.sessions.is_empty() || self.releasing > 0 {
-            return;
-        }
-        let Some(shutdown) = self.shutdown.as_mut() else {
-            return;
-        };
-        if shutdown.waiters.is_empty() {
-            return;
-        }
-        let report = ShutdownReport {
-            sessions_ended: shutdown.sessions_ended,
-            buffers_released: self.counters.released_buffers - shutdown.buffers_before,
-            bytes_released: self.counters.released_bytes - shutdown.bytes_before,
-            took: shutdown.started.elapsed(),
-            stats: RegistryStats::default(),
-        };
-        let waiters = std::mem::take(&mut shutdown.waiters);
-        let report = ShutdownReport {
-            stats: self.stats(),
-            ..report
-        };
-        tracing::info!(
-            target: "sessionbus::supervisor",
-            event = "runtime.shutdown_complete",
-            sessions_ended = report.sessions_ended,
-            bytes = report.bytes_released,
-            duration_us = report.took.as_micros() as u64,
-            "shutdown complete: every session ended and all GPU memory released"
-        );
-        for waiter in waiters {
-            let _ = waiter.send(report.clone());
-        }
-    }
-
     pub(super) fn incident(&mut self) {
         self.counters.incidents += 1;
     }
@@ -272,8 +242,11 @@ impl Handler<Open> for RegistryActor {
     type Result = Result<Opened, OpenError>;
 
     fn handle(&mut self, msg: Open, ctx: &mut Self::Context) -> Self::Result {
-        if self.shutdown.is_some() {
+        if self.shutting_down() {
             return Err(OpenError::ShuttingDown);
+        }
+        if let Some(failed) = self.health.failed() {
+            return Err(OpenError::RuntimeFailed(failed));
         }
         if self.sessions.len() >= self.config.max_sessions {
             tracing::warn!(
@@ -515,6 +488,7 @@ impl Handler<ReleaseCompleted> for RegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: ReleaseCompleted, _ctx: &mut Self::Context) {
+        self.steps.add(&msg.receipt.steps);
         self.complete_release(msg.receipt);
     }
 }
@@ -593,49 +567,6 @@ impl Handler<FlushBus> for RegistryActor {
                 actix::clock::sleep(Duration::from_millis(1)).await;
             }
         })
-    }
-}
-
-impl Handler<Shutdown> for RegistryActor {
-    type Result = ResponseFuture<ShutdownReport>;
-
-    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
-        let (waiter, report) = oneshot::channel();
-        if self.shutdown.is_none() {
-            tracing::info!(
-                target: "sessionbus::supervisor",
-                event = "runtime.shutdown",
-                live = self.sessions.len(),
-                "shutdown: ending every session"
-            );
-            self.shutdown = Some(ShutdownInProgress {
-                started: Instant::now(),
-                sessions_ended: self.sessions.len() as u64,
-                buffers_before: self.counters.released_buffers,
-                bytes_before: self.counters.released_bytes,
-                waiters: Vec::new(),
-            });
-            let operator = Caller::Operator("sessionbus-shutdown".into());
-            for live in self.sessions.values() {
-                // An actor that cannot be reached is already stopping; its end guard reports it.
-                if let Some(addr) = live.addr.upgrade() {
-                    let end = End {
-                        caller: operator.clone(),
-                        reason: EndReason::Shutdown,
-                        waiter: None,
-                        deadline: None,
-                        seen_active_us: 0,
-                        trace_id: None,
-                    };
-                    deliver_end(addr, end);
-                }
-            }
-        }
-        if let Some(shutdown) = self.shutdown.as_mut() {
-            shutdown.waiters.push(waiter);
-        }
-        self.finish_shutdown_if_done();
-        Box::pin(async move { report.await.unwrap_or_default() })
     }
 }
 

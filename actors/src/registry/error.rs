@@ -17,6 +17,10 @@ pub enum OpenError {
     /// The runtime is shutting down and admits no new sessions.
     #[error("the runtime is shutting down and admits no new sessions")]
     ShuttingDown,
+    /// A runtime task failed past its restart limit; the runtime admits no
+    /// new sessions (see `stats().supervision`). Shut it down and restart the process.
+    #[error("the runtime has failed and admits no new sessions: {0}")]
+    RuntimeFailed(String),
     /// The runtime is stopped.
     #[error("the sessionbus runtime is not running")]
     RuntimeStopped,

@@ -108,10 +108,20 @@ pub(crate) struct Unsubscribe(pub(crate) SubscriptionId);
 #[rtype(result = "RegistryStats")]
 pub(crate) struct Stats;
 
-/// Ends every session with reason `shutdown` and resolves when all memory is back.
+/// Ends every session with reason `shutdown` and resolves when all memory is
+/// back, or at `deadline` with what is left (see `registry/shutdown.rs`).
 #[derive(Message)]
 #[rtype(result = "ShutdownReport")]
-pub(crate) struct Shutdown;
+pub(crate) struct Shutdown {
+    pub(crate) deadline: std::time::Duration,
+}
+
+/// Ends every live session with `reason` (an operator's end); answers how many were asked.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub(crate) struct EndAll {
+    pub(crate) reason: crate::lifecycle::EndReason,
+}
 
 /// Resolves when reliable subscribers' backlogs are empty, or at `timeout`,
 /// with the number of events still waiting.

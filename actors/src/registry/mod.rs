@@ -7,6 +7,7 @@ mod expiry;
 mod listing;
 mod messages;
 mod pressure;
+mod shutdown;
 mod stats;
 mod sweeper;
 mod tombstones;

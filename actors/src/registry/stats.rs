@@ -3,7 +3,9 @@ use std::time::Duration;
 use super::pressure::PressureCounters;
 use crate::budget::BudgetStats;
 use crate::cleanup::ReleaseQueueStats;
+use crate::hooks::HookStats;
 use crate::lifecycle::EndReason;
+use crate::supervision::{StepTimings, SupervisionStats};
 
 /// Counts the registry keeps.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -49,13 +51,39 @@ pub struct RegistryStats {
     pub release_queue: ReleaseQueueStats,
     /// Evictions, offloads and restores under memory pressure.
     pub pressure: PressureCounters,
+    /// Pre-destroy hooks: succeeded, failed, timed out, panicked.
+    pub hooks: HookStats,
+    /// Per-step timings of the destroy path, and releases force-completed
+    /// because a step was stuck.
+    pub steps: StepTimings,
+    /// Restarts of the runtime's own tasks, and the failure that escalated, if any.
+    pub supervision: SupervisionStats,
 }
 
-/// What `shutdown` did.
+/// What `shutdown` did. Nothing is skipped silently: what the deadline cut
+/// short is counted in the `*_unfinished` fields and `completed` is false.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ShutdownReport {
+    /// The deadline shutdown ran under.
+    #[serde(serialize_with = "micros")]
+    pub deadline: Duration,
     /// Sessions live when shutdown began, ended with reason `shutdown`.
     pub sessions_ended: u64,
+    /// Of those, sessions still draining leases at three quarters of the
+    /// deadline, whose ends were forced then.
+    pub sessions_forced: u64,
+    /// Ends forced past leases still held during shutdown (by the session's
+    /// own drain timeout or by the shutdown's forcing).
+    pub drains_forced: u64,
+    /// Sessions not yet ended at the deadline (zero unless an actor was stuck).
+    pub sessions_unfinished: u64,
+    /// Ended sessions whose release had not completed at the deadline; the
+    /// GPU thread destroys their buffers as it stops (each logged).
+    pub releases_unfinished: u64,
+    /// GPU bytes those releases held.
+    pub bytes_unfinished: u64,
+    /// Whether every session ended and every release completed before the deadline.
+    pub completed: bool,
     /// Buffers released during shutdown (including releases already under way).
     pub buffers_released: u64,
     /// Bytes released during shutdown.

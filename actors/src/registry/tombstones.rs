@@ -114,6 +114,7 @@ mod tests {
             error: None,
             deadline: None,
             trace_id: crate::ids::TraceId(0),
+            steps: Default::default(),
         }
     }
 

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessionbus_actors::*;
+
+pub mod stalling;
 use tokio::sync::mpsc;
 
 pub const MIB: u64 = 1 << 20;

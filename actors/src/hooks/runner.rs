@@ -1,0 +1,150 @@
+//! Registering hooks and running them under a timeout and panic isolation.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use crate::events::SessionEndEvent;
+
+/// A pre-destroy hook: called with the end of a session whose memory is about
+/// to be released; its future says whether the work succeeded (`Err` carries
+/// what went wrong, for the log).
+pub type BeforeRelease =
+    Arc<dyn Fn(Arc<SessionEndEvent>) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// What the hooks did, since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HookStats {
+    /// Hook runs that succeeded.
+    pub succeeded: u64,
+    /// Hook runs that returned an error.
+    pub failed: u64,
+    /// Hook runs cut off at `hooks.timeout_ms` (the release went ahead).
+    pub timed_out: u64,
+    /// Hook runs that panicked (caught; the release went ahead).
+    pub panicked: u64,
+    /// Ends whose hooks are running now.
+    pub running: u64,
+}
+
+#[derive(Default)]
+struct Counts {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    timed_out: AtomicU64,
+    panicked: AtomicU64,
+    running: AtomicU64,
+}
+
+/// The registered hooks, shared by the engine handle (which adds them), the
+/// cleanup actor (which runs them) and the registry (which reports them).
+pub(crate) struct Hooks {
+    hooks: RwLock<Vec<(String, BeforeRelease)>>,
+    timeout: Duration,
+    counts: Counts,
+}
+
+enum Outcome {
+    Succeeded,
+    Failed(String),
+    TimedOut,
+    Panicked,
+}
+
+impl Hooks {
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Hooks {
+            hooks: RwLock::new(Vec::new()),
+            timeout,
+            counts: Counts::default(),
+        }
+    }
+
+    pub(crate) fn add(&self, name: String, hook: BeforeRelease) {
+        self.hooks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name, hook));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.hooks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    pub(crate) fn stats(&self) -> HookStats {
+        let c = &self.counts;
+        HookStats {
+            succeeded: c.succeeded.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            timed_out: c.timed_out.load(Ordering::Relaxed),
+            panicked: c.panicked.load(Ordering::Relaxed),
+            running: c.running.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs every hook for `ended`, concurrently; resolves within the timeout
+    /// (plus scheduling) whatever the hooks do.
+    pub(crate) async fn run(&self, ended: &Arc<SessionEndEvent>) {
+        let hooks: Vec<_> = self.hooks.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if hooks.is_empty() {
+            return;
+        }
+        self.counts.running.fetch_add(1, Ordering::Relaxed);
+        let runs = hooks.into_iter().map(|(name, hook)| {
+            let ended = ended.clone();
+            async move { (name, self.run_one(hook, ended).await) }
+        });
+        for (name, outcome) in futures::future::join_all(runs).await {
+            self.record(&name, ended, outcome);
+        }
+        self.counts.running.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn run_one(&self, hook: BeforeRelease, ended: Arc<SessionEndEvent>) -> Outcome {
+        // The call itself may panic before it returns a future.
+        let future = match std::panic::catch_unwind(AssertUnwindSafe(|| hook(ended))) {
+            Ok(future) => future,
+            Err(_) => return Outcome::Panicked,
+        };
+        match tokio::time::timeout(self.timeout, AssertUnwindSafe(future).catch_unwind()).await {
+            Ok(Ok(Ok(()))) => Outcome::Succeeded,
+            Ok(Ok(Err(error))) => Outcome::Failed(error),
+            Ok(Err(_)) => Outcome::Panicked,
+            Err(_) => Outcome::TimedOut,
+        }
+    }
+
+    fn record(&self, name: &str, ended: &SessionEndEvent, outcome: Outcome) {
+        let c = &self.counts;
+        let (counter, what, error) = match outcome {
+            Outcome::Succeeded => {
+                c.succeeded.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Outcome::Failed(error) => (&c.failed, "hook.failed", error),
+            Outcome::TimedOut => (
+                &c.timed_out,
+                "hook.timed_out",
+                format!("no answer within {:?}", self.timeout),
+            ),
+            Outcome::Panicked => (&c.panicked, "hook.panicked", "the hook panicked".to_owned()),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            target: "sessionbus::supervisor",
+            event = what,
+            hook = name,
+            session_id = %ended.id,
+            reason = %ended.reason,
+            %error,
+            "pre-destroy hook did not succeed; releasing the session's memory anyway"
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! Graceful shutdown, bounded by a deadline.
+//!
+//! Ground rules: from the first `Shutdown` on, the registry admits nothing.
+//! Every live session is asked to end with reason `shutdown`; releases go out
+//! unpaced at the top tier. At three quarters of the deadline, sessions still
+//! draining leases are forced (`ForceEnd`), so the memory they held still has
+//! a quarter of the deadline to come back. At the deadline the report is sent
+//! whatever is left: releases not yet answered are counted in it, never
+//! skipped silently, and the GPU thread destroys their buffers on its way out.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::actor::{RegistryActor, deliver_end};
+use super::messages::{EndAll, Shutdown};
+use super::stats::ShutdownReport;
+use crate::ids::Caller;
+use crate::lifecycle::EndReason;
+use crate::mailbox::send_now_or_later;
+use crate::session::{End, ForceEnd};
+
+pub(super) struct ShutdownInProgress {
+    started: Instant,
+    deadline: Duration,
+    sessions_ended: u64,
+    sessions_forced: u64,
+    buffers_before: u64,
+    bytes_before: u64,
+    drains_forced_before: u64,
+    /// Set once the report went out (everything back, or the deadline passed).
+    reported: bool,
+    waiters: Vec<oneshot::Sender<ShutdownReport>>,
+}
+
+/// The share of the deadline given to draining leases; the rest is for the
+/// releases that the forced ends queue.
+const DRAIN_SHARE: f64 = 0.75;
+
+impl RegistryActor {
+    pub(super) fn shutting_down(&self) -> bool {
+        self.shutdown.is_some()
+    }
+
+    fn begin_shutdown(&mut self, deadline: Duration, ctx: &mut Context<Self>) {
+        tracing::info!(
+            target: "sessionbus::supervisor",
+            event = "runtime.shutdown",
+            live = self.sessions.len(),
+            deadline_ms = deadline.as_millis() as u64,
+            "shutdown: ending every session"
+        );
+        self.shutdown = Some(ShutdownInProgress {
+            started: Instant::now(),
+            deadline,
+            sessions_ended: self.sessions.len() as u64,
+            sessions_forced: 0,
+            buffers_before: self.counters.released_buffers,
+            bytes_before: self.counters.released_bytes,
+            drains_forced_before: self.counters.drains_forced,
+            reported: false,
+            waiters: Vec::new(),
+        });
+        self.pressure.queue.lift_pacing();
+        let operator = Caller::Operator("sessionbus-shutdown".into());
+        for live in self.sessions.values() {
+            // An actor that cannot be reached is already stopping; its end guard reports it.
+            if let Some(addr) = live.addr.upgrade() {
+                let end = End {
+                    caller: operator.clone(),
+                    reason: EndReason::Shutdown,
+                    waiter: None,
+                    deadline: None,
+                    seen_active_us: 0,
+                    trace_id: None,
+                };
+                deliver_end(addr, end);
+            }
+        }
+        ctx.run_later(deadline.mul_f64(DRAIN_SHARE), |registry, _ctx| {
+            registry.force_draining()
+        });
+        ctx.run_later(deadline, |registry, _ctx| registry.shutdown_deadline());
+    }
+
+    /// Ends every session still live (draining leases) now.
+    fn force_draining(&mut self) {
+        let Some(shutdown) = self.shutdown.as_mut() else {
+            return;
+        };
+        if shutdown.reported || self.sessions.is_empty() {
+            return;
+        }
+        shutdown.sessions_forced = self.sessions.len() as u64;
+        tracing::warn!(
+            target: "sessionbus::supervisor",
+            event = "runtime.shutdown_forcing",
+            sessions = self.sessions.len(),
+            "shutdown: forcing the ends of sessions still draining leases"
+        );
+        for live in self.sessions.values() {
+            if let Some(addr) = live.addr.upgrade() {
+                send_now_or_later(&addr, ForceEnd);
+            }
+        }
+    }
+
+    /// The deadline passed: report now, with what is still unreleased.
+    fn shutdown_deadline(&mut self) {
+        if self.shutdown.as_ref().is_none_or(|s| s.reported) {
+            return;
+        }
+        self.send_shutdown_report();
+    }
+
+    pub(super) fn finish_shutdown_if_done(&mut self) {
+        if !self.sessions.is_empty() || self.releasing > 0 {
+            return;
+        }
+        match self.shutdown.as_ref() {
+            Some(shutdown) if !shutdown.reported => self.send_shutdown_report(),
+            Some(_) | None => {}
+        }
+    }
+
+    fn send_shutdown_report(&mut self) {
+        let stats = self.stats();
+        let Some(shutdown) = self.shutdown.as_mut() else {
+            return;
+        };
+        let unfinished = stats.release_queue;
+        let report = ShutdownReport {
+            deadline: shutdown.deadline,
+            sessions_ended: shutdown.sessions_ended,
+            sessions_forced: shutdown.sessions_forced,
+            drains_forced: self.counters.drains_forced - shutdown.drains_forced_before,
+            buffers_released: self.counters.released_buffers - shutdown.buffers_before,
+            bytes_released: self.counters.released_bytes - shutdown.bytes_before,
+            sessions_unfinished: self.sessions.len() as u64,
+            releases_unfinished: self.releasing as u64,
+            bytes_unfinished: unfinished.queued_bytes + unfinished.in_flight_bytes,
+            completed: self.sessions.is_empty() && self.releasing == 0,
+            took: shutdown.started.elapsed(),
+            stats,
+        };
+        shutdown.reported = true;
+        let waiters = std::mem::take(&mut shutdown.waiters);
+        if report.completed {
+            tracing::info!(
+                target: "sessionbus::supervisor",
+                event = "runtime.shutdown_complete",
+                sessions_ended = report.sessions_ended,
+                sessions_forced = report.sessions_forced,
+                bytes = report.bytes_released,
+                duration_us = report.took.as_micros() as u64,
+                "shutdown complete: every session ended and all GPU memory released"
+            );
+        } else {
+            tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "runtime.shutdown_deadline",
+                sessions_unfinished = report.sessions_unfinished,
+                releases_unfinished = report.releases_unfinished,
+                bytes_unfinished = report.bytes_unfinished,
+                deadline_ms = report.deadline.as_millis() as u64,
+                "shutdown deadline passed with memory unreleased; the GPU thread destroys it on exit"
+            );
+        }
+        for waiter in waiters {
+            let _ = waiter.send(report.clone());
+        }
+    }
+}
+
+impl Handler<EndAll> for RegistryActor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: EndAll, _ctx: &mut Self::Context) -> usize {
+        tracing::warn!(
+            target: "sessionbus::supervisor",
+            event = "runtime.end_all",
+            reason = %msg.reason,
+            live = self.sessions.len(),
+            "ending every live session"
+        );
+        let operator = Caller::Operator(format!("sessionbus-{}", msg.reason).into());
+        let mut asked = 0;
+        for live in self.sessions.values() {
+            if let Some(addr) = live.addr.upgrade() {
+                let end = End {
+                    caller: operator.clone(),
+                    reason: msg.reason,
+                    waiter: None,
+                    deadline: None,
+                    seen_active_us: 0,
+                    trace_id: None,
+                };
+                deliver_end(addr, end);
+                asked += 1;
+            }
+        }
+        asked
+    }
+}
+
+impl Handler<Shutdown> for RegistryActor {
+    type Result = ResponseFuture<ShutdownReport>;
+
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        let (waiter, report) = oneshot::channel();
+        if self.shutdown.is_none() {
+            self.begin_shutdown(msg.deadline, ctx);
+        }
+        if let Some(shutdown) = self.shutdown.as_mut() {
+            shutdown.waiters.push(waiter);
+            if shutdown.reported {
+                // A second caller after the report: report again, as things are now.
+                shutdown.reported = false;
+                self.send_shutdown_report();
+            }
+        }
+        self.finish_shutdown_if_done();
+        let hooks = self.hooks.clone();
+        let deadline = self.shutdown.as_ref().map(|s| s.started + s.deadline);
+        Box::pin(async move {
+            let mut report = report.await.unwrap_or_default();
+            // Hooks of sessions that held no GPU memory hold no release back,
+            // so the report does not wait for them; the caller does, within
+            // the deadline (on the engine's thread, where the timers are).
+            while hooks.stats().running > 0 && deadline.is_some_and(|d| Instant::now() < d) {
+                actix::clock::sleep(Duration::from_millis(1)).await;
+            }
+            report.stats.hooks = hooks.stats();
+            report
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! A pool that can stop answering releases: the fault behind a stuck step
+//! (a GPU release whose answer never comes). Everything else goes to an
+//! `InMemoryPool`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sessionbus_actors::*;
+use tokio::sync::oneshot;
+
+pub struct StallingPool {
+    pub inner: Arc<InMemoryPool>,
+    stall: AtomicBool,
+    held: Mutex<Vec<(SessionId, oneshot::Sender<ReleaseReport>)>>,
+}
+
+impl StallingPool {
+    pub fn new(inner: Arc<InMemoryPool>) -> Self {
+        StallingPool {
+            inner,
+            stall: AtomicBool::new(false),
+            held: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// From now on, releases are held without an answer (and without freeing).
+    pub fn stall(&self, on: bool) {
+        self.stall.store(on, Ordering::SeqCst);
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
+    /// Performs the held releases now: the late answers.
+    pub fn answer_late(&self) {
+        for (session, reply) in self.held.lock().unwrap().drain(..) {
+            self.inner.release_session(session, reply);
+        }
+    }
+}
+
+impl GpuPool for StallingPool {
+    fn info(&self) -> &PoolInfo {
+        self.inner.info()
+    }
+
+    fn allocate(&self, request: AllocRequest, reply: oneshot::Sender<Result<Allocated, GpuError>>) {
+        self.inner.allocate(request, reply)
+    }
+
+    fn release_session(&self, session: SessionId, reply: oneshot::Sender<ReleaseReport>) {
+        if self.stall.load(Ordering::SeqCst) {
+            self.held.lock().unwrap().push((session, reply));
+        } else {
+            self.inner.release_session(session, reply)
+        }
+    }
+
+    fn release_allocations(
+        &self,
+        session: SessionId,
+        ids: Vec<AllocationId>,
+        reply: oneshot::Sender<ReleaseReport>,
+    ) {
+        self.inner.release_allocations(session, ids, reply)
+    }
+
+    fn sessions_holding_memory(&self, reply: oneshot::Sender<Vec<SessionId>>) {
+        self.inner.sessions_holding_memory(reply)
+    }
+
+    fn stats(&self) -> PoolStats {
+        self.inner.stats()
+    }
+}

@@ -1,0 +1,164 @@
+//! `--scenario shutdown`: a busy population gets a real SIGTERM in the middle
+//! of a paced release storm. The signal helper shuts the runtime down within
+//! `--deadline-secs`; the report adds the shutdown report (sessions ended,
+//! bytes released, leases forced, hooks, per-step timings of the destroy path).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use serde_json::json;
+use sessionbus::{Config, Owner, ReleaseTier, Turn};
+
+use crate::report::{self, Checks, Leak, row};
+use crate::{Args, Demo};
+
+/// A slow pace, so that the storm is still queued when the signal arrives;
+/// leases that outlive the deadline, so that shutdown has to force them.
+pub fn configure(config: &mut Config) {
+    config.release.tiers = vec![ReleaseTier {
+        name: "paced".into(),
+        from_queue: 0,
+        rate: 200,
+        burst: 16,
+        max_in_flight: 8,
+    }];
+    config.leases.drain_timeout_secs = 600.0;
+}
+
+pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
+    let Demo {
+        rt,
+        watch,
+        baseline,
+        adapter,
+        wall,
+    } = demo;
+    // A pre-destroy hook, as an application would persist each conversation.
+    let persisted = Arc::new(AtomicU64::new(0));
+    let count = persisted.clone();
+    rt.on_before_release(
+        "persist-conversation",
+        Arc::new(move |_ended| {
+            let count = count.clone();
+            async move {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+                count.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            .boxed()
+        }),
+    );
+
+    let engine = rt.engine().clone();
+    let mut sessions = Vec::new();
+    let mut leases = Vec::new();
+    for i in 0..args.sessions {
+        let session = engine.open(format!("user-{i}")).await?;
+        for _ in 0..args.turns.min(4) {
+            session.chat(Turn::default()).await?;
+            session.allocate(args.kv_bytes_per_turn).await?;
+        }
+        if i % 10 == 0 {
+            leases.push(session.lease().await?); // a token stream still running
+        }
+        sessions.push(session);
+    }
+    // The storm: half the clients close at once (not the streaming ones).
+    for (i, session) in sessions.iter().enumerate() {
+        if i % 2 == 1 {
+            let (engine, id) = (engine.clone(), session.id());
+            tokio::spawn(async move {
+                let _ = engine.close(id, Owner::new(format!("user-{i}"))).await;
+            });
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let queued_at_signal = rt
+        .stats()
+        .await
+        .map(|s| s.release_queue.queued)
+        .unwrap_or(0);
+
+    let deadline = Duration::from_secs_f64(args.deadline_secs);
+    let shutdown = sessionbus::signals::shutdown_on_signal(rt, deadline);
+    tokio::pin!(shutdown);
+    // The first poll installs the handlers; then the process signals itself.
+    let _ = futures::poll!(&mut shutdown);
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &std::process::id().to_string()])
+        .status()?;
+    anyhow::ensure!(sent.success(), "kill -TERM failed");
+    let stop = shutdown.await;
+    drop((sessions, leases));
+    let seen = watch.finish().await?;
+    let leak = Leak::between(baseline, stop.gpu_after);
+    let s = &stop.sessions;
+    let double_ends = seen.double_ends();
+
+    let report = json!({
+        "adapter": report::adapter_json(&adapter),
+        "sessions_opened": s.stats.opened,
+        "sessions_ended": seen.ends.len(),
+        "double_ends": double_ends,
+        "ended_by": seen.ended_by(),
+        "releases_queued_at_signal": queued_at_signal,
+        "hooks_persisted": persisted.load(Ordering::Relaxed),
+        "gpu_buffers_released": seen.released_buffers,
+        "wgpu_hal_buffers_baseline": baseline.buffers,
+        "wgpu_hal_buffers_after": stop.gpu_after.buffers,
+        "leaked_buffers": leak.buffers,
+        "shutdown": s,
+        "wall_ms": wall.elapsed().as_millis() as u64,
+    });
+    println!();
+    println!("── sessionbus shutdown report ─────────────────────────────────");
+    row(
+        "signal",
+        format!("SIGTERM with {queued_at_signal} releases queued"),
+    );
+    row(
+        "shutdown",
+        format!(
+            "{} sessions ended ({} forced past leases), {} bytes released in {} ms, completed {}",
+            s.sessions_ended,
+            s.sessions_forced,
+            s.bytes_released,
+            s.took.as_millis(),
+            s.completed
+        ),
+    );
+    let step = |t: &sessionbus::StepTiming| {
+        format!(
+            "mean {} µs, max {} µs",
+            t.total_us / t.count.max(1),
+            t.max_us
+        )
+    };
+    let steps = &s.stats.steps;
+    row("step hooks", step(&steps.hooks));
+    row("step queued", step(&steps.queued));
+    row("step pool wait", step(&steps.pool_wait));
+    row("step destroy+poll", step(&steps.destroy_and_poll));
+    row(
+        "wgpu hal.buffers",
+        format!(
+            "baseline {}, after {} → leaked {}",
+            baseline.buffers, stop.gpu_after.buffers, leak.buffers
+        ),
+    );
+    if args.json {
+        report::print_json(&report);
+    }
+    let mut checks = Checks::default();
+    checks.require(leak.buffers == 0, "wgpu hal.buffers back at baseline");
+    checks.require(double_ends == 0, "no session ended twice");
+    checks.require(
+        seen.ends.len() as u64 == s.stats.opened,
+        "every opened session ended",
+    );
+    checks.require(s.completed, "shutdown completed within its deadline");
+    checks.require(s.stats.steps.stuck == 0, "no stuck release");
+    checks.conclude()
+}
