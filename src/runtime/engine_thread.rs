@@ -55,6 +55,11 @@ pub(super) fn run(
             }
         }
         Err(e) => {
+            // Tear the device down before answering: a caller that gives up
+            // and exits must not race this thread's teardown of the driver.
+            gpu.shutdown();
+            drop(gpu);
+            drop(runner);
             let _ = started.send(Err(StartError::Config(e.into())));
             return;
         }

@@ -72,6 +72,9 @@ pub struct Runtime {
     metrics: Option<MetricsTask>,
     audit: Option<AuditWriter>,
     shutdown_deadline: std::time::Duration,
+    /// Joined when the runtime is dropped, so the driver is never still being
+    /// torn down on it while the process exits.
+    engine_thread: Option<thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -106,7 +109,7 @@ impl Runtime {
         let shutdown_deadline = config.shutdown.deadline();
         let (started_tx, started_rx) = oneshot::channel::<engine_thread::Started>();
         let (exit_tx, exit_rx) = oneshot::channel();
-        thread::Builder::new()
+        let engine_thread = thread::Builder::new()
             .name("sessionbus-engine".into())
             .spawn(move || engine_thread::run(config, pseudonyms, started_tx, exit_tx))
             .map_err(|e| StartError::Thread(e.to_string()))?;
@@ -129,6 +132,7 @@ impl Runtime {
             metrics,
             audit: None,
             shutdown_deadline,
+            engine_thread: Some(engine_thread),
         };
         if let Some(trail) = trail {
             // Subscribed before `start` returns, so no session can be opened unseen.
@@ -291,6 +295,14 @@ impl Drop for Runtime {
                 "Runtime dropped without shutdown(): live sessions were not ended in order"
             );
             self.system.stop();
+        }
+        // The engine thread ends right after the engine stops (it tears the
+        // GPU worker down first); waiting for it here means nothing of the
+        // driver is still running when the caller goes on, or exits.
+        if let Some(engine_thread) = self.engine_thread.take() {
+            if engine_thread.thread().id() != thread::current().id() {
+                let _ = engine_thread.join();
+            }
         }
     }
 }
