@@ -107,7 +107,7 @@ impl ChatServer {
         // Signals are ours (shutdown.rs): the runtime must end its sessions
         // before the HTTP workers drop their connections.
         .disable_signals()
-        .shutdown_timeout(5)
+        .shutdown_timeout(2)
         .bind(("127.0.0.1", options.port))?;
         let addr = server.addrs()[0];
         let server = server.run();
