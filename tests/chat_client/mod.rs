@@ -47,8 +47,13 @@ pub struct Http {
 
 impl Http {
     pub fn new(server: &ChatServer) -> Self {
+        Self::at(&server.addr.to_string())
+    }
+
+    /// A client of the server at `addr` (`host:port`).
+    pub fn at(addr: &str) -> Self {
         Http {
-            base: format!("http://{}", server.addr),
+            base: format!("http://{addr}"),
             client: awc::Client::builder().timeout(Duration::from_secs(60)).finish(),
         }
     }
