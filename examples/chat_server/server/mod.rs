@@ -103,6 +103,13 @@ impl ChatServer {
                 .app_data(app_state.clone())
                 .configure(routes::configure)
         })
+        // A token stream is many small frames: send each one at once
+        // (without this, Nagle and delayed ACKs hold a frame for ~40 ms).
+        .on_connect(|connection, _| {
+            if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
         .workers(options.workers)
         // Signals are ours (shutdown.rs): the runtime must end its sessions
         // before the HTTP workers drop their connections.
