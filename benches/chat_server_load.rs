@@ -56,7 +56,10 @@ async fn client(addr: String, id: String, token: String, turns: usize, close: bo
     for turn in 0..turns {
         let sent = Instant::now();
         let message = json!({"type": "message", "text": format!("turn {turn} of a load test")});
-        socket.send(Message::text(message.to_string())).await.unwrap();
+        socket
+            .send(Message::text(message.to_string()))
+            .await
+            .unwrap();
         let mut first = None;
         loop {
             let Some(Ok(Message::Text(text))) = socket.next().await else {
@@ -73,7 +76,10 @@ async fn client(addr: String, id: String, token: String, turns: usize, close: bo
         samples.push((first.expect("at least one token"), sent.elapsed()));
     }
     if close {
-        socket.send(Message::text(json!({"type": "close"}).to_string())).await.unwrap();
+        socket
+            .send(Message::text(json!({"type": "close"}).to_string()))
+            .await
+            .unwrap();
         while let Some(Ok(message)) = socket.next().await {
             if let Message::Text(text) = message {
                 if text.contains("\"closed\"") {

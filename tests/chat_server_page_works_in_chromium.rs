@@ -14,8 +14,8 @@
 
 mod chat_client;
 
-use std::path::PathBuf;
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -76,7 +76,10 @@ impl DevTools {
             let endpoint = lines
                 .by_ref()
                 .map_while(Result::ok)
-                .find_map(|l| l.split_once("DevTools listening on ").map(|(_, ws)| ws.to_string()))
+                .find_map(|l| {
+                    l.split_once("DevTools listening on ")
+                        .map(|(_, ws)| ws.to_string())
+                })
                 .expect("chromium prints its DevTools endpoint");
             // Keep draining stderr so the browser never blocks on it.
             std::thread::spawn(move || lines.for_each(drop));
@@ -110,14 +113,19 @@ impl DevTools {
         if !self.session.is_empty() {
             request["sessionId"] = self.session.clone().into();
         }
-        self.socket.send(Message::text(request.to_string())).await.unwrap();
+        self.socket
+            .send(Message::text(request.to_string()))
+            .await
+            .unwrap();
         loop {
             let message = tokio::time::timeout(Duration::from_secs(60), self.socket.next())
                 .await
                 .expect("chromium answers")
                 .expect("the DevTools socket is open")
                 .unwrap();
-            let Message::Text(text) = message else { continue };
+            let Message::Text(text) = message else {
+                continue;
+            };
             let answer: Value = serde_json::from_str(&text).unwrap();
             if answer["id"] == id {
                 assert!(answer["error"].is_null(), "{method}: {answer}");
@@ -135,7 +143,10 @@ impl DevTools {
     /// Evaluates `expression` in the page; its value (strings and numbers).
     async fn eval(&mut self, expression: &str) -> Value {
         let result = self
-            .call("Runtime.evaluate", serde_json::json!({"expression": expression, "returnByValue": true}))
+            .call(
+                "Runtime.evaluate",
+                serde_json::json!({"expression": expression, "returnByValue": true}),
+            )
             .await;
         result["result"]["value"].clone()
     }
@@ -173,16 +184,34 @@ async fn the_page_chats_and_its_status_panel_updates_in_headless_chromium() {
     let prompt = "hello from a headless browser";
     assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
     assert_eq!(seen["done"], true, "{seen}");
-    assert_eq!(seen["reply"], server::model::reply_tokens(prompt).concat(), "the streamed reply: {seen}");
-    assert_eq!(seen["tokens"], server::model::reply_tokens(prompt).len(), "token by token: {seen}");
+    assert_eq!(
+        seen["reply"],
+        server::model::reply_tokens(prompt).concat(),
+        "the streamed reply: {seen}"
+    );
+    assert_eq!(
+        seen["tokens"],
+        server::model::reply_tokens(prompt).len(),
+        "token by token: {seen}"
+    );
     // The status panel was refreshed after the reply and shows the live session and its KV cache.
     assert_eq!(seen["statusLive"], 1, "{seen}");
     assert!(seen["gpuLiveBytes"].as_u64().unwrap() > 0, "{seen}");
     let panel = seen["panel"].as_str().unwrap();
-    assert!(panel.contains("sessions live1") && panel.contains("GPU live"), "{panel}");
+    assert!(
+        panel.contains("sessions live1") && panel.contains("GPU live"),
+        "{panel}"
+    );
     // The chat log on the page shows the reply as it was streamed.
-    let log = page.eval("document.getElementById('log').textContent").await;
-    assert!(log.as_str().unwrap().contains(&server::model::reply_tokens(prompt).concat()), "{log}");
+    let log = page
+        .eval("document.getElementById('log').textContent")
+        .await;
+    assert!(
+        log.as_str()
+            .unwrap()
+            .contains(&server::model::reply_tokens(prompt).concat()),
+        "{log}"
+    );
 
     // Closing the browser closes its socket: the session ends as disconnected.
     page.close_browser().await;

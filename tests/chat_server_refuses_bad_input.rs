@@ -14,37 +14,103 @@ async fn unknown_forged_and_malformed_ids_and_tokens_are_refused() {
     let token = http.token("ada").await;
     let forged_id = "0123456789abcdef0123456789abcdef";
 
-    let (code, body) = http.call("DELETE", &format!("/sessions/{forged_id}"), Some(&token), None).await;
-    assert_eq!((code, body["error"].as_str()), (404, Some("unknown_session")), "{body}");
     let (code, body) = http
-        .call("POST", &format!("/sessions/{forged_id}/messages"), Some(&token), Some(json!({"text": "hi"})))
+        .call(
+            "DELETE",
+            &format!("/sessions/{forged_id}"),
+            Some(&token),
+            None,
+        )
         .await;
-    assert_eq!((code, body["error"].as_str()), (404, Some("unknown_session")), "{body}");
-    assert_eq!(refused_upgrade(ws_url(&server, forged_id, &token)).await, 404);
-    let (code, body) = http.call("DELETE", "/sessions/not-a-session", Some(&token), None).await;
-    assert_eq!((code, body["error"].as_str()), (400, Some("bad_session_id")), "{body}");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (404, Some("unknown_session")),
+        "{body}"
+    );
+    let (code, body) = http
+        .call(
+            "POST",
+            &format!("/sessions/{forged_id}/messages"),
+            Some(&token),
+            Some(json!({"text": "hi"})),
+        )
+        .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (404, Some("unknown_session")),
+        "{body}"
+    );
+    assert_eq!(
+        refused_upgrade(ws_url(&server, forged_id, &token)).await,
+        404
+    );
+    let (code, body) = http
+        .call("DELETE", "/sessions/not-a-session", Some(&token), None)
+        .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("bad_session_id")),
+        "{body}"
+    );
 
     // Tokens: none, malformed, forged (right shape, wrong MAC), another user's name on ada's MAC.
     let mac = token.split_once('.').unwrap().1;
-    for bad in [None, Some("garbage"), Some(&format!("ada.{}", "0".repeat(64))[..]), Some(&format!("eve.{mac}")[..])] {
+    for bad in [
+        None,
+        Some("garbage"),
+        Some(&format!("ada.{}", "0".repeat(64))[..]),
+        Some(&format!("eve.{mac}")[..]),
+    ] {
         let (code, body) = http.call("POST", "/sessions", bad, None).await;
-        assert_eq!((code, body["error"].as_str()), (401, Some("unauthenticated")), "{bad:?}: {body}");
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (401, Some("unauthenticated")),
+            "{bad:?}: {body}"
+        );
     }
     let id = http.open(&token).await;
-    assert_eq!(refused_upgrade(ws_url(&server, &id, "eve.forged")).await, 401);
+    assert_eq!(
+        refused_upgrade(ws_url(&server, &id, "eve.forged")).await,
+        401
+    );
 
     // Bodies: not JSON, unknown fields, a user name that cannot be a token.
-    let (code, body) = http.call("POST", "/tokens", None, Some(json!("not an object"))).await;
-    assert_eq!((code, body["error"].as_str()), (400, Some("bad_body")), "{body}");
-    let (code, body) = http.call("POST", "/tokens", None, Some(json!({"user": "a", "admin": true}))).await;
-    assert_eq!((code, body["error"].as_str()), (400, Some("bad_body")), "{body}");
-    let (code, body) = http.call("POST", "/tokens", None, Some(json!({"user": "<script>"}))).await;
-    assert_eq!((code, body["error"].as_str()), (400, Some("bad_user")), "{body}");
+    let (code, body) = http
+        .call("POST", "/tokens", None, Some(json!("not an object")))
+        .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("bad_body")),
+        "{body}"
+    );
+    let (code, body) = http
+        .call(
+            "POST",
+            "/tokens",
+            None,
+            Some(json!({"user": "a", "admin": true})),
+        )
+        .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("bad_body")),
+        "{body}"
+    );
+    let (code, body) = http
+        .call("POST", "/tokens", None, Some(json!({"user": "<script>"})))
+        .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("bad_user")),
+        "{body}"
+    );
 
     // The refused requests changed nothing: ada's session still works.
     let mut socket = connect(&server, &id, &token).await;
     chat(&mut socket, "still fine").await;
-    let (code, _) = http.call("DELETE", &format!("/sessions/{id}"), Some(&token), None).await;
+    let (code, _) = http
+        .call("DELETE", &format!("/sessions/{id}"), Some(&token), None)
+        .await;
     assert_eq!(code, 200);
     drop(socket);
     let status = finish(server, &http).await;
@@ -60,16 +126,33 @@ async fn someone_elses_session_is_refused_by_the_runtimes_owner_check() {
 
     assert_eq!(refused_upgrade(ws_url(&server, &id, &mallory)).await, 403);
     let (code, body) = http
-        .call("POST", &format!("/sessions/{id}/messages"), Some(&mallory), Some(json!({"text": "hi"})))
+        .call(
+            "POST",
+            &format!("/sessions/{id}/messages"),
+            Some(&mallory),
+            Some(json!({"text": "hi"})),
+        )
         .await;
-    assert_eq!((code, body["error"].as_str()), (403, Some("not_owner")), "{body}");
-    let (code, body) = http.call("DELETE", &format!("/sessions/{id}"), Some(&mallory), None).await;
-    assert_eq!((code, body["error"].as_str()), (403, Some("not_owner")), "{body}");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (403, Some("not_owner")),
+        "{body}"
+    );
+    let (code, body) = http
+        .call("DELETE", &format!("/sessions/{id}"), Some(&mallory), None)
+        .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (403, Some("not_owner")),
+        "{body}"
+    );
 
     // Ada's session is untouched, and her socket still picks up her session.
     let mut socket = connect(&server, &id, &ada).await;
     chat(&mut socket, "mine").await;
-    let (code, receipt) = http.call("DELETE", &format!("/sessions/{id}"), Some(&ada), None).await;
+    let (code, receipt) = http
+        .call("DELETE", &format!("/sessions/{id}"), Some(&ada), None)
+        .await;
     assert_eq!((code, receipt["reason"].as_str()), (200, Some("closed")));
     drop(socket);
     let status = finish(server, &http).await;
@@ -86,19 +169,38 @@ async fn malformed_frames_get_an_error_and_the_socket_keeps_working() {
 
     for (frame, code) in [
         ("{not json".to_string(), "malformed"),
-        (json!({"type": "shout", "text": "hi"}).to_string(), "malformed"),
+        (
+            json!({"type": "shout", "text": "hi"}).to_string(),
+            "malformed",
+        ),
         (json!({"type": "message"}).to_string(), "malformed"),
-        (json!({"type": "message", "text": ""}).to_string(), "bad_message"),
-        (json!({"type": "message", "text": "x".repeat(4001)}).to_string(), "bad_message"),
+        (
+            json!({"type": "message", "text": ""}).to_string(),
+            "bad_message",
+        ),
+        (
+            json!({"type": "message", "text": "x".repeat(4001)}).to_string(),
+            "bad_message",
+        ),
     ] {
-        futures::SinkExt::send(&mut socket, tokio_tungstenite::tungstenite::Message::text(frame.clone()))
-            .await
-            .unwrap();
+        futures::SinkExt::send(
+            &mut socket,
+            tokio_tungstenite::tungstenite::Message::text(frame.clone()),
+        )
+        .await
+        .unwrap();
         let answer = next_json(&mut socket).await;
-        assert_eq!((answer["type"].as_str(), answer["code"].as_str()), (Some("error"), Some(code)), "{frame}: {answer}");
+        assert_eq!(
+            (answer["type"].as_str(), answer["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{frame}: {answer}"
+        );
     }
     let (reply, _, _) = chat(&mut socket, "after the garbage").await;
-    assert_eq!(reply, server::model::reply_tokens("after the garbage").concat());
+    assert_eq!(
+        reply,
+        server::model::reply_tokens("after the garbage").concat()
+    );
     send(&mut socket, json!({"type": "close"})).await;
     assert_eq!(next_json(&mut socket).await["type"], "closed");
     let status = finish(server, &http).await;
@@ -115,17 +217,23 @@ async fn oversized_and_binary_frames_close_the_socket_with_their_code() {
     let mut socket = connect(&server, &big, &token).await;
     chat(&mut socket, "first a normal turn").await;
     let huge = json!({"type": "message", "text": "x".repeat(64 * 1024)}).to_string();
-    futures::SinkExt::send(&mut socket, tokio_tungstenite::tungstenite::Message::text(huge))
-        .await
-        .unwrap();
+    futures::SinkExt::send(
+        &mut socket,
+        tokio_tungstenite::tungstenite::Message::text(huge),
+    )
+    .await
+    .unwrap();
     let (code, why, _) = close_code(&mut socket).await;
     assert_eq!(code, TOO_BIG, "{why}");
     assert!(why.contains("16384"), "{why}");
 
     let mut socket = connect(&server, &binary, &token).await;
-    futures::SinkExt::send(&mut socket, tokio_tungstenite::tungstenite::Message::binary(vec![0u8, 159, 146, 150]))
-        .await
-        .unwrap();
+    futures::SinkExt::send(
+        &mut socket,
+        tokio_tungstenite::tungstenite::Message::binary(vec![0u8, 159, 146, 150]),
+    )
+    .await
+    .unwrap();
     let (code, why, _) = close_code(&mut socket).await;
     assert_eq!(code, UNSUPPORTED, "{why}");
 
@@ -143,17 +251,33 @@ async fn a_message_after_close_is_refused_as_gone() {
     let mut socket = connect(&server, &id, &token).await;
     chat(&mut socket, "before").await;
 
-    let (code, first) = http.call("DELETE", &format!("/sessions/{id}"), Some(&token), None).await;
+    let (code, first) = http
+        .call("DELETE", &format!("/sessions/{id}"), Some(&token), None)
+        .await;
     assert_eq!(code, 200);
     // Closing again is harmless and answers the same receipt.
-    let (code, second) = http.call("DELETE", &format!("/sessions/{id}"), Some(&token), None).await;
+    let (code, second) = http
+        .call("DELETE", &format!("/sessions/{id}"), Some(&token), None)
+        .await;
     assert_eq!((code, &second), (200, &first));
 
     let (code, body) = http
-        .call("POST", &format!("/sessions/{id}/messages"), Some(&token), Some(json!({"text": "late"})))
+        .call(
+            "POST",
+            &format!("/sessions/{id}/messages"),
+            Some(&token),
+            Some(json!({"text": "late"})),
+        )
         .await;
-    assert_eq!((code, body["error"].as_str()), (410, Some("session_gone")), "{body}");
-    assert!(body["message"].as_str().unwrap().contains("closed"), "{body}");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (410, Some("session_gone")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("closed"),
+        "{body}"
+    );
     assert_eq!(refused_upgrade(ws_url(&server, &id, &token)).await, 410);
 
     // The socket that was open: a late message gets session_gone, then close 4410.
@@ -183,7 +307,12 @@ async fn a_flood_from_one_owner_is_rate_limited_and_others_keep_being_served() {
     let mut limited = 0;
     for _ in 0..8 {
         let (code, body) = http
-            .call("POST", &format!("/sessions/{id}/messages"), Some(&flooder), Some(json!({"text": "spam"})))
+            .call(
+                "POST",
+                &format!("/sessions/{id}/messages"),
+                Some(&flooder),
+                Some(json!({"text": "spam"})),
+            )
             .await;
         if code == 429 {
             assert_eq!(body["error"], "rate_limited", "{body}");
@@ -232,7 +361,10 @@ async fn a_flood_from_one_owner_is_rate_limited_and_others_keep_being_served() {
         if frame["type"] == "closed" {
             break;
         }
-        assert!(frame["code"] == "rate_limited" || frame["type"] == "token", "{frame}");
+        assert!(
+            frame["code"] == "rate_limited" || frame["type"] == "token",
+            "{frame}"
+        );
     }
     send(&mut carol_socket, json!({"type": "close"})).await;
     assert_eq!(next_json(&mut carol_socket).await["type"], "closed");

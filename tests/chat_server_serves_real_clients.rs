@@ -27,15 +27,26 @@ async fn a_chat_streams_its_reply_token_by_token_and_delete_answers_the_receipt(
     let status = http.status().await;
     assert_eq!(status["sessions"]["live"], 1, "{status}");
     assert_eq!(status["websockets"], 1, "{status}");
-    assert_eq!(status["gpu"]["live_buffers"], blocks, "one GPU buffer per KV block: {status}");
+    assert_eq!(
+        status["gpu"]["live_buffers"], blocks,
+        "one GPU buffer per KV block: {status}"
+    );
     assert!(status["gpu"]["live_bytes"].as_u64().unwrap() > 0);
-    assert_eq!(status["gpu_at_baseline"], false, "the KV cache is on the GPU: {status}");
+    assert_eq!(
+        status["gpu_at_baseline"], false,
+        "the KV cache is on the GPU: {status}"
+    );
 
-    let (code, receipt) = http.call("DELETE", &format!("/sessions/{id}"), Some(&token), None).await;
+    let (code, receipt) = http
+        .call("DELETE", &format!("/sessions/{id}"), Some(&token), None)
+        .await;
     assert_eq!(code, 200, "{receipt}");
     assert_eq!(receipt["id"], id);
     assert_eq!(receipt["reason"], "closed");
-    assert_eq!(receipt["buffers"], blocks, "every KV block released: {receipt}");
+    assert_eq!(
+        receipt["buffers"], blocks,
+        "every KV block released: {receipt}"
+    );
     assert_eq!(receipt["error"], serde_json::Value::Null);
     drop(socket);
 
@@ -72,7 +83,12 @@ async fn rest_turns_status_metrics_and_the_page_are_served() {
     let token = http.token("grace").await;
     let id = http.open(&token).await;
     let (code, body) = http
-        .call("POST", &format!("/sessions/{id}/messages"), Some(&token), Some(json!({"text": "hi"})))
+        .call(
+            "POST",
+            &format!("/sessions/{id}/messages"),
+            Some(&token),
+            Some(json!({"text": "hi"})),
+        )
         .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["reply"], server::model::reply_tokens("hi").concat());
@@ -82,12 +98,17 @@ async fn rest_turns_status_metrics_and_the_page_are_served() {
     let page = page.as_str().unwrap();
     assert!(page.contains("<title>sessionbus chat</title>") && page.contains("/status"));
 
-    let (code, _) = http.call("DELETE", &format!("/sessions/{id}"), Some(&token), None).await;
+    let (code, _) = http
+        .call("DELETE", &format!("/sessions/{id}"), Some(&token), None)
+        .await;
     assert_eq!(code, 200);
     let (code, scrape) = http.call("GET", "/metrics", None, None).await;
     assert_eq!(code, 200);
     let scrape = scrape.as_str().unwrap();
-    assert!(scrape.contains("sessionbus_sessions_started_total"), "{scrape}");
+    assert!(
+        scrape.contains("sessionbus_sessions_started_total"),
+        "{scrape}"
+    );
     assert!(!scrape.contains(&id), "no session id in a metric");
 
     let status = finish(server, &http).await;
@@ -108,7 +129,11 @@ async fn a_socket_dropped_mid_stream_ends_its_session_as_disconnected() {
     let mut ada_socket = connect(&server, &ada_id, &ada).await;
     let mut bob_socket = connect(&server, &bob_id, &bob).await;
 
-    send(&mut ada_socket, json!({"type": "message", "text": "a long answer please"})).await;
+    send(
+        &mut ada_socket,
+        json!({"type": "message", "text": "a long answer please"}),
+    )
+    .await;
     assert_eq!(next_json(&mut ada_socket).await["type"], "start");
     let first = next_json(&mut ada_socket).await;
     assert_eq!(first["type"], "token", "{first}");
@@ -118,7 +143,9 @@ async fn a_socket_dropped_mid_stream_ends_its_session_as_disconnected() {
     // Everyone else keeps being served.
     let (reply, _, _) = chat(&mut bob_socket, "still there?").await;
     assert_eq!(reply, server::model::reply_tokens("still there?").concat());
-    let (code, receipt) = http.call("DELETE", &format!("/sessions/{bob_id}"), Some(&bob), None).await;
+    let (code, receipt) = http
+        .call("DELETE", &format!("/sessions/{bob_id}"), Some(&bob), None)
+        .await;
     assert_eq!((code, receipt["reason"].as_str()), (200, Some("closed")));
     drop(bob_socket);
 

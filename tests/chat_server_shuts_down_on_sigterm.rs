@@ -30,9 +30,18 @@ fn server_process() {
 #[actix_web::test]
 async fn sigterm_runs_the_graceful_shutdown() {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["server_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "server_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD, "1")
-        .env("XDG_RUNTIME_DIR", std::env::var_os("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()))
+        .env(
+            "XDG_RUNTIME_DIR",
+            std::env::var_os("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .expect("the server process starts");
@@ -58,7 +67,11 @@ async fn sigterm_runs_the_graceful_shutdown() {
     let (streaming, parked) = (http.open(&token).await, http.open(&token).await);
     let url = format!("ws://{addr}/sessions/{streaming}/ws?token={token}");
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    send(&mut socket, json!({"type": "message", "text": "a long reply"})).await;
+    send(
+        &mut socket,
+        json!({"type": "message", "text": "a long reply"}),
+    )
+    .await;
     assert_eq!(next_json(&mut socket).await["type"], "start");
     assert_eq!(next_json(&mut socket).await["type"], "token");
 
@@ -73,26 +86,50 @@ async fn sigterm_runs_the_graceful_shutdown() {
     let (code, why, frames) = close_code(&mut socket).await;
     assert_eq!(code, GOING_AWAY, "{why}; frames: {frames:?}");
     assert!(
-        frames.iter().any(|f| f["code"] == "session_gone"
-            && f["message"].as_str().unwrap().contains("shutdown")),
+        frames
+            .iter()
+            .any(|f| f["code"] == "session_gone"
+                && f["message"].as_str().unwrap().contains("shutdown")),
         "{frames:?}"
     );
 
     let report: Value = loop {
-        let line = lines.recv().await.unwrap_or_else(|| panic!("no SHUTDOWN line; log:\n{}", log.join("\n")));
+        let line = lines
+            .recv()
+            .await
+            .unwrap_or_else(|| panic!("no SHUTDOWN line; log:\n{}", log.join("\n")));
         log.push(line.clone());
         if let Some(json) = line.strip_prefix("SHUTDOWN ") {
             break serde_json::from_str(json).unwrap();
         }
     };
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "the server exits cleanly; log:\n{}", log.join("\n"));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the server exits cleanly; log:\n{}",
+        log.join("\n")
+    );
     assert_eq!(report["leaked_buffers"], 0, "{report}");
-    assert_eq!(report["runtime"]["gpu_after"], report["gpu_baseline"], "{report}");
-    assert_eq!(report["runtime"]["sessions"]["sessions_ended"], 2, "both sessions: {report}");
+    assert_eq!(
+        report["runtime"]["gpu_after"], report["gpu_baseline"],
+        "{report}"
+    );
+    assert_eq!(
+        report["runtime"]["sessions"]["sessions_ended"], 2,
+        "both sessions: {report}"
+    );
     let ended_by = &report["runtime"]["sessions"]["stats"]["ended_by"];
     assert_eq!(ended_by, &json!([["shutdown", 2]]), "{report}");
-    assert!(report["runtime"]["sessions"]["buffers_released"].as_u64().unwrap() >= 1, "the streaming KV block: {report}");
+    assert!(
+        report["runtime"]["sessions"]["buffers_released"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "the streaming KV block: {report}"
+    );
     assert_eq!(report["websockets_closed"], 1, "{report}");
     let _ = parked;
 }

@@ -54,7 +54,9 @@ impl Http {
     pub fn at(addr: &str) -> Self {
         Http {
             base: format!("http://{addr}"),
-            client: awc::Client::builder().timeout(Duration::from_secs(60)).finish(),
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .finish(),
         }
     }
 
@@ -84,7 +86,9 @@ impl Http {
     }
 
     pub async fn token(&self, user: &str) -> String {
-        let (status, body) = self.call("POST", "/tokens", None, Some(json!({"user": user}))).await;
+        let (status, body) = self
+            .call("POST", "/tokens", None, Some(json!({"user": user})))
+            .await;
         assert_eq!(status, 201, "token for {user}: {body}");
         body["token"].as_str().unwrap().to_string()
     }
@@ -171,9 +175,7 @@ pub async fn next(socket: &mut Socket) -> Received {
                 return Received::Json(serde_json::from_str(&text).expect("JSON frames"));
             }
             Some(Ok(Message::Close(frame))) => {
-                return Received::Closed(
-                    frame.map(|f| (u16::from(f.code), f.reason.to_string())),
-                );
+                return Received::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
             }
             Some(Ok(_)) => continue,
         }

@@ -78,9 +78,9 @@ impl Auth {
             .get(actix_web::http::header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or(""));
         let token = match (header, query_token) {
-            (Some(h), _) => h
-                .strip_prefix("Bearer ")
-                .ok_or(ApiError::Unauthenticated("Authorization must be 'Bearer <token>'"))?,
+            (Some(h), _) => h.strip_prefix("Bearer ").ok_or(ApiError::Unauthenticated(
+                "Authorization must be 'Bearer <token>'",
+            ))?,
             (None, Some(t)) => t,
             (None, None) => {
                 return Err(ApiError::Unauthenticated(

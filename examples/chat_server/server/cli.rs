@@ -82,8 +82,9 @@ impl Args {
 fn init_logs(json: bool, incidents: &Incidents) {
     // wgpu probes every backend while picking an adapter; its EGL probe's
     // error does not matter once Vulkan is chosen.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,wgpu_hal::gles::egl=off,wgpu_core=warn,wgpu_hal=warn,actix_server=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "info,wgpu_hal::gles::egl=off,wgpu_core=warn,wgpu_hal=warn,actix_server=warn".into()
+    });
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(incidents.layer());
@@ -95,7 +96,11 @@ fn init_logs(json: bool, incidents: &Incidents) {
             .init();
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(stdout))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(stdout),
+            )
             .init();
     }
 }
@@ -113,7 +118,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let report = server.shutdown().await;
         println!("SHUTDOWN {}", serde_json::to_string(&report)?);
         std::io::stdout().flush()?;
-        anyhow::ensure!(report.leaked_buffers == 0, "leaked {} GPU buffers", report.leaked_buffers);
+        anyhow::ensure!(
+            report.leaked_buffers == 0,
+            "leaked {} GPU buffers",
+            report.leaked_buffers
+        );
         Ok(())
     })
 }

@@ -96,7 +96,10 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         if let ApiError::RateLimited { retry_after_ms } = self {
-            response.insert_header(("Retry-After", retry_after_ms.div_ceil(1000).max(1).to_string()));
+            response.insert_header((
+                "Retry-After",
+                retry_after_ms.div_ceil(1000).max(1).to_string(),
+            ));
         }
         response.json(serde_json::json!({
             "error": self.code(),

@@ -41,7 +41,11 @@ pub struct ReplyStats {
 /// The reply's tokens (words with their trailing space): deterministic, so
 /// tests and the page can check what they received.
 pub fn reply_tokens(prompt: &str) -> Vec<String> {
-    let gist: String = prompt.split_whitespace().take(12).collect::<Vec<_>>().join(" ");
+    let gist: String = prompt
+        .split_whitespace()
+        .take(12)
+        .collect::<Vec<_>>()
+        .join(" ");
     let text = format!(
         "You said: \"{gist}\". This reply streams one token at a time while the session \
          holds a lease, and each token grows its KV cache on the GPU."
@@ -51,7 +55,13 @@ pub fn reply_tokens(prompt: &str) -> Vec<String> {
     words
         .iter()
         .enumerate()
-        .map(|(i, w)| if i == last { w.to_string() } else { format!("{w} ") })
+        .map(|(i, w)| {
+            if i == last {
+                w.to_string()
+            } else {
+                format!("{w} ")
+            }
+        })
         .collect()
 }
 
@@ -100,7 +110,12 @@ pub async fn stream_reply(
 
 /// The token's "keys and values": its bytes, repeated to the entry size.
 fn kv_entry(token: &str, bytes: u64) -> Vec<u8> {
-    token.bytes().chain(std::iter::once(0)).cycle().take(bytes as usize).collect()
+    token
+        .bytes()
+        .chain(std::iter::once(0))
+        .cycle()
+        .take(bytes as usize)
+        .collect()
 }
 
 /// Collects a whole reply (the REST endpoint's sink).

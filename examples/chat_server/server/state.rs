@@ -102,7 +102,11 @@ impl AppState {
 
     /// wgpu's counters now; `None` once the runtime has shut down.
     pub fn gpu_counters(&self) -> Option<GpuCounters> {
-        self.runtime.lock().unwrap().as_ref().map(Runtime::gpu_counters)
+        self.runtime
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(Runtime::gpu_counters)
     }
 
     /// True once the graceful shutdown has begun.

@@ -60,7 +60,13 @@ pub(super) async fn connect(
     let (response, socket, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::Handshake(e.to_string()))?;
     let stream = stream.max_frame_size(state.settings.max_frame_bytes);
-    actix_web::rt::spawn(chat_loop(state.into_inner(), owner, session, socket, stream));
+    actix_web::rt::spawn(chat_loop(
+        state.into_inner(),
+        owner,
+        session,
+        socket,
+        stream,
+    ));
     Ok(response)
 }
 
@@ -99,7 +105,9 @@ async fn chat_loop(
     socket: actix_ws::Session,
     mut stream: MessageStream,
 ) {
-    state.websockets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    state
+        .websockets
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let mut shutdown = state.closing_sockets.subscribe();
     let mut frames = Frames(socket.clone());
     let mut reply: Option<tokio::task::JoinHandle<()>> = None;
@@ -138,7 +146,9 @@ async fn chat_loop(
         let frame = match serde_json::from_str::<ClientFrame>(&text) {
             Ok(frame) => frame,
             Err(e) => {
-                frames.error("malformed", format!("not a chat frame: {e}")).await;
+                frames
+                    .error("malformed", format!("not a chat frame: {e}"))
+                    .await;
                 continue;
             }
         };
@@ -167,7 +177,10 @@ async fn chat_loop(
         if chars == 0 || chars > state.settings.max_message_chars {
             let max = state.settings.max_message_chars;
             frames
-                .error("bad_message", format!("a message has 1 to {max} characters, not {chars}"))
+                .error(
+                    "bad_message",
+                    format!("a message has 1 to {max} characters, not {chars}"),
+                )
                 .await;
             continue;
         }
@@ -184,14 +197,21 @@ async fn chat_loop(
         }
         if reply.as_ref().is_some_and(|r| !r.is_finished()) {
             frames
-                .error("busy", "a reply is still streaming: wait for its done frame")
+                .error(
+                    "busy",
+                    "a reply is still streaming: wait for its done frame",
+                )
                 .await;
             continue;
         }
         // The turn is accepted (or refused: the session is gone) before the
         // stream starts, so a late message gets its answer at once.
         if let Err(e) = session.chat(Turn::default()).await {
-            let code = if e.is_gone() { "session_gone" } else { "refused" };
+            let code = if e.is_gone() {
+                "session_gone"
+            } else {
+                "refused"
+            };
             frames.error(code, &e).await;
             if e.is_gone() {
                 break close(CloseCode::Other(CLOSE_SESSION_GONE), "session gone");
@@ -216,7 +236,9 @@ async fn chat_loop(
     }
     drop(session);
     let _ = socket.close(reason).await;
-    state.websockets.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    state
+        .websockets
+        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 async fn stream_one(
@@ -238,7 +260,11 @@ async fn stream_one(
         }
         Err(StreamError::ClientGone(_)) => {}
         Err(StreamError::Session(e)) => {
-            let code = if e.is_gone() { "session_gone" } else { "refused" };
+            let code = if e.is_gone() {
+                "session_gone"
+            } else {
+                "refused"
+            };
             frames.error(code, &e).await;
         }
     }
