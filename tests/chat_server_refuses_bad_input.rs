@@ -105,6 +105,17 @@ async fn unknown_forged_and_malformed_ids_and_tokens_are_refused() {
         "{body}"
     );
 
+    // A plain GET on the socket's path (no upgrade) is refused and does not
+    // take the session's handle with it.
+    let (code, body) = http
+        .call("GET", &format!("/sessions/{id}/ws"), Some(&token), None)
+        .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("bad_handshake")),
+        "{body}"
+    );
+
     // The refused requests changed nothing: ada's session still works.
     let mut socket = connect(&server, &id, &token).await;
     chat(&mut socket, "still fine").await;

@@ -53,12 +53,14 @@ pub(super) async fn connect(
     }
     let owner = state.auth.caller(&req, query.token.as_deref())?;
     let id = parse_session_id(&path)?;
+    // The handshake first: a request that is no WebSocket upgrade must not
+    // take (and drop) the session's parked handle.
+    let (response, socket, stream) =
+        actix_ws::handle(&req, body).map_err(|e| ApiError::Handshake(e.to_string()))?;
     let session = match state.take_parked(id, &owner) {
         Some(handle) => handle,
         None => state.engine.attach(id, owner.clone()).await?,
     };
-    let (response, socket, stream) =
-        actix_ws::handle(&req, body).map_err(|e| ApiError::Handshake(e.to_string()))?;
     let stream = stream.max_frame_size(state.settings.max_frame_bytes);
     actix_web::rt::spawn(chat_loop(
         state.into_inner(),
