@@ -39,7 +39,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Headless Chromium, for tests/report_renders_in_a_browser.rs (the demo's
-# HTML report is opened in it). CHROMIUM may name another Chromium or Chrome.
+# HTML report is opened in it) and tests/chat_server_page_works_in_chromium.rs
+# (the chat_server example's page chats in it). CHROMIUM may name another Chromium or Chrome.
 if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   echo "test.sh: missing system package: chromium"
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then

@@ -1,0 +1,21 @@
+//! A web chat backend with sessionbus embedded: actix-web over HTTP and
+//! WebSocket, the way an application adopting the runtime would build it.
+//!
+//! ```text
+//! cargo run --release --example chat_server -- --port 8080
+//! open http://127.0.0.1:8080/           # the chat page with a live status panel
+//! ```
+//!
+//! Flags: `--port N` (0 picks a free port), `--json-logs`, `--config FILE`
+//! (a sessionbus TOML config), and the simulated model's and the limits'
+//! knobs (`--help`). The server prints `LISTENING 127.0.0.1:PORT` when it is
+//! ready and, after SIGTERM or SIGINT, one `SHUTDOWN {json}` line with the
+//! shutdown report. The server itself lives in `server/`, so that the tests
+//! can run it in-process (`tests/chat_server_*.rs` include it by path).
+
+mod server;
+
+fn main() -> anyhow::Result<()> {
+    use clap::Parser;
+    server::cli::run(server::cli::Args::parse())
+}

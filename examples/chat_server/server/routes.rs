@@ -1,0 +1,151 @@
+//! The REST endpoints and the page.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+use sessionbus::{ReleaseReceipt, SessionId, Turn};
+
+use super::error::ApiError;
+use super::model::{self, Collect, StreamError};
+use super::state::AppState;
+use super::{status, ws};
+
+/// Largest JSON body accepted on REST endpoints.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Mounts every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(MAX_BODY_BYTES)
+            .error_handler(|e, _| ApiError::BadBody(e.to_string()).into()),
+    )
+    .app_data(
+        web::PathConfig::default().error_handler(|e, _| ApiError::BadBody(e.to_string()).into()),
+    )
+    .route("/", web::get().to(page))
+    .route("/tokens", web::post().to(issue_token))
+    .route("/sessions", web::post().to(open_session))
+    .route("/sessions/{id}", web::delete().to(close_session))
+    .route("/sessions/{id}/messages", web::post().to(post_message))
+    .route("/sessions/{id}/ws", web::get().to(ws::connect))
+    .route("/status", web::get().to(status::status))
+    .route("/metrics", web::get().to(status::metrics));
+}
+
+async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("../page.html"))
+}
+
+/// A session id from the path; anything but 32 hex digits → 400.
+pub fn parse_session_id(text: &str) -> Result<SessionId, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::BadSessionId(text.chars().take(80).collect()))
+}
+
+/// A receipt as JSON (durations in microseconds).
+pub fn receipt_json(receipt: &ReleaseReceipt) -> serde_json::Value {
+    json!({
+        "id": receipt.id.to_string(),
+        "reason": receipt.reason.to_string(),
+        "buffers": receipt.buffers,
+        "bytes": receipt.bytes,
+        "end_to_release_us": receipt.end_to_release().as_micros() as u64,
+        "paced_for_us": receipt.paced_for.as_micros() as u64,
+        "error": receipt.error,
+    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    user: String,
+}
+
+async fn issue_token(
+    body: web::Json<TokenRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = state.auth.issue(&body.user)?;
+    Ok(HttpResponse::Created().json(json!({"user": body.user, "token": token})))
+}
+
+async fn open_session(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if state.is_draining() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let owner = state.auth.caller(&req, None)?;
+    limited(&state, &owner)?;
+    let session = state
+        .engine
+        .open(owner.clone())
+        .await
+        .map_err(|e| ApiError::Refused(e.to_string()))?;
+    let id = session.id();
+    state.park(session, owner);
+    Ok(HttpResponse::Created().json(json!({
+        "id": id.to_string(),
+        "ws": format!("/sessions/{id}/ws"),
+    })))
+}
+
+async fn close_session(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = state.auth.caller(&req, None)?;
+    let id = parse_session_id(&path)?;
+    // Closing twice is harmless: the second close answers the same receipt.
+    let receipt = state.engine.close(id, owner).await?;
+    state.unpark(id);
+    Ok(HttpResponse::Ok().json(receipt_json(&receipt)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageRequest {
+    text: String,
+}
+
+/// One turn over plain HTTP: the whole reply at once (the WebSocket streams it).
+async fn post_message(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<MessageRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = state.auth.caller(&req, None)?;
+    let id = parse_session_id(&path)?;
+    let chars = body.text.chars().count();
+    if chars == 0 || chars > state.settings.max_message_chars {
+        return Err(ApiError::BadBody(format!(
+            "a message has 1 to {} characters, not {chars}",
+            state.settings.max_message_chars
+        )));
+    }
+    limited(&state, &owner)?;
+    let session = state.engine.attach(id, owner).await?;
+    session.chat(Turn::default()).await?;
+    let mut reply = Collect::default();
+    let stats = model::stream_reply(&session, &body.text, &state.settings, &mut reply)
+        .await
+        .map_err(|e| match e {
+            StreamError::Session(e) => ApiError::from(e),
+            StreamError::ClientGone(_) => unreachable!("collecting never stops early"),
+        })?;
+    Ok(HttpResponse::Ok().json(json!({"reply": reply.0, "stats": stats})))
+}
+
+fn limited(state: &AppState, owner: &sessionbus::Owner) -> Result<(), ApiError> {
+    state
+        .limiter
+        .check(owner)
+        .map_err(|wait| ApiError::RateLimited {
+            retry_after_ms: wait.as_millis() as u64,
+        })
+}
