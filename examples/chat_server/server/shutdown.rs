@@ -5,8 +5,9 @@
 //! sockets closed (1001) and the HTTP workers stopped. The other way round,
 //! dropped sockets would end their sessions as `disconnected`.
 //!
-//! When the runtime gains a deadline-bound shutdown, it replaces the one
-//! `runtime.shutdown()` call below.
+//! `runtime.shutdown()` is bounded by `[shutdown] deadline_secs` (leases
+//! forced at 3/4 of it, what is left reported at it); use
+//! `runtime.shutdown_within(deadline)` for another bound.
 
 use std::sync::atomic::Ordering;
 
