@@ -458,13 +458,16 @@ async fn redis_restarted_mid_run_leaves_no_session_inconsistent_after_resync() {
     s2.chat(Turn::new()).await.unwrap();
     eventually!("a queued the end of s1", a.node.stats().queued_updates >= 1);
 
+    // Counted from here: whether the resync a node asks for at start
+    // completed before Redis went away depends on timing.
+    let (a_before, b_before) = (a.node.stats().resyncs, b.node.stats().resyncs);
     redis.restart(); // same port, empty: every key and epoch is gone
     eventually!(
         "both nodes resynced",
         a.node.health() == ClusterHealth::Healthy
             && b.node.health() == ClusterHealth::Healthy
-            && a.node.stats().resyncs >= 2
-            && b.node.stats().resyncs >= 2
+            && a.node.stats().resyncs > a_before
+            && b.node.stats().resyncs > b_before
     );
 
     // Every node's live sessions are live in the directory under that node, ...
@@ -623,10 +626,13 @@ async fn updates_beyond_the_queue_bound_are_dropped_and_the_resync_repairs_them(
         "the queue holds no more than its bound"
     );
 
+    // One resync per degraded episode: the heartbeat and the pub/sub
+    // reconnect may each ask for one, or share it, depending on timing.
+    let before = node.stats().resyncs;
     redis.restart();
     eventually!(
         "resynced",
-        node.health() == ClusterHealth::Healthy && node.stats().resyncs >= 2
+        node.health() == ClusterHealth::Healthy && node.stats().resyncs > before
     );
     for session in &opened {
         let entry = node

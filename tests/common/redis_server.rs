@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
@@ -32,9 +33,26 @@ fn binary() -> String {
     binary
 }
 
+/// A free port no other server of this test process was given. Ports are
+/// taken in turn from below the kernel's ephemeral range (where `bind(0)`
+/// and outgoing connections draw theirs), starting at a random offset: a
+/// test that kills its server and restarts it on the same port must not find
+/// that port handed to another test's server in between.
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().unwrap().port()
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 8_000) as u16,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(port < 32_000, "no free port left for redis-server");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn pong(port: u16) -> bool {
@@ -81,7 +99,7 @@ impl RedisServer {
             .expect("start redis-server");
         self.child = Some(child);
         let started = Instant::now();
-        while !pong(self.port) {
+        while !pong(self.port) || !self.running() {
             assert!(
                 started.elapsed() < Duration::from_secs(20),
                 "redis-server did not answer PING on port {}",
@@ -89,6 +107,21 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether our own server process is still running: a PING answered by
+    /// some other process on our port must not pass for ours.
+    fn running(&mut self) -> bool {
+        let exited = self
+            .child
+            .as_mut()
+            .is_none_or(|child| child.try_wait().map_or(true, |status| status.is_some()));
+        assert!(
+            !exited,
+            "redis-server on port {} exited at start (is the port taken?)",
+            self.port
+        );
+        true
     }
 
     /// Kills the server (SIGKILL: no goodbye to clients, nothing saved).
