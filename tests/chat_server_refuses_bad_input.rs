@@ -7,6 +7,16 @@ mod chat_client;
 use chat_client::*;
 use serde_json::json;
 
+/// Checks an HTTP answer has this status and this `error` code; returns its body.
+fn refused((code, body): (u16, serde_json::Value), status: u16, error: &str) -> serde_json::Value {
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (status, Some(error)),
+        "{body}"
+    );
+    body
+}
+
 #[actix_web::test]
 async fn unknown_forged_and_malformed_ids_and_tokens_are_refused() {
     let server = start(test_settings()).await;
@@ -14,43 +24,37 @@ async fn unknown_forged_and_malformed_ids_and_tokens_are_refused() {
     let token = http.token("ada").await;
     let forged_id = "0123456789abcdef0123456789abcdef";
 
-    let (code, body) = http
-        .call(
+    refused(
+        http.call(
             "DELETE",
             &format!("/sessions/{forged_id}"),
             Some(&token),
             None,
         )
-        .await;
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (404, Some("unknown_session")),
-        "{body}"
+        .await,
+        404,
+        "unknown_session",
     );
-    let (code, body) = http
-        .call(
+    refused(
+        http.call(
             "POST",
             &format!("/sessions/{forged_id}/messages"),
             Some(&token),
             Some(json!({"text": "hi"})),
         )
-        .await;
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (404, Some("unknown_session")),
-        "{body}"
+        .await,
+        404,
+        "unknown_session",
     );
     assert_eq!(
         refused_upgrade(ws_url(&server, forged_id, &token)).await,
         404
     );
-    let (code, body) = http
-        .call("DELETE", "/sessions/not-a-session", Some(&token), None)
-        .await;
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (400, Some("bad_session_id")),
-        "{body}"
+    refused(
+        http.call("DELETE", "/sessions/not-a-session", Some(&token), None)
+            .await,
+        400,
+        "bad_session_id",
     );
 
     // Tokens: none, malformed, forged (right shape, wrong MAC), another user's name on ada's MAC.
@@ -75,45 +79,37 @@ async fn unknown_forged_and_malformed_ids_and_tokens_are_refused() {
     );
 
     // Bodies: not JSON, unknown fields, a user name that cannot be a token.
-    let (code, body) = http
-        .call("POST", "/tokens", None, Some(json!("not an object")))
-        .await;
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (400, Some("bad_body")),
-        "{body}"
+    refused(
+        http.call("POST", "/tokens", None, Some(json!("not an object")))
+            .await,
+        400,
+        "bad_body",
     );
-    let (code, body) = http
-        .call(
+    refused(
+        http.call(
             "POST",
             "/tokens",
             None,
             Some(json!({"user": "a", "admin": true})),
         )
-        .await;
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (400, Some("bad_body")),
-        "{body}"
+        .await,
+        400,
+        "bad_body",
     );
-    let (code, body) = http
-        .call("POST", "/tokens", None, Some(json!({"user": "<script>"})))
-        .await;
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (400, Some("bad_user")),
-        "{body}"
+    refused(
+        http.call("POST", "/tokens", None, Some(json!({"user": "<script>"})))
+            .await,
+        400,
+        "bad_user",
     );
 
     // A plain GET on the socket's path (no upgrade) is refused and does not
     // take the session's handle with it.
-    let (code, body) = http
-        .call("GET", &format!("/sessions/{id}/ws"), Some(&token), None)
-        .await;
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (400, Some("bad_handshake")),
-        "{body}"
+    refused(
+        http.call("GET", &format!("/sessions/{id}/ws"), Some(&token), None)
+            .await,
+        400,
+        "bad_handshake",
     );
 
     // The refused requests changed nothing: ada's session still works.
@@ -136,26 +132,22 @@ async fn someone_elses_session_is_refused_by_the_runtimes_owner_check() {
     let id = http.open(&ada).await;
 
     assert_eq!(refused_upgrade(ws_url(&server, &id, &mallory)).await, 403);
-    let (code, body) = http
-        .call(
+    refused(
+        http.call(
             "POST",
             &format!("/sessions/{id}/messages"),
             Some(&mallory),
             Some(json!({"text": "hi"})),
         )
-        .await;
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (403, Some("not_owner")),
-        "{body}"
+        .await,
+        403,
+        "not_owner",
     );
-    let (code, body) = http
-        .call("DELETE", &format!("/sessions/{id}"), Some(&mallory), None)
-        .await;
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (403, Some("not_owner")),
-        "{body}"
+    refused(
+        http.call("DELETE", &format!("/sessions/{id}"), Some(&mallory), None)
+            .await,
+        403,
+        "not_owner",
     );
 
     // Ada's session is untouched, and her socket still picks up her session.
@@ -272,18 +264,16 @@ async fn a_message_after_close_is_refused_as_gone() {
         .await;
     assert_eq!((code, &second), (200, &first));
 
-    let (code, body) = http
-        .call(
+    let body = refused(
+        http.call(
             "POST",
             &format!("/sessions/{id}/messages"),
             Some(&token),
             Some(json!({"text": "late"})),
         )
-        .await;
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (410, Some("session_gone")),
-        "{body}"
+        .await,
+        410,
+        "session_gone",
     );
     assert!(
         body["message"].as_str().unwrap().contains("closed"),

@@ -393,6 +393,7 @@ mod offload_tests;
 
 #[cfg(test)]
 mod tests {
+    use super::offload_tests::{holders, release as release_session, release_allocations};
     use super::*;
 
     fn allocate(pool: &InMemoryPool, session: SessionId, bytes: u64) -> AllocationId {
@@ -400,28 +401,6 @@ mod tests {
         let id = AllocationId::next();
         pool.allocate(AllocRequest { session, id, bytes }, reply);
         answer.blocking_recv().unwrap().unwrap().id
-    }
-
-    fn release_allocations(
-        pool: &InMemoryPool,
-        session: SessionId,
-        ids: &[AllocationId],
-    ) -> ReleaseReport {
-        let (reply, answer) = oneshot::channel();
-        pool.release_allocations(session, ids.to_vec(), reply);
-        answer.blocking_recv().unwrap()
-    }
-
-    fn release_session(pool: &InMemoryPool, session: SessionId) -> ReleaseReport {
-        let (reply, answer) = oneshot::channel();
-        pool.release_session(session, reply);
-        answer.blocking_recv().unwrap()
-    }
-
-    fn holders(pool: &InMemoryPool) -> Vec<SessionId> {
-        let (reply, answer) = oneshot::channel();
-        pool.sessions_holding_memory(reply);
-        answer.blocking_recv().unwrap()
     }
 
     #[test]

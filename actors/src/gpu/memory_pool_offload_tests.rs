@@ -49,13 +49,13 @@ fn restore(pool: &InMemoryPool, session: SessionId) -> Result<RestoreReport, Gpu
     answer.blocking_recv().unwrap()
 }
 
-fn release(pool: &InMemoryPool, session: SessionId) -> ReleaseReport {
+pub(super) fn release(pool: &InMemoryPool, session: SessionId) -> ReleaseReport {
     let (reply, answer) = oneshot::channel();
     pool.release_session(session, reply);
     answer.blocking_recv().unwrap()
 }
 
-fn release_allocations(
+pub(super) fn release_allocations(
     pool: &InMemoryPool,
     session: SessionId,
     ids: &[AllocationId],
@@ -65,7 +65,7 @@ fn release_allocations(
     answer.blocking_recv().unwrap()
 }
 
-fn holders(pool: &InMemoryPool) -> Vec<SessionId> {
+pub(super) fn holders(pool: &InMemoryPool) -> Vec<SessionId> {
     let (reply, answer) = oneshot::channel();
     pool.sessions_holding_memory(reply);
     answer.blocking_recv().unwrap()
