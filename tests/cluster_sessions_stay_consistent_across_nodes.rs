@@ -12,7 +12,6 @@ use common::redis_server::RedisServer;
 use common::{Harness, KIB, ends_by_session};
 use sessionbus::cluster::{
     ClusterConfig, ClusterError, ClusterHealth, ClusterNode, Directory, EntryState, Invalidation,
-    NodeStamp,
 };
 use sessionbus::{Config, EndReason, Owner, SessionError, SessionId, Turn};
 
@@ -36,14 +35,7 @@ macro_rules! eventually {
 }
 
 fn cluster_config(redis: &RedisServer, node: &str) -> ClusterConfig {
-    ClusterConfig {
-        heartbeat_interval_ms: 100,
-        node_ttl_ms: 500,
-        renew_interval_ms: 200,
-        session_ttl_secs: 60,
-        forward_timeout_ms: 5000,
-        ..ClusterConfig::new(redis.url(), node)
-    }
+    common::cluster::config(&redis.url(), node)
 }
 
 struct Node {
@@ -215,11 +207,7 @@ async fn a_stale_version_is_refused_and_changes_nothing() {
     let redis = RedisServer::start();
     let config = cluster_config(&redis, "writer");
     let directory = Directory::connect(&config).await.unwrap();
-    let (epoch, _) = directory.join("writer").await.unwrap();
-    let stamp = NodeStamp {
-        node: "writer".into(),
-        epoch,
-    };
+    let stamp = directory.join("writer").await.unwrap().stamp;
     let id = SessionId::random();
     assert_eq!(directory.register(&stamp, id, "alice", 5).await.unwrap(), 5);
 
@@ -239,7 +227,7 @@ async fn a_stale_version_is_refused_and_changes_nothing() {
         "{err}"
     );
     let err = directory
-        .end(&stamp, id, 4, EndReason::Closed)
+        .end(&stamp, id, 4, EndReason::Closed, "unsigned")
         .await
         .unwrap_err();
     assert!(
@@ -262,26 +250,22 @@ async fn a_stale_version_is_refused_and_changes_nothing() {
     );
 
     // Another node may not write it at all.
-    let (other_epoch, _) = directory.join("other").await.unwrap();
-    let other = NodeStamp {
-        node: "other".into(),
-        epoch: other_epoch,
-    };
+    let other = directory.join("other").await.unwrap().stamp;
     let err = directory
-        .end(&other, id, 5, EndReason::Closed)
+        .end(&other, id, 5, EndReason::Closed, "unsigned")
         .await
         .unwrap_err();
     assert!(matches!(err, ClusterError::NotOwner { .. }), "{err}");
 
     assert_eq!(
         directory
-            .end(&stamp, id, 5, EndReason::Closed)
+            .end(&stamp, id, 5, EndReason::Closed, "unsigned")
             .await
             .unwrap(),
         6
     );
     let err = directory
-        .end(&stamp, id, 6, EndReason::Closed)
+        .end(&stamp, id, 6, EndReason::Closed, "unsigned")
         .await
         .unwrap_err();
     assert!(
@@ -392,11 +376,6 @@ async fn a_paused_node_that_comes_back_is_fenced_and_can_never_act_as_owner() {
     // noticing anything. Split brain cannot happen.
     let directory = a.node.directory();
     let err = directory
-        .end(&stamp, ids[0], 1, EndReason::Closed)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ClusterError::Fenced { .. }), "{err}");
-    let err = directory
         .register(&stamp, SessionId::random(), "alice", 1)
         .await
         .unwrap_err();
@@ -435,7 +414,9 @@ async fn a_paused_node_that_comes_back_is_fenced_and_can_never_act_as_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_mid_run_leaves_no_session_inconsistent_after_resync() {
-    let mut redis = RedisServer::start();
+    // Persistent: a Redis that forgets the epochs fences every node (see
+    // cluster_survives_redis_faults.rs); one that keeps them resyncs.
+    let mut redis = RedisServer::start_persistent();
     let a = start_node(&redis, "a").await;
     let b = start_node(&redis, "b").await;
     let s1 = a.node.open(alice()).await.unwrap();
@@ -461,7 +442,7 @@ async fn redis_restarted_mid_run_leaves_no_session_inconsistent_after_resync() {
     // Counted from here: whether the resync a node asks for at start
     // completed before Redis went away depends on timing.
     let (a_before, b_before) = (a.node.stats().resyncs, b.node.stats().resyncs);
-    redis.restart(); // same port, empty: every key and epoch is gone
+    redis.restart(); // same port, from its append-only file
     eventually!(
         "both nodes resynced",
         a.node.health() == ClusterHealth::Healthy
@@ -527,30 +508,59 @@ async fn misconfiguration_is_a_clear_error_at_start() {
     let engine = h.rt.engine();
     let start = |config: ClusterConfig| ClusterNode::start(engine, config);
 
-    let err = start(ClusterConfig::new("http://127.0.0.1:6379", "a"))
+    let keyed = |url: &str, node: &str| common::cluster::config(url, node);
+    let err = start(ClusterConfig {
+        keys: Vec::new(),
+        ..keyed(&redis.url(), "a")
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.field(), Some("cluster.keys"), "{err}");
+    assert!(err.to_string().contains("SESSIONBUS_CLUSTER_KEYS"), "{err}");
+    let err = start(ClusterConfig {
+        keys: vec![sessionbus::cluster::ClusterKey::new("k1", &[1; 16])],
+        ..keyed(&redis.url(), "a")
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.field(), Some("cluster.keys"), "{err}");
+    assert!(err.to_string().contains("at least 32"), "{err}");
+    let err = start(ClusterConfig {
+        keys: vec![sessionbus::cluster::ClusterKey {
+            id: "k1".into(),
+            secret_hex: format!("+{}", "a".repeat(63)),
+        }],
+        ..keyed(&redis.url(), "a")
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.field(), Some("cluster.keys"), "{err}");
+    assert!(
+        !err.to_string().contains("aaaa"),
+        "the secret is not echoed: {err}"
+    );
+    let err = start(keyed("http://127.0.0.1:6379", "a"))
         .await
         .unwrap_err();
     assert!(matches!(err, ClusterError::BadUrl { .. }), "{err}");
     assert_eq!(err.field(), Some("cluster.redis_url"));
-    let err = start(ClusterConfig::new("redis://127.0.0.1:notaport", "a"))
+    let err = start(keyed("redis://127.0.0.1:notaport", "a"))
         .await
         .unwrap_err();
     assert!(matches!(err, ClusterError::BadUrl { .. }), "{err}");
     #[cfg(not(feature = "redis-tls"))]
     {
-        let err = start(ClusterConfig::new("rediss://127.0.0.1:6380", "a"))
+        let err = start(keyed("rediss://127.0.0.1:6380", "a"))
             .await
             .unwrap_err();
         assert!(matches!(err, ClusterError::TlsNotEnabled { .. }), "{err}");
         assert!(err.to_string().contains("redis-tls"), "{err}");
     }
-    let err = start(ClusterConfig::new(redis.url(), "a b"))
-        .await
-        .unwrap_err();
+    let err = start(keyed(&redis.url(), "a b")).await.unwrap_err();
     assert_eq!(err.field(), Some("cluster.node_id"), "{err}");
     let err = start(ClusterConfig {
         node_ttl_ms: 100,
-        ..ClusterConfig::new(redis.url(), "a")
+        ..keyed(&redis.url(), "a")
     })
     .await
     .unwrap_err();
@@ -564,7 +574,7 @@ async fn misconfiguration_is_a_clear_error_at_start() {
         .port();
     let err = start(ClusterConfig {
         forward_timeout_ms: 500,
-        ..ClusterConfig::new(format!("redis://127.0.0.1:{closed_port}"), "a")
+        ..keyed(&format!("redis://127.0.0.1:{closed_port}"), "a")
     })
     .await
     .unwrap_err();
@@ -584,18 +594,24 @@ async fn auth_urls_work_and_a_wrong_password_is_refused_without_being_logged() {
     let h = common::start_with(Config::default()).await;
     let url = |password: &str| format!("redis://:{password}@127.0.0.1:{}", redis.port);
 
-    let err = ClusterNode::start(h.rt.engine(), ClusterConfig::new(url("wrong"), "a"))
+    let err = ClusterNode::start(h.rt.engine(), common::cluster::config(&url("wrong"), "a"))
         .await
         .unwrap_err();
     assert!(matches!(err, ClusterError::Unreachable { .. }), "{err}");
     assert!(!err.to_string().contains("wrong"), "password leaked: {err}");
 
-    let node = ClusterNode::start(h.rt.engine(), ClusterConfig::new(url("s3cret"), "a"))
+    let node = ClusterNode::start(h.rt.engine(), common::cluster::config(&url("s3cret"), "a"))
         .await
         .unwrap();
     let session = node.open(alice()).await.unwrap();
     let entry = node.directory().entry(session.id()).await.unwrap().unwrap();
-    assert_eq!((entry.node.as_str(), entry.owner.as_str()), ("a", "alice"));
+    assert_eq!(entry.node.as_str(), "a");
+    // The owner reaches Redis only as a pseudonym.
+    assert!(
+        entry.owner.starts_with("p:") && !entry.owner.contains("alice"),
+        "{}",
+        entry.owner
+    );
     drop(session);
     h.shutdown_at_baseline().await;
     node.leave().await.unwrap();
@@ -603,7 +619,7 @@ async fn auth_urls_work_and_a_wrong_password_is_refused_without_being_logged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_beyond_the_queue_bound_are_dropped_and_the_resync_repairs_them() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start_persistent();
     let h = common::start_with(Config::default()).await;
     let config = ClusterConfig {
         queue_bound: 2,

@@ -17,6 +17,11 @@ use serde::{Deserialize, Serialize};
 /// queue_bound = 100000          # directory updates held while Redis is unreachable (beyond: dropped, resync repairs)
 /// forward_timeout_ms = 2000     # a request forwarded to the owner node fails after this long
 /// seen_ended = 100000           # ended session ids remembered, so late or duplicate invalidations are ignored
+/// keys = []                     # cluster secrets: [{ id = "k1", secret_hex = "<64+ hex digits>" }]; the first signs, all verify
+///                               # (or SESSIONBUS_CLUSTER_KEYS="k1:<hex>,k0:<hex>"); a node refuses to start without one
+/// replay_window_ms = 30000      # a signed message older (or newer) than this, by the sender's clock, is refused as a replay
+/// operator_nodes = []           # nodes whose forwarded calls may carry operator rights; no other node's can
+/// max_served_requests = 256     # forwarded requests served at once; beyond: refused at once with `busy`
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,6 +57,94 @@ pub struct ClusterConfig {
     /// Ended session ids remembered with their last version, so an
     /// invalidation older than one already seen is ignored.
     pub seen_ended: usize,
+    /// The cluster's shared secrets, which sign every node-to-node message
+    /// (HMAC-SHA256). The first key signs; every key listed verifies, so a
+    /// secret is rotated without downtime: add the new key second on every
+    /// node, then move it first, then drop the old one. Empty: the keys come
+    /// from the `SESSIONBUS_CLUSTER_KEYS` environment variable
+    /// (`id:hex,id:hex`), and a node with neither refuses to start.
+    pub keys: Vec<ClusterKey>,
+    /// How far a signed message's timestamp may be from this node's clock.
+    /// Outside it the message is a replay (or a clock too far off) and is
+    /// refused; inside it each message is accepted once (its nonce is remembered).
+    pub replay_window_ms: u64,
+    /// Nodes allowed to forward calls made with operator rights. A request
+    /// from any other node that claims them is refused: owner checks cannot
+    /// be skipped by writing to Redis.
+    pub operator_nodes: Vec<String>,
+    /// Forwarded requests this node serves at once. Past it a request is
+    /// refused at once with a `busy` answer instead of being queued or spawned.
+    pub max_served_requests: usize,
+}
+
+/// The environment variable holding the cluster's keys when `cluster.keys` is empty.
+pub const KEYS_ENV: &str = "SESSIONBUS_CLUSTER_KEYS";
+
+/// The shortest cluster secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// One cluster secret and its id (the id travels with each signed message,
+/// so a receiver knows which key to verify it with).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterKey {
+    /// Its id: 1 to 32 letters, digits, '-' or '_'.
+    pub id: String,
+    /// The secret, as hex: at least 32 bytes (64 hex digits).
+    pub secret_hex: String,
+}
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterKey")
+            .field("id", &self.id)
+            .field("secret_hex", &"***")
+            .finish()
+    }
+}
+
+impl ClusterKey {
+    /// A key from its id and raw secret bytes.
+    pub fn new(id: impl Into<String>, secret: &[u8]) -> Self {
+        ClusterKey {
+            id: id.into(),
+            secret_hex: hex::encode(secret),
+        }
+    }
+
+    /// The secret's bytes, or why they are not a usable secret.
+    pub(crate) fn secret(&self) -> Result<Vec<u8>, String> {
+        let bytes = hex::decode(self.secret_hex.trim())
+            .map_err(|e| format!("key {:?}: its secret is not hex ({e})", self.id))?;
+        if bytes.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "key {:?}: its secret has {} bytes, at least {MIN_SECRET_BYTES} are needed",
+                self.id,
+                bytes.len()
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Parses `SESSIONBUS_CLUSTER_KEYS`' form: `id:hex,id:hex`.
+    pub fn parse_list(text: &str) -> Result<Vec<ClusterKey>, ClusterConfigError> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|one| !one.is_empty())
+            .map(|one| {
+                let (id, secret) = one.split_once(':').ok_or_else(|| {
+                    bad(
+                        "cluster.keys",
+                        format!("{KEYS_ENV}: expected id:hex, got an entry without ':'"),
+                    )
+                })?;
+                Ok(ClusterKey {
+                    id: id.to_string(),
+                    secret_hex: secret.to_string(),
+                })
+            })
+            .collect()
+    }
 }
 
 impl Default for ClusterConfig {
@@ -67,6 +160,10 @@ impl Default for ClusterConfig {
             queue_bound: 100_000,
             forward_timeout_ms: 2000,
             seen_ended: 100_000,
+            keys: Vec::new(),
+            replay_window_ms: 30_000,
+            operator_nodes: Vec::new(),
+            max_served_requests: 256,
         }
     }
 }
@@ -169,6 +266,70 @@ impl ClusterConfig {
         }
         if self.seen_ended == 0 {
             return Err(bad("cluster.seen_ended", "must be above zero"));
+        }
+        self.validate_keys(&self.keys)?;
+        if self.replay_window_ms == 0 {
+            return Err(bad("cluster.replay_window_ms", "must be above zero"));
+        }
+        if let Some(node) = self.operator_nodes.iter().find(|n| !is_name(n)) {
+            return Err(bad(
+                "cluster.operator_nodes",
+                format!("{node:?} is not a node id: use 1 to 64 letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        if self.max_served_requests == 0 {
+            return Err(bad("cluster.max_served_requests", "must be above zero"));
+        }
+        Ok(())
+    }
+
+    /// The keys this node signs and verifies with: `cluster.keys`, else the
+    /// environment's. Refuses none, bad hex, short secrets and repeated ids.
+    pub(crate) fn resolved_keys(&self) -> Result<Vec<ClusterKey>, ClusterConfigError> {
+        let keys = match self.keys.is_empty() {
+            false => self.keys.clone(),
+            true => match std::env::var(KEYS_ENV) {
+                Ok(text) => ClusterKey::parse_list(&text)?,
+                Err(_) => Vec::new(),
+            },
+        };
+        if keys.is_empty() {
+            return Err(bad(
+                "cluster.keys",
+                format!(
+                    "no cluster secret: every node-to-node message is signed, so set cluster.keys or {KEYS_ENV}=\"k1:<64 hex digits>\" (the same on every node; e.g. from `openssl rand -hex 32`)"
+                ),
+            ));
+        }
+        self.validate_keys(&keys)?;
+        Ok(keys)
+    }
+
+    fn validate_keys(&self, keys: &[ClusterKey]) -> Result<(), ClusterConfigError> {
+        let mut ids = std::collections::HashSet::new();
+        for key in keys {
+            let id_ok = !key.id.is_empty()
+                && key.id.len() <= 32
+                && key
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+            if !id_ok {
+                return Err(bad(
+                    "cluster.keys",
+                    format!(
+                        "key id {:?}: use 1 to 32 letters, digits, '-' or '_'",
+                        key.id
+                    ),
+                ));
+            }
+            if !ids.insert(key.id.as_str()) {
+                return Err(bad(
+                    "cluster.keys",
+                    format!("key id {:?} is listed twice", key.id),
+                ));
+            }
+            key.secret().map_err(|reason| bad("cluster.keys", reason))?;
         }
         Ok(())
     }

@@ -15,14 +15,34 @@ use super::error::ClusterError;
 use super::keys::Keys;
 use super::scripts::Scripts;
 
-/// Who writes: a node id and the epoch it joined with. A write whose epoch is
-/// no longer the node's current one is refused (`ClusterError::Fenced`).
+/// Who writes: a node id, the epoch it joined with, and the random
+/// incarnation id drawn at that join. A write whose epoch and incarnation are
+/// no longer the node's current ones is refused (`ClusterError::Fenced`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeStamp {
     /// The node.
     pub node: String,
-    /// Its fencing epoch.
+    /// Its fencing epoch (grows with every join and every takeover of the node).
     pub epoch: u64,
+    /// Random per join: keeps epochs unique even after Redis forgot its counter.
+    pub incarnation: u64,
+}
+
+impl NodeStamp {
+    /// The value of the node's epoch key while this stamp is current.
+    pub(crate) fn token(&self) -> String {
+        format!("{}-{:016x}", self.epoch, self.incarnation)
+    }
+}
+
+/// A join: the node's new stamp, and the sessions its previous run left
+/// behind, ended with `node_lost` (id and new version).
+#[derive(Clone, Debug)]
+pub struct Joined {
+    /// The new stamp.
+    pub stamp: NodeStamp,
+    /// Sessions of the previous run, ended with `node_lost`.
+    pub orphans: Vec<(SessionId, u64)>,
 }
 
 /// Whether a directory entry's session is live or ended.
@@ -47,7 +67,8 @@ pub struct Entry {
     pub state: EntryState,
     /// Why it ended, once ended.
     pub reason: Option<EndReason>,
-    /// The session's owner (the application's user), as text.
+    /// The session's owner as a pseudonym (`p:` and 32 hex digits, keyed by
+    /// the cluster key): the application's user never reaches Redis in clear.
     pub owner: String,
 }
 
@@ -76,6 +97,19 @@ pub struct Takeover {
     pub epoch: u64,
     /// Sessions ended with `node_lost`.
     pub sessions_ended: u64,
+    /// Those sessions, with their new versions (the winner publishes their invalidations).
+    pub ended: Vec<(SessionId, u64)>,
+}
+
+/// `<id>:<version>` lines of a script's answer.
+fn ended_list(lines: &[String]) -> Vec<(SessionId, u64)> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let (id, version) = line.split_once(':')?;
+            Some((SessionId::from_str(id).ok()?, version.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The Redis directory. Cheap to clone (one multiplexed, self-reconnecting connection).
@@ -102,6 +136,15 @@ fn parts(answer: &str) -> Vec<&str> {
     answer.split(':').collect()
 }
 
+/// The epoch number of an epoch token (`<epoch>-…`).
+fn epoch_of(token: &str) -> u64 {
+    token
+        .split('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn num(text: Option<&&str>) -> u64 {
     text.and_then(|t| t.parse().ok()).unwrap_or(0)
 }
@@ -118,11 +161,14 @@ impl Directory {
         config.validate()?;
         let client = client_for(config)?;
         let timeout = Duration::from_millis(config.forward_timeout_ms.max(500));
+        // Reconnect attempts at most a heartbeat interval apart: after an
+        // outage every node must be back well within `node_ttl_ms` of the
+        // others, or the first one back would see them silent.
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout)
             .set_number_of_retries(1)
-            .set_max_delay(1000);
+            .set_max_delay(config.heartbeat_interval_ms.clamp(1, 1000));
         let conn = ConnectionManager::new_with_config(client.clone(), manager)
             .await
             .map_err(|source| ClusterError::Unreachable {
@@ -165,27 +211,37 @@ impl Directory {
         }
     }
 
-    /// Joins as a fresh run of `node`: a new epoch, and sessions a previous
-    /// run left behind ended with `node_lost`. Returns the epoch.
-    pub async fn join(&self, node: &str) -> Result<(u64, u64), ClusterError> {
+    /// Joins as a fresh run of `node`: a new epoch and incarnation, and
+    /// sessions a previous run left behind ended with `node_lost`.
+    pub async fn join(&self, node: &str) -> Result<Joined, ClusterError> {
         let k = &self.keys;
-        let answer: String = self
+        let incarnation: u64 = rand::random();
+        let answer: Vec<String> = self
             .scripts
             .join
             .key(k.epoch(node))
             .key(k.heartbeat(node))
             .key(k.nodes())
             .key(k.node_sessions(node))
+            .key(k.epoch_counter(node))
             .arg(node)
             .arg(self.node_ttl_ms)
             .arg(k.session_prefix())
             .arg(self.tombstone_ttl_ms())
-            .arg(k.invalidations())
+            .arg(format!("{incarnation:016x}"))
             .invoke_async(&mut self.conn())
             .await?;
-        let p = parts(&answer);
+        let first = answer.first().map(String::as_str).unwrap_or("");
+        let p = parts(first);
         match p[0] {
-            "ok" => Ok((num(p.get(1)), num(p.get(2)))),
+            "ok" => Ok(Joined {
+                stamp: NodeStamp {
+                    node: node.to_string(),
+                    epoch: num(p.get(1)),
+                    incarnation,
+                },
+                orphans: ended_list(&answer[1..]),
+            }),
             _ => Err(ClusterError::NodeIdInUse {
                 node: node.to_string(),
                 ago_ms: p.get(1).and_then(|t| t.parse().ok()).unwrap_or(0),
@@ -193,7 +249,8 @@ impl Directory {
         }
     }
 
-    /// Refreshes the node's heartbeat (re-joining with its epoch if Redis lost its data).
+    /// Refreshes the node's heartbeat. Refused (`Fenced`) if the node's
+    /// epoch key holds another token or none at all.
     pub async fn heartbeat(&self, stamp: &NodeStamp) -> Result<(), ClusterError> {
         let k = &self.keys;
         let answer: String = self
@@ -203,7 +260,7 @@ impl Directory {
             .key(k.heartbeat(&stamp.node))
             .key(k.nodes())
             .arg(&stamp.node)
-            .arg(stamp.epoch)
+            .arg(stamp.token())
             .arg(self.node_ttl_ms)
             .invoke_async(&mut self.conn())
             .await?;
@@ -214,18 +271,11 @@ impl Directory {
         }
     }
 
-    /// Runs a fenced script; on `unknown_node` (Redis lost its data) re-joins
-    /// with the stamp's epoch and runs it once more.
+    /// Runs a fenced script.
     async fn fenced_script<'s>(
         &'s self,
-        stamp: &NodeStamp,
         invocation: impl Fn() -> redis::ScriptInvocation<'s>,
     ) -> Result<String, ClusterError> {
-        let answer: String = invocation().invoke_async(&mut self.conn()).await?;
-        if answer != "unknown_node" {
-            return Ok(answer);
-        }
-        self.heartbeat(stamp).await?;
         Ok(invocation().invoke_async(&mut self.conn()).await?)
     }
 
@@ -240,12 +290,12 @@ impl Directory {
     ) -> Result<u64, ClusterError> {
         let k = &self.keys;
         let answer = self
-            .fenced_script(stamp, || {
+            .fenced_script(|| {
                 let mut i = self.scripts.register.key(k.epoch(&stamp.node));
                 i.key(k.session(id))
                     .key(k.node_sessions(&stamp.node))
                     .arg(&stamp.node)
-                    .arg(stamp.epoch)
+                    .arg(stamp.token())
                     .arg(owner)
                     .arg(version)
                     .arg(self.session_ttl_ms)
@@ -285,9 +335,11 @@ impl Directory {
         }
         let k = &self.keys;
         let answer = self
-            .fenced_script(stamp, || {
+            .fenced_script(|| {
                 let mut i = self.scripts.renew.key(k.epoch(&stamp.node));
-                i.arg(&stamp.node).arg(stamp.epoch).arg(self.session_ttl_ms);
+                i.arg(&stamp.node)
+                    .arg(stamp.token())
+                    .arg(self.session_ttl_ms);
                 for (id, version) in sessions {
                     i.key(k.session(*id)).arg(*version);
                 }
@@ -310,28 +362,32 @@ impl Directory {
             .collect())
     }
 
-    /// Ends `id` at `expected_version` with `reason`, and publishes the
-    /// invalidation. Returns the new version.
+    /// Ends `id` at `expected_version` with `reason`, and publishes
+    /// `invalidation` in the same script. Returns the new version. A node
+    /// passes its signed invalidation for version `expected_version + 1`;
+    /// other nodes drop anything else that appears on the channel.
     pub async fn end(
         &self,
         stamp: &NodeStamp,
         id: SessionId,
         expected_version: u64,
         why: EndReason,
+        invalidation: &str,
     ) -> Result<u64, ClusterError> {
         let k = &self.keys;
         let answer = self
-            .fenced_script(stamp, || {
+            .fenced_script(|| {
                 let mut i = self.scripts.end.key(k.epoch(&stamp.node));
                 i.key(k.session(id))
                     .key(k.node_sessions(&stamp.node))
                     .arg(&stamp.node)
-                    .arg(stamp.epoch)
+                    .arg(stamp.token())
                     .arg(expected_version)
                     .arg(why.as_str())
                     .arg(self.tombstone_ttl_ms())
                     .arg(id.to_string())
-                    .arg(k.invalidations());
+                    .arg(k.invalidations())
+                    .arg(invalidation);
                 i
             })
             .await?;
@@ -358,28 +414,53 @@ impl Directory {
 
     /// Declares `lost` lost if its heartbeat has expired: fences it and ends
     /// its sessions. `None` if it is alive or another node already did it.
-    pub async fn takeover(&self, lost: &str, by: &str) -> Result<Option<Takeover>, ClusterError> {
+    pub(crate) async fn takeover(
+        &self,
+        lost: &str,
+        by: &str,
+    ) -> Result<Option<Takeover>, ClusterError> {
         let k = &self.keys;
-        let answer: String = self
+        let answer: Vec<String> = self
             .scripts
             .takeover
             .key(k.epoch(lost))
             .key(k.heartbeat(lost))
             .key(k.nodes())
             .key(k.node_sessions(lost))
+            .key(k.epoch_counter(lost))
             .arg(lost)
             .arg(k.session_prefix())
             .arg(self.tombstone_ttl_ms())
-            .arg(k.invalidations())
             .arg(by)
             .invoke_async(&mut self.conn())
             .await?;
-        let p = parts(&answer);
-        Ok((p[0] == "ok").then(|| Takeover {
-            node: lost.to_string(),
-            epoch: num(p.get(1)),
-            sessions_ended: num(p.get(2)),
+        let first = answer.first().map(String::as_str).unwrap_or("");
+        let p = parts(first);
+        Ok((p[0] == "ok").then(|| {
+            let ended = ended_list(&answer[1..]);
+            Takeover {
+                node: lost.to_string(),
+                epoch: num(p.get(1)),
+                sessions_ended: ended.len() as u64,
+                ended,
+            }
         }))
+    }
+
+    /// Whether the directory holds `id` as ended at `version` or later.
+    pub(crate) async fn confirms_end(
+        &self,
+        id: SessionId,
+        version: u64,
+    ) -> Result<bool, ClusterError> {
+        let answer: String = self
+            .scripts
+            .confirm_end
+            .key(self.keys.session(id))
+            .arg(version)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(answer == "ended")
     }
 
     /// A clean goodbye: heartbeat deleted, node out of the set.
@@ -392,7 +473,7 @@ impl Directory {
             .key(k.heartbeat(&stamp.node))
             .key(k.nodes())
             .arg(&stamp.node)
-            .arg(stamp.epoch)
+            .arg(stamp.token())
             .invoke_async(&mut self.conn())
             .await?;
         let p = parts(&answer);
@@ -414,7 +495,7 @@ impl Directory {
         let get = |name: &str| fields.get(name).cloned().unwrap_or_default();
         Ok(Some(Entry {
             node: get("node"),
-            epoch: get("epoch").parse().unwrap_or(0),
+            epoch: epoch_of(&get("epoch")),
             version: get("version").parse().unwrap_or(0),
             state: match get("state").as_str() {
                 "live" => EntryState::Live,
@@ -455,13 +536,48 @@ impl Directory {
             .collect())
     }
 
-    /// `node`'s current fencing epoch (0 if unknown).
+    /// `node`'s current fencing epoch (0 if it has none: never joined, or fenced by data loss).
     pub async fn node_epoch(&self, node: &str) -> Result<u64, ClusterError> {
-        let epoch: Option<u64> = redis::cmd("GET")
+        let token: Option<String> = redis::cmd("GET")
             .arg(self.keys.epoch(node))
             .query_async(&mut self.conn())
             .await?;
-        Ok(epoch.unwrap_or(0))
+        Ok(token.as_deref().map_or(0, epoch_of))
+    }
+
+    /// `node`'s current epoch and incarnation, if it has a live incarnation
+    /// (`None` when it has no epoch or was fenced by a takeover).
+    pub(crate) async fn node_incarnation(
+        &self,
+        node: &str,
+    ) -> Result<Option<(u64, u64)>, ClusterError> {
+        let token: Option<String> = redis::cmd("GET")
+            .arg(self.keys.epoch(node))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(token.and_then(|t| {
+            let (epoch, incarnation) = t.split_once('-')?;
+            Some((
+                epoch.parse().ok()?,
+                u64::from_str_radix(incarnation, 16).ok()?,
+            ))
+        }))
+    }
+
+    /// Publishes each payload on `channel`, in one pipeline.
+    pub(crate) async fn publish_all(
+        &self,
+        channel: &str,
+        payloads: &[String],
+    ) -> Result<(), ClusterError> {
+        for chunk in payloads.chunks(512) {
+            let mut pipe = redis::pipe();
+            for payload in chunk {
+                pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+            }
+            let () = pipe.query_async(&mut self.conn()).await?;
+        }
+        Ok(())
     }
 
     /// Publishes `payload` on `channel`; returns how many subscribers got it.

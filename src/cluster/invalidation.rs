@@ -1,6 +1,7 @@
 //! Hearing from the cluster: one pub/sub connection per node carries
 //! invalidations, requests forwarded to this node, and answers to the
-//! requests it forwarded.
+//! requests it forwarded. Every message is verified (`signing.rs`) before it
+//! is parsed; what fails is counted, logged and dropped.
 //!
 //! Pub/sub is at-most-once: what is published while the connection is down
 //! is lost. So a reconnect marks the node for a resync (the writer rebuilds
@@ -15,6 +16,7 @@ use futures::StreamExt;
 use tokio::sync::oneshot;
 
 use super::routing;
+use super::signing::{Rejection, Verified};
 use super::state::Shared;
 use super::wire::{Invalidation, Reply, Request};
 
@@ -58,26 +60,31 @@ pub(crate) async fn listen(shared: Arc<Shared>, subscribed: oneshot::Sender<()>)
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
             shared.unpaused().await;
-            let Ok(payload) = message.get_payload::<String>() else {
+            let channel = message.get_channel_name();
+            let Ok(frame) = message.get_payload::<String>() else {
+                shared.rejected(channel, Rejection::Unsigned, None);
                 continue;
             };
-            let channel = message.get_channel_name();
             if channel == channels[0] {
-                match serde_json::from_str::<Invalidation>(&payload) {
-                    Ok(invalidation) => apply(&shared, invalidation),
-                    Err(error) => bad_message(channel, &error),
+                match shared.keyring.open::<Invalidation>(channel, &frame) {
+                    Ok(verified) => on_invalidation(&shared, channel, verified).await,
+                    Err(why) => shared.rejected(channel, why, None),
                 }
             } else if channel == channels[1] {
-                match serde_json::from_str::<Request>(&payload) {
-                    Ok(request) => {
-                        tokio::spawn(routing::serve(shared.clone(), request));
-                    }
-                    Err(error) => bad_message(channel, &error),
+                match shared.keyring.open::<Request>(channel, &frame) {
+                    Ok(verified) => match shared.check_sender(&verified.from).await {
+                        Ok(()) => routing::accept(&shared, verified).await,
+                        Err(why) => shared.rejected(channel, why, Some(&verified.from.node)),
+                    },
+                    Err(why) => shared.rejected(channel, why, None),
                 }
             } else if channel == channels[2] {
-                match serde_json::from_str::<Reply>(&payload) {
-                    Ok(reply) => routing::answered(&shared, reply),
-                    Err(error) => bad_message(channel, &error),
+                match shared.keyring.open::<Reply>(channel, &frame) {
+                    Ok(verified) => match shared.check_sender(&verified.from).await {
+                        Ok(()) => routing::answered(&shared, verified),
+                        Err(why) => shared.rejected(channel, why, Some(&verified.from.node)),
+                    },
+                    Err(why) => shared.rejected(channel, why, None),
                 }
             }
             if !shared.is_active() {
@@ -89,14 +96,25 @@ pub(crate) async fn listen(shared: Arc<Shared>, subscribed: oneshot::Sender<()>)
     }
 }
 
-fn bad_message(channel: &str, error: &serde_json::Error) {
-    tracing::warn!(
-        target: "sessionbus::cluster",
-        event = "cluster.bad_message",
-        channel,
-        %error,
-        "ignored a message that is not in sessionbus's wire format"
-    );
+/// A verified invalidation. It must come from the node it names as `by`;
+/// that node's epoch is checked for ends of sessions this node owns, which
+/// are also confirmed with the directory before anything ends.
+async fn on_invalidation(shared: &Arc<Shared>, channel: &str, verified: Verified<Invalidation>) {
+    let invalidation = verified.body;
+    if invalidation.by != verified.from.node {
+        shared.rejected(channel, Rejection::NotPermitted, Some(&verified.from.node));
+        return;
+    }
+    // A takeover's sender was alive when it signed; only check epochs where
+    // the message could end something here.
+    let mine = shared.owned.lock().unwrap().contains_key(&invalidation.id);
+    if mine {
+        if let Err(why) = shared.check_sender(&verified.from).await {
+            shared.rejected(channel, why, Some(&verified.from.node));
+            return;
+        }
+    }
+    apply(shared, invalidation);
 }
 
 /// A session ended somewhere: drop what this node holds for it, once.
@@ -127,13 +145,37 @@ pub(crate) fn apply(shared: &Arc<Shared>, invalidation: Invalidation) {
     }
     shared.routes.lock().unwrap().remove(&id);
     shared.leases.lock().unwrap().remove(&id);
-    let owned_here = shared.owned.lock().unwrap().remove(&id).is_some();
+    let owned_here = shared.owned.lock().unwrap().contains_key(&id);
     if owned_here {
-        // Another node ended a session this node still runs: it declared this
-        // node lost. The directory is the truth; end it here too.
+        // Another node says a session this node still runs has ended (it
+        // declared this node lost). Never on the message alone: the
+        // directory must agree, by script, at that version.
         let shared = shared.clone();
-        let reason = invalidation.reason;
-        tokio::spawn(async move { shared.end_locally(id, reason).await });
+        let (version, reason) = (invalidation.version, invalidation.reason);
+        tokio::spawn(async move {
+            match shared.directory.confirms_end(id, version).await {
+                Ok(true) => {
+                    shared.disown(id);
+                    shared.end_soon(id, reason);
+                }
+                Ok(false) => {
+                    shared
+                        .counters
+                        .invalidations_unconfirmed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        target: "sessionbus::cluster",
+                        event = "cluster.invalidation_unconfirmed",
+                        node = %shared.node(),
+                        session_id = %id,
+                        version,
+                        "an invalidation for a session this node owns was not confirmed by the directory; the session stays"
+                    );
+                }
+                // Redis away: the heartbeat finds out whether this node was fenced.
+                Err(error) => shared.degraded("invalidation check", &error),
+            }
+        });
     }
     shared
         .counters

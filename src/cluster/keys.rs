@@ -3,7 +3,8 @@
 //! ```text
 //! {p}:s:{session}          hash: node, epoch, owner, version, state (live|ended), reason; TTL
 //! {p}:node:{id}:hb         the node's heartbeat (value: its epoch); TTL node_ttl_ms
-//! {p}:node:{id}:epoch      the node's fencing epoch (INCR on join and when declared lost)
+//! {p}:node:{id}:epoch      the node's fencing epoch token, `<epoch>-<incarnation>` (set on join; replaced when declared lost)
+//! {p}:node:{id}:epochs     the counter the epoch numbers come from
 //! {p}:node:{id}:sessions   set of the ids it owns (what a takeover ends)
 //! {p}:nodes                set of node ids that joined and were not declared lost
 //! {p}:inval                channel: one JSON invalidation per ended session
@@ -40,6 +41,10 @@ impl Keys {
 
     pub(crate) fn epoch(&self, node: &str) -> String {
         format!("{}:node:{node}:epoch", self.prefix)
+    }
+
+    pub(crate) fn epoch_counter(&self, node: &str) -> String {
+        format!("{}:node:{node}:epochs", self.prefix)
     }
 
     pub(crate) fn node_sessions(&self, node: &str) -> String {

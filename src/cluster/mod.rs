@@ -49,13 +49,15 @@ mod liveness;
 mod node;
 mod routing;
 mod scripts;
+mod signing;
 mod state;
 mod sync;
 mod wire;
 
-pub use config::{ClusterConfig, ClusterConfigError};
-pub use directory::{Directory, Entry, EntryState, NodeStamp, Renewal, Takeover};
+pub use config::{ClusterConfig, ClusterConfigError, ClusterKey, KEYS_ENV, MIN_SECRET_BYTES};
+pub use directory::{Directory, Entry, EntryState, Joined, NodeStamp, Renewal, Takeover};
 pub use error::ClusterError;
 pub use node::ClusterNode;
+pub use signing::Rejection;
 pub use state::{ClusterHealth, ClusterStats};
 pub use wire::Invalidation;

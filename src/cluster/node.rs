@@ -15,7 +15,8 @@ use super::config::ClusterConfig;
 use super::directory::{Directory, EntryState, NodeStamp};
 use super::error::ClusterError;
 use super::routing;
-use super::state::{ClusterHealth, ClusterStats, Route, Shared};
+use super::signing::Keyring;
+use super::state::{ClusterHealth, ClusterStats, Route, Shared, run_local_ends};
 use super::sync::{Update, Writer};
 use super::wire::{Done, Invalidation, Op, WireTurn};
 use super::{invalidation, liveness};
@@ -61,33 +62,46 @@ impl Op {
 
 impl ClusterNode {
     /// Validates `config`, connects to Redis, joins with a fresh fencing epoch
-    /// (sessions a previous run of this node id left behind are ended with
-    /// `node_lost`), and starts heartbeating, listening and mirroring the
-    /// engine's sessions into the directory.
+    /// and incarnation (sessions a previous run of this node id left behind
+    /// are ended with `node_lost`), and starts heartbeating, listening and
+    /// mirroring the engine's sessions into the directory.
     ///
-    /// Refuses to start on a bad configuration or URL, an unreachable Redis or
+    /// Refuses to start on a bad configuration or URL, no cluster key
+    /// (`cluster.keys` or `SESSIONBUS_CLUSTER_KEYS`), an unreachable Redis or
     /// bad credentials (`ClusterError::Unreachable`), or a node id another
     /// process is heartbeating under. Once started, losing Redis only degrades the node.
     pub async fn start(engine: &EngineHandle, config: ClusterConfig) -> Result<Self, ClusterError> {
+        config.validate()?;
+        let keys = config.resolved_keys()?;
+        let window = Duration::from_millis(config.replay_window_ms);
+        let keyring = Keyring::new(&keys, window).map_err(|reason| {
+            ClusterError::Config(super::config::ClusterConfigError {
+                field: "cluster.keys",
+                reason,
+            })
+        })?;
         let directory = Directory::connect(&config).await?;
-        let (epoch, orphans) = directory.join(&config.node_id).await.map_err(|e| match e {
+        let joined = directory.join(&config.node_id).await.map_err(|e| match e {
             ClusterError::Redis(source) => ClusterError::Unreachable {
                 url: config.redacted_url(),
                 source,
             },
             other => other,
         })?;
-        let stamp = NodeStamp {
-            node: config.node_id.clone(),
-            epoch,
-        };
         let events = engine
             .subscribe_channel(EventKinds::STARTED | EventKinds::ENDED, Delivery::Reliable)
             .await
             .ok_or(ClusterError::Stopped)?;
-        let shared = Arc::new(Shared::new(config, directory, engine.clone(), stamp));
+        let stamp = joined.stamp;
+        let (shared, local_ends) = Shared::new(config, keyring, directory, engine.clone(), stamp);
+        let shared = Arc::new(shared);
+        let orphans = joined.orphans.len();
+        if let Err(error) = liveness::publish_ends(&shared, shared.node(), &joined.orphans).await {
+            shared.degraded("orphan invalidations", &error);
+        }
+        let epoch = shared.stamp.epoch;
         // Sessions the engine had before the node started: owned from now on
-        // (their owner is not known here; the directory keeps it for display only).
+        // (their owner is not known here, so only operators reach them from other nodes).
         for id in engine.live_sessions(None).await {
             let owned = super::state::Owned {
                 version: 1,
@@ -107,6 +121,7 @@ impl ClusterNode {
         let (updates, updates_rx) = mpsc::channel(1024);
         let (subscribed_tx, subscribed) = oneshot::channel();
         let tasks = vec![
+            tokio::spawn(run_local_ends(shared.clone(), local_ends)),
             tokio::spawn(Writer::new(shared.clone()).run(events, updates_rx)),
             tokio::spawn(liveness::run(shared.clone())),
             tokio::spawn(invalidation::listen(shared.clone(), subscribed_tx)),

@@ -6,15 +6,21 @@
 //! (tokio), never on the engine's actor threads.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use sessionbus_actors::{Caller, EndReason, EngineHandle, SessionId};
-use tokio::sync::{Notify, broadcast, oneshot, watch};
+use sessionbus_actors::{Caller, EndReason, EngineHandle, Owner, SessionId};
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc, oneshot, watch};
 
 use super::config::ClusterConfig;
 use super::directory::{Directory, NodeStamp};
+use super::signing::{Keyring, Rejection, Sender};
 use super::wire::{Invalidation, Reply};
+
+/// Local ends (a fenced node's sessions, a takeover confirmed by the
+/// directory) run this many at a time, off the tasks that found them.
+const CONCURRENT_LOCAL_ENDS: usize = 64;
 
 /// How the node stands with the cluster.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -42,6 +48,7 @@ const HEALTH: [ClusterHealth; 4] = [
 
 /// A node's counters: its metrics, and what it logs when it changes state.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct ClusterStats {
     /// This node.
     pub node: String,
@@ -73,6 +80,26 @@ pub struct ClusterStats {
     pub forwarded: u64,
     /// Requests other nodes forwarded to this one.
     pub served: u64,
+    /// Forwarded requests refused because `max_served_requests` were in service.
+    pub refused_busy: u64,
+    /// Messages from Redis refused, by why: unsigned, forged, replayed, stale
+    /// epoch, not permitted… Each is also a WARN (rate-limited).
+    pub rejected: HashMap<Rejection, u64>,
+    /// Invalidations for a session this node owns that the directory did not
+    /// confirm: refused, the session kept.
+    pub invalidations_unconfirmed: u64,
+    /// Forwarded requests waiting for their answer right now.
+    pub pending_forwards: usize,
+    /// Nonces of verified messages remembered against replays (bounded by
+    /// the verified traffic of two replay windows; forged frames add none).
+    pub nonces_remembered: usize,
+}
+
+impl ClusterStats {
+    /// Messages refused, whatever the reason.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
 }
 
 #[derive(Default)]
@@ -87,6 +114,9 @@ pub(crate) struct Counters {
     pub(crate) forwarded: AtomicU64,
     pub(crate) served: AtomicU64,
     pub(crate) queued: AtomicU64,
+    pub(crate) refused_busy: AtomicU64,
+    pub(crate) invalidations_unconfirmed: AtomicU64,
+    pub(crate) rejected: [AtomicU64; Rejection::ALL.len()],
 }
 
 /// A session this node owns: the directory version it last wrote.
@@ -145,8 +175,27 @@ impl Seen {
     }
 }
 
+/// A forwarded request waiting for its answer, and the node that must give it.
+pub(crate) struct Pending {
+    pub(crate) node: String,
+    pub(crate) answer: oneshot::Sender<Reply>,
+}
+
+/// What this node last read of another node's epoch from the directory.
+struct PeerEpoch {
+    token: Option<(u64, u64)>,
+    read_at: Instant,
+}
+
 pub(crate) struct Shared {
     pub(crate) config: ClusterConfig,
+    pub(crate) keyring: Keyring,
+    /// Forwarded requests in service here (`cluster.max_served_requests` permits).
+    pub(crate) serving: Arc<Semaphore>,
+    /// Senders' epochs as last read from the directory.
+    peers: Mutex<HashMap<String, PeerEpoch>>,
+    /// Local ends to run (bounded concurrency, never dropped).
+    ends: mpsc::UnboundedSender<(SessionId, EndReason)>,
     pub(crate) directory: Directory,
     pub(crate) engine: EngineHandle,
     pub(crate) stamp: NodeStamp,
@@ -155,6 +204,10 @@ pub(crate) struct Shared {
     /// Remote leases this node took (forwarded) on other nodes' sessions.
     pub(crate) leases: Mutex<HashMap<SessionId, Vec<u64>>>,
     pub(crate) seen: Mutex<Seen>,
+    /// Owners of sessions that ended here lately (bounded by `seen_ended`),
+    /// so a forwarded call on an ended session is answered as locally
+    /// ("gone", with the first close's receipt) rather than "not yours".
+    ended_owners: Mutex<(HashMap<SessionId, String>, VecDeque<SessionId>)>,
     health: AtomicU8,
     /// Set when Redis failed; cleared by a completed resync.
     pub(crate) resync_pending: AtomicBool,
@@ -162,21 +215,27 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) invalidations: broadcast::Sender<Invalidation>,
     pub(crate) paused: watch::Sender<bool>,
-    /// Forwarded requests waiting for their answer, by request id.
-    pub(crate) pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
-    pub(crate) next_request: AtomicU64,
+    /// Forwarded requests waiting for their answer, by (random) request id.
+    pub(crate) pending: Mutex<HashMap<u128, Pending>>,
     /// The epoch the directory held when this node found itself fenced.
     pub(crate) fenced_by_epoch: AtomicU64,
 }
 
 impl Shared {
+    /// The node's shared state, and the receiver of its local ends (for [`run_local_ends`]).
     pub(crate) fn new(
         config: ClusterConfig,
+        keyring: Keyring,
         directory: Directory,
         engine: EngineHandle,
         stamp: NodeStamp,
-    ) -> Self {
-        Shared {
+    ) -> (Self, mpsc::UnboundedReceiver<(SessionId, EndReason)>) {
+        let (ends, ends_rx) = mpsc::unbounded_channel();
+        let shared = Shared {
+            serving: Arc::new(Semaphore::new(config.max_served_requests)),
+            keyring,
+            peers: Mutex::default(),
+            ends,
             config,
             directory,
             engine,
@@ -185,6 +244,7 @@ impl Shared {
             routes: Mutex::default(),
             leases: Mutex::default(),
             seen: Mutex::default(),
+            ended_owners: Mutex::default(),
             health: AtomicU8::new(0),
             resync_pending: AtomicBool::new(false),
             resync: Notify::new(),
@@ -192,8 +252,84 @@ impl Shared {
             invalidations: broadcast::channel(4096).0,
             paused: watch::channel(false).0,
             pending: Mutex::default(),
-            next_request: AtomicU64::new(1),
             fenced_by_epoch: AtomicU64::new(0),
+        };
+        (shared, ends_rx)
+    }
+
+    /// This node as it signs its messages.
+    pub(crate) fn sender(&self) -> Sender {
+        Sender {
+            node: self.stamp.node.clone(),
+            epoch: self.stamp.epoch,
+            incarnation: self.stamp.incarnation,
+        }
+    }
+
+    /// Counts and logs a refused message (the first of each kind, then every 1024th).
+    pub(crate) fn rejected(&self, channel: &str, why: Rejection, from: Option<&str>) {
+        let at = Rejection::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        let n = self.counters.rejected[at].fetch_add(1, Ordering::Relaxed);
+        if n % 1024 == 0 {
+            tracing::warn!(
+                target: "sessionbus::cluster",
+                event = "cluster.message_rejected",
+                node = %self.node(),
+                channel,
+                reason = why.as_str(),
+                from = from.unwrap_or("unknown"),
+                count = n + 1,
+                "refused a message from Redis"
+            );
+        }
+    }
+
+    /// Whether `sender` is its node's current incarnation in the directory.
+    /// Read from Redis when unknown, changed, or older than one heartbeat
+    /// interval, so a fenced node's messages are refused within that interval.
+    pub(crate) async fn check_sender(&self, sender: &Sender) -> Result<(), Rejection> {
+        if sender.node == self.node() {
+            return match (sender.epoch, sender.incarnation)
+                == (self.stamp.epoch, self.stamp.incarnation)
+            {
+                true => Ok(()),
+                false => Err(Rejection::StaleEpoch),
+            };
+        }
+        let fresh = Duration::from_millis(self.config.heartbeat_interval_ms);
+        let claimed = Some((sender.epoch, sender.incarnation));
+        let cached = self
+            .peers
+            .lock()
+            .unwrap()
+            .get(&sender.node)
+            .and_then(|p| (p.read_at.elapsed() < fresh).then_some(p.token));
+        let current = match cached {
+            Some(token) if token == claimed => token,
+            _ => {
+                let token = self
+                    .directory
+                    .node_incarnation(&sender.node)
+                    .await
+                    .map_err(|_| Rejection::StaleEpoch)?;
+                let mut peers = self.peers.lock().unwrap();
+                // Bounded: only nodes that signed a valid frame get here.
+                if peers.len() > 4096 {
+                    peers.clear();
+                }
+                peers.insert(
+                    sender.node.clone(),
+                    PeerEpoch {
+                        token,
+                        read_at: Instant::now(),
+                    },
+                );
+                token
+            }
+        };
+        match current == claimed {
+            true => Ok(()),
+            false => Err(Rejection::StaleEpoch),
         }
     }
 
@@ -205,9 +341,21 @@ impl Shared {
         HEALTH[self.health.load(Ordering::Acquire) as usize]
     }
 
-    fn set_health(&self, health: ClusterHealth) {
-        let index = HEALTH.iter().position(|h| *h == health).unwrap_or(0);
-        self.health.store(index as u8, Ordering::Release);
+    fn index(health: ClusterHealth) -> u8 {
+        HEALTH.iter().position(|h| *h == health).unwrap_or(0) as u8
+    }
+
+    /// Moves from `from` to `to` only if the node is still in `from`: a
+    /// degraded/healthy flip racing with a fence can never revive the node.
+    fn swap_health(&self, from: ClusterHealth, to: ClusterHealth) -> bool {
+        self.health
+            .compare_exchange(
+                Self::index(from),
+                Self::index(to),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
     }
 
     /// Whether the node may still write as owner.
@@ -221,8 +369,7 @@ impl Shared {
     /// Redis failed: serve locally, queue updates, resync when it is back.
     pub(crate) fn degraded(&self, what: &str, error: &dyn std::fmt::Display) {
         self.resync_pending.store(true, Ordering::Release);
-        if self.health() == ClusterHealth::Healthy {
-            self.set_health(ClusterHealth::Degraded);
+        if self.swap_health(ClusterHealth::Healthy, ClusterHealth::Degraded) {
             self.counters
                 .degraded_episodes
                 .fetch_add(1, Ordering::Relaxed);
@@ -239,8 +386,7 @@ impl Shared {
 
     /// A resync completed: back to healthy (unless fenced or stopped meanwhile).
     pub(crate) fn healthy(&self) {
-        if self.health() == ClusterHealth::Degraded {
-            self.set_health(ClusterHealth::Healthy);
+        if self.swap_health(ClusterHealth::Degraded, ClusterHealth::Healthy) {
             tracing::info!(
                 target: "sessionbus::cluster",
                 event = "cluster.recovered",
@@ -251,21 +397,20 @@ impl Shared {
     }
 
     pub(crate) fn stopped(&self) {
-        self.set_health(ClusterHealth::Stopped);
+        self.health
+            .store(Self::index(ClusterHealth::Stopped), Ordering::Release);
     }
 
     /// The directory refused this node's epoch: it was declared lost while it
     /// was away. It ends every local session with `node_lost` (their memory is
     /// released as for any end) and never writes as owner again.
     pub(crate) async fn fenced(&self, current: u64) {
-        if matches!(
-            self.health(),
-            ClusterHealth::Fenced | ClusterHealth::Stopped
-        ) {
+        self.fenced_by_epoch.store(current, Ordering::Release);
+        let was_active = self.swap_health(ClusterHealth::Healthy, ClusterHealth::Fenced)
+            || self.swap_health(ClusterHealth::Degraded, ClusterHealth::Fenced);
+        if !was_active {
             return;
         }
-        self.fenced_by_epoch.store(current, Ordering::Release);
-        self.set_health(ClusterHealth::Fenced);
         tracing::error!(
             target: "sessionbus::cluster",
             event = "cluster.fenced",
@@ -277,11 +422,17 @@ impl Shared {
         self.owned.lock().unwrap().clear();
         self.routes.lock().unwrap().clear();
         self.leases.lock().unwrap().clear();
-        let live = self.engine.live_sessions(None).await;
-        let ends = live
-            .into_iter()
-            .map(|id| self.end_locally(id, EndReason::NodeLost));
-        futures::future::join_all(ends).await;
+        for id in self.engine.live_sessions(None).await {
+            self.end_soon(id, EndReason::NodeLost);
+        }
+    }
+
+    /// Ends a local session soon, off the calling task (a writer or listener
+    /// must never wait for a drain): at most `CONCURRENT_LOCAL_ENDS` at once.
+    pub(crate) fn end_soon(&self, id: SessionId, reason: EndReason) {
+        if self.ends.send((id, reason)).is_err() {
+            tracing::debug!(target: "sessionbus::cluster", %id, "node stopped; the runtime's shutdown ends it");
+        }
     }
 
     /// The error for a write attempted after the node was fenced or stopped.
@@ -297,11 +448,73 @@ impl Shared {
     }
 
     /// Ends a local session because the directory says it has ended elsewhere.
-    pub(crate) async fn end_locally(&self, id: SessionId, reason: EndReason) {
+    async fn end_locally(&self, id: SessionId, reason: EndReason) {
         let caller = Caller::Operator("sessionbus-cluster".into());
         if let Err(error) = self.engine.end(id, caller, reason).await {
             tracing::debug!(target: "sessionbus::cluster", %id, %error, "local end refused");
         }
+    }
+
+    /// The caller a verified request names by `pseudonym`: the session's
+    /// owner if the pseudonym is theirs (under the frame's key), else a user
+    /// that owns nothing here (the engine refuses it as for any stranger).
+    pub(crate) fn user_for(&self, id: SessionId, key_id: &str, pseudonym: &str) -> Caller {
+        let owner = self
+            .owned
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map(|o| o.owner.clone())
+            .or_else(|| self.ended_owners.lock().unwrap().0.get(&id).cloned());
+        if let Some(owner) = owner.filter(|o| !o.is_empty()) {
+            let owner = Owner::new(owner);
+            if self.keyring.names_owner(key_id, pseudonym, &owner) {
+                return Caller::User(owner);
+            }
+        }
+        Caller::User(Owner::new(pseudonym))
+    }
+
+    /// The directory's name for an owner: its pseudonym under the signing key.
+    pub(crate) fn owner_pseudonym(&self, owner: &str) -> String {
+        self.keyring.owner_pseudonym(&Owner::new(owner))
+    }
+
+    /// The signed invalidation of this node's own end of `id` at `version`.
+    pub(crate) fn signed_end(&self, id: SessionId, version: u64, reason: EndReason) -> String {
+        let invalidation = Invalidation {
+            id,
+            version,
+            reason,
+            node: self.node().to_string(),
+            by: self.node().to_string(),
+        };
+        let channel = self.directory.keys().invalidations();
+        self.keyring.seal(&self.sender(), &channel, &invalidation)
+    }
+
+    /// Stops owning `id` (it ended here), remembering its owner for late calls.
+    pub(crate) fn disown(&self, id: SessionId) -> Option<Owned> {
+        let owned = self.owned.lock().unwrap().remove(&id)?;
+        let mut ended = self.ended_owners.lock().unwrap();
+        let (owners, order) = &mut *ended;
+        if owners.insert(id, owned.owner.clone()).is_none() {
+            order.push_back(id);
+            while order.len() > self.config.seen_ended {
+                if let Some(old) = order.pop_front() {
+                    owners.remove(&old);
+                }
+            }
+        }
+        Some(owned)
+    }
+
+    /// Drops every cached route to `node` (it was declared lost, or nobody listens for it).
+    pub(crate) fn forget_routes_to(&self, node: &str) {
+        self.routes
+            .lock()
+            .unwrap()
+            .retain(|_, route| route.node != node);
     }
 
     /// Why `id` ended, if this node has seen its end.
@@ -318,6 +531,12 @@ impl Shared {
     pub(crate) fn stats(&self) -> ClusterStats {
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let rejected = Rejection::ALL
+            .iter()
+            .zip(&c.rejected)
+            .map(|(why, n)| (*why, load(n)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
         ClusterStats {
             node: self.node().to_string(),
             epoch: self.stamp.epoch,
@@ -334,6 +553,29 @@ impl Shared {
             degraded_episodes: load(&c.degraded_episodes),
             forwarded: load(&c.forwarded),
             served: load(&c.served),
+            refused_busy: load(&c.refused_busy),
+            rejected,
+            invalidations_unconfirmed: load(&c.invalidations_unconfirmed),
+            pending_forwards: self.pending.lock().unwrap().len(),
+            nonces_remembered: self.keyring.nonces_held(),
         }
     }
+}
+
+/// Runs the node's local ends, `CONCURRENT_LOCAL_ENDS` at a time.
+pub(crate) async fn run_local_ends(
+    shared: Arc<Shared>,
+    ends: mpsc::UnboundedReceiver<(SessionId, EndReason)>,
+) {
+    use futures::StreamExt;
+    tokio_stream_from(ends)
+        .for_each_concurrent(CONCURRENT_LOCAL_ENDS, |(id, reason)| {
+            let shared = shared.clone();
+            async move { shared.end_locally(id, reason).await }
+        })
+        .await;
+}
+
+fn tokio_stream_from<T>(mut rx: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

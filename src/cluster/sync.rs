@@ -146,8 +146,7 @@ impl Writer {
                 done: None,
             }),
             LifecycleEvent::Ended(ended) => {
-                let owned = self.shared.owned.lock().unwrap().remove(&ended.id);
-                if let Some(owned) = owned {
+                if let Some(owned) = self.shared.disown(ended.id) {
                     self.push(Update::End {
                         id: ended.id,
                         reason: ended.reason,
@@ -324,14 +323,20 @@ impl Writer {
             Update::Register {
                 id, owner, version, ..
             } => directory
-                .register(stamp, *id, owner, *version)
+                .register(stamp, *id, &self.shared.owner_pseudonym(owner), *version)
                 .await
                 .map(drop),
             Update::End {
                 id,
                 reason,
                 version,
-            } => directory.end(stamp, *id, *version, *reason).await.map(drop),
+            } => {
+                let frame = self.shared.signed_end(*id, *version + 1, *reason);
+                directory
+                    .end(stamp, *id, *version, *reason, &frame)
+                    .await
+                    .map(drop)
+            }
             Update::Flush(_) => Ok(()),
         }
     }
@@ -360,8 +365,8 @@ impl Writer {
             };
             if let Some(reason) = not_ours {
                 // The directory says this id is not ours to keep.
-                self.shared.owned.lock().unwrap().remove(&id);
-                self.shared.end_locally(id, reason).await;
+                self.shared.disown(id);
+                self.shared.end_soon(id, reason);
             }
             if let Some(done) = done {
                 let _ = done.send(result);
@@ -393,8 +398,8 @@ impl Writer {
                             // Lapsed or lost with Redis's data: write it again, same version.
                             Renewal::Missing => self.reregister(*id, *version).await,
                             Renewal::Lost => {
-                                self.shared.owned.lock().unwrap().remove(id);
-                                self.shared.end_locally(*id, EndReason::NodeLost).await;
+                                self.shared.disown(*id);
+                                self.shared.end_soon(*id, EndReason::NodeLost);
                             }
                             Renewal::Stale { current } => {
                                 self.shared
@@ -432,7 +437,12 @@ impl Writer {
         let result = self
             .shared
             .directory
-            .register(&self.shared.stamp, id, &owner, version)
+            .register(
+                &self.shared.stamp,
+                id,
+                &self.shared.owner_pseudonym(&owner),
+                version,
+            )
             .await;
         if let Err(ClusterError::Redis(error)) = &result {
             self.shared.degraded("re-registration", error);
@@ -501,7 +511,11 @@ impl Writer {
                 }) => reason,
                 _ => EndReason::NodeLost,
             };
-            match directory.end(stamp, id, entry.version, reason).await {
+            let frame = self.shared.signed_end(id, entry.version + 1, reason);
+            match directory
+                .end(stamp, id, entry.version, reason, &frame)
+                .await
+            {
                 Ok(_) | Err(ClusterError::StaleVersion { .. } | ClusterError::Ended { .. }) => {}
                 Err(e) => return Err(e),
             }

@@ -1,17 +1,18 @@
-//! What travels between nodes through Redis, as JSON: invalidations, and
-//! requests forwarded to a session's owner with their answers.
+//! What travels between nodes through Redis, as JSON inside a signed frame
+//! (`signing.rs`): invalidations, and requests forwarded to a session's owner
+//! with their answers. Who sent a message is the frame's signed sender, never
+//! a field of the message.
 //!
 //! Engine types stay free of serde-for-the-wire: this module maps them to
 //! small wire types and back, so a forwarded call returns exactly the result
 //! type of a local one. Instants cannot cross machines: a forwarded receipt
 //! carries durations and is rebuilt on the caller's clock (see `into_receipt`).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sessionbus_actors::{
-    Caller, ContextVerdict, EndReason, Event, Intent, LeaseGrant, LeaseId, Owner, ReleaseReceipt,
+    Caller, ContextVerdict, EndReason, Event, Intent, LeaseGrant, LeaseId, ReleaseReceipt,
     SessionError, SessionId, StaleReason, State, TraceId, Turn, TurnAck,
 };
 
@@ -30,11 +31,11 @@ pub struct Invalidation {
     pub by: String,
 }
 
-/// A request forwarded to a session's owner node.
+/// A request forwarded to a session's owner node. `req` is a random 128-bit
+/// id: the reply must carry it and come from the node asked.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Request {
-    pub(crate) req: u64,
-    pub(crate) from: String,
+    pub(crate) req: u128,
     pub(crate) id: SessionId,
     pub(crate) caller: WireCaller,
     pub(crate) op: Op,
@@ -53,7 +54,7 @@ pub(crate) enum Op {
 /// The owner's answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Reply {
-    pub(crate) req: u64,
+    pub(crate) req: u128,
     pub(crate) result: Result<Done, WireError>,
 }
 
@@ -69,28 +70,12 @@ pub(crate) enum Done {
     Unit,
 }
 
+/// Who a forwarded call is made for: a user, by its owner pseudonym (never
+/// in clear), or an operator role (honoured only from `cluster.operator_nodes`).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum WireCaller {
     User(String),
     Operator(String),
-}
-
-impl From<&Caller> for WireCaller {
-    fn from(caller: &Caller) -> Self {
-        match caller {
-            Caller::User(owner) => WireCaller::User(owner.as_str().to_string()),
-            Caller::Operator(name) => WireCaller::Operator(name.to_string()),
-        }
-    }
-}
-
-impl From<WireCaller> for Caller {
-    fn from(caller: WireCaller) -> Self {
-        match caller {
-            WireCaller::User(owner) => Caller::User(Owner::new(owner)),
-            WireCaller::Operator(name) => Caller::Operator(Arc::from(name)),
-        }
-    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -283,9 +268,14 @@ impl Done {
 /// The session errors that have an exact wire form; others travel as text.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum WireError {
-    Unauthorized {
-        caller: String,
+    /// The caller may not act on the session (its name stays on the asking node).
+    Unauthorized,
+    /// The owner node serves `limit` forwarded requests at once and had no room.
+    Busy {
+        limit: usize,
     },
+    /// The asking node may not make this call (operator rights not granted to it).
+    NotPermitted(String),
     NotEstablished {
         state: String,
         event: String,
@@ -343,9 +333,7 @@ fn event_from(name: &str) -> Event {
 impl From<&SessionError> for WireError {
     fn from(e: &SessionError) -> Self {
         match e {
-            SessionError::Unauthorized { caller, .. } => WireError::Unauthorized {
-                caller: caller.clone(),
-            },
+            SessionError::Unauthorized { .. } => WireError::Unauthorized,
             SessionError::NotEstablished {
                 state,
                 event,
@@ -365,9 +353,21 @@ impl From<&SessionError> for WireError {
 
 impl WireError {
     /// The error a local call would have given, where it has an exact form.
-    pub(crate) fn into_session_error(self, id: SessionId) -> Result<SessionError, String> {
+    /// `caller` is the asking node's own caller (its name never travelled).
+    pub(crate) fn into_session_error(
+        self,
+        id: SessionId,
+        caller: &Caller,
+    ) -> Result<SessionError, String> {
         Ok(match self {
-            WireError::Unauthorized { caller } => SessionError::Unauthorized { id, caller },
+            WireError::Unauthorized => SessionError::Unauthorized {
+                id,
+                caller: caller.to_string(),
+            },
+            WireError::Busy { limit } => {
+                return Err(format!("busy: serving {limit} forwarded requests already"));
+            }
+            WireError::NotPermitted(why) => return Err(format!("not permitted: {why}")),
             WireError::NotEstablished {
                 state,
                 event,
@@ -388,14 +388,16 @@ impl WireError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sessionbus_actors::Owner;
 
     #[test]
     fn session_errors_cross_unchanged() {
         let id = SessionId::random();
+        let bob = Caller::User(Owner::new("bob"));
         for e in [
             SessionError::Unauthorized {
                 id,
-                caller: "user bob".into(),
+                caller: bob.to_string(),
             },
             SessionError::NotEstablished {
                 id,
@@ -414,7 +416,8 @@ mod tests {
         ] {
             let text = serde_json::to_string(&WireError::from(&e)).unwrap();
             let back: WireError = serde_json::from_str(&text).unwrap();
-            assert_eq!(back.into_session_error(id), Ok(e));
+            assert!(!text.contains("bob"), "{text}");
+            assert_eq!(back.into_session_error(id, &bob), Ok(e));
         }
     }
 

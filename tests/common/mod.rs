@@ -88,5 +88,7 @@ pub fn ends_by_session(events: &[LifecycleEvent]) -> HashMap<SessionId, Vec<EndR
     ends
 }
 pub mod audit;
+#[cfg(feature = "redis")]
+pub mod cluster;
 pub mod logs;
 pub mod redis_server;
