@@ -6,68 +6,23 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
+use common::cluster::{Node, eventually, next_invalidation};
 use common::redis_server::RedisServer;
-use common::{Harness, KIB, ends_by_session};
+use std::time::Duration;
+
+use common::{KIB, ends_by_session};
 use sessionbus::cluster::{
-    ClusterConfig, ClusterError, ClusterHealth, ClusterNode, Directory, EntryState, Invalidation,
+    ClusterConfig, ClusterError, ClusterHealth, ClusterNode, Directory, EntryState,
 };
 use sessionbus::{Config, EndReason, Owner, SessionError, SessionId, Turn};
-
-/// Polls `$cond` until it holds; fails naming `$what` if it never does (a
-/// liveness bound, not a speed check).
-macro_rules! eventually {
-    ($what:expr, $cond:expr) => {{
-        let started = Instant::now();
-        loop {
-            if $cond {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "never happened: {}",
-                $what
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }};
-}
 
 fn cluster_config(redis: &RedisServer, node: &str) -> ClusterConfig {
     common::cluster::config(&redis.url(), node)
 }
 
-struct Node {
-    h: Harness,
-    node: ClusterNode,
-}
-
 async fn start_node(redis: &RedisServer, name: &str) -> Node {
-    let h = common::start_with(Config::default()).await;
-    let node = ClusterNode::start(h.rt.engine(), cluster_config(redis, name))
-        .await
-        .expect("node joins");
-    Node { h, node }
-}
-
-impl Node {
-    /// Shuts the runtime down (its ends are written to the directory), leaves,
-    /// and checks wgpu's counters.
-    async fn stop(self) {
-        let Node { h, node } = self;
-        h.shutdown_at_baseline().await;
-        node.leave().await.expect("leave");
-    }
-}
-
-async fn next_invalidation(
-    rx: &mut tokio::sync::broadcast::Receiver<Invalidation>,
-) -> Invalidation {
-    tokio::time::timeout(Duration::from_secs(30), rx.recv())
-        .await
-        .expect("an invalidation arrives")
-        .expect("invalidation stream open")
+    common::cluster::start_node(&redis.url(), name).await
 }
 
 fn alice() -> Owner {
@@ -417,8 +372,14 @@ async fn redis_restarted_mid_run_leaves_no_session_inconsistent_after_resync() {
     // Persistent: a Redis that forgets the epochs fences every node (see
     // cluster_survives_redis_faults.rs); one that keeps them resyncs.
     let mut redis = RedisServer::start_persistent();
-    let a = start_node(&redis, "a").await;
-    let b = start_node(&redis, "b").await;
+    // Both nodes are back within this TTL of each other even on a loaded
+    // machine, so neither may declare the other lost (liveness.rs's rule).
+    let patient = |name| ClusterConfig {
+        node_ttl_ms: 3000,
+        ..cluster_config(&redis, name)
+    };
+    let a = common::cluster::start_node_with(patient("a")).await;
+    let b = common::cluster::start_node_with(patient("b")).await;
     let s1 = a.node.open(alice()).await.unwrap();
     let s2 = a.node.open(alice()).await.unwrap();
     let s3 = b.node.open(alice()).await.unwrap();

@@ -69,7 +69,8 @@ impl Continuity {
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     let period = Duration::from_millis(shared.config.heartbeat_interval_ms);
-    let mut continuity = Continuity::new(Duration::from_millis(shared.config.node_ttl_ms));
+    let ttl = Duration::from_millis(shared.config.node_ttl_ms);
+    let mut continuity = Continuity::new(ttl);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -78,8 +79,9 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         if !shared.is_active() {
             return;
         }
-        // A heartbeat slower than its interval counts as a failed one.
-        let beat = tokio::time::timeout(period, shared.directory.heartbeat(&shared.stamp)).await;
+        // A heartbeat slower than half a TTL counts as a failed one (a frozen
+        // Redis must not keep this node counting itself connected).
+        let beat = tokio::time::timeout(ttl / 2, shared.directory.heartbeat(&shared.stamp)).await;
         match beat {
             Ok(Ok(())) => {
                 continuity.beat(Instant::now());
@@ -98,7 +100,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             }
             Err(_) => {
                 continuity.lost();
-                shared.degraded("heartbeat", &"no answer within heartbeat_interval_ms");
+                shared.degraded("heartbeat", &"no answer within half of node_ttl_ms");
                 continue;
             }
         }
