@@ -25,7 +25,10 @@ fn alice() -> Owner {
 fn frame(key_id: &str, secret: &[u8], json: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
     mac.update(json.as_bytes());
-    format!("sb1.{key_id}.{}.{json}", hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "sb1.{key_id}.{}.{json}",
+        hex::encode(mac.finalize().into_bytes())
+    )
 }
 
 fn now_ms() -> u128 {
@@ -75,12 +78,12 @@ async fn forged_closes_leases_invalidations_and_replies_from_a_plain_client_chan
     // The attack of the issue, as the old wire format had it: a close with
     // operator rights, "from" b, unsigned.
     let req = format!("{prefix}:req:a");
-    let forged_close = format!(
-        r#"{{"req":1,"from":"b","id":"{id}","caller":{{"Operator":"x"}},"op":"Close"}}"#
-    );
+    let forged_close =
+        format!(r#"{{"req":1,"from":"b","id":"{id}","caller":{{"Operator":"x"}},"op":"Close"}}"#);
     assert_eq!(redis.publish(&req, &forged_close), 1, "a listens");
-    let forged_lease =
-        format!(r#"{{"req":2,"from":"b","id":"{id}","caller":{{"User":"alice"}},"op":"LeaseRemote"}}"#);
+    let forged_lease = format!(
+        r#"{{"req":2,"from":"b","id":"{id}","caller":{{"User":"alice"}},"op":"LeaseRemote"}}"#
+    );
     redis.publish(&req, &forged_lease);
     // Signed, but with a key the cluster does not hold (same id, other secret).
     let json = format!(
@@ -172,7 +175,10 @@ async fn a_replayed_valid_request_or_invalidation_is_refused() {
     let keep = a.node.open(alice()).await.unwrap();
     keep.allocate(16 * KIB).await.unwrap();
     let closing = a.node.open(alice()).await.unwrap();
-    assert_eq!(b.node.owner_of(keep.id()).await.unwrap().as_deref(), Some("a"));
+    assert_eq!(
+        b.node.owner_of(keep.id()).await.unwrap().as_deref(),
+        Some("a")
+    );
 
     // Overheard: b's request to a (a lease: replaying it would take another),
     // and a's invalidation of the session it closes.
@@ -190,12 +196,22 @@ async fn a_replayed_valid_request_or_invalidation_is_refused() {
         "both replays refused",
         rejected(&a, Rejection::Replayed) >= 1 && rejected(&b, Rejection::Replayed) >= 1
     );
-    assert_eq!(a.node.stats().served, served, "the replayed lease was not served");
+    assert_eq!(
+        a.node.stats().served,
+        served,
+        "the replayed lease was not served"
+    );
     // A frame replayed on another channel than the one it was signed for.
     redis.publish(&format!("{prefix}:req:b"), &request);
-    eventually!("wrong channel refused", rejected(&b, Rejection::WrongChannel) >= 1);
+    eventually!(
+        "wrong channel refused",
+        rejected(&b, Rejection::WrongChannel) >= 1
+    );
 
-    b.node.release_lease(keep.id(), alice(), grant.id).await.unwrap();
+    b.node
+        .release_lease(keep.id(), alice(), grant.id)
+        .await
+        .unwrap();
     keep.close().await.unwrap();
     a.stop().await;
     b.stop().await;
@@ -238,7 +254,12 @@ async fn a_thousand_forwards_dropped_by_their_callers_leave_nothing_pending() {
     b_node.touch(id, alice()).await.unwrap();
     session.close().await.unwrap();
     a.stop().await;
-    Node { h: b.h, node: b_node }.stop().await;
+    Node {
+        h: b.h,
+        node: b_node,
+    }
+    .stop()
+    .await;
 }
 
 fn rss_bytes() -> u64 {
@@ -261,7 +282,10 @@ async fn a_flood_of_forged_requests_is_refused_in_bounded_memory_while_sessions_
     let local = a.node.open(alice()).await.unwrap();
     local.allocate(16 * KIB).await.unwrap();
     let remote = a.node.open(alice()).await.unwrap();
-    assert_eq!(b.node.owner_of(remote.id()).await.unwrap().as_deref(), Some("a"));
+    assert_eq!(
+        b.node.owner_of(remote.id()).await.unwrap().as_deref(),
+        Some("a")
+    );
     let rss_before = rss_bytes();
 
     // 100 000 forged requests: half unsigned, half signed with a wrong secret.
@@ -302,9 +326,15 @@ async fn a_flood_of_forged_requests_is_refused_in_bounded_memory_while_sessions_
     let stats = a.node.stats();
     assert!(served > 0);
     assert_eq!(stats.pending_forwards, 0);
-    assert!(stats.nonces_remembered < 1000, "forged frames add no nonces: {stats:?}");
+    assert!(
+        stats.nonces_remembered < 1000,
+        "forged frames add no nonces: {stats:?}"
+    );
     let grown = rss_bytes().saturating_sub(rss_before);
-    assert!(grown < 256 << 20, "memory grew by {grown} bytes under the flood");
+    assert!(
+        grown < 256 << 20,
+        "memory grew by {grown} bytes under the flood"
+    );
     assert!(a.node.owns(id) && a.node.owns(local.id()));
     local.close().await.unwrap();
     remote.close().await.unwrap();
@@ -333,7 +363,10 @@ async fn a_deleted_epoch_key_fences_its_node_for_good() {
     a.h.assert_gpu_at_baseline();
     // No write can bring the epoch back: not a heartbeat, not a registration.
     let err = a.node.directory().heartbeat(&stamp).await.unwrap_err();
-    assert!(matches!(err, ClusterError::Fenced { current: 0, .. }), "{err}");
+    assert!(
+        matches!(err, ClusterError::Fenced { current: 0, .. }),
+        "{err}"
+    );
     let exists: u64 = redis.cmd("EXISTS", &[&format!("{prefix}:node:a:epoch")]);
     assert_eq!(exists, 0, "nothing re-created the epoch");
     let err = a.node.open(alice()).await.unwrap_err();
@@ -364,8 +397,16 @@ async fn after_a_flushall_no_two_live_nodes_share_an_epoch() {
         "the incarnation keeps the epochs apart"
     );
     let mut old = old;
-    eventually!("the old run is fenced", old.node.health() == ClusterHealth::Fenced);
-    let err = old.node.directory().heartbeat(&old_stamp).await.unwrap_err();
+    eventually!(
+        "the old run is fenced",
+        old.node.health() == ClusterHealth::Fenced
+    );
+    let err = old
+        .node
+        .directory()
+        .heartbeat(&old_stamp)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClusterError::Fenced { .. }), "{err}");
     let events = old.h.until_released(1).await;
     assert_eq!(
