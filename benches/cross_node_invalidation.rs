@@ -43,6 +43,7 @@ async fn node(url: &str, name: &str) -> (Runtime, ClusterNode) {
     let runtime = Runtime::start(Config::default()).await.expect("runtime");
     let config = ClusterConfig {
         session_ttl_secs: 600,
+        keys: vec![sessionbus::cluster::ClusterKey::new("bench", &[1u8; 32])],
         ..ClusterConfig::new(url, name)
     };
     let node = ClusterNode::start(runtime.engine(), config)

@@ -10,7 +10,14 @@
 //! 1. a session closed on its owner disappearing from the other nodes (invalidation);
 //! 2. a close sent to a node that does not own the session, answered by the owner;
 //! 3. node `c` killed with SIGKILL, detected by the survivors, fenced, and its
-//!    sessions ended with `node_lost`.
+//!    sessions ended with `node_lost`;
+//! 4. Redis killed for three node TTLs and restarted from its append-only
+//!    file: no node fenced, no session lost (only with the throwaway server);
+//! 5. a close forged from a plain Redis client (the old, unsigned format, with
+//!    operator rights): refused and counted, the session still live.
+//!
+//! The nodes share a cluster key drawn at random for the run (node `c` gets
+//! it through `SESSIONBUS_CLUSTER_KEYS`).
 //!
 //! Exits non-zero if anything is inconsistent or any GPU buffer leaked.
 
@@ -53,11 +60,14 @@ async fn main() -> anyhow::Result<()> {
     match (&args.child_node, &args.redis) {
         (Some(node), Some(url)) => child::run(node, url, args.sessions).await,
         (Some(_), None) => anyhow::bail!("--child-node needs --redis"),
-        (None, Some(url)) => story::run(url.clone(), args.sessions).await,
+        (None, Some(url)) => story::run(url.clone(), None, args.sessions).await,
         (None, None) => {
-            let redis = redis_server::RedisServer::start();
-            println!("started a throwaway redis-server on port {}", redis.port);
-            story::run(redis.url(), args.sessions).await
+            let mut redis = redis_server::RedisServer::start_persistent();
+            println!(
+                "started a throwaway redis-server (append-only file on) on port {}",
+                redis.port
+            );
+            story::run(redis.url(), Some(&mut redis), args.sessions).await
         }
     }
 }

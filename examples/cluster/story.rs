@@ -6,9 +6,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use sessionbus::cluster::{ClusterNode, Invalidation};
-use sessionbus::{Config, EndReason, GpuCounters, Owner, Runtime, SessionId};
+use sessionbus::cluster::{ClusterHealth, ClusterKey, ClusterNode, Invalidation, KEYS_ENV};
+use sessionbus::{Config, EndReason, GpuCounters, Owner, Runtime, SessionId, Turn};
 use tokio::sync::broadcast;
+
+use crate::redis_server::RedisServer;
 
 struct Node {
     name: &'static str,
@@ -17,10 +19,16 @@ struct Node {
     cluster: ClusterNode,
 }
 
-async fn start(name: &'static str, url: &str, prefix: &str) -> anyhow::Result<Node> {
+async fn start(
+    name: &'static str,
+    url: &str,
+    prefix: &str,
+    key: &ClusterKey,
+) -> anyhow::Result<Node> {
     let runtime = Runtime::start(Config::default()).await?;
     let config = sessionbus::cluster::ClusterConfig {
         key_prefix: prefix.to_string(),
+        keys: vec![key.clone()],
         ..crate::cluster_config(url, name)
     };
     let cluster = ClusterNode::start(runtime.engine(), config)
@@ -38,10 +46,15 @@ async fn next(rx: &mut broadcast::Receiver<Invalidation>) -> anyhow::Result<Inva
     Ok(tokio::time::timeout(Duration::from_secs(30), rx.recv()).await??)
 }
 
-pub(crate) async fn run(url: String, sessions: usize) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    url: String,
+    redis: Option<&mut RedisServer>,
+    sessions: usize,
+) -> anyhow::Result<()> {
     let prefix = crate::cluster_config(&url, "x").key_prefix;
-    let a = start("a", &url, &prefix).await?;
-    let b = start("b", &url, &prefix).await?;
+    let key = ClusterKey::new("example", &rand::random::<[u8; 32]>());
+    let a = start("a", &url, &prefix, &key).await?;
+    let b = start("b", &url, &prefix, &key).await?;
 
     // Node c, in its own process.
     let mut child = Command::new(std::env::current_exe()?)
@@ -54,6 +67,7 @@ pub(crate) async fn run(url: String, sessions: usize) -> anyhow::Result<()> {
             &sessions.to_string(),
         ])
         .env("SESSIONBUS_EXAMPLE_PREFIX", &prefix)
+        .env(KEYS_ENV, format!("{}:{}", key.id, key.secret_hex))
         .stdout(Stdio::piped())
         .spawn()
         .context("starting node c")?;
@@ -139,6 +153,76 @@ pub(crate) async fn run(url: String, sessions: usize) -> anyhow::Result<()> {
     ensure!(
         takeovers == 1,
         "exactly one survivor runs the takeover, got {takeovers}"
+    );
+
+    // Act 4: Redis goes away for three TTLs and comes back from its append-only file.
+    match redis {
+        Some(redis) => {
+            let ttl = Duration::from_millis(crate::cluster_config(&url, "x").node_ttl_ms);
+            let resyncs = a.cluster.stats().resyncs + b.cluster.stats().resyncs;
+            redis.kill();
+            tokio::time::sleep(3 * ttl).await;
+            redis.restart();
+            let back = Instant::now();
+            while a.cluster.health() != ClusterHealth::Healthy
+                || b.cluster.health() != ClusterHealth::Healthy
+                || a.cluster.stats().resyncs + b.cluster.stats().resyncs < resyncs + 2
+            {
+                ensure!(
+                    back.elapsed() < Duration::from_secs(60),
+                    "the nodes did not resync"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(2 * ttl).await; // a takeover would have happened by now
+            let mut lost = 0;
+            for s in &a_sessions {
+                lost += s.chat(Turn::new()).await.is_err() as usize;
+            }
+            let takeovers = a.cluster.stats().takeovers + b.cluster.stats().takeovers;
+            ensure!(
+                lost == 0 && takeovers == 1,
+                "{lost} sessions lost, {takeovers} takeovers"
+            );
+            println!(
+                "act 4: Redis killed for {:?} and restarted from its append-only file: no node fenced, {lost} of {} sessions lost",
+                3 * ttl,
+                a_sessions.len()
+            );
+        }
+        None => {
+            println!("act 4: skipped (it restarts Redis: only with the throwaway redis-server)")
+        }
+    }
+
+    // Act 5: anyone who can PUBLISH to Redis tries to close a's session.
+    let victim = a_sessions[0].id();
+    let forged = format!(
+        r#"{{"req":1,"from":"b","id":"{victim}","caller":{{"Operator":"admin"}},"op":"Close"}}"#
+    );
+    let mut plain = redis::Client::open(url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let heard: u64 = redis::cmd("PUBLISH")
+        .arg(format!("{prefix}:req:a"))
+        .arg(&forged)
+        .query_async(&mut plain)
+        .await?;
+    let refused = Instant::now();
+    while a.cluster.stats().rejected_total() == 0 {
+        ensure!(
+            refused.elapsed() < Duration::from_secs(30),
+            "the forgery was not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a_sessions[0]
+        .chat(Turn::new())
+        .await
+        .context("the victim is still live")?;
+    println!(
+        "act 5: a close forged from a plain Redis client (heard by {heard} node): refused as {:?}, session {victim} still live",
+        a.cluster.stats().rejected
     );
 
     // Shutdown: ends the rest, writes the ends, leaves; wgpu's counters say nothing leaked.

@@ -12,6 +12,7 @@
 //! use sessionbus::{Config, Runtime};
 //!
 //! let runtime = Runtime::start(Config::default()).await?;
+//! // The cluster key comes from `SESSIONBUS_CLUSTER_KEYS` (or `ClusterConfig::keys`).
 //! let node = ClusterNode::start(runtime.engine(), ClusterConfig::new("redis://127.0.0.1:6379", "node-a")).await?;
 //!
 //! let session = node.open("user-42").await?;     // registered in the directory before it returns
@@ -37,8 +38,11 @@
 //! - **After Redis comes back:** each node resyncs within one heartbeat interval.
 //! - **Last backstop:** entries expire `session_ttl_secs` after their last renewal.
 //!
-//! Fencing survives a Redis restart only if Redis persists its data (AOF or
-//! RDB): a Redis that forgot everything forgets the epochs too.
+//! Every node-to-node message is signed with the cluster key
+//! (`ClusterConfig::keys`); nothing that arrives through Redis is acted on
+//! unverified. A missing epoch means fenced, so a Redis that forgot its data
+//! (no persistence) fences every node: run it with AOF. ARCHITECTURE.md has
+//! the rules, the takeover rule after outages, and what survives which loss.
 
 mod config;
 mod directory;
