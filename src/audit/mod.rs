@@ -19,18 +19,24 @@
 mod chain;
 mod config;
 mod error;
+mod facts;
+mod head;
+mod keyring;
 mod record;
+mod recover;
 mod rotate;
 mod trail;
 mod verify;
 mod writer;
 
-pub use config::AuditConfig;
-pub use error::{AuditConfigError, AuditError, BreakKind, ChainBreak};
+pub use config::{AuditConfig, LostRecords};
+pub use error::{AuditConfigError, AuditError, BreakKind, ChainBreak, TrailProblem};
+pub use facts::{ChainPoint, FirstRecord, SeqRange, TornLine, TrailFacts};
+pub use keyring::AuditKeyring;
 pub use record::{AuditRecord, action, rfc3339_utc};
 pub use rotate::{AuditClock, SystemClock};
 pub use trail::{AuditStats, AuditTrail};
-pub use verify::{VerifyReport, verify_dir};
+pub use verify::{VerifyReport, verify_dir, verify_with_keyring};
 pub(crate) use writer::AuditWriter;
 
 /// Opens the trail on a short-lived thread of its own (it creates the
