@@ -79,11 +79,12 @@ pub fn verify_with_keyring(
         seq: None,
         why,
     };
-    let note = match head::read(dir, keyring).map_err(|e| io_break(&head_path, e))? {
-        head::Read::Missing => None,
-        head::Read::Valid(note) => Some(note),
-        head::Read::UnknownKey(id) => return Err(head_break(BreakKind::UnknownKey(id))),
-        head::Read::Invalid(why) => return Err(head_break(BreakKind::HeadNote(why))),
+    // A bad note is reported after the records: a bad record is the first thing to name.
+    let (note, bad_note) = match head::read(dir, keyring).map_err(|e| io_break(&head_path, e))? {
+        head::Read::Missing => (None, None),
+        head::Read::Valid(note) => (Some(note), None),
+        head::Read::UnknownKey(id) => (None, Some(BreakKind::UnknownKey(id))),
+        head::Read::Invalid(why) => (None, Some(BreakKind::HeadNote(why))),
     };
     let mut report = VerifyReport {
         files: Vec::new(),
@@ -242,6 +243,9 @@ pub fn verify_with_keyring(
             }
             report.start_unaccounted = true;
         }
+    }
+    if let Some(why) = bad_note {
+        return Err(head_break(why));
     }
     match &note {
         Some(note) => {
