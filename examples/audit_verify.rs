@@ -61,12 +61,16 @@ fn main() -> ExitCode {
                 report.key_ids,
                 match report.closed {
                     Some(true) => ", closed in order",
-                    Some(false) => "; still open (being written, or its process stopped out of order)",
+                    Some(false) =>
+                        "; still open (being written, or its process stopped out of order)",
                     None => "; no head note (format 1): whether its tail was cut cannot be told",
                 }
             );
             if report.files_deleted > 0 {
-                println!("  {} files deleted by retention, as recorded", report.files_deleted);
+                println!(
+                    "  {} files deleted by retention, as recorded",
+                    report.files_deleted
+                );
             }
             for gap in &report.gaps {
                 println!("  gap: {gap}");

@@ -58,7 +58,10 @@ async fn a_clean_restart_records_the_previous_head_it_verified() {
     let second = started[1].trail.clone().unwrap();
     let previous = second.previous.expect("names the previous head");
     assert_eq!(previous.seq, before.last().unwrap().seq);
-    assert!(last_line.contains(&previous.hash), "the hash of its last line");
+    assert!(
+        last_line.contains(&previous.hash),
+        "the hash of its last line"
+    );
     assert_eq!(previous.key_id, started[0].key_id);
     assert_eq!(second.previous_clean, Some(true));
     assert_eq!(second.format, Some(2));
@@ -122,7 +125,11 @@ async fn with_record_gap_a_cut_tail_is_recorded_as_lost_and_the_trail_goes_on() 
     assert!(gaps[0].reason.as_deref().unwrap().contains("tail was cut"));
     let started = &of_action(&dir, audit_action::RUNTIME_STARTED)[1];
     let facts = started.trail.clone().unwrap();
-    assert_eq!(facts.previous.unwrap().seq, confirmed - 2, "the last record that verified");
+    assert_eq!(
+        facts.previous.unwrap().seq,
+        confirmed - 2,
+        "the last record that verified"
+    );
     assert_eq!(facts.previous_clean, Some(false));
     let report = verify_dir(&dir, &test_key()).expect("the trail after the gap verifies");
     assert_eq!(report.gaps.len(), 1);
@@ -310,7 +317,10 @@ async fn a_torn_line_after_rotation_is_recorded_and_never_appended_onto() {
     let torn = gaps[0].trail.clone().unwrap().torn.unwrap();
     assert_eq!(torn.file, torn_name);
     assert_eq!((torn.offset, torn.bytes), (0, half.len() as u64));
-    assert_eq!(torn.moved_to.as_deref(), Some(format!("{torn_name}.torn").as_str()));
+    assert_eq!(
+        torn.moved_to.as_deref(),
+        Some(format!("{torn_name}.torn").as_str())
+    );
     let started = &of_action(&dir, audit_action::RUNTIME_STARTED)[2];
     assert_eq!(started.trail.clone().unwrap().previous_clean, Some(false));
     let report = verify_dir(&dir, &test_key()).expect("the trail verifies after the gap");

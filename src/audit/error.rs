@@ -72,7 +72,8 @@ pub enum TrailProblem {
     /// Format 2 records are present but the head note is gone.
     #[error(
         "the head note ({}) is missing, so the trail's end cannot be confirmed; set \
-         audit.on_lost_records = \"record_gap\" to record that and go on", super::head::HEAD_FILE
+         audit.on_lost_records = \"record_gap\" to record that and go on",
+        super::head::HEAD_FILE
     )]
     HeadNoteMissing,
     /// The head note does not verify.
@@ -158,7 +159,9 @@ pub enum BreakKind {
         found: u64,
     },
     /// Sealed under a key the keyring does not hold.
-    #[error("sealed under key id {0}, which is not in the keyring (give it, e.g. in SESSIONBUS_AUDIT_KEYS as id:hex)")]
+    #[error(
+        "sealed under key id {0}, which is not in the keyring (give it, e.g. in SESSIONBUS_AUDIT_KEYS as id:hex)"
+    )]
     UnknownKey(String),
     /// The trail begins after seq 0 and no record accounts for what came
     /// before (retention records its deletions; a start records where the trail began).

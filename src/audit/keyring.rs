@@ -170,6 +170,9 @@ mod tests {
             .add_list("keys", &format!("{}:{}", key_id(&a), encode_hex(&b)))
             .unwrap_err();
         assert!(err.problem.contains("labelled"), "{err}");
-        assert!(!err.to_string().contains(&encode_hex(&b)), "no key in errors");
+        assert!(
+            !err.to_string().contains(&encode_hex(&b)),
+            "no key in errors"
+        );
     }
 }

@@ -141,7 +141,10 @@ pub(crate) fn recover(dir: &Path, keyring: &AuditKeyring) -> Result<Recovered, F
             match opened.check {
                 Check::Intact => {}
                 Check::Changed => {
-                    return Err(changed("record changed: its hash does not match its content".into()).into());
+                    return Err(changed(
+                        "record changed: its hash does not match its content".into(),
+                    )
+                    .into());
                 }
                 Check::UnknownKey(key_id) => return Err(TrailProblem::UnknownKey { key_id }.into()),
             }

@@ -153,7 +153,10 @@ impl AuditTrail {
             rotate_bytes: config.rotate_bytes,
             rotate_after: Duration::from_secs(config.rotate_secs),
             retention: Duration::from_secs(config.retention_days * 86_400),
-            keys: keyring.current().expect("a validated config has a key").clone(),
+            keys: keyring
+                .current()
+                .expect("a validated config has a key")
+                .clone(),
             keyring,
             clock,
             head: recovered.head.clone(),
@@ -200,7 +203,10 @@ impl AuditTrail {
         let mut started = AuditRecord::new(action::RUNTIME_STARTED, now);
         started.trail = Some(TrailFacts {
             format: Some(FORMAT),
-            previous_clean: recovered.previous.as_ref().map(|_| recovered.previous_clean),
+            previous_clean: recovered
+                .previous
+                .as_ref()
+                .map(|_| recovered.previous_clean),
             previous: recovered.previous.clone(),
             trail_from: trail_from.clone(),
             ..TrailFacts::default()
@@ -251,10 +257,9 @@ impl AuditTrail {
             );
             self.notes.push_back(gap);
         }
-        self.counters.gaps_recorded.fetch_add(
-            (self.notes.len() - 1) as u64,
-            Ordering::Relaxed,
-        );
+        self.counters
+            .gaps_recorded
+            .fetch_add((self.notes.len() - 1) as u64, Ordering::Relaxed);
     }
 
     /// The counters.
@@ -455,7 +460,9 @@ impl AuditTrail {
                 self.trail_from = rotate::list(&self.dir)
                     .ok()
                     .and_then(|files| files.into_iter().next())
-                    .and_then(|(path, _)| recover::first_record(&path, &self.keyring).ok().flatten());
+                    .and_then(|(path, _)| {
+                        recover::first_record(&path, &self.keyring).ok().flatten()
+                    });
                 let first = self.first_on_disk();
                 let mut note = AuditRecord::new(action::FILES_DELETED, self.clock.now());
                 note.reason = Some(format!(

@@ -61,10 +61,7 @@ pub fn verify_dir(dir: &Path, key: &[u8]) -> Result<VerifyReport, ChainBreak> {
 /// garbled (not a record); or what is missing: files from the start that no
 /// retention record accounts for, records from the end that the head note
 /// confirms. A torn line that a later `audit.gap` names is not an error.
-pub fn verify_with_keyring(
-    dir: &Path,
-    keyring: &AuditKeyring,
-) -> Result<VerifyReport, ChainBreak> {
+pub fn verify_with_keyring(dir: &Path, keyring: &AuditKeyring) -> Result<VerifyReport, ChainBreak> {
     let io_break = |file: &Path, e: std::io::Error| ChainBreak {
         file: file.into(),
         line: 0,
@@ -116,9 +113,8 @@ pub fn verify_with_keyring(
         };
         let bytes = std::fs::read(&path).map_err(|e| io_break(&path, e))?;
         let whole_len = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let text = std::str::from_utf8(&bytes[..whole_len]).map_err(|e| {
-            broken(0, None, BreakKind::Malformed(format!("not UTF-8: {e}")))
-        })?;
+        let text = std::str::from_utf8(&bytes[..whole_len])
+            .map_err(|e| broken(0, None, BreakKind::Malformed(format!("not UTF-8: {e}"))))?;
         let mut number = 0u64;
         for line in text.split_terminator('\n') {
             number += 1;
@@ -145,9 +141,10 @@ pub fn verify_with_keyring(
                 ));
             }
             let (expected, linked) = match &last {
-                Some((last_seq, last_hash)) => {
-                    (last_seq + 1, seq == last_seq + 1 && record.prev == *last_hash)
-                }
+                Some((last_seq, last_hash)) => (
+                    last_seq + 1,
+                    seq == last_seq + 1 && record.prev == *last_hash,
+                ),
                 // The first record present: checked against the claims below.
                 None => (seq, seq > 0 || record.prev == GENESIS),
             };
@@ -182,7 +179,9 @@ pub fn verify_with_keyring(
                     claims.insert((from.seq, from.prev.clone()));
                 }
                 if let Some(named) = &facts.torn {
-                    torn.retain(|(file, offset, ..)| !(*file == named.file && *offset == named.offset));
+                    torn.retain(|(file, offset, ..)| {
+                        !(*file == named.file && *offset == named.offset)
+                    });
                 }
                 if record.action == action::FILES_DELETED {
                     report.files_deleted += facts.files.len() as u64;
@@ -225,9 +224,7 @@ pub fn verify_with_keyring(
             file: path,
             line,
             seq: None,
-            why: BreakKind::Malformed(
-                "a line cut short, and no audit.gap record names it".into(),
-            ),
+            why: BreakKind::Malformed("a line cut short, and no audit.gap record names it".into()),
         });
     }
     if let Some((path, seq, prev)) = first {
