@@ -357,3 +357,62 @@ async fn a_torn_line_after_whole_records_stays_as_it_is_and_verifies_once_record
     assert_eq!(report.gaps.len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// ---- the head note ------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_run_that_crashed_is_recorded_as_not_clean() {
+    let dir = scratch_dir("restart-after-crash");
+    one_run(config_with_audit(&dir)).await;
+    crashed_run(&dir);
+    let crashed_last = read_records(&dir).last().unwrap().seq;
+    assert_eq!(verify_dir(&dir, &test_key()).unwrap().closed, Some(false));
+    one_run(config_with_audit(&dir)).await;
+    let started = &of_action(&dir, audit_action::RUNTIME_STARTED)[2];
+    let facts = started.trail.clone().unwrap();
+    assert_eq!(facts.previous.unwrap().seq, crashed_last);
+    assert_eq!(facts.previous_clean, Some(false));
+    verify_dir(&dir, &test_key()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_edited_head_note_refuses_the_start_and_fails_verify() {
+    let dir = scratch_dir("restart-edited-head");
+    one_run(config_with_audit(&dir)).await;
+    let head = dir.join("audit.head");
+    let text = std::fs::read_to_string(&head).unwrap();
+    std::fs::write(&head, text.replace("\"closed\"", "\"open\"")).unwrap();
+    let mut config = config_with_audit(&dir);
+    config.audit.as_mut().unwrap().on_lost_records = LostRecords::RecordGap;
+    assert!(matches!(
+        previous_trail_problem(refused_start(config).await),
+        TrailProblem::HeadNoteInvalid(_)
+    ));
+    let bad = verify_dir(&dir, &test_key()).unwrap_err();
+    assert_eq!(bad.file, head);
+    assert!(matches!(bad.why, BreakKind::HeadNote(_)), "{bad}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_deleted_head_note_refuses_the_start_or_is_recorded_as_a_gap() {
+    let dir = scratch_dir("restart-deleted-head");
+    one_run(config_with_audit(&dir)).await;
+    std::fs::remove_file(dir.join("audit.head")).unwrap();
+    assert_eq!(
+        previous_trail_problem(refused_start(config_with_audit(&dir)).await),
+        TrailProblem::HeadNoteMissing
+    );
+    assert!(matches!(
+        verify_dir(&dir, &test_key()).unwrap_err().why,
+        BreakKind::HeadNote(_)
+    ));
+    let mut config = config_with_audit(&dir);
+    config.audit.as_mut().unwrap().on_lost_records = LostRecords::RecordGap;
+    one_run(config).await;
+    let report = verify_dir(&dir, &test_key()).unwrap();
+    assert_eq!(report.gaps.len(), 1);
+    assert!(report.gaps[0].contains("head note"), "{:?}", report.gaps);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
