@@ -111,9 +111,13 @@ impl std::fmt::Debug for AuditTrail {
 
 impl AuditTrail {
     /// Opens the trail in `config.dir` on the system clock: validates the
-    /// configuration (key included), creates the directory, continues the
-    /// chain of the files already there, starts a new file, and deletes
-    /// files past retention. An unwritable directory is refused here.
+    /// configuration (keys included), creates the directory, checks the
+    /// previous tail under its key and against the head note (refusing with
+    /// [`AuditError::PreviousTrail`] what does not verify, or recording a
+    /// gap), starts a new file that continues the chain, writes
+    /// `runtime.started`, and deletes files past retention. An unwritable
+    /// directory is refused here. Call [`close`](Self::close) when done; a
+    /// trail dropped without it reads as a run that did not end in order.
     pub fn open(config: &AuditConfig) -> Result<Self, AuditError> {
         Self::open_with_clock(config, Arc::new(rotate::SystemClock))
     }
