@@ -150,10 +150,11 @@ pub(crate) fn recover(dir: &Path, keyring: &AuditKeyring) -> Result<Recovered, F
             }
             let record = &opened.record;
             saw_format_2 |= record.key_id.is_some();
-            let linked = match &last {
-                Some(last) => record.seq == last.point.seq + 1 && record.prev == last.point.hash,
-                None => n > 0 || record.seq == *named_seq,
-            };
+            // A file is named after its first record; each record links to the one before.
+            let linked = (n > 0 || record.seq == *named_seq)
+                && last.as_ref().is_none_or(|last| {
+                    record.seq == last.point.seq + 1 && record.prev == last.point.hash
+                });
             if !linked {
                 return Err(changed(format!(
                     "seq {} does not link to the record before it",
