@@ -1,30 +1,38 @@
-//! Verifies an audit trail: every record intact, every link in place.
+//! Verifies an audit trail: every record intact under its key, every link in
+//! place, the start accounted for, the end where the head note says.
 //!
 //! ```text
 //! SESSIONBUS_AUDIT_KEY=<hex key> cargo run --example audit_verify -- /var/lib/sessionbus/audit
+//! # after a key change: every key, as id:hex (or hex), comma-separated
+//! SESSIONBUS_AUDIT_KEYS="<id1>:<hex1>,<id2>:<hex2>" cargo run --example audit_verify -- DIR
 //! cargo run --example audit_verify -- --key-env MY_KEY_VAR DIR
-//! cargo run --example audit_verify -- --config sessionbus.toml   # dir and key from [audit]
+//! cargo run --example audit_verify -- --config sessionbus.toml   # dir and keys from [audit]
 //! ```
 //!
-//! Exit status: 0 when the chain verifies, 1 naming the first bad record
-//! (file, line, seq, why: changed, removed or reordered, truncated), 2 when
-//! it could not be checked (no key, unreadable configuration).
+//! Exit status: 0 when the trail verifies, 1 naming the first bad record
+//! (file, line, seq, why: changed, removed or reordered, truncated, sealed
+//! under a key not given, files or tail missing), 2 when it could not be
+//! checked (no key, unreadable configuration).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sessionbus::{AuditConfig, Config, verify_dir};
+use sessionbus::{AuditConfig, AuditKeyring, Config, verify_with_keyring};
 
 /// Verifies a sessionbus audit trail's hash chain.
 #[derive(Parser, Debug)]
 struct Args {
     /// The audit directory (default: `audit.dir` of `--config`).
     dir: Option<PathBuf>,
-    /// The environment variable holding the audit key as hex.
+    /// The environment variable holding the audit key as hex (optional when
+    /// the keyring variable is set).
     #[arg(long, default_value = "SESSIONBUS_AUDIT_KEY")]
     key_env: String,
-    /// A configuration file whose `[audit]` section gives the directory and the key.
+    /// The environment variable holding more keys: `id:hex,id:hex` (or `hex,hex`).
+    #[arg(long, default_value = "SESSIONBUS_AUDIT_KEYS")]
+    keys_env: String,
+    /// A configuration file whose `[audit]` section gives the directory and the keys.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Print the report as one JSON object.
@@ -34,41 +42,49 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let audit = match &args.config {
-        Some(path) => match Config::from_file(path).map(|c| c.audit) {
-            Ok(Some(audit)) => audit,
-            Ok(None) => return usage(&format!("{} has no [audit] section", path.display())),
-            Err(e) => return usage(&e.to_string()),
-        },
-        None => match &args.dir {
-            Some(dir) => AuditConfig {
-                key_env: Some(args.key_env.clone()),
-                ..AuditConfig::new(dir)
-            },
-            None => return usage("give the audit directory, or --config FILE"),
-        },
+    let (dir, keyring) = match keyring(&args) {
+        Ok(found) => found,
+        Err(problem) => return usage(&problem),
     };
-    let dir = args.dir.clone().unwrap_or_else(|| audit.dir.clone());
-    let key = match audit.resolve_key() {
-        Ok(key) => key,
-        Err(e) => return usage(&e.to_string()),
-    };
-    match verify_dir(&dir, &key) {
+    match verify_with_keyring(&dir, &keyring) {
         Ok(report) => {
             if args.json {
                 println!("{}", serde_json::to_string(&report).expect("serializes"));
-            } else {
+                return ExitCode::SUCCESS;
+            }
+            println!(
+                "ok: {} records in {} files (seq {:?}..={:?}), key ids {:?}{}",
+                report.records,
+                report.files.len(),
+                report.first_seq,
+                report.last_seq,
+                report.key_ids,
+                match report.closed {
+                    Some(true) => ", closed in order",
+                    Some(false) =>
+                        "; still open (being written, or its process stopped out of order)",
+                    None => "; no head note (format 1): whether its tail was cut cannot be told",
+                }
+            );
+            if report.files_deleted > 0 {
                 println!(
-                    "ok: {} records in {} files (seq {:?}..={:?}){}",
-                    report.records,
-                    report.files.len(),
-                    report.first_seq,
-                    report.last_seq,
-                    if report.ends_with_shutdown {
-                        ", ends with runtime.shutdown"
-                    } else {
-                        "; does not end with runtime.shutdown (still being written, or stopped out of order)"
-                    }
+                    "  {} files deleted by retention, as recorded",
+                    report.files_deleted
+                );
+            }
+            for gap in &report.gaps {
+                println!("  gap: {gap}");
+            }
+            if report.legacy_records > 0 {
+                println!(
+                    "  {} records in the older format 1 (no key id)",
+                    report.legacy_records
+                );
+            }
+            if report.start_unaccounted {
+                println!(
+                    "  begins at seq {:?}: format 1 did not record why (retention or deletion)",
+                    report.first_seq
                 );
             }
             ExitCode::SUCCESS
@@ -80,6 +96,47 @@ fn main() -> ExitCode {
             }
             ExitCode::from(1)
         }
+    }
+}
+
+/// The directory and the keyring, from `--config` or from the environment.
+fn keyring(args: &Args) -> Result<(PathBuf, AuditKeyring), String> {
+    if let Some(path) = &args.config {
+        let audit = match Config::from_file(path).map(|c| c.audit) {
+            Ok(Some(audit)) => audit,
+            Ok(None) => return Err(format!("{} has no [audit] section", path.display())),
+            Err(e) => return Err(e.to_string()),
+        };
+        let dir = args.dir.clone().unwrap_or_else(|| audit.dir.clone());
+        let mut keyring = audit.resolve_keyring().map_err(|e| e.to_string())?;
+        add_env_list(&mut keyring, &args.keys_env)?;
+        return Ok((dir, keyring));
+    }
+    let dir = args
+        .dir
+        .clone()
+        .ok_or("give the audit directory, or --config FILE")?;
+    let mut keyring = AuditKeyring::new();
+    let set = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+    if set(&args.key_env) || !set(&args.keys_env) {
+        let key = AuditConfig {
+            key_env: Some(args.key_env.clone()),
+            ..AuditConfig::new(&dir)
+        }
+        .resolve_key()
+        .map_err(|e| e.to_string())?;
+        keyring.add_key(&key).map_err(|e| e.to_string())?;
+    }
+    add_env_list(&mut keyring, &args.keys_env)?;
+    Ok((dir, keyring))
+}
+
+fn add_env_list(keyring: &mut AuditKeyring, var: &str) -> Result<(), String> {
+    match std::env::var(var) {
+        Ok(list) => keyring
+            .add_list("SESSIONBUS_AUDIT_KEYS", &list)
+            .map_err(|e| format!("{var}: {e}")),
+        Err(_) => Ok(()),
     }
 }
 

@@ -16,6 +16,10 @@ pub use audit::{
     AuditClock, AuditConfig, AuditConfigError, AuditError, AuditRecord, AuditStats, AuditTrail,
     BreakKind, ChainBreak, SystemClock, VerifyReport, rfc3339_utc, verify_dir,
 };
+pub use audit::{
+    AuditKeyring, ChainPoint, FirstRecord, LostRecords, SeqRange, TornLine, TrailFacts,
+    TrailProblem, verify_with_keyring,
+};
 pub use config::{Config, ConfigError};
 pub use gpu::{BackendChoice, GpuConfig, GpuConfigError, GpuCounters, GpuInitError, WgpuPool};
 pub use metrics::MetricsConfig;

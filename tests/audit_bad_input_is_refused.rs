@@ -45,6 +45,19 @@ async fn a_short_key_refuses_the_start() {
 }
 
 #[tokio::test]
+async fn a_key_with_signs_is_not_hex_and_refuses_the_start() {
+    // `u8::from_str_radix` reads "+a" as 0x0a, so this once passed as a 32-byte key.
+    let dir = scratch_dir("bad-plus-key");
+    let mut config = config_with_audit(&dir);
+    config.audit.as_mut().unwrap().key = Some("+a".repeat(32));
+    let err = refused(config).await;
+    assert_eq!(field(&err), Some("audit.key"), "{err}");
+    assert!(err.to_string().contains("not hex"), "{err}");
+    assert!(trail_files(&dir).is_empty(), "nothing written");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
 async fn an_unset_key_variable_refuses_the_start() {
     let dir = scratch_dir("bad-key-env");
     let mut config = config_with_audit(&dir);

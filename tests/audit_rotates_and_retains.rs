@@ -57,7 +57,7 @@ fn files_rotate_by_age_and_the_chain_spans_them() {
     assert_eq!(trail.stats().files_rotated, 3, "one new file per hour");
     assert_eq!(trail_files(&dir).len(), 4);
     let report = verify_dir(&dir, &test_key()).unwrap();
-    assert_eq!(report.records, 12);
+    assert_eq!(report.records, 1 + 12, "runtime.started, then the records");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -105,7 +105,17 @@ fn files_past_retention_are_deleted_and_the_rest_still_verifies() {
         report.first_seq.unwrap() > 0,
         "starts after the deleted files"
     );
-    assert_eq!(report.last_seq, Some(59));
+    // runtime.started, 60 records, and the audit.files_deleted that retention wrote.
+    assert_eq!(report.last_seq, Some(61));
+    assert_eq!(report.files_deleted, trail.stats().files_deleted);
+    let deleted: Vec<_> = read_records(&dir)
+        .into_iter()
+        .filter(|r| r.action == audit_action::FILES_DELETED)
+        .collect();
+    assert_eq!(deleted.len(), 1, "one retention run, one record");
+    let facts = deleted[0].trail.clone().unwrap();
+    assert_eq!(facts.files.len(), old_files.len() - 1);
+    assert_eq!(facts.trail_from.unwrap().seq, report.first_seq.unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

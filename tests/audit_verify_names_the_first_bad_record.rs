@@ -1,6 +1,7 @@
 //! A trail that was changed, truncated, or had records removed or
 //! reordered: `verify_dir` names the first bad record (file, line, seq, why).
-//! An untouched trail, also across rotated files, verifies.
+//! An untouched trail, also across rotated files, verifies. Line 1 of a
+//! trail is the `runtime.started` its opening wrote; the records follow.
 
 mod common;
 
@@ -53,8 +54,8 @@ fn single_file_trail(name: &str) -> (PathBuf, PathBuf) {
 fn an_untouched_trail_verifies() {
     let (dir, _) = single_file_trail("verify-ok");
     let report = verify_dir(&dir, &test_key()).unwrap();
-    assert_eq!(report.records, 6);
-    assert_eq!((report.first_seq, report.last_seq), (Some(0), Some(5)));
+    assert_eq!(report.records, 1 + 6);
+    assert_eq!((report.first_seq, report.last_seq), (Some(0), Some(6)));
     assert!(!report.ends_with_shutdown);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -63,10 +64,10 @@ fn an_untouched_trail_verifies() {
 fn a_changed_record_is_named() {
     let (dir, file) = single_file_trail("verify-changed");
     let mut all = lines(&file);
-    all[3] = all[3].replace("\"bytes\":3000", "\"bytes\":3");
+    all[4] = all[4].replace("\"bytes\":3000", "\"bytes\":3");
     write_lines(&file, &all);
     let bad = verify_dir(&dir, &test_key()).unwrap_err();
-    assert_eq!((bad.file.clone(), bad.line, bad.seq), (file, 4, Some(3)));
+    assert_eq!((bad.file.clone(), bad.line, bad.seq), (file, 5, Some(4)));
     assert_eq!(bad.why, BreakKind::Changed);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -113,7 +114,7 @@ fn a_truncated_file_is_named_at_its_cut() {
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, &text[..text.len() - 40]).unwrap();
     let bad = verify_dir(&dir, &test_key()).unwrap_err();
-    assert_eq!(bad.line, 6);
+    assert_eq!(bad.line, 7);
     assert!(matches!(bad.why, BreakKind::Malformed(_)), "{bad}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -140,7 +141,11 @@ fn the_first_record_removed_is_named() {
 fn another_key_does_not_verify() {
     let (dir, file) = single_file_trail("verify-other-key");
     let bad = verify_dir(&dir, &[0x42; 32]).unwrap_err();
-    assert_eq!((bad.file, bad.line, bad.why), (file, 1, BreakKind::Changed));
+    let written_under = read_records(&dir)[0].key_id.clone().unwrap();
+    assert_eq!(
+        (bad.file, bad.line, bad.why),
+        (file, 1, BreakKind::UnknownKey(written_under))
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -151,7 +156,7 @@ fn across_rotated_files_the_chain_verifies_and_a_cut_file_is_found() {
     let files = trail_files(&dir);
     assert!(files.len() >= 3, "rotated by size: {} files", files.len());
     let report = verify_dir(&dir, &test_key()).unwrap();
-    assert_eq!(report.records, 40);
+    assert_eq!(report.records, 1 + 40);
     assert_eq!(report.files.len(), files.len());
 
     // Records cut from the end of a file that is not the last: the next

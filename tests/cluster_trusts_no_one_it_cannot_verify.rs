@@ -27,7 +27,7 @@ fn frame(key_id: &str, secret: &[u8], json: &str) -> String {
     mac.update(json.as_bytes());
     format!(
         "sb1.{key_id}.{}.{json}",
-        hex::encode(mac.finalize().into_bytes())
+        data_encoding::HEXLOWER.encode(&mac.finalize().into_bytes())
     )
 }
 

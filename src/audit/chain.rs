@@ -7,12 +7,17 @@
 //! byte breaks the record's own hash; removing or reordering records breaks
 //! `prev` (and `seq`) of the record after; and without the key nobody can
 //! rebuild a consistent chain after editing it.
+//!
+//! Format 2 records name the key that sealed them (`key_id`), so a trail
+//! written before and after a key change verifies with a keyring holding
+//! both. Format 1 records (no `key_id`) are checked against every key of the
+//! keyring.
 
 use hmac::{Hmac, Mac};
 use sessionbus_actors::Pseudonymizer;
 use sha2::Sha256;
 
-use super::config::encode_hex;
+use super::keyring::{AuditKeyring, encode_hex, key_id};
 use super::record::AuditRecord;
 
 /// `prev` of the very first record.
@@ -26,6 +31,8 @@ const HASH_SUFFIX_LEN: usize = HASH_PREFIX.len() + 64 + 2;
 /// chain's key is never the pseudonyms' key.
 #[derive(Clone)]
 pub(crate) struct AuditKeys {
+    /// The key's id, written into every record it seals.
+    pub(crate) id: String,
     chain: Hmac<Sha256>,
     pub(crate) pseudonyms: Pseudonymizer,
 }
@@ -40,6 +47,7 @@ impl AuditKeys {
             mac.finalize().into_bytes()
         };
         AuditKeys {
+            id: key_id(master),
             chain: Hmac::<Sha256>::new_from_slice(&sub("sessionbus audit chain v1"))
                 .expect("HMAC takes keys of any length"),
             pseudonyms: Pseudonymizer::new(&sub("sessionbus pseudonyms v1"))
@@ -47,7 +55,7 @@ impl AuditKeys {
         }
     }
 
-    fn hash(&self, body: &[u8]) -> String {
+    pub(crate) fn hash(&self, body: &[u8]) -> String {
         let mut mac = self.chain.clone();
         mac.update(body);
         encode_hex(&mac.finalize().into_bytes())
@@ -79,6 +87,7 @@ pub(crate) fn seal(
 ) -> (String, ChainHead) {
     record.seq = head.next_seq;
     record.prev = head.prev.clone();
+    record.key_id = Some(keys.id.clone());
     let body = serde_json::to_string(&record).expect("an audit record always serializes");
     let hash = keys.hash(body.as_bytes());
     let mut line = String::with_capacity(body.len() + HASH_SUFFIX_LEN + 1);
@@ -97,12 +106,23 @@ pub(crate) fn seal(
 pub(crate) struct Opened {
     pub(crate) record: AuditRecord,
     pub(crate) hash: String,
-    /// Whether the claimed hash is the content's (false: the record was changed).
-    pub(crate) intact: bool,
+    /// Whether the claimed hash is the content's under its key.
+    pub(crate) check: Check,
 }
 
-/// Reads a line (without its newline). `keys: None` reads without checking the hash.
-pub(crate) fn open(keys: Option<&AuditKeys>, line: &str) -> Result<Opened, String> {
+/// What checking a record's hash found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// The hash is the content's under the key that sealed it.
+    Intact,
+    /// It is not: the record was changed (or sealed under a key that only claims this id).
+    Changed,
+    /// Sealed under a key the keyring does not hold.
+    UnknownKey(String),
+}
+
+/// Reads a line (without its newline) and checks its hash under `keyring`.
+pub(crate) fn open(keyring: &AuditKeyring, line: &str) -> Result<Opened, String> {
     if line.len() < HASH_SUFFIX_LEN + 2 || !line.ends_with("\"}") {
         return Err("the line does not end with its hash".into());
     }
@@ -118,11 +138,20 @@ pub(crate) fn open(keys: Option<&AuditKeys>, line: &str) -> Result<Opened, Strin
     let body = format!("{body_open}}}");
     let record: AuditRecord =
         serde_json::from_str(&body).map_err(|e| format!("not an audit record: {e}"))?;
-    let intact = keys.is_none_or(|keys| keys.hash(body.as_bytes()) == hash);
+    let sealed_by = |keys: &AuditKeys| keys.hash(body.as_bytes()) == hash;
+    let check = match &record.key_id {
+        Some(id) => match keyring.get(id) {
+            Some(keys) if sealed_by(keys) => Check::Intact,
+            Some(_) => Check::Changed,
+            None => Check::UnknownKey(id.clone()),
+        },
+        None if keyring.all().iter().any(sealed_by) => Check::Intact,
+        None => Check::Changed,
+    };
     Ok(Opened {
         record,
         hash: hash.into(),
-        intact,
+        check,
     })
 }
 
@@ -132,14 +161,21 @@ mod tests {
 
     use super::*;
 
+    fn ring(key: &[u8]) -> AuditKeyring {
+        let mut ring = AuditKeyring::new();
+        ring.add_key(key).unwrap();
+        ring
+    }
+
     #[test]
     fn a_sealed_line_opens_intact_and_links_to_the_head() {
         let keys = AuditKeys::derive(&[9u8; 32]);
         let head = ChainHead::genesis();
         let (line, next) = seal(&keys, &head, AuditRecord::new("session.opened", UNIX_EPOCH));
         assert!(line.ends_with("\"}\n"));
-        let opened = open(Some(&keys), line.trim_end()).unwrap();
-        assert!(opened.intact);
+        let opened = open(&ring(&[9u8; 32]), line.trim_end()).unwrap();
+        assert_eq!(opened.check, Check::Intact);
+        assert_eq!(opened.record.key_id.as_deref(), Some(keys.id.as_str()));
         assert_eq!(opened.record.seq, 0);
         assert_eq!(opened.record.prev, GENESIS);
         assert_eq!(opened.hash, next.prev);
@@ -155,9 +191,14 @@ mod tests {
             AuditRecord::new("session.opened", UNIX_EPOCH),
         );
         let changed = line.trim_end().replace("session.opened", "session.closed");
-        assert!(!open(Some(&keys), &changed).unwrap().intact);
-        let other = AuditKeys::derive(&[8u8; 32]);
-        assert!(!open(Some(&other), line.trim_end()).unwrap().intact);
+        assert_eq!(
+            open(&ring(&[9u8; 32]), &changed).unwrap().check,
+            Check::Changed
+        );
+        assert_eq!(
+            open(&ring(&[8u8; 32]), line.trim_end()).unwrap().check,
+            Check::UnknownKey(keys.id.clone())
+        );
     }
 
     #[test]
@@ -168,7 +209,7 @@ mod tests {
             &ChainHead::genesis(),
             AuditRecord::new("session.opened", UNIX_EPOCH),
         );
-        assert!(open(Some(&keys), &line[..line.len() / 2]).is_err());
-        assert!(open(Some(&keys), &line[..line.len() - 3]).is_err());
+        assert!(open(&ring(&[9u8; 32]), &line[..line.len() / 2]).is_err());
+        assert!(open(&ring(&[9u8; 32]), &line[..line.len() - 3]).is_err());
     }
 }

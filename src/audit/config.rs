@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use sessionbus_actors::{MIN_KEY_BYTES, Pseudonymizer};
+use sessionbus_actors::Pseudonymizer;
 
 use super::chain::AuditKeys;
 use super::error::AuditConfigError;
+use super::keyring::{AuditKeyring, parse_key};
 
 /// The audit trail's configuration. Present (`[audit]` in TOML) means on.
 ///
@@ -19,7 +20,16 @@ use super::error::AuditConfigError;
 /// rotate_bytes = 67108864             # start a new file past this size
 /// rotate_secs = 86400                 # ...or when the file is this old
 /// retention_days = 180                # files last written longer ago are deleted
+/// old_keys_env = "SESSIONBUS_AUDIT_OLD_KEYS"  # after a key change: "id:hex,id:hex"
+/// on_lost_records = "refuse"          # or "record_gap": see below
 /// ```
+///
+/// At start the trail is checked before anything is appended: the previous
+/// run's tail under its key, and against the head note. Records that are
+/// missing (a cut tail, files deleted while stopped, a head note gone)
+/// refuse the start, or with `on_lost_records = "record_gap"` are recorded
+/// as an `audit.gap` and the chain goes on. Changed records, and records
+/// under a key that is not configured, always refuse.
 ///
 /// The key never appears in `Debug` output.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +55,29 @@ pub struct AuditConfig {
     /// Files last written more than this many days ago are deleted (at least 1).
     #[serde(default = "default_retention_days")]
     pub retention_days: u64,
+    /// The environment variable holding earlier keys (`id:hex,id:hex`, or
+    /// `hex,hex`): after a key change, the previous run's tail is verified
+    /// under the key that sealed it.
+    #[serde(default)]
+    pub old_keys_env: Option<String>,
+    /// Earlier keys inline, in the same form. For tests; in production use `old_keys_env`.
+    #[serde(default, skip_serializing)]
+    pub old_keys: Option<String>,
+    /// What a start does when records of earlier runs are missing.
+    #[serde(default)]
+    pub on_lost_records: LostRecords,
+}
+
+/// What a start does when records written by earlier runs are missing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostRecords {
+    /// Refuse to start (`AuditError::PreviousTrail`), so an operator looks first.
+    #[default]
+    Refuse,
+    /// Record an `audit.gap` naming what was lost, and go on from the last
+    /// record that verifies.
+    RecordGap,
 }
 
 fn default_mode() -> String {
@@ -71,13 +104,16 @@ impl AuditConfig {
             rotate_bytes: default_rotate_bytes(),
             rotate_secs: default_rotate_secs(),
             retention_days: default_retention_days(),
+            old_keys_env: None,
+            old_keys: None,
+            on_lost_records: LostRecords::default(),
         }
     }
 
     /// Refuses values that cannot work, naming the field; this includes
     /// resolving the key (missing, not hex, or too short).
     pub fn validate(&self) -> Result<(), AuditConfigError> {
-        self.resolve_key()?;
+        self.resolve_keyring()?;
         let bad = |field: &'static str, problem: String| Err(AuditConfigError { field, problem });
         if self.mode != "hmac" {
             return bad(
@@ -138,44 +174,30 @@ impl AuditConfig {
                 });
             }
         };
-        let bytes = decode_hex(text.trim()).ok_or_else(|| AuditConfigError {
-            field,
-            problem: "not hex (expected an even number of 0-9a-f digits)".into(),
-        })?;
-        if bytes.len() < MIN_KEY_BYTES {
-            return Err(AuditConfigError {
-                field,
-                problem: format!(
-                    "too short: {} bytes, at least {MIN_KEY_BYTES} needed ({} hex digits)",
-                    bytes.len(),
-                    MIN_KEY_BYTES * 2
-                ),
-            });
-        }
-        Ok(bytes)
+        parse_key(field, &text)
     }
-}
 
-/// Hex text to bytes; `None` if it is not hex.
-pub(crate) fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
+    /// The keyring: the key (which writes) first, then the old keys.
+    pub fn resolve_keyring(&self) -> Result<AuditKeyring, AuditConfigError> {
+        let mut keyring = AuditKeyring::new();
+        keyring.add_key(&self.resolve_key()?)?;
+        match (&self.old_keys, &self.old_keys_env) {
+            (Some(_), Some(_)) => Err(AuditConfigError {
+                field: "audit.old_keys",
+                problem: "set either old_keys or old_keys_env, not both".into(),
+            }),
+            (Some(list), None) => keyring.add_list("audit.old_keys", list),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(list) => keyring.add_list("audit.old_keys_env", &list),
+                Err(_) => Err(AuditConfigError {
+                    field: "audit.old_keys_env",
+                    problem: format!("the environment variable {var} is not set"),
+                }),
+            },
+            (None, None) => Ok(()),
+        }?;
+        Ok(keyring)
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// Bytes to lowercase hex.
-pub(crate) fn encode_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(HEX[usize::from(byte >> 4)] as char);
-        out.push(HEX[usize::from(byte & 0xf)] as char);
-    }
-    out
 }
 
 impl std::fmt::Debug for AuditConfig {
@@ -188,6 +210,9 @@ impl std::fmt::Debug for AuditConfig {
             .field("rotate_bytes", &self.rotate_bytes)
             .field("rotate_secs", &self.rotate_secs)
             .field("retention_days", &self.retention_days)
+            .field("old_keys_env", &self.old_keys_env)
+            .field("old_keys", &self.old_keys.as_ref().map(|_| "<redacted>"))
+            .field("on_lost_records", &self.on_lost_records)
             .finish()
     }
 }
@@ -237,10 +262,28 @@ mod tests {
     }
 
     #[test]
-    fn hex_round_trips() {
-        let bytes = vec![0u8, 1, 0xab, 0xff];
-        assert_eq!(decode_hex(&encode_hex(&bytes)), Some(bytes));
-        assert_eq!(decode_hex("0"), None);
-        assert_eq!(decode_hex("zz"), None);
+    fn a_key_with_signs_is_not_hex() {
+        // `u8::from_str_radix` reads "+a" as 10: such a key once passed.
+        let err = with_key(&"+a".repeat(32)).validate().unwrap_err();
+        assert_eq!(err.field, "audit.key");
+        assert!(err.problem.contains("not hex"), "{err}");
+    }
+
+    #[test]
+    fn old_keys_join_the_keyring_after_the_key() {
+        let old = "cd".repeat(32);
+        let config = AuditConfig {
+            old_keys: Some(old.clone()),
+            ..with_key(&"ab".repeat(32))
+        };
+        let ring = config.resolve_keyring().unwrap();
+        assert_eq!(ring.key_ids().len(), 2);
+        let err = AuditConfig {
+            old_keys: Some("+a".repeat(32)),
+            ..config
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.field, "audit.old_keys");
     }
 }

@@ -30,6 +30,87 @@ pub enum AuditError {
     /// The writer thread could not be started.
     #[error("could not start the audit writer thread: {0}")]
     Thread(String),
+    /// What earlier runs wrote does not verify, so nothing is appended to it:
+    /// records are missing, changed, or sealed under a key not configured.
+    #[error("audit.dir: the trail in {} does not verify, so this start does not append to it: {problem}", dir.display())]
+    PreviousTrail {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        problem: TrailProblem,
+    },
+}
+
+/// Why a start refuses to continue the trail it found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrailProblem {
+    /// The trail ends before the last record the head note confirms: its
+    /// tail was cut while the process was stopped.
+    #[error(
+        "the head note confirms records up to seq {confirmed}, but the trail ends at seq {last:?}: \
+         its tail was cut; set audit.on_lost_records = \"record_gap\" to record the loss and go on"
+    )]
+    TailMissing {
+        /// The last seq the head note confirms.
+        confirmed: u64,
+        /// The last seq present (`None`: no record at all).
+        last: Option<u64>,
+    },
+    /// The trail begins after where the head note says it began: files
+    /// were deleted from its start while the process was stopped.
+    #[error(
+        "the trail began at seq {expected} but now begins at seq {found:?}: files were deleted \
+         (retention records its own deletions); set audit.on_lost_records = \"record_gap\" to \
+         record the loss and go on"
+    )]
+    PrefixMissing {
+        /// Where the head note says the trail began.
+        expected: u64,
+        /// Where it begins now.
+        found: Option<u64>,
+    },
+    /// Format 2 records are present but the head note is gone.
+    #[error(
+        "the head note ({}) is missing, so the trail's end cannot be confirmed; set \
+         audit.on_lost_records = \"record_gap\" to record that and go on",
+        super::head::HEAD_FILE
+    )]
+    HeadNoteMissing,
+    /// The head note does not verify.
+    #[error("the head note does not verify: {0}")]
+    HeadNoteInvalid(String),
+    /// Sealed under a key the keyring does not hold.
+    #[error(
+        "written under key id {key_id}, which is not configured: give the old key in \
+         audit.old_keys_env (as id:hex) after a key change"
+    )]
+    UnknownKey {
+        /// The key id.
+        key_id: String,
+    },
+    /// A record of the previous tail was changed, garbled or unlinked.
+    #[error("{}:{line}: {why}", file.display())]
+    Changed {
+        /// The file.
+        file: PathBuf,
+        /// Its line, from 1.
+        line: u64,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl TrailProblem {
+    /// Whether `on_lost_records = "record_gap"` may record it and go on:
+    /// lost records, yes; changed records or a missing key, never.
+    pub fn is_loss(&self) -> bool {
+        matches!(
+            self,
+            TrailProblem::TailMissing { .. }
+                | TrailProblem::PrefixMissing { .. }
+                | TrailProblem::HeadNoteMissing
+        )
+    }
 }
 
 impl AuditError {
@@ -39,6 +120,7 @@ impl AuditError {
             AuditError::Config(e) => Some(e.field),
             AuditError::Unwritable { .. } => Some("audit.dir"),
             AuditError::Thread(_) => None,
+            AuditError::PreviousTrail { .. } => Some("audit.dir"),
         }
     }
 }
@@ -76,6 +158,33 @@ pub enum BreakKind {
         /// The one found.
         found: u64,
     },
+    /// Sealed under a key the keyring does not hold.
+    #[error(
+        "sealed under key id {0}, which is not in the keyring (give it, e.g. in SESSIONBUS_AUDIT_KEYS as id:hex)"
+    )]
+    UnknownKey(String),
+    /// The trail begins after seq 0 and no record accounts for what came
+    /// before (retention records its deletions; a start records where the trail began).
+    #[error(
+        "the trail begins at seq {first_seq}, and no retention or start record accounts for the records before it: files were deleted"
+    )]
+    FilesMissing {
+        /// The first seq present.
+        first_seq: u64,
+    },
+    /// The head note confirms records the trail no longer holds.
+    #[error(
+        "the head note confirms records up to seq {confirmed}, but the trail ends at seq {last:?}: its tail was cut"
+    )]
+    TailMissing {
+        /// The last seq the head note confirms.
+        confirmed: u64,
+        /// The last seq present.
+        last: Option<u64>,
+    },
+    /// The head note does not verify, or is missing beside format 2 records.
+    #[error("head note: {0}")]
+    HeadNote(String),
     /// The directory could not be read.
     #[error("cannot read: {0}")]
     Io(String),

@@ -4,6 +4,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::facts::TrailFacts;
+
 /// What an audit record says happened.
 pub mod action {
     /// The audit trail started (first record of a process).
@@ -26,6 +28,11 @@ pub mod action {
     pub const RESOURCES_RELEASED: &str = "resources.released";
     /// Records could not be written (disk full, I/O error); `reason` says how many.
     pub const RECORDS_LOST: &str = "audit.records_lost";
+    /// Records of earlier runs are missing, or a torn line was found at start:
+    /// `reason` says what, `trail` names it (`lost`, `torn`).
+    pub const GAP: &str = "audit.gap";
+    /// Retention deleted files (`trail.files`); `trail.trail_from` is where the trail now begins.
+    pub const FILES_DELETED: &str = "audit.files_deleted";
     /// The runtime shut down; the last record a clean shutdown writes.
     pub const RUNTIME_SHUTDOWN: &str = "runtime.shutdown";
 }
@@ -59,6 +66,13 @@ pub struct AuditRecord {
     pub reason: Option<String>,
     /// GPU bytes concerned (held at the end, released, …).
     pub bytes: Option<u64>,
+    /// The id of the key that sealed it (16 hex digits); absent in format 1 records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Facts about the trail itself, on `runtime.started`, `audit.gap` and
+    /// `audit.files_deleted` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trail: Option<TrailFacts>,
     /// The hash of the record before it (64 hex digits; zeros for the very first).
     pub prev: String,
 }
@@ -78,6 +92,8 @@ impl AuditRecord {
             trace_id: None,
             reason: None,
             bytes: None,
+            key_id: None,
+            trail: None,
             prev: String::new(),
         }
     }

@@ -57,18 +57,19 @@ pub(crate) fn list(dir: &Path) -> io::Result<Vec<(PathBuf, u64)>> {
 }
 
 /// Deletes the oldest of the trail's files while they were last written
-/// before `now - retention`, never `keep`; returns how many. Only a prefix
-/// of the chain goes, so what is left is always one unbroken chain.
+/// before `now - retention`, never `keep`; returns them. Only a prefix
+/// of the chain goes, so what is left is always one unbroken chain (and the
+/// trail records the deletion, so it verifies as retention, not as loss).
 pub(crate) fn delete_expired(
     dir: &Path,
     now: SystemTime,
     retention: Duration,
     keep: Option<&Path>,
-) -> io::Result<u64> {
+) -> io::Result<Vec<PathBuf>> {
     let Some(cutoff) = now.checked_sub(retention) else {
-        return Ok(0);
+        return Ok(Vec::new());
     };
-    let mut deleted = 0;
+    let mut deleted = Vec::new();
     for (path, _) in list(dir)? {
         if Some(path.as_path()) == keep {
             break;
@@ -84,7 +85,7 @@ pub(crate) fn delete_expired(
             file = %path.display(),
             "audit file past its retention period deleted"
         );
-        deleted += 1;
+        deleted.push(path);
     }
     Ok(deleted)
 }

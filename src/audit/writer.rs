@@ -86,8 +86,8 @@ fn run(
         ended: HashMap::new(),
         lost: 0,
     };
-    let started = AuditRecord::new(action::RUNTIME_STARTED, trail.now());
-    writer.write(&mut trail, started);
+    // `runtime.started` was written when the trail was opened, with what the
+    // previous run left.
     let local = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a current-thread runtime without drivers always builds");
@@ -129,7 +129,7 @@ fn run(
         .into(),
     );
     writer.write(&mut trail, last);
-    if let Err(e) = trail.sync() {
+    if let Err(e) = trail.close() {
         writer.failed(&trail, &e);
     }
     trail.stats()

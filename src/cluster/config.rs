@@ -108,13 +108,14 @@ impl ClusterKey {
     pub fn new(id: impl Into<String>, secret: &[u8]) -> Self {
         ClusterKey {
             id: id.into(),
-            secret_hex: hex::encode(secret),
+            secret_hex: data_encoding::HEXLOWER.encode(&secret),
         }
     }
 
     /// The secret's bytes, or why they are not a usable secret.
     pub(crate) fn secret(&self) -> Result<Vec<u8>, String> {
-        let bytes = hex::decode(self.secret_hex.trim())
+        let bytes = data_encoding::HEXLOWER_PERMISSIVE
+            .decode(self.secret_hex.trim().as_bytes())
             .map_err(|e| format!("key {:?}: its secret is not hex ({e})", self.id))?;
         if bytes.len() < MIN_SECRET_BYTES {
             return Err(format!(

@@ -178,7 +178,7 @@ impl Keyring {
         let json = serde_json::to_string(&header).expect("cluster messages serialize");
         let mut mac = self.keys[&self.signing].mac.clone();
         mac.update(json.as_bytes());
-        let tag = hex::encode(mac.finalize().into_bytes());
+        let tag = data_encoding::HEXLOWER.encode(&mac.finalize().into_bytes());
         format!("{MAGIC}.{}.{tag}.{json}", self.signing)
     }
 
@@ -195,7 +195,9 @@ impl Keyring {
             return Err(Rejection::Unsigned);
         };
         let key = self.keys.get(key_id).ok_or(Rejection::UnknownKey)?;
-        let tag = hex::decode(tag).map_err(|_| Rejection::BadSignature)?;
+        let tag = data_encoding::HEXLOWER
+            .decode(tag.as_bytes())
+            .map_err(|_| Rejection::BadSignature)?;
         let mut mac = key.mac.clone();
         mac.update(json.as_bytes());
         mac.verify_slice(&tag)
@@ -343,7 +345,10 @@ mod tests {
         let json = serde_json::to_string(&header).unwrap();
         let mut mac = k.keys["k1"].mac.clone();
         mac.update(json.as_bytes());
-        let frame = format!("sb1.k1.{}.{json}", hex::encode(mac.finalize().into_bytes()));
+        let frame = format!(
+            "sb1.k1.{}.{json}",
+            data_encoding::HEXLOWER.encode(&mac.finalize().into_bytes())
+        );
         assert_eq!(k.open::<u32>("ch", &frame).unwrap_err(), Rejection::Expired);
     }
 

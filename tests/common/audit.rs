@@ -55,13 +55,14 @@ pub fn trail_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Every record of the trail, in order.
+/// Every whole record of the trail, in order (a torn last line is skipped).
 pub fn read_records(dir: &Path) -> Vec<AuditRecord> {
     trail_files(dir)
         .iter()
         .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
+            let text = std::fs::read_to_string(f).unwrap();
+            let whole = text.rfind('\n').map_or(0, |i| i + 1);
+            text[..whole]
                 .lines()
                 .map(|l| serde_json::from_str::<AuditRecord>(l).expect("a whole record"))
                 .collect::<Vec<_>>()
@@ -75,4 +76,51 @@ pub fn trail_text(dir: &Path) -> String {
         .iter()
         .map(|f| std::fs::read_to_string(f).unwrap())
         .collect()
+}
+
+/// One run of a runtime on `config`: a session opens, holds GPU memory and
+/// closes; then a clean shutdown with wgpu's counters back at baseline.
+pub async fn one_run(config: Config) {
+    let mut h = super::start_with(config).await;
+    let session = h.rt.open("someone@example.com").await.unwrap();
+    session.allocate(4 * super::KIB).await.unwrap();
+    session.close().await.unwrap();
+    h.until_released(1).await;
+    h.shutdown_at_baseline().await;
+}
+
+/// The start's error; a start that succeeds is shut down and fails the test.
+pub async fn refused_start(config: Config) -> sessionbus::StartError {
+    match sessionbus::Runtime::start(config).await {
+        Ok(rt) => {
+            rt.shutdown().await;
+            panic!("the runtime started")
+        }
+        Err(e) => e,
+    }
+}
+
+/// Removes the last `n` lines of `file`, as someone cutting the tail would.
+pub fn cut_last_lines(file: &Path, n: usize) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut kept = lines[..lines.len() - n].join("\n");
+    kept.push('\n');
+    std::fs::write(file, kept).unwrap();
+}
+
+/// The bytes of every file in `dir`, by name.
+pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
 }
