@@ -1,3 +1,4 @@
+#![allow(unused_macros, unused_imports)]
 //! The cluster tests' node configuration: quick timings, and the test
 //! cluster's key (a fixed test value, not a secret of anything real).
 
