@@ -475,6 +475,40 @@ mod tests {
     }
 
     #[test]
+    fn cluster_keys_are_refused_naming_what_is_wrong_and_never_printed() {
+        let with = |keys: Vec<ClusterKey>| ClusterConfig {
+            keys,
+            ..ClusterConfig::default()
+        };
+        let secret = "ab".repeat(32);
+        let key = |id: &str, hex: &str| ClusterKey {
+            id: id.into(),
+            secret_hex: hex.into(),
+        };
+        for (keys, says) in [
+            (vec![key("k1", &"ab".repeat(16))], "at least 32"),
+            (vec![key("k1", &format!("+{}", "a".repeat(63)))], "not hex"),
+            (vec![key("k1", &"zz".repeat(32))], "not hex"),
+            (vec![key("k 1", &secret)], "key id"),
+            (vec![key("k1", &secret), key("k1", &secret)], "twice"),
+        ] {
+            let err = with(keys).validate().unwrap_err();
+            assert_eq!(err.field, "cluster.keys");
+            assert!(err.to_string().contains(says), "{err}");
+            assert!(!err.to_string().contains("abab"), "secret printed: {err}");
+        }
+        assert_eq!(with(vec![key("k1", &secret)]).validate(), Ok(()));
+        let debug = format!("{:?}", with(vec![key("k1", &secret)]));
+        assert!(!debug.contains("abab"), "{debug}");
+        let listed = ClusterKey::parse_list(&format!("k2:{secret}, k1:{secret}")).unwrap();
+        assert_eq!(
+            listed.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+            ["k2", "k1"]
+        );
+        assert!(ClusterKey::parse_list("k1").is_err());
+    }
+
+    #[test]
     fn passwords_never_reach_logs() {
         assert_eq!(redact("redis://:s3cret@h:6379"), "redis://:***@h:6379");
         assert_eq!(
