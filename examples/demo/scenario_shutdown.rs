@@ -31,6 +31,7 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     let Demo {
         rt,
         watch,
+        stop: stop_requested,
         baseline,
         adapter,
         wall,
@@ -82,15 +83,14 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         .unwrap_or(0);
 
     let deadline = Duration::from_secs_f64(args.deadline_secs);
-    let shutdown = sessionbus::signals::shutdown_on_signal(rt, deadline);
-    tokio::pin!(shutdown);
-    // The first poll installs the handlers; then the process signals itself.
-    let _ = futures::poll!(&mut shutdown);
+    // The demo's handlers have been installed since `main` began; a signal
+    // that came earlier (a Ctrl-C) is kept, and the shutdown starts at once.
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &std::process::id().to_string()])
         .status()?;
     anyhow::ensure!(sent.success(), "kill -TERM failed");
-    let stop = shutdown.await;
+    stop_requested.wait().await;
+    let stop = rt.shutdown_within(deadline).await;
     drop((sessions, leases));
     let seen = watch.finish().await?;
     let leak = Leak::between(baseline, stop.gpu_after);

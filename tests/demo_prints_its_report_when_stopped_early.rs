@@ -1,0 +1,88 @@
+//! Issue 15, defect 6: "the main job dies on Ctrl-C". The demo binary gets a
+//! SIGTERM (and, in a second run, a SIGINT) as soon as it prints its first
+//! line, long before its scenario is done: it must shut down gracefully,
+//! print its report, keep its invariants (wgpu's counters back at baseline)
+//! and exit 0.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The demo example, built next to this test (`cargo test` builds examples).
+fn demo_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let demo = profile_dir
+        .join("examples")
+        .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
+    if !demo.is_file() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", "demo"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build --example demo");
+        assert!(status.success(), "cargo build --example demo failed");
+    }
+    demo
+}
+
+/// Runs the demo, sends `signal` when its first line is out; answers
+/// (exit code, stdout).
+fn stopped_early(signal: &str, args: &[&str]) -> (Option<i32>, Vec<String>) {
+    let mut child = Command::new(demo_binary())
+        .args(args)
+        .env(
+            "XDG_RUNTIME_DIR",
+            std::env::var_os("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
+        )
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the demo starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("the demo prints a first line").unwrap();
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut out = vec![first];
+    out.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    (status.code(), out)
+}
+
+fn check(signal: &str, args: &[&str]) {
+    let (code, out) = stopped_early(signal, args);
+    let text = out.join("\n");
+    assert_eq!(code, Some(0), "exits 0 after {signal}:\n{text}");
+    let json: serde_json::Value = serde_json::from_str(out.last().unwrap())
+        .unwrap_or_else(|e| panic!("the last line is the JSON report ({e}):\n{text}"));
+    assert!(
+        json["interrupted"].as_str().is_some(),
+        "the report says it was interrupted: {json}"
+    );
+    assert_eq!(json["leaked_buffers"], 0, "{json}");
+    assert_eq!(
+        json["wgpu_hal_buffers_after"], json["wgpu_hal_buffers_baseline"],
+        "{json}"
+    );
+    assert_eq!(json["double_ends"], 0, "{json}");
+    assert_eq!(
+        json["sessions_ended"], json["sessions_opened"],
+        "every opened session ended: {json}"
+    );
+}
+
+#[test]
+fn sigterm_right_after_start_prints_the_report_and_exits_0() {
+    check("-TERM", &["--sessions", "20000", "--turns", "8", "--json"]);
+}
+
+#[test]
+fn ctrl_c_in_the_storm_scenario_prints_the_report_and_exits_0() {
+    check(
+        "-INT",
+        &["--scenario", "storm", "--storm-size", "20000", "--json"],
+    );
+}
