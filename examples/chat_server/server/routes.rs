@@ -121,7 +121,8 @@ async fn issue_ticket(
 ) -> Result<HttpResponse, ApiError> {
     let owner = caller(&state, &req)?;
     let id = parse_session_id(&path)?;
-    limited(&state, &owner)?;
+    // Tickets fill a shared (bounded) table: limited per address, like opens.
+    address_limited(&state, &req)?;
     if !state.sessions.owns(id, &owner) {
         // The runtime's answer says why: unknown (404), not yours (403), gone (410).
         drop(state.engine.attach(id, owner.clone()).await?);
