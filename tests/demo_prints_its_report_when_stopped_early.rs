@@ -8,21 +8,21 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// The demo example, built next to this test (`cargo test` builds examples).
+/// The demo example, built next to this test: always through cargo (a
+/// no-op when it is fresh), so that a stale binary is never the one tested.
 fn demo_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let demo = profile_dir
         .join("examples")
         .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
-    if !demo.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "demo"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("running cargo build --example demo");
-        assert!(status.success(), "cargo build --example demo failed");
-    }
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", "demo"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("running cargo build --example demo");
+    assert!(status.success(), "cargo build --example demo failed");
+    assert!(demo.is_file(), "no demo binary at {}", demo.display());
     demo
 }
 
