@@ -251,6 +251,31 @@ async fn probes_say_alive_and_ready_until_the_shutdown_begins() {
     finish(server, &http).await;
 }
 
+#[actix_web::test]
+async fn the_rate_limiters_key_sets_stay_bounded() {
+    let server = start(Settings {
+        limiter_max_keys: 3,
+        ..test_settings()
+    })
+    .await;
+    // Twelve client addresses, each minting a name: at most three keys and
+    // the shared overflow bucket are kept.
+    for n in 1..=12u8 {
+        let http = Http::from_address(&server, [127, 0, 1, n]);
+        http.token(&format!("user-{n}")).await;
+    }
+    let http = Http::new(&server);
+    let status = http.status().await;
+    let keys = status["admission"]["limiter_keys"]["address"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        keys <= 4,
+        "at most max_keys + the overflow bucket: {status}"
+    );
+    finish(server, &http).await;
+}
+
 #[test]
 fn bind_takes_an_address_and_port_overrides_its_port() {
     use clap::Parser;

@@ -5,9 +5,11 @@
 //! wait), turned into 429 or a WebSocket error frame.
 //!
 //! Both key sets are bounded: when a limiter holds `max_keys` keys, the keys
-//! of clients quiet long enough to have a full bucket again are dropped, and
-//! if that frees nothing, every new key shares one overflow bucket. A flood
-//! of new addresses or names then limits itself instead of growing memory.
+//! of clients quiet long enough to have a full bucket again are dropped (at
+//! most once a second), and while that leaves the table full, every check
+//! goes to one shared overflow bucket. A flood of new addresses or names
+//! then limits itself (and, for that while, everyone) instead of growing
+//! memory.
 
 use std::hash::Hash;
 use std::net::IpAddr;
