@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// The demo example, built next to this test: always through cargo (a
 /// no-op when it is fresh), so that a stale binary is never the one tested.
@@ -26,9 +27,9 @@ fn demo_binary() -> PathBuf {
     demo
 }
 
-/// Runs the demo, sends `signal` when its first line is out; answers
+/// Runs the demo, sends `signal` `after` its first line is out; answers
 /// (exit code, stdout).
-fn stopped_early(signal: &str, args: &[&str]) -> (Option<i32>, Vec<String>) {
+fn stopped_early(signal: &str, after: Duration, args: &[&str]) -> (Option<i32>, Vec<String>) {
     let mut child = Command::new(demo_binary())
         .args(args)
         .env(
@@ -41,6 +42,8 @@ fn stopped_early(signal: &str, args: &[&str]) -> (Option<i32>, Vec<String>) {
         .expect("the demo starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().expect("the demo prints a first line").unwrap();
+    // Not a speed check: only where in the run the signal lands.
+    std::thread::sleep(after);
     let sent = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
@@ -52,8 +55,8 @@ fn stopped_early(signal: &str, args: &[&str]) -> (Option<i32>, Vec<String>) {
     (status.code(), out)
 }
 
-fn check(signal: &str, args: &[&str]) {
-    let (code, out) = stopped_early(signal, args);
+fn check(signal: &str, after: Duration, args: &[&str]) -> serde_json::Value {
+    let (code, out) = stopped_early(signal, after, args);
     let text = out.join("\n");
     assert_eq!(code, Some(0), "exits 0 after {signal}:\n{text}");
     let json: serde_json::Value = serde_json::from_str(out.last().unwrap())
@@ -72,17 +75,36 @@ fn check(signal: &str, args: &[&str]) {
         json["sessions_ended"], json["sessions_opened"],
         "every opened session ended: {json}"
     );
+    json
 }
 
 #[test]
 fn sigterm_right_after_start_prints_the_report_and_exits_0() {
-    check("-TERM", &["--sessions", "20000", "--turns", "8", "--json"]);
+    check(
+        "-TERM",
+        Duration::ZERO,
+        &["--sessions", "20000", "--turns", "8", "--json"],
+    );
+}
+
+#[test]
+fn ctrl_c_while_clients_chat_prints_the_report_and_exits_0() {
+    let json = check(
+        "-INT",
+        Duration::from_secs(2),
+        &["--sessions", "100000", "--turns", "8", "--json"],
+    );
+    assert!(
+        json["sessions_opened"].as_u64().unwrap() > 0,
+        "the signal came while clients were chatting: {json}"
+    );
 }
 
 #[test]
 fn ctrl_c_in_the_storm_scenario_prints_the_report_and_exits_0() {
     check(
         "-INT",
+        Duration::ZERO,
         &["--scenario", "storm", "--storm-size", "20000", "--json"],
     );
 }
