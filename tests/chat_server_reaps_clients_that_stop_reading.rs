@@ -28,13 +28,13 @@ async fn tiny_buffer_socket(url: String, server: &ChatServer) -> Socket {
 
 /// Sends chats and never reads, until its session has ended, the server
 /// stops taking frames (the socket errors, or a send does not complete), or
-/// a minute has passed (a liveness bound: the assertions below say which).
+/// two minutes have passed (a liveness bound: the assertions below say which).
 async fn flood_without_reading(socket: &mut Socket, http: &Http) -> usize {
-    // Twelve long words: a dozen reply tokens are a few hundred bytes each.
-    let word = "w".repeat(300);
+    // Twelve long words: a dozen reply tokens are 3 000 bytes each.
+    let word = "w".repeat(3000);
     let prompt = vec![word; 12].join(" ");
     let frame = json!({"type": "message", "text": prompt}).to_string();
-    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let until = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut sent = 0;
     while tokio::time::Instant::now() < until {
         let sending = socket.send(Message::text(frame.clone()));
@@ -56,6 +56,9 @@ async fn a_client_that_never_reads_ends_as_disconnected_and_others_are_served() 
         // Replies as fast as the GPU writes go: the socket's buffers fill quickly.
         token_interval_ms: 0,
         send_timeout_ms: 500,
+        // Long prompts, so that every reply is tens of kilobytes.
+        max_message_chars: 40_000,
+        max_frame_bytes: 64 * 1024,
         // Only a timed-out send can end the stalled session within the test.
         idle_timeout_ms: 600_000,
         ..test_settings()
@@ -71,7 +74,7 @@ async fn a_client_that_never_reads_ends_as_disconnected_and_others_are_served() 
     let mut stalled = tiny_buffer_socket(ws_url(&server, &stalled_id, &ticket), &server).await;
 
     let sent = flood_without_reading(&mut stalled, &http).await;
-    println!("the stalled client sent {sent} chats before the server stopped taking them");
+    println!("the stalled client sent {sent} chats, never reading");
 
     // The honest client is served meanwhile.
     let (reply, _, _) = chat(&mut honest_socket, "are you still there?").await;
