@@ -53,19 +53,27 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     );
 
     let engine = rt.engine().clone();
-    let mut sessions = Vec::new();
-    let mut leases = Vec::new();
-    for i in 0..args.sessions {
-        let session = engine.open(format!("user-{i}")).await?;
-        for _ in 0..args.turns.min(4) {
-            session.chat(Turn::default()).await?;
-            session.allocate(args.kv_bytes_per_turn).await?;
+    let populate = async {
+        let mut sessions = Vec::new();
+        let mut leases = Vec::new();
+        for i in 0..args.sessions {
+            let session = engine.open(format!("user-{i}")).await?;
+            for _ in 0..args.turns.min(4) {
+                session.chat(Turn::default()).await?;
+                session.allocate(args.kv_bytes_per_turn).await?;
+            }
+            if i % 10 == 0 {
+                leases.push(session.lease().await?); // a token stream still running
+            }
+            sessions.push(session);
         }
-        if i % 10 == 0 {
-            leases.push(session.lease().await?); // a token stream still running
-        }
-        sessions.push(session);
-    }
+        anyhow::Ok((sessions, leases))
+    };
+    // A Ctrl-C while the population opens: stop opening, shut down what is there.
+    let (sessions, leases) = match stop_requested.unless_stopped(populate).await {
+        Some(populated) => populated?,
+        None => (Vec::new(), Vec::new()),
+    };
     // The storm: half the clients close at once (not the streaming ones).
     for (i, session) in sessions.iter().enumerate() {
         if i % 2 == 1 {
