@@ -103,7 +103,15 @@ async fn open_session(
         .map_err(|e| ApiError::Refused(e.to_string()))?;
     let id = session.id();
     place.park(session);
-    let ticket = state.tickets.issue(id, owner)?;
+    let ticket = match state.tickets.issue(id, owner.clone()) {
+        Ok(ticket) => ticket,
+        Err(refused) => {
+            // No way to attach: close it now rather than at the attach timeout.
+            let _ = state.engine.close(id, owner).await;
+            state.sessions.forget(id, "closed");
+            return Err(refused);
+        }
+    };
     Ok(HttpResponse::Created().json(json!({
         "id": id.to_string(),
         "ws": format!("/sessions/{id}/ws"),
