@@ -47,8 +47,8 @@ fn flags() -> Flags {
 /// One client's measurements: (first-token latency, reply latency) per turn.
 type Samples = Vec<(Duration, Duration)>;
 
-async fn client(addr: String, id: String, token: String, turns: usize, close: bool) -> Samples {
-    let url = format!("ws://{addr}/sessions/{id}/ws?token={token}");
+async fn client(addr: String, id: String, ticket: String, turns: usize, close: bool) -> Samples {
+    let url = format!("ws://{addr}/sessions/{id}/ws?ticket={ticket}");
     let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .expect("upgrade");
@@ -105,6 +105,10 @@ fn main() -> anyhow::Result<()> {
                 token_interval_ms: flags.token_ms,
                 rate_per_sec: 1_000_000,
                 rate_burst: 1_000_000,
+                // Every load client comes from 127.0.0.1.
+                address_rate_per_sec: 1_000_000,
+                address_rate_burst: 1_000_000,
+                max_unattached_sessions: 1_000_000,
                 ..server::Settings::default()
             },
             ..server::Options::default()
@@ -131,7 +135,8 @@ fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .json()
                 .await?;
-            sessions.push((opened["id"].as_str().unwrap().to_string(), token));
+            let field = |k: &str| opened[k].as_str().unwrap().to_string();
+            sessions.push((field("id"), field("ticket")));
         }
 
         let turns = flags.turns;
@@ -147,8 +152,8 @@ fn main() -> anyhow::Result<()> {
                 let tasks: Vec<_> = sessions
                     .into_iter()
                     .enumerate()
-                    .map(|(i, (id, token))| {
-                        tokio::spawn(client(client_addr.clone(), id, token, turns, i % 2 == 0))
+                    .map(|(i, (id, ticket))| {
+                        tokio::spawn(client(client_addr.clone(), id, ticket, turns, i % 2 == 0))
                     })
                     .collect();
                 let mut all = Vec::new();

@@ -47,8 +47,19 @@ async fn unknown_forged_and_malformed_ids_and_tokens_are_refused() {
         "unknown_session",
     );
     assert_eq!(
-        refused_upgrade(ws_url(&server, forged_id, &token)).await,
+        refused_upgrade(with_bearer(&bare_ws_url(&server, forged_id), &token)).await,
         404
+    );
+    refused(
+        http.call(
+            "POST",
+            &format!("/sessions/{forged_id}/tickets"),
+            Some(&token),
+            None,
+        )
+        .await,
+        404,
+        "unknown_session",
     );
     refused(
         http.call("DELETE", "/sessions/not-a-session", Some(&token), None)
@@ -77,6 +88,30 @@ async fn unknown_forged_and_malformed_ids_and_tokens_are_refused() {
         refused_upgrade(ws_url(&server, &id, "eve.forged")).await,
         401
     );
+    // A token in the URL is refused outright (URLs end up in logs), and so
+    // is an upgrade with no credentials at all.
+    assert_eq!(
+        refused_upgrade(format!("{}?token={token}", bare_ws_url(&server, &id))).await,
+        401
+    );
+    assert_eq!(refused_upgrade(bare_ws_url(&server, &id)).await, 401);
+    // A ticket opens one socket once, for its own session only.
+    let ticket = http.ticket(&token, &id).await;
+    let other = http.open(&token).await;
+    assert_eq!(
+        refused_upgrade(ws_url(&server, &other, &ticket)).await,
+        401,
+        "another session's ticket"
+    );
+    assert_eq!(
+        refused_upgrade(ws_url(&server, &id, &ticket)).await,
+        401,
+        "the ticket was used up by the refused attempt"
+    );
+    let (code, _) = http
+        .call("DELETE", &format!("/sessions/{other}"), Some(&token), None)
+        .await;
+    assert_eq!(code, 200);
 
     // Bodies: not JSON, unknown fields, a user name that cannot be a token.
     refused(
@@ -121,7 +156,7 @@ async fn unknown_forged_and_malformed_ids_and_tokens_are_refused() {
     assert_eq!(code, 200);
     drop(socket);
     let status = finish(server, &http).await;
-    assert_eq!(ended(&status, "closed"), 1, "{status}");
+    assert_eq!(ended(&status, "closed"), 2, "{status}");
 }
 
 #[actix_web::test]
@@ -131,7 +166,21 @@ async fn someone_elses_session_is_refused_by_the_runtimes_owner_check() {
     let (ada, mallory) = (http.token("ada").await, http.token("mallory").await);
     let id = http.open(&ada).await;
 
-    assert_eq!(refused_upgrade(ws_url(&server, &id, &mallory)).await, 403);
+    assert_eq!(
+        refused_upgrade(with_bearer(&bare_ws_url(&server, &id), &mallory)).await,
+        403
+    );
+    refused(
+        http.call(
+            "POST",
+            &format!("/sessions/{id}/tickets"),
+            Some(&mallory),
+            None,
+        )
+        .await,
+        403,
+        "not_owner",
+    );
     refused(
         http.call(
             "POST",
@@ -279,7 +328,10 @@ async fn a_message_after_close_is_refused_as_gone() {
         body["message"].as_str().unwrap().contains("closed"),
         "{body}"
     );
-    assert_eq!(refused_upgrade(ws_url(&server, &id, &token)).await, 410);
+    assert_eq!(
+        refused_upgrade(with_bearer(&bare_ws_url(&server, &id), &token)).await,
+        410
+    );
 
     // The socket that was open: a late message gets session_gone, then close 4410.
     send(&mut socket, json!({"type": "message", "text": "late"})).await;

@@ -64,8 +64,9 @@ async fn sigterm_runs_the_graceful_shutdown() {
     // A client mid-stream and an idle session parked, when the signal comes.
     let http = Http::at(&addr);
     let token = http.token("ada").await;
-    let (streaming, parked) = (http.open(&token).await, http.open(&token).await);
-    let url = format!("ws://{addr}/sessions/{streaming}/ws?token={token}");
+    let ((streaming, ticket), parked) =
+        (http.open_with_ticket(&token).await, http.open(&token).await);
+    let url = format!("ws://{addr}/sessions/{streaming}/ws?ticket={ticket}");
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     send(
         &mut socket,

@@ -6,7 +6,8 @@
 //! open http://127.0.0.1:8080/           # the chat page with a live status panel
 //! ```
 //!
-//! Flags: `--port N` (0 picks a free port), `--json-logs`, `--config FILE`
+//! Flags: `--bind IP:PORT` (default 127.0.0.1:8080), `--port N` (0 picks a
+//! free port), `--json-logs`, `--config FILE`
 //! (a sessionbus TOML config), and the simulated model's and the limits'
 //! knobs (`--help`). The server prints `LISTENING 127.0.0.1:PORT` when it is
 //! ready and, after SIGTERM or SIGINT, one `SHUTDOWN {json}` line with the

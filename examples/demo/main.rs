@@ -26,11 +26,13 @@
 mod conversation;
 mod expiry_clients;
 mod html_report;
+mod interrupted;
 mod report;
 mod scenario_default;
 mod scenario_expiry;
 mod scenario_shutdown;
 mod scenario_storm;
+mod stop;
 mod storm;
 mod timeline;
 mod watch;
@@ -42,6 +44,7 @@ use clap::Parser;
 use sessionbus::{Config, GpuCounters, PoolInfo, Runtime, StopReport};
 
 use crate::report::Leak;
+use crate::stop::Stop;
 use crate::watch::{Observed, Watch};
 
 /// Simulates a chat backend on sessionbus and reports what happened to every byte.
@@ -114,6 +117,8 @@ enum Scenario {
 pub struct Demo {
     pub rt: Runtime,
     pub watch: Watch,
+    /// Set by SIGTERM or Ctrl-C: the scenario stops its clients and reports.
+    pub stop: Stop,
     baseline: GpuCounters,
     adapter: PoolInfo,
     wall: Instant,
@@ -129,28 +134,31 @@ pub struct Finished {
     pub baseline: GpuCounters,
     pub adapter: PoolInfo,
     pub wall_ms: u64,
+    /// The signal that stopped the run early, if one did.
+    pub interrupted: Option<&'static str>,
 }
 
 impl Demo {
-    async fn start(config: Config, quiet: bool) -> anyhow::Result<Demo> {
+    async fn start(config: Config, stop: Stop) -> anyhow::Result<Demo> {
         let wall = Instant::now();
         let rt = Runtime::start(config)
             .await
             .context("starting the sessionbus runtime")?;
         let baseline = rt.gpu_counters();
         let adapter = rt.adapter().clone();
-        if !quiet {
-            println!(
-                "sessionbus demo on {} ({}, {})",
-                adapter.adapter, adapter.backend, adapter.device_type
-            );
-        }
+        // Also with --json (whose report is the *last* line): a supervisor
+        // can tell from this line that the run has begun.
+        println!(
+            "sessionbus demo on {} ({}, {})",
+            adapter.adapter, adapter.backend, adapter.device_type
+        );
         let watch = Watch::subscribe(&rt).await?;
         Ok(Demo {
             rt,
             baseline,
             adapter,
             watch,
+            stop,
             wall,
         })
     }
@@ -160,6 +168,7 @@ impl Demo {
         let stop = self.rt.shutdown().await;
         let seen = self.watch.finish().await?;
         Ok(Finished {
+            interrupted: self.stop.requested(),
             leak: Leak::between(self.baseline, stop.gpu_after),
             stop,
             seen,
@@ -189,6 +198,8 @@ fn init_logs(json_logs: bool) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // First: from here on a signal asks the demo to stop, it no longer kills it.
+    let stop = Stop::install()?;
     init_logs(args.json_logs);
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
@@ -209,7 +220,7 @@ async fn main() -> anyhow::Result<()> {
     if args.scenario == Scenario::Shutdown {
         scenario_shutdown::configure(&mut config);
     }
-    let demo = Demo::start(config, args.json).await?;
+    let demo = Demo::start(config, stop).await?;
     let report = html_report::Recorder::start(&demo.rt, &args).await?;
     let outcome = match args.scenario {
         Scenario::Default => scenario_default::run(demo, &args).await,

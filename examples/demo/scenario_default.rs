@@ -48,7 +48,7 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
 
     let rt = &demo.rt;
     let errors = Mutex::new(Vec::<String>::new());
-    let outcomes: Vec<_> = futures::stream::iter(fates.into_iter().enumerate())
+    let clients = futures::stream::iter(fates.into_iter().enumerate())
         .map(|(i, fate)| {
             let errors = &errors;
             let progress = progress.clone();
@@ -66,8 +66,11 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
             }
         })
         .buffer_unordered(args.concurrency.max(1))
-        .collect()
-        .await;
+        .collect::<Vec<_>>();
+    let Some(outcomes) = demo.stop.unless_stopped(clients).await else {
+        progress.abandon_with_message("stopped");
+        return crate::interrupted::report(demo, args).await;
+    };
     progress.finish_with_message("chatted");
 
     let mut close_us = Vec::new();

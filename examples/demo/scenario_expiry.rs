@@ -57,7 +57,14 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         .collect();
     let mut outcomes = Vec::new();
     let mut errors = Vec::new();
-    for task in futures::future::join_all(tasks).await {
+    let Some(finished) = demo
+        .stop
+        .unless_stopped(futures::future::join_all(tasks))
+        .await
+    else {
+        return crate::interrupted::report(demo, args).await;
+    };
+    for task in finished {
         match task? {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => errors.push(e),

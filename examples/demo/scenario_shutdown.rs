@@ -31,6 +31,7 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     let Demo {
         rt,
         watch,
+        stop: stop_requested,
         baseline,
         adapter,
         wall,
@@ -52,19 +53,27 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     );
 
     let engine = rt.engine().clone();
-    let mut sessions = Vec::new();
-    let mut leases = Vec::new();
-    for i in 0..args.sessions {
-        let session = engine.open(format!("user-{i}")).await?;
-        for _ in 0..args.turns.min(4) {
-            session.chat(Turn::default()).await?;
-            session.allocate(args.kv_bytes_per_turn).await?;
+    let populate = async {
+        let mut sessions = Vec::new();
+        let mut leases = Vec::new();
+        for i in 0..args.sessions {
+            let session = engine.open(format!("user-{i}")).await?;
+            for _ in 0..args.turns.min(4) {
+                session.chat(Turn::default()).await?;
+                session.allocate(args.kv_bytes_per_turn).await?;
+            }
+            if i % 10 == 0 {
+                leases.push(session.lease().await?); // a token stream still running
+            }
+            sessions.push(session);
         }
-        if i % 10 == 0 {
-            leases.push(session.lease().await?); // a token stream still running
-        }
-        sessions.push(session);
-    }
+        anyhow::Ok((sessions, leases))
+    };
+    // A Ctrl-C while the population opens: stop opening, shut down what is there.
+    let (sessions, leases) = match stop_requested.unless_stopped(populate).await {
+        Some(populated) => populated?,
+        None => (Vec::new(), Vec::new()),
+    };
     // The storm: half the clients close at once (not the streaming ones).
     for (i, session) in sessions.iter().enumerate() {
         if i % 2 == 1 {
@@ -82,15 +91,14 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         .unwrap_or(0);
 
     let deadline = Duration::from_secs_f64(args.deadline_secs);
-    let shutdown = sessionbus::signals::shutdown_on_signal(rt, deadline);
-    tokio::pin!(shutdown);
-    // The first poll installs the handlers; then the process signals itself.
-    let _ = futures::poll!(&mut shutdown);
+    // The demo's handlers have been installed since `main` began; a signal
+    // that came earlier (a Ctrl-C) is kept, and the shutdown starts at once.
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &std::process::id().to_string()])
         .status()?;
     anyhow::ensure!(sent.success(), "kill -TERM failed");
-    let stop = shutdown.await;
+    stop_requested.wait().await;
+    let stop = rt.shutdown_within(deadline).await;
     drop((sessions, leases));
     let seen = watch.finish().await?;
     let leak = Leak::between(baseline, stop.gpu_after);

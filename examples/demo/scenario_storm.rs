@@ -43,7 +43,14 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
             plan.live, plan.storm, plan.buffers, plan.buffer_bytes
         );
     }
-    let outcome = storm::run(&demo.rt, &demo.watch, &plan).await?;
+    let Some(outcome) = demo
+        .stop
+        .unless_stopped(storm::run(&demo.rt, &demo.watch, &plan))
+        .await
+    else {
+        return crate::interrupted::report(demo, args).await;
+    };
+    let outcome = outcome?;
     let pool = demo.rt.pool_stats();
     let end = demo.finish().await?;
     // The live population ended with the shutdown, not by a dropped handle.

@@ -20,12 +20,16 @@ pub use server::{ChatServer, Options, Settings};
 pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Knobs for tests: quick tokens, a generous rate limit unless a test floods.
+/// Knobs for tests: quick tokens, generous rate limits and caps unless a
+/// test floods (every test client comes from 127.0.0.1).
 pub fn test_settings() -> Settings {
     Settings {
         token_interval_ms: 1,
         rate_per_sec: 1000,
         rate_burst: 1000,
+        address_rate_per_sec: 1000,
+        address_rate_burst: 1000,
+        max_sessions_per_owner: 1000,
         ..Settings::default()
     }
 }
@@ -55,6 +59,19 @@ impl Http {
         Http {
             base: format!("http://{addr}"),
             client: awc::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .finish(),
+        }
+    }
+
+    /// A client whose connections come from `ip` (any 127.x.y.z is this
+    /// machine's loopback), so that tests can play several client addresses.
+    pub fn from_address(server: &ChatServer, ip: [u8; 4]) -> Self {
+        let connector = awc::Connector::new().local_address(std::net::IpAddr::from(ip));
+        Http {
+            base: format!("http://{}", server.addr),
+            client: awc::Client::builder()
+                .connector(connector)
                 .timeout(Duration::from_secs(60))
                 .finish(),
         }
@@ -94,9 +111,29 @@ impl Http {
     }
 
     pub async fn open(&self, token: &str) -> String {
+        self.open_with_ticket(token).await.0
+    }
+
+    /// Opens a session: its id and the one-time ticket for its socket.
+    pub async fn open_with_ticket(&self, token: &str) -> (String, String) {
         let (status, body) = self.call("POST", "/sessions", Some(token), None).await;
         assert_eq!(status, 201, "open: {body}");
-        body["id"].as_str().unwrap().to_string()
+        let field = |k: &str| body[k].as_str().unwrap().to_string();
+        (field("id"), field("ticket"))
+    }
+
+    /// A fresh one-time ticket for session `id`'s socket.
+    pub async fn ticket(&self, token: &str, id: &str) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/sessions/{id}/tickets"),
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "ticket: {body}");
+        body["ticket"].as_str().unwrap().to_string()
     }
 
     pub async fn status(&self) -> Value {
@@ -128,20 +165,44 @@ impl Http {
     }
 }
 
-pub fn ws_url(server: &ChatServer, id: &str, token: &str) -> String {
-    format!("ws://{}/sessions/{id}/ws?token={token}", server.addr)
+/// The socket URL of session `id` with a one-time `ticket`.
+pub fn ws_url(server: &ChatServer, id: &str, ticket: &str) -> String {
+    format!("ws://{}/sessions/{id}/ws?ticket={ticket}", server.addr)
 }
 
-/// Opens the chat socket of session `id`.
+/// Opens the chat socket of session `id`, as a browser does: a one-time
+/// ticket (asked for with the bearer token), then the upgrade with it.
 pub async fn connect(server: &ChatServer, id: &str, token: &str) -> Socket {
-    let (socket, _) = tokio_tungstenite::connect_async(ws_url(server, id, token))
+    let ticket = Http::new(server).ticket(token, id).await;
+    let (socket, _) = tokio_tungstenite::connect_async(ws_url(server, id, &ticket))
         .await
         .expect("the WebSocket upgrade is accepted");
     socket
 }
 
+/// The upgrade request for `url` with `Authorization: Bearer token` (how a
+/// client that can set headers connects).
+pub fn with_bearer(
+    url: &str,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// The socket URL of session `id` with no credentials in it.
+pub fn bare_ws_url(server: &ChatServer, id: &str) -> String {
+    format!("ws://{}/sessions/{id}/ws", server.addr)
+}
+
 /// The HTTP status a refused upgrade answered with.
-pub async fn refused_upgrade(url: String) -> u16 {
+pub async fn refused_upgrade(
+    url: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+) -> u16 {
     match tokio_tungstenite::connect_async(url).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
         Err(e) => panic!("expected an HTTP refusal, got {e}"),

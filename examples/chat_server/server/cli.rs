@@ -15,9 +15,12 @@ use super::{ChatServer, Options, Settings};
 #[derive(clap::Parser, Debug, Clone)]
 #[command(about = "A web chat backend with sessionbus embedded (actix-web, WebSocket)")]
 pub struct Args {
-    /// Port on 127.0.0.1 (0 picks a free one; the LISTENING line names it).
-    #[arg(long, default_value_t = 8080)]
-    pub port: u16,
+    /// Address to listen on (port 0 picks a free one; the LISTENING line names it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind: std::net::SocketAddr,
+    /// Port on the `--bind` address, overriding its port.
+    #[arg(long)]
+    pub port: Option<u16>,
     /// Supervisor logs (stdout) as JSON lines.
     #[arg(long)]
     pub json_logs: bool,
@@ -42,6 +45,33 @@ pub struct Args {
     /// Of those, how many may come at once.
     #[arg(long, default_value_t = Settings::default().rate_burst)]
     pub rate_burst: u32,
+    /// Token mints and session opens per second per client address.
+    #[arg(long, default_value_t = Settings::default().address_rate_per_sec)]
+    pub address_rate_per_sec: u32,
+    /// Of those, how many may come at once.
+    #[arg(long, default_value_t = Settings::default().address_rate_burst)]
+    pub address_rate_burst: u32,
+    /// Live sessions one owner may have.
+    #[arg(long, default_value_t = Settings::default().max_sessions_per_owner)]
+    pub max_sessions_per_owner: usize,
+    /// Sessions waiting for their WebSocket, all owners together.
+    #[arg(long, default_value_t = Settings::default().max_unattached_sessions)]
+    pub max_unattached_sessions: usize,
+    /// Milliseconds an opened session waits for its WebSocket.
+    #[arg(long, default_value_t = Settings::default().attach_timeout_ms)]
+    pub attach_timeout_ms: u64,
+    /// Seconds a demo token is valid.
+    #[arg(long, default_value_t = Settings::default().token_ttl_secs)]
+    pub token_ttl_secs: u64,
+    /// Milliseconds between the server's WebSocket pings.
+    #[arg(long, default_value_t = Settings::default().ping_interval_ms)]
+    pub ping_interval_ms: u64,
+    /// Milliseconds a WebSocket may stay silent (no frame, no pong).
+    #[arg(long, default_value_t = Settings::default().idle_timeout_ms)]
+    pub idle_timeout_ms: u64,
+    /// Milliseconds a send to a client that stopped reading may take.
+    #[arg(long, default_value_t = Settings::default().send_timeout_ms)]
+    pub send_timeout_ms: u64,
     /// HTTP worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -59,8 +89,13 @@ impl Args {
                 .with_context(|| format!("reading {}", path.display()))?,
             None => sessionbus::Config::default(),
         };
+        let mut bind = self.bind;
+        if let Some(port) = self.port {
+            bind.set_port(port);
+        }
         Ok(Options {
-            port: self.port,
+            bind,
+            identity: None,
             config,
             settings: Settings {
                 token_interval_ms: self.token_ms,
@@ -69,6 +104,15 @@ impl Args {
                 max_frame_bytes: self.max_frame_bytes,
                 rate_per_sec: self.rate_per_sec,
                 rate_burst: self.rate_burst,
+                address_rate_per_sec: self.address_rate_per_sec,
+                address_rate_burst: self.address_rate_burst,
+                max_sessions_per_owner: self.max_sessions_per_owner,
+                max_unattached_sessions: self.max_unattached_sessions,
+                attach_timeout_ms: self.attach_timeout_ms,
+                token_ttl_secs: self.token_ttl_secs,
+                ping_interval_ms: self.ping_interval_ms,
+                idle_timeout_ms: self.idle_timeout_ms,
+                send_timeout_ms: self.send_timeout_ms,
                 ..Settings::default()
             },
             incidents: Incidents::default(),

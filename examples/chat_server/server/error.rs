@@ -11,6 +11,12 @@ pub enum ApiError {
     /// No, a malformed, or a forged bearer token (401).
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// A well-formed, correctly signed token past its expiry (401).
+    #[error("the bearer token has expired: get a new one")]
+    TokenExpired,
+    /// This server's identity does not issue tokens itself (404).
+    #[error("this server does not issue tokens: get one from its identity provider")]
+    NoIssuer,
     /// A user name that cannot be issued a token (400).
     #[error("{0}")]
     BadUser(String),
@@ -35,6 +41,21 @@ pub enum ApiError {
         /// How long until the owner may act again.
         retry_after_ms: u64,
     },
+    /// The owner has as many live sessions as one owner may (429).
+    #[error("{owner_cap} live sessions is the most one owner may have: close one first")]
+    TooManySessions {
+        /// `Settings::max_sessions_per_owner`.
+        owner_cap: usize,
+    },
+    /// Too many sessions wait for their WebSocket (503, retry later).
+    #[error("{cap} sessions already wait for their WebSocket: retry shortly")]
+    TooManyUnattached {
+        /// `Settings::max_unattached_sessions`.
+        cap: usize,
+    },
+    /// A bounded table of the server's own is full (503, retry later).
+    #[error("{0}")]
+    Busy(&'static str),
     /// The server is shutting down (503).
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -51,6 +72,11 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::TokenExpired => "token_expired",
+            ApiError::NoIssuer => "no_issuer",
+            ApiError::TooManySessions { .. } => "too_many_sessions",
+            ApiError::TooManyUnattached { .. } => "too_many_unattached",
+            ApiError::Busy(_) => "overloaded",
             ApiError::BadUser(_) => "bad_user",
             ApiError::BadBody(_) => "bad_body",
             ApiError::BadSessionId(_) => "bad_session_id",
@@ -80,7 +106,12 @@ impl From<SessionError> for ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthenticated(_) | ApiError::TokenExpired => StatusCode::UNAUTHORIZED,
+            ApiError::NoIssuer => StatusCode::NOT_FOUND,
+            ApiError::TooManySessions { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyUnattached { .. } | ApiError::Busy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::BadUser(_)
             | ApiError::BadBody(_)
             | ApiError::BadSessionId(_)
@@ -95,11 +126,17 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::RateLimited { retry_after_ms } = self {
-            response.insert_header((
-                "Retry-After",
-                retry_after_ms.div_ceil(1000).max(1).to_string(),
-            ));
+        match self {
+            ApiError::RateLimited { retry_after_ms } => {
+                response.insert_header((
+                    "Retry-After",
+                    retry_after_ms.div_ceil(1000).max(1).to_string(),
+                ));
+            }
+            ApiError::TooManyUnattached { .. } | ApiError::Busy(_) => {
+                response.insert_header(("Retry-After", "1"));
+            }
+            _ => {}
         }
         response.json(serde_json::json!({
             "error": self.code(),

@@ -8,30 +8,39 @@
 pub mod auth;
 pub mod cli;
 pub mod error;
+pub mod health;
+pub mod identity;
 pub mod incidents;
 pub mod limits;
 pub mod model;
 pub mod routes;
+pub mod sessions;
 pub mod shutdown;
 pub mod state;
 pub mod status;
+pub mod tickets;
 pub mod ws;
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sessionbus::{Config, Runtime};
 
+pub use identity::{DemoIssuer, Identity};
 pub use shutdown::ShutdownReport;
 pub use state::{AppState, Settings};
 
 /// How to start a chat server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
-    /// Port on 127.0.0.1; 0 picks a free one.
-    pub port: u16,
+    /// Where to listen; port 0 picks a free one.
+    pub bind: SocketAddr,
+    /// Who bearer tokens name; `None`: the demo issuer (short-lived tokens
+    /// for any name, signed with a key drawn at start; for demos only).
+    pub identity: Option<Arc<dyn Identity>>,
     /// The runtime's configuration (`[metrics] enabled` is switched on).
     pub config: Config,
     /// The simulated model's and the limits' knobs.
@@ -46,7 +55,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            port: 0,
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            identity: None,
             config: Config::default(),
             settings: Settings::default(),
             incidents: incidents::Incidents::default(),
@@ -90,13 +100,19 @@ impl ChatServer {
         let metrics = prometheus();
         options.config.metrics.enabled = true;
         let runtime = Runtime::start(options.config).await?;
+        let identity = options.identity.unwrap_or_else(|| {
+            Arc::new(DemoIssuer::new(Duration::from_secs(
+                options.settings.token_ttl_secs,
+            )))
+        });
         let state = web::Data::new(AppState::new(
             runtime,
             options.settings,
+            identity,
             options.incidents,
             metrics,
         ));
-        AppState::forget_ended_sessions(&state).await;
+        state.sessions.follow_ends().await;
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -115,7 +131,7 @@ impl ChatServer {
         // before the HTTP workers drop their connections.
         .disable_signals()
         .shutdown_timeout(2)
-        .bind(("127.0.0.1", options.port))?;
+        .bind(options.bind)?;
         let addr = server.addrs()[0];
         let server = server.run();
         let handle = server.handle();

@@ -4,10 +4,12 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 use sessionbus::{ReleaseReceipt, SessionId, Turn};
 
+use super::auth::caller;
 use super::error::ApiError;
+use super::limits::address_key;
 use super::model::{self, Collect, StreamError};
 use super::state::AppState;
-use super::{status, ws};
+use super::{health, status, ws};
 
 /// Largest JSON body accepted on REST endpoints.
 const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -27,9 +29,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/sessions", web::post().to(open_session))
     .route("/sessions/{id}", web::delete().to(close_session))
     .route("/sessions/{id}/messages", web::post().to(post_message))
+    .route("/sessions/{id}/tickets", web::post().to(issue_ticket))
     .route("/sessions/{id}/ws", web::get().to(ws::connect))
     .route("/status", web::get().to(status::status))
-    .route("/metrics", web::get().to(status::metrics));
+    .route("/metrics", web::get().to(status::metrics))
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz));
 }
 
 async fn page() -> HttpResponse {
@@ -64,13 +69,22 @@ struct TokenRequest {
 }
 
 async fn issue_token(
+    req: HttpRequest,
     body: web::Json<TokenRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let token = state.auth.issue(&body.user)?;
-    Ok(HttpResponse::Created().json(json!({"user": body.user, "token": token})))
+    address_limited(&state, &req)?;
+    let issued = state.identity.issue(&body.user)?;
+    Ok(HttpResponse::Created().json(json!({
+        "user": body.user,
+        "token": issued.token,
+        "expires_in_secs": issued.expires_in.as_secs(),
+    })))
 }
 
+/// Opens a session: limited per client address and per owner, capped per
+/// owner and in how many wait for their socket; answers a one-time ticket
+/// for the socket.
 async fn open_session(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -78,18 +92,53 @@ async fn open_session(
     if state.is_draining() {
         return Err(ApiError::ShuttingDown);
     }
-    let owner = state.auth.caller(&req, None)?;
+    let owner = caller(&state, &req)?;
+    address_limited(&state, &req)?;
     limited(&state, &owner)?;
+    let place = state.sessions.reserve(&owner).await?;
     let session = state
         .engine
-        .open(owner.clone())
+        .open_with(sessionbus::OpenOptions::new(owner.clone()).client_ip(client_ip(&req)))
         .await
         .map_err(|e| ApiError::Refused(e.to_string()))?;
     let id = session.id();
-    state.park(session, owner);
+    place.park(session);
+    let ticket = match state.tickets.issue(id, owner.clone()) {
+        Ok(ticket) => ticket,
+        Err(refused) => {
+            // No way to attach: close it now rather than at the attach timeout.
+            let _ = state.engine.close(id, owner).await;
+            state.sessions.forget(id, "closed");
+            return Err(refused);
+        }
+    };
     Ok(HttpResponse::Created().json(json!({
         "id": id.to_string(),
         "ws": format!("/sessions/{id}/ws"),
+        "ticket": ticket,
+        "ticket_expires_in_ms": state.tickets.ttl().as_millis() as u64,
+    })))
+}
+
+/// A one-time ticket for the session's WebSocket (browsers cannot send the
+/// bearer token on a socket). Only the session's owner gets one.
+async fn issue_ticket(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = caller(&state, &req)?;
+    let id = parse_session_id(&path)?;
+    // Tickets fill a shared (bounded) table: limited per address, like opens.
+    address_limited(&state, &req)?;
+    if !state.sessions.owns(id, &owner) {
+        // The runtime's answer says why: unknown (404), not yours (403), gone (410).
+        drop(state.engine.attach(id, owner.clone()).await?);
+    }
+    let ticket = state.tickets.issue(id, owner)?;
+    Ok(HttpResponse::Created().json(json!({
+        "ticket": ticket,
+        "expires_in_ms": state.tickets.ttl().as_millis() as u64,
     })))
 }
 
@@ -98,11 +147,11 @@ async fn close_session(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let owner = state.auth.caller(&req, None)?;
+    let owner = caller(&state, &req)?;
     let id = parse_session_id(&path)?;
     // Closing twice is harmless: the second close answers the same receipt.
     let receipt = state.engine.close(id, owner).await?;
-    state.unpark(id);
+    state.sessions.forget(id, &receipt.reason.to_string());
     Ok(HttpResponse::Ok().json(receipt_json(&receipt)))
 }
 
@@ -119,7 +168,7 @@ async fn post_message(
     body: web::Json<MessageRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let owner = state.auth.caller(&req, None)?;
+    let owner = caller(&state, &req)?;
     let id = parse_session_id(&path)?;
     let chars = body.text.chars().count();
     if chars == 0 || chars > state.settings.max_message_chars {
@@ -139,6 +188,24 @@ async fn post_message(
             StreamError::ClientGone(_) => unreachable!("collecting never stops early"),
         })?;
     Ok(HttpResponse::Ok().json(json!({"reply": reply.0, "stats": stats})))
+}
+
+/// The client's address as the TCP connection shows it. A proxy in front
+/// would make every client one address: put the limits there instead, or
+/// read its header only when the proxy is trusted.
+fn client_ip(req: &HttpRequest) -> std::net::IpAddr {
+    req.peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into())
+}
+
+fn address_limited(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    state
+        .address_limiter
+        .check(&address_key(client_ip(req)))
+        .map_err(|wait| ApiError::RateLimited {
+            retry_after_ms: wait.as_millis() as u64,
+        })
 }
 
 fn limited(state: &AppState, owner: &sessionbus::Owner) -> Result<(), ApiError> {

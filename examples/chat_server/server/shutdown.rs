@@ -43,7 +43,7 @@ pub(super) async fn graceful(
         .take()
         .expect("the server shuts down once");
     let report = runtime.shutdown().await;
-    state.clear_parked();
+    state.sessions.clear();
     let _ = state.closing_sockets.send(true);
     server.stop(true).await;
     let _ = running.await;

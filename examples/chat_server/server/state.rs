@@ -1,21 +1,22 @@
 //! What every handler shares.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use sessionbus::{
-    Delivery, EngineHandle, EventKinds, GpuCounters, LifecycleEvent, Owner, Runtime, SessionHandle,
-    SessionId,
-};
+use sessionbus::{EngineHandle, GpuCounters, Owner, Runtime};
 use tokio::sync::watch;
 
-use super::auth::Auth;
+use super::identity::Identity;
 use super::incidents::Incidents;
-use super::limits::OwnerLimiter;
+use super::limits::KeyedLimiter;
+use super::sessions::{Caps, Sessions};
+use super::tickets::Tickets;
 
-/// The simulated model's and the limits' knobs.
+/// The simulated model's knobs, and the limits that keep one client from
+/// filling the server or pinning its memory.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Pause before each generated token (the "model" thinking).
@@ -32,6 +33,34 @@ pub struct Settings {
     pub rate_per_sec: u32,
     /// How many of them may come at once.
     pub rate_burst: u32,
+    /// Token mints and session opens per second per client address
+    /// (an IPv4 address or an IPv6 /64): names are free, addresses are not.
+    pub address_rate_per_sec: u32,
+    /// How many of them may come at once.
+    pub address_rate_burst: u32,
+    /// Keys each rate limiter keeps at most (then new keys share one bucket).
+    pub limiter_max_keys: usize,
+    /// Live sessions one owner may have.
+    pub max_sessions_per_owner: usize,
+    /// Sessions opened but not yet attached to a WebSocket, all owners together.
+    pub max_unattached_sessions: usize,
+    /// An opened session nobody attaches to ends (`disconnected`) after this.
+    pub attach_timeout_ms: u64,
+    /// How long a demo token is valid.
+    pub token_ttl_secs: u64,
+    /// How long a one-time WebSocket ticket is valid.
+    pub ticket_ttl_ms: u64,
+    /// WebSocket tickets outstanding at most.
+    pub max_tickets: usize,
+    /// The server pings each WebSocket this often.
+    pub ping_interval_ms: u64,
+    /// A WebSocket that sends nothing (not even a pong) for this long is
+    /// closed (1001) and its session ends as `disconnected`.
+    pub idle_timeout_ms: u64,
+    /// A send to a client that stopped reading gives up after this: the
+    /// reply stream ends, its lease is returned, the socket is dropped and
+    /// the session ends as `disconnected`.
+    pub send_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -44,6 +73,18 @@ impl Default for Settings {
             max_message_chars: 4000,
             rate_per_sec: 5,
             rate_burst: 10,
+            address_rate_per_sec: 2,
+            address_rate_burst: 20,
+            limiter_max_keys: 10_000,
+            max_sessions_per_owner: 8,
+            max_unattached_sessions: 256,
+            attach_timeout_ms: 30_000,
+            token_ttl_secs: 15 * 60,
+            ticket_ttl_ms: 30_000,
+            max_tickets: 10_000,
+            ping_interval_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            send_timeout_ms: 10_000,
         }
     }
 }
@@ -56,10 +97,16 @@ pub struct AppState {
     pub runtime: Mutex<Option<Runtime>>,
     /// wgpu's counters right after start: "nothing leaks" means back here.
     pub baseline: GpuCounters,
-    /// Bearer tokens.
-    pub auth: Auth,
+    /// Who a bearer token names.
+    pub identity: Arc<dyn Identity>,
+    /// One-time WebSocket tickets.
+    pub tickets: Tickets,
+    /// The sessions opened here: per-owner and unattached caps, parked handles.
+    pub sessions: Arc<Sessions>,
     /// Per-owner rate limits.
-    pub limiter: OwnerLimiter,
+    pub limiter: KeyedLimiter<Owner>,
+    /// Per-client-address rate limits on token mints and session opens.
+    pub address_limiter: KeyedLimiter<IpAddr>,
     /// Knobs.
     pub settings: Settings,
     /// Recent WARN/ERROR supervisor lines.
@@ -72,31 +119,48 @@ pub struct AppState {
     pub closing_sockets: watch::Sender<bool>,
     /// WebSockets open now.
     pub websockets: AtomicUsize,
-    /// Handles of sessions opened by `POST /sessions` and not yet picked up
-    /// by a WebSocket (the WebSocket then owns it: its drop is the disconnect).
-    parked: Mutex<HashMap<SessionId, (Owner, SessionHandle)>>,
 }
 
 impl AppState {
     pub(super) fn new(
         runtime: Runtime,
         settings: Settings,
+        identity: Arc<dyn Identity>,
         incidents: Incidents,
         metrics: PrometheusHandle,
     ) -> Self {
+        let engine = runtime.engine().clone();
+        let caps = Caps {
+            per_owner: settings.max_sessions_per_owner,
+            unattached: settings.max_unattached_sessions,
+            attach_timeout: Duration::from_millis(settings.attach_timeout_ms),
+        };
         AppState {
-            engine: runtime.engine().clone(),
+            sessions: Sessions::new(engine.clone(), caps),
+            engine,
             baseline: runtime.gpu_counters(),
             runtime: Mutex::new(Some(runtime)),
-            auth: Auth::new(),
-            limiter: OwnerLimiter::new(settings.rate_per_sec, settings.rate_burst),
+            identity,
+            tickets: Tickets::new(
+                Duration::from_millis(settings.ticket_ttl_ms),
+                settings.max_tickets,
+            ),
+            limiter: KeyedLimiter::new(
+                settings.rate_per_sec,
+                settings.rate_burst,
+                settings.limiter_max_keys,
+            ),
+            address_limiter: KeyedLimiter::new(
+                settings.address_rate_per_sec,
+                settings.address_rate_burst,
+                settings.limiter_max_keys,
+            ),
             settings,
             incidents,
             metrics,
             draining: AtomicBool::new(false),
             closing_sockets: watch::channel(false).0,
             websockets: AtomicUsize::new(0),
-            parked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -112,49 +176,5 @@ impl AppState {
     /// True once the graceful shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
-    }
-
-    pub(super) fn park(&self, handle: SessionHandle, owner: Owner) {
-        self.parked
-            .lock()
-            .unwrap()
-            .insert(handle.id(), (owner, handle));
-    }
-
-    /// The parked handle of `id`, if `owner` owns it; someone else's stays parked.
-    pub(super) fn take_parked(&self, id: SessionId, owner: &Owner) -> Option<SessionHandle> {
-        let mut parked = self.parked.lock().unwrap();
-        match parked.get(&id) {
-            Some((parked_owner, _)) if parked_owner == owner => parked.remove(&id).map(|(_, h)| h),
-            _ => None,
-        }
-    }
-
-    pub(super) fn unpark(&self, id: SessionId) {
-        self.parked.lock().unwrap().remove(&id);
-    }
-
-    pub(super) fn clear_parked(&self) {
-        self.parked.lock().unwrap().clear();
-    }
-
-    /// Parked handles of sessions that ended on their own (idle, TTL,
-    /// eviction) are dropped when their end goes by on the bus.
-    pub(super) async fn forget_ended_sessions(this: &actix_web::web::Data<Self>) {
-        let Some(mut ends) = this
-            .engine
-            .subscribe_channel(EventKinds::ENDED, Delivery::BestEffort)
-            .await
-        else {
-            return;
-        };
-        let state = this.clone();
-        actix_web::rt::spawn(async move {
-            while let Some(event) = ends.recv().await {
-                if let LifecycleEvent::Ended(end) = event {
-                    state.unpark(end.id);
-                }
-            }
-        });
     }
 }

@@ -33,6 +33,7 @@ pub async fn snapshot(state: &AppState) -> serde_json::Value {
         })),
         "ended_by": ended_by,
         "websockets": state.websockets.load(Ordering::SeqCst),
+        "admission": admission(state),
         "gpu": {
             "live_bytes": pool.live_bytes,
             "peak_bytes": pool.peak_bytes,
@@ -50,6 +51,20 @@ pub async fn snapshot(state: &AppState) -> serde_json::Value {
             "total": stats.as_ref().map(|s| s.incidents),
             "sweeper": stats.as_ref().map(|s| s.sweeper_incidents),
             "recent": state.incidents.recent(),
+        },
+    })
+}
+
+/// What the server's own admission holds: sessions waiting for a socket,
+/// sessions it tracks, and the rate limiters' key counts (all bounded).
+fn admission(state: &AppState) -> serde_json::Value {
+    let (unattached, tracked) = state.sessions.counts();
+    json!({
+        "unattached": unattached,
+        "tracked": tracked,
+        "limiter_keys": {
+            "owner": state.limiter.keys(),
+            "address": state.address_limiter.keys(),
         },
     })
 }

@@ -1,4 +1,6 @@
-//! `GET /sessions/{id}/ws?token=…`: the chat over a WebSocket.
+//! `GET /sessions/{id}/ws?ticket=…`: the chat over a WebSocket. The ticket
+//! is a one-time one from `POST /sessions` or `POST /sessions/{id}/tickets`;
+//! clients that can set headers may send `Authorization: Bearer …` instead.
 //!
 //! Client → server (JSON text frames):
 //! `{"type":"message","text":"…"}` (one turn), `{"type":"close"}`.
@@ -10,27 +12,36 @@
 //! socket stays; a flood → `rate_limited` error frames (with
 //! `retry_after_ms`); a frame over `max_frame_bytes` → close 1009; a binary
 //! or fragmented frame → close 1003; a message to an ended session → a
-//! `session_gone` error frame and close 4410. The socket owns the session's
-//! handle: when it goes away without a close (tab closed, network gone), the
-//! session ends as `disconnected`.
+//! `session_gone` error frame and close 4410.
+//!
+//! Liveness: the server pings every `ping_interval_ms`; a socket silent (no
+//! frame, no pong) for `idle_timeout_ms` is closed (1001). When the session
+//! ends for any reason (closed elsewhere, idle, TTL, evicted), the socket is
+//! told (`session_gone`) and closed with 4410 (1001 at shutdown). Every send
+//! is bounded by `send_timeout_ms`: a client that stopped reading has its
+//! reply stream ended (the lease goes back at once) and its socket dropped.
+//! The socket owns the session's handle: when it goes away without a close
+//! (tab closed, network gone, stalled, silent), the session ends as
+//! `disconnected`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, ProtocolError};
 use serde_json::json;
 use sessionbus::{Owner, SessionHandle, Turn};
 
+use super::auth::{SocketQuery, socket_caller};
 use super::error::ApiError;
 use super::model::{self, StreamError, TokenSink};
 use super::routes::{parse_session_id, receipt_json};
+use super::sessions::Ended;
 use super::state::AppState;
 
 /// Close code for "session gone" (4000–4999 are the application's).
 pub const CLOSE_SESSION_GONE: u16 = 4410;
-
-#[derive(serde::Deserialize)]
-pub(super) struct TokenQuery {
-    token: Option<String>,
-}
 
 #[derive(serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -45,44 +56,96 @@ pub(super) async fn connect(
     req: HttpRequest,
     body: web::Payload,
     path: web::Path<String>,
-    query: web::Query<TokenQuery>,
+    query: web::Query<SocketQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     if state.is_draining() {
         return Err(ApiError::ShuttingDown);
     }
-    let owner = state.auth.caller(&req, query.token.as_deref())?;
     let id = parse_session_id(&path)?;
+    let owner = socket_caller(&state, &req, &query, id)?;
     // The handshake first: a request that is no WebSocket upgrade must not
     // take (and drop) the session's parked handle.
     let (response, socket, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::Handshake(e.to_string()))?;
-    let session = match state.take_parked(id, &owner) {
+    let session = match state.sessions.take_parked(id, &owner) {
         Some(handle) => handle,
         None => state.engine.attach(id, owner.clone()).await?,
     };
+    let ended = state.sessions.ended(id);
     let stream = stream.max_frame_size(state.settings.max_frame_bytes);
+    let frames = Frames::new(
+        socket,
+        Duration::from_millis(state.settings.send_timeout_ms),
+    );
     actix_web::rt::spawn(chat_loop(
         state.into_inner(),
         owner,
         session,
-        socket,
+        frames,
         stream,
+        ended,
     ));
     Ok(response)
 }
 
-/// Sends JSON frames; `false` once the client is gone.
-struct Frames(actix_ws::Session);
+/// Sends JSON frames, each within the send timeout; `false` once the client
+/// is gone or has stopped reading (then `stalled()` says which).
+#[derive(Clone)]
+struct Frames {
+    socket: actix_ws::Session,
+    timeout: Duration,
+    stalled: Arc<AtomicBool>,
+}
 
 impl Frames {
+    fn new(socket: actix_ws::Session, timeout: Duration) -> Self {
+        Frames {
+            socket,
+            timeout,
+            stalled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A send timed out: the client stopped reading.
+    fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst)
+    }
+
     async fn send(&mut self, value: serde_json::Value) -> bool {
-        self.0.text(value.to_string()).await.is_ok()
+        if self.stalled() {
+            return false;
+        }
+        match tokio::time::timeout(self.timeout, self.socket.text(value.to_string())).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                self.stalled.store(true, Ordering::SeqCst);
+                false
+            }
+        }
+    }
+
+    async fn ping(&mut self) -> bool {
+        match tokio::time::timeout(self.timeout, self.socket.ping(b"")).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                self.stalled.store(true, Ordering::SeqCst);
+                false
+            }
+        }
     }
 
     async fn error(&mut self, code: &str, message: impl std::fmt::Display) -> bool {
         self.send(json!({"type": "error", "code": code, "message": message.to_string()}))
             .await
+    }
+
+    /// Closes the socket, unless the client is not reading (a close frame
+    /// would wait behind everything else it has not read).
+    async fn close(self, reason: Option<CloseReason>) {
+        if !self.stalled() {
+            let _ = tokio::time::timeout(self.timeout, self.socket.close(reason)).await;
+        }
     }
 }
 
@@ -100,26 +163,79 @@ fn close(code: CloseCode, why: impl Into<String>) -> Option<CloseReason> {
     })
 }
 
+/// Resolves when the reply task finishes (never, when there is none).
+async fn reply_finished(reply: &mut Option<tokio::task::JoinHandle<()>>) {
+    match reply.as_mut() {
+        Some(task) => {
+            let _ = task.await;
+            *reply = None;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves with the end reason once the session has ended (never, when
+/// the server does not know the session).
+async fn session_ended(ended: &mut Option<Ended>) -> String {
+    let Some(ended) = ended.as_mut() else {
+        return std::future::pending().await;
+    };
+    match ended.wait_for(Option::is_some).await {
+        Ok(reason) => reason.clone().unwrap_or_default(),
+        Err(_) => std::future::pending().await,
+    }
+}
+
 async fn chat_loop(
-    state: std::sync::Arc<AppState>,
+    state: Arc<AppState>,
     owner: Owner,
     session: SessionHandle,
-    socket: actix_ws::Session,
+    mut frames: Frames,
     mut stream: MessageStream,
+    mut ended: Option<Ended>,
 ) {
-    state
-        .websockets
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    state.websockets.fetch_add(1, Ordering::SeqCst);
     let mut shutdown = state.closing_sockets.subscribe();
-    let mut frames = Frames(socket.clone());
+    let idle_timeout = Duration::from_millis(state.settings.idle_timeout_ms);
+    let mut ping = tokio::time::interval(Duration::from_millis(
+        state.settings.ping_interval_ms.max(1),
+    ));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await; // the first tick is immediate
+    let mut heard = Instant::now();
     let mut reply: Option<tokio::task::JoinHandle<()>> = None;
     let mut turn = 0u64;
     let reason = loop {
+        if frames.stalled() {
+            tracing::info!(target: "chat_server", "websocket.stalled: the client stopped reading");
+            break None;
+        }
         let message = tokio::select! {
             message = stream.recv() => message,
             _ = shutdown.wait_for(|closing| *closing) => {
                 break close(CloseCode::Away, "the server is shutting down");
             }
+            _ = ping.tick() => {
+                if heard.elapsed() >= idle_timeout {
+                    tracing::info!(target: "chat_server", "websocket.idle: no frame or pong within the idle timeout");
+                    break close(CloseCode::Away, format!("idle: nothing heard for {} ms", idle_timeout.as_millis()));
+                }
+                frames.ping().await;
+                continue;
+            }
+            why = session_ended(&mut ended) => {
+                frames
+                    .error("session_gone", format!("session {} has ended: {why}", session.id()))
+                    .await;
+                if why == "shutdown" {
+                    // The shutdown closes every socket (1001) once the runtime is done.
+                    let mut closing = state.closing_sockets.subscribe();
+                    let _ = closing.wait_for(|closing| *closing).await;
+                    break close(CloseCode::Away, "the server is shutting down");
+                }
+                break close(CloseCode::Other(CLOSE_SESSION_GONE), format!("session gone: {why}"));
+            }
+            _ = reply_finished(&mut reply) => continue,
         };
         let text = match message {
             // The connection is gone (tab closed, network lost) or the client
@@ -133,17 +249,24 @@ async fn chat_loop(
             }
             Some(Err(e)) => break close(CloseCode::Protocol, e.to_string()),
             Some(Ok(Message::Ping(bytes))) => {
-                let _ = frames.0.pong(&bytes).await;
+                heard = Instant::now();
+                let _ = tokio::time::timeout(frames.timeout, frames.socket.pong(&bytes)).await;
                 continue;
             }
-            Some(Ok(Message::Pong(_) | Message::Nop)) => continue,
+            Some(Ok(Message::Pong(_) | Message::Nop)) => {
+                heard = Instant::now();
+                continue;
+            }
             Some(Ok(Message::Binary(_) | Message::Continuation(_))) => {
                 break close(
                     CloseCode::Unsupported,
                     "only unfragmented JSON text frames are accepted",
                 );
             }
-            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Text(text))) => {
+                heard = Instant::now();
+                text
+            }
         };
         let frame = match serde_json::from_str::<ClientFrame>(&text) {
             Ok(frame) => frame,
@@ -161,7 +284,9 @@ async fn chat_loop(
                 }
                 match session.close().await {
                     Ok(receipt) => {
-                        state.unpark(session.id());
+                        state
+                            .sessions
+                            .forget(session.id(), &receipt.reason.to_string());
                         frames
                             .send(json!({"type": "closed", "receipt": receipt_json(&receipt)}))
                             .await;
@@ -224,7 +349,7 @@ async fn chat_loop(
         reply = Some(actix_web::rt::spawn(stream_one(
             state.clone(),
             session.clone(),
-            Frames(socket.clone()),
+            frames.clone(),
             prompt,
             turn,
         )));
@@ -237,14 +362,13 @@ async fn chat_loop(
         let _ = r.await;
     }
     drop(session);
-    let _ = socket.close(reason).await;
-    state
-        .websockets
-        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    frames.close(reason).await;
+    drop(stream);
+    state.websockets.fetch_sub(1, Ordering::SeqCst);
 }
 
 async fn stream_one(
-    state: std::sync::Arc<AppState>,
+    state: Arc<AppState>,
     session: SessionHandle,
     mut frames: Frames,
     prompt: String,
@@ -253,6 +377,8 @@ async fn stream_one(
     if !frames.send(json!({"type": "start", "turn": turn})).await {
         return;
     }
+    // A client that stops reading makes a token's send time out: the stream
+    // stops there and its lease is returned (`ClientGone`).
     match model::stream_reply(&session, &prompt, &state.settings, &mut frames).await {
         Ok(stats) => {
             frames
