@@ -331,6 +331,11 @@ async fn a_paused_node_that_comes_back_is_fenced_and_can_never_act_as_owner() {
     // noticing anything. Split brain cannot happen.
     let directory = a.node.directory();
     let err = directory
+        .end(&stamp, ids[0], 1, EndReason::Closed, "unsigned")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClusterError::Fenced { .. }), "{err}");
+    let err = directory
         .register(&stamp, SessionId::random(), "alice", 1)
         .await
         .unwrap_err();

@@ -272,3 +272,91 @@ async fn a_cluster_with_a_rotated_key_keeps_serving() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_frozen_for_three_ttls_fences_no_one() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = start_node(&url, "a").await;
+    let b = start_node(&url, "b").await;
+    let sa = a.node.open(alice()).await.unwrap();
+    let sb = b.node.open(alice()).await.unwrap();
+    let ttl = Duration::from_millis(config(&url, "a").node_ttl_ms);
+
+    redis.pause(); // SIGSTOP: connections stay open, nothing answers
+    eventually!(
+        "both degraded",
+        a.node.health() == ClusterHealth::Degraded && b.node.health() == ClusterHealth::Degraded
+    );
+    tokio::time::sleep(3 * ttl).await; // by Redis's clock every heartbeat has expired
+    redis.resume();
+    eventually!(
+        "both healthy again",
+        a.node.health() == ClusterHealth::Healthy && b.node.health() == ClusterHealth::Healthy
+    );
+    tokio::time::sleep(2 * ttl).await;
+    assert_eq!(a.node.stats().takeovers + b.node.stats().takeovers, 0);
+    sa.chat(Turn::new()).await.unwrap();
+    sb.chat(Turn::new()).await.unwrap();
+    assert_eq!(
+        a.node.owner_of(sb.id()).await.unwrap().as_deref(),
+        Some("b")
+    );
+    drop((sa, sb));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Both nodes lose Redis (each through its own proxy) and come back at
+/// different times: within a TTL of each other nothing is fenced; the rule's
+/// price is that one back more than a TTL after the other is declared lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_back_within_a_ttl_of_each_other_fence_no_one_and_a_straggler_is_fenced() {
+    let redis = RedisServer::start();
+    let (pa, pb) = (Proxy::to(redis.port), Proxy::to(redis.port));
+    // A TTL long enough that "within a TTL" holds on a loaded machine.
+    let patient = |proxy: &Proxy, name| ClusterConfig {
+        node_ttl_ms: 3000,
+        ..config(&proxy.url(), name)
+    };
+    let a = start_node_with(patient(&pa, "a")).await;
+    let mut b = start_node_with(patient(&pb, "b")).await;
+    let sb = b.node.open(alice()).await.unwrap();
+    sb.allocate(8 * KIB).await.unwrap();
+    let ttl = Duration::from_millis(3000);
+
+    // Out together for two TTLs; a back first, b a third of a TTL later.
+    pa.cut();
+    pb.cut();
+    tokio::time::sleep(2 * ttl).await;
+    pa.heal();
+    tokio::time::sleep(ttl / 3).await;
+    pb.heal();
+    eventually!(
+        "both healthy",
+        a.node.health() == ClusterHealth::Healthy && b.node.health() == ClusterHealth::Healthy
+    );
+    tokio::time::sleep(2 * ttl).await;
+    assert_eq!(a.node.stats().takeovers, 0, "b was back within a TTL of a");
+    sb.chat(Turn::new()).await.unwrap();
+
+    // Out together again; this time b stays away for two TTLs after a is back.
+    pa.cut();
+    pb.cut();
+    tokio::time::sleep(ttl).await;
+    pa.heal();
+    eventually!("a declares b lost", a.node.stats().takeovers == 1);
+    pb.heal();
+    eventually!(
+        "b finds itself fenced",
+        b.node.health() == ClusterHealth::Fenced
+    );
+    let events = b.h.until_released(1).await;
+    assert_eq!(
+        ends_by_session(&events)[&sb.id()],
+        vec![EndReason::NodeLost]
+    );
+    drop(sb);
+    a.stop().await;
+    b.stop().await;
+}

@@ -417,7 +417,7 @@ impl Directory {
     pub(crate) async fn takeover(
         &self,
         lost: &str,
-        by: &str,
+        by: &NodeStamp,
     ) -> Result<Option<Takeover>, ClusterError> {
         let k = &self.keys;
         let answer: Vec<String> = self
@@ -428,10 +428,13 @@ impl Directory {
             .key(k.nodes())
             .key(k.node_sessions(lost))
             .key(k.epoch_counter(lost))
+            .key(k.epoch(&by.node))
+            .key(k.heartbeat(&by.node))
             .arg(lost)
             .arg(k.session_prefix())
             .arg(self.tombstone_ttl_ms())
-            .arg(by)
+            .arg(&by.node)
+            .arg(by.token())
             .invoke_async(&mut self.conn())
             .await?;
         let first = answer.first().map(String::as_str).unwrap_or("");
@@ -463,23 +466,30 @@ impl Directory {
         Ok(answer == "ended")
     }
 
-    /// A clean goodbye: heartbeat deleted, node out of the set.
-    pub async fn leave(&self, stamp: &NodeStamp) -> Result<(), ClusterError> {
+    /// A clean goodbye: the node's epoch retired, entries still live under
+    /// it ended with `node_lost` (returned, to be published), heartbeat
+    /// deleted, node out of the set.
+    pub async fn leave(&self, stamp: &NodeStamp) -> Result<Vec<(SessionId, u64)>, ClusterError> {
         let k = &self.keys;
-        let answer: String = self
+        let answer: Vec<String> = self
             .scripts
             .leave
             .key(k.epoch(&stamp.node))
             .key(k.heartbeat(&stamp.node))
             .key(k.nodes())
+            .key(k.node_sessions(&stamp.node))
+            .key(k.epoch_counter(&stamp.node))
             .arg(&stamp.node)
             .arg(stamp.token())
+            .arg(k.session_prefix())
+            .arg(self.tombstone_ttl_ms())
             .invoke_async(&mut self.conn())
             .await?;
-        let p = parts(&answer);
+        let first = answer.first().map(String::as_str).unwrap_or("");
+        let p = parts(first);
         match p[0] {
-            "fenced" => Err(Self::fenced(stamp, &p)),
-            _ => Ok(()),
+            "ok" => Ok(ended_list(&answer[1..])),
+            _ => Err(Self::fenced(stamp, &p)),
         }
     }
 

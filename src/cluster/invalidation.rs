@@ -53,7 +53,7 @@ pub(crate) async fn listen(shared: Arc<Shared>, subscribed: oneshot::Sender<()>)
         }
         if !first {
             // Whatever was published while we were away is lost: resync.
-            shared.resync_pending.store(true, Ordering::Release);
+            shared.request_resync();
             shared.resync.notify_one();
         }
         first = false;
@@ -105,14 +105,9 @@ async fn on_invalidation(shared: &Arc<Shared>, channel: &str, verified: Verified
         shared.rejected(channel, Rejection::NotPermitted, Some(&verified.from.node));
         return;
     }
-    // A takeover's sender was alive when it signed; only check epochs where
-    // the message could end something here.
-    let mine = shared.owned.lock().unwrap().contains_key(&invalidation.id);
-    if mine {
-        if let Err(why) = shared.check_sender(&verified.from).await {
-            shared.rejected(channel, why, Some(&verified.from.node));
-            return;
-        }
+    if let Err(why) = shared.check_sender(&verified.from).await {
+        shared.rejected(channel, why, Some(&verified.from.node));
+        return;
     }
     apply(shared, invalidation);
 }
@@ -120,43 +115,30 @@ async fn on_invalidation(shared: &Arc<Shared>, channel: &str, verified: Verified
 /// A session ended somewhere: drop what this node holds for it, once.
 pub(crate) fn apply(shared: &Arc<Shared>, invalidation: Invalidation) {
     let id = invalidation.id;
-    let fresh = shared.seen.lock().unwrap().record(
-        id,
-        invalidation.version,
-        Some(invalidation.reason),
-        shared.config.seen_ended,
-    );
     // This node's own end as owner: it already dropped everything. (A
     // takeover this node ran is not: it held routes to the lost node.)
     let own_end = invalidation.node == shared.node() && invalidation.by == shared.node();
-    // A route read at a version as new as this end is newer news than the end.
-    let older_than_route = shared
-        .routes
-        .lock()
-        .unwrap()
-        .get(&id)
-        .is_some_and(|route| route.version >= invalidation.version);
-    if !fresh || own_end || older_than_route {
-        shared
-            .counters
-            .invalidations_ignored
-            .fetch_add(1, Ordering::Relaxed);
+    if own_end {
+        ignored(shared);
         return;
     }
-    shared.routes.lock().unwrap().remove(&id);
-    shared.leases.lock().unwrap().remove(&id);
-    let owned_here = shared.owned.lock().unwrap().contains_key(&id);
-    if owned_here {
+    if shared.owned.lock().unwrap().contains_key(&id) {
         // Another node says a session this node still runs has ended (it
         // declared this node lost). Never on the message alone: the
-        // directory must agree, by script, at that version.
+        // directory must agree, by script, at that version; only then is
+        // anything recorded, dropped or told to the application.
         let shared = shared.clone();
-        let (version, reason) = (invalidation.version, invalidation.reason);
         tokio::spawn(async move {
-            match shared.directory.confirms_end(id, version).await {
+            match shared
+                .directory
+                .confirms_end(id, invalidation.version)
+                .await
+            {
                 Ok(true) => {
-                    shared.disown(id);
-                    shared.end_soon(id, reason);
+                    if shared.disown(id).is_some() {
+                        shared.end_soon(id, invalidation.reason);
+                    }
+                    drop_held(&shared, invalidation);
                 }
                 Ok(false) => {
                     shared
@@ -168,7 +150,8 @@ pub(crate) fn apply(shared: &Arc<Shared>, invalidation: Invalidation) {
                         event = "cluster.invalidation_unconfirmed",
                         node = %shared.node(),
                         session_id = %id,
-                        version,
+                        version = invalidation.version,
+                        by = %invalidation.by,
                         "an invalidation for a session this node owns was not confirmed by the directory; the session stays"
                     );
                 }
@@ -176,10 +159,43 @@ pub(crate) fn apply(shared: &Arc<Shared>, invalidation: Invalidation) {
                 Err(error) => shared.degraded("invalidation check", &error),
             }
         });
+        return;
     }
+    drop_held(shared, invalidation);
+}
+
+/// Records the end (once) and drops the route and leases held for it.
+fn drop_held(shared: &Shared, invalidation: Invalidation) {
+    let id = invalidation.id;
+    let fresh = shared.seen.lock().unwrap().record(
+        id,
+        invalidation.version,
+        Some(invalidation.reason),
+        shared.config.seen_ended,
+    );
+    // A route read at a version as new as this end is newer news than the end.
+    let older_than_route = shared
+        .routes
+        .lock()
+        .unwrap()
+        .get(&id)
+        .is_some_and(|route| route.version >= invalidation.version);
+    if !fresh || older_than_route {
+        ignored(shared);
+        return;
+    }
+    shared.routes.lock().unwrap().remove(&id);
+    shared.leases.lock().unwrap().remove(&id);
     shared
         .counters
         .invalidations_applied
         .fetch_add(1, Ordering::Relaxed);
     let _ = shared.invalidations.send(invalidation);
+}
+
+fn ignored(shared: &Shared) {
+    shared
+        .counters
+        .invalidations_ignored
+        .fetch_add(1, Ordering::Relaxed);
 }

@@ -85,7 +85,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         match beat {
             Ok(Ok(())) => {
                 continuity.beat(Instant::now());
-                if shared.resync_pending.load(Ordering::Acquire) {
+                if shared.resync_pending() {
                     shared.resync.notify_one();
                 }
             }
@@ -119,7 +119,7 @@ async fn find_lost_nodes(shared: &Shared) -> Result<(), ClusterError> {
         if node == me || shared.directory.is_alive(&node).await? {
             continue;
         }
-        if let Some(takeover) = shared.directory.takeover(&node, me).await? {
+        if let Some(takeover) = shared.directory.takeover(&node, &shared.stamp).await? {
             shared.counters.takeovers.fetch_add(1, Ordering::Relaxed);
             shared.forget_routes_to(&node);
             tracing::warn!(

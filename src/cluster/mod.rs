@@ -62,6 +62,6 @@ pub use config::{ClusterConfig, ClusterConfigError, ClusterKey, KEYS_ENV, MIN_SE
 pub use directory::{Directory, Entry, EntryState, Joined, NodeStamp, Renewal, Takeover};
 pub use error::ClusterError;
 pub use node::ClusterNode;
-pub use signing::Rejection;
+pub use signing::{MAX_FRAME_BYTES, MAX_NONCES, Rejection};
 pub use state::{ClusterHealth, ClusterStats};
 pub use wire::Invalidation;

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessionbus_actors::{
-    Caller, Delivery, EndReason, EngineHandle, Event, EventKinds, LeaseGrant, LeaseId, OpenOptions,
-    Owner, ReleaseReceipt, SessionError, SessionHandle, SessionId, State, Turn, TurnAck,
+    Caller, ContextError, Delivery, EndReason, EngineHandle, Event, EventKinds, LeaseGrant,
+    LeaseId, OpenOptions, Owner, ReleaseReceipt, SessionError, SessionHandle, SessionId, State,
+    Turn, TurnAck,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -135,9 +136,7 @@ impl ClusterNode {
         let wait = Duration::from_millis(node.shared.config.forward_timeout_ms);
         let _ = tokio::time::timeout(wait, subscribed).await;
         // The first resync writes the sessions the engine had before the node started.
-        node.shared
-            .resync_pending
-            .store(true, std::sync::atomic::Ordering::Release);
+        node.shared.request_resync();
         node.shared.resync.notify_one();
         Ok(node)
     }
@@ -241,6 +240,11 @@ impl ClusterNode {
         caller: impl Into<Caller>,
         turn: Turn,
     ) -> Result<TurnAck, ClusterError> {
+        // JSON has no NaN or infinity: refuse them here, as the owner would,
+        // rather than send a turn that cannot cross.
+        if let Some(source) = not_finite(&turn) {
+            return Err(ClusterError::Session(SessionError::Context { id, source }));
+        }
         match self
             .call(id, caller.into(), Op::Chat(WireTurn::from(&turn)))
             .await?
@@ -386,10 +390,10 @@ impl ClusterNode {
             // Its owner keeps the tombstone (and the receipt of a close).
             return Ok(Location::Remote(entry.node));
         }
-        let seen = self.shared.seen.lock().unwrap().get(id);
-        if seen.is_some_and(|v| v >= entry.version) {
-            return Err(gone(id, op.event(), self.shared.seen_reason(id)));
-        }
+        // A live entry read now is the truth, whatever invalidation this node
+        // heard: every end is written before its invalidation is published, so
+        // a heard end would show here. (So a signed but false invalidation
+        // cannot make a live session look gone.)
         self.shared.routes.lock().unwrap().insert(
             id,
             Route {
@@ -416,7 +420,13 @@ impl ClusterNode {
         self.flush().await;
         let result = match self.shared.health() {
             ClusterHealth::Fenced => Ok(()),
-            _ => self.shared.directory.leave(&self.shared.stamp).await,
+            _ => match self.shared.directory.leave(&self.shared.stamp).await {
+                Ok(ended) => {
+                    let me = self.shared.node();
+                    liveness::publish_ends(&self.shared, me, &ended).await
+                }
+                Err(error) => Err(error),
+            },
         };
         self.stop();
         tracing::info!(
@@ -472,6 +482,17 @@ impl Drop for ClusterNode {
             self.stop();
         }
     }
+}
+
+fn not_finite(turn: &Turn) -> Option<ContextError> {
+    let embedding = turn.signal.embedding.as_deref().unwrap_or(&[]);
+    if let Some((index, &value)) = embedding.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Some(ContextError::NotFinite { index, value });
+    }
+    let confidence = turn.signal.intent.as_ref().map(|i| i.confidence);
+    confidence
+        .filter(|c| !c.is_finite())
+        .map(|value| ContextError::ConfidenceOutOfRange { value })
 }
 
 fn gone(id: SessionId, event: Event, reason: Option<EndReason>) -> ClusterError {

@@ -169,14 +169,18 @@ pub(crate) async fn accept(shared: &Arc<Shared>, request: Verified<Request>) {
     let shared = shared.clone();
     tokio::spawn(async move {
         shared.counters.served.fetch_add(1, Ordering::Relaxed);
-        let result = execute(&shared, body.id, caller, body.op).await;
-        reply(
-            &shared,
-            &from,
-            body.req,
-            result.map_err(|e| WireError::from(&e)),
-        )
-        .await;
+        // The asking node stops waiting after forward_timeout_ms: so does the
+        // worker, so one slow close cannot hold a permit for long.
+        let limit = Duration::from_millis(shared.config.forward_timeout_ms);
+        let work = execute(&shared, body.id, caller, body.op);
+        let result = match tokio::time::timeout(limit, work).await {
+            Ok(result) => result.map_err(|e| WireError::from(&e)),
+            Err(_) => Err(WireError::Other(format!(
+                "not done within forward_timeout_ms ({} ms); it goes on on the owner node",
+                limit.as_millis()
+            ))),
+        };
+        reply(&shared, &from, body.req, result).await;
         drop(permit);
     });
 }

@@ -49,6 +49,13 @@ if not current_epoch then return 'fenced:0' end
 if current_epoch ~= ARGV[2] then return 'fenced:' .. string.match(current_epoch, '^%d+') end
 "#;
 
+/// The fence check for scripts that answer with a list.
+const FENCE_LIST: &str = r#"
+local current_epoch = redis.call('GET', KEYS[1])
+if not current_epoch then return {'fenced:0'} end
+if current_epoch ~= ARGV[2] then return {'fenced:' .. string.match(current_epoch, '^%d+')} end
+"#;
+
 /// A fresh node process joins: refused while its id heartbeats; else a new
 /// epoch token (fencing any earlier run under this id) and the earlier run's
 /// sessions end with `node_lost`.
@@ -146,10 +153,15 @@ return 'ok:' .. version
 /// others get `gone` (or `alive` if the node heartbeated meanwhile). Whether
 /// the survivor may declare anyone lost at all (its own connection has been
 /// up for a whole TTL) is decided before the call (`liveness.rs`).
-/// KEYS: lost node's epoch, its heartbeat, nodes, its sessions, its epoch counter.
-/// ARGV: lost node, session key prefix, tombstone ttl ms, by (the survivor).
-/// Answer: `ok:<new epoch>`, then `<id>:<version>` per session ended; or `alive` / `gone`.
+/// The survivor must itself hold its current epoch token and a live
+/// heartbeat: a survivor that was frozen and fenced meanwhile declares no one.
+/// KEYS: lost node's epoch, its heartbeat, nodes, its sessions, its epoch
+/// counter, the survivor's epoch, the survivor's heartbeat.
+/// ARGV: lost node, session key prefix, tombstone ttl ms, by (the survivor), the survivor's token.
+/// Answer: `ok:<new epoch>`, then `<id>:<version>` per session ended; or
+/// `alive` / `gone` / `not_current` (the survivor is not current itself).
 const TAKEOVER: &str = r#"
+if redis.call('GET', KEYS[6]) ~= ARGV[5] or redis.call('EXISTS', KEYS[7]) == 0 then return {'not_current'} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'alive'} end
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return {'gone'} end
 local epoch = redis.call('INCR', KEYS[5])
@@ -160,12 +172,20 @@ redis.call('SREM', KEYS[3], ARGV[1])
 return out
 "#;
 
-/// A clean goodbye: the heartbeat goes, the node leaves the set.
-/// KEYS: epoch, heartbeat, nodes. ARGV: node, epoch token.
+/// A clean goodbye: the node's token is retired (nothing can write with it
+/// again), entries still live under it end with `node_lost` (their end was
+/// dropped), the heartbeat goes, the node leaves the set.
+/// KEYS: epoch, heartbeat, nodes, node sessions, epoch counter.
+/// ARGV: node, epoch token, session key prefix, tombstone ttl ms.
+/// Answer: `ok`, then `<id>:<version>` per session ended; or `fenced:<epoch>`.
 const LEAVE: &str = r#"
+local epoch = redis.call('INCR', KEYS[5])
+redis.call('SET', KEYS[1], epoch .. '-left')
+local out = {'ok'}
+end_all(KEYS[4], ARGV[1], ARGV[3], ARGV[4], out)
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[1])
-return 'ok'
+return out
 "#;
 
 /// Whether the directory agrees that a session ended: its entry is ended
@@ -200,7 +220,7 @@ impl Scripts {
             renew: fenced(RENEW),
             end: fenced(END),
             takeover: redis::Script::new(&format!("{END_ALL}{TAKEOVER}")),
-            leave: fenced(LEAVE),
+            leave: redis::Script::new(&format!("{END_ALL}{FENCE_LIST}{LEAVE}")),
             confirm_end: redis::Script::new(CONFIRM_END),
         }
     }

@@ -20,9 +20,9 @@
 //!   pseudonym keyed with a key derived from the frame's cluster key, so
 //!   nodes agree on it and Redis (or anyone reading it) learns nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use serde::de::DeserializeOwned;
@@ -59,11 +59,24 @@ pub enum Rejection {
     /// node not in `cluster.operator_nodes`), or a reply from another node
     /// than the one asked, or to a request this node never sent.
     NotPermitted,
+    /// Larger than any message of the cluster (`MAX_FRAME_BYTES`): refused
+    /// before its MAC is even computed.
+    TooLarge,
+    /// Valid, but more verified messages arrived within the replay window
+    /// than this node remembers nonces for (`MAX_NONCES`): refused rather
+    /// than accepted without a replay check.
+    Overloaded,
 }
+
+/// The largest frame accepted (a chat turn's embedding fits many times over).
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+
+/// The most nonces remembered at once (about 40 MiB at the most).
+pub const MAX_NONCES: usize = 1_000_000;
 
 impl Rejection {
     /// Every kind, for counters.
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 11] = [
         Rejection::Unsigned,
         Rejection::UnknownKey,
         Rejection::BadSignature,
@@ -73,6 +86,8 @@ impl Rejection {
         Rejection::Replayed,
         Rejection::StaleEpoch,
         Rejection::NotPermitted,
+        Rejection::TooLarge,
+        Rejection::Overloaded,
     ];
 
     /// Its name in logs and metrics.
@@ -87,6 +102,8 @@ impl Rejection {
             Rejection::Replayed => "replayed",
             Rejection::StaleEpoch => "stale_epoch",
             Rejection::NotPermitted => "not_permitted",
+            Rejection::TooLarge => "too_large",
+            Rejection::Overloaded => "overloaded",
         }
     }
 }
@@ -129,11 +146,12 @@ pub(crate) struct Keyring {
     nonces: Mutex<Nonces>,
 }
 
-/// Nonces accepted within the window, oldest first.
+/// Nonces accepted within the window, oldest first, by this process's
+/// monotonic clock (a wall-clock step cannot flush them).
 #[derive(Default)]
 struct Nonces {
-    seen: HashMap<u128, u64>,
-    order: VecDeque<(u64, u128)>,
+    seen: HashSet<u128>,
+    order: VecDeque<(Instant, u128)>,
 }
 
 fn now_ms() -> u64 {
@@ -188,6 +206,9 @@ impl Keyring {
         channel: &str,
         frame: &str,
     ) -> Result<Verified<B>, Rejection> {
+        if frame.len() > MAX_FRAME_BYTES {
+            return Err(Rejection::TooLarge);
+        }
         let mut parts = frame.splitn(4, '.');
         let (Some(MAGIC), Some(key_id), Some(tag), Some(json)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -217,7 +238,7 @@ impl Keyring {
                 header.nonce.len() == 32 && header.nonce.bytes().all(|b| b.is_ascii_hexdigit())
             })
             .ok_or(Rejection::Malformed)?;
-        self.remember(nonce, now, window)?;
+        self.remember(nonce)?;
         Ok(Verified {
             from: header.from,
             key_id: key_id.to_string(),
@@ -226,20 +247,25 @@ impl Keyring {
     }
 
     /// Accepts `nonce` once within the window.
-    fn remember(&self, nonce: u128, now: u64, window: u64) -> Result<(), Rejection> {
+    fn remember(&self, nonce: u128) -> Result<(), Rejection> {
+        let now = Instant::now();
         let mut nonces = self.nonces.lock().unwrap();
         // A frame older than the window is refused anyway: its nonce can go.
         // (Frames may be stamped up to a window ahead, hence twice.)
         while let Some(&(at, old)) = nonces.order.front() {
-            if now.saturating_sub(at) <= 2 * window {
+            if now.duration_since(at) <= 2 * self.window {
                 break;
             }
             nonces.order.pop_front();
             nonces.seen.remove(&old);
         }
-        if nonces.seen.insert(nonce, now).is_some() {
+        if nonces.seen.contains(&nonce) {
             return Err(Rejection::Replayed);
         }
+        if nonces.seen.len() >= MAX_NONCES {
+            return Err(Rejection::Overloaded);
+        }
+        nonces.seen.insert(nonce);
         nonces.order.push_back((now, nonce));
         Ok(())
     }

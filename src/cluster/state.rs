@@ -6,7 +6,7 @@
 //! (tokio), never on the engine's actor threads.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -209,8 +209,11 @@ pub(crate) struct Shared {
     /// ("gone", with the first close's receipt) rather than "not yours".
     ended_owners: Mutex<(HashMap<SessionId, String>, VecDeque<SessionId>)>,
     health: AtomicU8,
-    /// Set when Redis failed; cleared by a completed resync.
-    pub(crate) resync_pending: AtomicBool,
+    /// Resyncs asked for (every Redis failure or reconnect asks), and the
+    /// last of them a completed resync covered: a failure during a resync
+    /// asks again, so the end of that resync cannot clear it.
+    resync_wanted: AtomicU64,
+    resync_done: AtomicU64,
     pub(crate) resync: Notify,
     pub(crate) counters: Counters,
     pub(crate) invalidations: broadcast::Sender<Invalidation>,
@@ -246,7 +249,8 @@ impl Shared {
             seen: Mutex::default(),
             ended_owners: Mutex::default(),
             health: AtomicU8::new(0),
-            resync_pending: AtomicBool::new(false),
+            resync_wanted: AtomicU64::new(0),
+            resync_done: AtomicU64::new(0),
             resync: Notify::new(),
             counters: Counters::default(),
             invalidations: broadcast::channel(4096).0,
@@ -255,6 +259,34 @@ impl Shared {
             fenced_by_epoch: AtomicU64::new(0),
         };
         (shared, ends_rx)
+    }
+
+    /// Asks for a resync (Redis failed, or what was published meanwhile is lost).
+    pub(crate) fn request_resync(&self) -> u64 {
+        self.resync_wanted.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Whether a resync was asked for and not yet completed.
+    pub(crate) fn resync_pending(&self) -> bool {
+        self.resync_wanted.load(Ordering::Acquire) != self.resync_done.load(Ordering::Acquire)
+    }
+
+    /// The resync request a resync starting now covers.
+    pub(crate) fn resync_generation(&self) -> u64 {
+        self.resync_wanted.load(Ordering::Acquire)
+    }
+
+    /// A resync that started at `generation` completed; healthy again unless
+    /// something failed (and asked for another) meanwhile.
+    pub(crate) fn resynced(&self, generation: u64) -> bool {
+        self.resync_done.fetch_max(generation, Ordering::AcqRel);
+        match self.resync_wanted.load(Ordering::Acquire) == generation {
+            true => {
+                self.healthy();
+                true
+            }
+            false => false,
+        }
     }
 
     /// This node as it signs its messages.
@@ -368,7 +400,7 @@ impl Shared {
 
     /// Redis failed: serve locally, queue updates, resync when it is back.
     pub(crate) fn degraded(&self, what: &str, error: &dyn std::fmt::Display) {
-        self.resync_pending.store(true, Ordering::Release);
+        self.request_resync();
         if self.swap_health(ClusterHealth::Healthy, ClusterHealth::Degraded) {
             self.counters
                 .degraded_episodes
@@ -385,7 +417,7 @@ impl Shared {
     }
 
     /// A resync completed: back to healthy (unless fenced or stopped meanwhile).
-    pub(crate) fn healthy(&self) {
+    fn healthy(&self) {
         if self.swap_health(ClusterHealth::Degraded, ClusterHealth::Healthy) {
             tracing::info!(
                 target: "sessionbus::cluster",

@@ -229,7 +229,7 @@ impl Writer {
                 .counters
                 .updates_dropped
                 .fetch_add(1, Ordering::Relaxed);
-            self.shared.resync_pending.store(true, Ordering::Release);
+            self.shared.request_resync();
             if dropped % 1024 == 0 {
                 tracing::warn!(
                     target: "sessionbus::cluster",
@@ -452,9 +452,10 @@ impl Writer {
     /// After Redis came back: write what was queued, then make the directory
     /// agree with the engine for every session this node owns.
     async fn resync(&mut self) {
-        if !self.shared.resync_pending.load(Ordering::Acquire) {
+        if !self.shared.resync_pending() {
             return;
         }
+        let generation = self.shared.resync_generation();
         self.flush().await;
         if !self.queue.is_empty() || !self.shared.is_active() {
             return; // still unreachable (or fenced); the next notification retries
@@ -474,10 +475,8 @@ impl Writer {
             return;
         }
         self.shared.routes.lock().unwrap().clear();
-        if self.shared.is_active() && self.queue.is_empty() {
-            self.shared.resync_pending.store(false, Ordering::Release);
+        if self.shared.is_active() && self.queue.is_empty() && self.shared.resynced(generation) {
             self.shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
-            self.shared.healthy();
             tracing::info!(
                 target: "sessionbus::cluster",
                 event = "cluster.resynced",
