@@ -180,8 +180,9 @@ pub(crate) async fn accept(shared: &Arc<Shared>, request: Verified<Request>) {
                 limit.as_millis()
             ))),
         };
-        reply(&shared, &from, body.req, result).await;
+        // Free before answering: once the asker has its answer, the worker is free.
         drop(permit);
+        reply(&shared, &from, body.req, result).await;
     });
 }
 
