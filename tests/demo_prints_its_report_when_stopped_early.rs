@@ -91,7 +91,9 @@ fn sigterm_right_after_start_prints_the_report_and_exits_0() {
 fn ctrl_c_while_clients_chat_prints_the_report_and_exits_0() {
     let json = check(
         "-INT",
-        Duration::from_secs(2),
+        // Long enough for a loaded CI machine to have clients chatting (the
+        // 100 000 sessions take far longer than this to finish).
+        Duration::from_secs(5),
         &["--sessions", "100000", "--turns", "8", "--json"],
     );
     assert!(
