@@ -18,6 +18,7 @@
 //!
 //! Start it with [`Engine::start`] inside an actix `System`.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 

@@ -108,7 +108,7 @@ impl ClusterKey {
     pub fn new(id: impl Into<String>, secret: &[u8]) -> Self {
         ClusterKey {
             id: id.into(),
-            secret_hex: data_encoding::HEXLOWER.encode(&secret),
+            secret_hex: data_encoding::HEXLOWER.encode(secret),
         }
     }
 

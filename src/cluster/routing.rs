@@ -149,7 +149,7 @@ pub(crate) async fn accept(shared: &Arc<Shared>, request: Verified<Request>) {
     let Verified { key_id, body, .. } = request;
     let caller = match body.caller {
         WireCaller::Operator(name) => {
-            if !shared.config.operator_nodes.iter().any(|n| *n == from) {
+            if !shared.config.operator_nodes.contains(&from) {
                 let channel = shared.directory.keys().requests(shared.node());
                 shared.rejected(&channel, Rejection::NotPermitted, Some(&from));
                 let why = format!("node {from} is not in cluster.operator_nodes");
