@@ -17,6 +17,8 @@ pub use audit::{
     BreakKind, ChainBreak, SystemClock, VerifyReport, rfc3339_utc, verify_dir,
 };
 pub use config::{Config, ConfigError};
+#[cfg(feature = "fault-injection")]
+pub use gpu::GpuHang;
 pub use gpu::{BackendChoice, GpuConfig, GpuConfigError, GpuCounters, GpuInitError, WgpuPool};
 pub use metrics::MetricsConfig;
 pub use runtime::{Runtime, RuntimeBuilder, StartError, StopReport};
