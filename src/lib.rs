@@ -22,6 +22,8 @@ pub use audit::{
     TrailProblem, verify_with_keyring,
 };
 pub use config::{Config, ConfigError};
+#[cfg(feature = "fault-injection")]
+pub use gpu::GpuHang;
 pub use gpu::{BackendChoice, GpuConfig, GpuConfigError, GpuCounters, GpuInitError, WgpuPool};
 pub use metrics::MetricsConfig;
 pub use runtime::{Runtime, RuntimeBuilder, StartError, StopReport};

@@ -400,12 +400,37 @@ impl EngineHandle {
 
     /// Ends every live session with reason `device_lost`: the GPU device
     /// holding their memory is gone. Their releases run as usual (the pool
-    /// frees what the lost device still holds). Answers how many were asked to end.
+    /// frees what the lost device still holds). Answers how many it ended,
+    /// once each session has taken the end; a session that was already
+    /// ending (a close draining a lease) keeps its own end and is not
+    /// counted. Does not wait for the releases (see
+    /// [`end_sessions_on_device_loss_within`](Self::end_sessions_on_device_loss_within)).
     pub async fn end_sessions_on_device_loss(&self) -> usize {
         let end = EndAll {
             reason: crate::lifecycle::EndReason::DeviceLost,
+            wait_for_releases: None,
         };
-        self.registry.send(end).await.unwrap_or(0)
+        self.registry
+            .send(end)
+            .await
+            .map_or(0, |report| report.ended)
+    }
+
+    /// Like [`end_sessions_on_device_loss`](Self::end_sessions_on_device_loss),
+    /// then waits until the release of every session that was live is
+    /// complete (those it ended and those already ending alike), for at most
+    /// `deadline` in all. What is still under way then is counted in
+    /// `unreleased`, never waited for past the deadline. The timing runs on
+    /// the engine's thread, so any executor may await this.
+    pub async fn end_sessions_on_device_loss_within(
+        &self,
+        deadline: std::time::Duration,
+    ) -> DeviceLossReport {
+        let end = EndAll {
+            reason: crate::lifecycle::EndReason::DeviceLost,
+            wait_for_releases: Some(deadline),
+        };
+        self.registry.send(end).await.unwrap_or_default()
     }
 
     /// Why the runtime failed, if one of its supervised tasks panicked past

@@ -66,7 +66,7 @@ pub use ids::{AllocationId, Caller, Owner, ParseIdError, SessionId, TraceId};
 pub use lease::{LeaseError, LeaseId, LeasesConfig};
 pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
 pub use pseudonym::{KeyTooShort, MIN_KEY_BYTES, Pseudonymizer};
-pub use registry::{OpenError, PressureCounters, RegistryStats, ShutdownReport};
+pub use registry::{DeviceLossReport, OpenError, PressureCounters, RegistryStats, ShutdownReport};
 pub use session::{
     AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo, Turn, TurnAck,
 };

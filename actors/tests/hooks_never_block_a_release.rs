@@ -134,3 +134,127 @@ fn shutdown_waits_for_hooks_within_its_deadline() {
         assert_eq!(f.pool.stats().live_buffers, 0);
     });
 }
+
+/// A hook that blocks until the test lets it go, and says when it began and
+/// when it returned. Only the first run blocks; later runs return at once.
+struct BlockingHook {
+    hook: BeforeRelease,
+    unblock: std::sync::mpsc::Sender<()>,
+    entered: tokio::sync::oneshot::Receiver<()>,
+    returned: tokio::sync::oneshot::Receiver<()>,
+}
+
+fn blocking_hook() -> BlockingHook {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (unblock, blocked) = std::sync::mpsc::channel::<()>();
+    let (entered_tx, entered) = tokio::sync::oneshot::channel();
+    let (returned_tx, returned) = tokio::sync::oneshot::channel();
+    let blocked = Arc::new(Mutex::new(blocked));
+    let signals = Arc::new(Mutex::new(Some((entered_tx, returned_tx))));
+    let first = Arc::new(AtomicBool::new(true));
+    let hook: BeforeRelease = Arc::new(move |_ended| {
+        let blocks = first.swap(false, Ordering::SeqCst);
+        let (blocked, signals) = (blocked.clone(), signals.clone());
+        async move {
+            if blocks {
+                let (entered, returned) = signals.lock().unwrap().take().unwrap();
+                let _ = entered.send(());
+                // Blocks its thread, as a synchronous client would. (Bounded
+                // only so that a regression, which blocks the test's own
+                // thread, fails instead of hanging.)
+                let _ = blocked
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(60));
+                let _ = returned.send(());
+            }
+            Ok(())
+        }
+        .boxed()
+    });
+    BlockingHook {
+        hook,
+        unblock,
+        entered,
+        returned,
+    }
+}
+
+/// Issue 15 (4): hooks ran on the engine's thread, so one that blocked it
+/// stalled every session. While this one blocks (it is let go only at the
+/// end), other sessions open, answer, and close with their memory released.
+#[test]
+fn a_hook_that_blocks_its_thread_does_not_stall_the_engine() {
+    on_paused_time(|| async {
+        let f = start(no_expiry()).await;
+        let blocking = blocking_hook();
+        f.engine.on_before_release("blocks", blocking.hook);
+        let stuck = f.engine.open("stuck").await.unwrap();
+        stuck.allocate(MIB).await.unwrap();
+        let other = f.engine.open("other").await.unwrap();
+        other.allocate(MIB).await.unwrap();
+        let closing = actix::spawn({
+            let stuck = stuck.clone();
+            async move { stuck.close().await }
+        });
+        blocking.entered.await.unwrap();
+
+        other.touch().await.expect("answered while the hook blocks");
+        let third = f
+            .engine
+            .open("third")
+            .await
+            .expect("opened while the hook blocks");
+        third.allocate(MIB).await.unwrap();
+        assert_eq!(other.close().await.unwrap().buffers, 1);
+        assert_eq!(third.close().await.unwrap().buffers, 1);
+        assert_eq!(f.stats().await.hooks.running, 1, "the blocked one");
+        let mut returned = blocking.returned;
+        assert!(
+            returned.try_recv().is_err(),
+            "all of the above happened while the hook was blocked"
+        );
+
+        blocking.unblock.send(()).unwrap();
+        returned.await.unwrap();
+        assert_eq!(closing.await.unwrap().unwrap().buffers, 1);
+        let stats = f.stats().await;
+        assert_eq!(stats.hooks.succeeded, 3);
+        assert_eq!(stats.hooks.running, 0);
+        drop(stuck);
+        f.shutdown_clean().await;
+    });
+}
+
+/// On real time: a hook blocking past `[hooks] timeout_ms` is cut off there;
+/// its session's memory is released while it is still blocked.
+#[test]
+fn a_hook_blocked_past_its_timeout_is_cut_off() {
+    actix::System::new().block_on(async {
+        let mut config = no_expiry();
+        config.hooks.timeout_ms = 100;
+        let f = start(config).await;
+        let blocking = blocking_hook();
+        f.engine.on_before_release("blocks", blocking.hook);
+        let stuck = f.engine.open("stuck").await.unwrap();
+        stuck.allocate(MIB).await.unwrap();
+        let receipt = stuck.close().await.expect("released at the hook's timeout");
+        assert_eq!(receipt.buffers, 1);
+        let mut returned = blocking.returned;
+        assert!(
+            returned.try_recv().is_err(),
+            "the hook is still blocked: the release did not wait for it"
+        );
+        assert_eq!(f.pool.stats().live_buffers, 0);
+        let stats = f.stats().await;
+        assert_eq!(stats.hooks.timed_out, 1);
+        assert_eq!(stats.hooks.running, 0);
+
+        blocking.unblock.send(()).unwrap();
+        returned
+            .await
+            .expect("the hook's thread comes back once let go");
+        drop(stuck);
+        f.shutdown_clean().await;
+    });
+}

@@ -38,6 +38,17 @@ pub enum GpuInitError {
     /// The OS would not start the worker thread.
     #[error("could not start the sessionbus-gpu thread: {0}; check the process's thread limit")]
     Spawn(#[source] std::io::Error),
+    /// The worker thread did not answer in time (a device reopen, after a
+    /// loss): the device or its driver is hung. The request stays queued;
+    /// if the thread comes back it is carried out then.
+    #[error(
+        "the sessionbus-gpu thread did not answer within {waited:?}: the GPU device or its \
+         driver is hung; if it comes back the new device opens then, otherwise restart the process"
+    )]
+    Unresponsive {
+        /// How long it was waited for.
+        waited: std::time::Duration,
+    },
     /// The worker thread ended (panicked inside the driver) before reporting.
     #[error(
         "the sessionbus-gpu thread died while opening the device; the driver crashed, \

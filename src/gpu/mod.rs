@@ -25,4 +25,7 @@ mod tests;
 pub use config::{BackendChoice, GpuConfig, GpuConfigError};
 pub use counters::GpuCounters;
 pub use error::GpuInitError;
+#[cfg(feature = "fault-injection")]
+pub use pool::GpuHang;
+pub(crate) use pool::GpuStop;
 pub use pool::WgpuPool;

@@ -1,8 +1,10 @@
 //! [`WgpuPool`]: the handle the engine holds. It only sends commands to the
 //! worker thread and reads atomics, so none of its methods block on the driver.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use sessionbus_actors::{
@@ -15,11 +17,28 @@ use tokio::sync::oneshot;
 use super::config::GpuConfig;
 use super::counters::{GpuCounters, SharedStats};
 use super::error::GpuInitError;
-use super::worker::{self, Command};
+use super::worker::{self, Command, DeviceView, WorkerExit};
 
 /// Name of the worker thread, as it shows in `top -H`, debuggers and panics.
 const THREAD_NAME: &str = "sessionbus-gpu";
 
+/// How long [`WgpuPool::shutdown`] (and dropping the pool) waits for the
+/// worker to stop: the default `[supervision] step_timeout_ms`.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What stopping the worker did (see [`WgpuPool::shutdown_within`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GpuStop {
+    /// wgpu's counters after the worker destroyed what was left; if it did
+    /// not stop, as they stood when it was given up on.
+    pub(crate) counters: GpuCounters,
+    /// Whether the worker stopped in time. `false`: it is hung (in the
+    /// driver); it is left running and destroys what is left if it ever
+    /// comes back.
+    pub(crate) stopped: bool,
+    /// The pool's own count of what was still held then (zero after a clean stop).
+    pub(crate) held: PoolStats,
+}
 /// A [`GpuPool`] backed by a real wgpu device, driven by one worker thread.
 ///
 /// Dropping it (or calling [`WgpuPool::shutdown`]) destroys what is left,
@@ -27,15 +46,18 @@ const THREAD_NAME: &str = "sessionbus-gpu";
 pub struct WgpuPool {
     commands: Sender<Command>,
     info: PoolInfo,
-    /// For counters only: reading them is atomics, not a GPU call. Replaced
-    /// when a new device takes over after a loss.
-    device: Mutex<wgpu::Device>,
-    initial: Mutex<GpuCounters>,
-    /// The current device's lost flag (raised by wgpu's device-lost callback).
-    lost: Mutex<Arc<std::sync::atomic::AtomicBool>>,
+    /// The current device, for counters (atomics, not a GPU call) and its
+    /// lost flag; the worker replaces it when a new device takes over.
+    view: Arc<DeviceView>,
     stats: Arc<SharedStats>,
-    /// `None` once shut down.
+    /// `None` once shut down (or given up on and dropped).
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// Signalled by the worker thread as it ends.
+    exit: Arc<WorkerExit>,
+    /// `Shutdown` has been sent.
+    stop_sent: AtomicBool,
+    /// A stop timed out: the worker is hung; later stops do not wait again.
+    gave_up: AtomicBool,
 }
 
 impl std::fmt::Debug for WgpuPool {
@@ -56,11 +78,13 @@ impl WgpuPool {
         let (commands, inbox) = crossbeam_channel::unbounded();
         let (started_tx, started_rx) = crossbeam_channel::bounded(1);
         let stats = Arc::new(SharedStats::default());
+        let exit = Arc::new(WorkerExit::default());
         let worker_stats = Arc::clone(&stats);
+        let worker_exit = Arc::clone(&exit);
         let worker_config = config.clone();
         let handle = std::thread::Builder::new()
             .name(THREAD_NAME.into())
-            .spawn(move || worker::run(worker_config, inbox, started_tx, worker_stats))
+            .spawn(move || worker::run(worker_config, inbox, started_tx, worker_stats, worker_exit))
             .map_err(GpuInitError::Spawn)?;
 
         match started_rx.recv() {
@@ -75,11 +99,12 @@ impl WgpuPool {
                 Ok(WgpuPool {
                     commands,
                     info: started.info,
-                    device: Mutex::new(started.device),
-                    initial: Mutex::new(started.initial),
-                    lost: Mutex::new(started.lost),
+                    view: started.view,
                     stats,
                     worker: Mutex::new(Some(handle)),
+                    exit,
+                    stop_sent: AtomicBool::new(false),
+                    gave_up: AtomicBool::new(false),
                 })
             }
             Ok(Err(error)) => {
@@ -96,14 +121,14 @@ impl WgpuPool {
 
     /// wgpu's own count of live buffers and their memory on this device.
     pub fn counters(&self) -> GpuCounters {
-        GpuCounters::read(&self.device.lock().unwrap_or_else(PoisonError::into_inner))
+        self.view.counters()
     }
 
     /// The counters right after the device opened: wgpu's own internal
     /// buffers, none of the pool's. A pool that leaks nothing returns exactly
     /// these from [`WgpuPool::shutdown`].
     pub fn initial_counters(&self) -> GpuCounters {
-        *self.initial.lock().unwrap_or_else(PoisonError::into_inner)
+        self.view.initial()
     }
 
     /// Destroys every buffer still alive (warning once per session: a leak in
@@ -115,27 +140,64 @@ impl WgpuPool {
     /// `release_allocations`, `sessions_holding_memory`, `write` and `read`
     /// drop their replies unanswered; a second call just reads the counters
     /// as they are now. Host copies still held are dropped (a warning each).
+    ///
+    /// Waits for the worker at most 30 s: a worker hung in the driver is
+    /// given up on (logged at ERROR, counters read as they stand), never
+    /// waited for forever.
     pub fn shutdown(&self) -> GpuCounters {
-        let Some(handle) = self
-            .worker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        else {
-            return self.counters();
+        self.shutdown_within(STOP_TIMEOUT).counters
+    }
+
+    /// [`shutdown`](Self::shutdown), waiting for the worker at most
+    /// `timeout`. A worker that does not stop by then is hung: it is left
+    /// running (it still destroys what is left if it ever comes back), the
+    /// report says so, and later calls do not wait for it again.
+    pub(crate) fn shutdown_within(&self, timeout: Duration) -> GpuStop {
+        let mut worker = self.worker.lock().unwrap_or_else(PoisonError::into_inner);
+        if worker.is_none() {
+            return GpuStop {
+                counters: self.counters(),
+                stopped: self.exit.wait(Duration::ZERO).is_some(),
+                held: self.stats.snapshot(),
+            };
+        }
+        if !self.stop_sent.swap(true, Ordering::SeqCst) {
+            // Fails only if the thread is already gone; `exit` says so then.
+            let _ = self.commands.send(Command::Shutdown);
+        }
+        let timeout = match self.gave_up.load(Ordering::SeqCst) {
+            true => Duration::ZERO,
+            false => timeout,
         };
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        // Fails only if the thread is already gone; then `answer` fails too.
-        let _ = self.commands.send(Command::Shutdown { reply });
-        let counters = answer.recv().unwrap_or_else(|_| {
+        let Some(stopped_at) = self.exit.wait(timeout) else {
+            if !self.gave_up.swap(true, Ordering::SeqCst) {
+                tracing::error!(
+                    target: "sessionbus::supervisor",
+                    event = "gpu.stop_timed_out",
+                    timeout_ms = timeout.as_millis() as u64,
+                    held = ?self.stats.snapshot(),
+                    "the sessionbus-gpu thread did not stop in time: the device or its driver is hung; \
+                     going on without it (it destroys what it holds if it ever comes back)"
+                );
+            }
+            return GpuStop {
+                counters: self.counters(),
+                stopped: false,
+                held: self.stats.snapshot(),
+            };
+        };
+        // The thread's body has returned: joining it does not wait.
+        if let Some(handle) = worker.take() {
+            if handle.join().is_err() {
+                tracing::error!("the sessionbus-gpu thread panicked");
+            }
+        }
+        let counters = stopped_at.unwrap_or_else(|| {
             tracing::error!(
                 "the sessionbus-gpu thread was gone before shutdown; its buffers died with it"
             );
             self.counters()
         });
-        if handle.join().is_err() {
-            tracing::error!("the sessionbus-gpu thread panicked");
-        }
         let initial = self.initial_counters();
         let leaked = counters.buffers - initial.buffers;
         if leaked != 0 {
@@ -147,40 +209,61 @@ impl WgpuPool {
             );
         }
         tracing::info!(?counters, stats = ?self.stats.snapshot(), "GPU pool stopped");
-        counters
+        GpuStop {
+            counters,
+            stopped: true,
+            held: self.stats.snapshot(),
+        }
     }
 }
 
 impl WgpuPool {
     /// Whether wgpu reported the current device lost.
     pub fn is_lost(&self) -> bool {
-        self.lost
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.view.is_lost()
     }
 
     /// Opens a new device in place of the current one (after a loss), on the
     /// worker thread, in order with every other command. Buffers the old
     /// device still held are dropped with it (each logged); end their sessions
     /// first (`EngineHandle::end_sessions_on_device_loss`). Afterwards the
-    /// counters and [`initial_counters`](Self::initial_counters) are the new device's.
+    /// counters and [`initial_counters`](Self::initial_counters) are the new
+    /// device's (also when the caller stopped waiting before the worker got
+    /// to it).
     pub async fn reopen(&self) -> Result<(), GpuInitError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.reopen_request()?
+            .await
+            .map_err(|_| GpuInitError::WorkerDied)?
+    }
+
+    /// Queues a reopen; the receiver answers once it is done.
+    pub(crate) fn reopen_request(
+        &self,
+    ) -> Result<oneshot::Receiver<Result<(), GpuInitError>>, GpuInitError> {
+        let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Reopen { reply })
             .map_err(|_| GpuInitError::WorkerDied)?;
-        let started = answer.await.map_err(|_| GpuInitError::WorkerDied)??;
-        *self.device.lock().unwrap_or_else(PoisonError::into_inner) = started.device;
-        *self.initial.lock().unwrap_or_else(PoisonError::into_inner) = started.initial;
-        *self.lost.lock().unwrap_or_else(PoisonError::into_inner) = started.lost;
-        Ok(())
+        Ok(answer)
     }
 
     /// Destroys the device as a driver reset would (fault-injection builds only).
     #[cfg(feature = "fault-injection")]
     pub fn inject_device_loss(&self) {
         let _ = self.commands.send(Command::InjectDeviceLoss);
+    }
+
+    /// Makes the worker thread block, as a hung driver would, from its next
+    /// command on (in order with every other command) until the returned
+    /// [`GpuHang`] is released or dropped (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_hang(&self) -> GpuHang {
+        let (release, until) = crossbeam_channel::bounded(0);
+        let _ = self.commands.send(Command::InjectHang { until });
+        GpuHang {
+            release: Some(release),
+            exit: self.exit.clone(),
+        }
     }
 
     /// GPU commands that panicked on the worker thread (caught: the thread
@@ -199,9 +282,52 @@ impl WgpuPool {
     }
 }
 
+/// A hang injected into the `sessionbus-gpu` thread
+/// ([`WgpuPool::inject_hang`], `Runtime::inject_gpu_hang`); fault-injection
+/// builds only. Dropping it ends the hang too. It outlives the pool and the
+/// runtime, so a test can end the hang after a shutdown gave up on the
+/// thread, and see it finish.
+#[cfg(feature = "fault-injection")]
+#[derive(Debug)]
+pub struct GpuHang {
+    release: Option<Sender<()>>,
+    exit: Arc<WorkerExit>,
+}
+
+#[cfg(feature = "fault-injection")]
+impl GpuHang {
+    /// Ends the hang: the thread goes on with its commands.
+    pub fn release(self) {}
+
+    /// Ends the hang, then waits up to `timeout` for the thread to stop (it
+    /// does once a shutdown was asked, even one that gave up on it): the
+    /// counters it read after destroying everything that was left, which
+    /// compare with the baseline. `None` if it has not stopped by then, or
+    /// ended without a shutdown.
+    pub fn release_and_wait_stopped(mut self, timeout: Duration) -> Option<GpuCounters> {
+        self.release.take();
+        self.exit.wait(timeout).flatten()
+    }
+}
+
 impl Drop for WgpuPool {
+    /// Stops the worker as [`shutdown`](Self::shutdown) does. A worker that
+    /// was already given up on is not waited for again: it is left running,
+    /// detached, with what it holds.
     fn drop(&mut self) {
-        self.shutdown();
+        if !self.shutdown_within(STOP_TIMEOUT).stopped {
+            let worker = self
+                .worker
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner);
+            if worker.take().is_some() {
+                tracing::error!(
+                    target: "sessionbus::supervisor",
+                    event = "gpu.worker_detached",
+                    "the GPU pool is dropped with its hung worker thread still running; it is left detached"
+                );
+            }
+        }
     }
 }
 

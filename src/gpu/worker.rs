@@ -7,9 +7,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use sessionbus_actors::{
@@ -68,16 +68,21 @@ pub(crate) enum Command {
         session: SessionId,
         reply: oneshot::Sender<Result<RestoreReport, GpuError>>,
     },
-    /// Destroy whatever is left, poll, answer with the counters, and exit.
-    Shutdown { reply: Sender<GpuCounters> },
+    /// Destroy whatever is left, poll, leave the counters in `WorkerExit`, and exit.
+    Shutdown,
     /// Destroy what is left on the (lost) device, open a new device with the
-    /// same configuration, and carry on with it.
+    /// same configuration, and carry on with it (the `DeviceView` follows,
+    /// even if the caller stopped waiting).
     Reopen {
-        reply: oneshot::Sender<Result<Started, GpuInitError>>,
+        reply: oneshot::Sender<Result<(), GpuInitError>>,
     },
     /// Destroy the device, as a driver reset would (fault-injection builds only).
     #[cfg(feature = "fault-injection")]
     InjectDeviceLoss,
+    /// Block until `until` is sent to or dropped, as a hung driver would
+    /// (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    InjectHang { until: Receiver<()> },
     /// Panic while executing this command (fault-injection builds only).
     #[cfg(feature = "fault-injection")]
     InjectPanic,
@@ -85,13 +90,112 @@ pub(crate) enum Command {
 
 /// What the worker hands back to `WgpuPool::start` once the device is open.
 pub(crate) struct Started {
-    /// A clone for reading counters from other threads.
-    pub(crate) device: wgpu::Device,
     pub(crate) info: PoolInfo,
+    /// The current device, for other threads; the worker keeps it current.
+    pub(crate) view: Arc<DeviceView>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The current device as other threads see it: wgpu's counters (atomics,
+/// no GPU call) and the lost flag. The worker replaces what it holds when a
+/// new device takes over after a loss, even if whoever asked for the new
+/// device stopped waiting for it.
+pub(crate) struct DeviceView {
+    device: Mutex<wgpu::Device>,
     /// Counters right after the device opened: wgpu's own buffers only.
-    pub(crate) initial: GpuCounters,
+    initial: Mutex<GpuCounters>,
     /// Raised by the device-lost callback.
-    pub(crate) lost: Arc<std::sync::atomic::AtomicBool>,
+    lost: Mutex<Arc<AtomicBool>>,
+}
+
+impl DeviceView {
+    fn new(opened: &OpenedDevice) -> Self {
+        DeviceView {
+            device: Mutex::new(opened.device.clone()),
+            initial: Mutex::new(GpuCounters::read(&opened.device)),
+            lost: Mutex::new(opened.lost.clone()),
+        }
+    }
+
+    fn replace(&self, opened: &OpenedDevice) {
+        *lock(&self.initial) = GpuCounters::read(&opened.device);
+        *lock(&self.device) = opened.device.clone();
+        *lock(&self.lost) = opened.lost.clone();
+    }
+
+    pub(crate) fn counters(&self) -> GpuCounters {
+        GpuCounters::read(&lock(&self.device))
+    }
+
+    pub(crate) fn initial(&self) -> GpuCounters {
+        *lock(&self.initial)
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        lock(&self.lost).load(Ordering::Acquire)
+    }
+}
+
+/// How the worker thread ended, for whoever waits for it (with a timeout:
+/// a hung driver never comes back, and a shutdown must still return).
+#[derive(Default)]
+pub(crate) struct WorkerExit {
+    state: Mutex<ExitState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ExitState {
+    /// Read after `Shutdown` destroyed what was left, before the device was dropped.
+    counters: Option<GpuCounters>,
+    /// The thread's body has returned (or unwound): joining it is immediate.
+    exited: bool,
+}
+
+impl std::fmt::Debug for WorkerExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = lock(&self.state);
+        f.debug_struct("WorkerExit")
+            .field("counters", &state.counters)
+            .field("exited", &state.exited)
+            .finish()
+    }
+}
+
+impl WorkerExit {
+    fn stopped_at(&self, counters: GpuCounters) {
+        lock(&self.state).counters = Some(counters);
+    }
+
+    fn exited(&self) {
+        lock(&self.state).exited = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits up to `timeout` for the thread to end: `Some` once it has, with
+    /// the counters `Shutdown` read (`None` inside if it ended otherwise:
+    /// a panic, or every sender gone); `None` if it is still running.
+    pub(crate) fn wait(&self, timeout: Duration) -> Option<Option<GpuCounters>> {
+        let state = lock(&self.state);
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, timeout, |state| !state.exited)
+            .unwrap_or_else(PoisonError::into_inner);
+        state.exited.then_some(state.counters)
+    }
+}
+
+/// Marks the thread ended when dropped: declared first in `run`, so it is
+/// dropped last, after the device and queue.
+struct ExitGuard(Arc<WorkerExit>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.exited();
+    }
 }
 
 /// Every buffer is usable as compute storage and as a copy source/target:
@@ -113,7 +217,9 @@ pub(crate) fn run(
     commands: Receiver<Command>,
     started: Sender<Result<Started, GpuInitError>>,
     stats: Arc<SharedStats>,
+    exit: Arc<WorkerExit>,
 ) {
+    let _exit = ExitGuard(exit.clone());
     let _guard = PanicLog;
     let opened = match open_device(&config) {
         Ok(opened) => opened,
@@ -123,22 +229,21 @@ pub(crate) fn run(
             return;
         }
     };
+    let view = Arc::new(DeviceView::new(&opened));
     let report = Started {
-        device: opened.device.clone(),
         info: opened.info.clone(),
-        initial: GpuCounters::read(&opened.device),
-        lost: opened.lost.clone(),
+        view: view.clone(),
     };
     if started.send(Ok(report)).is_err() {
         return;
     }
-    let mut worker = Worker::new(opened, stats, config.clone());
-    let shutdown_reply = worker.serve(&commands, config.batch_max.max(1));
+    let mut worker = Worker::new(opened, stats, config.clone(), view);
+    let asked_to_stop = worker.serve(&commands, config.batch_max.max(1));
     worker.destroy_everything();
     // Read before the device and queue are dropped: dropping them frees wgpu's
     // own buffers too, and the caller wants a figure comparable to `initial`.
-    if let Some(reply) = shutdown_reply {
-        let _ = reply.send(GpuCounters::read(&worker.device));
+    if asked_to_stop {
+        exit.stopped_at(GpuCounters::read(&worker.device));
     }
     refuse_the_rest(&commands);
 }
@@ -222,12 +327,20 @@ struct Worker {
     unsubmitted_writes: bool,
     /// For opening a new device after a loss.
     config: GpuConfig,
+    /// Kept current for other threads (counters, lost flag).
+    view: Arc<DeviceView>,
 }
 
 impl Worker {
-    fn new(opened: OpenedDevice, stats: Arc<SharedStats>, config: GpuConfig) -> Self {
+    fn new(
+        opened: OpenedDevice,
+        stats: Arc<SharedStats>,
+        config: GpuConfig,
+        view: Arc<DeviceView>,
+    ) -> Self {
         Worker {
             config,
+            view,
             max_buffer_size: opened.info.max_buffer_size,
             device: opened.device,
             queue: opened.queue,
@@ -239,21 +352,17 @@ impl Worker {
         }
     }
 
-    /// Serves batches until `Shutdown` (whose reply it returns) or until every
-    /// sender is dropped.
+    /// Serves batches until `Shutdown` (true) or until every sender is
+    /// dropped (false).
     ///
     /// The channel is unbounded so that the engine never blocks on it; in
     /// practice it stays short, because every command carries a reply that a
     /// caller is awaiting before it sends more for that session.
-    fn serve(
-        &mut self,
-        commands: &Receiver<Command>,
-        batch_max: usize,
-    ) -> Option<Sender<GpuCounters>> {
+    fn serve(&mut self, commands: &Receiver<Command>, batch_max: usize) -> bool {
         // Blocking for the first command: an idle pool costs nothing.
         while let Ok(first) = commands.recv() {
             let mut pending = Vec::new();
-            let mut stop = None;
+            let mut stop = false;
             let mut next = Some(first);
             let mut taken = 0;
             while let Some(command) = next.take() {
@@ -303,25 +412,32 @@ impl Worker {
                         Command::Restore { session, reply } => {
                             let _ = reply.send(self.restore(session));
                         }
-                        Command::Shutdown { reply } => return Some(reply),
+                        Command::Shutdown => return true,
                         Command::Reopen { reply } => {
                             let _ = reply.send(self.reopen());
                         }
                         #[cfg(feature = "fault-injection")]
                         Command::InjectDeviceLoss => self.device.destroy(),
                         #[cfg(feature = "fault-injection")]
+                        Command::InjectHang { until } => {
+                            tracing::warn!(
+                                "injected hang on the sessionbus-gpu thread (fault-injection)"
+                            );
+                            let _ = until.recv();
+                        }
+                        #[cfg(feature = "fault-injection")]
                         Command::InjectPanic => {
                             panic!("injected panic on the sessionbus-gpu thread (fault-injection)")
                         }
                     }
-                    None
+                    false
                 }));
                 match executed {
-                    Ok(Some(reply)) => {
-                        stop = Some(reply);
+                    Ok(true) => {
+                        stop = true;
                         break;
                     }
-                    Ok(None) => {}
+                    Ok(false) => {}
                     Err(_) => {
                         self.stats.worker_panics.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(
@@ -337,11 +453,11 @@ impl Worker {
             }
             self.submit_writes();
             self.finish_releases(pending);
-            if stop.is_some() {
-                return stop;
+            if stop {
+                return true;
             }
         }
-        None
+        false
     }
 
     fn allocate(&mut self, request: AllocRequest) -> Result<Allocated, GpuError> {
@@ -658,19 +774,15 @@ impl Worker {
     /// After a device loss: whatever the old device still holds is dropped
     /// (each leftover logged), then a new device takes its place. Host
     /// copies of offloaded buffers survive: they are host memory.
-    fn reopen(&mut self) -> Result<Started, GpuInitError> {
+    fn reopen(&mut self) -> Result<(), GpuInitError> {
         let leftovers: Vec<(SessionId, Vec<LiveBuffer>)> = self.sessions.drain().collect();
         for (session, live) in leftovers {
             let (buffers, bytes) = self.destroy_buffers(live);
             tracing::warn!(%session, buffers, bytes, "GPU buffers still held at device reopen; dropped with the old device");
         }
         let opened = open_device(&self.config)?;
-        let started = Started {
-            device: opened.device.clone(),
-            info: opened.info.clone(),
-            initial: GpuCounters::read(&opened.device),
-            lost: opened.lost.clone(),
-        };
+        self.view.replace(&opened);
+        let adapter = opened.info.adapter.clone();
         self.max_buffer_size = opened.info.max_buffer_size;
         self.device = opened.device;
         self.queue = opened.queue;
@@ -679,10 +791,10 @@ impl Worker {
         tracing::warn!(
             target: "sessionbus::supervisor",
             event = "gpu.reopened",
-            adapter = %started.info.adapter,
+            %adapter,
             "a new GPU device replaces the lost one"
         );
-        Ok(started)
+        Ok(())
     }
 
     /// Shutdown path: anything still alive is a session that was never

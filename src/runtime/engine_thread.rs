@@ -1,15 +1,17 @@
 //! The `sessionbus-engine` thread: opens the GPU pool, runs the engine's
 //! actix System until `Runtime::shutdown` stops it, then stops the GPU worker
-//! and hands back wgpu's final counters.
+//! (waiting for it at most `[supervision] step_timeout_ms`: a hung device is
+//! given up on, never waited for forever) and hands back how that went.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sessionbus_actors::{Engine, EngineHandle, Pseudonymizer};
 use tokio::sync::oneshot;
 
 use super::error::StartError;
 use crate::config::Config;
-use crate::gpu::{GpuCounters, WgpuPool};
+use crate::gpu::{GpuStop, WgpuPool};
 use crate::metrics::MetricsTask;
 
 /// What the thread hands back once the engine is up.
@@ -27,8 +29,9 @@ pub(super) fn run(
     config: Config,
     pseudonyms: Pseudonymizer,
     started: oneshot::Sender<Started>,
-    exit: oneshot::Sender<GpuCounters>,
+    exit: oneshot::Sender<GpuStop>,
 ) {
+    let gpu_step_timeout = Duration::from_millis(config.supervision.step_timeout_ms);
     let gpu = match WgpuPool::start(&config.gpu) {
         Ok(pool) => Arc::new(pool),
         Err(e) => {
@@ -57,7 +60,7 @@ pub(super) fn run(
         Err(e) => {
             // Tear the device down before answering: a caller that gives up
             // and exits must not race this thread's teardown of the driver.
-            gpu.shutdown();
+            gpu.shutdown_within(gpu_step_timeout);
             drop(gpu);
             drop(runner);
             let _ = started.send(Err(StartError::Config(e.into())));
@@ -66,13 +69,15 @@ pub(super) fn run(
     }
     let _ = runner.run();
     // The engine is stopped, so nothing can ask for GPU work any more. Stopping
-    // the worker joins its thread: done here, never on the application's thread.
-    let counters = gpu.shutdown();
+    // the worker joins its thread: done here, never on the application's
+    // thread, and bounded: a worker hung in the driver is left behind, and
+    // the report says what it still holds.
+    let stopped = gpu.shutdown_within(gpu_step_timeout);
     // Let go of the device before answering, so that the last reference is
     // the `Runtime`'s and wgpu's instance is torn down before `shutdown()`
     // returns. Dropped here after the answer, it raced the process's exit
     // (a program that returned from main while this thread was still in
     // Mesa's EGL teardown crashed in the exit handlers).
     drop(gpu);
-    let _ = exit.send(counters);
+    let _ = exit.send(stopped);
 }

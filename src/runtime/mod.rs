@@ -9,9 +9,11 @@
 
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use sessionbus_actors::{
-    Delivery, EngineHandle, EventKinds, GpuPool, PoolInfo, Pseudonymizer, ShutdownReport,
+    Delivery, DeviceLossReport, EngineHandle, EventKinds, GpuPool, PoolInfo, PoolStats,
+    Pseudonymizer, ShutdownReport,
 };
 use tokio::sync::oneshot;
 
@@ -20,7 +22,7 @@ mod error;
 
 use crate::audit::{self, AuditStats, AuditWriter};
 use crate::config::Config;
-use crate::gpu::{GpuCounters, WgpuPool};
+use crate::gpu::{GpuCounters, GpuInitError, GpuStop, WgpuPool};
 use crate::metrics::MetricsTask;
 pub use error::StartError;
 
@@ -51,8 +53,19 @@ pub struct StopReport {
     /// Events that reliable bus subscribers had not taken by `bus.flush_timeout_ms`
     /// (zero unless a reliable subscriber stopped reading).
     pub bus_undelivered: usize,
-    /// wgpu's own counters after everything was released and the device polled.
+    /// wgpu's own counters after everything was released and the device
+    /// polled; if the GPU thread hung (`gpu_stopped == false`), as they stood
+    /// when shutdown stopped waiting for it.
     pub gpu_after: GpuCounters,
+    /// Whether the `sessionbus-gpu` thread stopped within `[supervision]
+    /// step_timeout_ms`. `false`: the device or its driver is hung; shutdown
+    /// returned without it, and `gpu_held` says what it still held (it
+    /// destroys that if it ever comes back).
+    pub gpu_stopped: bool,
+    /// The pool's own count of what was still held on the GPU and in host
+    /// copies when the GPU thread stopped, or was given up on (all zero
+    /// buffers and bytes after a clean shutdown).
+    pub gpu_held: PoolStats,
     /// The audit trail's counters after its last record (`runtime.shutdown`)
     /// was written and synced; `None` without `[audit]`.
     pub audit: Option<AuditStats>,
@@ -66,8 +79,11 @@ pub struct Runtime {
     engine: EngineHandle,
     gpu: Arc<WgpuPool>,
     system: actix::System,
-    engine_exit: Option<oneshot::Receiver<GpuCounters>>,
+    engine_exit: Option<oneshot::Receiver<GpuStop>>,
     flush_timeout: std::time::Duration,
+    /// `[supervision] step_timeout_ms`: the longest any wait on the GPU
+    /// thread lasts (a device reopen, the worker's stop).
+    gpu_step_timeout: Duration,
     /// The metrics subscriber (`None` unless `metrics.enabled`).
     metrics: Option<MetricsTask>,
     audit: Option<AuditWriter>,
@@ -107,6 +123,7 @@ impl Runtime {
             .map_or_else(Pseudonymizer::random, audit::log_pseudonyms);
         let flush_timeout = std::time::Duration::from_millis(config.bus.flush_timeout_ms);
         let shutdown_deadline = config.shutdown.deadline();
+        let gpu_step_timeout = Duration::from_millis(config.supervision.step_timeout_ms);
         let (started_tx, started_rx) = oneshot::channel::<engine_thread::Started>();
         let (exit_tx, exit_rx) = oneshot::channel();
         let engine_thread = thread::Builder::new()
@@ -129,6 +146,7 @@ impl Runtime {
             system,
             engine_exit: Some(exit_rx),
             flush_timeout,
+            gpu_step_timeout,
             metrics,
             audit: None,
             shutdown_deadline,
@@ -176,41 +194,99 @@ impl Runtime {
         self.gpu.is_lost()
     }
 
+    /// Recovers from a lost GPU device without restarting the process:
+    /// [`recover_gpu_within`](Self::recover_gpu_within) the configured
+    /// `[shutdown] deadline_secs` (the bound already chosen for ending every
+    /// session). Returns how many sessions it ended with reason
+    /// `device_lost`; sessions that were already ending (a close draining a
+    /// lease) keep their own end and are not counted.
+    pub async fn recover_gpu(&self) -> Result<usize, GpuInitError> {
+        let deadline = self.shutdown_deadline;
+        Ok(self.recover_gpu_within(deadline).await?.ended)
+    }
+
     /// Recovers from a lost GPU device without restarting the process: ends
-    /// every live session with reason `device_lost`, waits until each one's
-    /// release receipt is published (bounded by lease drains and
-    /// `[supervision] step_timeout_ms`), then opens a new device in place of
-    /// the lost one. Sessions opened afterwards use the new device. Returns
-    /// how many sessions were ended.
-    pub async fn recover_gpu(&self) -> Result<usize, crate::GpuInitError> {
-        use sessionbus_actors::{Delivery, EndReason, EventKinds, LifecycleEvent};
-        let mut released = self
+    /// every live session with reason `device_lost`, waits until the release
+    /// of every session that was live is complete (those already ending
+    /// included, whatever their reason) or `deadline` has passed, then opens
+    /// a new device in place of the lost one. Sessions opened afterwards use
+    /// the new device; what the old one still held (releases still under way
+    /// at the deadline, counted in `unreleased`) is dropped with it.
+    ///
+    /// The new device is waited for at most `[supervision] step_timeout_ms`:
+    /// a GPU thread that does not answer by then (a hung driver) gives
+    /// [`GpuInitError::Unresponsive`], and the device opens if it ever does.
+    pub async fn recover_gpu_within(
+        &self,
+        deadline: Duration,
+    ) -> Result<DeviceLossReport, GpuInitError> {
+        let report = self
             .engine
-            .subscribe_channel(EventKinds::RELEASED, Delivery::Reliable)
+            .end_sessions_on_device_loss_within(deadline)
             .await;
-        let ended = self.engine.end_sessions_on_device_loss().await;
-        if let Some(released) = released.as_mut() {
-            let mut seen = 0;
-            while seen < ended {
-                match released.recv().await {
-                    Some(LifecycleEvent::Released(receipt))
-                        if receipt.reason == EndReason::DeviceLost =>
-                    {
-                        seen += 1
-                    }
-                    Some(_) => {}
-                    None => break,
-                }
-            }
+        if !report.completed {
+            tracing::warn!(
+                target: "sessionbus::supervisor",
+                event = "gpu.recovery_deadline",
+                unreleased = report.unreleased,
+                deadline_ms = deadline.as_millis() as u64,
+                "releases still under way at the recovery deadline; the old device drops what they held"
+            );
         }
-        self.gpu.reopen().await?;
-        Ok(ended)
+        let reopened = self.gpu.reopen_request()?;
+        let waited = self.gpu_step_timeout;
+        let answer = match futures::future::select(reopened, self.engine_timer(waited)).await {
+            futures::future::Either::Left((answer, _)) => answer,
+            futures::future::Either::Right((Ok(()), _)) => {
+                tracing::error!(
+                    target: "sessionbus::supervisor",
+                    event = "gpu.reopen_timed_out",
+                    timeout_ms = waited.as_millis() as u64,
+                    "the sessionbus-gpu thread did not open a new device in time: the device or its driver is hung"
+                );
+                return Err(GpuInitError::Unresponsive { waited });
+            }
+            // No engine thread to time with (it died): wait for the worker.
+            futures::future::Either::Right((Err(_), reopened)) => reopened.await,
+        };
+        answer.map_err(|_| GpuInitError::WorkerDied)??;
+        tracing::info!(
+            target: "sessionbus::supervisor",
+            event = "gpu.recovered",
+            ended = report.ended,
+            already_ending = report.already_ending,
+            unreleased = report.unreleased,
+            duration_us = report.took.as_micros() as u64,
+            "GPU device recovered"
+        );
+        Ok(report)
+    }
+
+    /// Resolves `Ok` after `after`, timed on the engine's thread (whose
+    /// runtime has timers), so that any executor may await it; `Err` at once
+    /// if the engine's thread is gone.
+    fn engine_timer(&self, after: Duration) -> oneshot::Receiver<()> {
+        let (fired, timer) = oneshot::channel();
+        self.system.arbiter().spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = fired.send(());
+        });
+        timer
     }
 
     /// Destroys the GPU device as a driver reset would (fault-injection builds only).
     #[cfg(feature = "fault-injection")]
     pub fn inject_gpu_device_loss(&self) {
         self.gpu.inject_device_loss();
+    }
+
+    /// Makes the `sessionbus-gpu` thread block, as a hung driver would, from
+    /// its next command on, until the returned [`GpuHang`](crate::GpuHang)
+    /// is released or dropped (fault-injection builds only). It outlives the
+    /// runtime, so a test can end the hang after `shutdown` gave up on it.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_gpu_hang(&self) -> crate::GpuHang {
+        self.gpu.inject_hang()
     }
 
     /// GPU commands that panicked on the `sessionbus-gpu` thread; the thread
@@ -241,6 +317,12 @@ impl Runtime {
     /// GPU thread destroys it as it stops. Reliable subscribers then get up
     /// to `bus.flush_timeout_ms` to take their backlog. wgpu's counters in the
     /// report are read after the last device poll.
+    ///
+    /// Bounded even when the GPU hangs: a release the device does not answer
+    /// is declared stuck after `[supervision] step_timeout_ms`, and the GPU
+    /// thread is waited for at most that long again as it stops; if it does
+    /// not stop, the report says so (`gpu_stopped == false`, what it still
+    /// held in `gpu_held`) and shutdown returns without it.
     pub async fn shutdown_within(mut self, deadline: std::time::Duration) -> StopReport {
         let sessions = self
             .engine
@@ -252,12 +334,12 @@ impl Runtime {
             metrics.finish().await; // counts every event of the run, samples once more
         }
         self.system.stop();
-        let gpu_after = match self.engine_exit.take() {
+        let gpu = match self.engine_exit.take() {
             Some(exit) => exit.await.ok(),
             None => None,
         };
         // Only if the engine thread died: stop the worker from here.
-        let gpu_after = gpu_after.unwrap_or_else(|| self.gpu.shutdown());
+        let gpu = gpu.unwrap_or_else(|| self.gpu.shutdown_within(self.gpu_step_timeout));
         // The engine has stopped publishing: the writer drains what is queued,
         // writes `runtime.shutdown` and syncs before this resolves.
         let audit = match self.audit.as_mut() {
@@ -267,7 +349,9 @@ impl Runtime {
         StopReport {
             sessions,
             bus_undelivered,
-            gpu_after,
+            gpu_after: gpu.counters,
+            gpu_stopped: gpu.stopped,
+            gpu_held: gpu.held,
             audit,
             gpu_baseline: self.gpu.initial_counters(),
         }

@@ -247,6 +247,17 @@ pub enum GpuError {
         /// The buffer.
         id: AllocationId,
     },
+    /// The pool did not answer within `[supervision] step_timeout_ms` (a hung
+    /// device or driver). The engine stopped waiting; the operation may still
+    /// complete later, and the session stays consistent either way (see
+    /// `SessionHandle::offload`).
+    #[error("the GPU did not answer the {operation} within {waited:?}; the device may be hung")]
+    TimedOut {
+        /// What was asked: `"offload"` or `"restore"`.
+        operation: &'static str,
+        /// How long the engine waited.
+        waited: std::time::Duration,
+    },
 }
 
 /// Where GPU memory comes from. Implemented by the `sessionbus` crate on wgpu,

@@ -1,13 +1,12 @@
 //! Registering hooks and running them under a timeout and panic isolation.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
 
+use super::executor::{Executor, Finished};
 use crate::events::SessionEndEvent;
 
 /// A pre-destroy hook: called with the end of a session whose memory is about
@@ -46,6 +45,8 @@ pub(crate) struct Hooks {
     hooks: RwLock<Vec<(String, BeforeRelease)>>,
     timeout: Duration,
     counts: Counts,
+    /// The hook threads: hook code never runs on the engine's thread.
+    executor: Executor,
 }
 
 enum Outcome {
@@ -61,6 +62,7 @@ impl Hooks {
             hooks: RwLock::new(Vec::new()),
             timeout,
             counts: Counts::default(),
+            executor: Executor::default(),
         }
     }
 
@@ -107,16 +109,19 @@ impl Hooks {
         self.counts.running.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Runs one hook on a hook thread and waits for it here, on the
+    /// engine's thread, for at most the timeout: a hook that blocks its
+    /// thread is cut off all the same, and abandoned (see `executor`).
     async fn run_one(&self, hook: BeforeRelease, ended: Arc<SessionEndEvent>) -> Outcome {
-        // The call itself may panic before it returns a future.
-        let future = match std::panic::catch_unwind(AssertUnwindSafe(|| hook(ended))) {
-            Ok(future) => future,
-            Err(_) => return Outcome::Panicked,
-        };
-        match tokio::time::timeout(self.timeout, AssertUnwindSafe(future).catch_unwind()).await {
-            Ok(Ok(Ok(()))) => Outcome::Succeeded,
-            Ok(Ok(Err(error))) => Outcome::Failed(error),
-            Ok(Err(_)) => Outcome::Panicked,
+        let handle = tokio::runtime::Handle::current();
+        let (finished, _abandon_unless_finished) =
+            self.executor.start(handle, Box::new(move || hook(ended)));
+        match tokio::time::timeout(self.timeout, finished).await {
+            Ok(Ok(Finished::Returned(Ok(())))) => Outcome::Succeeded,
+            Ok(Ok(Finished::Returned(Err(error)))) => Outcome::Failed(error),
+            Ok(Ok(Finished::Panicked)) => Outcome::Panicked,
+            // The task was dropped unanswered: only when the engine is going away.
+            Ok(Err(_)) => Outcome::Failed("the hook's thread went away".to_owned()),
             Err(_) => Outcome::TimedOut,
         }
     }

@@ -116,11 +116,15 @@ pub(crate) struct Shutdown {
     pub(crate) deadline: std::time::Duration,
 }
 
-/// Ends every live session with `reason` (an operator's end); answers how many were asked.
+/// Ends every live session with `reason` (an operator's end). Answers once
+/// every session has answered the end (how many it ended, how many were
+/// already ending) and, with `wait_for_releases`, once every one of their
+/// releases is complete or that long has passed.
 #[derive(Message)]
-#[rtype(result = "usize")]
+#[rtype(result = "super::stats::DeviceLossReport")]
 pub(crate) struct EndAll {
     pub(crate) reason: crate::lifecycle::EndReason,
+    pub(crate) wait_for_releases: Option<std::time::Duration>,
 }
 
 /// Resolves when reliable subscribers' backlogs are empty, or at `timeout`,

@@ -17,4 +17,4 @@ pub use error::OpenError;
 pub(crate) use listing::LiveSessions;
 pub(crate) use messages::*;
 pub use pressure::PressureCounters;
-pub use stats::{RegistryStats, ShutdownReport};
+pub use stats::{DeviceLossReport, RegistryStats, ShutdownReport};

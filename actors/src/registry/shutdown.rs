@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::actor::{RegistryActor, deliver_end};
 use super::messages::{EndAll, Shutdown};
-use super::stats::ShutdownReport;
+use super::stats::{DeviceLossReport, ShutdownReport};
 use crate::ids::Caller;
 use crate::lifecycle::EndReason;
 use crate::mailbox::send_now_or_later;
@@ -174,9 +174,16 @@ impl RegistryActor {
 }
 
 impl Handler<EndAll> for RegistryActor {
-    type Result = usize;
+    type Result = ResponseFuture<DeviceLossReport>;
 
-    fn handle(&mut self, msg: EndAll, _ctx: &mut Self::Context) -> usize {
+    /// Counts only the ends it began: a session already ending (draining a
+    /// lease for a close) joins its own end, whose reason stands. Every
+    /// release is waited for by the session's id, whatever the reason of the
+    /// end that makes it, so the wait cannot miss one; and only up to the
+    /// deadline. The waiting happens in the answer's future: the registry
+    /// goes on handling messages meanwhile.
+    fn handle(&mut self, msg: EndAll, _ctx: &mut Self::Context) -> Self::Result {
+        let started = tokio::time::Instant::now();
         tracing::warn!(
             target: "sessionbus::supervisor",
             event = "runtime.end_all",
@@ -185,22 +192,65 @@ impl Handler<EndAll> for RegistryActor {
             "ending every live session"
         );
         let operator = Caller::Operator(format!("sessionbus-{}", msg.reason).into());
-        let mut asked = 0;
-        for live in self.sessions.values() {
-            if let Some(addr) = live.addr.upgrade() {
-                let end = End {
-                    caller: operator.clone(),
-                    reason: msg.reason,
-                    waiter: None,
-                    deadline: None,
-                    seen_active_us: 0,
-                    trace_id: None,
-                };
-                deliver_end(addr, end);
-                asked += 1;
+        let mut asks = Vec::with_capacity(self.sessions.len());
+        let mut receipts = Vec::new();
+        let mut stopping = 0;
+        for live in self.sessions.values_mut() {
+            if msg.wait_for_releases.is_some() {
+                let (waiter, receipt) = oneshot::channel();
+                live.waiters.push(waiter);
+                receipts.push(receipt);
             }
+            // An actor that cannot be reached is already stopping; its end guard reports it.
+            let Some(addr) = live.addr.upgrade() else {
+                stopping += 1;
+                continue;
+            };
+            let end = End {
+                caller: operator.clone(),
+                reason: msg.reason,
+                waiter: None,
+                deadline: None,
+                seen_active_us: 0,
+                trace_id: None,
+            };
+            asks.push(addr.send(end));
         }
-        asked
+        let deadline = msg.wait_for_releases.map(|wait| started + wait);
+        Box::pin(async move {
+            let asked = asks.len();
+            let answers = futures::future::join_all(asks);
+            // Past the deadline, a session that has not answered yet (its
+            // mailbox full, an offload holding it) counts as ended: it was
+            // live, and it will take the end when it gets to it.
+            let began = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, answers).await.ok(),
+                None => Some(answers.await),
+            };
+            let ended = match began {
+                Some(answers) => answers
+                    .iter()
+                    .filter(|answer| matches!(answer, Ok(Ok(true))))
+                    .count(),
+                None => asked,
+            };
+            let mut unreleased = 0;
+            if let Some(deadline) = deadline {
+                for receipt in receipts {
+                    // A receipt dropped unsent (the engine stopping) is not waited for.
+                    if tokio::time::timeout_at(deadline, receipt).await.is_err() {
+                        unreleased += 1;
+                    }
+                }
+            }
+            DeviceLossReport {
+                ended,
+                already_ending: stopping + asked - ended,
+                unreleased,
+                completed: unreleased == 0,
+                took: started.elapsed(),
+            }
+        })
     }
 }
 

@@ -95,6 +95,26 @@ pub struct ShutdownReport {
     pub stats: RegistryStats,
 }
 
+/// What ending every session on a device loss did
+/// ([`EngineHandle::end_sessions_on_device_loss_within`](crate::EngineHandle::end_sessions_on_device_loss_within)).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceLossReport {
+    /// Sessions this call ended, with reason `device_lost`.
+    pub ended: usize,
+    /// Sessions that were already ending (a close waiting for a lease, an
+    /// expiry): their end stands, with its own reason, and is not counted in
+    /// `ended`; their releases are waited for all the same.
+    pub already_ending: usize,
+    /// Of the releases waited for (both kinds), those not completed at the
+    /// deadline: still under way (a lease still draining, a stuck release).
+    pub unreleased: usize,
+    /// Whether every release was completed before the deadline.
+    pub completed: bool,
+    /// How long the call took.
+    #[serde(serialize_with = "micros")]
+    pub took: Duration,
+}
+
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_micros() as u64)
 }

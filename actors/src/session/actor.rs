@@ -249,18 +249,18 @@ impl SessionActor {
             && self.record.shared.last_active_us() == seen_active_us
     }
 
-    fn end(&mut self, msg: End, ctx: &mut Context<Self>) -> Result<(), SessionError> {
+    fn end(&mut self, msg: End, ctx: &mut Context<Self>) -> Result<bool, SessionError> {
         self.authorize(&msg.caller)?;
         if let Some(ending) = self.ending.as_mut() {
             // Already ending (draining leases): wait for the same end.
             ending.waiters.extend(msg.waiter);
-            return Ok(());
+            return Ok(false);
         }
         if let Some(deadline) = msg.deadline {
             if deadline.kind == DeadlineKind::Idle && !self.idle_deadline_holds(msg.seen_active_us)
             {
                 self.rearm();
-                return Ok(());
+                return Ok(false);
             }
         }
         if msg.reason == EndReason::Evicted && !self.eviction_holds(msg.seen_active_us) {
@@ -270,7 +270,7 @@ impl SessionActor {
                 &self.record.settings.registry,
                 MemoryMoved::Kept { id: self.record.id },
             );
-            return Ok(());
+            return Ok(false);
         }
         // Who asked, for the end event (and so the audit trail); kept only if this request ends it.
         self.record.end_request = Some(Box::new((msg.caller, msg.trace_id)));
@@ -278,7 +278,7 @@ impl SessionActor {
         if began.is_err() {
             self.record.end_request = None;
         }
-        began
+        began.map(|()| true)
     }
 
     fn rearm(&self) {
@@ -571,7 +571,7 @@ impl Handler<Inspect> for SessionActor {
 }
 
 impl Handler<End> for SessionActor {
-    type Result = Result<(), SessionError>;
+    type Result = Result<bool, SessionError>;
 
     fn handle(&mut self, msg: End, ctx: &mut Self::Context) -> Self::Result {
         self.guarded(|session| session.end(msg, ctx))

@@ -267,7 +267,7 @@ impl SessionHandle {
             trace_id,
         };
         match self.addr.send(end).await {
-            Ok(Ok(())) => receipt.await.map_err(|_| SessionError::RuntimeStopped),
+            Ok(Ok(_)) => receipt.await.map_err(|_| SessionError::RuntimeStopped),
             Ok(Err(SessionError::NotEstablished { .. })) | Err(MailboxError::Closed) => {
                 self.ended_receipt().await
             }

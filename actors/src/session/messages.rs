@@ -123,9 +123,12 @@ pub(crate) struct Inspect {
     pub(crate) caller: Caller,
 }
 
-/// Ends the session. `waiter` receives the release receipt.
+/// Ends the session. `waiter` receives the release receipt. Answers whether
+/// this request began the end (`false`: the session was already ending and
+/// the request joined that end, whose reason stands; or an idle deadline or
+/// eviction that no longer holds left the session live).
 #[derive(Message)]
-#[rtype(result = "Result<(), SessionError>")]
+#[rtype(result = "Result<bool, SessionError>")]
 pub(crate) struct End {
     pub(crate) caller: Caller,
     pub(crate) reason: EndReason,

@@ -21,6 +21,10 @@ pub(crate) struct SessionSettings {
     /// The device's largest buffer.
     pub(crate) max_buffer_size: u64,
     pub(crate) drain_timeout: Duration,
+    /// How long an offload or restore may go unanswered by the pool
+    /// (`[supervision] step_timeout_ms`): the session handles nothing else
+    /// meanwhile, so a hung device must not hold it for longer.
+    pub(crate) step_timeout: Duration,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) revoke_after: Duration,
     pub(crate) missed_heartbeats: u32,
@@ -54,6 +58,7 @@ impl SessionSettings {
             max_bytes: config.sessions.max_session_bytes,
             max_buffer_size: pool.info().max_buffer_size,
             drain_timeout: leases.drain_timeout(),
+            step_timeout: config.supervision.step_timeout(),
             heartbeat_interval: leases.heartbeat_interval(),
             revoke_after: leases.revoke_after(),
             missed_heartbeats: leases.missed_heartbeats,

@@ -117,14 +117,27 @@ impl SessionActor {
             self.make_room(),
         );
         let id = self.record.id;
+        let step_timeout = settings.step_timeout;
         let restore = async move {
             let charge = charged.await.map_err(|e| (e, None))?;
             let (reply, answer) = oneshot::channel();
             settings.pool.restore_session(id, reply);
-            match answer.await {
-                Ok(Ok(report)) => Ok((report, charge)),
-                Ok(Err(gpu)) => Err((AllocError::Gpu(gpu), Some(charge))),
-                Err(_) => Err((AllocError::Gpu(GpuError::Unavailable), Some(charge))),
+            // Bounded: nothing else reaches this session until it resolves.
+            // A restore that completes after the timeout leaves the buffers on
+            // the GPU while the session still counts them offloaded; the next
+            // restore then finds nothing to bring back, reports zero, and the
+            // books agree again (requests execute in order, see `GpuPool`).
+            match tokio::time::timeout(step_timeout, answer).await {
+                Ok(Ok(Ok(report))) => Ok((report, charge)),
+                Ok(Ok(Err(gpu))) => Err((AllocError::Gpu(gpu), Some(charge))),
+                Ok(Err(_)) => Err((AllocError::Gpu(GpuError::Unavailable), Some(charge))),
+                Err(_) => Err((
+                    AllocError::Gpu(GpuError::TimedOut {
+                        operation: "restore",
+                        waited: step_timeout,
+                    }),
+                    Some(charge),
+                )),
             }
         };
         ctx.wait(restore.into_actor(self).map(|restored, session, _ctx| {
@@ -298,6 +311,26 @@ impl SessionActor {
         }))
     }
 
+    /// An offload the pool did not answer within `step_timeout`: it may
+    /// still be carried out. The session counts its buffers offloaded from
+    /// now on, so its next use restores them; requests execute in order (see
+    /// `GpuPool`), so that restore comes after the late offload, and finds
+    /// the buffers still on the GPU (nothing to bring back) if the offload
+    /// failed or never ran. Either way the books agree afterwards.
+    fn offload_timed_out(&self, waited: std::time::Duration) -> GpuError {
+        tracing::error!(
+            target: "sessionbus::supervisor",
+            event = "session.offload_timed_out",
+            session_id = %self.record.id,
+            timeout_ms = waited.as_millis() as u64,
+            "the GPU did not answer an offload in time; the session restores its buffers before their next use"
+        );
+        GpuError::TimedOut {
+            operation: "offload",
+            waited,
+        }
+    }
+
     fn offload(&mut self, msg: Offload, ctx: &mut Context<Self>) -> Reply<OffloadReport> {
         let refused = |why: &str| SessionError::OffloadRefused {
             id: self.record.id,
@@ -327,22 +360,28 @@ impl SessionActor {
         let (reply, answer) = oneshot::channel();
         settings.pool.offload_session(id, reply);
         let (tx, rx) = oneshot::channel();
+        let step_timeout = settings.step_timeout;
         // Nothing else is handled until the offload is complete, so no
-        // message ever sees buffers that are half gone.
+        // message ever sees buffers that are half gone; bounded, so that a
+        // hung device cannot hold the session (and its end) for longer.
+        let answer = tokio::time::timeout(step_timeout, answer);
         ctx.wait(answer.into_actor(self).map(move |answer, session, _ctx| {
-            let answer = answer.unwrap_or(Err(GpuError::Unavailable));
-            if let Ok(report) = &answer {
+            let answer = match answer {
+                Ok(answer) => answer.unwrap_or(Err(GpuError::Unavailable)),
+                Err(_) => Err(session.offload_timed_out(step_timeout)),
+            };
+            let moved = match &answer {
+                Ok(report) => Some(report.bytes),
+                // Counted as offloaded all the same (see `offload_timed_out`).
+                Err(GpuError::TimedOut { .. }) => Some(session.record.ledger.live_bytes()),
+                Err(_) => None,
+            };
+            if let Some(bytes) = moved {
                 let charged = session.record.ledger.charged();
                 session.record.ledger.set_offloaded(true);
                 session.publish_gpu_bytes();
                 settings.budget.refund(&session.record.owner, charged);
-                send_now_or_later(
-                    &settings.registry,
-                    MemoryMoved::Offloaded {
-                        id,
-                        bytes: report.bytes,
-                    },
-                );
+                send_now_or_later(&settings.registry, MemoryMoved::Offloaded { id, bytes });
             }
             let _ = tx.send(answer);
         }));
