@@ -69,7 +69,7 @@ pub fn check_write(
     alignment: u64,
 ) -> Result<(), GpuError> {
     let alignment = alignment.max(1);
-    if offset % alignment != 0 || len % alignment != 0 {
+    if !offset.is_multiple_of(alignment) || !len.is_multiple_of(alignment) {
         return Err(GpuError::Misaligned {
             offset,
             len,
