@@ -11,7 +11,10 @@
 #    real wgpu buffers and a real redis-server, doctests of the README). The
 #    crate's self dev-dependency turns on its `redis` and `fault-injection`
 #    features, so the cluster tests need no extra flag.
-# 3. Runs the demo as an end-to-end check: it exits non-zero if any session
+# 3. Checks formatting, lints (clippy, warnings denied), the docs (rustdoc,
+#    warnings denied), and that the library builds with its default and its
+#    smallest feature sets.
+# 4. Runs the demo as an end-to-end check: it exits non-zero if any session
 #    ended twice, any buffer leaked (by wgpu's own counters), or any error occurred.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,7 +62,16 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
   export XDG_RUNTIME_DIR
 fi
 
+echo "test.sh: formatting (cargo fmt --check)"
+cargo fmt --all --check
 cargo test --workspace --locked
+echo "test.sh: lints (clippy on every target and feature, warnings denied)"
+cargo clippy --workspace --all-targets --all-features --locked --quiet -- -D warnings
+echo "test.sh: docs (rustdoc warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked --quiet
+echo "test.sh: the library alone, with its default and with its smallest feature set (no dev-dependency turns features on)"
+cargo build --locked --quiet -p sessionbus
+cargo build --locked --quiet -p sessionbus --no-default-features
 echo "test.sh: demo end-to-end check"
 cargo run --quiet --locked --example demo -- --sessions 300 --turns 4 --json | tail -n 1
 echo "test.sh: demo expiry scenario (idle timeouts, TTLs, leases, context resets; wgpu counters back at baseline)"

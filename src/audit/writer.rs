@@ -230,7 +230,7 @@ impl Writer {
         let failures = trail.stats().write_failures;
         // Every failure is counted; the log says so for the first of each
         // incident (since the last good write) and then every 1 024th.
-        if self.lost <= 1 || self.lost % 1024 == 0 {
+        if self.lost <= 1 || self.lost.is_multiple_of(1024) {
             tracing::error!(
                 target: "sessionbus::supervisor",
                 event = "audit.write_failed",

@@ -302,7 +302,7 @@ impl Shared {
     pub(crate) fn rejected(&self, channel: &str, why: Rejection, from: Option<&str>) {
         let at = Rejection::ALL.iter().position(|r| *r == why).unwrap_or(0);
         let n = self.counters.rejected[at].fetch_add(1, Ordering::Relaxed);
-        if n % 1024 == 0 {
+        if n.is_multiple_of(1024) {
             tracing::warn!(
                 target: "sessionbus::cluster",
                 event = "cluster.message_rejected",

@@ -230,7 +230,7 @@ impl Writer {
                 .updates_dropped
                 .fetch_add(1, Ordering::Relaxed);
             self.shared.request_resync();
-            if dropped % 1024 == 0 {
+            if dropped.is_multiple_of(1024) {
                 tracing::warn!(
                     target: "sessionbus::cluster",
                     event = "cluster.queue_full",

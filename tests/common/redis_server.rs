@@ -225,10 +225,10 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            // A frozen server would not die of SIGKILL before it is resumed on some systems.
+        if let Some(child) = &self.child {
+            // Resumed first: a frozen server holds its port until it runs again.
             let _ = Command::new("kill")
-                .args(["-CONT", &self.child.as_ref().unwrap().id().to_string()])
+                .args(["-CONT", &child.id().to_string()])
                 .status();
         }
         self.kill();

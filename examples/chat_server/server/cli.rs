@@ -81,7 +81,7 @@ impl Args {
     /// The server options these flags describe.
     pub fn options(&self) -> anyhow::Result<Options> {
         anyhow::ensure!(
-            self.kv_bytes_per_token > 0 && self.kv_bytes_per_token % 4 == 0,
+            self.kv_bytes_per_token > 0 && self.kv_bytes_per_token.is_multiple_of(4),
             "--kv-bytes-per-token must be a positive multiple of 4 (wgpu's write alignment)"
         );
         let config = match &self.config {
