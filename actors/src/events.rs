@@ -233,31 +233,22 @@ impl LifecycleEvent {
     }
 }
 
-/// A set of event kinds a subscriber wants.
-#[derive(Copy, Clone, PartialEq, Eq, Debug)]
-pub struct EventKinds(u8);
-
-impl EventKinds {
-    /// Session started.
-    pub const STARTED: EventKinds = EventKinds(1);
-    /// Session ended.
-    pub const ENDED: EventKinds = EventKinds(2);
-    /// Session memory released.
-    pub const RELEASED: EventKinds = EventKinds(4);
-    /// Session context reset.
-    pub const CONTEXT_RESET: EventKinds = EventKinds(8);
-    /// Every kind.
-    pub const ALL: EventKinds = EventKinds(15);
-
-    /// Whether `other` is in this set.
-    pub fn contains(self, other: EventKinds) -> bool {
-        self.0 & other.0 == other.0
-    }
-}
-
-impl std::ops::BitOr for EventKinds {
-    type Output = EventKinds;
-    fn bitor(self, rhs: Self) -> Self {
-        EventKinds(self.0 | rhs.0)
+bitflags::bitflags! {
+    /// A set of event kinds a subscriber wants (`STARTED | ENDED`, …).
+    #[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
+    pub struct EventKinds: u8 {
+        /// Session started.
+        const STARTED = 1;
+        /// Session ended.
+        const ENDED = 1 << 1;
+        /// Session memory released.
+        const RELEASED = 1 << 2;
+        /// Session context reset.
+        const CONTEXT_RESET = 1 << 3;
+        /// Every kind.
+        const ALL = Self::STARTED.bits()
+            | Self::ENDED.bits()
+            | Self::RELEASED.bits()
+            | Self::CONTEXT_RESET.bits();
     }
 }

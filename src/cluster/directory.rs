@@ -161,14 +161,15 @@ impl Directory {
         config.validate()?;
         let client = client_for(config)?;
         let timeout = Duration::from_millis(config.forward_timeout_ms.max(500));
-        // Reconnect attempts at most a heartbeat interval apart: after an
-        // outage every node must be back well within `node_ttl_ms` of the
-        // others, or the first one back would see them silent.
+        // One connection attempt per reconnect, no backoff of its own: the
+        // heartbeat drives reconnection, once per heartbeat interval. After
+        // an outage every node must be back well within `node_ttl_ms` of the
+        // others, or the first one back would see them silent; the client's
+        // own backoff (seconds, with jitter) spread them by more than a TTL.
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(config.heartbeat_interval_ms.clamp(1, 1000));
+            .set_number_of_retries(0);
         let conn = ConnectionManager::new_with_config(client.clone(), manager)
             .await
             .map_err(|source| ClusterError::Unreachable {

@@ -94,11 +94,13 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 return;
             }
             Ok(Err(error)) => {
+                tracing::debug!(target: "sessionbus::cluster", node = %shared.node(), %error, "heartbeat failed");
                 continuity.lost();
                 shared.degraded("heartbeat", &error);
                 continue;
             }
             Err(_) => {
+                tracing::debug!(target: "sessionbus::cluster", node = %shared.node(), "heartbeat timed out");
                 continuity.lost();
                 shared.degraded("heartbeat", &"no answer within half of node_ttl_ms");
                 continue;
