@@ -161,9 +161,11 @@ impl fmt::Display for Owner {
     }
 }
 
+/// Never the owner itself: a `{:?}` of a session, an event or an error must
+/// not put a user's id into a log line (use `Display` or `as_str` on purpose).
 impl fmt::Debug for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Owner({:?})", &*self.0)
+        write!(f, "Owner(<{} bytes, redacted>)", self.0.len())
     }
 }
 
@@ -262,5 +264,17 @@ mod tests {
         assert!(Caller::User(alice.clone()).may_act_on(&alice));
         assert!(!Caller::User(Owner::new("bob")).may_act_on(&alice));
         assert!(Caller::Operator("ops".into()).may_act_on(&alice));
+    }
+}
+
+#[cfg(test)]
+mod owner_debug_tests {
+    use super::Owner;
+
+    #[test]
+    fn debug_never_prints_the_owner() {
+        let text = format!("{:?}", Owner::new("alice@example.com"));
+        assert!(!text.contains("alice"), "{text}");
+        assert_eq!(text, "Owner(<17 bytes, redacted>)");
     }
 }
