@@ -59,7 +59,7 @@ pub fn format_duration(duration: Duration) -> String {
     ];
     let (size, unit) = UNITS
         .into_iter()
-        .find(|(size, _)| nanos % size == 0)
+        .find(|(size, _)| nanos.is_multiple_of(*size))
         .unwrap_or((1, "ns"));
     format!("{}{unit}", nanos / size)
 }
@@ -111,7 +111,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             .ok_or_else(|| bad("too many digits"))?;
         let numerator: u128 = fraction.parse().map_err(|_| bad("not a number"))?;
         let scaled = numerator * u128::from(*scale);
-        if scaled % denominator != 0 {
+        if !scaled.is_multiple_of(denominator) {
             return Err(bad("not a whole number of bytes"));
         }
         let extra = u64::try_from(scaled / denominator).map_err(|_| bad("too large"))?;
@@ -130,7 +130,7 @@ pub fn format_size(bytes: u64) -> String {
         ("KiB", 1 << 10),
     ]
     .into_iter()
-    .find(|(_, scale)| bytes != 0 && bytes % scale == 0);
+    .find(|(_, scale)| bytes != 0 && bytes.is_multiple_of(*scale));
     match unit {
         Some((name, scale)) => format!("{} {name}", bytes / scale),
         None => format!("{bytes} B"),
