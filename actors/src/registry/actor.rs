@@ -224,8 +224,10 @@ impl Actor for RegistryActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(REGISTRY_MAILBOX);
         // Age out tombstones on a quiet system too, not only when new ones arrive.
-        let every =
-            (self.config.tombstone_ttl).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let every = self
+            .config
+            .tombstone_ttl
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
         ctx.run_interval(every, |registry, _ctx| {
             registry.tombstones.forget_old(Instant::now())
         });
