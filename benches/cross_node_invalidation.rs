@@ -42,7 +42,7 @@ fn show(mode: &str, mut samples: Vec<Duration>) {
 async fn node(url: &str, name: &str) -> (Runtime, ClusterNode) {
     let runtime = Runtime::start(Config::default()).await.expect("runtime");
     let config = ClusterConfig {
-        session_ttl_secs: 600,
+        session_ttl: std::time::Duration::from_secs(600),
         keys: vec![sessionbus::cluster::ClusterKey::new("bench", &[1u8; 32])],
         ..ClusterConfig::new(url, name)
     };

@@ -13,91 +13,37 @@ use sessionbus_actors::{
 use crate::audit::{AuditConfig, AuditConfigError};
 use crate::gpu::{GpuConfig, GpuConfigError};
 use crate::metrics::MetricsConfig;
+#[cfg(feature = "redis")]
+use sessionbus_actors::units;
+
+/// The shipped `sessionbus.toml`: every key, its default and a comment.
+pub const DEFAULT_TOML: &str = include_str!("../sessionbus.toml");
+
+/// Deserializes `text`, naming the key an error is about (`expiry.idle_timeout`).
+fn parse_named<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let parse_error = |field: Option<String>, e: toml::de::Error| ConfigError::Parse {
+        field,
+        message: e.to_string().trim_end().to_string(),
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| parse_error(None, e))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != "." && !path.is_empty()).then_some(path);
+        parse_error(field, e.into_inner())
+    })
+}
 
 /// Everything the runtime can be told. `Config::default()` is the embedded
 /// default the demo runs on.
 ///
+/// Durations and sizes are written with their unit (`"30s"`, `"4 GiB"`), and
+/// `"off"` switches an optional limit off; see [`units`](crate::units). The
+/// repository ships every key with its default and a comment in
+/// `sessionbus.toml` (a test keeps it equal to `Config::default()`;
+/// `sessionbus config print-default` prints it):
+///
 /// ```toml
-/// [sessions]
-/// max_sessions = 1000000        # live sessions admitted at once
-/// max_session_bytes = 4294967296 # GPU bytes one session may hold
-/// mailbox_capacity = 64         # messages waiting per session before senders wait
-/// tombstones = 100000           # ended sessions remembered (late messages get "session gone")
-/// tombstone_ttl_secs = 3600
-///
-/// [expiry]
-/// idle_timeout_secs = 1800      # seconds without activity, or "never"
-/// ttl_secs = 86400              # absolute lifetime in seconds, or "never"
-/// sweep_interval_secs = 30      # the safety-net sweeper (finds nothing when healthy)
-///
-/// [leases]
-/// drain_timeout_secs = 30       # an ending session waits this long for in-flight work
-/// heartbeat_interval_secs = 5   # remote lease holders heartbeat this often
-/// missed_heartbeats = 3         # ...and are revoked after this many silent intervals
-/// end_session_on_lease_lost = true
-///
-/// [context]
-/// enabled = true                # context expiry on turns that carry a signal
-/// similarity_threshold = 0.4    # cosine(new turn, context) below this: stale (within [-1, 1])
-/// half_life_secs = 600          # the context's weight halves every this many idle seconds
-/// min_weight = 0.05             # ...and below this weight it is stale
-/// # dimension = 768             # embedding size (else fixed by the first embedding)
-///
-/// [release]
-/// unit = "buffers"              # what rates count: "buffers" or "mib"
-/// busy_live_sessions = 100000   # this many live sessions lower the tier by one
-/// # Load tiers, chosen by the release queue's depth (see BENCHMARKS.md, "Storms").
-/// [[release.tiers]]
-/// name = "low"
-/// from_queue = 0                # applies from this queue depth (in `unit`)
-/// rate = 100000                 # sustained release rate per second (GCRA)
-/// burst = 8192                  # released at once before pacing starts
-/// max_in_flight = 64            # releases handed to the GPU thread at once
-/// [[release.tiers]]
-/// name = "medium"
-/// from_queue = 8192
-/// rate = 200000
-/// burst = 16384
-/// max_in_flight = 256
-/// [[release.tiers]]
-/// name = "high"
-/// from_queue = 65536
-/// rate = 1000000
-/// burst = 65536
-/// max_in_flight = 1024
-///
-/// [budget]
-/// device_bytes = "none"         # GPU bytes all sessions may hold, or "none"
-/// owner_bytes = "none"          # GPU bytes one owner's sessions may hold, or "none"
-/// when_exhausted = "evict"      # fail | wait | evict (idle sessions, least recently active first)
-/// wait_timeout_ms = 5000        # how long an allocation waits for room
-/// evict_idle_ms = 1000          # only sessions idle this long are evicted or offloaded
-/// offload = true                # evict softly: buffers to host memory, session stays alive
-/// offload_host_bytes = 8589934592 # host memory offloaded sessions may hold
-///
-/// [bus]
-/// subscriber_capacity = 4096    # queue per subscriber
-/// flush_timeout_ms = 5000       # at shutdown, wait this long for lagging reliable subscribers
-///
-/// [gpu]
-/// backend = "auto"              # auto | vulkan | gl | metal | dx12 (auto honours WGPU_BACKEND)
-/// # adapter = "llvmpipe"        # prefer adapters whose name contains this (or WGPU_ADAPTER_NAME)
-/// batch_max = 256               # GPU commands per batch, one device poll per batch
-///
-/// [metrics]
-/// enabled = false               # true: emit through the `metrics` facade (install a recorder)
-/// sample_interval_ms = 1000     # gauges (sessions, GPU bytes, queue depth) are sampled this often
-///
-/// [shutdown]
-/// deadline_secs = 30            # shutdown() forces leases at 3/4 of it, reports what is left at it
-///
-/// [hooks]
-/// timeout_ms = 5000             # each pre-destroy hook; past it the release goes ahead
-///
-/// [supervision]
-/// max_restarts = 5              # restarts of a runtime task within within_secs, then escalate
-/// within_secs = 5
-/// step_timeout_ms = 30000       # a GPU release unanswered this long is stuck: force-completed
+#[doc = include_str!("../sessionbus.toml")]
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -150,9 +96,15 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The text is not valid TOML for this configuration (unknown keys included).
-    #[error("invalid configuration: {0}")]
-    Parse(String),
+    /// The text is not valid TOML for this configuration: bad syntax, an
+    /// unknown key, a value of the wrong type or unit.
+    #[error("invalid configuration: {}{message}", field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    Parse {
+        /// The key the error is about (`expiry.idle_timeout`), when it is about one.
+        field: Option<String>,
+        /// What is wrong (with the line, when known) and what would work.
+        message: String,
+    },
     /// A value is out of range (the error names the field).
     #[error(transparent)]
     Invalid(#[from] sessionbus_actors::ConfigError),
@@ -172,6 +124,7 @@ impl ConfigError {
     /// The offending field's path, when the error is about one field.
     pub fn field(&self) -> Option<&str> {
         match self {
+            ConfigError::Parse { field, .. } => field.as_deref(),
             ConfigError::Invalid(e) => Some(&e.field),
             ConfigError::Gpu(e) => Some(e.field()),
             ConfigError::Audit(e) => Some(e.field),
@@ -185,7 +138,7 @@ impl ConfigError {
 impl Config {
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: Config = parse_named(text)?;
         config.validate()?;
         Ok(config)
     }
@@ -212,13 +165,14 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
             // An idle session must end in the engine before its directory entry lapses.
-            if let Some(idle) = self.expiry.idle_timeout_secs {
-                if (cluster.session_ttl_secs as f64) < idle {
+            if let Some(idle) = self.expiry.idle_timeout {
+                if cluster.session_ttl < idle {
                     return Err(crate::cluster::ClusterConfigError {
-                        field: "cluster.session_ttl_secs",
+                        field: "cluster.session_ttl",
                         reason: format!(
-                            "{} s is shorter than expiry.idle_timeout_secs ({idle} s): idle sessions would vanish from the directory while still live",
-                            cluster.session_ttl_secs
+                            "\"{}\" is shorter than expiry.idle_timeout (\"{}\"): idle sessions would vanish from the directory while still live",
+                            units::format_duration(cluster.session_ttl),
+                            units::format_duration(idle)
                         ),
                     }
                     .into());
@@ -247,58 +201,158 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
     use super::*;
 
-    #[test]
-    fn the_documented_example_parses_to_the_defaults() {
-        let doc = include_str!("config.rs");
-        let example: String = doc
+    /// Every key of a TOML document, dotted; an array of tables counts its
+    /// elements' keys once (`release.tiers[].rate`).
+    fn keys(table: &toml::Table, prefix: &str, out: &mut BTreeSet<String>) {
+        for (key, value) in table {
+            let path = format!("{prefix}{key}");
+            match value {
+                toml::Value::Table(inner) => keys(inner, &format!("{path}."), out),
+                toml::Value::Array(items)
+                    if items.iter().all(toml::Value::is_table) && !items.is_empty() =>
+                {
+                    for item in items {
+                        keys(
+                            item.as_table().expect("a table"),
+                            &format!("{path}[]."),
+                            out,
+                        );
+                    }
+                }
+                _ => {
+                    out.insert(path);
+                }
+            }
+        }
+    }
+
+    fn keys_of(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        keys(&text.parse::<toml::Table>().unwrap(), "", &mut out);
+        out
+    }
+
+    /// The shipped file with its optional keys (`# key = …`) switched on.
+    fn with_optional_keys_on() -> String {
+        DEFAULT_TOML
             .lines()
-            .skip_while(|l| !l.contains("```toml"))
-            .skip(1)
-            .take_while(|l| !l.contains("```"))
-            .map(|l| l.trim_start_matches("///").trim_start())
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.starts_with('[') || rest.contains(" = ") => rest,
+                _ => line,
+            })
             .collect::<Vec<_>>()
-            .join("\n");
-        assert_eq!(Config::from_toml(&example).unwrap(), Config::default());
+            .join("\n")
+    }
+
+    #[test]
+    fn the_shipped_file_is_the_default_and_has_every_key() {
+        let shipped = Config::from_toml(DEFAULT_TOML).unwrap();
+        assert_eq!(shipped, Config::default());
+        let default = toml::to_string(&Config::default()).unwrap();
+        assert_eq!(keys_of(DEFAULT_TOML), keys_of(&default));
+        // Written back, the default reads the same.
+        assert_eq!(Config::from_toml(&default).unwrap(), Config::default());
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn the_shipped_optional_keys_are_every_optional_key_at_its_default() {
+        let text = with_optional_keys_on();
+        let parsed: Config = toml::from_str(&text).unwrap();
+        let mut full = Config::default();
+        full.context.dimension = Some(768);
+        full.gpu.adapter = Some("llvmpipe".into());
+        full.audit = Some(AuditConfig {
+            key_env: Some("SESSIONBUS_AUDIT_KEY".into()),
+            old_keys_env: Some("SESSIONBUS_AUDIT_OLD_KEYS".into()),
+            ..AuditConfig::new("/var/lib/sessionbus/audit")
+        });
+        full.cluster = Some(crate::cluster::ClusterConfig::default());
+        assert_eq!(parsed, full);
+        assert_eq!(keys_of(&text), keys_of(&toml::to_string(&full).unwrap()));
     }
 
     #[test]
     fn unknown_keys_are_refused_by_name() {
         let err = Config::from_toml("[sessions]\nmax_session = 5\n").unwrap_err();
         assert!(err.to_string().contains("max_session"), "{err}");
+        // Old names say they are unknown, not silently ignored.
+        let err = Config::from_toml("[expiry]\nidle_timeout_secs = 60\n").unwrap_err();
+        assert!(err.to_string().contains("idle_timeout_secs"), "{err}");
+        assert_eq!(err.field(), Some("expiry.idle_timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn bad_durations_and_sizes_name_the_field_and_say_what_works() {
+        for (text, field, says) in [
+            (
+                "[expiry]\nidle_timeout = \"30x\"\n",
+                "expiry.idle_timeout",
+                "\"off\"",
+            ),
+            ("[expiry]\nttl = 1800\n", "expiry.ttl", "bare number"),
+            ("[expiry]\nttl = \"never\"\n", "expiry.ttl", "\"30s\""),
+            (
+                "[leases]\ndrain_timeout = \"off\"\n",
+                "leases.drain_timeout",
+                "cannot be \"off\"",
+            ),
+            (
+                "[sessions]\nmax_session_memory = 4096\n",
+                "sessions.max_session_memory",
+                "\"4 GiB\"",
+            ),
+            (
+                "[budget]\ndevice_memory = \"none\"\n",
+                "budget.device_memory",
+                "\"off\"",
+            ),
+            (
+                "[budget]\nowner_memory = \"4 GB B\"\n",
+                "budget.owner_memory",
+                "is not a size",
+            ),
+            (
+                "[[release.tiers]]\nname = \"x\"\nfrom_queue = 0\nrate = -1\nburst = 1\nmax_in_flight = 1\n",
+                "release.tiers[0].rate",
+                "-1",
+            ),
+        ] {
+            let err = Config::from_toml(text).unwrap_err();
+            assert_eq!(err.field(), Some(field), "{text}: {err}");
+            let shown = err.to_string();
+            assert!(
+                shown.contains(field) && shown.contains(says),
+                "{text}: {shown}"
+            );
+        }
     }
 
     #[test]
     fn out_of_range_values_name_the_field() {
         let err = Config::from_toml("[sessions]\nmax_sessions = 0\n").unwrap_err();
         assert_eq!(err.field(), Some("sessions.max_sessions"));
-        let err = Config::from_toml("[[release.tiers]]\nname = \"x\"\nfrom_queue = 0\nrate = -1\nburst = 1\nmax_in_flight = 1\n").unwrap_err();
-        assert!(err.to_string().contains("rate"), "{err}");
         let err = Config::from_toml("[gpu]\nbackend = \"glide\"\n").unwrap_err();
         assert!(err.to_string().contains("glide"), "{err}");
+        assert_eq!(err.field(), Some("gpu.backend"), "{err}");
     }
 
     #[test]
-    fn zero_negative_or_nan_timeouts_name_the_field() {
+    fn zero_durations_name_the_field() {
         for (text, field) in [
+            ("[expiry]\nidle_timeout = \"0s\"\n", "expiry.idle_timeout"),
+            ("[expiry]\nttl = \"0ms\"\n", "expiry.ttl"),
             (
-                "[expiry]\nidle_timeout_secs = 0\n",
-                "expiry.idle_timeout_secs",
+                "[expiry]\nsweep_interval = \"0s\"\n",
+                "expiry.sweep_interval",
             ),
-            ("[expiry]\nttl_secs = -5\n", "expiry.ttl_secs"),
-            (
-                "[expiry]\nidle_timeout_secs = nan\n",
-                "expiry.idle_timeout_secs",
-            ),
-            (
-                "[expiry]\nsweep_interval_secs = 0\n",
-                "expiry.sweep_interval_secs",
-            ),
-            (
-                "[leases]\ndrain_timeout_secs = -1\n",
-                "leases.drain_timeout_secs",
-            ),
+            ("[expiry]\nttl = \"20 years\"\n", "expiry.ttl"),
+            ("[leases]\ndrain_timeout = \"0s\"\n", "leases.drain_timeout"),
             (
                 "[leases]\nmissed_heartbeats = 0\n",
                 "leases.missed_heartbeats",
@@ -311,9 +365,22 @@ mod tests {
                 "[context]\nsimilarity_threshold = -2\n",
                 "context.similarity_threshold",
             ),
+            ("[context]\nhalf_life = \"0s\"\n", "context.half_life"),
             (
-                "[metrics]\nsample_interval_ms = 0\n",
-                "metrics.sample_interval_ms",
+                "[metrics]\nsample_interval = \"0s\"\n",
+                "metrics.sample_interval",
+            ),
+            ("[bus]\nflush_timeout = \"0s\"\n", "bus.flush_timeout"),
+            ("[shutdown]\ndeadline = \"0s\"\n", "shutdown.deadline"),
+            ("[hooks]\ntimeout = \"0s\"\n", "hooks.timeout"),
+            ("[supervision]\nwithin = \"0s\"\n", "supervision.within"),
+            (
+                "[supervision]\nstep_timeout = \"0s\"\n",
+                "supervision.step_timeout",
+            ),
+            (
+                "[sessions]\ntombstone_ttl = \"0s\"\n",
+                "sessions.tombstone_ttl",
             ),
         ] {
             let err = Config::from_toml(text).unwrap_err();
@@ -325,19 +392,23 @@ mod tests {
     #[test]
     fn a_bad_cluster_section_names_the_field() {
         let config = Config::from_toml(
-            "[cluster]\nnode_id = \"b\"\nheartbeat_interval_ms = 100\nnode_ttl_ms = 300\n",
+            "[cluster]\nnode_id = \"b\"\nheartbeat_interval = \"100ms\"\nnode_ttl = \"300ms\"\n",
         )
         .unwrap();
-        assert_eq!(config.cluster.unwrap().node_id, "b");
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.node_id, "b");
+        assert_eq!(cluster.node_ttl, Duration::from_millis(300));
         let err = Config::from_toml("[cluster]\nnode_id = \"a b\"\n").unwrap_err();
         assert_eq!(err.field(), Some("cluster.node_id"), "{err}");
-        let err = Config::from_toml("[cluster]\nnode_ttl_ms = 10\n").unwrap_err();
-        assert_eq!(err.field(), Some("cluster.node_ttl_ms"), "{err}");
+        let err = Config::from_toml("[cluster]\nnode_ttl = \"10ms\"\n").unwrap_err();
+        assert_eq!(err.field(), Some("cluster.node_ttl"), "{err}");
+        let err = Config::from_toml("[cluster]\nnode_ttl = 5000\n").unwrap_err();
+        assert_eq!(err.field(), Some("cluster.node_ttl"), "{err}");
         let err = Config::from_toml(
-            "[expiry]\nidle_timeout_secs = 600\n[cluster]\nsession_ttl_secs = 60\n",
+            "[expiry]\nidle_timeout = \"10m\"\n[cluster]\nsession_ttl = \"1m\"\n",
         )
         .unwrap_err();
-        assert_eq!(err.field(), Some("cluster.session_ttl_secs"), "{err}");
+        assert_eq!(err.field(), Some("cluster.session_ttl"), "{err}");
         let err = Config::from_toml("[cluster]\nredis = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("redis"), "{err}");
     }
@@ -354,16 +425,16 @@ mod tests {
             (tier(10, 0), "release.tiers[0].burst"),
             ("[release]\ntiers = []\n".into(), "release.tiers"),
             (
-                "[budget]\ndevice_bytes = 1048576\n".into(),
-                "sessions.max_session_bytes",
+                "[budget]\ndevice_memory = \"1 MiB\"\n".into(),
+                "sessions.max_session_memory",
             ),
-            ("[budget]\ndevice_bytes = 0\n".into(), "budget.device_bytes"),
+            ("[budget]\ndevice_memory = \"0 B\"\n".into(), "budget.device_memory"),
             (
-                "[budget]\ndevice_bytes = 100\nowner_bytes = 200\n[sessions]\nmax_session_bytes = 50\n"
+                "[budget]\ndevice_memory = \"100 B\"\nowner_memory = \"200 B\"\n[sessions]\nmax_session_memory = \"50 B\"\n"
                     .into(),
-                "budget.owner_bytes",
+                "budget.owner_memory",
             ),
-            ("[budget]\nwait_timeout_ms = 0\n".into(), "budget.wait_timeout_ms"),
+            ("[budget]\nwait_timeout = \"0s\"\n".into(), "budget.wait_timeout"),
         ] {
             let err = Config::from_toml(&text).unwrap_err();
             assert_eq!(err.field(), Some(field), "{text}: {err}");
@@ -371,20 +442,25 @@ mod tests {
         let err = Config::from_toml("[budget]\nwhen_exhausted = \"panic\"\n").unwrap_err();
         assert!(err.to_string().contains("panic"), "{err}");
         let config = Config::from_toml(
-            "[budget]\ndevice_bytes = 1048576\n[sessions]\nmax_session_bytes = 65536\n",
+            "[budget]\ndevice_memory = \"1 MiB\"\n[sessions]\nmax_session_memory = \"64 KiB\"\n",
         )
         .unwrap();
-        assert_eq!(config.budget.device_bytes, Some(1 << 20));
+        assert_eq!(config.budget.device_memory, Some(1 << 20));
+        assert_eq!(config.sessions.max_session_memory, 64 << 10);
     }
 
     #[test]
-    fn timeouts_can_be_switched_off_and_take_fractions() {
-        let config =
-            Config::from_toml("[expiry]\nidle_timeout_secs = \"never\"\nttl_secs = 0.25\n")
-                .unwrap();
-        assert_eq!(config.expiry.idle_timeout_secs, None);
-        assert_eq!(config.expiry.ttl_secs, Some(0.25));
-        let err = Config::from_toml("[expiry]\nttl_secs = \"forever\"\n").unwrap_err();
-        assert!(err.to_string().contains("never"), "{err}");
+    fn limits_switch_off_with_one_word_and_take_any_unit() {
+        let config = Config::from_toml(
+            "[expiry]\nidle_timeout = \"off\"\nttl = \"250ms\"\n[budget]\ndevice_memory = \"off\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.expiry.idle_timeout, None);
+        assert_eq!(config.expiry.ttl, Some(Duration::from_millis(250)));
+        assert_eq!(config.budget.device_memory, None);
+        let written = toml::to_string(&config).unwrap();
+        assert!(written.contains("idle_timeout = \"off\""), "{written}");
+        assert!(written.contains("ttl = \"250ms\""), "{written}");
+        assert_eq!(Config::from_toml(&written).unwrap(), config);
     }
 }

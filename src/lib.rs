@@ -21,7 +21,7 @@ pub use audit::{
     AuditKeyring, ChainPoint, FirstRecord, LostRecords, SeqRange, TornLine, TrailFacts,
     TrailProblem, verify_with_keyring,
 };
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, DEFAULT_TOML};
 #[cfg(feature = "fault-injection")]
 pub use gpu::GpuHang;
 pub use gpu::{BackendChoice, GpuConfig, GpuConfigError, GpuCounters, GpuInitError, WgpuPool};

@@ -2,7 +2,7 @@
 //! blocked its thread (a synchronous database call, `std::thread::sleep`)
 //! stalled the registry, every session, and its own timeout. Now hooks run
 //! off the engine's thread: while one blocks, other sessions are answered,
-//! and the blocked hook is cut off at `[hooks] timeout_ms` (its session's
+//! and the blocked hook is cut off at `[hooks] timeout` (its session's
 //! memory is released without waiting for it).
 //!
 //! No timing threshold: the hook blocks on a channel that the test opens
@@ -26,7 +26,7 @@ const STALLED: Duration = Duration::from_secs(60);
 #[tokio::test]
 async fn other_sessions_are_answered_while_a_hook_blocks_and_the_hook_is_cut_off() {
     let mut config = Config::default();
-    config.hooks.timeout_ms = 200;
+    config.hooks.timeout = std::time::Duration::from_millis(200);
     let h = start_with(config).await;
     let (unblock, blocked) = mpsc::channel::<()>();
     let blocked = Arc::new(std::sync::Mutex::new(blocked));

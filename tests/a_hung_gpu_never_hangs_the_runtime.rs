@@ -1,6 +1,6 @@
 //! Issue 15 (3): a GPU thread that stops answering (a hung device or driver,
 //! injected here with `inject_gpu_hang`) must not hang the runtime. Every wait
-//! on it is bounded by `[supervision] step_timeout_ms`: shutdown returns and
+//! on it is bounded by `[supervision] step_timeout`: shutdown returns and
 //! reports what the GPU still held, an offload or a restore gives up (the
 //! session goes on answering and its buffers come back intact once the
 //! device does), and a device reopen fails instead of waiting forever.
@@ -19,7 +19,7 @@ const HUNG: Duration = Duration::from_secs(60);
 
 fn short_steps() -> Config {
     let mut config = Config::default();
-    config.supervision.step_timeout_ms = 300;
+    config.supervision.step_timeout = std::time::Duration::from_millis(300);
     config
 }
 

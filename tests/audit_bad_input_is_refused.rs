@@ -96,9 +96,15 @@ fn the_toml_section_is_checked_by_name() {
     assert_eq!(err.field(), Some("audit.key"), "{err}");
     let ok = format!("[audit]\ndir = \"/tmp/x\"\nkey = \"{TEST_KEY_HEX}\"\n");
     let config = Config::from_toml(&ok).unwrap();
-    assert_eq!(config.audit.unwrap().retention_days, 180, "the default");
-    let err = Config::from_toml(&format!("{ok}retention_days = 0\n")).unwrap_err();
-    assert_eq!(err.field(), Some("audit.retention_days"), "{err}");
+    assert_eq!(
+        config.audit.unwrap().retention,
+        std::time::Duration::from_secs(180 * 86_400),
+        "the default"
+    );
+    let err = Config::from_toml(&format!("{ok}retention = \"1h\"\n")).unwrap_err();
+    assert_eq!(err.field(), Some("audit.retention"), "{err}");
+    let err = Config::from_toml(&format!("{ok}rotate_size = \"512 B\"\n")).unwrap_err();
+    assert_eq!(err.field(), Some("audit.rotate_size"), "{err}");
     let err = Config::from_toml(&format!("{ok}colour = 1\n")).unwrap_err();
     assert!(err.to_string().contains("colour"), "{err}");
 }

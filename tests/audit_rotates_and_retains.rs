@@ -43,7 +43,7 @@ fn files_rotate_by_age_and_the_chain_spans_them() {
     let dir = scratch_dir("rotate-age");
     let clock = FakeClock::new();
     let config = AuditConfig {
-        rotate_secs: 3600,
+        rotate_age: std::time::Duration::from_secs(3600),
         ..audit_config(&dir)
     };
     let mut trail = AuditTrail::open_with_clock(&config, Arc::new(clock.clone())).unwrap();
@@ -66,8 +66,8 @@ fn files_past_retention_are_deleted_and_the_rest_still_verifies() {
     let dir = scratch_dir("retention");
     let clock = FakeClock::new();
     let config = AuditConfig {
-        rotate_bytes: 1024,
-        retention_days: 180,
+        rotate_size: 1024,
+        retention: std::time::Duration::from_secs(180 * 86_400),
         ..audit_config(&dir)
     };
     let mut trail = AuditTrail::open_with_clock(&config, Arc::new(clock.clone())).unwrap();
@@ -123,7 +123,7 @@ fn files_past_retention_are_deleted_and_the_rest_still_verifies() {
 async fn a_runtime_rotating_by_size_leaves_a_verifiable_chain() {
     let dir = scratch_dir("rotate-runtime");
     let mut config = config_with_audit(&dir);
-    config.audit.as_mut().unwrap().rotate_bytes = 2048;
+    config.audit.as_mut().unwrap().rotate_size = 2048;
     let mut h = start_with(config).await;
     for i in 0..20 {
         let session = h.rt.open(format!("user-{i}@example.com")).await.unwrap();

@@ -11,10 +11,10 @@ use std::time::UNIX_EPOCH;
 use common::audit::*;
 use sessionbus::*;
 
-/// A trail of `n` session records, rotated past `rotate_bytes`.
-fn write_trail(dir: &Path, n: u64, rotate_bytes: u64) {
+/// A trail of `n` session records, rotated past `rotate_size`.
+fn write_trail(dir: &Path, n: u64, rotate_size: u64) {
     let config = AuditConfig {
-        rotate_bytes,
+        rotate_size,
         ..audit_config(dir)
     };
     let mut trail = AuditTrail::open(&config).unwrap();

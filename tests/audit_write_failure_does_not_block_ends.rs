@@ -14,7 +14,7 @@ async fn a_failing_disk_is_counted_and_logged_and_ends_still_complete() {
     let logs = logs::capture();
     let dir = scratch_dir("audit-write-failure");
     let mut config = config_with_audit(&dir);
-    config.audit.as_mut().unwrap().rotate_bytes = 1024;
+    config.audit.as_mut().unwrap().rotate_size = 1024;
     let mut h = start_with(config).await;
     let first = h.rt.open("before@example.com").await.unwrap();
     first.close().await.unwrap();

@@ -17,7 +17,7 @@ fn allocation_error(err: SessionError) -> AllocError {
 #[tokio::test]
 async fn zero_huge_and_over_budget_allocations_allocate_nothing() {
     let mut config = Config::default();
-    config.sessions.max_session_bytes = 2 * MIB;
+    config.sessions.max_session_memory = 2 * MIB;
     let h = start_with(config).await;
     let max = h.rt.adapter().max_buffer_size;
     let session = h.rt.open("erin").await.unwrap();

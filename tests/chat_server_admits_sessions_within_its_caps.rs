@@ -116,7 +116,7 @@ async fn parked_sessions_that_end_on_their_own_free_their_places() {
     // The runtime ends idle sessions after 200 ms; the parked handles must
     // not keep the unattached cap full.
     let mut config = sessionbus::Config::default();
-    config.expiry.idle_timeout_secs = Some(0.2);
+    config.expiry.idle_timeout = Some(std::time::Duration::from_secs_f64(0.2));
     let server = ChatServer::start(Options {
         config,
         settings: Settings {

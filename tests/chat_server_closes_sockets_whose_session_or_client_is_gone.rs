@@ -92,7 +92,7 @@ async fn a_socket_is_closed_with_4410_when_its_session_is_closed_elsewhere() {
 #[actix_web::test]
 async fn a_socket_is_closed_with_4410_when_its_session_times_out() {
     let mut config = sessionbus::Config::default();
-    config.expiry.idle_timeout_secs = Some(0.5);
+    config.expiry.idle_timeout = Some(std::time::Duration::from_secs_f64(0.5));
     let server = ChatServer::start(Options {
         config,
         settings: test_settings(),

@@ -18,7 +18,7 @@ async fn status_shows_the_sweepers_find_as_a_recent_incident() {
         .with(incidents.layer())
         .init();
     let mut config = sessionbus::Config::default();
-    config.expiry.sweep_interval_secs = 0.05;
+    config.expiry.sweep_interval = std::time::Duration::from_secs_f64(0.05);
     let server = ChatServer::start(Options {
         config,
         settings: test_settings(),

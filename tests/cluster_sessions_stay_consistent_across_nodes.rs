@@ -380,7 +380,7 @@ async fn redis_restarted_mid_run_leaves_no_session_inconsistent_after_resync() {
     // Both nodes are back within this TTL of each other even on a loaded
     // machine, so neither may declare the other lost (liveness.rs's rule).
     let patient = |name| ClusterConfig {
-        node_ttl_ms: 3000,
+        node_ttl: Duration::from_secs(3),
         ..cluster_config(&redis, name)
     };
     let a = common::cluster::start_node_with(patient("a")).await;
@@ -525,12 +525,12 @@ async fn misconfiguration_is_a_clear_error_at_start() {
     let err = start(keyed(&redis.url(), "a b")).await.unwrap_err();
     assert_eq!(err.field(), Some("cluster.node_id"), "{err}");
     let err = start(ClusterConfig {
-        node_ttl_ms: 100,
+        node_ttl: Duration::from_millis(100),
         ..keyed(&redis.url(), "a")
     })
     .await
     .unwrap_err();
-    assert_eq!(err.field(), Some("cluster.node_ttl_ms"), "{err}");
+    assert_eq!(err.field(), Some("cluster.node_ttl"), "{err}");
 
     // Well-formed but nobody listens: refused (a node cannot get an epoch without Redis).
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -539,7 +539,7 @@ async fn misconfiguration_is_a_clear_error_at_start() {
         .unwrap()
         .port();
     let err = start(ClusterConfig {
-        forward_timeout_ms: 500,
+        forward_timeout: Duration::from_millis(500),
         ..keyed(&format!("redis://127.0.0.1:{closed_port}"), "a")
     })
     .await

@@ -32,7 +32,7 @@ async fn redis_down_for_three_ttls_with_aof_fences_no_one_and_loses_no_session()
         s.allocate(8 * KIB).await.unwrap();
         sessions.push(s);
     }
-    let ttl = Duration::from_millis(config(&url, "a").node_ttl_ms);
+    let ttl = config(&url, "a").node_ttl;
 
     redis.kill();
     eventually!(
@@ -281,7 +281,7 @@ async fn redis_frozen_for_three_ttls_fences_no_one() {
     let b = start_node(&url, "b").await;
     let sa = a.node.open(alice()).await.unwrap();
     let sb = b.node.open(alice()).await.unwrap();
-    let ttl = Duration::from_millis(config(&url, "a").node_ttl_ms);
+    let ttl = config(&url, "a").node_ttl;
 
     redis.pause(); // SIGSTOP: connections stay open, nothing answers
     eventually!(
@@ -316,7 +316,7 @@ async fn nodes_back_within_a_ttl_of_each_other_fence_no_one_and_a_straggler_is_f
     let (pa, pb) = (Proxy::to(redis.port), Proxy::to(redis.port));
     // A TTL long enough that "within a TTL" holds on a loaded machine.
     let patient = |proxy: &Proxy, name| ClusterConfig {
-        node_ttl_ms: 3000,
+        node_ttl: Duration::from_secs(3),
         ..config(&proxy.url(), name)
     };
     let a = start_node_with(patient(&pa, "a")).await;

@@ -237,7 +237,7 @@ async fn a_thousand_forwards_dropped_by_their_callers_leave_nothing_pending() {
     let id = session.id();
     assert_eq!(b.node.owner_of(id).await.unwrap().as_deref(), Some("a"));
 
-    // a answers nothing for now, so b's forwards wait (forward_timeout_ms is 5 s).
+    // a answers nothing for now, so b's forwards wait (forward_timeout is 5 s).
     a.node.inject_pause();
     let b_node = std::sync::Arc::new(b.node);
     let calls: Vec<_> = (0..1000)

@@ -72,7 +72,7 @@ async fn a_session_already_closing_is_waited_for_but_not_counted() {
 async fn recovery_stops_waiting_at_its_deadline() {
     let mut config = Config::default();
     // A drain that would outlast any test: only the deadline can end the wait.
-    config.leases.drain_timeout_secs = 600.0;
+    config.leases.drain_timeout = std::time::Duration::from_secs(600);
     let h = start_with(config).await;
     let draining = h.rt.open("draining").await.unwrap();
     draining.allocate(64 * KIB).await.unwrap();
@@ -101,8 +101,8 @@ async fn recovery_stops_waiting_at_its_deadline() {
 #[tokio::test]
 async fn recover_gpu_is_bounded_by_the_configured_deadline() {
     let mut config = Config::default();
-    config.leases.drain_timeout_secs = 600.0;
-    config.shutdown.deadline_secs = 0.5;
+    config.leases.drain_timeout = std::time::Duration::from_secs(600);
+    config.shutdown.deadline = std::time::Duration::from_secs_f64(0.5);
     let h = start_with(config).await;
     let draining = h.rt.open("draining").await.unwrap();
     draining.allocate(64 * KIB).await.unwrap();
@@ -110,7 +110,7 @@ async fn recover_gpu_is_bounded_by_the_configured_deadline() {
     h.rt.inject_gpu_device_loss();
     let ended = tokio::time::timeout(HUNG, h.rt.recover_gpu())
         .await
-        .expect("recover_gpu returns by [shutdown] deadline_secs")
+        .expect("recover_gpu returns by [shutdown] deadline")
         .expect("a new device opens");
     assert_eq!(ended, 1);
     drop(lease);

@@ -34,7 +34,7 @@ async fn no_log_line_holds_a_raw_owner_or_ip_but_the_pseudonym_and_trace_are_the
     let logs = logs::capture();
     let dir = scratch_dir("logs-pseudonyms");
     let mut config = config_with_audit(&dir);
-    config.leases.heartbeat_interval_secs = 0.02;
+    config.leases.heartbeat_interval = std::time::Duration::from_secs_f64(0.02);
     config.leases.missed_heartbeats = 2;
     let mut h = start_with(config).await;
     let ip: IpAddr = "198.51.100.23".parse().unwrap();

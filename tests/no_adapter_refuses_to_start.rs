@@ -37,5 +37,8 @@ async fn invalid_configuration_is_refused_before_anything_starts() {
     let err = sessionbus::Config::from_toml("[gpu]\nbatch_max = 0\n").unwrap_err();
     assert!(err.to_string().contains("gpu.batch_max"), "{err}");
     let err = sessionbus::Config::from_toml("this is = = not toml").unwrap_err();
-    assert!(matches!(err, sessionbus::ConfigError::Parse(_)), "{err}");
+    assert!(
+        matches!(err, sessionbus::ConfigError::Parse { .. }),
+        "{err}"
+    );
 }

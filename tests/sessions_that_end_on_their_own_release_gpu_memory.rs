@@ -12,12 +12,12 @@ use sessionbus::*;
 
 fn short_timeouts() -> Config {
     let mut config = Config::default();
-    config.expiry.idle_timeout_secs = Some(0.05);
-    config.expiry.ttl_secs = Some(0.2);
-    config.leases.drain_timeout_secs = 0.1;
-    config.leases.heartbeat_interval_secs = 0.02;
+    config.expiry.idle_timeout = Some(std::time::Duration::from_secs_f64(0.05));
+    config.expiry.ttl = Some(std::time::Duration::from_secs_f64(0.2));
+    config.leases.drain_timeout = std::time::Duration::from_secs_f64(0.1);
+    config.leases.heartbeat_interval = std::time::Duration::from_secs_f64(0.02);
     config.leases.missed_heartbeats = 2;
-    config.expiry.sweep_interval_secs = 0.05;
+    config.expiry.sweep_interval = std::time::Duration::from_secs_f64(0.05);
     config
 }
 
@@ -110,8 +110,8 @@ async fn a_context_reset_frees_exactly_the_context_buffers_on_the_gpu() {
 #[tokio::test]
 async fn drained_forced_and_revoked_leases_all_end_with_memory_back() {
     let mut config = short_timeouts();
-    config.expiry.idle_timeout_secs = None;
-    config.expiry.ttl_secs = None;
+    config.expiry.idle_timeout = None;
+    config.expiry.ttl = None;
     let mut h = start_with(config).await;
     // Drained cleanly: the stream returns its lease during the close.
     let drained = h.rt.open("a").await.unwrap();
@@ -151,8 +151,8 @@ async fn drained_forced_and_revoked_leases_all_end_with_memory_back() {
 #[tokio::test]
 async fn the_sweeper_releases_gpu_memory_whose_session_is_gone() {
     let mut config = short_timeouts();
-    config.expiry.idle_timeout_secs = None;
-    config.expiry.ttl_secs = None;
+    config.expiry.idle_timeout = None;
+    config.expiry.ttl = None;
     let h = start_with(config).await;
     let live = h.rt.open("bob").await.unwrap();
     live.allocate(MIB).await.unwrap();

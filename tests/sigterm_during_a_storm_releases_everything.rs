@@ -34,7 +34,7 @@ fn storm_config() -> Config {
         max_in_flight: 4,
     }];
     // Longer than the shutdown deadline: only the shutdown can force the leases.
-    config.leases.drain_timeout_secs = 600.0;
+    config.leases.drain_timeout = std::time::Duration::from_secs(600);
     config
 }
 

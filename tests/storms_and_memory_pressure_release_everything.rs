@@ -72,10 +72,10 @@ async fn a_paced_storm_gives_every_buffer_back() {
 #[tokio::test]
 async fn a_full_device_budget_evicts_the_least_recently_active_idle_session() {
     let mut config = Config::default();
-    config.sessions.max_session_bytes = 256 * KIB;
-    config.budget.device_bytes = Some(512 * KIB);
+    config.sessions.max_session_memory = 256 * KIB;
+    config.budget.device_memory = Some(512 * KIB);
     config.budget.when_exhausted = WhenExhausted::Evict;
-    config.budget.evict_idle_ms = 50;
+    config.budget.evict_idle = std::time::Duration::from_millis(50);
     config.budget.offload = false;
     let mut h = start_with(config).await;
     let old = h.rt.open("old").await.unwrap();
@@ -151,10 +151,10 @@ async fn an_offloaded_session_gets_its_buffers_back_bit_for_bit() {
 #[tokio::test]
 async fn budgets_that_cannot_hold_one_buffer_are_refused_at_start() {
     let mut config = Config::default();
-    config.sessions.max_session_bytes = 1;
-    config.budget.device_bytes = Some(1);
+    config.sessions.max_session_memory = 1;
+    config.budget.device_memory = Some(1);
     let err = Runtime::start(config).await.unwrap_err();
     // wgpu rounds every buffer to 4 bytes at least, so a 1-byte budget holds none.
-    assert!(err.to_string().contains("budget.device_bytes"), "{err}");
+    assert!(err.to_string().contains("budget.device_memory"), "{err}");
     assert!(err.to_string().contains("single buffer"), "{err}");
 }

@@ -2,6 +2,8 @@
 //! Every field has a documented default; `validate` refuses nonsense with an
 //! error that names the field.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::budget::BudgetConfig;
@@ -12,6 +14,7 @@ use crate::hooks::HooksConfig;
 use crate::lease::LeasesConfig;
 use crate::shutdown::ShutdownConfig;
 use crate::supervision::SupervisionConfig;
+use crate::units;
 
 /// A configuration value that cannot work, named by its path (`release.tiers[0].burst`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,25 +53,28 @@ pub struct SessionsConfig {
     /// Live sessions admitted at once; `open` past it is refused with `OpenError::AtCapacity`.
     /// Default 1 000 000: an idle session costs about a kilobyte.
     pub max_sessions: usize,
-    /// GPU bytes one session may hold; an allocation past it is refused. Default 4 GiB.
-    pub max_session_bytes: u64,
+    /// GPU memory one session may hold (`"4 GiB"`); an allocation past it is
+    /// refused. Default 4 GiB.
+    #[serde(with = "units::size")]
+    pub max_session_memory: u64,
     /// Messages that may wait in one session's mailbox before senders wait. Default 64.
     pub mailbox_capacity: usize,
     /// Ended sessions remembered, so late messages get "session gone" and a second
     /// close gets the same receipt. Default 100 000.
     pub tombstones: usize,
-    /// How long an ended session is remembered, in seconds. Default 3 600.
-    pub tombstone_ttl_secs: u64,
+    /// How long an ended session is remembered (`"1h"`). Default one hour.
+    #[serde(with = "units::duration")]
+    pub tombstone_ttl: Duration,
 }
 
 impl Default for SessionsConfig {
     fn default() -> Self {
         SessionsConfig {
             max_sessions: 1_000_000,
-            max_session_bytes: 4 << 30,
+            max_session_memory: 4 << 30,
             mailbox_capacity: 64,
             tombstones: 100_000,
-            tombstone_ttl_secs: 3_600,
+            tombstone_ttl: Duration::from_secs(3_600),
         }
     }
 }
@@ -77,10 +83,10 @@ impl SessionsConfig {
     /// Refuses values that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         at_least("sessions.max_sessions", self.max_sessions as u64, 1)?;
-        at_least("sessions.max_session_bytes", self.max_session_bytes, 1)?;
+        at_least("sessions.max_session_memory", self.max_session_memory, 1)?;
         at_least("sessions.mailbox_capacity", self.mailbox_capacity as u64, 1)?;
         at_least("sessions.tombstones", self.tombstones as u64, 1)?;
-        at_least("sessions.tombstone_ttl_secs", self.tombstone_ttl_secs, 1)
+        units::check_duration("sessions.tombstone_ttl", self.tombstone_ttl)
     }
 }
 
@@ -92,16 +98,17 @@ pub struct BusConfig {
     /// delivery policy (drop for best-effort subscribers, wait for reliable ones). Default 4 096.
     pub subscriber_capacity: usize,
     /// At shutdown, how long to wait for reliable subscribers that fell behind
-    /// to take their queued events, in milliseconds. What is still queued then
-    /// is reported as undelivered. Default 5 000.
-    pub flush_timeout_ms: u64,
+    /// to take their queued events (`"5s"`). What is still queued then is
+    /// reported as undelivered. Default five seconds.
+    #[serde(with = "units::duration")]
+    pub flush_timeout: Duration,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
         BusConfig {
             subscriber_capacity: 4_096,
-            flush_timeout_ms: 5_000,
+            flush_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -113,7 +120,8 @@ impl BusConfig {
             "bus.subscriber_capacity",
             self.subscriber_capacity as u64,
             1,
-        )
+        )?;
+        units::check_duration("bus.flush_timeout", self.flush_timeout)
     }
 }
 
@@ -151,7 +159,7 @@ impl EngineConfig {
         self.leases.validate()?;
         self.context.validate()?;
         self.release.validate()?;
-        self.budget.validate(self.sessions.max_session_bytes)?;
+        self.budget.validate(self.sessions.max_session_memory)?;
         self.bus.validate()?;
         self.shutdown.validate()?;
         self.hooks.validate()?;

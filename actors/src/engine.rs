@@ -121,9 +121,9 @@ impl Engine {
         let budget = Arc::new(Budget::new(&config.budget));
         let queue = Arc::new(ReleaseQueue::default());
         let capacity = config.bus.subscriber_capacity;
-        let shutdown_deadline = config.shutdown.deadline();
-        let hooks = Arc::new(Hooks::new(config.hooks.timeout()));
-        let step_timeout = config.supervision.step_timeout();
+        let shutdown_deadline = config.shutdown.deadline;
+        let hooks = Arc::new(Hooks::new(config.hooks.timeout));
+        let step_timeout = config.supervision.step_timeout;
         let limits = config.supervision.clone();
         let health = Arc::new(crate::supervision::Health::default());
         let registry = RegistryActor::create({
@@ -459,7 +459,7 @@ impl EngineHandle {
 
     /// Registers a pre-destroy hook, named `name` in logs: it runs after
     /// every session end and before that session's GPU memory is released,
-    /// for at most `[hooks] timeout_ms`. Failures, panics and timeouts are
+    /// for at most `[hooks] timeout`. Failures, panics and timeouts are
     /// logged, counted in `stats().hooks`, and never stop the release.
     ///
     /// ```no_run
@@ -482,7 +482,7 @@ impl EngineHandle {
     }
 
     /// [`shutdown_within`](Self::shutdown_within) the configured
-    /// `[shutdown] deadline_secs`.
+    /// `[shutdown] deadline`.
     pub async fn shutdown(&self) -> Option<ShutdownReport> {
         self.shutdown_within(self.shutdown_deadline).await
     }

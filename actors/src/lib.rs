@@ -42,6 +42,7 @@ mod registry;
 mod session;
 mod shutdown;
 mod supervision;
+pub mod units;
 
 pub use budget::{BudgetConfig, BudgetScope, BudgetStats, WhenExhausted};
 pub use bus::{Delivery, SubscriptionId};

@@ -1,7 +1,7 @@
 //! Issue 15 (3), in the engine: ending every session on a device loss counts
 //! only the ends it began (a session already closing keeps its own end), and
 //! waits for every release only up to its deadline; an offload or a restore
-//! that the pool never answers gives up at `supervision.step_timeout_ms`, so
+//! that the pool never answers gives up at `supervision.step_timeout`, so
 //! the session (which handles nothing else meanwhile) goes on answering, and
 //! its books agree again once the pool carries the request out late. On
 //! paused time.
@@ -19,7 +19,7 @@ use sessionbus_actors::*;
 fn a_device_loss_counts_the_ends_it_began_and_waits_until_its_deadline() {
     on_paused_time(|| async {
         let mut config = no_expiry();
-        config.leases.drain_timeout_secs = 3_600.0;
+        config.leases.drain_timeout = std::time::Duration::from_secs(3_600);
         let f = start(config).await;
         // Closing, draining a lease that comes back 200 ms after the loss.
         let closing = f.engine.open("closing").await.unwrap();
@@ -75,7 +75,7 @@ fn an_offload_or_restore_the_pool_never_answers_gives_up_at_the_step_timeout() {
         let inner = Arc::new(InMemoryPool::new(256 * MIB, 16 * MIB));
         let pool = Arc::new(StallingPool::new(inner.clone()));
         let mut config = no_expiry();
-        config.supervision.step_timeout_ms = 1_000;
+        config.supervision.step_timeout = std::time::Duration::from_millis(1_000);
         let engine = Engine::start(config, pool.clone()).unwrap();
         let a = engine.open("a").await.unwrap();
         a.allocate(MIB).await.unwrap();

@@ -15,12 +15,12 @@ const SEC: Duration = Duration::from_secs(1);
 
 fn budget(device: Option<u64>, owner: Option<u64>, when: WhenExhausted) -> EngineConfig {
     let mut config = no_expiry();
-    config.sessions.max_session_bytes = MIB;
-    config.budget.device_bytes = device;
-    config.budget.owner_bytes = owner;
+    config.sessions.max_session_memory = MIB;
+    config.budget.device_memory = device;
+    config.budget.owner_memory = owner;
     config.budget.when_exhausted = when;
-    config.budget.wait_timeout_ms = 5_000;
-    config.budget.evict_idle_ms = 1_000;
+    config.budget.wait_timeout = std::time::Duration::from_millis(5_000);
+    config.budget.evict_idle = std::time::Duration::from_millis(1_000);
     // The in-memory pool can offload, but these tests are about ending sessions.
     config.budget.offload = false;
     config

@@ -1,6 +1,6 @@
 //! The cleanup dispatcher is supervised: after a panic with releases pending
 //! it restarts with its queue intact and every release still happens exactly
-//! once; past `supervision.max_restarts` within `within_secs` it escalates:
+//! once; past `supervision.max_restarts` within `supervision.within` it escalates:
 //! the runtime is marked failed and admits no new sessions. On paused time.
 
 mod common;
@@ -74,7 +74,7 @@ fn past_the_restart_limit_the_runtime_fails_loudly() {
     on_paused_time(|| async {
         let mut config = slow_release();
         config.supervision.max_restarts = 2;
-        config.supervision.within_secs = 60;
+        config.supervision.within = std::time::Duration::from_secs(60);
         let f = start(config).await;
         close_all_at_once(&f, 10).await;
         f.engine.inject_cleanup_panics(3);

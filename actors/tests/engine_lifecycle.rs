@@ -230,7 +230,7 @@ async fn unknown_ids_and_ended_sessions_get_clear_errors() {
 async fn bad_allocations_are_refused_and_nothing_is_allocated() {
     let config = EngineConfig {
         sessions: SessionsConfig {
-            max_session_bytes: 4 * MIB,
+            max_session_memory: 4 * MIB,
             ..Default::default()
         },
         ..Default::default()

@@ -15,7 +15,7 @@ use sessionbus_actors::*;
 fn failing_panicking_and_hanging_hooks_do_not_stop_releases() {
     on_paused_time(|| async {
         let mut config = no_expiry();
-        config.hooks.timeout_ms = 2_000;
+        config.hooks.timeout = std::time::Duration::from_millis(2_000);
         let f = start(config).await;
         // What a well-behaved hook saw: the session, and whether its memory was still there.
         let seen: Arc<Mutex<Vec<(SessionId, bool)>>> = Arc::default();
@@ -96,7 +96,7 @@ fn failing_panicking_and_hanging_hooks_do_not_stop_releases() {
 fn shutdown_waits_for_hooks_within_its_deadline() {
     on_paused_time(|| async {
         let mut config = no_expiry();
-        config.hooks.timeout_ms = 60_000;
+        config.hooks.timeout = std::time::Duration::from_millis(60_000);
         let f = start(config).await;
         let done: Arc<Mutex<u32>> = Arc::default();
         let count = done.clone();
@@ -226,13 +226,13 @@ fn a_hook_that_blocks_its_thread_does_not_stall_the_engine() {
     });
 }
 
-/// On real time: a hook blocking past `[hooks] timeout_ms` is cut off there;
+/// On real time: a hook blocking past `[hooks] timeout` is cut off there;
 /// its session's memory is released while it is still blocked.
 #[test]
 fn a_hook_blocked_past_its_timeout_is_cut_off() {
     actix::System::new().block_on(async {
         let mut config = no_expiry();
-        config.hooks.timeout_ms = 100;
+        config.hooks.timeout = std::time::Duration::from_millis(100);
         let f = start(config).await;
         let blocking = blocking_hook();
         f.engine.on_before_release("blocks", blocking.hook);

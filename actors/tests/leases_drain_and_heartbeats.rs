@@ -13,8 +13,8 @@ const SEC: Duration = Duration::from_secs(1);
 
 fn leases(drain_secs: f64, heartbeat_secs: f64, missed: u32) -> EngineConfig {
     let mut config = no_expiry();
-    config.leases.drain_timeout_secs = drain_secs;
-    config.leases.heartbeat_interval_secs = heartbeat_secs;
+    config.leases.drain_timeout = Duration::from_secs_f64(drain_secs);
+    config.leases.heartbeat_interval = Duration::from_secs_f64(heartbeat_secs);
     config.leases.missed_heartbeats = missed;
     config
 }

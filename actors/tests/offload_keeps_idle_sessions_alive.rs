@@ -22,10 +22,10 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 
 fn with_budget(device: Option<u64>, when: WhenExhausted) -> EngineConfig {
     let mut config = no_expiry();
-    config.sessions.max_session_bytes = 256 * KIB; // what `filled` allocates
-    config.budget.device_bytes = device;
+    config.sessions.max_session_memory = 256 * KIB; // what `filled` allocates
+    config.budget.device_memory = device;
     config.budget.when_exhausted = when;
-    config.budget.evict_idle_ms = 1_000;
+    config.budget.evict_idle = std::time::Duration::from_millis(1_000);
     config.budget.offload = true;
     config
 }
@@ -201,7 +201,7 @@ fn ending_an_offloaded_session_frees_its_host_copies() {
 fn a_session_waiting_for_room_refuses_an_offload() {
     on_paused_time(|| async {
         let mut config = with_budget(Some(256 * KIB), WhenExhausted::Wait);
-        config.sessions.max_session_bytes = 256 * KIB;
+        config.sessions.max_session_memory = 256 * KIB;
         let f = start(config).await;
         let holder = f.engine.open("holder").await.unwrap();
         holder.allocate(192 * KIB).await.unwrap();

@@ -105,9 +105,9 @@ impl Model {
 fn run(ops: Vec<Op>) {
     on_paused_time(|| async move {
         let mut config = no_expiry();
-        config.expiry.idle_timeout_secs = Some(IDLE);
-        config.expiry.ttl_secs = Some(TTL);
-        config.leases.drain_timeout_secs = DRAIN;
+        config.expiry.idle_timeout = Some(Duration::from_secs_f64(IDLE));
+        config.expiry.ttl = Some(Duration::from_secs_f64(TTL));
+        config.leases.drain_timeout = Duration::from_secs_f64(DRAIN);
         let mut f = start(config).await;
         let start = tokio::time::Instant::now();
         let now = || start.elapsed().as_secs_f64();

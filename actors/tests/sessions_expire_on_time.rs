@@ -86,8 +86,8 @@ fn touch_keeps_a_session_alive_and_costs_no_deadline_filing() {
 fn the_configured_default_applies_and_never_means_never() {
     on_paused_time(|| async {
         let mut config = EngineConfig::default();
-        config.expiry.idle_timeout_secs = Some(2.0);
-        config.expiry.ttl_secs = None;
+        config.expiry.idle_timeout = Some(std::time::Duration::from_secs(2));
+        config.expiry.ttl = None;
         let mut f = start(config).await;
         let by_default = f.engine.open("dave").await.unwrap();
         let forever = f

@@ -20,7 +20,7 @@ fn slow_release() -> EngineConfig {
         burst: 1,
         max_in_flight: 1,
     }];
-    config.leases.drain_timeout_secs = 3_600.0;
+    config.leases.drain_timeout = std::time::Duration::from_secs(3_600);
     config
 }
 

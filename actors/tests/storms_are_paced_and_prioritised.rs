@@ -138,10 +138,10 @@ fn closes_overtake_idle_expiries_waiting_in_the_queue() {
 fn waiting_allocations_lift_the_pacer_so_release_keeps_up_with_demand() {
     on_paused_time(|| async {
         let mut config = paced(1, 1); // one buffer a second: a storm would take seconds
-        config.sessions.max_session_bytes = KIB;
-        config.budget.device_bytes = Some(4 * KIB);
+        config.sessions.max_session_memory = KIB;
+        config.budget.device_memory = Some(4 * KIB);
         config.budget.when_exhausted = WhenExhausted::Wait;
-        config.budget.wait_timeout_ms = 60_000;
+        config.budget.wait_timeout = std::time::Duration::from_millis(60_000);
         let f = start(config).await;
 
         // Without demand: four releases past a burst of one take three seconds.

@@ -1,5 +1,5 @@
 //! Every release carries per-step timings; a GPU release whose answer never
-//! comes is detected at `supervision.step_timeout_ms`, the session is
+//! comes is detected at `supervision.step_timeout`, the session is
 //! force-completed with an error receipt, and a late answer neither releases
 //! twice nor leaves the budget charged. On paused time.
 
@@ -18,7 +18,7 @@ fn a_release_the_pool_never_answers_is_force_completed() {
         let inner = Arc::new(InMemoryPool::new(256 * MIB, 16 * MIB));
         let pool = Arc::new(StallingPool::new(inner.clone()));
         let mut config = no_expiry();
-        config.supervision.step_timeout_ms = 1_000;
+        config.supervision.step_timeout = std::time::Duration::from_millis(1_000);
         let engine = Engine::start(config, pool.clone()).unwrap();
 
         let healthy = engine.open("a").await.unwrap();

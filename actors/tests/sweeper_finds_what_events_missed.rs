@@ -13,8 +13,8 @@ const SEC: Duration = Duration::from_secs(1);
 
 fn sweeping_every(secs: f64, drain_secs: f64) -> EngineConfig {
     let mut config = no_expiry();
-    config.expiry.sweep_interval_secs = secs;
-    config.leases.drain_timeout_secs = drain_secs;
+    config.expiry.sweep_interval = Duration::from_secs_f64(secs);
+    config.leases.drain_timeout = Duration::from_secs_f64(drain_secs);
     config
 }
 

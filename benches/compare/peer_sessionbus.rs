@@ -19,7 +19,7 @@ pub async fn start(sessions: usize, idle_timeout: bool) -> Result<Runtime, Strin
     let mut config = Config::default();
     config.sessions.max_sessions = config.sessions.max_sessions.max(2 * sessions);
     if !idle_timeout {
-        config.expiry.idle_timeout_secs = None;
+        config.expiry.idle_timeout = None;
     }
     Runtime::start(config)
         .await

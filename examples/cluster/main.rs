@@ -28,6 +28,8 @@ mod redis_server;
 mod child;
 mod story;
 
+use std::time::Duration;
+
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -75,10 +77,10 @@ async fn main() -> anyhow::Result<()> {
 /// The cluster timing of the example: quick, so a lost node shows within a second.
 pub(crate) fn cluster_config(url: &str, node: &str) -> sessionbus::cluster::ClusterConfig {
     sessionbus::cluster::ClusterConfig {
-        heartbeat_interval_ms: 200,
-        node_ttl_ms: 1000,
-        renew_interval_ms: 1000,
-        forward_timeout_ms: 3000,
+        heartbeat_interval: Duration::from_millis(200),
+        node_ttl: Duration::from_secs(1),
+        renew_interval: Duration::from_secs(1),
+        forward_timeout: Duration::from_secs(3),
         key_prefix: format!("sessionbus-example-{}", std::process::id()),
         ..sessionbus::cluster::ClusterConfig::new(url, node)
     }

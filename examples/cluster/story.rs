@@ -158,7 +158,7 @@ pub(crate) async fn run(
     // Act 4: Redis goes away for three TTLs and comes back from its append-only file.
     match redis {
         Some(redis) => {
-            let ttl = Duration::from_millis(crate::cluster_config(&url, "x").node_ttl_ms);
+            let ttl = crate::cluster_config(&url, "x").node_ttl;
             let resyncs = a.cluster.stats().resyncs + b.cluster.stats().resyncs;
             redis.kill();
             tokio::time::sleep(3 * ttl).await;

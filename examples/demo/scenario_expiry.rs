@@ -24,14 +24,14 @@ const RELEASE_WAIT: Duration = Duration::from_secs(30);
 pub fn configure(config: &mut Config) {
     // Remote lease holders heartbeat every 50 ms and are revoked after three
     // silent intervals, so a dead worker costs its session 150-200 ms.
-    config.leases.heartbeat_interval_secs = 0.05;
+    config.leases.heartbeat_interval = std::time::Duration::from_secs_f64(0.05);
     config.leases.missed_heartbeats = 3;
     // An end waits this long at most for in-flight work; every client here
     // lets go long before.
-    config.leases.drain_timeout_secs = 1.0;
+    config.leases.drain_timeout = std::time::Duration::from_secs(1);
     // The safety net looks every 250 ms, so anything the events missed would
     // show up as a sweeper incident during the run.
-    config.expiry.sweep_interval_secs = 0.25;
+    config.expiry.sweep_interval = std::time::Duration::from_secs_f64(0.25);
 }
 
 pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {

@@ -24,7 +24,7 @@ pub fn configure(config: &mut Config) {
         burst: 16,
         max_in_flight: 8,
     }];
-    config.leases.drain_timeout_secs = 600.0;
+    config.leases.drain_timeout = std::time::Duration::from_secs(600);
 }
 
 pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {

@@ -1,28 +1,18 @@
 //! The `[audit]` section: where the trail goes, its key, rotation and retention.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sessionbus_actors::Pseudonymizer;
+use sessionbus_actors::units::{self, format_duration, format_size};
 
 use super::chain::AuditKeys;
 use super::error::AuditConfigError;
 use super::keyring::{AuditKeyring, parse_key};
 
-/// The audit trail's configuration. Present (`[audit]` in TOML) means on.
-///
-/// ```toml
-/// [audit]
-/// dir = "/var/lib/sessionbus/audit"  # created if missing; must be writable at start
-/// key_env = "SESSIONBUS_AUDIT_KEY"    # env var holding the key: hex, at least 32 bytes
-/// # key = "…"                         # the key inline (tests only: never commit a real key)
-/// mode = "hmac"                       # operator and IP as HMAC-SHA256 pseudonyms
-/// rotate_bytes = 67108864             # start a new file past this size
-/// rotate_secs = 86400                 # ...or when the file is this old
-/// retention_days = 180                # files last written longer ago are deleted
-/// old_keys_env = "SESSIONBUS_AUDIT_OLD_KEYS"  # after a key change: "id:hex,id:hex"
-/// on_lost_records = "refuse"          # or "record_gap": see below
-/// ```
+/// The audit trail's configuration. Present (`[audit]` in TOML) means on;
+/// `sessionbus.toml` shows the section, commented out, with every key.
 ///
 /// At start the trail is checked before anything is appended: the previous
 /// run's tail under its key, and against the head note. Records that are
@@ -46,15 +36,15 @@ pub struct AuditConfig {
     /// How identities are hidden. Only `"hmac"` (keyed-hash pseudonyms) today.
     #[serde(default = "default_mode")]
     pub mode: String,
-    /// A file is rotated once it holds this many bytes (at least 1 024).
-    #[serde(default = "default_rotate_bytes")]
-    pub rotate_bytes: u64,
-    /// A file is rotated once it is this many seconds old (at least 1).
-    #[serde(default = "default_rotate_secs")]
-    pub rotate_secs: u64,
-    /// Files last written more than this many days ago are deleted (at least 1).
-    #[serde(default = "default_retention_days")]
-    pub retention_days: u64,
+    /// A file is rotated once it holds this much (`"64 MiB"`, at least 1 KiB).
+    #[serde(default = "default_rotate_size", with = "units::size")]
+    pub rotate_size: u64,
+    /// A file is rotated once it is this old (`"1d"`, at least one second).
+    #[serde(default = "default_rotate_age", with = "units::duration")]
+    pub rotate_age: Duration,
+    /// Files last written longer ago than this are deleted (`"180d"`, at least a day).
+    #[serde(default = "default_retention", with = "units::duration")]
+    pub retention: Duration,
     /// The environment variable holding earlier keys (`id:hex,id:hex`, or
     /// `hex,hex`): after a key change, the previous run's tail is verified
     /// under the key that sealed it.
@@ -83,14 +73,14 @@ pub enum LostRecords {
 fn default_mode() -> String {
     "hmac".into()
 }
-fn default_rotate_bytes() -> u64 {
+fn default_rotate_size() -> u64 {
     64 << 20
 }
-fn default_rotate_secs() -> u64 {
-    86_400
+fn default_rotate_age() -> Duration {
+    Duration::from_secs(86_400)
 }
-fn default_retention_days() -> u64 {
-    180
+fn default_retention() -> Duration {
+    Duration::from_secs(180 * 86_400)
 }
 
 impl AuditConfig {
@@ -101,9 +91,9 @@ impl AuditConfig {
             key: None,
             key_env: None,
             mode: default_mode(),
-            rotate_bytes: default_rotate_bytes(),
-            rotate_secs: default_rotate_secs(),
-            retention_days: default_retention_days(),
+            rotate_size: default_rotate_size(),
+            rotate_age: default_rotate_age(),
+            retention: default_retention(),
             old_keys_env: None,
             old_keys: None,
             on_lost_records: LostRecords::default(),
@@ -124,17 +114,32 @@ impl AuditConfig {
         if self.dir.as_os_str().is_empty() {
             return bad("audit.dir", "must name a directory".into());
         }
-        if self.rotate_bytes < 1024 {
+        if self.rotate_size < 1024 {
             return bad(
-                "audit.rotate_bytes",
-                format!("must be at least 1024, got {}", self.rotate_bytes),
+                "audit.rotate_size",
+                format!(
+                    "must be at least \"1 KiB\", got \"{}\"",
+                    format_size(self.rotate_size)
+                ),
             );
         }
-        if self.rotate_secs == 0 {
-            return bad("audit.rotate_secs", "must be at least 1, got 0".into());
+        if self.rotate_age < Duration::from_secs(1) {
+            return bad(
+                "audit.rotate_age",
+                format!(
+                    "must be at least \"1s\", got \"{}\"",
+                    format_duration(self.rotate_age)
+                ),
+            );
         }
-        if self.retention_days == 0 {
-            return bad("audit.retention_days", "must be at least 1, got 0".into());
+        if self.retention < Duration::from_secs(86_400) {
+            return bad(
+                "audit.retention",
+                format!(
+                    "must be at least \"1d\", got \"{}\"",
+                    format_duration(self.retention)
+                ),
+            );
         }
         Ok(())
     }
@@ -207,9 +212,9 @@ impl std::fmt::Debug for AuditConfig {
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
             .field("key_env", &self.key_env)
             .field("mode", &self.mode)
-            .field("rotate_bytes", &self.rotate_bytes)
-            .field("rotate_secs", &self.rotate_secs)
-            .field("retention_days", &self.retention_days)
+            .field("rotate_size", &self.rotate_size)
+            .field("rotate_age", &self.rotate_age)
+            .field("retention", &self.retention)
             .field("old_keys_env", &self.old_keys_env)
             .field("old_keys", &self.old_keys.as_ref().map(|_| "<redacted>"))
             .field("on_lost_records", &self.on_lost_records)

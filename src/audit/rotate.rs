@@ -3,7 +3,7 @@
 //! A file is named after the `seq` of its first record
 //! (`audit-00000000000000000042.jsonl`), so name order is chain order.
 //! Retention goes by a file's last modification (its last record): the
-//! oldest files, last written more than `retention_days` ago, are deleted.
+//! oldest files, last written more than `retention` ago, are deleted.
 //! The file being written is never deleted.
 
 use std::io;

@@ -83,7 +83,7 @@ struct Current {
 /// The audit trail in one directory.
 pub struct AuditTrail {
     dir: PathBuf,
-    rotate_bytes: u64,
+    rotate_size: u64,
     rotate_after: Duration,
     retention: Duration,
     keys: AuditKeys,
@@ -154,9 +154,9 @@ impl AuditTrail {
         }
         let mut trail = AuditTrail {
             dir: config.dir.clone(),
-            rotate_bytes: config.rotate_bytes,
-            rotate_after: Duration::from_secs(config.rotate_secs),
-            retention: Duration::from_secs(config.retention_days * 86_400),
+            rotate_size: config.rotate_size,
+            rotate_after: config.rotate_age,
+            retention: config.retention,
             keys: keyring
                 .current()
                 .expect("a validated config has a key")
@@ -404,7 +404,7 @@ impl AuditTrail {
         match &self.current {
             None => true,
             Some(c) => {
-                c.bytes >= self.rotate_bytes
+                c.bytes >= self.rotate_size
                     || self
                         .clock
                         .now()

@@ -102,6 +102,12 @@ pub struct Takeover {
 }
 
 /// `<id>:<version>` lines of a script's answer.
+/// A duration in whole milliseconds, as Redis takes TTLs (validation keeps
+/// every configured duration at 1 ms or more and under ten years).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn ended_list(lines: &[String]) -> Vec<(SessionId, u64)> {
     lines
         .iter()
@@ -160,10 +166,10 @@ impl Directory {
     pub async fn connect(config: &ClusterConfig) -> Result<Directory, ClusterError> {
         config.validate()?;
         let client = client_for(config)?;
-        let timeout = Duration::from_millis(config.forward_timeout_ms.max(500));
+        let timeout = config.forward_timeout.max(Duration::from_millis(500));
         // One connection attempt per reconnect, no backoff of its own: the
         // heartbeat drives reconnection, once per heartbeat interval. After
-        // an outage every node must be back well within `node_ttl_ms` of the
+        // an outage every node must be back well within `node_ttl` of the
         // others, or the first one back would see them silent; the client's
         // own backoff (seconds, with jitter) spread them by more than a TTL.
         let manager = ConnectionManagerConfig::new()
@@ -181,8 +187,8 @@ impl Directory {
             client,
             keys: Keys::new(&config.key_prefix),
             scripts: std::sync::Arc::new(Scripts::new()),
-            node_ttl_ms: config.node_ttl_ms,
-            session_ttl_ms: config.session_ttl_secs.saturating_mul(1000),
+            node_ttl_ms: millis(config.node_ttl),
+            session_ttl_ms: millis(config.session_ttl),
         })
     }
 

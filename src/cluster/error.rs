@@ -41,7 +41,7 @@ pub enum ClusterError {
         source: redis::RedisError,
     },
     /// Another process heartbeats under this node id (or a previous run of
-    /// this node stopped less than `node_ttl_ms` ago).
+    /// this node stopped less than `node_ttl` ago).
     #[error(
         "cluster.node_id {node:?} is in use: a node with this id heartbeated {ago_ms} ms ago; pick another id or wait for its heartbeat to expire"
     )]
@@ -106,7 +106,7 @@ pub enum ClusterError {
         id: SessionId,
         /// Its owner.
         node: String,
-        /// `cluster.forward_timeout_ms`.
+        /// `cluster.forward_timeout`.
         timeout: Duration,
     },
     /// The session refused the request (same error as a local call).

@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::oneshot;
@@ -28,7 +27,7 @@ pub(crate) async fn listen(shared: Arc<Shared>, subscribed: oneshot::Sender<()>)
         keys.requests(shared.node()),
         keys.replies(shared.node()),
     ];
-    let retry = Duration::from_millis(shared.config.heartbeat_interval_ms);
+    let retry = shared.config.heartbeat_interval;
     let mut first = true;
     loop {
         shared.unpaused().await;

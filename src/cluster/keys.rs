@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! {p}:s:{session}          hash: node, epoch, owner, version, state (live|ended), reason; TTL
-//! {p}:node:{id}:hb         the node's heartbeat (value: its epoch); TTL node_ttl_ms
+//! {p}:node:{id}:hb         the node's heartbeat (value: its epoch); TTL node_ttl
 //! {p}:node:{id}:epoch      the node's fencing epoch token, `<epoch>-<incarnation>` (set on join; replaced when declared lost)
 //! {p}:node:{id}:epochs     the counter the epoch numbers come from
 //! {p}:node:{id}:sessions   set of the ids it owns (what a takeover ends)

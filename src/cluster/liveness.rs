@@ -1,17 +1,17 @@
 //! Heartbeats, and finding nodes that stopped beating.
 //!
-//! Every `heartbeat_interval_ms` the node refreshes its heartbeat key (TTL
-//! `node_ttl_ms`). A node whose key has expired may be declared lost by the
+//! Every `heartbeat_interval` the node refreshes its heartbeat key (TTL
+//! `node_ttl`). A node whose key has expired may be declared lost by the
 //! takeover script, which replaces its epoch token (fencing it: none of its
 //! writes will ever be accepted again) and ends its sessions with
 //! `node_lost`; the survivor that won publishes a signed invalidation for each.
 //!
 //! **The rule against takeover storms.** A node declares a peer lost only
 //! when it has itself been connected and heartbeating, without a gap, for at
-//! least `node_ttl_ms` since its last reconnect, and the peer's heartbeat key
+//! least `node_ttl` since its last reconnect, and the peer's heartbeat key
 //! has been absent (it did not beat for a whole TTL, by Redis's clock). So an
 //! outage of any length in which every node loses Redis ends nothing, as long
-//! as the nodes come back within `node_ttl_ms` of each other: whoever is back
+//! as the nodes come back within `node_ttl` of each other: whoever is back
 //! first waits a TTL, and by then the others have beaten. The cost: a node
 //! that really died during an outage is declared lost one TTL later than it
 //! would be otherwise. A real partition of one node (it cannot reach Redis,
@@ -68,8 +68,8 @@ impl Continuity {
 }
 
 pub(crate) async fn run(shared: Arc<Shared>) {
-    let period = Duration::from_millis(shared.config.heartbeat_interval_ms);
-    let ttl = Duration::from_millis(shared.config.node_ttl_ms);
+    let period = shared.config.heartbeat_interval;
+    let ttl = shared.config.node_ttl;
     let mut continuity = Continuity::new(ttl);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -102,7 +102,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             Err(_) => {
                 tracing::debug!(target: "sessionbus::cluster", node = %shared.node(), "heartbeat timed out");
                 continuity.lost();
-                shared.degraded("heartbeat", &"no answer within half of node_ttl_ms");
+                shared.degraded("heartbeat", &"no answer within half of node_ttl");
                 continue;
             }
         }

@@ -33,10 +33,10 @@
 //! - **Eventual, bounded by a round trip:** other nodes drop what they hold
 //!   for an ended session when its invalidation arrives (pub/sub, sub-millisecond
 //!   on a LAN; see BENCHMARKS.md).
-//! - **Eventual, bounded by `node_ttl_ms` + `heartbeat_interval_ms`:** a dead
+//! - **Eventual, bounded by `node_ttl` + `heartbeat_interval`:** a dead
 //!   node is declared lost, fenced, and its sessions ended.
 //! - **After Redis comes back:** each node resyncs within one heartbeat interval.
-//! - **Last backstop:** entries expire `session_ttl_secs` after their last renewal.
+//! - **Last backstop:** entries expire `session_ttl` after their last renewal.
 //!
 //! Every node-to-node message is signed with the cluster key
 //! (`ClusterConfig::keys`); nothing that arrives through Redis is acted on

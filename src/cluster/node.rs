@@ -2,7 +2,6 @@
 //! answers for any session in it, local or not.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sessionbus_actors::{
     Caller, ContextError, Delivery, EndReason, EngineHandle, Event, EventKinds, LeaseGrant,
@@ -74,7 +73,7 @@ impl ClusterNode {
     pub async fn start(engine: &EngineHandle, config: ClusterConfig) -> Result<Self, ClusterError> {
         config.validate()?;
         let keys = config.resolved_keys()?;
-        let window = Duration::from_millis(config.replay_window_ms);
+        let window = config.replay_window;
         let keyring = Keyring::new(&keys, window).map_err(|reason| {
             ClusterError::Config(super::config::ClusterConfigError {
                 field: "cluster.keys",
@@ -133,7 +132,7 @@ impl ClusterNode {
             tasks,
         };
         // Invalidations published before the subscription would be lost to this node.
-        let wait = Duration::from_millis(node.shared.config.forward_timeout_ms);
+        let wait = node.shared.config.forward_timeout;
         let _ = tokio::time::timeout(wait, subscribed).await;
         // The first resync writes the sessions the engine had before the node started.
         node.shared.request_resync();

@@ -10,12 +10,11 @@
 //!
 //! Delivery is at-most-once. A request that reaches no subscriber (the owner
 //! is gone) fails at once; one that gets no answer within
-//! `forward_timeout_ms` fails with `ClusterError::OwnerUnreachable`. Closing
+//! `forward_timeout` fails with `ClusterError::OwnerUnreachable`. Closing
 //! twice is harmless, so a caller may retry a close.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use sessionbus_actors::{Caller, LeaseId, SessionError, SessionId};
 use tokio::sync::oneshot;
@@ -92,7 +91,7 @@ pub(crate) async fn forward(
     caller: &Caller,
     op: Op,
 ) -> Result<Done, ClusterError> {
-    let timeout = Duration::from_millis(shared.config.forward_timeout_ms);
+    let timeout = shared.config.forward_timeout;
     let unreachable = || ClusterError::OwnerUnreachable {
         id,
         node: node.to_string(),
@@ -169,14 +168,14 @@ pub(crate) async fn accept(shared: &Arc<Shared>, request: Verified<Request>) {
     let shared = shared.clone();
     tokio::spawn(async move {
         shared.counters.served.fetch_add(1, Ordering::Relaxed);
-        // The asking node stops waiting after forward_timeout_ms: so does the
+        // The asking node stops waiting after forward_timeout: so does the
         // worker, so one slow close cannot hold a permit for long.
-        let limit = Duration::from_millis(shared.config.forward_timeout_ms);
+        let limit = shared.config.forward_timeout;
         let work = execute(&shared, body.id, caller, body.op);
         let result = match tokio::time::timeout(limit, work).await {
             Ok(result) => result.map_err(|e| WireError::from(&e)),
             Err(_) => Err(WireError::Other(format!(
-                "not done within forward_timeout_ms ({} ms); it goes on on the owner node",
+                "not done within forward_timeout ({} ms); it goes on on the owner node",
                 limit.as_millis()
             ))),
         };

@@ -9,7 +9,7 @@
 //!   random nonce; the body is the message.
 //! - A frame is accepted only if, in this order: it parses, its key id is in
 //!   the keyring, its MAC verifies (constant time), it was published on the
-//!   channel it names, its timestamp is within `replay_window_ms` of this
+//!   channel it names, its timestamp is within `replay_window` of this
 //!   node's clock, and its nonce was not seen in that window. The JSON is
 //!   parsed only after the MAC verified, so a forger cannot even reach the parser.
 //! - The nonce memory holds verified frames only (a forger cannot fill it)

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sessionbus_actors::{Caller, EndReason, EngineHandle, Owner, SessionId};
 use tokio::sync::{Notify, Semaphore, broadcast, mpsc, oneshot, watch};
@@ -328,7 +328,7 @@ impl Shared {
                 false => Err(Rejection::StaleEpoch),
             };
         }
-        let fresh = Duration::from_millis(self.config.heartbeat_interval_ms);
+        let fresh = self.config.heartbeat_interval;
         let claimed = Some((sender.epoch, sender.incarnation));
         let cached = self
             .peers

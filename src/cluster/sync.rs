@@ -11,7 +11,6 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use sessionbus_actors::{Caller, EndReason, LifecycleEvent, SessionError, SessionId};
 use tokio::sync::{mpsc, oneshot};
@@ -78,8 +77,8 @@ impl Writer {
         mut updates: mpsc::Receiver<Update>,
     ) {
         let config = &self.shared.config;
-        let mut renew = tokio::time::interval(Duration::from_millis(config.renew_interval_ms));
-        let mut retry = tokio::time::interval(Duration::from_millis(config.heartbeat_interval_ms));
+        let mut renew = tokio::time::interval(config.renew_interval);
+        let mut retry = tokio::time::interval(config.heartbeat_interval);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -376,7 +375,7 @@ impl Writer {
 
     /// Coalesced renewal: one batch per interval for the sessions active in it.
     async fn renew_active(&mut self) {
-        let window = Duration::from_millis(self.shared.config.renew_interval_ms * 2);
+        let window = self.shared.config.renew_interval * 2;
         let active = self.shared.engine.live_sessions(Some(window)).await;
         self.renew(active).await;
     }

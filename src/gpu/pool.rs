@@ -23,7 +23,7 @@ use super::worker::{self, Command, DeviceView, WorkerExit};
 const THREAD_NAME: &str = "sessionbus-gpu";
 
 /// How long [`WgpuPool::shutdown`] (and dropping the pool) waits for the
-/// worker to stop: the default `[supervision] step_timeout_ms`.
+/// worker to stop: the default `[supervision] step_timeout`.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What stopping the worker did (see [`WgpuPool::shutdown_within`]).

@@ -1,15 +1,13 @@
 //! The `[metrics]` configuration section.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use sessionbus_actors::ConfigError;
+use sessionbus_actors::units;
 
 /// Whether the runtime feeds the `metrics` facade, and how often it samples gauges.
-///
-/// ```toml
-/// [metrics]
-/// enabled = false           # true: a subscriber turns bus events into metrics (install a recorder)
-/// sample_interval_ms = 1000 # gauges (sessions, GPU bytes, queue depth) are sampled this often
-/// ```
+/// Defaults: off, sampled every second (see `sessionbus.toml`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -18,15 +16,16 @@ pub struct MetricsConfig {
     /// BENCHMARKS.md). Turn it on where an exporter is installed.
     pub enabled: bool,
     /// Gauges are read from the registry and the pool this often; counters and
-    /// histograms follow the bus event by event.
-    pub sample_interval_ms: u64,
+    /// histograms follow the bus event by event. Default one second.
+    #[serde(with = "units::duration")]
+    pub sample_interval: Duration,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             enabled: false,
-            sample_interval_ms: 1000,
+            sample_interval: Duration::from_secs(1),
         }
     }
 }
@@ -34,10 +33,13 @@ impl Default for MetricsConfig {
 impl MetricsConfig {
     /// Refuses a zero interval.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.sample_interval_ms == 0 {
+        if self.sample_interval < Duration::from_millis(1) {
             return Err(ConfigError::new(
-                "metrics.sample_interval_ms",
-                "must be at least 1 (milliseconds), got 0",
+                "metrics.sample_interval",
+                format!(
+                    "must be at least \"1ms\", got \"{}\"",
+                    units::format_duration(self.sample_interval)
+                ),
             ));
         }
         Ok(())

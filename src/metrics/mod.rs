@@ -8,7 +8,7 @@
 //! What is emitted, with names, units, labels and meanings, is listed in
 //! [`names`] (and in the README's "Metrics" table). Counters and histograms
 //! follow the bus event by event; gauges are sampled every
-//! `metrics.sample_interval_ms`. Labels come from bounded sets only (`reason`,
+//! `metrics.sample_interval`. Labels come from bounded sets only (`reason`,
 //! `state`): never a session id, owner or trace id.
 //!
 //! Histograms have explicit buckets in [`names::HISTOGRAM_BUCKETS`]; apply

@@ -1,6 +1,6 @@
 //! The metrics subscriber: a thread of its own (`sessionbus-metrics`) that
 //! follows the bus (every event, reliably, so counters are exact) and samples
-//! the gauges every `metrics.sample_interval_ms`.
+//! the gauges every `metrics.sample_interval`.
 //!
 //! Ground rules: it only reads. It never holds up an end or a release: the
 //! bus hands it events without waiting, and if it falls behind its backlog
@@ -42,7 +42,7 @@ impl MetricsTask {
             .subscribe_channel(EventKinds::ALL, Delivery::Reliable)
             .await?;
         let (finish, finish_rx) = oneshot::channel();
-        let interval = Duration::from_millis(config.sample_interval_ms);
+        let interval = config.sample_interval;
         let engine = engine.clone();
         let thread = std::thread::Builder::new()
             .name("sessionbus-metrics".into())

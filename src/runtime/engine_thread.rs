@@ -1,10 +1,9 @@
 //! The `sessionbus-engine` thread: opens the GPU pool, runs the engine's
 //! actix System until `Runtime::shutdown` stops it, then stops the GPU worker
-//! (waiting for it at most `[supervision] step_timeout_ms`: a hung device is
+//! (waiting for it at most `[supervision] step_timeout`: a hung device is
 //! given up on, never waited for forever) and hands back how that went.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sessionbus_actors::{Engine, EngineHandle, Pseudonymizer};
 use tokio::sync::oneshot;
@@ -31,7 +30,7 @@ pub(super) fn run(
     started: oneshot::Sender<Started>,
     exit: oneshot::Sender<GpuStop>,
 ) {
-    let gpu_step_timeout = Duration::from_millis(config.supervision.step_timeout_ms);
+    let gpu_step_timeout = config.supervision.step_timeout;
     let gpu = match WgpuPool::start(&config.gpu) {
         Ok(pool) => Arc::new(pool),
         Err(e) => {

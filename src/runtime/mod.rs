@@ -50,7 +50,7 @@ impl RuntimeBuilder {
 pub struct StopReport {
     /// Sessions ended and memory released by the shutdown.
     pub sessions: ShutdownReport,
-    /// Events that reliable bus subscribers had not taken by `bus.flush_timeout_ms`
+    /// Events that reliable bus subscribers had not taken by `bus.flush_timeout`
     /// (zero unless a reliable subscriber stopped reading).
     pub bus_undelivered: usize,
     /// wgpu's own counters after everything was released and the device
@@ -81,7 +81,7 @@ pub struct Runtime {
     system: actix::System,
     engine_exit: Option<oneshot::Receiver<GpuStop>>,
     flush_timeout: std::time::Duration,
-    /// `[supervision] step_timeout_ms`: the longest any wait on the GPU
+    /// `[supervision] step_timeout`: the longest any wait on the GPU
     /// thread lasts (a device reopen, the worker's stop).
     gpu_step_timeout: Duration,
     /// The metrics subscriber (`None` unless `metrics.enabled`).
@@ -121,9 +121,9 @@ impl Runtime {
         let pseudonyms = trail
             .as_ref()
             .map_or_else(Pseudonymizer::random, audit::log_pseudonyms);
-        let flush_timeout = std::time::Duration::from_millis(config.bus.flush_timeout_ms);
-        let shutdown_deadline = config.shutdown.deadline();
-        let gpu_step_timeout = Duration::from_millis(config.supervision.step_timeout_ms);
+        let flush_timeout = config.bus.flush_timeout;
+        let shutdown_deadline = config.shutdown.deadline;
+        let gpu_step_timeout = config.supervision.step_timeout;
         let (started_tx, started_rx) = oneshot::channel::<engine_thread::Started>();
         let (exit_tx, exit_rx) = oneshot::channel();
         let engine_thread = thread::Builder::new()
@@ -196,7 +196,7 @@ impl Runtime {
 
     /// Recovers from a lost GPU device without restarting the process:
     /// [`recover_gpu_within`](Self::recover_gpu_within) the configured
-    /// `[shutdown] deadline_secs` (the bound already chosen for ending every
+    /// `[shutdown] deadline` (the bound already chosen for ending every
     /// session). Returns how many sessions it ended with reason
     /// `device_lost`; sessions that were already ending (a close draining a
     /// lease) keep their own end and are not counted.
@@ -213,7 +213,7 @@ impl Runtime {
     /// the new device; what the old one still held (releases still under way
     /// at the deadline, counted in `unreleased`) is dropped with it.
     ///
-    /// The new device is waited for at most `[supervision] step_timeout_ms`:
+    /// The new device is waited for at most `[supervision] step_timeout`:
     /// a GPU thread that does not answer by then (a hung driver) gives
     /// [`GpuInitError::Unresponsive`], and the device opens if it ever does.
     pub async fn recover_gpu_within(
@@ -315,11 +315,11 @@ impl Runtime {
     /// are forced; at `deadline` the engine reports what is still unreleased
     /// (`sessions.releases_unfinished`, `sessions.completed == false`) and the
     /// GPU thread destroys it as it stops. Reliable subscribers then get up
-    /// to `bus.flush_timeout_ms` to take their backlog. wgpu's counters in the
+    /// to `bus.flush_timeout` to take their backlog. wgpu's counters in the
     /// report are read after the last device poll.
     ///
     /// Bounded even when the GPU hangs: a release the device does not answer
-    /// is declared stuck after `[supervision] step_timeout_ms`, and the GPU
+    /// is declared stuck after `[supervision] step_timeout`, and the GPU
     /// thread is waited for at most that long again as it stops; if it does
     /// not stop, the report says so (`gpu_stopped == false`, what it still
     /// held in `gpu_held`) and shutdown returns without it.

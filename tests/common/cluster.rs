@@ -2,6 +2,8 @@
 //! The cluster tests' node configuration: quick timings, and the test
 //! cluster's key (a fixed test value, not a secret of anything real).
 
+use std::time::Duration;
+
 use sessionbus::cluster::{ClusterConfig, ClusterKey};
 
 /// The key every test node signs with.
@@ -12,17 +14,15 @@ pub fn test_key() -> ClusterKey {
 /// A node of the test cluster: a heartbeat every 100 ms, lost after 500 ms.
 pub fn config(url: &str, node: &str) -> ClusterConfig {
     ClusterConfig {
-        heartbeat_interval_ms: 100,
-        node_ttl_ms: 500,
-        renew_interval_ms: 200,
-        session_ttl_secs: 60,
-        forward_timeout_ms: 5000,
+        heartbeat_interval: Duration::from_millis(100),
+        node_ttl: Duration::from_millis(500),
+        renew_interval: Duration::from_millis(200),
+        session_ttl: Duration::from_secs(60),
+        forward_timeout: Duration::from_secs(5),
         keys: vec![test_key()],
         ..ClusterConfig::new(url, node)
     }
 }
-
-use std::time::Duration;
 
 use sessionbus::Config;
 use sessionbus::cluster::{ClusterNode, Invalidation};

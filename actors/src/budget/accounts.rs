@@ -22,11 +22,11 @@ use crate::ids::Owner;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BudgetScope {
-    /// The device-wide budget (`budget.device_bytes`).
+    /// The device-wide budget (`budget.device_memory`).
     Device,
-    /// The owner's budget (`budget.owner_bytes`).
+    /// The owner's budget (`budget.owner_memory`).
     Owner,
-    /// The session's cap (`sessions.max_session_bytes`).
+    /// The session's cap (`sessions.max_session_memory`).
     Session,
 }
 
@@ -78,8 +78,8 @@ pub(crate) struct Budget {
 impl Budget {
     pub(crate) fn new(config: &BudgetConfig) -> Self {
         Budget {
-            device_limit: config.device_bytes,
-            owner_limit: config.owner_bytes,
+            device_limit: config.device_memory,
+            owner_limit: config.owner_memory,
             books: Mutex::default(),
             waiting_bytes: AtomicU64::new(0),
             peak: AtomicU64::new(0),
@@ -344,9 +344,9 @@ pub struct BudgetStats {
     pub device_used: u64,
     /// Highest `device_used` seen.
     pub device_peak: u64,
-    /// `budget.device_bytes`, if set.
+    /// `budget.device_memory`, if set.
     pub device_limit: Option<u64>,
-    /// `budget.owner_bytes`, if set.
+    /// `budget.owner_memory`, if set.
     pub owner_limit: Option<u64>,
     /// Allocations waiting for room.
     pub waiting: u64,
@@ -360,8 +360,8 @@ mod tests {
 
     fn budget(device: Option<u64>, owner: Option<u64>) -> Budget {
         Budget::new(&BudgetConfig {
-            device_bytes: device,
-            owner_bytes: owner,
+            device_memory: device,
+            owner_memory: owner,
             ..BudgetConfig::default()
         })
     }

@@ -148,7 +148,7 @@ mod tests {
     #[tokio::test]
     async fn a_wait_dropped_after_its_grant_hands_the_bytes_back() {
         let budget = Arc::new(Budget::new(&BudgetConfig {
-            device_bytes: Some(100),
+            device_memory: Some(100),
             ..BudgetConfig::default()
         }));
         let owner = Owner::new("a");

@@ -1,10 +1,12 @@
 //! `[budget]`: how much GPU memory the device and each owner may hold, and
 //! what an allocation past a budget does.
 
-use serde::de::{self, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, at_least};
+use crate::units::{self, format_size};
 
 /// What an allocation does when a budget (device or owner) has no room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,7 +14,7 @@ use crate::config::{ConfigError, at_least};
 pub enum WhenExhausted {
     /// Fail at once with `AllocError::OverBudget`.
     Fail,
-    /// Wait (FIFO, at most `wait_timeout_ms`) for memory to come back.
+    /// Wait (FIFO, at most `wait_timeout`) for memory to come back.
     Wait,
     /// Make room from idle sessions, least recently active first (offloading
     /// them to host memory when `offload` allows, ending them with reason
@@ -20,73 +22,83 @@ pub enum WhenExhausted {
     Evict,
 }
 
-/// GPU memory budgets. The per-session cap is `sessions.max_session_bytes`.
+/// GPU memory budgets. The per-session cap is `sessions.max_session_memory`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BudgetConfig {
-    /// Bytes all sessions together may hold on the device, or `"none"`.
-    /// Default `"none"`: the device's own out-of-memory is the limit.
-    #[serde(with = "bytes_or_none")]
-    pub device_bytes: Option<u64>,
-    /// Bytes the sessions of one owner (tenant) may hold together, or `"none"` (default).
-    #[serde(with = "bytes_or_none")]
-    pub owner_bytes: Option<u64>,
+    /// GPU memory all sessions together may hold on the device (`"16 GiB"`),
+    /// or `"off"`. Default `"off"`: the device's own out-of-memory is the limit.
+    #[serde(with = "units::size_or_off")]
+    pub device_memory: Option<u64>,
+    /// GPU memory the sessions of one owner (tenant) may hold together, or
+    /// `"off"` (default).
+    #[serde(with = "units::size_or_off")]
+    pub owner_memory: Option<u64>,
     /// What an allocation past a budget does. Default `"evict"`.
     pub when_exhausted: WhenExhausted,
-    /// How long an allocation may wait for memory (`wait` and `evict`), in
-    /// milliseconds; then it fails with `AllocError::BudgetWaitTimedOut`. Default 5 000.
-    pub wait_timeout_ms: u64,
+    /// How long an allocation may wait for memory (`wait` and `evict`); then
+    /// it fails with `AllocError::BudgetWaitTimedOut`. Default five seconds.
+    #[serde(with = "units::duration")]
+    pub wait_timeout: Duration,
     /// Only sessions idle at least this long (no message, no lease held) may
-    /// be evicted or offloaded, in milliseconds. Default 1 000.
-    pub evict_idle_ms: u64,
+    /// be evicted or offloaded. Default one second.
+    #[serde(with = "units::duration")]
+    pub evict_idle: Duration,
     /// Evict softly: copy an idle session's buffers to host memory and free
     /// them on the GPU, keeping the session alive; its next message brings
     /// them back. Needs a pool that can offload (the wgpu pool can). Default true.
     pub offload: bool,
-    /// Host memory offloaded sessions may hold together, in bytes; past it,
+    /// Host memory offloaded sessions may hold together (`"8 GiB"`); past it,
     /// eviction ends sessions instead. Default 8 GiB.
-    pub offload_host_bytes: u64,
+    #[serde(with = "units::size")]
+    pub offload_host_memory: u64,
 }
 
 impl Default for BudgetConfig {
     fn default() -> Self {
         BudgetConfig {
-            device_bytes: None,
-            owner_bytes: None,
+            device_memory: None,
+            owner_memory: None,
             when_exhausted: WhenExhausted::Evict,
-            wait_timeout_ms: 5_000,
-            evict_idle_ms: 1_000,
+            wait_timeout: Duration::from_secs(5),
+            evict_idle: Duration::from_secs(1),
             offload: true,
-            offload_host_bytes: 8 << 30,
+            offload_host_memory: 8 << 30,
         }
     }
 }
 
 impl BudgetConfig {
-    /// Refuses values that cannot work; `max_session_bytes` is the per-session cap.
-    pub fn validate(&self, max_session_bytes: u64) -> Result<(), ConfigError> {
-        if let Some(device) = self.device_bytes {
-            at_least("budget.device_bytes", device, 1)?;
-            if max_session_bytes > device {
+    /// Refuses values that cannot work; `max_session_memory` is the per-session cap.
+    pub fn validate(&self, max_session_memory: u64) -> Result<(), ConfigError> {
+        if let Some(device) = self.device_memory {
+            at_least("budget.device_memory", device, 1)?;
+            if max_session_memory > device {
                 return Err(ConfigError::new(
-                    "sessions.max_session_bytes",
+                    "sessions.max_session_memory",
                     format!(
-                        "the per-session cap ({max_session_bytes} bytes) is above the \
-                         device budget (budget.device_bytes = {device}); no session could use it"
+                        "the per-session cap ({}) is above the device budget \
+                         (budget.device_memory = \"{}\"); no session could use it",
+                        format_size(max_session_memory),
+                        format_size(device)
                     ),
                 ));
             }
-            if let Some(owner) = self.owner_bytes.filter(|owner| *owner > device) {
+            if let Some(owner) = self.owner_memory.filter(|owner| *owner > device) {
                 return Err(ConfigError::new(
-                    "budget.owner_bytes",
-                    format!("the owner budget ({owner}) is above the device budget ({device})"),
+                    "budget.owner_memory",
+                    format!(
+                        "the owner budget ({}) is above the device budget ({})",
+                        format_size(owner),
+                        format_size(device)
+                    ),
                 ));
             }
         }
-        if let Some(owner) = self.owner_bytes {
-            at_least("budget.owner_bytes", owner, 1)?;
+        if let Some(owner) = self.owner_memory {
+            at_least("budget.owner_memory", owner, 1)?;
         }
-        at_least("budget.wait_timeout_ms", self.wait_timeout_ms, 1)?;
+        units::check_duration("budget.wait_timeout", self.wait_timeout)?;
         Ok(())
     }
 
@@ -94,8 +106,8 @@ impl BudgetConfig {
     /// (`min_buffer_bytes`, measured by the pool at start).
     pub fn validate_for_device(&self, min_buffer_bytes: u64) -> Result<(), ConfigError> {
         for (field, budget) in [
-            ("budget.device_bytes", self.device_bytes),
-            ("budget.owner_bytes", self.owner_bytes),
+            ("budget.device_memory", self.device_memory),
+            ("budget.owner_memory", self.owner_memory),
         ] {
             if let Some(budget) = budget.filter(|budget| *budget < min_buffer_bytes) {
                 return Err(ConfigError::new(
@@ -111,54 +123,6 @@ impl BudgetConfig {
     }
 }
 
-/// Serde for `Option<u64>` written as a number of bytes or `"none"`.
-mod bytes_or_none {
-    use super::*;
-
-    pub(super) fn serialize<S: Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(bytes) => s.serialize_u64(*bytes),
-            None => s.serialize_str("none"),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        d.deserialize_any(BytesOrNone)
-    }
-
-    struct BytesOrNone;
-
-    impl Visitor<'_> for BytesOrNone {
-        type Value = Option<u64>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a number of bytes, or \"none\"")
-        }
-
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            Ok(Some(v))
-        }
-
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            u64::try_from(v)
-                .map(Some)
-                .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
-        }
-
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            if v == "none" {
-                Ok(None)
-            } else {
-                Err(E::invalid_value(de::Unexpected::Str(v), &self))
-            }
-        }
-
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,29 +130,29 @@ mod tests {
     #[test]
     fn a_session_cap_above_the_device_budget_is_refused() {
         let config = BudgetConfig {
-            device_bytes: Some(1 << 20),
+            device_memory: Some(1 << 20),
             ..BudgetConfig::default()
         };
         let err = config.validate(2 << 20).unwrap_err();
-        assert_eq!(err.field, "sessions.max_session_bytes");
+        assert_eq!(err.field, "sessions.max_session_memory");
         config.validate(1 << 20).unwrap();
         let err = BudgetConfig {
-            device_bytes: Some(0),
+            device_memory: Some(0),
             ..BudgetConfig::default()
         }
         .validate(0)
         .unwrap_err();
-        assert_eq!(err.field, "budget.device_bytes");
+        assert_eq!(err.field, "budget.device_memory");
     }
 
     #[test]
     fn a_budget_below_one_buffer_is_refused_for_the_device() {
         let config = BudgetConfig {
-            owner_bytes: Some(100),
+            owner_memory: Some(100),
             ..BudgetConfig::default()
         };
         let err = config.validate_for_device(256).unwrap_err();
-        assert_eq!(err.field, "budget.owner_bytes");
+        assert_eq!(err.field, "budget.owner_memory");
         assert!(err.to_string().contains("256"), "{err}");
         config.validate_for_device(64).unwrap();
     }

@@ -10,7 +10,7 @@
 //!   one task per subscriber as room appears. A reliable subscriber that stops
 //!   reading makes its backlog grow: the backlog is visible in
 //!   `RegistryStats::bus_backlog` and logged at WARN every 1 024 events. At
-//!   shutdown the runtime waits up to `bus.flush_timeout_ms` for backlogs to
+//!   shutdown the runtime waits up to `bus.flush_timeout` for backlogs to
 //!   drain and reports what could not be delivered.
 //! - **Best-effort** subscribers (the default for the application) get what
 //!   fits in their queue. When it is full the event is dropped *for that

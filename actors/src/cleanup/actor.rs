@@ -105,14 +105,14 @@ fn enqueue(release: &Release, ended: Arc<SessionEndEvent>, hooks_took: std::time
 }
 
 /// Runs the dispatcher and restarts it after a panic, up to
-/// `supervision.max_restarts` within `within_secs`; past that it escalates:
+/// `supervision.max_restarts` within `supervision.within`; past that it escalates:
 /// logged at ERROR, and the runtime marked failed (no new sessions). Work
 /// survives a restart: the queue is shared, and a release taken but not yet
 /// handed to the pool is put back. A release already handed over is the
 /// pool's, answered to its own receipt task, so nothing is released twice.
 async fn supervise(release: Release) {
     use futures::FutureExt;
-    let mut intensity = RestartIntensity::new(release.limits.max_restarts, release.limits.window());
+    let mut intensity = RestartIntensity::new(release.limits.max_restarts, release.limits.within);
     loop {
         let run = std::panic::AssertUnwindSafe(dispatch(release.clone())).catch_unwind();
         if run.await.is_ok() {
@@ -125,8 +125,9 @@ async fn supervise(release: Release) {
         }
         if !intensity.allow(crate::clock::now()) {
             let what = format!(
-                "the cleanup dispatcher panicked more than {} times within {} s",
-                release.limits.max_restarts, release.limits.within_secs
+                "the cleanup dispatcher panicked more than {} times within {}",
+                release.limits.max_restarts,
+                crate::units::format_duration(release.limits.within)
             );
             tracing::error!(
                 target: "sessionbus::supervisor",

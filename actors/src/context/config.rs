@@ -1,8 +1,11 @@
 //! Settings of the default context policy, [`DecayingContext`](super::DecayingContext).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
+use crate::units;
 
 /// Settings of the default context policy. Every field has a default, so an
 /// empty `[context]` table is valid; `validate` refuses values that cannot work.
@@ -19,13 +22,14 @@ pub struct ContextConfig {
     /// never triggers. Default 0.4: sentence embeddings of one topic usually
     /// score well above it, unrelated ones near 0.
     pub similarity_threshold: f32,
-    /// Idle seconds after which the context counts half as much as a new
-    /// turn; it is what makes an old conversation fade. Must be positive.
-    /// Default 600 (ten minutes).
-    pub half_life_secs: f64,
+    /// Idle time after which the context counts half as much as a new turn
+    /// (`"10m"`); it is what makes an old conversation fade. Must be longer
+    /// than zero. Default ten minutes.
+    #[serde(with = "units::duration")]
+    pub half_life: Duration,
     /// A context whose decayed weight is below this is stale when the next
     /// turn arrives. Within `[0, 1)`; `0` never triggers. The idle time that
-    /// triggers it is `half_life_secs * log2(1 / min_weight)`. Default 0.05:
+    /// triggers it is `half_life * log2(1 / min_weight)`. Default 0.05:
     /// about 4.3 half-lives, 43 minutes with the default half-life.
     pub min_weight: f32,
     /// The embedding length, if known in advance; `None` fixes it from the
@@ -39,7 +43,7 @@ impl Default for ContextConfig {
         ContextConfig {
             enabled: true,
             similarity_threshold: 0.4,
-            half_life_secs: 600.0,
+            half_life: Duration::from_secs(600),
             min_weight: 0.05,
             dimension: None,
         }
@@ -56,13 +60,7 @@ impl ContextConfig {
                 format!("must be a finite number within [-1, 1], got {threshold}"),
             ));
         }
-        let half_life = self.half_life_secs;
-        if !(half_life.is_finite() && half_life > 0.0) {
-            return Err(ConfigError::new(
-                "context.half_life_secs",
-                format!("must be a finite number greater than 0, got {half_life}"),
-            ));
-        }
+        units::check_duration("context.half_life", self.half_life)?;
         let min_weight = self.min_weight;
         if !(min_weight.is_finite() && (0.0..1.0).contains(&min_weight)) {
             return Err(ConfigError::new(
@@ -112,15 +110,15 @@ mod tests {
     }
 
     #[test]
-    fn half_life_must_be_positive_and_finite() {
-        for bad in [0.0, -0.0, -1.0, f64::NAN, f64::INFINITY] {
+    fn half_life_must_be_longer_than_zero() {
+        for bad in [Duration::ZERO, units::MAX_DURATION * 2] {
             let config = ContextConfig {
-                half_life_secs: bad,
+                half_life: bad,
                 ..Default::default()
             };
             let err = config.validate().expect_err("refused");
-            assert_eq!(err.field, "context.half_life_secs", "{bad}");
-            assert!(err.to_string().contains("context.half_life_secs"));
+            assert_eq!(err.field, "context.half_life", "{bad:?}");
+            assert!(err.to_string().contains("context.half_life"));
         }
     }
 

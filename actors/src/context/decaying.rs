@@ -96,7 +96,7 @@ impl DecayingContext {
     }
 
     /// The context's weight at `now`, in `[0, 1]`: 1 right after a turn,
-    /// halving every `half_life_secs`; 0 when there is no context.
+    /// halving every `half_life`; 0 when there is no context.
     pub fn weight_at(&self, now: Instant) -> f32 {
         if !self.has_context() {
             return 0.0;
@@ -105,7 +105,7 @@ impl DecayingContext {
             return 0.0;
         };
         let elapsed = now.saturating_duration_since(last).as_secs_f64();
-        let decay = 0.5_f64.powf(elapsed / self.config.half_life_secs);
+        let decay = 0.5_f64.powf(elapsed / self.config.half_life.as_secs_f64());
         (f64::from(self.weight) * decay) as f32
     }
 

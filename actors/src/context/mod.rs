@@ -9,7 +9,7 @@
 //! ([`StaleReason`]):
 //! - **negation**: the user rejected what came before;
 //! - **decay**: the conversation sat idle so long that its weight, halving
-//!   every `half_life_secs`, fell below `min_weight`;
+//!   every `half_life`, fell below `min_weight`;
 //! - **intent switch**: a different intent, more confident than the current one;
 //! - **low similarity**: the turn's embedding points away from the context's
 //!   (cosine below `similarity_threshold`).

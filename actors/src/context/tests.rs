@@ -376,9 +376,9 @@ fn factory_builds_independent_policies_and_refuses_bad_config() {
         Ok(ContextVerdict::Fresh { similarity: None })
     );
     let bad = ContextConfig {
-        half_life_secs: 0.0,
+        half_life: std::time::Duration::ZERO,
         ..Default::default()
     };
     let err = DecayingContext::factory(bad).err().expect("refused");
-    assert_eq!(err.field, "context.half_life_secs");
+    assert_eq!(err.field, "context.half_life");
 }

@@ -11,7 +11,6 @@
 mod deadline;
 mod policy;
 mod queue;
-pub(crate) mod seconds;
 
 pub(crate) use deadline::next_due;
 pub use deadline::{Deadline, DeadlineKind};

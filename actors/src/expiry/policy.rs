@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::seconds;
 use crate::config::ConfigError;
+use crate::units;
 
 /// A session's expiry policy. `None` switches a limit off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,50 +42,45 @@ impl ExpiryPolicy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExpiryConfig {
-    /// Idle timeout in seconds, or `"never"`. Default 1 800 (30 minutes): a
-    /// chat left alone that long is abandoned, and its KV cache is worth more
-    /// to the next user.
-    #[serde(with = "seconds::or_never")]
-    pub idle_timeout_secs: Option<f64>,
-    /// Absolute time to live in seconds, or `"never"`. Default 86 400 (a day):
-    /// a backstop that bounds any session's life even if a client keeps it busy.
-    #[serde(with = "seconds::or_never")]
-    pub ttl_secs: Option<f64>,
+    /// Idle timeout (`"30m"`), or `"off"`. Default 30 minutes: a chat left
+    /// alone that long is abandoned, and its KV cache is worth more to the
+    /// next user.
+    #[serde(with = "units::duration_or_off")]
+    pub idle_timeout: Option<Duration>,
+    /// Absolute time to live (`"24h"`), or `"off"`. Default a day: a backstop
+    /// that bounds any session's life even if a client keeps it busy.
+    #[serde(with = "units::duration_or_off")]
+    pub ttl: Option<Duration>,
     /// How often the sweeper looks for what events missed (sessions stuck in
-    /// closing, GPU memory whose session is gone), in seconds. Default 30: it
-    /// is a safety net, not the expiry mechanism, and finds nothing in a
-    /// healthy run.
-    pub sweep_interval_secs: f64,
+    /// closing, GPU memory whose session is gone). Default 30 seconds: it is a
+    /// safety net, not the expiry mechanism, and finds nothing in a healthy run.
+    #[serde(with = "units::duration")]
+    pub sweep_interval: Duration,
 }
 
 impl Default for ExpiryConfig {
     fn default() -> Self {
         ExpiryConfig {
-            idle_timeout_secs: Some(1_800.0),
-            ttl_secs: Some(86_400.0),
-            sweep_interval_secs: 30.0,
+            idle_timeout: Some(Duration::from_secs(1_800)),
+            ttl: Some(Duration::from_secs(86_400)),
+            sweep_interval: Duration::from_secs(30),
         }
     }
 }
 
 impl ExpiryConfig {
-    /// Refuses zero, negative, NaN or absurdly long durations, naming the field.
+    /// Refuses zero or absurdly long durations, naming the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.policy()?;
-        seconds::positive("expiry.sweep_interval_secs", self.sweep_interval_secs)?;
-        Ok(())
+        units::check_optional_duration("expiry.idle_timeout", self.idle_timeout)?;
+        units::check_optional_duration("expiry.ttl", self.ttl)?;
+        units::check_duration("expiry.sweep_interval", self.sweep_interval)
     }
 
     /// The default policy for new sessions.
-    pub fn policy(&self) -> Result<ExpiryPolicy, ConfigError> {
-        Ok(ExpiryPolicy {
-            idle_timeout: seconds::optional("expiry.idle_timeout_secs", self.idle_timeout_secs)?,
-            ttl: seconds::optional("expiry.ttl_secs", self.ttl_secs)?,
-        })
-    }
-
-    pub(crate) fn sweep_interval(&self) -> Duration {
-        seconds::positive("expiry.sweep_interval_secs", self.sweep_interval_secs)
-            .unwrap_or(Duration::from_secs(30))
+    pub fn policy(&self) -> ExpiryPolicy {
+        ExpiryPolicy {
+            idle_timeout: self.idle_timeout,
+            ttl: self.ttl,
+        }
     }
 }

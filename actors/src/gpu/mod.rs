@@ -247,7 +247,7 @@ pub enum GpuError {
         /// The buffer.
         id: AllocationId,
     },
-    /// The pool did not answer within `[supervision] step_timeout_ms` (a hung
+    /// The pool did not answer within `[supervision] step_timeout` (a hung
     /// device or driver). The engine stopped waiting; the operation may still
     /// complete later, and the session stays consistent either way (see
     /// `SessionHandle::offload`).

@@ -3,7 +3,7 @@
 //! cache, close a connection).
 //!
 //! Ground rules: a hook never holds a release back past its timeout. Every
-//! hook of one end runs concurrently, each under `[hooks] timeout_ms` and
+//! hook of one end runs concurrently, each under `[hooks] timeout` and
 //! panic isolation; a hook that fails, panics or times out is logged (WARN)
 //! and counted, and the release goes ahead regardless. Hook code (the call
 //! and every poll of its future) runs on `sessionbus-hook` threads, never on

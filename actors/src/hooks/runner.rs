@@ -22,7 +22,7 @@ pub struct HookStats {
     pub succeeded: u64,
     /// Hook runs that returned an error.
     pub failed: u64,
-    /// Hook runs cut off at `hooks.timeout_ms` (the release went ahead).
+    /// Hook runs cut off at `hooks.timeout` (the release went ahead).
     pub timed_out: u64,
     /// Hook runs that panicked (caught; the release went ahead).
     pub panicked: u64,

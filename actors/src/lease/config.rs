@@ -5,19 +5,21 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
-use crate::expiry::seconds;
+use crate::units;
 
 /// How leases drain and how remote ones stay alive.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LeasesConfig {
     /// How long an ending session waits for its leases (in-flight token
-    /// streams) before it forces the end, in seconds. Default 30: longer than
-    /// a typical generation, short enough that a stuck stream cannot pin GPU
-    /// memory for long.
-    pub drain_timeout_secs: f64,
-    /// How often a remote lease holder must heartbeat, in seconds. Default 5.
-    pub heartbeat_interval_secs: f64,
+    /// streams) before it forces the end (`"30s"`). Default 30 seconds:
+    /// longer than a typical generation, short enough that a stuck stream
+    /// cannot pin GPU memory for long.
+    #[serde(with = "units::duration")]
+    pub drain_timeout: Duration,
+    /// How often a remote lease holder must heartbeat (`"5s"`). Default 5 seconds.
+    #[serde(with = "units::duration")]
+    pub heartbeat_interval: Duration,
     /// Heartbeat intervals a remote lease may miss before it is revoked.
     /// Default 3: one lost packet or GC pause is not a dead holder.
     pub missed_heartbeats: u32,
@@ -30,8 +32,8 @@ pub struct LeasesConfig {
 impl Default for LeasesConfig {
     fn default() -> Self {
         LeasesConfig {
-            drain_timeout_secs: 30.0,
-            heartbeat_interval_secs: 5.0,
+            drain_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
             missed_heartbeats: 3,
             end_session_on_lease_lost: true,
         }
@@ -41,11 +43,8 @@ impl Default for LeasesConfig {
 impl LeasesConfig {
     /// Refuses values that cannot work, naming the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        seconds::positive("leases.drain_timeout_secs", self.drain_timeout_secs)?;
-        seconds::positive(
-            "leases.heartbeat_interval_secs",
-            self.heartbeat_interval_secs,
-        )?;
+        units::check_duration("leases.drain_timeout", self.drain_timeout)?;
+        units::check_duration("leases.heartbeat_interval", self.heartbeat_interval)?;
         if self.missed_heartbeats == 0 {
             return Err(ConfigError::new(
                 "leases.missed_heartbeats",
@@ -55,16 +54,8 @@ impl LeasesConfig {
         Ok(())
     }
 
-    pub(crate) fn drain_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.drain_timeout_secs)
-    }
-
-    pub(crate) fn heartbeat_interval(&self) -> Duration {
-        Duration::from_secs_f64(self.heartbeat_interval_secs)
-    }
-
     /// Silence after which a remote lease is revoked.
     pub(crate) fn revoke_after(&self) -> Duration {
-        self.heartbeat_interval() * self.missed_heartbeats
+        self.heartbeat_interval * self.missed_heartbeats
     }
 }

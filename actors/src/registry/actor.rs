@@ -99,10 +99,7 @@ impl RegistryActor {
         pseudonyms: Arc<Pseudonymizer>,
     ) -> Result<Self, ConfigError> {
         let sessions = config.sessions.clone();
-        let tombstones = Tombstones::new(
-            sessions.tombstones,
-            Duration::from_secs(sessions.tombstone_ttl_secs),
-        );
+        let tombstones = Tombstones::new(sessions.tombstones, sessions.tombstone_ttl);
         let epoch = Epoch::now();
         let settings = SessionSettings::new(
             epoch,
@@ -125,13 +122,10 @@ impl RegistryActor {
             releasing: 0,
             counters: Counters::default(),
             shutdown: None,
-            expiry: ExpiryState::new(config.expiry.policy()?),
-            sweeper: SweeperState::new(
-                config.expiry.sweep_interval(),
-                config.leases.drain_timeout(),
-            ),
+            expiry: ExpiryState::new(config.expiry.policy()),
+            sweeper: SweeperState::new(config.expiry.sweep_interval, config.leases.drain_timeout),
             pressure: PressureState::new(&config.budget, budget, queue),
-            hooks: Arc::new(crate::hooks::Hooks::new(config.hooks.timeout())),
+            hooks: Arc::new(crate::hooks::Hooks::new(config.hooks.timeout)),
             steps: Default::default(),
             health: Default::default(),
         })
@@ -230,7 +224,10 @@ impl Actor for RegistryActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(REGISTRY_MAILBOX);
         // Age out tombstones on a quiet system too, not only when new ones arrive.
-        let every = Duration::from_secs(self.config.tombstone_ttl_secs.clamp(1, 60));
+        let every = self
+            .config
+            .tombstone_ttl
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
         ctx.run_interval(every, |registry, _ctx| {
             registry.tombstones.forget_old(Instant::now())
         });

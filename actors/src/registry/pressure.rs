@@ -2,7 +2,7 @@
 //! least recently active first, softly (offload to host memory) when it can.
 //!
 //! Ground rules: only sessions that are Established, hold GPU memory, hold no
-//! lease and were idle for `budget.evict_idle_ms` are candidates; the session
+//! lease and were idle for `budget.evict_idle` are candidates; the session
 //! itself re-checks (a lease may have come in since) and refuses rather than
 //! lose data. Room already on its way (releases queued or in flight, sessions
 //! asked to go) counts before anything more is evicted, so a burst of waiting
@@ -66,9 +66,9 @@ impl PressureState {
         PressureState {
             budget,
             queue,
-            evict_idle_us: config.evict_idle_ms.saturating_mul(1_000),
+            evict_idle_us: u64::try_from(config.evict_idle.as_micros()).unwrap_or(u64::MAX),
             offload: config.offload,
-            offload_host_bytes: config.offload_host_bytes,
+            offload_host_bytes: config.offload_host_memory,
             leaving: IdMap::default(),
             caller: Caller::Operator("sessionbus-pressure".into()),
             unmet: Vec::new(),
@@ -122,7 +122,7 @@ impl RegistryActor {
         }
         let now_us = self.settings.epoch.now_micros();
         let Some(idle_since) = now_us.checked_sub(self.pressure.evict_idle_us) else {
-            return need; // the engine is younger than `evict_idle_ms`: nobody is idle enough
+            return need; // the engine is younger than `evict_idle`: nobody is idle enough
         };
         let mut candidates: Vec<(u64, SessionId, u64)> = self
             .sessions

@@ -105,7 +105,7 @@ pub enum AllocError {
         /// The device's limit.
         max: u64,
     },
-    /// Would take the session past its budget (`sessions.max_session_bytes`).
+    /// Would take the session past its budget (`sessions.max_session_memory`).
     #[error("{requested} bytes would take the session to {} of its {budget}-byte budget (holds {used})", .used + .requested)]
     OverSessionBudget {
         /// Bytes asked for.
@@ -140,7 +140,7 @@ pub enum AllocError {
         /// The budget.
         limit: u64,
     },
-    /// Waited `budget.wait_timeout_ms` for room in a budget; none came.
+    /// Waited `budget.wait_timeout` for room in a budget; none came.
     #[error(
         "waited {waited_ms} ms for {requested} bytes of room in the {scope} GPU budget; none came"
     )]

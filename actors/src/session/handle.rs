@@ -124,7 +124,7 @@ impl SessionHandle {
     }
 
     /// Takes a local lease for in-flight work (a token stream). An end of the
-    /// session waits for it, up to `leases.drain_timeout_secs`; release it
+    /// session waits for it, up to `leases.drain_timeout`; release it
     /// with [`Lease::release`] or by dropping it.
     pub async fn lease(&self) -> Result<Lease, SessionError> {
         let grant = self.take_lease(false).await?;

@@ -22,7 +22,7 @@ pub(crate) struct SessionSettings {
     pub(crate) max_buffer_size: u64,
     pub(crate) drain_timeout: Duration,
     /// How long an offload or restore may go unanswered by the pool
-    /// (`[supervision] step_timeout_ms`): the session handles nothing else
+    /// (`[supervision] step_timeout`): the session handles nothing else
     /// meanwhile, so a hung device must not hold it for longer.
     pub(crate) step_timeout: Duration,
     pub(crate) heartbeat_interval: Duration,
@@ -55,11 +55,11 @@ impl SessionSettings {
         let leases = &config.leases;
         SessionSettings {
             epoch,
-            max_bytes: config.sessions.max_session_bytes,
+            max_bytes: config.sessions.max_session_memory,
             max_buffer_size: pool.info().max_buffer_size,
-            drain_timeout: leases.drain_timeout(),
-            step_timeout: config.supervision.step_timeout(),
-            heartbeat_interval: leases.heartbeat_interval(),
+            drain_timeout: leases.drain_timeout,
+            step_timeout: config.supervision.step_timeout,
+            heartbeat_interval: leases.heartbeat_interval,
             revoke_after: leases.revoke_after(),
             missed_heartbeats: leases.missed_heartbeats,
             end_session_on_lease_lost: leases.end_session_on_lease_lost,
@@ -69,7 +69,7 @@ impl SessionSettings {
             budget,
             wait_rules: WaitRules {
                 when_exhausted: config.budget.when_exhausted,
-                timeout: Duration::from_millis(config.budget.wait_timeout_ms),
+                timeout: config.budget.wait_timeout,
             },
             pseudonyms,
         }

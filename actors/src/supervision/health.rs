@@ -12,7 +12,7 @@ pub struct SupervisionStats {
     /// Restarts of supervised tasks (the cleanup dispatcher) after a panic.
     pub restarts: u64,
     /// Set when a task failed more often than `supervision.max_restarts`
-    /// within `within_secs`: the runtime then admits no new sessions.
+    /// within `supervision.within`: the runtime then admits no new sessions.
     pub failed: Option<String>,
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseStep {
-    /// Pre-destroy hooks (bounded by `hooks.timeout_ms`).
+    /// Pre-destroy hooks (bounded by `hooks.timeout`).
     Hooks,
     /// Waiting in the release queue: behind more urgent releases, for a
     /// release slot, for the pacer.
@@ -30,7 +30,7 @@ pub struct ReleaseSteps {
     /// Destroy and device poll on the GPU thread.
     pub destroy_and_poll: Duration,
     /// The step that neither completed nor failed within
-    /// `supervision.step_timeout_ms`, if one did not: the release was
+    /// `supervision.step_timeout`, if one did not: the release was
     /// force-completed.
     pub stuck: Option<ReleaseStep>,
 }

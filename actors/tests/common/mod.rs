@@ -51,8 +51,8 @@ pub async fn start(config: EngineConfig) -> Fixture {
 /// A config whose sessions never expire unless a test says so.
 pub fn no_expiry() -> EngineConfig {
     let mut config = EngineConfig::default();
-    config.expiry.idle_timeout_secs = None;
-    config.expiry.ttl_secs = None;
+    config.expiry.idle_timeout = None;
+    config.expiry.ttl = None;
     config
 }
 

@@ -5,7 +5,7 @@
 //! sockets closed (1001) and the HTTP workers stopped. The other way round,
 //! dropped sockets would end their sessions as `disconnected`.
 //!
-//! `runtime.shutdown()` is bounded by `[shutdown] deadline_secs` (leases
+//! `runtime.shutdown()` is bounded by `[shutdown] deadline` (leases
 //! forced at 3/4 of it, what is left reported at it); use
 //! `runtime.shutdown_within(deadline)` for another bound.
 
