@@ -15,7 +15,7 @@ pub mod signals;
 pub use audit::action as audit_action;
 pub use audit::{
     AuditClock, AuditConfig, AuditConfigError, AuditError, AuditRecord, AuditStats, AuditTrail,
-    BreakKind, ChainBreak, SystemClock, VerifyReport, rfc3339_utc, verify_dir,
+    BreakKind, ChainBreak, SystemClock, VerifyReport, verify_dir,
 };
 pub use audit::{
     AuditKeyring, ChainPoint, FirstRecord, LostRecords, SeqRange, TornLine, TrailFacts,

@@ -74,7 +74,7 @@ pub use config::{AuditConfig, LostRecords};
 pub use error::{AuditConfigError, AuditError, BreakKind, ChainBreak, TrailProblem};
 pub use facts::{ChainPoint, FirstRecord, SeqRange, TornLine, TrailFacts};
 pub use keyring::AuditKeyring;
-pub use record::{AuditRecord, action, rfc3339_utc};
+pub use record::{AuditRecord, action};
 pub use rotate::{AuditClock, SystemClock};
 pub use trail::{AuditStats, AuditTrail};
 pub use verify::{VerifyReport, verify_dir, verify_with_keyring};
