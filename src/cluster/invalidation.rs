@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
@@ -27,7 +28,18 @@ pub(crate) async fn listen(shared: Arc<Shared>, subscribed: oneshot::Sender<()>)
         keys.requests(shared.node()),
         keys.replies(shared.node()),
     ];
+    // Reconnects back off from an eighth of a heartbeat interval up to one,
+    // with jitter, so the nodes of a cluster do not reconnect in lockstep.
     let retry = shared.config.heartbeat_interval;
+    let backoff = || {
+        ExponentialBuilder::default()
+            .with_min_delay(retry / 8)
+            .with_max_delay(retry)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = backoff();
     let mut first = true;
     loop {
         shared.unpaused().await;
@@ -38,15 +50,16 @@ pub(crate) async fn listen(shared: Arc<Shared>, subscribed: oneshot::Sender<()>)
             Ok(pubsub) => pubsub,
             Err(error) => {
                 shared.degraded("pub/sub connect", &error);
-                tokio::time::sleep(retry).await;
+                tokio::time::sleep(delays.next().unwrap_or(retry)).await;
                 continue;
             }
         };
         if let Err(error) = pubsub.subscribe(&channels).await {
             shared.degraded("pub/sub subscribe", &error);
-            tokio::time::sleep(retry).await;
+            tokio::time::sleep(delays.next().unwrap_or(retry)).await;
             continue;
         }
+        delays = backoff();
         if let Some(subscribed) = subscribed.take() {
             let _ = subscribed.send(());
         }
@@ -91,7 +104,7 @@ pub(crate) async fn listen(shared: Arc<Shared>, subscribed: oneshot::Sender<()>)
             }
         }
         shared.degraded("pub/sub", &"connection closed");
-        tokio::time::sleep(retry).await;
+        tokio::time::sleep(delays.next().unwrap_or(retry)).await;
     }
 }
 
