@@ -4,33 +4,16 @@
 //! print its report, keep its invariants (wgpu's counters back at baseline)
 //! and exit 0.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// The demo example, built next to this test: always through cargo (a
-/// no-op when it is fresh), so that a stale binary is never the one tested.
-fn demo_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let demo = profile_dir
-        .join("examples")
-        .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "demo"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("running cargo build --example demo");
-    assert!(status.success(), "cargo build --example demo failed");
-    assert!(demo.is_file(), "no demo binary at {}", demo.display());
-    demo
-}
 
 /// Runs the demo, sends `signal` `after` its first line is out; answers
 /// (exit code, stdout).
 fn stopped_early(signal: &str, after: Duration, args: &[&str]) -> (Option<i32>, Vec<String>) {
-    let mut child = Command::new(demo_binary())
+    let mut child = Command::new(common::demo_binary())
         .args(args)
         .env(
             "XDG_RUNTIME_DIR",

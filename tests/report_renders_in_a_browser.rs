@@ -8,6 +8,8 @@
 //! Needs the Debian package `chromium` (`scripts/test.sh` installs it), or a
 //! Chromium/Chrome binary named by `CHROMIUM`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -59,29 +61,6 @@ fn chromium() -> PathBuf {
          package `chromium` (sudo apt-get install -y chromium; scripts/test.sh does it), or \
          set CHROMIUM to a Chromium or Chrome binary"
     );
-}
-
-/// The demo example, built next to this test (`cargo test` builds examples);
-/// built here if this test was selected alone.
-fn demo_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let demo = profile_dir
-        .join("examples")
-        .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
-    if !demo.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "demo"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("running cargo build --example demo");
-        assert!(status.success(), "cargo build --example demo failed");
-    }
-    assert!(demo.is_file(), "no demo binary at {}", demo.display());
-    demo
 }
 
 /// Opens `page` in headless Chromium with the measuring script appended,
@@ -139,7 +118,7 @@ fn report_renders_in_a_browser() {
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report.html");
 
-    let run = Command::new(demo_binary())
+    let run = Command::new(common::demo_binary())
         .args([
             "--scenario",
             "expiry",

@@ -232,12 +232,12 @@ impl Keyring {
         if header.sent_ms.abs_diff(now) > window {
             return Err(Rejection::Expired);
         }
-        let nonce = u128::from_str_radix(&header.nonce, 16)
+        let nonce: [u8; 16] = data_encoding::HEXLOWER
+            .decode(header.nonce.as_bytes())
             .ok()
-            .filter(|_| {
-                header.nonce.len() == 32 && header.nonce.bytes().all(|b| b.is_ascii_hexdigit())
-            })
+            .and_then(|bytes| bytes.try_into().ok())
             .ok_or(Rejection::Malformed)?;
+        let nonce = u128::from_be_bytes(nonce);
         self.remember(nonce)?;
         Ok(Verified {
             from: header.from,

@@ -92,3 +92,24 @@ pub mod audit;
 pub mod cluster;
 pub mod logs;
 pub mod redis_server;
+
+/// The demo example's binary, next to this test binary, built through cargo
+/// first (a no-op when fresh), so that a stale binary is never the one tested.
+pub fn demo_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>");
+    let demo = profile_dir
+        .join("examples")
+        .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", "demo"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("running cargo build --example demo");
+    assert!(status.success(), "cargo build --example demo failed");
+    assert!(demo.is_file(), "no demo binary at {}", demo.display());
+    demo
+}
