@@ -23,7 +23,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sessionbus::{Config, Runtime};
+use sessionbus::Runtime;
+use sessionbus::config::Config;
 
 #[derive(Parser, Debug)]
 struct Args {

@@ -1,20 +1,27 @@
-//! The runtime's configuration: one serde struct, loadable from TOML, with a
-//! documented default for every field. Invalid values are refused at start
-//! with an error that names the field.
+//! The runtime's configuration: one serde struct, [`Config`], loadable from
+//! TOML, with a documented default for every field, and the type of each
+//! section. Invalid values are refused at start with an error that names the
+//! field.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sessionbus_actors::{
-    BudgetConfig, BusConfig, ContextConfig, EngineConfig, ExpiryConfig, HooksConfig, LeasesConfig,
-    ReleaseConfig, SessionsConfig, ShutdownConfig, SupervisionConfig,
-};
+use sessionbus_actors::EngineConfig;
 
-use crate::audit::{AuditConfig, AuditConfigError};
-use crate::gpu::{GpuConfig, GpuConfigError};
-use crate::metrics::MetricsConfig;
+pub use crate::audit::{AuditConfig, AuditConfigError, LostRecords};
 #[cfg(feature = "redis")]
-use sessionbus_actors::units;
+pub use crate::cluster::{ClusterConfig, ClusterConfigError, ClusterKey};
+pub use crate::gpu::{BackendChoice, GpuConfig, GpuConfigError};
+pub use crate::metrics::MetricsConfig;
+/// A value out of range, named by its path (`release.tiers[0].burst`); also
+/// what [`OpenError::InvalidOptions`](crate::OpenError::InvalidOptions) carries.
+pub use sessionbus_actors::ConfigError as InvalidValue;
+pub use sessionbus_actors::units;
+pub use sessionbus_actors::{
+    BudgetConfig, BudgetScope, BusConfig, ContextConfig, ExpiryConfig, HooksConfig, LeasesConfig,
+    PaceUnit, ReleaseConfig, ReleaseTier, SessionsConfig, ShutdownConfig, SupervisionConfig,
+    WhenExhausted,
+};
 
 /// The shipped `sessionbus.toml`: every key, its default and a comment.
 pub const DEFAULT_TOML: &str = include_str!("../sessionbus.toml");
@@ -86,6 +93,7 @@ pub struct Config {
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read configuration file {path}: {source}")]
@@ -107,7 +115,7 @@ pub enum ConfigError {
     },
     /// A value is out of range (the error names the field).
     #[error(transparent)]
-    Invalid(#[from] sessionbus_actors::ConfigError),
+    Invalid(#[from] InvalidValue),
     /// A GPU setting is out of range (the error names the field).
     #[error(transparent)]
     Gpu(#[from] GpuConfigError),

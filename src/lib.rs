@@ -3,28 +3,50 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-mod audit;
+// The public API is this one list. An application needs the root; those who
+// configure the runtime, `config`; those who bring their own memory, `pool`;
+// tests of applications built on it, `testing` (feature `testing`).
+
+pub mod audit;
 #[cfg(feature = "redis")]
 pub mod cluster;
-mod config;
+pub mod config;
 mod gpu;
 pub mod metrics;
+pub mod pool;
 mod runtime;
 pub mod signals;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-pub use audit::action as audit_action;
-pub use audit::{
-    AuditClock, AuditConfig, AuditConfigError, AuditError, AuditRecord, AuditStats, AuditTrail,
-    BreakKind, ChainBreak, SystemClock, VerifyReport, verify_dir,
-};
-pub use audit::{
-    AuditKeyring, ChainPoint, FirstRecord, LostRecords, SeqRange, TornLine, TrailFacts,
-    TrailProblem, verify_with_keyring,
-};
-pub use config::{Config, ConfigError, DEFAULT_TOML};
-#[cfg(feature = "fault-injection")]
-pub use gpu::GpuHang;
-pub use gpu::{BackendChoice, GpuConfig, GpuConfigError, GpuCounters, GpuInitError, WgpuPool};
-pub use metrics::MetricsConfig;
+// Starting and stopping.
+pub use gpu::GpuInitError;
 pub use runtime::{Runtime, RuntimeBuilder, StartError, StopReport};
-pub use sessionbus_actors::*;
+pub use sessionbus_actors::{DeviceLossReport, EngineHandle, ShutdownReport, Stopped};
+
+// Sessions.
+pub use sessionbus_actors::{
+    AllocError, Allocated, AllocationId, Binding, Caller, ClientIp, EndReason, Event, Lease,
+    LeaseError, LeaseGrant, LeaseId, OffloadReport, OpenError, OpenOptions, Owner, ParseIdError,
+    ParseTraceIdError, SessionError, SessionHandle, SessionId, SessionInfo, State, TraceId, Turn,
+    TurnAck,
+};
+
+// Conversation context: what a turn carries, and policies deciding when a context is stale.
+pub use sessionbus_actors::{
+    ContextError, ContextPolicy, ContextPolicyFactory, ContextVerdict, DecayingContext,
+    ExpiryPolicy, Intent, StaleReason, TurnSignal,
+};
+
+// Lifecycle events, the bus, and pre-destroy hooks.
+pub use sessionbus_actors::{
+    BeforeRelease, ContextReset, Deadline, DeadlineKind, Delivery, Drain, EventKinds, HookError,
+    LifecycleEvent, ReleaseReceipt, ReleaseStep, ReleaseSteps, SessionEndEvent, SessionStarted,
+    SubscriptionId,
+};
+
+// What the runtime reports about itself.
+pub use sessionbus_actors::{
+    BudgetStats, HookStats, PressureCounters, RegistryStats, ReleaseQueueStats, StepTiming,
+    StepTimings, SupervisionStats,
+};

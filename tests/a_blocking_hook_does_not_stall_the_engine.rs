@@ -17,8 +17,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
-use futures::FutureExt;
-use sessionbus::{Config, HookStats, SessionEndEvent};
+use sessionbus::config::Config;
+use sessionbus::{HookStats, SessionEndEvent};
 
 /// A bound on the test, not a speed check.
 const STALLED: Duration = Duration::from_secs(60);
@@ -37,30 +37,25 @@ async fn other_sessions_are_answered_while_a_hook_blocks_and_the_hook_is_cut_off
     let hook_returned_tx = Arc::new(std::sync::Mutex::new(Some(first_hook_returned.0)));
     let first_hook_returned = first_hook_returned.1;
     let first = Arc::new(AtomicBool::new(true));
-    h.rt.on_before_release(
-        "blocking-persist",
-        Arc::new(move |_ended: Arc<SessionEndEvent>| {
-            let blocks = first.swap(false, Ordering::SeqCst);
-            let (blocked, entered_tx) = (blocked.clone(), entered_tx.clone());
-            let (hook_returned, hook_returned_tx) =
-                (hook_returned.clone(), hook_returned_tx.clone());
-            async move {
-                if blocks {
-                    if let Some(entered) = entered_tx.lock().unwrap().take() {
-                        let _ = entered.send(());
-                    }
-                    // Blocks its thread, as a synchronous client would.
-                    let _ = blocked.lock().unwrap().recv();
-                    hook_returned.store(true, Ordering::SeqCst);
-                    if let Some(done) = hook_returned_tx.lock().unwrap().take() {
-                        let _ = done.send(());
-                    }
+    h.rt.on_before_release("blocking-persist", move |_ended: Arc<SessionEndEvent>| {
+        let blocks = first.swap(false, Ordering::SeqCst);
+        let (blocked, entered_tx) = (blocked.clone(), entered_tx.clone());
+        let (hook_returned, hook_returned_tx) = (hook_returned.clone(), hook_returned_tx.clone());
+        async move {
+            if blocks {
+                if let Some(entered) = entered_tx.lock().unwrap().take() {
+                    let _ = entered.send(());
                 }
-                Ok(())
+                // Blocks its thread, as a synchronous client would.
+                let _ = blocked.lock().unwrap().recv();
+                hook_returned.store(true, Ordering::SeqCst);
+                if let Some(done) = hook_returned_tx.lock().unwrap().take() {
+                    let _ = done.send(());
+                }
             }
-            .boxed()
-        }),
-    );
+            Ok::<(), std::io::Error>(())
+        }
+    });
 
     let stuck = h.rt.open("stuck").await.unwrap();
     stuck.allocate(64 * KIB).await.unwrap();

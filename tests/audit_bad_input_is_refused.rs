@@ -4,6 +4,8 @@
 mod common;
 
 use common::audit::*;
+use sessionbus::audit::*;
+use sessionbus::config::*;
 use sessionbus::*;
 
 async fn refused(config: Config) -> StartError {

@@ -6,7 +6,7 @@ mod common;
 
 use common::audit::*;
 use common::*;
-use sessionbus::*;
+use sessionbus::audit::*;
 
 /// Four records sealed by the format 1 writer under the test key.
 const FORMAT_1_TRAIL: [&str; 4] = [
@@ -50,7 +50,7 @@ async fn a_runtime_continues_a_format_1_trail_in_format_2() {
 
     let records = read_records(&dir);
     let started = &records[4];
-    assert_eq!(started.action, audit_action::RUNTIME_STARTED);
+    assert_eq!(started.action, action::RUNTIME_STARTED);
     let facts = started.trail.clone().unwrap();
     let previous = facts.previous.unwrap();
     assert_eq!(previous.seq, 3);

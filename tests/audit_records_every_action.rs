@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::audit::*;
 use common::*;
+use sessionbus::audit::*;
 use sessionbus::*;
 
 fn trace(n: u128) -> TraceId {
@@ -101,14 +102,8 @@ async fn every_action_is_recorded_with_its_fields_and_the_chain_verifies() {
     let verified = verify_dir(&dir, &test_key()).expect("an untouched trail verifies");
     assert_eq!(verified.records, records.len() as u64);
     assert!(verified.ends_with_shutdown);
-    assert_eq!(
-        records.first().unwrap().action,
-        audit_action::RUNTIME_STARTED
-    );
-    assert_eq!(
-        records.last().unwrap().action,
-        audit_action::RUNTIME_SHUTDOWN
-    );
+    assert_eq!(records.first().unwrap().action, action::RUNTIME_STARTED);
+    assert_eq!(records.last().unwrap().action, action::RUNTIME_SHUTDOWN);
     let last = records.last().unwrap().reason.as_deref();
     assert_eq!(last, Some("shutdown"), "stopped in order");
     for (i, r) in records.iter().enumerate() {
@@ -126,10 +121,10 @@ async fn every_action_is_recorded_with_its_fields_and_the_chain_verifies() {
     assert_eq!(
         actions,
         [
-            audit_action::SESSION_OPENED,
-            audit_action::CONTEXT_RESET,
-            audit_action::SESSION_CLOSED,
-            audit_action::RESOURCES_RELEASED
+            action::SESSION_OPENED,
+            action::CONTEXT_RESET,
+            action::SESSION_CLOSED,
+            action::RESOURCES_RELEASED
         ]
     );
     let owner = a[0].owner.clone().unwrap();
@@ -175,21 +170,21 @@ async fn every_action_is_recorded_with_its_fields_and_the_chain_verifies() {
 
     // bob: closed by an operator, who is not the owner.
     let b = of(&records, bob.id());
-    assert_eq!(b[1].action, audit_action::SESSION_CLOSED);
+    assert_eq!(b[1].action, action::SESSION_CLOSED);
     assert!(b[1].operator.is_some() && b[1].operator != b[1].owner);
     assert_eq!(b[0].client_ip, None, "no IP given, none recorded");
 
     // dave expired, erin disconnected (nobody asked), frank ended by shutdown.
     let d = of(&records, dave.id());
-    assert_eq!(d[1].action, audit_action::SESSION_EXPIRED);
+    assert_eq!(d[1].action, action::SESSION_EXPIRED);
     assert_eq!(d[1].reason.as_deref(), Some("ttl_expired"));
     let e = of(&records, erin_id);
-    assert_eq!(e[1].action, audit_action::SESSION_ENDED);
+    assert_eq!(e[1].action, action::SESSION_ENDED);
     assert_eq!(e[1].reason.as_deref(), Some("disconnected"));
     assert_eq!(e[1].operator, None);
     let f = of(&records, frank.id());
-    assert_eq!(f[1].action, audit_action::SESSION_SHUTDOWN);
-    assert_eq!(f[2].action, audit_action::RESOURCES_RELEASED);
+    assert_eq!(f[1].action, action::SESSION_SHUTDOWN);
+    assert_eq!(f[2].action, action::RESOURCES_RELEASED);
     assert_eq!(f[2].bytes, Some(8 * KIB));
 
     // No identity in clear anywhere in the file.

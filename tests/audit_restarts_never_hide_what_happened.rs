@@ -17,6 +17,8 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::audit::*;
+use sessionbus::audit::*;
+use sessionbus::config::*;
 use sessionbus::*;
 
 fn previous_trail_problem(err: StartError) -> TrailProblem {
@@ -51,7 +53,7 @@ async fn a_clean_restart_records_the_previous_head_it_verified() {
     let last_line = trail_text(&dir).lines().last().unwrap().to_string();
     one_run(config_with_audit(&dir)).await;
 
-    let started = of_action(&dir, audit_action::RUNTIME_STARTED);
+    let started = of_action(&dir, action::RUNTIME_STARTED);
     assert_eq!(started.len(), 2);
     let first = started[0].trail.clone().unwrap();
     assert_eq!(first.previous, None, "a new trail has no previous run");
@@ -112,7 +114,7 @@ async fn with_record_gap_a_cut_tail_is_recorded_as_lost_and_the_trail_goes_on() 
     config.audit.as_mut().unwrap().on_lost_records = LostRecords::RecordGap;
     one_run(config).await;
 
-    let gaps = of_action(&dir, audit_action::GAP);
+    let gaps = of_action(&dir, action::GAP);
     assert_eq!(gaps.len(), 1);
     let lost = gaps[0].trail.clone().unwrap().lost.unwrap();
     assert_eq!(
@@ -123,7 +125,7 @@ async fn with_record_gap_a_cut_tail_is_recorded_as_lost_and_the_trail_goes_on() 
         }
     );
     assert!(gaps[0].reason.as_deref().unwrap().contains("tail was cut"));
-    let started = &of_action(&dir, audit_action::RUNTIME_STARTED)[1];
+    let started = &of_action(&dir, action::RUNTIME_STARTED)[1];
     let facts = started.trail.clone().unwrap();
     assert_eq!(
         facts.previous.unwrap().seq,
@@ -204,7 +206,7 @@ async fn retention_deletions_are_recorded_and_verify() {
 
     let left = trail_files(&dir);
     assert!(!left.contains(&files[0]) && !left.contains(&files[1]));
-    let deleted = of_action(&dir, audit_action::FILES_DELETED);
+    let deleted = of_action(&dir, action::FILES_DELETED);
     assert_eq!(deleted.len(), 1);
     let facts = deleted[0].trail.clone().unwrap();
     let names: Vec<String> = files[..2]
@@ -253,7 +255,7 @@ async fn after_a_key_change_the_trail_verifies_with_a_keyring_of_both() {
     let records = read_records(&dir);
     let new_id = records.last().unwrap().key_id.clone().unwrap();
     assert_ne!(new_id, old_id);
-    let started = &of_action(&dir, audit_action::RUNTIME_STARTED)[1];
+    let started = &of_action(&dir, action::RUNTIME_STARTED)[1];
     assert_eq!(started.key_id.as_deref(), Some(new_id.as_str()));
     let previous = started.trail.clone().unwrap().previous.unwrap();
     assert_eq!(previous.key_id.as_deref(), Some(old_id.as_str()));
@@ -279,7 +281,7 @@ async fn after_a_key_change_the_trail_verifies_with_a_keyring_of_both() {
 /// A run that crashed: records written, the trail never closed.
 fn crashed_run(dir: &std::path::Path) {
     let mut trail = AuditTrail::open(&audit_config(dir)).unwrap();
-    let mut record = AuditRecord::new(audit_action::SESSION_OPENED, SystemTime::now());
+    let mut record = AuditRecord::new(action::SESSION_OPENED, SystemTime::now());
     record.resource = Some("0".repeat(32));
     trail.append(record).unwrap();
     trail.sync().unwrap();
@@ -288,7 +290,7 @@ fn crashed_run(dir: &std::path::Path) {
 
 /// Half of a record line, as a write cut by a crash leaves it.
 fn half_line() -> String {
-    let mut record = AuditRecord::new(audit_action::SESSION_CLOSED, SystemTime::now());
+    let mut record = AuditRecord::new(action::SESSION_CLOSED, SystemTime::now());
     record.seq = 99;
     serde_json::to_string(&record).unwrap()[..70].to_string()
 }
@@ -312,7 +314,7 @@ async fn a_torn_line_after_rotation_is_recorded_and_never_appended_onto() {
     // The torn bytes were moved aside whole; the new file starts clean.
     let aside = dir.join(format!("{torn_name}.torn"));
     assert_eq!(std::fs::read_to_string(&aside).unwrap(), half);
-    let gaps = of_action(&dir, audit_action::GAP);
+    let gaps = of_action(&dir, action::GAP);
     assert_eq!(gaps.len(), 1);
     let torn = gaps[0].trail.clone().unwrap().torn.unwrap();
     assert_eq!(torn.file, torn_name);
@@ -321,7 +323,7 @@ async fn a_torn_line_after_rotation_is_recorded_and_never_appended_onto() {
         torn.moved_to.as_deref(),
         Some(format!("{torn_name}.torn").as_str())
     );
-    let started = &of_action(&dir, audit_action::RUNTIME_STARTED)[2];
+    let started = &of_action(&dir, action::RUNTIME_STARTED)[2];
     assert_eq!(started.trail.clone().unwrap().previous_clean, Some(false));
     let report = verify_dir(&dir, &test_key()).expect("the trail verifies after the gap");
     assert_eq!(report.gaps.len(), 1);
@@ -346,7 +348,7 @@ async fn a_torn_line_after_whole_records_stays_as_it_is_and_verifies_once_record
         bytes,
         "not appended onto, not cut"
     );
-    let torn = of_action(&dir, audit_action::GAP)[0]
+    let torn = of_action(&dir, action::GAP)[0]
         .trail
         .clone()
         .unwrap()
@@ -368,7 +370,7 @@ async fn a_run_that_crashed_is_recorded_as_not_clean() {
     let crashed_last = read_records(&dir).last().unwrap().seq;
     assert_eq!(verify_dir(&dir, &test_key()).unwrap().closed, Some(false));
     one_run(config_with_audit(&dir)).await;
-    let started = &of_action(&dir, audit_action::RUNTIME_STARTED)[2];
+    let started = &of_action(&dir, action::RUNTIME_STARTED)[2];
     let facts = started.trail.clone().unwrap();
     assert_eq!(facts.previous.unwrap().seq, crashed_last);
     assert_eq!(facts.previous_clean, Some(false));

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use common::audit::*;
 use common::*;
-use sessionbus::*;
+use sessionbus::audit::*;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -33,7 +33,7 @@ impl AuditClock for FakeClock {
 }
 
 fn record(i: u64) -> AuditRecord {
-    let mut record = AuditRecord::new(audit_action::SESSION_CLOSED, SystemTime::now());
+    let mut record = AuditRecord::new(action::SESSION_CLOSED, SystemTime::now());
     record.resource = Some(format!("{i:032x}"));
     record
 }
@@ -110,7 +110,7 @@ fn files_past_retention_are_deleted_and_the_rest_still_verifies() {
     assert_eq!(report.files_deleted, trail.stats().files_deleted);
     let deleted: Vec<_> = read_records(&dir)
         .into_iter()
-        .filter(|r| r.action == audit_action::FILES_DELETED)
+        .filter(|r| r.action == action::FILES_DELETED)
         .collect();
     assert_eq!(deleted.len(), 1, "one retention run, one record");
     let facts = deleted[0].trail.clone().unwrap();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use common::audit::*;
-use sessionbus::*;
+use sessionbus::audit::*;
 
 /// A trail of `n` session records, rotated past `rotate_size`.
 fn write_trail(dir: &Path, n: u64, rotate_size: u64) {
@@ -19,7 +19,7 @@ fn write_trail(dir: &Path, n: u64, rotate_size: u64) {
     };
     let mut trail = AuditTrail::open(&config).unwrap();
     for i in 0..n {
-        let mut record = AuditRecord::new(audit_action::SESSION_OPENED, UNIX_EPOCH);
+        let mut record = AuditRecord::new(action::SESSION_OPENED, UNIX_EPOCH);
         record.resource = Some(format!("{i:032x}"));
         record.bytes = Some(i * 1000);
         trail.append(record).unwrap();

@@ -62,7 +62,7 @@ async fn a_failing_disk_is_counted_and_logged_and_ends_still_complete() {
         "what came before the failure: {audit:?}"
     );
     let records = read_records(&dir);
-    assert_eq!(records[0].action, sessionbus::audit_action::RECORDS_LOST);
+    assert_eq!(records[0].action, sessionbus::audit::action::RECORDS_LOST);
     let reason = records[0].reason.clone().unwrap();
     let lost: u64 = reason.split(' ').next().unwrap().parse().unwrap();
     assert_eq!(lost, audit.write_failures, "{reason}");
@@ -73,10 +73,10 @@ async fn a_failing_disk_is_counted_and_logged_and_ends_still_complete() {
     // The file written before the failure went with the directory: verify
     // checks every record from the gap on, then says the start is missing
     // (no retention deleted it).
-    let bad = sessionbus::verify_dir(&dir, &test_key()).unwrap_err();
+    let bad = sessionbus::audit::verify_dir(&dir, &test_key()).unwrap_err();
     assert_eq!(
         bad.why,
-        sessionbus::BreakKind::FilesMissing {
+        sessionbus::audit::BreakKind::FilesMissing {
             first_seq: records[0].seq
         }
     );

@@ -115,7 +115,7 @@ async fn sessions_nobody_attaches_to_are_capped_then_end_as_disconnected() {
 async fn parked_sessions_that_end_on_their_own_free_their_places() {
     // The runtime ends idle sessions after 200 ms; the parked handles must
     // not keep the unattached cap full.
-    let mut config = sessionbus::Config::default();
+    let mut config = sessionbus::config::Config::default();
     config.expiry.idle_timeout = Some(std::time::Duration::from_secs_f64(0.2));
     let server = ChatServer::start(Options {
         config,

@@ -9,7 +9,7 @@ use chat_client::*;
 
 #[actix_web::test]
 async fn minted_names_from_one_address_cannot_fill_the_server() {
-    let mut config = sessionbus::Config::default();
+    let mut config = sessionbus::config::Config::default();
     config.sessions.max_sessions = 100;
     let server = ChatServer::start(Options {
         config,
@@ -83,5 +83,9 @@ async fn minted_names_from_one_address_cannot_fill_the_server() {
     assert_eq!(code, 200);
     let report = server.shutdown().await;
     assert_eq!(report.leaked_buffers, 0, "{report:?}");
-    assert_eq!(report.runtime.gpu_after, report.gpu_baseline, "{report:?}");
+    assert_eq!(
+        report.runtime.gpu_after.expect("wgpu counters"),
+        report.gpu_baseline,
+        "{report:?}"
+    );
 }

@@ -91,7 +91,7 @@ async fn a_socket_is_closed_with_4410_when_its_session_is_closed_elsewhere() {
 
 #[actix_web::test]
 async fn a_socket_is_closed_with_4410_when_its_session_times_out() {
-    let mut config = sessionbus::Config::default();
+    let mut config = sessionbus::config::Config::default();
     config.expiry.idle_timeout = Some(std::time::Duration::from_secs_f64(0.5));
     let server = ChatServer::start(Options {
         config,

@@ -17,7 +17,7 @@ async fn status_shows_the_sweepers_find_as_a_recent_incident() {
     tracing_subscriber::registry()
         .with(incidents.layer())
         .init();
-    let mut config = sessionbus::Config::default();
+    let mut config = sessionbus::config::Config::default();
     config.expiry.sweep_interval = std::time::Duration::from_secs_f64(0.05);
     let server = ChatServer::start(Options {
         config,

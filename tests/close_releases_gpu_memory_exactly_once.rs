@@ -13,7 +13,7 @@ async fn close_returns_once_the_buffers_are_destroyed_and_wgpu_agrees() {
         session.chat(Turn::default()).await.unwrap();
         session.allocate(64 * KIB).await.unwrap();
     }
-    let during = h.rt.gpu_counters();
+    let during = h.rt.gpu_counters().expect("the runtime's own wgpu pool");
     assert_eq!(
         during.buffers - h.baseline.buffers,
         3,

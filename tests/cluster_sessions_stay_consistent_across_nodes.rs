@@ -15,7 +15,8 @@ use common::{KIB, ends_by_session};
 use sessionbus::cluster::{
     ClusterConfig, ClusterError, ClusterHealth, ClusterNode, Directory, EntryState,
 };
-use sessionbus::{Config, EndReason, Owner, SessionError, SessionId, Turn};
+use sessionbus::config::Config;
+use sessionbus::{EndReason, Owner, SessionError, SessionId, Turn};
 
 fn cluster_config(redis: &RedisServer, node: &str) -> ClusterConfig {
     common::cluster::config(&redis.url(), node)
@@ -419,7 +420,7 @@ async fn redis_restarted_mid_run_leaves_no_session_inconsistent_after_resync() {
 
     // Every node's live sessions are live in the directory under that node, ...
     for node in [&a, &b] {
-        let live = node.h.rt.live_sessions(None).await;
+        let live = node.h.rt.live_sessions(None).await.unwrap();
         for id in &live {
             let entry = node
                 .node

@@ -14,7 +14,8 @@ use common::cluster::{config, eventually, next_invalidation, start_node, start_n
 use common::redis_server::{Proxy, RedisServer};
 use common::{KIB, ends_by_session};
 use sessionbus::cluster::{ClusterConfig, ClusterError, ClusterHealth, ClusterNode, EntryState};
-use sessionbus::{Config, EndReason, Owner, SessionId, Turn};
+use sessionbus::config::Config;
+use sessionbus::{EndReason, Owner, SessionId, Turn};
 
 fn alice() -> Owner {
     Owner::new("alice")

@@ -23,7 +23,10 @@ async fn a_panic_in_a_handler_ends_the_session_as_crashed_and_frees_its_buffers(
         vec![EndReason::Crashed]
     );
     assert_eq!(
-        h.rt.gpu_counters().buffers - h.baseline.buffers,
+        h.rt.gpu_counters()
+            .expect("the runtime's own wgpu pool")
+            .buffers
+            - h.baseline.buffers,
         1,
         "only the bystander's buffer is left"
     );

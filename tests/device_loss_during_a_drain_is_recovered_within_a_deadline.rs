@@ -10,7 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sessionbus::{Config, EndReason, State};
+use sessionbus::config::Config;
+use sessionbus::{EndReason, State};
 
 /// How long a test waits before calling `recover_gpu` hung: a bound on the
 /// test, not a speed check.
@@ -65,7 +66,10 @@ async fn a_session_already_closing_is_waited_for_but_not_counted() {
     assert!(!h.rt.gpu_lost());
     drop((closing, live));
     let report = h.rt.shutdown().await;
-    assert_eq!(report.gpu_after, report.gpu_baseline);
+    assert_eq!(
+        report.gpu_after.expect("wgpu counters"),
+        report.gpu_baseline.expect("wgpu counters")
+    );
 }
 
 #[tokio::test]
@@ -95,7 +99,10 @@ async fn recovery_stops_waiting_at_its_deadline() {
     assert_eq!(receipt.reason, EndReason::DeviceLost);
     drop((draining, idle));
     let report = h.rt.shutdown().await;
-    assert_eq!(report.gpu_after, report.gpu_baseline);
+    assert_eq!(
+        report.gpu_after.expect("wgpu counters"),
+        report.gpu_baseline.expect("wgpu counters")
+    );
 }
 
 #[tokio::test]
@@ -120,5 +127,8 @@ async fn recover_gpu_is_bounded_by_the_configured_deadline() {
     );
     drop(draining);
     let report = h.rt.shutdown().await;
-    assert_eq!(report.gpu_after, report.gpu_baseline);
+    assert_eq!(
+        report.gpu_after.expect("wgpu counters"),
+        report.gpu_baseline.expect("wgpu counters")
+    );
 }

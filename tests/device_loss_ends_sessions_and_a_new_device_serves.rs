@@ -30,12 +30,21 @@ async fn after_a_device_loss_sessions_end_once_and_a_new_device_serves() {
     );
     assert!(!h.rt.gpu_lost(), "the new device is not lost");
     // The old device's state is gone with it; the new one starts at its own baseline.
-    let fresh = h.rt.gpu_counters();
+    let fresh = h.rt.gpu_counters().expect("the runtime's own wgpu pool");
     let session = h.rt.open("after").await.unwrap();
     session.allocate(64 * KIB).await.unwrap();
-    assert_eq!(h.rt.gpu_counters().buffers - fresh.buffers, 1);
+    assert_eq!(
+        h.rt.gpu_counters()
+            .expect("the runtime's own wgpu pool")
+            .buffers
+            - fresh.buffers,
+        1
+    );
     assert_eq!(session.close().await.unwrap().buffers, 1);
-    assert_eq!(h.rt.gpu_counters(), fresh);
+    assert_eq!(
+        h.rt.gpu_counters().expect("the runtime's own wgpu pool"),
+        fresh
+    );
     let stats = h.rt.stats().await.unwrap();
     assert_eq!(
         stats.ended_by,
@@ -44,7 +53,8 @@ async fn after_a_device_loss_sessions_end_once_and_a_new_device_serves() {
     drop((sessions, idle));
     let report = h.rt.shutdown().await;
     assert_eq!(
-        report.gpu_after, report.gpu_baseline,
+        report.gpu_after.expect("wgpu counters"),
+        report.gpu_baseline.expect("wgpu counters"),
         "the new device's counters at baseline"
     );
 }

@@ -16,7 +16,13 @@ async fn releases_queued_behind_a_worker_panic_are_released_once() {
         session.allocate(48 * KIB).await.unwrap();
         sessions.push(session);
     }
-    assert_eq!(h.rt.gpu_counters().buffers - h.baseline.buffers, 40);
+    assert_eq!(
+        h.rt.gpu_counters()
+            .expect("the runtime's own wgpu pool")
+            .buffers
+            - h.baseline.buffers,
+        40
+    );
     // The panic goes into the channel first; the closes' releases queue behind it.
     h.rt.inject_gpu_worker_panic();
     let closes = sessions.iter().map(|s| s.close());

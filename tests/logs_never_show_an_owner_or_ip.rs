@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::audit::*;
 use common::*;
 use serde_json::Value;
+use sessionbus::audit::*;
 use sessionbus::*;
 
 const OWNERS: [&str; 5] = [
@@ -96,9 +97,7 @@ async fn no_log_line_holds_a_raw_owner_or_ip_but_the_pseudonym_and_trace_are_the
     let records = read_records(&dir);
     let opened = records
         .iter()
-        .find(|r| {
-            r.action == audit_action::SESSION_OPENED && r.resource == Some(alice.id().to_string())
-        })
+        .find(|r| r.action == action::SESSION_OPENED && r.resource == Some(alice.id().to_string()))
         .unwrap();
     let pseudonym = opened.owner.clone().unwrap();
     let computed = audit_config(&dir)

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sessionbus::config::*;
 use sessionbus::metrics::names::{self, Kind};
 use sessionbus::*;
 
@@ -181,7 +182,11 @@ async fn metrics_follow_a_real_workload() {
     while let Some(event) = events.recv().await {
         seen.push(event);
     }
-    assert_eq!(stop.gpu_after, baseline, "wgpu counters back at baseline");
+    assert_eq!(
+        stop.gpu_after.expect("wgpu counters"),
+        baseline,
+        "wgpu counters back at baseline"
+    );
 
     // What the bus says happened.
     let mut ended_by: BTreeMap<&str, u64> = BTreeMap::new();
@@ -197,6 +202,7 @@ async fn metrics_follow_a_real_workload() {
             }
             LifecycleEvent::ContextReset(_) => resets += 1,
             LifecycleEvent::Started(_) => {}
+            _ => {}
         }
     }
     assert_eq!(ended_by["closed"], CLOSED as u64);

@@ -1,8 +1,9 @@
 //! Without an adapter, or with a bad configuration, the runtime refuses to
 //! start and says why.
 
-use sessionbus::BackendChoice;
-use sessionbus::{Config, Runtime, StartError};
+use sessionbus::config::BackendChoice;
+use sessionbus::config::Config;
+use sessionbus::{Runtime, StartError};
 
 #[tokio::test]
 async fn a_backend_with_no_adapter_names_what_was_tried_and_how_to_fix_it() {
@@ -34,11 +35,11 @@ async fn invalid_configuration_is_refused_before_anything_starts() {
     let err = Runtime::start(config).await.unwrap_err();
     assert!(err.to_string().contains("release.tiers[0].rate"), "{err}");
 
-    let err = sessionbus::Config::from_toml("[gpu]\nbatch_max = 0\n").unwrap_err();
+    let err = sessionbus::config::Config::from_toml("[gpu]\nbatch_max = 0\n").unwrap_err();
     assert!(err.to_string().contains("gpu.batch_max"), "{err}");
-    let err = sessionbus::Config::from_toml("this is = = not toml").unwrap_err();
+    let err = sessionbus::config::Config::from_toml("this is = = not toml").unwrap_err();
     assert!(
-        matches!(err, sessionbus::ConfigError::Parse { .. }),
+        matches!(err, sessionbus::config::ConfigError::Parse { .. }),
         "{err}"
     );
 }

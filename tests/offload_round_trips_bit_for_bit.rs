@@ -3,10 +3,9 @@
 //! counters drop by exactly the offloaded buffers and come back with them.
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use sessionbus::{
-    AllocRequest, Allocated, AllocationId, BackendChoice, GpuConfig, GpuCounters, GpuPool,
-    SessionId, WgpuPool,
-};
+use sessionbus::config::{BackendChoice, GpuConfig};
+use sessionbus::pool::{AllocRequest, GpuCounters, GpuPool, WgpuPool};
+use sessionbus::{Allocated, AllocationId, SessionId};
 use tokio::sync::oneshot;
 
 /// Vulkan, where wgpu counts buffer memory exactly (lavapipe without a GPU).

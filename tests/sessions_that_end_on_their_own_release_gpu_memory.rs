@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use sessionbus::config::*;
 use sessionbus::*;
 
 fn short_timeouts() -> Config {
@@ -76,7 +77,7 @@ async fn a_context_reset_frees_exactly_the_context_buffers_on_the_gpu() {
     let on_topic = vec![1.0, 0.1, 0.0, 0.0];
     let off_topic = vec![0.0, 0.0, 1.0, 0.1];
     session.chat(Turn::new().embedding(on_topic)).await.unwrap();
-    let before = h.rt.gpu_counters();
+    let before = h.rt.gpu_counters().expect("the runtime's own wgpu pool");
     let ack = session
         .chat(Turn::new().embedding(off_topic))
         .await
@@ -89,7 +90,7 @@ async fn a_context_reset_frees_exactly_the_context_buffers_on_the_gpu() {
         }
     };
     assert_eq!((reset.buffers, reset.bytes), (3, 768 * KIB));
-    let after = h.rt.gpu_counters();
+    let after = h.rt.gpu_counters().expect("the runtime's own wgpu pool");
     assert_eq!(
         before.buffers - after.buffers,
         3,
@@ -156,13 +157,29 @@ async fn the_sweeper_releases_gpu_memory_whose_session_is_gone() {
     let h = start_with(config).await;
     let live = h.rt.open("bob").await.unwrap();
     live.allocate(MIB).await.unwrap();
-    h.rt.inject_orphan_allocation(4 * MIB).await.unwrap();
-    assert_eq!(h.rt.gpu_counters().buffers - h.baseline.buffers, 2);
+    h.rt.engine()
+        .inject_orphan_allocation(4 * MIB)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.rt.gpu_counters()
+            .expect("the runtime's own wgpu pool")
+            .buffers
+            - h.baseline.buffers,
+        2
+    );
     while h.rt.stats().await.unwrap().sweeper_incidents == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The release is logged when the pool answers; wait for wgpu to show it.
-    while h.rt.gpu_counters().buffers - h.baseline.buffers > 1 {
+    while h
+        .rt
+        .gpu_counters()
+        .expect("the runtime's own wgpu pool")
+        .buffers
+        - h.baseline.buffers
+        > 1
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(

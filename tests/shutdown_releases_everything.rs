@@ -16,7 +16,13 @@ async fn shutdown_ends_all_sessions_and_wgpu_is_back_at_baseline() {
         s.allocate(48 * KIB).await.unwrap();
         keep.push(s);
     }
-    assert_eq!(h.rt.gpu_counters().buffers - h.baseline.buffers, 200);
+    assert_eq!(
+        h.rt.gpu_counters()
+            .expect("the runtime's own wgpu pool")
+            .buffers
+            - h.baseline.buffers,
+        200
+    );
     // Subscriber task keeps reading while shutdown runs.
     let mut events = std::mem::replace(&mut h.events, tokio::sync::mpsc::channel(1).1);
     let collector = tokio::spawn(async move {
@@ -29,7 +35,7 @@ async fn shutdown_ends_all_sessions_and_wgpu_is_back_at_baseline() {
     let engine = h.rt.engine().clone();
     let baseline = h.baseline;
     let report = h.rt.shutdown().await;
-    assert_eq!(report.gpu_after, baseline);
+    assert_eq!(report.gpu_after.expect("wgpu counters"), baseline);
     assert_eq!(
         (
             report.sessions.sessions_ended,

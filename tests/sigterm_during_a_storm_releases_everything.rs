@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use sessionbus::{Config, ReleaseTier, Runtime};
+use sessionbus::Runtime;
+use sessionbus::config::{Config, ReleaseTier};
 
 const CHILD_ENV: &str = "SESSIONBUS_SIGTERM_CHILD";
 const READY: &str = "SESSIONBUS_CHILD_READY";
@@ -55,7 +56,7 @@ async fn child() {
     let runtime = Runtime::start(storm_config())
         .await
         .expect("runtime starts");
-    let baseline = runtime.gpu_counters();
+    let baseline = runtime.gpu_counters().expect("the runtime's own wgpu pool");
     let engine = runtime.engine().clone();
     let mut sessions = Vec::new();
     let mut leases = Vec::new();

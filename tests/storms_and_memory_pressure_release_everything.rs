@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use futures::future::join_all;
+use sessionbus::config::*;
 use sessionbus::*;
 
 /// `n` sessions holding `buffers` buffers of 64 KiB each.
@@ -121,19 +122,19 @@ async fn an_offloaded_session_gets_its_buffers_back_bit_for_bit() {
             "buffer {id} as written"
         );
     }
-    let with_buffers = h.rt.gpu_counters();
+    let with_buffers = h.rt.gpu_counters().expect("the runtime's own wgpu pool");
     assert_eq!(with_buffers.buffers, h.baseline.buffers + 3);
     let report = session.offload().await.unwrap();
     assert_eq!(report.buffers, 3);
     assert_eq!(
-        h.rt.gpu_counters(),
+        h.rt.gpu_counters().expect("the runtime's own wgpu pool"),
         h.baseline,
         "offloaded buffers are gone from the GPU (wgpu's counters)"
     );
 
     session.chat(Turn::new()).await.unwrap();
     assert_eq!(
-        h.rt.gpu_counters(),
+        h.rt.gpu_counters().expect("the runtime's own wgpu pool"),
         with_buffers,
         "restored before the turn"
     );

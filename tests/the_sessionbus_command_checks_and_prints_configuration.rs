@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use sessionbus::Config;
+use sessionbus::config::Config;
 
 fn sessionbus(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sessionbus"))

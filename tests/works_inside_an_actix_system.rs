@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use sessionbus::{Config, Delivery, EndReason, EventKinds, LifecycleEvent, Runtime};
+use sessionbus::config::Config;
+use sessionbus::{Delivery, EndReason, EventKinds, LifecycleEvent, Runtime};
 
 #[actix::test]
 async fn inside_an_actix_system_with_an_actor_subscriber() {
@@ -34,7 +35,7 @@ async fn inside_an_actix_system_with_an_actor_subscriber() {
     }
 
     let rt = Runtime::start(Config::default()).await.unwrap();
-    let baseline = rt.gpu_counters();
+    let baseline = rt.gpu_counters().expect("the runtime's own wgpu pool");
     let audit = Audit::default().start();
     rt.subscribe(
         audit.clone().recipient(),
@@ -46,9 +47,12 @@ async fn inside_an_actix_system_with_an_actor_subscriber() {
     let session = rt.open("actix-app").await.unwrap();
     session.allocate(MIB).await.unwrap();
     session.close().await.unwrap();
-    assert_eq!(rt.gpu_counters(), baseline);
+    assert_eq!(
+        rt.gpu_counters().expect("the runtime's own wgpu pool"),
+        baseline
+    );
     let report = rt.shutdown().await;
-    assert_eq!(report.gpu_after, baseline);
+    assert_eq!(report.gpu_after.expect("wgpu counters"), baseline);
     assert_eq!(audit.send(Seen).await.unwrap(), vec![EndReason::Closed]);
 }
 
@@ -56,12 +60,12 @@ async fn inside_an_actix_system_with_an_actor_subscriber() {
 fn from_a_blocking_main_without_any_async_runtime() {
     futures::executor::block_on(async {
         let rt = Runtime::start(Config::default()).await.unwrap();
-        let baseline = rt.gpu_counters();
+        let baseline = rt.gpu_counters().expect("the runtime's own wgpu pool");
         let session = rt.open("plain-thread").await.unwrap();
         session.allocate(64 * KIB).await.unwrap();
         drop(session);
         let report = rt.shutdown().await;
-        assert_eq!(report.gpu_after, baseline);
+        assert_eq!(report.gpu_after.expect("wgpu counters"), baseline);
         // Dropped just before shutdown: it ends once, as a disconnect or by the shutdown, whichever comes first.
         assert_eq!(report.sessions.stats.ended, 1);
     });

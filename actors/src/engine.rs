@@ -20,6 +20,7 @@ use crate::lifecycle::EndReason;
 use crate::pseudonym::Pseudonymizer;
 use crate::registry::*;
 use crate::session::{SessionError, SessionHandle};
+use crate::stopped::Stopped;
 
 /// Options for opening a session.
 #[derive(Clone)]
@@ -311,15 +312,15 @@ impl EngineHandle {
     /// `active_within`, only those with activity (message, touch, allocation,
     /// lease operation) in that window. One scan of the registry's table, for
     /// periodic mirroring (the cluster layer's coalesced directory renewals),
-    /// not per request. Empty once the runtime is stopped.
+    /// not per request.
     pub async fn live_sessions(
         &self,
         active_within: Option<std::time::Duration>,
-    ) -> Vec<SessionId> {
+    ) -> Result<Vec<SessionId>, Stopped> {
         self.registry
             .send(LiveSessions { active_within })
             .await
-            .unwrap_or_default()
+            .map_err(|_| Stopped)
     }
 
     /// Subscribes an actor to lifecycle events of `kinds`.
@@ -328,13 +329,13 @@ impl EngineHandle {
         recipient: Recipient<LifecycleEvent>,
         kinds: EventKinds,
         delivery: Delivery,
-    ) -> Option<SubscriptionId> {
+    ) -> Result<SubscriptionId, Stopped> {
         let subscribe = Subscribe {
             sink: Sink::Actor(recipient),
             kinds,
             delivery,
         };
-        self.registry.send(subscribe).await.ok()
+        self.registry.send(subscribe).await.map_err(|_| Stopped)
     }
 
     /// Subscribes a tokio channel (capacity `bus.subscriber_capacity`) to
@@ -343,24 +344,28 @@ impl EngineHandle {
         &self,
         kinds: EventKinds,
         delivery: Delivery,
-    ) -> Option<mpsc::Receiver<LifecycleEvent>> {
+    ) -> Result<mpsc::Receiver<LifecycleEvent>, Stopped> {
         let (sender, receiver) = mpsc::channel(self.bus_capacity);
         let subscribe = Subscribe {
             sink: Sink::Channel(sender),
             kinds,
             delivery,
         };
-        self.registry.send(subscribe).await.ok().map(|_| receiver)
+        self.registry.send(subscribe).await.map_err(|_| Stopped)?;
+        Ok(receiver)
     }
 
-    /// Removes a subscription.
-    pub async fn unsubscribe(&self, id: SubscriptionId) -> bool {
-        self.registry.send(Unsubscribe(id)).await.unwrap_or(false)
+    /// Removes a subscription; `Ok(false)` if there was none with that id.
+    pub async fn unsubscribe(&self, id: SubscriptionId) -> Result<bool, Stopped> {
+        self.registry
+            .send(Unsubscribe(id))
+            .await
+            .map_err(|_| Stopped)
     }
 
     /// The registry's counters.
-    pub async fn stats(&self) -> Option<RegistryStats> {
-        self.registry.send(Stats).await.ok()
+    pub async fn stats(&self) -> Result<RegistryStats, Stopped> {
+        self.registry.send(Stats).await.map_err(|_| Stopped)
     }
 
     /// The GPU pool's device.
@@ -375,14 +380,17 @@ impl EngineHandle {
 
     /// Waits up to `timeout` for reliable subscribers' backlogs to drain;
     /// returns how many events are still undelivered.
-    pub async fn flush_bus(&self, timeout: std::time::Duration) -> usize {
-        self.registry.send(FlushBus { timeout }).await.unwrap_or(0)
+    pub async fn flush_bus(&self, timeout: std::time::Duration) -> Result<usize, Stopped> {
+        self.registry
+            .send(FlushBus { timeout })
+            .await
+            .map_err(|_| Stopped)
     }
 
     /// Allocates `bytes` of GPU memory for a session id the registry does not
-    /// know (fault-injection builds only): the kind of leak the sweeper exists
+    /// know (`testing` builds only): the kind of leak the sweeper exists
     /// to find. Resolves once the buffer exists.
-    #[cfg(feature = "fault-injection")]
+    #[cfg(feature = "testing")]
     pub async fn inject_orphan_allocation(&self, bytes: u64) -> Result<SessionId, crate::GpuError> {
         let session = SessionId::random();
         let (reply, allocated) = tokio::sync::oneshot::channel();
@@ -405,15 +413,13 @@ impl EngineHandle {
     /// ending (a close draining a lease) keeps its own end and is not
     /// counted. Does not wait for the releases (see
     /// [`end_sessions_on_device_loss_within`](Self::end_sessions_on_device_loss_within)).
-    pub async fn end_sessions_on_device_loss(&self) -> usize {
+    pub async fn end_sessions_on_device_loss(&self) -> Result<usize, Stopped> {
         let end = EndAll {
             reason: crate::lifecycle::EndReason::DeviceLost,
             wait_for_releases: None,
         };
-        self.registry
-            .send(end)
-            .await
-            .map_or(0, |report| report.ended)
+        let report = self.registry.send(end).await.map_err(|_| Stopped)?;
+        Ok(report.ended)
     }
 
     /// Like [`end_sessions_on_device_loss`](Self::end_sessions_on_device_loss),
@@ -425,12 +431,12 @@ impl EngineHandle {
     pub async fn end_sessions_on_device_loss_within(
         &self,
         deadline: std::time::Duration,
-    ) -> DeviceLossReport {
+    ) -> Result<DeviceLossReport, Stopped> {
         let end = EndAll {
             reason: crate::lifecycle::EndReason::DeviceLost,
             wait_for_releases: Some(deadline),
         };
-        self.registry.send(end).await.unwrap_or_default()
+        self.registry.send(end).await.map_err(|_| Stopped)
     }
 
     /// Why the runtime failed, if one of its supervised tasks panicked past
@@ -439,10 +445,10 @@ impl EngineHandle {
         self.health.failed()
     }
 
-    /// Makes the cleanup dispatcher panic `times` times (fault-injection
+    /// Makes the cleanup dispatcher panic `times` times (`testing`
     /// builds only), each right after it took a release off the queue and
     /// before it handed it to the pool: the worst moment for a restart.
-    #[cfg(feature = "fault-injection")]
+    #[cfg(feature = "testing")]
     pub fn inject_cleanup_panics(&self, times: u32) {
         self.health
             .inject_panics
@@ -453,37 +459,31 @@ impl EngineHandle {
     /// `shutdown`, and resolves once all their memory is released, or at
     /// `deadline` with what is left counted in the report. Leases still held
     /// at three quarters of the deadline are forced. Releases go out unpaced.
-    pub async fn shutdown_within(&self, deadline: std::time::Duration) -> Option<ShutdownReport> {
-        self.registry.send(Shutdown { deadline }).await.ok()
+    ///
+    /// This stops the engine only; an application on the `sessionbus`
+    /// crate calls `Runtime::shutdown`, which also stops its threads.
+    pub async fn shutdown_within(
+        &self,
+        deadline: std::time::Duration,
+    ) -> Result<ShutdownReport, Stopped> {
+        self.registry
+            .send(Shutdown { deadline })
+            .await
+            .map_err(|_| Stopped)
     }
 
     /// Registers a pre-destroy hook, named `name` in logs: it runs after
     /// every session end and before that session's GPU memory is released,
     /// for at most `[hooks] timeout`. Failures, panics and timeouts are
-    /// logged, counted in `stats().hooks`, and never stop the release.
-    ///
-    /// ```no_run
-    /// # fn demo(engine: &sessionbus_actors::EngineHandle) {
-    /// use std::sync::Arc;
-    /// use futures::FutureExt;
-    ///
-    /// engine.on_before_release("persist", Arc::new(|ended: Arc<sessionbus_actors::SessionEndEvent>| {
-    ///     async move {
-    ///         // e.g. write the conversation of `ended.id` to the database
-    ///         let _ = ended.id;
-    ///         Ok::<(), String>(())
-    ///     }
-    ///     .boxed()
-    /// }));
-    /// # }
-    /// ```
-    pub fn on_before_release(&self, name: impl Into<String>, hook: BeforeRelease) {
-        self.hooks.add(name.into(), hook);
+    /// logged (with the error's source chain), counted in `stats().hooks`,
+    /// and never stop the release. See [`BeforeRelease`] for what a hook may be.
+    pub fn on_before_release(&self, name: impl Into<String>, hook: impl BeforeRelease) {
+        self.hooks.add(name.into(), Arc::new(hook));
     }
 
     /// [`shutdown_within`](Self::shutdown_within) the configured
     /// `[shutdown] deadline`.
-    pub async fn shutdown(&self) -> Option<ShutdownReport> {
+    pub async fn shutdown(&self) -> Result<ShutdownReport, Stopped> {
         self.shutdown_within(self.shutdown_deadline).await
     }
 }

@@ -1,21 +1,30 @@
 //! What the bus carries: lifecycle events, shared by reference (`Arc`) so
 //! fan-out to many subscribers copies nothing.
+//!
+//! Every event serialises (serde): ids and trace ids as their hex text,
+//! wall-clock moments as RFC 3339, durations as microseconds (`*_us`), the
+//! owner and client address as given (they are the application's data;
+//! `Debug` never shows them). Monotonic instants stay in the process.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::Message;
+use serde::Serialize;
+use serde::ser::SerializeStruct;
 
 use crate::context::StaleReason;
 use crate::expiry::Deadline;
 use crate::gpu::Allocated;
 use crate::ids::{Caller, Owner, SessionId, TraceId};
 use crate::lifecycle::EndReason;
+use crate::serde_time::{as_micros, micros, wall};
 use crate::supervision::ReleaseSteps;
 
 /// A session was opened and is established.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
 pub struct SessionStarted {
     /// The new session.
     pub id: SessionId,
@@ -24,6 +33,7 @@ pub struct SessionStarted {
     /// The trace of the request that opened it.
     pub trace_id: TraceId,
     /// When it was opened (wall clock).
+    #[serde(serialize_with = "wall")]
     pub at: SystemTime,
     /// The client's address, if the application gave one (`OpenOptions::client_ip`).
     /// For audit: pseudonymise before writing it anywhere.
@@ -31,7 +41,8 @@ pub struct SessionStarted {
 }
 
 /// A session ended. Published exactly once per session, by the registry only.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
 pub struct SessionEndEvent {
     /// The session.
     pub id: SessionId,
@@ -52,12 +63,16 @@ pub struct SessionEndEvent {
     /// rather than on the GPU.
     pub offloaded_bytes: u64,
     /// When it was opened.
+    #[serde(serialize_with = "wall")]
     pub created_at: SystemTime,
     /// Its last activity (message, touch, allocation or lease operation).
+    #[serde(serialize_with = "wall")]
     pub last_active_at: SystemTime,
     /// When it ended, i.e. left Established (wall clock, for logs and audit).
+    #[serde(serialize_with = "wall")]
     pub ended_at: SystemTime,
     /// When it ended (monotonic, for measuring how long the release took).
+    #[serde(skip)]
     pub ended_instant: Instant,
     /// The idle or TTL deadline that ended it, with the moment it fired;
     /// `None` for every other reason.
@@ -96,7 +111,8 @@ impl SessionEndEvent {
 
 /// A session's conversation context went stale and was dropped; the session
 /// lives on. Its context-bound buffers have been released.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
 pub struct ContextReset {
     /// The session.
     pub id: SessionId,
@@ -111,6 +127,7 @@ pub struct ContextReset {
     /// Bytes those buffers held.
     pub bytes: u64,
     /// When the reset happened (wall clock).
+    #[serde(serialize_with = "wall")]
     pub at: SystemTime,
     /// The trace of the turn that caused it (the session's own if the turn had none).
     pub trace_id: TraceId,
@@ -119,6 +136,9 @@ pub struct ContextReset {
 }
 
 /// A session's GPU memory has been given back.
+///
+/// Serialises with `end_to_release_us` and `paced_for_us` in place of the
+/// two monotonic instants (the end event has the wall-clock `ended_at`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReleaseReceipt {
     /// The session.
@@ -150,7 +170,8 @@ pub struct ReleaseReceipt {
 }
 
 /// How an ending session's leases (in-flight work) were drained.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Drain {
     /// Leases held when the end began (0: nothing to wait for).
     pub leases: u32,
@@ -158,6 +179,7 @@ pub struct Drain {
     /// sweeper, or every handle going away. 0 means the drain was clean.
     pub forced: u32,
     /// From the start of the end to its publication.
+    #[serde(rename = "waited_us", serialize_with = "micros")]
     pub waited: Duration,
 }
 
@@ -198,8 +220,12 @@ impl ReleaseReceipt {
 }
 
 /// Any lifecycle event. Subscribers choose which kinds they get with [`EventKinds`].
-#[derive(Clone, Debug, Message)]
+///
+/// Serialises as `{"kind": "started" | "ended" | "released" | "context_reset", "event": {…}}`.
+#[derive(Clone, Debug, Message, Serialize)]
+#[serde(tag = "kind", content = "event", rename_all = "snake_case")]
 #[rtype(result = "()")]
+#[non_exhaustive]
 pub enum LifecycleEvent {
     /// A session started.
     Started(Arc<SessionStarted>),
@@ -230,6 +256,34 @@ impl LifecycleEvent {
             LifecycleEvent::Released(e) => e.id,
             LifecycleEvent::ContextReset(e) => e.id,
         }
+    }
+}
+
+impl Serialize for ReleaseReceipt {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut receipt = s.serialize_struct("ReleaseReceipt", 10)?;
+        receipt.serialize_field("id", &self.id)?;
+        receipt.serialize_field("reason", &self.reason)?;
+        receipt.serialize_field("buffers", &self.buffers)?;
+        receipt.serialize_field("bytes", &self.bytes)?;
+        receipt.serialize_field("end_to_release_us", &as_micros(self.end_to_release()))?;
+        receipt.serialize_field("paced_for_us", &as_micros(self.paced_for))?;
+        receipt.serialize_field("error", &self.error)?;
+        receipt.serialize_field("deadline", &self.deadline)?;
+        receipt.serialize_field("trace_id", &self.trace_id)?;
+        receipt.serialize_field("steps", &self.steps)?;
+        receipt.end()
+    }
+}
+
+/// A fired deadline serialises as its kind and how late it fired (its
+/// instants stay in the process).
+impl Serialize for Deadline {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut deadline = s.serialize_struct("Deadline", 2)?;
+        deadline.serialize_field("kind", &self.kind)?;
+        deadline.serialize_field("lateness_us", &as_micros(self.lateness()))?;
+        deadline.end()
     }
 }
 

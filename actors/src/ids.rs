@@ -1,6 +1,7 @@
 //! Identities: who a session is, who owns it, who is asking.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,12 +93,7 @@ impl FromStr for SessionId {
         let bad = || ParseIdError {
             input: s.chars().take(64).collect(),
         };
-        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        u128::from_str_radix(s, 16)
-            .map(SessionId)
-            .map_err(|_| bad())
+        parse_hex_u128(s).map(SessionId).ok_or_else(bad)
     }
 }
 
@@ -114,14 +110,105 @@ impl<'de> serde::Deserialize<'de> for SessionId {
     }
 }
 
-/// A trace id carried from the application's request into events and logs.
-#[derive(Copy, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+/// A trace id carried from the application's request into events and logs:
+/// 128 bits, shown (and serialised) as 32 lowercase hex digits, the trace id
+/// of W3C Trace Context.
+///
+/// Parses from those 32 hex digits, or from a whole W3C `traceparent` header
+/// (`00-<trace id>-<parent id>-<flags>`), so a request's header can be
+/// passed as it came:
+///
+/// ```
+/// # use sessionbus_actors::TraceId;
+/// let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+/// let trace: TraceId = header.parse().unwrap();
+/// assert_eq!(trace.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+/// assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736".parse().unwrap());
+/// ```
+#[derive(Copy, Clone, PartialEq, Eq, Hash)]
 pub struct TraceId(pub u128);
 
 impl TraceId {
     /// Draws a fresh random trace id (used when the application gives none).
     pub fn random() -> Self {
         TraceId(rand::random::<u128>())
+    }
+
+    /// The trace id of a W3C `traceparent` header
+    /// (`<version>-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`).
+    /// Refuses a malformed header, version `ff`, and the all-zero trace or
+    /// parent id that the specification calls invalid.
+    pub fn from_traceparent(header: &str) -> Result<Self, ParseTraceIdError> {
+        let bad = || ParseTraceIdError::new(header);
+        let mut parts = header.trim().split('-');
+        let (Some(version), Some(trace), Some(parent), Some(flags)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let version_ok = version.len() == 2 && is_lower_hex(version) && version != "ff";
+        // Version 00 has exactly four fields; later versions may append more.
+        let fields_ok = version != "00" || parts.next().is_none();
+        if !version_ok
+            || !fields_ok
+            || !is_lower_hex(trace)
+            || parent.len() != 16
+            || !is_lower_hex(parent)
+            || parent.bytes().all(|b| b == b'0')
+            || flags.len() != 2
+            || !is_lower_hex(flags)
+        {
+            return Err(bad());
+        }
+        let id = parse_hex_u128(trace).ok_or_else(bad)?;
+        if id == 0 {
+            return Err(bad());
+        }
+        Ok(TraceId(id))
+    }
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Exactly 32 hex digits (no sign, no prefix) as a `u128`.
+fn parse_hex_u128(s: &str) -> Option<u128> {
+    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u128::from_str_radix(s, 16).ok()
+}
+
+/// A string that is neither 32 hex digits nor a W3C `traceparent` header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not a trace id: {input:?} (expected 32 hex digits or a W3C traceparent, 00-<32 hex>-<16 hex>-<2 hex>)"
+)]
+pub struct ParseTraceIdError {
+    /// What was given (cut to 64 characters).
+    pub input: String,
+}
+
+impl ParseTraceIdError {
+    fn new(input: &str) -> Self {
+        ParseTraceIdError {
+            input: input.chars().take(64).collect(),
+        }
+    }
+}
+
+impl FromStr for TraceId {
+    type Err = ParseTraceIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.contains('-') {
+            return TraceId::from_traceparent(s);
+        }
+        parse_hex_u128(s)
+            .map(TraceId)
+            .ok_or_else(|| ParseTraceIdError::new(s))
     }
 }
 
@@ -134,6 +221,53 @@ impl fmt::Display for TraceId {
 impl fmt::Debug for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TraceId({self})")
+    }
+}
+
+impl serde::Serialize for TraceId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TraceId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A client's network address, as the application gave it at open
+/// (`OpenOptions::client_ip`), for the audit trail.
+///
+/// `Debug` never shows it (a `{:?}` of an event must not put an address into
+/// a log line); `Display`, `ip()` and serialisation give it on purpose.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct ClientIp(IpAddr);
+
+impl ClientIp {
+    /// The address.
+    pub fn ip(self) -> IpAddr {
+        self.0
+    }
+}
+
+impl From<IpAddr> for ClientIp {
+    fn from(ip: IpAddr) -> Self {
+        ClientIp(ip)
+    }
+}
+
+impl fmt::Display for ClientIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for ClientIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientIp(<redacted>)")
     }
 }
 
@@ -182,7 +316,8 @@ impl From<String> for Owner {
 }
 
 /// Who is asking: a session's owner, or an operator who may act on any session.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Caller {
     /// An ordinary user; may touch only sessions it owns.
     User(Owner),
@@ -264,6 +399,38 @@ mod tests {
         assert!(Caller::User(alice.clone()).may_act_on(&alice));
         assert!(!Caller::User(Owner::new("bob")).may_act_on(&alice));
         assert!(Caller::Operator("ops".into()).may_act_on(&alice));
+    }
+}
+
+#[cfg(test)]
+mod trace_id_tests {
+    use super::TraceId;
+
+    #[test]
+    fn trace_ids_serialise_as_their_hex_text() {
+        let trace = TraceId(0xab);
+        let json = serde_json::to_string(&trace).unwrap();
+        assert_eq!(json, format!("\"{trace}\""));
+        assert_eq!(serde_json::from_str::<TraceId>(&json).unwrap(), trace);
+    }
+
+    #[test]
+    fn malformed_traceparents_are_refused() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(ok.parse::<TraceId>().is_ok());
+        for bad in [
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+            "+0000000000000000000000000000001",
+            "",
+        ] {
+            assert!(bad.parse::<TraceId>().is_err(), "{bad:?} parsed");
+        }
     }
 }
 

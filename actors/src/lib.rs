@@ -3,7 +3,7 @@
 //! Applications use the `sessionbus` crate, which re-exports what they need
 //! from here and adds the real adapters (wgpu, configuration files). This crate
 //! knows nothing about wgpu or Redis: it reaches GPU memory only through the
-//! [`GpuPool`] trait, and ships an [`InMemoryPool`] for its own tests.
+//! [`GpuPool`] trait, and ships an in-memory pool for tests (feature `testing`).
 //!
 //! The pieces:
 //! - [`Lifecycle`]: the pure state machine `Init → Established → Closing → Closed`.
@@ -39,8 +39,10 @@ mod lifecycle;
 mod mailbox;
 mod pseudonym;
 mod registry;
+mod serde_time;
 mod session;
 mod shutdown;
+mod stopped;
 mod supervision;
 pub mod units;
 
@@ -58,12 +60,16 @@ pub use events::{
     SessionStarted,
 };
 pub use expiry::{Deadline, DeadlineKind, ExpiryConfig, ExpiryPolicy};
+#[cfg(any(test, feature = "testing"))]
+pub use gpu::InMemoryPool;
 pub use gpu::{
-    AllocRequest, Allocated, GpuError, GpuPool, InMemoryPool, OffloadReport, PoolInfo, PoolStats,
-    ReleaseReport, RestoreReport, check_write,
+    AllocRequest, Allocated, GpuError, GpuPool, OffloadReport, PoolInfo, PoolStats, ReleaseReport,
+    RestoreReport, check_write,
 };
-pub use hooks::{BeforeRelease, HookStats, HooksConfig};
-pub use ids::{AllocationId, Caller, Owner, ParseIdError, SessionId, TraceId};
+pub use hooks::{BeforeRelease, HookError, HookStats, HooksConfig};
+pub use ids::{
+    AllocationId, Caller, ClientIp, Owner, ParseIdError, ParseTraceIdError, SessionId, TraceId,
+};
 pub use lease::{LeaseError, LeaseId, LeasesConfig};
 pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
 pub use pseudonym::{KeyTooShort, MIN_KEY_BYTES, Pseudonymizer};
@@ -72,6 +78,7 @@ pub use session::{
     AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo, Turn, TurnAck,
 };
 pub use shutdown::ShutdownConfig;
+pub use stopped::Stopped;
 pub use supervision::{
     ReleaseStep, ReleaseSteps, StepTiming, StepTimings, SupervisionConfig, SupervisionStats,
 };

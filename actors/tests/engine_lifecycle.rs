@@ -385,7 +385,9 @@ async fn a_reliable_subscriber_that_falls_behind_still_gets_every_event_in_order
         got
     };
     // The reader and the flush run together: the backlog drains as the reader takes events.
-    let (got, undelivered) = futures::join!(reader, engine.flush_bus(Duration::from_secs(10)));
+    let (got, undelivered) = futures::join!(reader, async {
+        engine.flush_bus(Duration::from_secs(10)).await.unwrap()
+    });
     assert_eq!(undelivered, 0, "everything was delivered");
     let started: Vec<_> = got
         .iter()
@@ -436,8 +438,12 @@ async fn unsubscribing_application_subscribers_never_stops_release() {
             .await
             .unwrap(),
     );
-    assert!(f.engine.unsubscribe(ids[0]).await);
-    assert!(!f.engine.unsubscribe(ids[0]).await, "already gone");
+    assert_eq!(f.engine.unsubscribe(ids[0]).await, Ok(true));
+    assert_eq!(
+        f.engine.unsubscribe(ids[0]).await,
+        Ok(false),
+        "already gone"
+    );
     let session = f.engine.open("x").await.unwrap();
     session.allocate(MIB).await.unwrap();
     assert_eq!(

@@ -21,9 +21,8 @@ fn failing_panicking_and_hanging_hooks_do_not_stop_releases() {
         let seen: Arc<Mutex<Vec<(SessionId, bool)>>> = Arc::default();
         let pool = f.pool.clone();
         let record = seen.clone();
-        f.engine.on_before_release(
-            "persist",
-            Arc::new(move |ended: Arc<SessionEndEvent>| {
+        f.engine
+            .on_before_release("persist", move |ended: Arc<SessionEndEvent>| {
                 let (pool, record) = (pool.clone(), record.clone());
                 async move {
                     let (reply, holding) = tokio::sync::oneshot::channel();
@@ -33,25 +32,24 @@ fn failing_panicking_and_hanging_hooks_do_not_stop_releases() {
                         .lock()
                         .unwrap()
                         .push((ended.id, holding.contains(&ended.id)));
-                    Ok(())
+                    Ok::<(), String>(())
                 }
-                .boxed()
-            }),
-        );
-        f.engine.on_before_release(
-            "fails",
-            Arc::new(|_| async { Err("database unreachable".to_owned()) }.boxed()),
-        );
-        f.engine.on_before_release(
-            "panics-in-future",
-            Arc::new(|_| async { panic!("hook bug (injected)") }.boxed()),
-        );
+            });
+        f.engine.on_before_release("fails", |_| async {
+            Err::<(), _>("database unreachable".to_owned())
+        });
+        f.engine.on_before_release("panics-in-future", |_| async {
+            panic!("hook bug (injected)") as Result<(), String>
+        });
         f.engine.on_before_release(
             "panics-in-call",
-            Arc::new(|_| panic!("hook bug before its future (injected)")),
+            |_| -> futures::future::Ready<Result<(), String>> {
+                panic!("hook bug before its future (injected)")
+            },
         );
-        f.engine
-            .on_before_release("hangs", Arc::new(|_| futures::future::pending().boxed()));
+        f.engine.on_before_release("hangs", |_| {
+            futures::future::pending::<Result<(), String>>()
+        });
 
         let mut ids = Vec::new();
         for i in 0..3 {
@@ -100,18 +98,14 @@ fn shutdown_waits_for_hooks_within_its_deadline() {
         let f = start(config).await;
         let done: Arc<Mutex<u32>> = Arc::default();
         let count = done.clone();
-        f.engine.on_before_release(
-            "slow-persist",
-            Arc::new(move |_| {
-                let count = count.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    *count.lock().unwrap() += 1;
-                    Ok(())
-                }
-                .boxed()
-            }),
-        );
+        f.engine.on_before_release("slow-persist", move |_| {
+            let count = count.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                *count.lock().unwrap() += 1;
+                Ok::<(), String>(())
+            }
+        });
         for i in 0..4 {
             let session = f.engine.open(format!("u{i}")).await.unwrap();
             if i % 2 == 0 {
@@ -137,8 +131,14 @@ fn shutdown_waits_for_hooks_within_its_deadline() {
 
 /// A hook that blocks until the test lets it go, and says when it began and
 /// when it returned. Only the first run blocks; later runs return at once.
+type Hook = Box<
+    dyn Fn(Arc<SessionEndEvent>) -> futures::future::BoxFuture<'static, Result<(), String>>
+        + Send
+        + Sync,
+>;
+
 struct BlockingHook {
-    hook: BeforeRelease,
+    hook: Hook,
     unblock: std::sync::mpsc::Sender<()>,
     entered: tokio::sync::oneshot::Receiver<()>,
     returned: tokio::sync::oneshot::Receiver<()>,
@@ -152,7 +152,7 @@ fn blocking_hook() -> BlockingHook {
     let blocked = Arc::new(Mutex::new(blocked));
     let signals = Arc::new(Mutex::new(Some((entered_tx, returned_tx))));
     let first = Arc::new(AtomicBool::new(true));
-    let hook: BeforeRelease = Arc::new(move |_ended| {
+    let hook: Hook = Box::new(move |_ended| {
         let blocks = first.swap(false, Ordering::SeqCst);
         let (blocked, signals) = (blocked.clone(), signals.clone());
         async move {

@@ -22,12 +22,16 @@ fn live_sessions_lists_the_established_ones_and_filters_by_activity() {
         tokio::time::advance(Duration::from_secs(60)).await;
         busy.touch().await.unwrap();
 
-        let mut all = f.engine.live_sessions(None).await;
+        let mut all = f.engine.live_sessions(None).await.unwrap();
         all.sort();
         let mut expected = vec![quiet.id(), busy.id()];
         expected.sort();
         assert_eq!(all, expected, "ended sessions are not listed");
-        let active = f.engine.live_sessions(Some(Duration::from_secs(10))).await;
+        let active = f
+            .engine
+            .live_sessions(Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
         assert_eq!(active, vec![busy.id()]);
     });
 }

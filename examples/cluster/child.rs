@@ -1,8 +1,9 @@
 //! Node `c`: a separate process, so that killing it is a real SIGKILL.
 //! It opens its sessions, prints `ready <ids>` on stdout, and waits to die.
 
+use sessionbus::Runtime;
 use sessionbus::cluster::ClusterNode;
-use sessionbus::{Config, Runtime};
+use sessionbus::config::Config;
 
 pub(crate) async fn run(node: &str, url: &str, sessions: usize) -> anyhow::Result<()> {
     let runtime = Runtime::start(Config::default()).await?;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use sessionbus::cluster::{ClusterHealth, ClusterKey, ClusterNode, Invalidation, KEYS_ENV};
-use sessionbus::{Config, EndReason, GpuCounters, Owner, Runtime, SessionId, Turn};
+use sessionbus::config::Config;
+use sessionbus::pool::GpuCounters;
+use sessionbus::{EndReason, Owner, Runtime, SessionId, Turn};
 use tokio::sync::broadcast;
 
 use crate::redis_server::RedisServer;
@@ -36,7 +38,7 @@ async fn start(
         .with_context(|| format!("starting node {name}"))?;
     Ok(Node {
         name,
-        baseline: runtime.gpu_counters(),
+        baseline: runtime.gpu_counters().expect("the runtime's own wgpu pool"),
         runtime,
         cluster,
     })
@@ -235,13 +237,13 @@ pub(crate) async fn run(
             node.name,
             report.sessions.sessions_ended,
             node.baseline.buffers,
-            report.gpu_after.buffers
+            report.gpu_after.expect("wgpu counters").buffers
         );
         ensure!(
-            report.gpu_after == node.baseline,
+            report.gpu_after.expect("wgpu counters") == node.baseline,
             "node {} leaked GPU memory: {:?} after, {:?} before",
             node.name,
-            report.gpu_after,
+            report.gpu_after.expect("wgpu counters"),
             node.baseline
         );
     }

@@ -14,6 +14,7 @@ pub struct AuditConfigError {
 
 /// The audit trail could not start. Nothing is left running after one.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuditError {
     /// The configuration is invalid (names the field).
     #[error(transparent)]
@@ -27,9 +28,12 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
-    /// The writer thread could not be started.
-    #[error("could not start the audit writer thread: {0}")]
-    Thread(String),
+    /// The OS would not start an audit thread.
+    #[error("could not start an audit thread; check the process's thread limit")]
+    Thread(#[source] std::io::Error),
+    /// The thread opening the trail died (a panic; see the log above).
+    #[error("the audit trail's opening thread died; see the log above")]
+    OpenerDied,
     /// What earlier runs wrote does not verify, so nothing is appended to it:
     /// records are missing, changed, or sealed under a key not configured.
     #[error("audit.dir: the trail in {} does not verify, so this start does not append to it: {problem}", dir.display())]
@@ -119,7 +123,7 @@ impl AuditError {
         match self {
             AuditError::Config(e) => Some(e.field),
             AuditError::Unwritable { .. } => Some("audit.dir"),
-            AuditError::Thread(_) => None,
+            AuditError::Thread(_) | AuditError::OpenerDied => None,
             AuditError::PreviousTrail { .. } => Some("audit.dir"),
         }
     }

@@ -90,10 +90,8 @@ pub(crate) async fn open_trail(config: AuditConfig) -> Result<AuditTrail, AuditE
         .spawn(move || {
             let _ = done.send(AuditTrail::open(&config));
         })
-        .map_err(|e| AuditError::Thread(e.to_string()))?;
-    opened
-        .await
-        .map_err(|_| AuditError::Thread("the audit trail's opening thread died".into()))?
+        .map_err(AuditError::Thread)?;
+    opened.await.map_err(|_| AuditError::OpenerDied)?
 }
 
 /// The pseudonymizer for log lines that matches the trail's pseudonyms.

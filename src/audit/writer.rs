@@ -143,13 +143,15 @@ struct Writer {
 
 impl Writer {
     fn record(&mut self, trail: &mut AuditTrail, event: &LifecycleEvent) {
-        let record = self.translate(trail, event);
-        self.write(trail, record);
+        // An event kind added after this writer knows nothing to record.
+        if let Some(record) = self.translate(trail, event) {
+            self.write(trail, record);
+        }
     }
 
-    fn translate(&mut self, trail: &AuditTrail, event: &LifecycleEvent) -> AuditRecord {
+    fn translate(&mut self, trail: &AuditTrail, event: &LifecycleEvent) -> Option<AuditRecord> {
         let p = &trail.keys().pseudonyms;
-        match event {
+        let record = match event {
             LifecycleEvent::Started(started) => {
                 let mut r = AuditRecord::new(action::SESSION_OPENED, started.at);
                 r.resource = Some(started.id.to_string());
@@ -201,7 +203,9 @@ impl Writer {
                 r.bytes = Some(reset.bytes);
                 r
             }
-        }
+            _ => return None,
+        };
+        Some(record)
     }
 
     fn write(&mut self, trail: &mut AuditTrail, record: AuditRecord) {

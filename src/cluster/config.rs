@@ -8,7 +8,7 @@ use sessionbus_actors::units::{self, format_duration};
 
 /// How this node joins the cluster. `sessionbus.toml` shows the section,
 /// commented out, with every key and its default.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// The Redis server holding the directory. Credentials go in the URL
@@ -83,6 +83,28 @@ pub struct ClusterKey {
     pub id: String,
     /// The secret, as hex: at least 32 bytes (64 hex digits).
     pub secret_hex: String,
+}
+
+/// The Redis URL with its password redacted; the keys by id only.
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis_url", &self.redacted_url())
+            .field("node_id", &self.node_id)
+            .field("key_prefix", &self.key_prefix)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("node_ttl", &self.node_ttl)
+            .field("session_ttl", &self.session_ttl)
+            .field("renew_interval", &self.renew_interval)
+            .field("queue_bound", &self.queue_bound)
+            .field("forward_timeout", &self.forward_timeout)
+            .field("seen_ended", &self.seen_ended)
+            .field("keys", &self.keys)
+            .field("replay_window", &self.replay_window)
+            .field("operator_nodes", &self.operator_nodes)
+            .field("max_served_requests", &self.max_served_requests)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for ClusterKey {
@@ -500,5 +522,11 @@ mod tests {
             "rediss://bob:***@h:6379/2"
         );
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        let config = ClusterConfig {
+            redis_url: "redis://:s3cret@h:6379".into(),
+            ..ClusterConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 }

@@ -91,7 +91,7 @@ impl ClusterNode {
         let events = engine
             .subscribe_channel(EventKinds::STARTED | EventKinds::ENDED, Delivery::Reliable)
             .await
-            .ok_or(ClusterError::Stopped)?;
+            .map_err(|_| ClusterError::Stopped)?;
         let stamp = joined.stamp;
         let (shared, local_ends) = Shared::new(config, keyring, directory, engine.clone(), stamp);
         let shared = Arc::new(shared);
@@ -102,7 +102,7 @@ impl ClusterNode {
         let epoch = shared.stamp.epoch;
         // Sessions the engine had before the node started: owned from now on
         // (their owner is not known here, so only operators reach them from other nodes).
-        for id in engine.live_sessions(None).await {
+        for id in engine.live_sessions(None).await.unwrap_or_default() {
             let owned = super::state::Owned {
                 version: 1,
                 owner: String::new(),
@@ -145,7 +145,10 @@ impl ClusterNode {
         &self.shared.stamp
     }
 
-    /// The directory, for inspection (and tests of its versioned writes).
+    /// The directory, for inspection by tests (`testing` builds only): its
+    /// writes belong to this node's single writer, so an application never
+    /// holds it.
+    #[cfg(feature = "testing")]
     pub fn directory(&self) -> &Directory {
         &self.shared.directory
     }
@@ -446,21 +449,21 @@ impl ClusterNode {
 
     /// Freezes every task of the node, as a SIGSTOP would: no heartbeat, no
     /// directory writes, no answers; messages wait in the connection. The
-    /// engine keeps running (fault-injection builds only).
-    #[cfg(feature = "fault-injection")]
+    /// engine keeps running (`testing` builds only).
+    #[cfg(feature = "testing")]
     pub fn inject_pause(&self) {
         self.shared.paused.send_replace(true);
     }
 
     /// Resumes a paused node; it finds out on its next step whether it was fenced meanwhile.
-    #[cfg(feature = "fault-injection")]
+    #[cfg(feature = "testing")]
     pub fn inject_resume(&self) {
         self.shared.paused.send_replace(false);
     }
 
     /// Stops the node's cluster layer abruptly, as a crash would: no goodbye,
-    /// no final writes; the others find its heartbeat expired (fault-injection builds only).
-    #[cfg(feature = "fault-injection")]
+    /// no final writes; the others find its heartbeat expired (`testing` builds only).
+    #[cfg(feature = "testing")]
     pub fn inject_kill(mut self) {
         for task in self.tasks.drain(..) {
             task.abort();

@@ -454,7 +454,8 @@ impl Shared {
         self.owned.lock().unwrap().clear();
         self.routes.lock().unwrap().clear();
         self.leases.lock().unwrap().clear();
-        for id in self.engine.live_sessions(None).await {
+        // A stopped engine has ended every session already.
+        for id in self.engine.live_sessions(None).await.unwrap_or_default() {
             self.end_soon(id, EndReason::NodeLost);
         }
     }

@@ -376,7 +376,9 @@ impl Writer {
     /// Coalesced renewal: one batch per interval for the sessions active in it.
     async fn renew_active(&mut self) {
         let window = self.shared.config.renew_interval * 2;
-        let active = self.shared.engine.live_sessions(Some(window)).await;
+        let Ok(active) = self.shared.engine.live_sessions(Some(window)).await else {
+            return; // the engine stopped: nothing is live to renew
+        };
         self.renew(active).await;
     }
 
@@ -459,7 +461,9 @@ impl Writer {
         if !self.queue.is_empty() || !self.shared.is_active() {
             return; // still unreachable (or fenced); the next notification retries
         }
-        let live = self.shared.engine.live_sessions(None).await;
+        let Ok(live) = self.shared.engine.live_sessions(None).await else {
+            return; // the engine stopped: its sessions' ends are being published
+        };
         let live_set: HashSet<SessionId> = live.iter().copied().collect();
         self.shared
             .owned

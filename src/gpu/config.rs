@@ -8,13 +8,14 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
     /// `WGPU_BACKEND` if it is set (same syntax as wgpu: `vulkan,gl`), else
-    /// Vulkan, Metal, DX12 and GL, best adapter wins.
+    /// Vulkan, Metal, DX12 (and GL with the `gl` feature), best adapter wins.
     #[default]
     Auto,
     /// Vulkan only (Linux, Windows, Android; lavapipe for CPU-only hosts).
     Vulkan,
-    /// OpenGL / GLES only (EGL on Linux). Note: wgpu does not count buffer
-    /// memory on GL, so `GpuCounters::buffer_memory` stays 0 there.
+    /// OpenGL / GLES only (EGL on Linux); needs the `gl` cargo feature.
+    /// Note: wgpu does not count buffer memory on GL, so
+    /// `GpuCounters::buffer_memory` stays 0 there.
     Gl,
     /// Metal only (macOS, iOS).
     Metal,
@@ -24,6 +25,7 @@ pub enum BackendChoice {
 
 impl BackendChoice {
     /// The wgpu backend set this choice stands for, reading `WGPU_BACKEND` for `Auto`.
+    #[cfg(feature = "wgpu")]
     pub(crate) fn backends(self) -> wgpu::Backends {
         match self {
             BackendChoice::Auto => wgpu::Backends::from_env().unwrap_or(
@@ -42,6 +44,7 @@ impl BackendChoice {
 
 /// Environment variable consulted when [`GpuConfig::adapter`] is not set, so an
 /// operator can pin a device without editing the file (same name wgpu's own tools use).
+#[cfg(feature = "wgpu")]
 pub(crate) const ADAPTER_ENV: &str = "WGPU_ADAPTER_NAME";
 
 /// How the GPU pool opens its device and paces its work.
@@ -77,6 +80,7 @@ impl Default for GpuConfig {
 
 /// A `[gpu]` setting that cannot work; the message names the field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum GpuConfigError {
     /// `batch_max` is 0: the worker could never take a command.
     #[error("gpu.batch_max: must be at least 1 (256 is a good default)")]
@@ -84,6 +88,12 @@ pub enum GpuConfigError {
     /// `adapter` is set to an empty (or blank) string, which would match every adapter.
     #[error("gpu.adapter: must not be empty; remove the setting to accept any adapter")]
     EmptyAdapter,
+    /// `backend = "gl"` in a build without the `gl` feature.
+    #[error(
+        "gpu.backend: \"gl\" needs sessionbus built with its `gl` feature; use \"vulkan\" \
+         (Mesa's lavapipe on CPU-only hosts: apt-get install mesa-vulkan-drivers) or \"auto\""
+    )]
+    GlNotBuilt,
 }
 
 impl GpuConfigError {
@@ -92,6 +102,7 @@ impl GpuConfigError {
         match self {
             GpuConfigError::BatchMaxZero => "gpu.batch_max",
             GpuConfigError::EmptyAdapter => "gpu.adapter",
+            GpuConfigError::GlNotBuilt => "gpu.backend",
         }
     }
 }
@@ -101,6 +112,9 @@ impl GpuConfig {
     pub fn validate(&self) -> Result<(), GpuConfigError> {
         if self.batch_max == 0 {
             return Err(GpuConfigError::BatchMaxZero);
+        }
+        if self.backend == BackendChoice::Gl && !cfg!(feature = "gl") {
+            return Err(GpuConfigError::GlNotBuilt);
         }
         if self
             .adapter
@@ -114,6 +128,7 @@ impl GpuConfig {
 
     /// The adapter-name filter in effect: the setting, else `WGPU_ADAPTER_NAME`
     /// (ignored when blank), lowercased for a case-insensitive match.
+    #[cfg(feature = "wgpu")]
     pub(crate) fn adapter_filter(&self) -> Option<String> {
         let raw = match &self.adapter {
             Some(name) => Some(name.clone()),

@@ -1,7 +1,9 @@
 //! Counters: wgpu's own view of live buffers, and the pool's own bookkeeping.
 
+#[cfg(feature = "wgpu")]
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(feature = "wgpu")]
 use sessionbus_actors::PoolStats;
 
 /// What wgpu-hal says is alive on the device: the ground truth for leak checks,
@@ -19,6 +21,7 @@ pub struct GpuCounters {
 
 impl GpuCounters {
     /// Reads the counters; atomics only, no GPU call, so any thread may do it.
+    #[cfg(feature = "wgpu")]
     pub(crate) fn read(device: &wgpu::Device) -> GpuCounters {
         let counters = device.get_internal_counters();
         GpuCounters {
@@ -36,6 +39,7 @@ impl GpuCounters {
 ///
 /// A reader may see fields from slightly different moments (each is loaded on
 /// its own); good enough for metrics, and exact once the pool is idle.
+#[cfg(feature = "wgpu")]
 #[derive(Debug, Default)]
 pub(crate) struct SharedStats {
     live_buffers: AtomicU64,
@@ -51,6 +55,7 @@ pub(crate) struct SharedStats {
     pub(crate) worker_panics: AtomicU64,
 }
 
+#[cfg(feature = "wgpu")]
 impl SharedStats {
     pub(crate) fn record_allocated(&self, bytes: u64) {
         self.live_buffers.fetch_add(1, Ordering::Relaxed);

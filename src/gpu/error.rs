@@ -4,12 +4,15 @@ use super::config::GpuConfigError;
 
 /// Advice appended when no adapter shows up at all: on a server the usual
 /// cause is a missing driver, and a software one is enough to run.
+#[cfg(feature = "wgpu")]
 pub(crate) const INSTALL_HINT: &str = "install a GPU driver, or a software one for CPU-only hosts \
      (on Debian/Ubuntu: apt-get install mesa-vulkan-drivers, which provides lavapipe); \
      check with `vulkaninfo --summary`";
 
-/// The GPU pool could not start. Every variant says what to change.
+/// The GPU pool could not start (or restart, after a device loss). Every
+/// variant says what to change.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GpuInitError {
     /// The `[gpu]` settings are unusable.
     #[error("invalid GPU settings: {0}")]
@@ -55,4 +58,7 @@ pub enum GpuInitError {
          see the log above and try another backend (gpu.backend)"
     )]
     WorkerDied,
+    /// The runtime stopped before the device could be recovered.
+    #[error(transparent)]
+    Stopped(#[from] sessionbus_actors::Stopped),
 }

@@ -9,23 +9,27 @@
 //! - `pool`: [`WgpuPool`], the handle the engine holds.
 //! - `counters`: wgpu's live-buffer counters ([`GpuCounters`]) and the pool's stats.
 
+#[cfg(feature = "wgpu")]
 mod adapter;
 mod config;
 mod counters;
 mod error;
+#[cfg(feature = "wgpu")]
 mod host_copy;
+#[cfg(feature = "wgpu")]
 mod pool;
+#[cfg(feature = "wgpu")]
 mod worker;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "wgpu"))]
 mod offload_tests;
-#[cfg(test)]
+#[cfg(all(test, feature = "wgpu"))]
 mod tests;
 
 pub use config::{BackendChoice, GpuConfig, GpuConfigError};
 pub use counters::GpuCounters;
 pub use error::GpuInitError;
-#[cfg(feature = "fault-injection")]
+#[cfg(all(feature = "testing", feature = "wgpu"))]
 pub use pool::GpuHang;
-pub(crate) use pool::GpuStop;
+#[cfg(feature = "wgpu")]
 pub use pool::WgpuPool;

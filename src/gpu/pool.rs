@@ -247,16 +247,16 @@ impl WgpuPool {
         Ok(answer)
     }
 
-    /// Destroys the device as a driver reset would (fault-injection builds only).
-    #[cfg(feature = "fault-injection")]
+    /// Destroys the device as a driver reset would (`testing` builds only).
+    #[cfg(feature = "testing")]
     pub fn inject_device_loss(&self) {
         let _ = self.commands.send(Command::InjectDeviceLoss);
     }
 
     /// Makes the worker thread block, as a hung driver would, from its next
     /// command on (in order with every other command) until the returned
-    /// [`GpuHang`] is released or dropped (fault-injection builds only).
-    #[cfg(feature = "fault-injection")]
+    /// [`GpuHang`] is released or dropped (`testing` builds only).
+    #[cfg(feature = "testing")]
     pub fn inject_hang(&self) -> GpuHang {
         let (release, until) = crossbeam_channel::bounded(0);
         let _ = self.commands.send(Command::InjectHang { until });
@@ -274,27 +274,27 @@ impl WgpuPool {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Queues a command that panics on the worker thread (fault-injection
+    /// Queues a command that panics on the worker thread (`testing`
     /// builds only), in order with every other command.
-    #[cfg(feature = "fault-injection")]
+    #[cfg(feature = "testing")]
     pub fn inject_worker_panic(&self) {
         let _ = self.commands.send(Command::InjectPanic);
     }
 }
 
 /// A hang injected into the `sessionbus-gpu` thread
-/// ([`WgpuPool::inject_hang`], `Runtime::inject_gpu_hang`); fault-injection
+/// ([`WgpuPool::inject_hang`], `Runtime::inject_gpu_hang`); `testing`
 /// builds only. Dropping it ends the hang too. It outlives the pool and the
 /// runtime, so a test can end the hang after a shutdown gave up on the
 /// thread, and see it finish.
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "testing")]
 #[derive(Debug)]
 pub struct GpuHang {
     release: Option<Sender<()>>,
     exit: Arc<WorkerExit>,
 }
 
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "testing")]
 impl GpuHang {
     /// Ends the hang: the thread goes on with its commands.
     pub fn release(self) {}

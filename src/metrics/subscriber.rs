@@ -40,7 +40,8 @@ impl MetricsTask {
         record::register_zeroes();
         let events = engine
             .subscribe_channel(EventKinds::ALL, Delivery::Reliable)
-            .await?;
+            .await
+            .ok()?;
         let (finish, finish_rx) = oneshot::channel();
         let interval = config.sample_interval;
         let engine = engine.clone();
@@ -135,7 +136,7 @@ async fn run(
 
 async fn sample(engine: &EngineHandle) {
     record::pool(&engine.pool_stats());
-    if let Some(stats) = engine.stats().await {
+    if let Ok(stats) = engine.stats().await {
         record::registry(&stats);
     }
 }

@@ -5,34 +5,38 @@
 
 use std::sync::Arc;
 
-use sessionbus_actors::{Engine, EngineHandle, Pseudonymizer};
+use sessionbus_actors::{Engine, EngineHandle, GpuPool, Pseudonymizer};
 use tokio::sync::oneshot;
 
 use super::error::StartError;
+use super::pool_choice::{OpenedPool, PoolChoice, PoolStop};
 use crate::config::Config;
-use crate::gpu::{GpuStop, WgpuPool};
+#[cfg(feature = "wgpu")]
+use crate::gpu::WgpuPool;
 use crate::metrics::MetricsTask;
 
 /// What the thread hands back once the engine is up.
-pub(super) type Started = Result<
-    (
-        EngineHandle,
-        Arc<WgpuPool>,
-        actix::System,
-        Option<MetricsTask>,
-    ),
-    StartError,
->;
+pub(super) struct Running {
+    pub(super) engine: EngineHandle,
+    pub(super) pool: Arc<dyn GpuPool>,
+    #[cfg(feature = "wgpu")]
+    pub(super) wgpu: Option<Arc<WgpuPool>>,
+    pub(super) system: actix::System,
+    pub(super) metrics: Option<MetricsTask>,
+}
+
+pub(super) type Started = Result<Running, StartError>;
 
 pub(super) fn run(
     config: Config,
+    choice: PoolChoice,
     pseudonyms: Pseudonymizer,
     started: oneshot::Sender<Started>,
-    exit: oneshot::Sender<GpuStop>,
+    exit: oneshot::Sender<PoolStop>,
 ) {
     let gpu_step_timeout = config.supervision.step_timeout;
-    let gpu = match WgpuPool::start(&config.gpu) {
-        Ok(pool) => Arc::new(pool),
+    let opened: OpenedPool = match choice.open(&config.gpu) {
+        Ok(opened) => opened,
         Err(e) => {
             let _ = started.send(Err(e.into()));
             return;
@@ -42,25 +46,30 @@ pub(super) fn run(
     // The metrics subscriber subscribes here, before anything can open a
     // session, so its counters see the whole run (it then runs on its own thread).
     let engine = runner.block_on(async {
-        let engine = Engine::start_with(config.engine(), gpu.clone(), pseudonyms)?;
+        let engine = Engine::start_with(config.engine(), opened.pool.clone(), pseudonyms)?;
         let metrics = MetricsTask::start(&engine, &config.metrics).await;
         Ok::<_, sessionbus_actors::ConfigError>((engine, metrics))
     });
     match engine {
         Ok((engine, metrics)) => {
             let system = actix::System::current();
-            if started
-                .send(Ok((engine, gpu.clone(), system, metrics)))
-                .is_err()
-            {
+            let running = Running {
+                engine,
+                pool: opened.pool.clone(),
+                #[cfg(feature = "wgpu")]
+                wgpu: opened.wgpu.clone(),
+                system,
+                metrics,
+            };
+            if started.send(Ok(running)).is_err() {
                 return; // the caller gave up on start; nothing to run
             }
         }
         Err(e) => {
             // Tear the device down before answering: a caller that gives up
             // and exits must not race this thread's teardown of the driver.
-            gpu.shutdown_within(gpu_step_timeout);
-            drop(gpu);
+            opened.stop(gpu_step_timeout);
+            drop(opened);
             drop(runner);
             let _ = started.send(Err(StartError::Config(e.into())));
             return;
@@ -71,12 +80,12 @@ pub(super) fn run(
     // the worker joins its thread: done here, never on the application's
     // thread, and bounded: a worker hung in the driver is left behind, and
     // the report says what it still holds.
-    let stopped = gpu.shutdown_within(gpu_step_timeout);
+    let stopped = opened.stop(gpu_step_timeout);
     // Let go of the device before answering, so that the last reference is
     // the `Runtime`'s and wgpu's instance is torn down before `shutdown()`
     // returns. Dropped here after the answer, it raced the process's exit
     // (a program that returned from main while this thread was still in
     // Mesa's EGL teardown crashed in the exit handlers).
-    drop(gpu);
+    drop(opened);
     let _ = exit.send(stopped);
 }

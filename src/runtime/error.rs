@@ -4,6 +4,7 @@ use crate::gpu::GpuInitError;
 
 /// Why the runtime did not start. Nothing is left running after one of these.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The configuration is invalid (the error names the field).
     #[error(transparent)]
@@ -14,7 +15,17 @@ pub enum StartError {
     /// The audit trail cannot start: its directory is not writable, … (names the field).
     #[error(transparent)]
     Audit(#[from] AuditError),
-    /// The engine thread could not be started.
-    #[error("could not start the sessionbus engine thread: {0}")]
-    Thread(String),
+    /// The OS would not start the engine thread.
+    #[error("could not start the sessionbus engine thread; check the process's thread limit")]
+    Thread(#[source] std::io::Error),
+    /// The engine thread died while starting (a panic; see the log above).
+    #[error("the sessionbus engine thread died while starting; see the log above")]
+    EngineDied,
+    /// This build has no memory pool of its own (the `wgpu` feature is off)
+    /// and none was given.
+    #[error(
+        "no memory pool: build sessionbus with its `wgpu` feature (on by default), or give the \
+         runtime your own pool with RuntimeBuilder::pool"
+    )]
+    NoPool,
 }

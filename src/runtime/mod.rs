@@ -11,25 +11,42 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use actix::Recipient;
 use sessionbus_actors::{
-    Delivery, DeviceLossReport, EngineHandle, EventKinds, GpuPool, PoolInfo, PoolStats,
-    Pseudonymizer, ShutdownReport,
+    BeforeRelease, Caller, Delivery, DeviceLossReport, EndReason, EngineHandle, EventKinds,
+    GpuPool, LifecycleEvent, OpenError, OpenOptions, Owner, PoolInfo, PoolStats, Pseudonymizer,
+    RegistryStats, ReleaseReceipt, SessionError, SessionHandle, SessionId, ShutdownReport, Stopped,
+    SubscriptionId, TraceId,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 mod engine_thread;
 mod error;
+mod pool_choice;
 
 use crate::audit::{self, AuditStats, AuditWriter};
 use crate::config::Config;
-use crate::gpu::{GpuCounters, GpuInitError, GpuStop, WgpuPool};
+#[cfg(feature = "wgpu")]
+use crate::gpu::WgpuPool;
+use crate::gpu::{GpuCounters, GpuInitError};
 use crate::metrics::MetricsTask;
 pub use error::StartError;
+use pool_choice::{PoolChoice, PoolStop};
 
 /// Builds a [`Runtime`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RuntimeBuilder {
     config: Config,
+    pool: Option<Arc<dyn GpuPool>>,
+}
+
+impl std::fmt::Debug for RuntimeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeBuilder")
+            .field("config", &self.config)
+            .field("pool", &self.pool.as_ref().map(|pool| pool.info()))
+            .finish()
+    }
 }
 
 impl RuntimeBuilder {
@@ -39,14 +56,33 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Validates the configuration, opens the GPU device, and starts the engine.
+    /// Runs on the application's own memory pool instead of opening a wgpu
+    /// device: any [`GpuPool`](crate::pool::GpuPool) (memory owned by an
+    /// inference engine's allocator, another wgpu device, CUDA through
+    /// bindings of your choice). Audit, metrics, budgets, hooks, signals and
+    /// shutdown work unchanged; `[gpu]` is not used, and the wgpu-only calls
+    /// ([`Runtime::gpu_counters`], [`Runtime::recover_gpu`]'s reopen) say so.
+    /// The runtime calls the pool from its engine thread and never stops
+    /// it: the application owns it.
+    pub fn pool(mut self, pool: Arc<dyn GpuPool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Validates the configuration, opens the GPU device (unless a pool was
+    /// given), and starts the engine.
     pub async fn start(self) -> Result<Runtime, StartError> {
-        Runtime::start(self.config).await
+        let choice = match self.pool {
+            Some(pool) => PoolChoice::Application(pool),
+            None => PoolChoice::own()?,
+        };
+        Runtime::start_on(self.config, choice).await
     }
 }
 
 /// What [`Runtime::shutdown`] did.
 #[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
 pub struct StopReport {
     /// Sessions ended and memory released by the shutdown.
     pub sessions: ShutdownReport,
@@ -55,34 +91,47 @@ pub struct StopReport {
     pub bus_undelivered: usize,
     /// wgpu's own counters after everything was released and the device
     /// polled; if the GPU thread hung (`gpu_stopped == false`), as they stood
-    /// when shutdown stopped waiting for it.
-    pub gpu_after: GpuCounters,
+    /// when shutdown stopped waiting for it. `None` on an application's pool.
+    pub gpu_after: Option<GpuCounters>,
     /// Whether the `sessionbus-gpu` thread stopped within `[supervision]
-    /// step_timeout_ms`. `false`: the device or its driver is hung; shutdown
+    /// step_timeout`. `false`: the device or its driver is hung; shutdown
     /// returned without it, and `gpu_held` says what it still held (it
-    /// destroys that if it ever comes back).
+    /// destroys that if it ever comes back). Always `true` on an
+    /// application's pool (the application stops it).
     pub gpu_stopped: bool,
     /// The pool's own count of what was still held on the GPU and in host
     /// copies when the GPU thread stopped, or was given up on (all zero
-    /// buffers and bytes after a clean shutdown).
+    /// buffers and bytes after a clean shutdown). On an application's pool:
+    /// its `stats()` after every release.
     pub gpu_held: PoolStats,
     /// The audit trail's counters after its last record (`runtime.shutdown`)
     /// was written and synced; `None` without `[audit]`.
     pub audit: Option<AuditStats>,
     /// wgpu's counters when the device had just opened, before any session:
-    /// `gpu_after == gpu_baseline` means every buffer was released.
-    pub gpu_baseline: GpuCounters,
+    /// `gpu_after == gpu_baseline` means every buffer was released. `None`
+    /// on an application's pool.
+    pub gpu_baseline: Option<GpuCounters>,
 }
 
-/// A running sessionbus: the engine's actors plus the wgpu pool.
+/// A running sessionbus: the engine's actors plus a memory pool (its own
+/// wgpu device, or the application's, see [`RuntimeBuilder::pool`]).
+///
+/// Every call an application makes goes through the runtime's own methods;
+/// [`engine`](Self::engine) hands out a cheap, cloneable [`EngineHandle`]
+/// for tasks and threads. Once the runtime is stopped, calls that have no
+/// other error answer [`Stopped`].
 pub struct Runtime {
     engine: EngineHandle,
-    gpu: Arc<WgpuPool>,
+    pool: Arc<dyn GpuPool>,
+    /// The runtime's own wgpu pool (`None` on an application's pool).
+    #[cfg(feature = "wgpu")]
+    wgpu: Option<Arc<WgpuPool>>,
     system: actix::System,
-    engine_exit: Option<oneshot::Receiver<GpuStop>>,
+    engine_exit: Option<oneshot::Receiver<PoolStop>>,
     flush_timeout: std::time::Duration,
     /// `[supervision] step_timeout`: the longest any wait on the GPU
     /// thread lasts (a device reopen, the worker's stop).
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     gpu_step_timeout: Duration,
     /// The metrics subscriber (`None` unless `metrics.enabled`).
     metrics: Option<MetricsTask>,
@@ -96,7 +145,7 @@ pub struct Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("adapter", self.adapter())
+            .field("pool", self.pool_info())
             .finish()
     }
 }
@@ -108,8 +157,13 @@ impl Runtime {
     }
 
     /// Validates `config`, opens the GPU device, and starts the engine on its
-    /// own thread. Awaitable from any executor; the caller's thread never blocks.
+    /// own thread. Awaitable from any executor; the caller's thread never
+    /// blocks. (`Runtime::builder().config(config).start()`.)
     pub async fn start(config: Config) -> Result<Runtime, StartError> {
+        Runtime::builder().config(config).start().await
+    }
+
+    async fn start_on(config: Config, choice: PoolChoice) -> Result<Runtime, StartError> {
         config.validate()?;
         // Opened first: an unwritable directory refuses the start before anything runs.
         let trail = match &config.audit {
@@ -128,26 +182,26 @@ impl Runtime {
         let (exit_tx, exit_rx) = oneshot::channel();
         let engine_thread = thread::Builder::new()
             .name("sessionbus-engine".into())
-            .spawn(move || engine_thread::run(config, pseudonyms, started_tx, exit_tx))
-            .map_err(|e| StartError::Thread(e.to_string()))?;
-        let (engine, gpu, system, metrics) = started_rx
-            .await
-            .map_err(|_| StartError::Thread("the engine thread died while starting".into()))??;
+            .spawn(move || engine_thread::run(config, choice, pseudonyms, started_tx, exit_tx))
+            .map_err(StartError::Thread)?;
+        let started = started_rx.await.map_err(|_| StartError::EngineDied)??;
         tracing::info!(
             target: "sessionbus::supervisor",
             event = "runtime.started",
-            adapter = %gpu.info().adapter,
-            backend = %gpu.info().backend,
+            adapter = %started.pool.info().adapter,
+            backend = %started.pool.info().backend,
             "sessionbus runtime started"
         );
         let mut runtime = Runtime {
-            engine,
-            gpu,
-            system,
+            engine: started.engine,
+            pool: started.pool,
+            #[cfg(feature = "wgpu")]
+            wgpu: started.wgpu,
+            system: started.system,
             engine_exit: Some(exit_rx),
             flush_timeout,
             gpu_step_timeout,
-            metrics,
+            metrics: started.metrics,
             audit: None,
             shutdown_deadline,
             engine_thread: Some(engine_thread),
@@ -158,24 +212,125 @@ impl Runtime {
                 .engine
                 .subscribe_channel(EventKinds::ALL, Delivery::Reliable)
                 .await
-                .ok_or_else(|| StartError::Thread("the engine stopped while starting".into()))?;
-            let writer = AuditWriter::spawn(trail, events)
-                .map_err(|e| audit::AuditError::Thread(e.to_string()))?;
+                .map_err(|Stopped| StartError::EngineDied)?;
+            let writer = AuditWriter::spawn(trail, events).map_err(audit::AuditError::Thread)?;
             runtime.audit = Some(writer);
         }
         Ok(runtime)
     }
 
-    /// A cheap, cloneable handle to the engine, for tasks and threads. The
-    /// runtime also derefs to it, so `runtime.open(..)`, `runtime.close(..)`,
-    /// `runtime.subscribe_channel(..)` and the rest are the engine handle's methods.
+    /// A cheap, cloneable handle to the engine, for tasks and threads: the
+    /// same session calls as the runtime's own, without its shutdown.
     pub fn engine(&self) -> &EngineHandle {
         &self.engine
     }
 
-    /// The adapter in use.
-    pub fn adapter(&self) -> &PoolInfo {
-        self.gpu.info()
+    /// Opens a session owned by `owner`; the handle acts as that owner.
+    pub async fn open(&self, owner: impl Into<Owner>) -> Result<SessionHandle, OpenError> {
+        self.engine.open(owner).await
+    }
+
+    /// Opens a session with options (trace id, client address, expiry, context policy).
+    pub async fn open_with(&self, options: OpenOptions) -> Result<SessionHandle, OpenError> {
+        self.engine.open_with(options).await
+    }
+
+    /// A handle to an existing session, for `caller` (its owner, or an operator).
+    pub async fn attach(
+        &self,
+        id: SessionId,
+        caller: impl Into<Caller>,
+    ) -> Result<SessionHandle, SessionError> {
+        self.engine.attach(id, caller).await
+    }
+
+    /// Closes a session by id; resolves with its release receipt. Closing an
+    /// ended session returns the receipt of its end.
+    pub async fn close(
+        &self,
+        id: SessionId,
+        caller: impl Into<Caller>,
+    ) -> Result<ReleaseReceipt, SessionError> {
+        self.engine.close(id, caller).await
+    }
+
+    /// Closes a session by id for a request that carries `trace_id`.
+    pub async fn close_traced(
+        &self,
+        id: SessionId,
+        caller: impl Into<Caller>,
+        trace_id: TraceId,
+    ) -> Result<ReleaseReceipt, SessionError> {
+        self.engine.close_traced(id, caller, trace_id).await
+    }
+
+    /// Ends a session by id with `reason` (see [`EngineHandle::end`]).
+    pub async fn end(
+        &self,
+        id: SessionId,
+        caller: impl Into<Caller>,
+        reason: EndReason,
+    ) -> Result<ReleaseReceipt, SessionError> {
+        self.engine.end(id, caller, reason).await
+    }
+
+    /// The ids of the live sessions (see [`EngineHandle::live_sessions`]).
+    pub async fn live_sessions(
+        &self,
+        active_within: Option<Duration>,
+    ) -> Result<Vec<SessionId>, Stopped> {
+        self.engine.live_sessions(active_within).await
+    }
+
+    /// Subscribes an actor to lifecycle events of `kinds`.
+    pub async fn subscribe(
+        &self,
+        recipient: Recipient<LifecycleEvent>,
+        kinds: EventKinds,
+        delivery: Delivery,
+    ) -> Result<SubscriptionId, Stopped> {
+        self.engine.subscribe(recipient, kinds, delivery).await
+    }
+
+    /// Subscribes a tokio channel to lifecycle events of `kinds`, for
+    /// applications without actors.
+    pub async fn subscribe_channel(
+        &self,
+        kinds: EventKinds,
+        delivery: Delivery,
+    ) -> Result<mpsc::Receiver<LifecycleEvent>, Stopped> {
+        self.engine.subscribe_channel(kinds, delivery).await
+    }
+
+    /// Removes a subscription; `Ok(false)` if there was none with that id.
+    pub async fn unsubscribe(&self, id: SubscriptionId) -> Result<bool, Stopped> {
+        self.engine.unsubscribe(id).await
+    }
+
+    /// The registry's counters.
+    pub async fn stats(&self) -> Result<RegistryStats, Stopped> {
+        self.engine.stats().await
+    }
+
+    /// Registers a pre-destroy hook (see [`EngineHandle::on_before_release`]).
+    pub fn on_before_release(&self, name: impl Into<String>, hook: impl BeforeRelease) {
+        self.engine.on_before_release(name, hook);
+    }
+
+    /// Why the runtime failed, if one of its supervised tasks panicked past
+    /// the restart limit (`[supervision]`); `None` while healthy.
+    pub fn failure(&self) -> Option<String> {
+        self.engine.failure()
+    }
+
+    /// The memory pool's device (for the runtime's own wgpu pool: the adapter and backend in use).
+    pub fn pool_info(&self) -> &PoolInfo {
+        self.pool.info()
+    }
+
+    /// The memory pool's own counters: what it holds now.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
     }
 
     /// The audit trail's counters (records written, write failures, files
@@ -184,14 +339,25 @@ impl Runtime {
         self.audit.as_ref().map(AuditWriter::stats)
     }
 
-    /// wgpu's own counters for the device: the ground truth for leak checks.
-    pub fn gpu_counters(&self) -> GpuCounters {
-        self.gpu.counters()
+    /// wgpu's own counters for the runtime's wgpu device: the ground truth
+    /// for leak checks. `None` on an application's pool.
+    pub fn gpu_counters(&self) -> Option<GpuCounters> {
+        #[cfg(feature = "wgpu")]
+        if let Some(wgpu) = &self.wgpu {
+            return Some(wgpu.counters());
+        }
+        None
     }
 
-    /// Whether wgpu reported the GPU device lost (see [`recover_gpu`](Self::recover_gpu)).
+    /// Whether wgpu reported the runtime's GPU device lost (see
+    /// [`recover_gpu`](Self::recover_gpu)); always `false` on an
+    /// application's pool (the application knows when its device is lost).
     pub fn gpu_lost(&self) -> bool {
-        self.gpu.is_lost()
+        #[cfg(feature = "wgpu")]
+        if let Some(wgpu) = &self.wgpu {
+            return wgpu.is_lost();
+        }
+        false
     }
 
     /// Recovers from a lost GPU device without restarting the process:
@@ -216,6 +382,9 @@ impl Runtime {
     /// The new device is waited for at most `[supervision] step_timeout`:
     /// a GPU thread that does not answer by then (a hung driver) gives
     /// [`GpuInitError::Unresponsive`], and the device opens if it ever does.
+    ///
+    /// On an application's pool, the sessions are ended and their releases
+    /// waited for the same way; reopening its device is the application's.
     pub async fn recover_gpu_within(
         &self,
         deadline: Duration,
@@ -223,7 +392,7 @@ impl Runtime {
         let report = self
             .engine
             .end_sessions_on_device_loss_within(deadline)
-            .await;
+            .await?;
         if !report.completed {
             tracing::warn!(
                 target: "sessionbus::supervisor",
@@ -233,7 +402,27 @@ impl Runtime {
                 "releases still under way at the recovery deadline; the old device drops what they held"
             );
         }
-        let reopened = self.gpu.reopen_request()?;
+        #[cfg(feature = "wgpu")]
+        if let Some(wgpu) = &self.wgpu {
+            self.reopen_wgpu(wgpu).await?;
+        }
+        tracing::info!(
+            target: "sessionbus::supervisor",
+            event = "gpu.recovered",
+            ended = report.ended,
+            already_ending = report.already_ending,
+            unreleased = report.unreleased,
+            duration_us = report.took.as_micros() as u64,
+            "GPU device recovered"
+        );
+        Ok(report)
+    }
+
+    /// Opens a new device in place of the lost one, waiting for the GPU
+    /// thread at most `[supervision] step_timeout`.
+    #[cfg(feature = "wgpu")]
+    async fn reopen_wgpu(&self, wgpu: &WgpuPool) -> Result<(), GpuInitError> {
+        let reopened = wgpu.reopen_request()?;
         let waited = self.gpu_step_timeout;
         let answer = match futures::future::select(reopened, self.engine_timer(waited)).await {
             futures::future::Either::Left((answer, _)) => answer,
@@ -249,22 +438,13 @@ impl Runtime {
             // No engine thread to time with (it died): wait for the worker.
             futures::future::Either::Right((Err(_), reopened)) => reopened.await,
         };
-        answer.map_err(|_| GpuInitError::WorkerDied)??;
-        tracing::info!(
-            target: "sessionbus::supervisor",
-            event = "gpu.recovered",
-            ended = report.ended,
-            already_ending = report.already_ending,
-            unreleased = report.unreleased,
-            duration_us = report.took.as_micros() as u64,
-            "GPU device recovered"
-        );
-        Ok(report)
+        answer.map_err(|_| GpuInitError::WorkerDied)?
     }
 
     /// Resolves `Ok` after `after`, timed on the engine's thread (whose
     /// runtime has timers), so that any executor may await it; `Err` at once
     /// if the engine's thread is gone.
+    #[cfg(feature = "wgpu")]
     fn engine_timer(&self, after: Duration) -> oneshot::Receiver<()> {
         let (fired, timer) = oneshot::channel();
         self.system.arbiter().spawn(async move {
@@ -274,36 +454,51 @@ impl Runtime {
         timer
     }
 
-    /// Destroys the GPU device as a driver reset would (fault-injection builds only).
-    #[cfg(feature = "fault-injection")]
+    /// The runtime's own wgpu pool, for the fault hooks.
+    #[cfg(all(feature = "testing", feature = "wgpu"))]
+    fn own_wgpu(&self) -> &WgpuPool {
+        self.wgpu
+            .as_deref()
+            .expect("this fault hook needs the runtime's own wgpu pool, not an application's")
+    }
+
+    /// Destroys the GPU device as a driver reset would (`testing` builds
+    /// only; panics on an application's pool).
+    #[cfg(all(feature = "testing", feature = "wgpu"))]
     pub fn inject_gpu_device_loss(&self) {
-        self.gpu.inject_device_loss();
+        self.own_wgpu().inject_device_loss();
     }
 
     /// Makes the `sessionbus-gpu` thread block, as a hung driver would, from
-    /// its next command on, until the returned [`GpuHang`](crate::GpuHang)
-    /// is released or dropped (fault-injection builds only). It outlives the
+    /// its next command on, until the returned
+    /// [`GpuHang`](crate::testing::GpuHang) is released or dropped (`testing`
+    /// builds only; panics on an application's pool). It outlives the
     /// runtime, so a test can end the hang after `shutdown` gave up on it.
-    #[cfg(feature = "fault-injection")]
-    pub fn inject_gpu_hang(&self) -> crate::GpuHang {
-        self.gpu.inject_hang()
-    }
-
-    /// GPU commands that panicked on the `sessionbus-gpu` thread; the thread
-    /// survives each (see `gpu.worker_panicked` in the logs).
-    pub fn gpu_worker_panics(&self) -> u64 {
-        self.gpu.worker_panics()
+    #[cfg(all(feature = "testing", feature = "wgpu"))]
+    pub fn inject_gpu_hang(&self) -> crate::testing::GpuHang {
+        self.own_wgpu().inject_hang()
     }
 
     /// Makes the `sessionbus-gpu` thread panic on its next command
-    /// (fault-injection builds only).
-    #[cfg(feature = "fault-injection")]
+    /// (`testing` builds only; panics on an application's pool).
+    #[cfg(all(feature = "testing", feature = "wgpu"))]
     pub fn inject_gpu_worker_panic(&self) {
-        self.gpu.inject_worker_panic();
+        self.own_wgpu().inject_worker_panic();
+    }
+
+    /// GPU commands that panicked on the `sessionbus-gpu` thread; the thread
+    /// survives each (see `gpu.worker_panicked` in the logs). Zero on an
+    /// application's pool.
+    pub fn gpu_worker_panics(&self) -> u64 {
+        #[cfg(feature = "wgpu")]
+        if let Some(wgpu) = &self.wgpu {
+            return wgpu.worker_panics();
+        }
+        0
     }
 
     /// [`shutdown_within`](Self::shutdown_within) the configured `[shutdown]
-    /// deadline_secs` (default 30 s).
+    /// deadline` (default 30 s).
     pub async fn shutdown(self) -> StopReport {
         let deadline = self.shutdown_deadline;
         self.shutdown_within(deadline).await
@@ -323,23 +518,30 @@ impl Runtime {
     /// thread is waited for at most that long again as it stops; if it does
     /// not stop, the report says so (`gpu_stopped == false`, what it still
     /// held in `gpu_held`) and shutdown returns without it.
+    ///
+    /// Called twice (it takes the runtime, so only through a clone of its
+    /// engine handle), the second finds nothing: an empty report.
     pub async fn shutdown_within(mut self, deadline: std::time::Duration) -> StopReport {
         let sessions = self
             .engine
             .shutdown_within(deadline)
             .await
             .unwrap_or_default();
-        let bus_undelivered = self.engine.flush_bus(self.flush_timeout).await;
+        let bus_undelivered = self
+            .engine
+            .flush_bus(self.flush_timeout)
+            .await
+            .unwrap_or_default();
         if let Some(metrics) = self.metrics.take() {
             metrics.finish().await; // counts every event of the run, samples once more
         }
         self.system.stop();
-        let gpu = match self.engine_exit.take() {
+        let stop = match self.engine_exit.take() {
             Some(exit) => exit.await.ok(),
             None => None,
         };
-        // Only if the engine thread died: stop the worker from here.
-        let gpu = gpu.unwrap_or_else(|| self.gpu.shutdown_within(self.gpu_step_timeout));
+        // Only if the engine thread died: stop the pool from here.
+        let stop = stop.unwrap_or_else(|| self.stop_pool_here());
         // The engine has stopped publishing: the writer drains what is queued,
         // writes `runtime.shutdown` and syncs before this resolves.
         let audit = match self.audit.as_mut() {
@@ -349,24 +551,22 @@ impl Runtime {
         StopReport {
             sessions,
             bus_undelivered,
-            gpu_after: gpu.counters,
-            gpu_stopped: gpu.stopped,
-            gpu_held: gpu.held,
+            gpu_after: stop.counters,
+            gpu_stopped: stop.stopped,
+            gpu_held: stop.held,
             audit,
-            gpu_baseline: self.gpu.initial_counters(),
+            gpu_baseline: stop.baseline,
         }
     }
-}
 
-/// The runtime is the engine plus its adapters: everything the engine handle
-/// does (open, attach, close by id, subscribe, stats) is done on the runtime
-/// directly. `Runtime::shutdown` (which also stops the threads) takes precedence
-/// over the handle's engine-only `shutdown`.
-impl std::ops::Deref for Runtime {
-    type Target = EngineHandle;
-
-    fn deref(&self) -> &EngineHandle {
-        &self.engine
+    /// Stops the pool from the caller's thread (only when the engine thread
+    /// died and could not).
+    fn stop_pool_here(&self) -> PoolStop {
+        #[cfg(feature = "wgpu")]
+        if let Some(wgpu) = &self.wgpu {
+            return PoolStop::wgpu(wgpu, self.gpu_step_timeout);
+        }
+        PoolStop::application(self.pool.as_ref())
     }
 }
 

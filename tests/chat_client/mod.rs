@@ -296,7 +296,11 @@ pub async fn finish(server: ChatServer, http: &Http) -> Value {
     let status = http.until_quiet_at_baseline().await;
     let report = server.shutdown().await;
     assert_eq!(report.leaked_buffers, 0, "{report:?}");
-    assert_eq!(report.runtime.gpu_after, report.gpu_baseline, "{report:?}");
+    assert_eq!(
+        report.runtime.gpu_after.expect("wgpu counters"),
+        report.gpu_baseline,
+        "{report:?}"
+    );
     status
 }
 

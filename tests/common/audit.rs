@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sessionbus::{AuditConfig, AuditRecord, Config};
+use sessionbus::audit::AuditRecord;
+use sessionbus::config::{AuditConfig, Config};
 
 /// A key for tests only (32 bytes of hex); real keys come from `key_env`.
 pub const TEST_KEY_HEX: &str = "7e57a0d17e57a0d17e57a0d17e57a0d17e57a0d17e57a0d17e57a0d17e57a0d1";

@@ -24,8 +24,8 @@ pub fn config(url: &str, node: &str) -> ClusterConfig {
     }
 }
 
-use sessionbus::Config;
 use sessionbus::cluster::{ClusterNode, Invalidation};
+use sessionbus::config::Config;
 
 use super::Harness;
 

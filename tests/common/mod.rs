@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sessionbus::GpuCounters;
-use sessionbus::{Config, Delivery, EndReason, EventKinds, LifecycleEvent, Runtime, SessionId};
+use sessionbus::config::Config;
+use sessionbus::pool::GpuCounters;
+use sessionbus::{Delivery, EndReason, EventKinds, LifecycleEvent, Runtime, SessionId};
 use tokio::sync::mpsc;
 
 pub const KIB: u64 = 1 << 10;
@@ -27,7 +28,7 @@ pub async fn start_with(config: Config) -> Harness {
     let rt = Runtime::start(config)
         .await
         .expect("runtime starts on a real adapter (install mesa-vulkan-drivers)");
-    let baseline = rt.gpu_counters();
+    let baseline = rt.gpu_counters().expect("the runtime's own wgpu pool");
     let events = rt
         .subscribe_channel(EventKinds::ALL, Delivery::Reliable)
         .await
@@ -58,7 +59,7 @@ impl Harness {
     /// wgpu's own counters are back where they were before any session.
     pub fn assert_gpu_at_baseline(&self) {
         assert_eq!(
-            self.rt.gpu_counters(),
+            self.rt.gpu_counters().expect("the runtime's own wgpu pool"),
             self.baseline,
             "wgpu counters (hal.buffers, hal.buffer_memory) not at baseline"
         );
@@ -68,7 +69,11 @@ impl Harness {
     pub async fn shutdown_at_baseline(self) -> sessionbus::StopReport {
         let baseline = self.baseline;
         let report = self.rt.shutdown().await;
-        assert_eq!(report.gpu_after, baseline, "wgpu counters after shutdown");
+        assert_eq!(
+            report.gpu_after.expect("wgpu counters"),
+            baseline,
+            "wgpu counters after shutdown"
+        );
         assert_eq!(
             report.bus_undelivered, 0,
             "every reliable subscriber got every event"

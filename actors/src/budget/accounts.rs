@@ -21,6 +21,7 @@ use crate::ids::Owner;
 /// Which budget had no room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BudgetScope {
     /// The device-wide budget (`budget.device_memory`).
     Device,

@@ -11,6 +11,7 @@ use crate::units::{self, format_size};
 /// What an allocation does when a budget (device or owner) has no room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum WhenExhausted {
     /// Fail at once with `AllocError::OverBudget`.
     Fail,

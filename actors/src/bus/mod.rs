@@ -32,6 +32,7 @@ use crate::events::{EventKinds, LifecycleEvent};
 
 /// How the bus treats a subscriber that falls behind.
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub enum Delivery {
     /// Every event is delivered; a full queue makes the event wait (memory bounded by sessions).
     Reliable,

@@ -14,6 +14,7 @@ use crate::config::{ConfigError, at_least};
 /// What a release rate counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum PaceUnit {
     /// Buffers destroyed (each destroy is a driver call; the usual bottleneck).
     Buffers,

@@ -2,6 +2,7 @@
 
 /// A turn the policy cannot assess. The policy's state is unchanged.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ContextError {
     /// The embedding's length differs from the context's dimension.
     #[error("embedding has {got} dimensions, but this context's embeddings have {expected}")]

@@ -43,8 +43,9 @@ impl fmt::Display for ContextVerdict {
     }
 }
 
-/// Why a context went stale.
-#[derive(Clone, Debug, PartialEq)]
+/// Why a context went stale. Serialises as `{"kind": "low_similarity", …}`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StaleReason {
     /// The turn's embedding is too far from the context.
     LowSimilarity {

@@ -7,6 +7,7 @@ use super::ExpiryPolicy;
 /// The kind of deadline that ended a session on its own.
 #[derive(Copy, Clone, PartialEq, Eq, Hash, Debug, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum DeadlineKind {
     /// Last activity + idle timeout.
     Idle,

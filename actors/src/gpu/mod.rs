@@ -28,8 +28,10 @@
 //! (an allocation, a `sessions_holding_memory`) before an earlier release,
 //! whose answer waits until the device has really given the memory back.
 
+#[cfg(any(test, feature = "testing"))]
 mod memory_pool;
 
+#[cfg(any(test, feature = "testing"))]
 pub use memory_pool::InMemoryPool;
 
 use std::time::Instant;
@@ -195,6 +197,7 @@ pub struct PoolStats {
 
 /// Why a pool could not allocate.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum GpuError {
     /// The device is out of memory.
     #[error("GPU out of memory allocating {bytes} bytes")]

@@ -42,16 +42,16 @@ const THREAD_NAME: &str = "sessionbus-hook";
 
 /// How one hook run ended, as seen from its thread.
 pub(super) enum Finished {
-    Returned(Result<(), String>),
+    Returned(Result<(), super::HookError>),
     Panicked,
 }
 
-type Call = Box<dyn FnOnce() -> BoxFuture<'static, Result<(), String>> + Send>;
+type Call = Box<dyn FnOnce() -> BoxFuture<'static, Result<(), super::HookError>> + Send>;
 
 enum Stage {
     /// Not called yet: the call itself is hook code too, so it runs on a hook thread.
     Call(Call),
-    Running(BoxFuture<'static, Result<(), String>>),
+    Running(BoxFuture<'static, Result<(), super::HookError>>),
     Done,
 }
 

@@ -19,4 +19,4 @@ mod runner;
 
 pub use config::HooksConfig;
 pub(crate) use runner::Hooks;
-pub use runner::{BeforeRelease, HookStats};
+pub use runner::{BeforeRelease, HookError, HookStats};

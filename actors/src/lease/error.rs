@@ -2,6 +2,7 @@ use super::LeaseId;
 
 /// Why a lease operation was refused. The session is not affected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LeaseError {
     /// The lease was released already; releasing twice is a caller bug, and harmless.
     #[error("{lease} was already released")]

@@ -3,6 +3,7 @@ use std::fmt;
 /// Why a session ended. Every `SessionEndEvent` carries exactly one.
 #[derive(Copy, Clone, PartialEq, Eq, Hash, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum EndReason {
     /// The owner (or an operator) closed it.
     Closed,

@@ -5,6 +5,7 @@ use super::EndReason;
 /// Where a session is in its life.
 #[derive(Copy, Clone, PartialEq, Eq, Hash, Debug, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum State {
     /// Created, not yet accepting work.
     Init,
@@ -37,6 +38,7 @@ impl fmt::Display for State {
 /// Something that happens to a session.
 #[derive(Copy, Clone, PartialEq, Eq, Hash, Debug, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Event {
     /// The session is ready for work.
     Establish,

@@ -2,6 +2,7 @@ use crate::config::ConfigError;
 
 /// Why a session could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// `sessions.max_sessions` are live; close some or raise the limit.
     #[error(
@@ -22,6 +23,6 @@ pub enum OpenError {
     #[error("the runtime has failed and admits no new sessions: {0}")]
     RuntimeFailed(String),
     /// The runtime is stopped.
-    #[error("the sessionbus runtime is not running")]
+    #[error("the sessionbus runtime is stopped")]
     RuntimeStopped,
 }

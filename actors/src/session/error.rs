@@ -7,6 +7,7 @@ use crate::lifecycle::{EndReason, Event, State};
 
 /// Why a session refused a request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SessionError {
     /// The caller is neither the session's owner nor an operator. Nothing changed.
     #[error("{caller} may not act on session {id}: it belongs to another owner")]
@@ -74,7 +75,7 @@ pub enum SessionError {
         why: String,
     },
     /// The runtime is stopped; nothing can be done.
-    #[error("the sessionbus runtime is not running")]
+    #[error("the sessionbus runtime is stopped")]
     RuntimeStopped,
 }
 
@@ -93,6 +94,7 @@ impl SessionError {
 
 /// Why an allocation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AllocError {
     /// Zero-byte buffers are not allowed.
     #[error("an allocation of 0 bytes is not allowed")]

@@ -276,17 +276,17 @@ impl SessionHandle {
         }
     }
 
-    /// Makes the session's handler panic (fault-injection builds only), to
+    /// Makes the session's handler panic (`testing` builds only), to
     /// prove that a crashed session still ends once and releases everything.
-    #[cfg(feature = "fault-injection")]
+    #[cfg(feature = "testing")]
     pub async fn inject_panic(&self) {
         let _ = self.addr.send(InjectPanic).await;
     }
 
-    /// Makes the session lose its drain timer (fault-injection builds only),
+    /// Makes the session lose its drain timer (`testing` builds only),
     /// so an end that waits for a lease is stuck in Closing until the sweeper
     /// finds it.
-    #[cfg(feature = "fault-injection")]
+    #[cfg(feature = "testing")]
     pub async fn inject_lost_drain_timer(&self) {
         let _ = self.addr.send(InjectLostDrainTimer).await;
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 /// One step of the destroy path after a session ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ReleaseStep {
     /// Pre-destroy hooks (bounded by `hooks.timeout`).
     Hooks,
@@ -22,12 +23,19 @@ pub enum ReleaseStep {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReleaseSteps {
     /// Pre-destroy hooks.
+    #[serde(rename = "hooks_us", serialize_with = "crate::serde_time::micros")]
     pub hooks: Duration,
     /// In the release queue.
+    #[serde(rename = "queued_us", serialize_with = "crate::serde_time::micros")]
     pub queued: Duration,
     /// From handed to the pool until the GPU thread took it.
+    #[serde(rename = "pool_wait_us", serialize_with = "crate::serde_time::micros")]
     pub pool_wait: Duration,
     /// Destroy and device poll on the GPU thread.
+    #[serde(
+        rename = "destroy_and_poll_us",
+        serialize_with = "crate::serde_time::micros"
+    )]
     pub destroy_and_poll: Duration,
     /// The step that neither completed nor failed within
     /// `supervision.step_timeout`, if one did not: the release was

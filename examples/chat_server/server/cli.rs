@@ -85,9 +85,9 @@ impl Args {
             "--kv-bytes-per-token must be a positive multiple of 4 (wgpu's write alignment)"
         );
         let config = match &self.config {
-            Some(path) => sessionbus::Config::from_file(path)
+            Some(path) => sessionbus::config::Config::from_file(path)
                 .with_context(|| format!("reading {}", path.display()))?,
-            None => sessionbus::Config::default(),
+            None => sessionbus::config::Config::default(),
         };
         let mut bind = self.bind;
         if let Some(port) = self.port {

@@ -15,7 +15,7 @@ pub(super) async fn healthz() -> HttpResponse {
 pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let not_ready = if state.is_draining() {
         Some("shutting down".to_string())
-    } else if state.engine.stats().await.is_none() {
+    } else if state.engine.stats().await.is_err() {
         Some("the runtime has stopped".to_string())
     } else {
         state.engine.failure()

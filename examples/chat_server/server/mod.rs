@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sessionbus::{Config, Runtime};
+use sessionbus::Runtime;
+use sessionbus::config::Config;
 
 pub use identity::{DemoIssuer, Identity};
 pub use shutdown::ShutdownReport;

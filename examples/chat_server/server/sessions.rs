@@ -163,7 +163,10 @@ impl Sessions {
     /// Drops every entry whose session the registry no longer lists as live.
     pub async fn reconcile(&self) {
         let asked_at = self.table.lock().unwrap().seq;
-        let live: HashSet<SessionId> = self.engine.live_sessions(None).await.into_iter().collect();
+        let live: HashSet<SessionId> = match self.engine.live_sessions(None).await {
+            Ok(live) => live.into_iter().collect(),
+            Err(_) => return, // the runtime stopped; shutdown ends what is left
+        };
         let mut dropped = Vec::new();
         {
             let mut table = self.table.lock().unwrap();
@@ -206,7 +209,7 @@ impl Sessions {
 
     /// Follows the runtime's end events (reliable delivery: none is dropped).
     pub async fn follow_ends(self: &Arc<Self>) {
-        let Some(mut ends) = self
+        let Ok(mut ends) = self
             .engine
             .subscribe_channel(EventKinds::ENDED, Delivery::Reliable)
             .await

@@ -12,7 +12,8 @@
 use std::sync::atomic::Ordering;
 
 use actix_web::web;
-use sessionbus::{GpuCounters, StopReport};
+use sessionbus::StopReport;
+use sessionbus::pool::GpuCounters;
 
 use super::state::AppState;
 
@@ -48,7 +49,7 @@ pub(super) async fn graceful(
     server.stop(true).await;
     let _ = running.await;
     ShutdownReport {
-        leaked_buffers: report.gpu_after.buffers - state.baseline.buffers,
+        leaked_buffers: report.gpu_after.expect("wgpu counters").buffers - state.baseline.buffers,
         gpu_baseline: state.baseline,
         runtime: report,
         websockets_closed: websockets,

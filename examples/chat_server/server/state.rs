@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use sessionbus::{EngineHandle, GpuCounters, Owner, Runtime};
+use sessionbus::pool::GpuCounters;
+use sessionbus::{EngineHandle, Owner, Runtime};
 use tokio::sync::watch;
 
 use super::identity::Identity;
@@ -138,7 +139,7 @@ impl AppState {
         AppState {
             sessions: Sessions::new(engine.clone(), caps),
             engine,
-            baseline: runtime.gpu_counters(),
+            baseline: runtime.gpu_counters().expect("the runtime's own wgpu pool"),
             runtime: Mutex::new(Some(runtime)),
             identity,
             tickets: Tickets::new(
@@ -170,7 +171,7 @@ impl AppState {
             .lock()
             .unwrap()
             .as_ref()
-            .map(Runtime::gpu_counters)
+            .and_then(Runtime::gpu_counters)
     }
 
     /// True once the graceful shutdown has begun.

@@ -10,7 +10,7 @@ use super::state::AppState;
 
 /// The status document.
 pub async fn snapshot(state: &AppState) -> serde_json::Value {
-    let stats = state.engine.stats().await;
+    let stats = state.engine.stats().await.ok(); // None once the runtime stopped
     let pool = state.engine.pool_stats();
     let counters = state.gpu_counters();
     let ended_by: serde_json::Map<String, serde_json::Value> = stats

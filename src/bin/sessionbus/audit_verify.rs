@@ -10,7 +10,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sessionbus::{AuditConfig, AuditKeyring, Config, verify_with_keyring};
+use sessionbus::audit::{AuditKeyring, verify_with_keyring};
+use sessionbus::config::{AuditConfig, Config};
 
 /// Verifies a sessionbus audit trail's hash chain.
 #[derive(clap::Args, Debug)]

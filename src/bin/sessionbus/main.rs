@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sessionbus::{Config, DEFAULT_TOML};
+use sessionbus::config::{Config, DEFAULT_TOML};
 
 mod audit_verify;
 
