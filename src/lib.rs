@@ -9,6 +9,7 @@ pub mod cluster;
 mod config;
 mod gpu;
 pub mod metrics;
+pub mod reference;
 mod runtime;
 pub mod signals;
 
