@@ -14,6 +14,7 @@ pub mod config;
 mod gpu;
 pub mod metrics;
 pub mod pool;
+pub mod reference;
 mod runtime;
 pub mod signals;
 #[cfg(feature = "testing")]

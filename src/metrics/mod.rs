@@ -6,7 +6,7 @@
 //! (one atomic load); the subscriber's bus subscription and thread remain.
 //!
 //! What is emitted, with names, units, labels and meanings, is listed in
-//! [`names`] (and in the README's "Metrics" table). Counters and histograms
+//! [`names`] (and in the table of [`crate::reference::metrics`]). Counters and histograms
 //! follow the bus event by event; gauges are sampled every
 //! `metrics.sample_interval`. Labels come from bounded sets only (`reason`,
 //! `state`): never a session id, owner or trace id.
