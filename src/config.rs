@@ -44,7 +44,7 @@ fn parse_named<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigEr
 /// default the demo runs on.
 ///
 /// Durations and sizes are written with their unit (`"30s"`, `"4 GiB"`), and
-/// `"off"` switches an optional limit off; see [`units`](crate::units). The
+/// `"off"` switches an optional limit off; see [`units`]. The
 /// repository ships every key with its default and a comment in
 /// `sessionbus.toml` (a test keeps it equal to `Config::default()`;
 /// `sessionbus config print-default` prints it):

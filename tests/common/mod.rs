@@ -101,20 +101,25 @@ pub mod redis_server;
 /// The demo example's binary, next to this test binary, built through cargo
 /// first (a no-op when fresh), so that a stale binary is never the one tested.
 pub fn demo_binary() -> std::path::PathBuf {
+    example_binary("demo")
+}
+
+/// Builds example `name` (a no-op when it is up to date) and returns its path.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()
         .and_then(std::path::Path::parent)
         .expect("target/<profile>");
-    let demo = profile_dir
+    let binary = profile_dir
         .join("examples")
-        .join(format!("demo{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "demo"])
+        .args(["build", "--quiet", "--example", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
-        .expect("running cargo build --example demo");
-    assert!(status.success(), "cargo build --example demo failed");
-    assert!(demo.is_file(), "no demo binary at {}", demo.display());
-    demo
+        .unwrap_or_else(|e| panic!("running cargo build --example {name}: {e}"));
+    assert!(status.success(), "cargo build --example {name} failed");
+    assert!(binary.is_file(), "no {name} binary at {}", binary.display());
+    binary
 }
