@@ -188,7 +188,9 @@ async fn main() -> anyhow::Result<()> {
         .skip_while(|a| a != "--audit-dir")
         .nth(1)
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("sessionbus-app-pool-{}", std::process::id())));
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("sessionbus-app-pool-{}", std::process::id()))
+        });
     let mut config = Config::default();
     config.metrics.enabled = true;
     let mut audit = AuditConfig::new(&audit_dir);
@@ -229,7 +231,13 @@ async fn main() -> anyhow::Result<()> {
         "audit_dir": audit_dir,
     });
     println!("{}", serde_json::to_string_pretty(&summary)?);
-    anyhow::ensure!(allocator.live() == 0, "the foreign allocator still holds memory");
-    anyhow::ensure!(report.gpu_held.live_buffers == 0, "the pool reports memory held");
+    anyhow::ensure!(
+        allocator.live() == 0,
+        "the foreign allocator still holds memory"
+    );
+    anyhow::ensure!(
+        report.gpu_held.live_buffers == 0,
+        "the pool reports memory held"
+    );
     Ok(())
 }

@@ -29,13 +29,20 @@ fn the_app_pool_example_frees_everything_through_the_applications_allocator() {
     let allocator = &summary["allocator"];
     assert_eq!(allocator["allocated"], 24, "12 sessions × 2 allocations");
     assert_eq!(allocator["freed"], allocator["allocated"]);
-    assert_eq!(allocator["live_before_shutdown"], 8, "4 sessions were left to shutdown");
+    assert_eq!(
+        allocator["live_before_shutdown"], 8,
+        "4 sessions were left to shutdown"
+    );
     assert_eq!(allocator["live_after_shutdown"], 0);
 
     let runtime = &summary["runtime"];
     assert_eq!(runtime["gpu_held"]["live_buffers"], 0);
     assert_eq!(runtime["gpu_held"]["released_total"], 24);
-    assert_eq!(runtime["gpu_after"], serde_json::Value::Null, "no wgpu device of its own");
+    assert_eq!(
+        runtime["gpu_after"],
+        serde_json::Value::Null,
+        "no wgpu device of its own"
+    );
     assert_eq!(runtime["gpu_stopped"], true);
     assert_eq!(runtime["sessions"]["completed"], true);
     assert_eq!(runtime["sessions"]["sessions_ended"], 4);
