@@ -12,7 +12,6 @@ use tokio::sync::oneshot;
 
 use super::error::OpenError;
 use super::expiry::ExpiryState;
-use super::messages::*;
 use super::pressure::PressureState;
 use super::shutdown::ShutdownInProgress;
 use super::stats::RegistryStats;
@@ -30,8 +29,10 @@ use crate::gpu::GpuPool;
 use crate::ids::{Caller, IdMap, Owner, SessionId};
 use crate::lifecycle::EndReason;
 use crate::mailbox::send_now_or_later;
+use crate::protocol::registry::*;
+use crate::protocol::session::End;
 use crate::pseudonym::Pseudonymizer;
-use crate::session::{End, EndGuard, SessionActor, SessionError, SessionSettings, SessionShared};
+use crate::session::{EndGuard, SessionActor, SessionError, SessionSettings, SessionShared};
 
 pub(super) struct LiveSession {
     pub(super) addr: WeakAddr<SessionActor>,

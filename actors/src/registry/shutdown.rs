@@ -14,12 +14,12 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::actor::{RegistryActor, deliver_end};
-use super::messages::{EndAll, Shutdown};
 use super::stats::{DeviceLossReport, ShutdownReport};
 use crate::ids::Caller;
 use crate::lifecycle::EndReason;
 use crate::mailbox::send_now_or_later;
-use crate::session::{End, ForceEnd};
+use crate::protocol::registry::{EndAll, Shutdown};
+use crate::protocol::session::{End, ForceEnd};
 
 pub(super) struct ShutdownInProgress {
     started: Instant,

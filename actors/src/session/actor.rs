@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use super::end_guard::{EndGuard, Ending};
 use super::error::{AllocError, SessionError};
-use super::messages::*;
+use super::messages::{LeaseGrant, SessionInfo, TurnAck};
 use crate::clock;
 use crate::context::{
     ContextPolicy, ContextPolicyFactory, ContextVerdict, StaleReason, TurnSignal,
@@ -31,7 +31,8 @@ use crate::ids::{Caller, TraceId};
 use crate::lease::{Holder, LeaseError, LeaseId, LeaseTable};
 use crate::lifecycle::{EndReason, Event, Lifecycle};
 use crate::mailbox::send_now_or_later;
-use crate::registry::{ContextWasReset, LeaseRevoked, MemoryMoved, Rearm};
+use crate::protocol::registry::{ContextWasReset, LeaseRevoked, MemoryMoved, Rearm};
+use crate::protocol::session::*;
 
 mod memory;
 
