@@ -4,7 +4,7 @@
 //! clock: in production that is the system's monotonic clock; in tests on a
 //! paused runtime (`start_paused`) it is virtual time that jumps straight to
 //! the next timer, so time-dependent behaviour is tested without sleeping.
-//! Engine code never calls `Instant::now()` itself: an instant from the
+//! The actors never call `Instant::now()` themselves: an instant from the
 //! system clock compared with one from here would be wrong on paused time.
 //! (`SystemTime::now()` is read directly where an event needs a wall-clock
 //! timestamp.)

@@ -184,7 +184,6 @@ impl Actor for SessionActor {
     }
 }
 
-/// Panics inside the handler, to prove that a crash still ends the session once.
 #[cfg(feature = "fault-injection")]
 impl Handler<InjectPanic> for SessionActor {
     type Result = ();
