@@ -4,6 +4,10 @@
 //! clock: in production that is the system's monotonic clock; in tests on a
 //! paused runtime (`start_paused`) it is virtual time that jumps straight to
 //! the next timer, so time-dependent behaviour is tested without sleeping.
+//! The actors never call `Instant::now()` themselves: an instant from the
+//! system clock compared with one from here would be wrong on paused time.
+//! (`SystemTime::now()` is read directly where an event needs a wall-clock
+//! timestamp.)
 //!
 //! Deadlines are stored as microseconds since an [`Epoch`] so that hot state
 //! (a session's last activity) fits in one atomic word.

@@ -37,6 +37,7 @@ mod ids;
 mod lease;
 mod lifecycle;
 mod mailbox;
+mod protocol;
 mod pseudonym;
 mod registry;
 mod serde_time;

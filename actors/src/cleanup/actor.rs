@@ -17,7 +17,7 @@ use crate::clock;
 use crate::events::{LifecycleEvent, ReleaseReceipt, SessionEndEvent};
 use crate::gpu::GpuPool;
 use crate::hooks::Hooks;
-use crate::registry::ReleaseCompleted;
+use crate::protocol::registry::ReleaseCompleted;
 use crate::supervision::{Health, ReleaseStep, ReleaseSteps, RestartIntensity, SupervisionConfig};
 
 /// What the cleanup actor and its dispatcher share.

@@ -4,7 +4,7 @@
 //! (see `bus`), and futures it hands out resolve from messages it receives.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use actix::WeakAddr;
 use actix::prelude::*;
@@ -12,7 +12,6 @@ use tokio::sync::oneshot;
 
 use super::error::OpenError;
 use super::expiry::ExpiryState;
-use super::messages::*;
 use super::pressure::PressureState;
 use super::shutdown::ShutdownInProgress;
 use super::stats::RegistryStats;
@@ -21,7 +20,7 @@ use super::tombstones::{Tombstone, Tombstones};
 use crate::budget::Budget;
 use crate::bus::{Bus, Sink, SubscriptionId};
 use crate::cleanup::ReleaseQueue;
-use crate::clock::Epoch;
+use crate::clock::{self, Epoch};
 use crate::config::{ConfigError, EngineConfig, SessionsConfig};
 use crate::context::DecayingContext;
 use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt, SessionStarted};
@@ -30,8 +29,10 @@ use crate::gpu::GpuPool;
 use crate::ids::{Caller, IdMap, Owner, SessionId};
 use crate::lifecycle::EndReason;
 use crate::mailbox::send_now_or_later;
+use crate::protocol::registry::*;
+use crate::protocol::session::End;
 use crate::pseudonym::Pseudonymizer;
-use crate::session::{End, EndGuard, SessionActor, SessionError, SessionSettings, SessionShared};
+use crate::session::{EndGuard, SessionActor, SessionError, SessionSettings, SessionShared};
 
 pub(super) struct LiveSession {
     pub(super) addr: WeakAddr<SessionActor>,
@@ -229,7 +230,7 @@ impl Actor for RegistryActor {
             .tombstone_ttl
             .clamp(Duration::from_secs(1), Duration::from_secs(60));
         ctx.run_interval(every, |registry, _ctx| {
-            registry.tombstones.forget_old(Instant::now())
+            registry.tombstones.forget_old(clock::now())
         });
         ctx.run_interval(self.sweeper.every, |registry, ctx| registry.sweep(ctx));
     }
@@ -517,8 +518,7 @@ impl RegistryActor {
                 let _ = waiter.send(receipt.clone());
             }
         }
-        self.tombstones
-            .released(id, receipt.clone(), Instant::now());
+        self.tombstones.released(id, receipt.clone(), clock::now());
         self.bus
             .publish(LifecycleEvent::Released(Arc::new(receipt)));
         self.finish_shutdown_if_done();
@@ -554,11 +554,11 @@ impl Handler<FlushBus> for RegistryActor {
 
     fn handle(&mut self, msg: FlushBus, _ctx: &mut Self::Context) -> Self::Result {
         let backlogs = self.bus.backlogs();
-        let deadline = Instant::now() + msg.timeout;
+        let deadline = clock::now() + msg.timeout;
         Box::pin(async move {
             loop {
                 let left: usize = backlogs.iter().map(|b| b.borrow().len()).sum();
-                if left == 0 || Instant::now() >= deadline {
+                if left == 0 || clock::now() >= deadline {
                     return left;
                 }
                 actix::clock::sleep(Duration::from_millis(1)).await;

@@ -6,12 +6,12 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::actor::{RegistryActor, deliver_end};
-use super::messages::Rearm;
 use crate::clock;
 use crate::expiry::{Deadline, DeadlineKind, DeadlineQueue, ExpiryPolicy, next_due};
 use crate::ids::{Caller, SessionId};
 use crate::lifecycle::EndReason;
-use crate::session::End;
+use crate::protocol::registry::Rearm;
+use crate::protocol::session::End;
 
 pub(crate) struct ExpiryState {
     pub(super) default_policy: ExpiryPolicy,

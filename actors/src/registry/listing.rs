@@ -5,21 +5,12 @@
 //! A scan reads one atomic per live session on the registry's thread; callers
 //! ask every few seconds, not per message.
 
-use std::time::Duration;
-
 use actix::prelude::*;
 
 use super::actor::RegistryActor;
 use crate::ids::SessionId;
 use crate::lifecycle::State;
-
-/// The ids of live (established) sessions; with `active_within`, only those
-/// with activity in that window.
-#[derive(Message)]
-#[rtype(result = "Vec<SessionId>")]
-pub(crate) struct LiveSessions {
-    pub(crate) active_within: Option<Duration>,
-}
+use crate::protocol::registry::LiveSessions;
 
 impl Handler<LiveSessions> for RegistryActor {
     type Result = Vec<SessionId>;

@@ -5,7 +5,6 @@ mod actor;
 mod error;
 mod expiry;
 mod listing;
-mod messages;
 mod pressure;
 mod shutdown;
 mod stats;
@@ -14,7 +13,7 @@ mod tombstones;
 
 pub(crate) use actor::RegistryActor;
 pub use error::OpenError;
-pub(crate) use listing::LiveSessions;
-pub(crate) use messages::*;
+// What the registry receives, in `protocol::registry`, for the engine that sends it.
+pub(crate) use crate::protocol::registry::*;
 pub use pressure::PressureCounters;
 pub use stats::{DeviceLossReport, RegistryStats, ShutdownReport};

@@ -13,12 +13,13 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::actor::{RegistryActor, deliver_end};
-use super::messages::{MakeRoom, MemoryMoved};
 use crate::budget::{Budget, BudgetConfig, BudgetScope};
 use crate::cleanup::ReleaseQueue;
 use crate::ids::{Caller, IdMap, SessionId};
 use crate::lifecycle::{EndReason, State};
-use crate::session::{End, Offload, SessionError};
+use crate::protocol::registry::{MakeRoom, MemoryMoved};
+use crate::protocol::session::{End, Offload};
+use crate::session::SessionError;
 
 /// What the registry keeps about pressure.
 pub(super) struct PressureState {

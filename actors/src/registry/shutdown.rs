@@ -14,12 +14,13 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::actor::{RegistryActor, deliver_end};
-use super::messages::{EndAll, Shutdown};
 use super::stats::{DeviceLossReport, ShutdownReport};
+use crate::clock;
 use crate::ids::Caller;
 use crate::lifecycle::EndReason;
 use crate::mailbox::send_now_or_later;
-use crate::session::{End, ForceEnd};
+use crate::protocol::registry::{EndAll, Shutdown};
+use crate::protocol::session::{End, ForceEnd};
 
 pub(super) struct ShutdownInProgress {
     started: Instant,
@@ -52,7 +53,7 @@ impl RegistryActor {
             "shutdown: ending every session"
         );
         self.shutdown = Some(ShutdownInProgress {
-            started: Instant::now(),
+            started: clock::now(),
             deadline,
             sessions_ended: self.sessions.len() as u64,
             sessions_forced: 0,
@@ -141,7 +142,7 @@ impl RegistryActor {
             releases_unfinished: self.releasing as u64,
             bytes_unfinished: unfinished.queued_bytes + unfinished.in_flight_bytes,
             completed: self.sessions.is_empty() && self.releasing == 0,
-            took: shutdown.started.elapsed(),
+            took: clock::now().saturating_duration_since(shutdown.started),
             stats,
         };
         shutdown.reported = true;
@@ -183,7 +184,7 @@ impl Handler<EndAll> for RegistryActor {
     /// deadline. The waiting happens in the answer's future: the registry
     /// goes on handling messages meanwhile.
     fn handle(&mut self, msg: EndAll, _ctx: &mut Self::Context) -> Self::Result {
-        let started = tokio::time::Instant::now();
+        let started = clock::now();
         tracing::warn!(
             target: "sessionbus::supervisor",
             event = "runtime.end_all",
@@ -216,7 +217,9 @@ impl Handler<EndAll> for RegistryActor {
             };
             asks.push(addr.send(end));
         }
-        let deadline = msg.wait_for_releases.map(|wait| started + wait);
+        let deadline = msg
+            .wait_for_releases
+            .map(|wait| tokio::time::Instant::from_std(started + wait));
         Box::pin(async move {
             let asked = asks.len();
             let answers = futures::future::join_all(asks);
@@ -248,7 +251,7 @@ impl Handler<EndAll> for RegistryActor {
                 already_ending: stopping + asked - ended,
                 unreleased,
                 completed: unreleased == 0,
-                took: started.elapsed(),
+                took: clock::now().saturating_duration_since(started),
             }
         })
     }
@@ -278,7 +281,7 @@ impl Handler<Shutdown> for RegistryActor {
             // Hooks of sessions that held no GPU memory hold no release back,
             // so the report does not wait for them; the caller does, within
             // the deadline (on the engine's thread, where the timers are).
-            while hooks.stats().running > 0 && deadline.is_some_and(|d| Instant::now() < d) {
+            while hooks.stats().running > 0 && deadline.is_some_and(|d| clock::now() < d) {
                 actix::clock::sleep(Duration::from_millis(1)).await;
             }
             report.stats.hooks = hooks.stats();

@@ -19,7 +19,7 @@ use super::actor::RegistryActor;
 use crate::clock;
 use crate::ids::{IdSet, SessionId};
 use crate::mailbox::send_now_or_later;
-use crate::session::ForceEnd;
+use crate::protocol::session::ForceEnd;
 
 pub(crate) struct SweeperState {
     pub(super) every: Duration,

@@ -20,7 +20,7 @@ use crate::events::{Drain, ReleaseReceipt, SessionEndEvent};
 use crate::expiry::Deadline;
 use crate::ids::{Caller, Owner, SessionId, TraceId};
 use crate::lifecycle::EndReason;
-use crate::registry::SessionFinished;
+use crate::protocol::registry::SessionFinished;
 
 #[derive(Debug)]
 pub(crate) struct EndGuard {

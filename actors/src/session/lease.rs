@@ -4,9 +4,10 @@ use actix::Addr;
 
 use super::actor::SessionActor;
 use super::error::SessionError;
-use super::messages::{LeaseDropped, LeaseGrant, ReturnLease};
+use super::messages::LeaseGrant;
 use crate::ids::{Caller, SessionId};
 use crate::lease::LeaseId;
+use crate::protocol::session::{LeaseDropped, ReturnLease};
 
 /// A local lease: in-flight work (a token stream) on a session. While it is
 /// held, an end of the session waits for it (up to the drain deadline), and

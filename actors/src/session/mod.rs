@@ -16,6 +16,5 @@ pub use error::{AllocError, SessionError};
 pub use handle::SessionHandle;
 pub use lease::Lease;
 pub use messages::{Binding, LeaseGrant, SessionInfo, Turn, TurnAck};
-pub(crate) use messages::{End, ForceEnd, Offload};
 pub(crate) use settings::SessionSettings;
 pub(crate) use shared::SessionShared;

@@ -19,9 +19,10 @@ use crate::gpu::{AllocRequest, Allocated, GpuError, OffloadReport};
 use crate::ids::AllocationId;
 use crate::lifecycle::{Event, State};
 use crate::mailbox::send_now_or_later;
-use crate::registry::{MakeRoom, MemoryMoved};
+use crate::protocol::registry::{MakeRoom, MemoryMoved};
+use crate::protocol::session::{Allocate, Offload, ReadBuffer, WriteBuffer};
 use crate::session::error::{AllocError, SessionError};
-use crate::session::messages::{Allocate, Binding, Offload, ReadBuffer, WriteBuffer};
+use crate::session::messages::Binding;
 
 type Reply<T> = Pin<Box<dyn ActorFuture<SessionActor, Output = Result<T, SessionError>>>>;
 

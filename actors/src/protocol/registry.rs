@@ -1,10 +1,14 @@
+//! What the registry actor is asked: by the engine (open, attach, close,
+//! subscribe, stats, shutdown), by sessions (their end, rearmed deadlines,
+//! context resets, revoked leases, memory that moved, room to make) and by
+//! cleanup actors (completed releases).
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::{Addr, Message};
 use tokio::sync::oneshot;
 
-use super::error::OpenError;
-use super::stats::{RegistryStats, ShutdownReport};
 use crate::budget::BudgetScope;
 use crate::bus::{Delivery, Sink, SubscriptionId};
 use crate::context::ContextPolicyFactory;
@@ -12,6 +16,7 @@ use crate::events::{ContextReset, EventKinds, ReleaseReceipt, SessionEndEvent};
 use crate::expiry::ExpiryPolicy;
 use crate::ids::{Caller, Owner, SessionId, TraceId};
 use crate::lifecycle::EndReason;
+use crate::registry::{DeviceLossReport, OpenError, RegistryStats, ShutdownReport};
 use crate::session::{SessionActor, SessionError, SessionShared};
 
 /// A newly opened or attached session's parts, from which a handle is built.
@@ -113,7 +118,7 @@ pub(crate) struct Stats;
 #[derive(Message)]
 #[rtype(result = "ShutdownReport")]
 pub(crate) struct Shutdown {
-    pub(crate) deadline: std::time::Duration,
+    pub(crate) deadline: Duration,
 }
 
 /// Ends every live session with `reason` (an operator's end). Answers once
@@ -121,10 +126,10 @@ pub(crate) struct Shutdown {
 /// already ending) and, with `wait_for_releases`, once every one of their
 /// releases is complete or that long has passed.
 #[derive(Message)]
-#[rtype(result = "super::stats::DeviceLossReport")]
+#[rtype(result = "DeviceLossReport")]
 pub(crate) struct EndAll {
-    pub(crate) reason: crate::lifecycle::EndReason,
-    pub(crate) wait_for_releases: Option<std::time::Duration>,
+    pub(crate) reason: EndReason,
+    pub(crate) wait_for_releases: Option<Duration>,
 }
 
 /// Resolves when reliable subscribers' backlogs are empty, or at `timeout`,
@@ -132,7 +137,7 @@ pub(crate) struct EndAll {
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub(crate) struct FlushBus {
-    pub(crate) timeout: std::time::Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// From a session whose allocation waits for room (`when_exhausted =
@@ -155,4 +160,12 @@ pub(crate) enum MemoryMoved {
     Restored { id: SessionId, bytes: u64 },
     /// Picked for eviction as idle, but work came in since: it stays.
     Kept { id: SessionId },
+}
+
+/// The ids of live (established) sessions; with `active_within`, only those
+/// with activity in that window (see `registry/listing.rs`).
+#[derive(Message)]
+#[rtype(result = "Vec<SessionId>")]
+pub(crate) struct LiveSessions {
+    pub(crate) active_within: Option<Duration>,
 }

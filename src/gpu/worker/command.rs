@@ -1,0 +1,76 @@
+//! What the pool handle asks of the worker: one command per request, each
+//! with the reply its caller awaits.
+
+#[cfg(feature = "fault-injection")]
+use crossbeam_channel::Receiver;
+use sessionbus_actors::{
+    AllocRequest, Allocated, AllocationId, GpuError, OffloadReport, ReleaseReport, RestoreReport,
+    SessionId,
+};
+use tokio::sync::oneshot;
+
+use crate::gpu::error::GpuInitError;
+
+/// What the pool handle asks of the worker.
+pub(crate) enum Command {
+    Allocate {
+        request: AllocRequest,
+        reply: oneshot::Sender<Result<Allocated, GpuError>>,
+    },
+    Release {
+        session: SessionId,
+        reply: oneshot::Sender<ReleaseReport>,
+    },
+    /// Destroy only the listed buffers of `session`; batched like `Release`.
+    ReleaseAllocations {
+        session: SessionId,
+        ids: Vec<AllocationId>,
+        reply: oneshot::Sender<ReleaseReport>,
+    },
+    /// List the sessions holding at least one live buffer; needs no poll.
+    SessionsHoldingMemory {
+        reply: oneshot::Sender<Vec<SessionId>>,
+    },
+    /// Queue a write into one buffer; answered at once.
+    Write {
+        session: SessionId,
+        id: AllocationId,
+        offset: u64,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), GpuError>>,
+    },
+    /// Copy one buffer back to host memory (waits for the device).
+    Read {
+        session: SessionId,
+        id: AllocationId,
+        reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
+    },
+    /// Copy a session's buffers to host memory, then destroy them on the device.
+    Offload {
+        session: SessionId,
+        reply: oneshot::Sender<Result<OffloadReport, GpuError>>,
+    },
+    /// Recreate a session's offloaded buffers from their host copies.
+    Restore {
+        session: SessionId,
+        reply: oneshot::Sender<Result<RestoreReport, GpuError>>,
+    },
+    /// Destroy whatever is left, poll, leave the counters in `WorkerExit`, and exit.
+    Shutdown,
+    /// Destroy what is left on the (lost) device, open a new device with the
+    /// same configuration, and carry on with it (the `DeviceView` follows,
+    /// even if the caller stopped waiting).
+    Reopen {
+        reply: oneshot::Sender<Result<(), GpuInitError>>,
+    },
+    /// Destroy the device, as a driver reset would (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    InjectDeviceLoss,
+    /// Block until `until` is sent to or dropped, as a hung driver would
+    /// (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    InjectHang { until: Receiver<()> },
+    /// Panic while executing this command (fault-injection builds only).
+    #[cfg(feature = "fault-injection")]
+    InjectPanic,
+}

@@ -1,0 +1,119 @@
+//! The command loop: batches of commands in arrival order, one poll per
+//! batch for its releases, and panic isolation per command.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::Receiver;
+
+use super::{Command, Worker};
+
+impl Worker {
+    /// Serves batches until `Shutdown` (true) or until every sender is
+    /// dropped (false).
+    ///
+    /// The channel is unbounded so that the engine never blocks on it; in
+    /// practice it stays short, because every command carries a reply that a
+    /// caller is awaiting before it sends more for that session.
+    pub(super) fn serve(&mut self, commands: &Receiver<Command>, batch_max: usize) -> bool {
+        // Blocking for the first command: an idle pool costs nothing.
+        while let Ok(first) = commands.recv() {
+            let mut pending = Vec::new();
+            let mut stop = false;
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(command) = next.take() {
+                taken += 1;
+                // Panic isolation: a command that panics (a driver bug, an
+                // injected fault) loses only its own reply; the buffer map,
+                // the batch's pending releases and the commands still in the
+                // channel are untouched, and nothing is released twice.
+                let executed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    match command {
+                        Command::Allocate { request, reply } => {
+                            // Answered at once: an allocation needs no poll.
+                            let _ = reply.send(self.allocate(request));
+                        }
+                        Command::Release { session, reply } => {
+                            pending.push(self.release(session, reply))
+                        }
+                        Command::ReleaseAllocations {
+                            session,
+                            ids,
+                            reply,
+                        } => pending.push(self.release_allocations(session, &ids, reply)),
+                        Command::SessionsHoldingMemory { reply } => {
+                            // Answered at once, from the map as it stands after every
+                            // earlier command: destroyed buffers are already out of it,
+                            // even if their release's reply still waits for the poll.
+                            let _ = reply.send(self.sessions_holding_memory());
+                        }
+                        Command::Write {
+                            session,
+                            id,
+                            offset,
+                            data,
+                            reply,
+                        } => {
+                            let _ = reply.send(self.write(session, id, offset, &data));
+                        }
+                        // The three below wait for the device themselves; releases
+                        // earlier in the batch (destroyed already) are freed by that
+                        // wait too, and still answered after the batch's poll.
+                        Command::Read { session, id, reply } => {
+                            let _ = reply.send(self.read(session, id));
+                        }
+                        Command::Offload { session, reply } => {
+                            let _ = reply.send(self.offload(session));
+                        }
+                        Command::Restore { session, reply } => {
+                            let _ = reply.send(self.restore(session));
+                        }
+                        Command::Shutdown => return true,
+                        Command::Reopen { reply } => {
+                            let _ = reply.send(self.reopen());
+                        }
+                        #[cfg(feature = "fault-injection")]
+                        Command::InjectDeviceLoss => self.device.destroy(),
+                        #[cfg(feature = "fault-injection")]
+                        Command::InjectHang { until } => {
+                            tracing::warn!(
+                                "injected hang on the sessionbus-gpu thread (fault-injection)"
+                            );
+                            let _ = until.recv();
+                        }
+                        #[cfg(feature = "fault-injection")]
+                        Command::InjectPanic => {
+                            panic!("injected panic on the sessionbus-gpu thread (fault-injection)")
+                        }
+                    }
+                    false
+                }));
+                match executed {
+                    Ok(true) => {
+                        stop = true;
+                        break;
+                    }
+                    Ok(false) => {}
+                    Err(_) => {
+                        self.stats.worker_panics.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            target: "sessionbus::supervisor",
+                            event = "gpu.worker_panicked",
+                            "a GPU command panicked on the sessionbus-gpu thread; its caller gets no answer, the thread goes on"
+                        );
+                    }
+                }
+                if taken < batch_max {
+                    next = commands.try_recv().ok();
+                }
+            }
+            self.submit_writes();
+            self.finish_releases(pending);
+            if stop {
+                return true;
+            }
+        }
+        false
+    }
+}
