@@ -9,7 +9,7 @@
 #    their own on a free port.
 # 2. Runs every test in the workspace (engine unit tests, integration tests on
 #    real wgpu buffers and a real redis-server, doctests of the README). The
-#    crate's self dev-dependency turns on its `redis` and `fault-injection`
+#    crate's self dev-dependency turns on its `redis`, `testing` and `cli`
 #    features, so the cluster tests need no extra flag.
 # 3. Checks formatting, lints (clippy, warnings denied), the docs (rustdoc,
 #    warnings denied), and that the library builds with its default and its

@@ -15,7 +15,7 @@ use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt};
 use crate::expiry::ExpiryPolicy;
 use crate::gpu::{GpuPool, PoolInfo, PoolStats};
 use crate::hooks::{BeforeRelease, Hooks};
-use crate::ids::{Caller, Owner, SessionId, TraceId};
+use crate::ids::{Caller, ClientIp, Owner, SessionId, TraceId};
 use crate::lifecycle::EndReason;
 use crate::pseudonym::Pseudonymizer;
 use crate::registry::*;
@@ -34,7 +34,7 @@ pub struct OpenOptions {
     /// Replaces the engine's context policy (built from `[context]`) for this session.
     pub context_policy: Option<ContextPolicyFactory>,
     /// The client's address, for the audit trail (never logged in clear).
-    pub client_ip: Option<IpAddr>,
+    pub client_ip: Option<ClientIp>,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -42,7 +42,7 @@ impl std::fmt::Debug for OpenOptions {
         f.debug_struct("OpenOptions")
             .field("owner", &self.owner)
             .field("trace_id", &self.trace_id)
-            .field("client_ip", &self.client_ip.map(|_| "<set>"))
+            .field("client_ip", &self.client_ip)
             .field("expiry", &self.expiry)
             .field(
                 "context_policy",
@@ -67,7 +67,7 @@ impl OpenOptions {
     /// With the client's address (carried in `SessionStarted` and
     /// `SessionEndEvent` for the audit trail; logs never show it).
     pub fn client_ip(mut self, ip: IpAddr) -> Self {
-        self.client_ip = Some(ip);
+        self.client_ip = Some(ip.into());
         self
     }
 

@@ -6,7 +6,6 @@
 //! owner and client address as given (they are the application's data;
 //! `Debug` never shows them). Monotonic instants stay in the process.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,7 +16,7 @@ use serde::ser::SerializeStruct;
 use crate::context::StaleReason;
 use crate::expiry::Deadline;
 use crate::gpu::Allocated;
-use crate::ids::{Caller, Owner, SessionId, TraceId};
+use crate::ids::{Caller, ClientIp, Owner, SessionId, TraceId};
 use crate::lifecycle::EndReason;
 use crate::serde_time::{as_micros, micros, wall};
 use crate::supervision::ReleaseSteps;
@@ -37,7 +36,7 @@ pub struct SessionStarted {
     pub at: SystemTime,
     /// The client's address, if the application gave one (`OpenOptions::client_ip`).
     /// For audit: pseudonymise before writing it anywhere.
-    pub client_ip: Option<IpAddr>,
+    pub client_ip: Option<ClientIp>,
 }
 
 /// A session ended. Published exactly once per session, by the registry only.
@@ -91,7 +90,7 @@ pub struct SessionEndEvent {
     /// (`close_traced`); see [`SessionEndEvent::request_trace_id`].
     pub end_trace_id: Option<TraceId>,
     /// The client's address given at open, if any.
-    pub client_ip: Option<IpAddr>,
+    pub client_ip: Option<ClientIp>,
 }
 
 impl SessionEndEvent {
@@ -132,7 +131,7 @@ pub struct ContextReset {
     /// The trace of the turn that caused it (the session's own if the turn had none).
     pub trace_id: TraceId,
     /// The client's address given at open, if any.
-    pub client_ip: Option<IpAddr>,
+    pub client_ip: Option<ClientIp>,
 }
 
 /// A session's GPU memory has been given back.

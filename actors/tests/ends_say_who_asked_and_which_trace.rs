@@ -24,14 +24,14 @@ fn a_traced_close_by_the_owner_carries_the_owner_and_the_close_trace() {
         let LifecycleEvent::Started(started) = f.next(EventKinds::STARTED).await else {
             unreachable!()
         };
-        assert_eq!(started.client_ip, Some(ip));
+        assert_eq!(started.client_ip.map(ClientIp::ip), Some(ip));
         let receipt = session.close_traced(TraceId(2)).await.unwrap();
         let end = f.next_end().await;
         assert_eq!(end.ended_by, Some(Caller::User(Owner::new("alice"))));
         assert_eq!(end.trace_id, TraceId(1), "the session's own trace stays");
         assert_eq!(end.end_trace_id, Some(TraceId(2)));
         assert_eq!(end.request_trace_id(), TraceId(2));
-        assert_eq!(end.client_ip, Some(ip));
+        assert_eq!(end.client_ip.map(ClientIp::ip), Some(ip));
         assert_eq!(receipt.trace_id, TraceId(2));
         assert_eq!(f.next_release().await.trace_id, TraceId(2));
         f.shutdown_clean().await;

@@ -157,7 +157,7 @@ impl Writer {
                 r.resource = Some(started.id.to_string());
                 r.owner = Some(p.owner(&started.owner));
                 r.operator = r.owner.clone();
-                r.client_ip = started.client_ip.map(|ip| p.ip(ip));
+                r.client_ip = started.client_ip.map(|ip| p.ip(ip.ip()));
                 r.trace_id = Some(started.trace_id.to_string());
                 r
             }
@@ -166,7 +166,7 @@ impl Writer {
                 r.resource = Some(end.id.to_string());
                 r.owner = Some(p.owner(&end.owner));
                 r.operator = end.ended_by.as_ref().map(|caller| p.caller(caller));
-                r.client_ip = end.client_ip.map(|ip| p.ip(ip));
+                r.client_ip = end.client_ip.map(|ip| p.ip(ip.ip()));
                 r.trace_id = Some(end.request_trace_id().to_string());
                 r.reason = Some(end.reason.to_string());
                 r.bytes = Some(end.bytes + end.in_flight_bytes);
@@ -197,7 +197,7 @@ impl Writer {
                 r.resource = Some(reset.id.to_string());
                 r.owner = Some(p.owner(&reset.owner));
                 r.operator = r.owner.clone();
-                r.client_ip = reset.client_ip.map(|ip| p.ip(ip));
+                r.client_ip = reset.client_ip.map(|ip| p.ip(ip.ip()));
                 r.trace_id = Some(reset.trace_id.to_string());
                 r.reason = Some(reset.reason.as_str().into());
                 r.bytes = Some(reset.bytes);

@@ -194,7 +194,7 @@ async fn dispatch(release: Release) {
         if paced && extra > 0 {
             release.pacer.admit(tier, extra).await;
         }
-        #[cfg(feature = "fault-injection")]
+        #[cfg(feature = "testing")]
         if release.health.take_injected_panic() {
             panic!("injected panic in the cleanup dispatcher (fault-injection)");
         }

@@ -35,7 +35,7 @@ pub(crate) struct Open {
     pub(crate) expiry: Option<ExpiryPolicy>,
     /// Overrides the engine's context policy for this session.
     pub(crate) context_policy: Option<ContextPolicyFactory>,
-    pub(crate) client_ip: Option<std::net::IpAddr>,
+    pub(crate) client_ip: Option<crate::ids::ClientIp>,
 }
 
 #[derive(Message)]

@@ -93,13 +93,13 @@ pub(crate) struct Heartbeat {
 pub(crate) struct LeaseDropped(pub(crate) LeaseId);
 
 /// Stops the drain timer from being armed (fault injection: proves the sweeper catches a stuck Closing).
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "testing")]
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct InjectLostDrainTimer;
 
 /// Panics inside the handler, to prove that a crash still ends the session once.
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "testing")]
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct InjectPanic;

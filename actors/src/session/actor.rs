@@ -20,7 +20,7 @@ use crate::context::{ContextPolicy, ContextPolicyFactory};
 use crate::ids::Caller;
 use crate::lease::LeaseTable;
 use crate::lifecycle::{EndReason, Event, Lifecycle};
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "testing")]
 use crate::protocol::session::InjectPanic;
 
 mod ending;
@@ -52,7 +52,7 @@ pub(crate) struct SessionActor {
     /// entered around every handler; `None` when no subscriber wants it, so
     /// a session without logs pays one pointer and no allocation.
     span: Option<Box<tracing::Span>>,
-    #[cfg(feature = "fault-injection")]
+    #[cfg(feature = "testing")]
     lose_drain_timer: bool,
 }
 
@@ -83,7 +83,7 @@ impl SessionActor {
             restoring: false,
             restore_error: None,
             span,
-            #[cfg(feature = "fault-injection")]
+            #[cfg(feature = "testing")]
             lose_drain_timer: false,
         }
     }
@@ -184,7 +184,7 @@ impl Actor for SessionActor {
     }
 }
 
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "testing")]
 impl Handler<InjectPanic> for SessionActor {
     type Result = ();
 

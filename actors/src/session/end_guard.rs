@@ -6,7 +6,6 @@
 //! actix actor, and nothing restarts it), the guard's `Drop` reports the end
 //! with reason `Crashed`, carrying the ledger, so the memory is still released.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -33,7 +32,7 @@ pub(crate) struct EndGuard {
     pub(crate) shared: Arc<SessionShared>,
     pub(crate) settings: Arc<SessionSettings>,
     /// The client's address given at open (for the audit trail).
-    pub(crate) client_ip: Option<IpAddr>,
+    pub(crate) client_ip: Option<crate::ids::ClientIp>,
     /// Who asked for the end under way, and the trace of that request.
     /// Boxed: only an ending session has one.
     pub(crate) end_request: Option<Box<(Caller, Option<TraceId>)>>,
@@ -65,7 +64,7 @@ impl EndGuard {
     }
 
     /// With the client's address given at open.
-    pub(crate) fn with_client_ip(mut self, ip: Option<IpAddr>) -> Self {
+    pub(crate) fn with_client_ip(mut self, ip: Option<crate::ids::ClientIp>) -> Self {
         self.client_ip = ip;
         self
     }

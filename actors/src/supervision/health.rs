@@ -2,7 +2,7 @@
 //! that escalated past the restart limit, if one did.
 
 use std::sync::Mutex;
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "testing")]
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,7 +21,7 @@ pub(crate) struct Health {
     restarts: AtomicU64,
     failed: Mutex<Option<String>>,
     /// Fault injection: panics the cleanup dispatcher owes.
-    #[cfg(feature = "fault-injection")]
+    #[cfg(feature = "testing")]
     pub(crate) inject_panics: AtomicU32,
 }
 
@@ -49,7 +49,7 @@ impl Health {
     }
 
     /// Whether an injected panic is due now (fault injection only).
-    #[cfg(feature = "fault-injection")]
+    #[cfg(feature = "testing")]
     pub(crate) fn take_injected_panic(&self) -> bool {
         self.inject_panics
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))

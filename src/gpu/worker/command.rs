@@ -1,7 +1,7 @@
 //! What the pool handle asks of the worker: one command per request, each
 //! with the reply its caller awaits.
 
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "testing")]
 use crossbeam_channel::Receiver;
 use sessionbus_actors::{
     AllocRequest, Allocated, AllocationId, GpuError, OffloadReport, ReleaseReport, RestoreReport,
@@ -63,14 +63,14 @@ pub(crate) enum Command {
     Reopen {
         reply: oneshot::Sender<Result<(), GpuInitError>>,
     },
-    /// Destroy the device, as a driver reset would (fault-injection builds only).
-    #[cfg(feature = "fault-injection")]
+    /// Destroy the device, as a driver reset would (`testing` builds only).
+    #[cfg(feature = "testing")]
     InjectDeviceLoss,
     /// Block until `until` is sent to or dropped, as a hung driver would
-    /// (fault-injection builds only).
-    #[cfg(feature = "fault-injection")]
+    /// (`testing` builds only).
+    #[cfg(feature = "testing")]
     InjectHang { until: Receiver<()> },
-    /// Panic while executing this command (fault-injection builds only).
-    #[cfg(feature = "fault-injection")]
+    /// Panic while executing this command (`testing` builds only).
+    #[cfg(feature = "testing")]
     InjectPanic,
 }

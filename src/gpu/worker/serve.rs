@@ -73,16 +73,16 @@ impl Worker {
                         Command::Reopen { reply } => {
                             let _ = reply.send(self.reopen());
                         }
-                        #[cfg(feature = "fault-injection")]
+                        #[cfg(feature = "testing")]
                         Command::InjectDeviceLoss => self.device.destroy(),
-                        #[cfg(feature = "fault-injection")]
+                        #[cfg(feature = "testing")]
                         Command::InjectHang { until } => {
                             tracing::warn!(
                                 "injected hang on the sessionbus-gpu thread (fault-injection)"
                             );
                             let _ = until.recv();
                         }
-                        #[cfg(feature = "fault-injection")]
+                        #[cfg(feature = "testing")]
                         Command::InjectPanic => {
                             panic!("injected panic on the sessionbus-gpu thread (fault-injection)")
                         }

@@ -15,7 +15,7 @@ use crate::expiry::{Deadline, DeadlineKind};
 use crate::lifecycle::{EndReason, Event};
 use crate::mailbox::send_now_or_later;
 use crate::protocol::registry::{MemoryMoved, Rearm};
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "testing")]
 use crate::protocol::session::InjectLostDrainTimer;
 use crate::protocol::session::{End, ForceEnd};
 use crate::session::end_guard::Ending;
@@ -53,7 +53,7 @@ impl SessionActor {
     }
 
     fn arm_drain_timer(&mut self, ctx: &mut Context<Self>) {
-        #[cfg(feature = "fault-injection")]
+        #[cfg(feature = "testing")]
         if self.lose_drain_timer {
             return;
         }
@@ -173,7 +173,7 @@ impl Handler<ForceEnd> for SessionActor {
     }
 }
 
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "testing")]
 impl Handler<InjectLostDrainTimer> for SessionActor {
     type Result = ();
 

@@ -1,6 +1,7 @@
 //! Issue 16 (1): events and receipts serialise (wall clock as RFC 3339,
 //! durations as microseconds, ids and trace ids as their hex text, no
-//! monotonic instants), and their `Debug` never shows the owner.
+//! monotonic instants), and their `Debug` never shows the owner or the
+//! client's address.
 
 mod common;
 
@@ -10,7 +11,7 @@ use common::*;
 use sessionbus_actors::*;
 
 #[test]
-fn ended_and_released_events_serialise_with_wall_clock_and_durations() {
+fn events_serialise_with_wall_clock_and_durations_and_debug_hides_who() {
     on_paused_time(|| async {
         let mut f = start(no_expiry()).await;
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
@@ -32,7 +33,15 @@ fn ended_and_released_events_serialise_with_wall_clock_and_durations() {
         let end = f.next_end().await;
         let receipt = f.next_release().await;
 
+        let LifecycleEvent::Started(start) = &started else {
+            unreachable!()
+        };
+        assert!(!format!("{start:?}").contains("192.0.2.7"), "{start:?}");
         let started = serde_json::to_value(&started).unwrap();
+        assert_eq!(
+            started["event"]["client_ip"], "192.0.2.7",
+            "serialised on purpose"
+        );
         assert_eq!(started["kind"], "started");
         assert_eq!(started["event"]["id"], session.id().to_string());
         assert_eq!(
@@ -79,6 +88,7 @@ fn ended_and_released_events_serialise_with_wall_clock_and_durations() {
             format!("{session:?}"),
         ] {
             assert!(!shown.contains("alice"), "{shown}");
+            assert!(!shown.contains("192.0.2.7"), "{shown}");
         }
         f.shutdown_clean().await;
     });
