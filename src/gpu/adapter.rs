@@ -83,7 +83,7 @@ pub(crate) fn open_device(config: &GpuConfig) -> Result<OpenedDevice, GpuInitErr
         pollster::block_on(request).map_err(|error| GpuInitError::RequestDevice {
             adapter: info.name.clone(),
             backend: backend.clone(),
-            message: error.to_string(),
+            source: error,
         })?;
 
     // Without a handler wgpu panics on any error outside an error scope; the

@@ -27,16 +27,18 @@ pub enum GpuInitError {
     },
     /// An adapter was found but refused to open a device.
     #[error(
-        "the adapter \"{adapter}\" ({backend}) refused to open a device: {message}; \
+        "the adapter \"{adapter}\" ({backend}) refused to open a device: {source}; \
          try another adapter (gpu.adapter) or backend (gpu.backend)"
     )]
+    #[cfg(feature = "wgpu")]
     RequestDevice {
         /// The adapter's name.
         adapter: String,
         /// Its backend, lowercase.
         backend: String,
-        /// The driver's message.
-        message: String,
+        /// wgpu's error.
+        #[source]
+        source: wgpu::RequestDeviceError,
     },
     /// The OS would not start the worker thread.
     #[error("could not start the sessionbus-gpu thread: {0}; check the process's thread limit")]
