@@ -72,6 +72,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --lock
 echo "test.sh: the library alone, with its default and with its smallest feature set (no dev-dependency turns features on)"
 cargo build --locked --quiet -p sessionbus
 cargo build --locked --quiet -p sessionbus --no-default-features
+if cargo tree --locked -p sessionbus --no-default-features -e normal | grep -q ' wgpu v'; then
+  echo "test.sh: wgpu is compiled without the wgpu feature" >&2
+  exit 1
+fi
 echo "test.sh: demo end-to-end check"
 cargo run --quiet --locked --example demo -- --sessions 300 --turns 4 --json | tail -n 1
 echo "test.sh: demo expiry scenario (idle timeouts, TTLs, leases, context resets; wgpu counters back at baseline)"
