@@ -24,7 +24,12 @@ impl Percentiles {
     }
 
     pub fn record(&mut self, value: u64) {
-        self.histogram.saturating_record(value);
+        // `record` grows the histogram to fit (`saturating_record` would
+        // clamp to its current top instead); it fails only where usize
+        // cannot index that far, and then the value is clamped.
+        if self.histogram.record(value).is_err() {
+            self.histogram.saturating_record(value);
+        }
     }
 
     pub fn len(&self) -> u64 {

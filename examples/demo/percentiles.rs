@@ -22,7 +22,12 @@ impl Percentiles {
         let mut histogram =
             Histogram::<u64>::new(SIGNIFICANT_DIGITS).expect("3 significant digits are valid");
         for sample in samples {
-            histogram.saturating_record(*sample);
+            // `record` grows the histogram to fit (`saturating_record` would
+            // clamp to its current top instead); it fails only where usize
+            // cannot index that far, and then the sample is clamped.
+            if histogram.record(*sample).is_err() {
+                histogram.saturating_record(*sample);
+            }
         }
         let at = |q: f64| (!histogram.is_empty()).then(|| histogram.value_at_quantile(q));
         Percentiles {
