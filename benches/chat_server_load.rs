@@ -12,6 +12,7 @@
 //! The server runs in this process (HTTP workers on their own threads); the
 //! clients run on a separate 2-thread tokio runtime, over real sockets.
 
+mod common;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../examples/chat_server/server/mod.rs"]
 mod server;
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+
+use common::percentiles::Latencies;
 
 struct Flags {
     clients: usize,
@@ -92,8 +95,10 @@ async fn client(addr: String, id: String, ticket: String, turns: usize, close: b
     samples
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3
+/// `{p50, p99, max}` in milliseconds.
+fn millis(samples: &Latencies) -> serde_json::Value {
+    let at = |q: f64| samples.at(q).unwrap_or_default().as_secs_f64() * 1e3;
+    json!({"p50": at(0.5), "p99": at(0.99), "max": at(1.0)})
 }
 
 fn main() -> anyhow::Result<()> {
@@ -181,10 +186,8 @@ fn main() -> anyhow::Result<()> {
         };
         let report = server.shutdown().await;
 
-        let mut first: Vec<Duration> = samples.iter().flatten().map(|s| s.0).collect();
-        let mut reply: Vec<Duration> = samples.iter().flatten().map(|s| s.1).collect();
-        first.sort();
-        reply.sort();
+        let first: Latencies = samples.iter().flatten().map(|s| s.0).collect();
+        let reply: Latencies = samples.iter().flatten().map(|s| s.1).collect();
         let tokens_per_reply = server::model::reply_tokens("turn 0 of a load test").len();
         let result = json!({
             "clients": flags.clients,
@@ -194,9 +197,9 @@ fn main() -> anyhow::Result<()> {
             "replies": reply.len(),
             "seconds": elapsed.as_secs_f64(),
             "replies_per_sec": reply.len() as f64 / elapsed.as_secs_f64(),
-            "tokens_per_sec": (reply.len() * tokens_per_reply) as f64 / elapsed.as_secs_f64(),
-            "first_token_ms": {"p50": percentile(&first, 0.5), "p99": percentile(&first, 0.99), "max": percentile(&first, 1.0)},
-            "reply_ms": {"p50": percentile(&reply, 0.5), "p99": percentile(&reply, 0.99), "max": percentile(&reply, 1.0)},
+            "tokens_per_sec": (reply.len() * tokens_per_reply as u64) as f64 / elapsed.as_secs_f64(),
+            "first_token_ms": millis(&first),
+            "reply_ms": millis(&reply),
             "ended_by": status["ended_by"],
             "gpu_peak_bytes": status["gpu"]["peak_bytes"],
             "leaked_buffers": report.leaked_buffers,

@@ -18,6 +18,8 @@ use sessionbus::{Runtime, SessionHandle};
 
 mod common;
 
+use common::percentiles::Latencies;
+
 const LIVE_SESSIONS: usize = 10_000;
 const BUFFERS_PER_SESSION: usize = 4;
 const KV_BYTES: u64 = 64 * 1024;
@@ -28,10 +30,6 @@ async fn session_with_buffers(rt: &Runtime, owner: String) -> SessionHandle {
         session.allocate(KV_BYTES).await.expect("allocate");
     }
     session
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 fn close_to_release(c: &mut Criterion) {
@@ -67,17 +65,17 @@ fn close_to_release(c: &mut Criterion) {
     });
     group.finish();
 
-    let mut all = samples.into_inner().unwrap();
-    all.sort_unstable();
+    let all: Latencies = samples.into_inner().unwrap().into_iter().collect();
+    let at = |q: f64| all.at(q).unwrap_or_default();
     println!(
         "close_to_release ({} live sessions, {} on {}): n={} p50={:?} p99={:?} max={:?}",
         LIVE_SESSIONS,
         adapter.adapter,
         adapter.backend,
         all.len(),
-        percentile(&all, 0.50),
-        percentile(&all, 0.99),
-        all[all.len() - 1]
+        at(0.50),
+        at(0.99),
+        at(1.0)
     );
     let baseline = rt.gpu_counters();
     drop(live);

@@ -13,9 +13,12 @@
 //! - **one at a time**: close, wait until B dropped it, next: the latency of one invalidation;
 //! - **all at once**: every session closed concurrently: what a mass logout costs.
 
+mod common;
 #[path = "../tests/common/redis_server.rs"]
 #[allow(dead_code)]
 mod redis_server;
+
+use common::percentiles::Latencies;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -23,19 +26,15 @@ use std::time::{Duration, Instant};
 use sessionbus::cluster::{ClusterConfig, ClusterNode};
 use sessionbus::{Config, Delivery, EventKinds, LifecycleEvent, Runtime, SessionId};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[at]
-}
-
-fn show(mode: &str, mut samples: Vec<Duration>) {
-    samples.sort();
+fn show(mode: &str, samples: Vec<Duration>) {
+    let latencies: Latencies = samples.into_iter().collect();
+    let micros = |q: f64| latencies.at(q).unwrap_or_default().as_secs_f64() * 1e6;
     println!(
         "| {mode} | {} | {:.1} µs | {:.1} µs | {:.1} µs |",
-        samples.len(),
-        percentile(&samples, 0.5).as_secs_f64() * 1e6,
-        percentile(&samples, 0.99).as_secs_f64() * 1e6,
-        samples.last().unwrap().as_secs_f64() * 1e6,
+        latencies.len(),
+        micros(0.5),
+        micros(0.99),
+        micros(1.0),
     );
 }
 

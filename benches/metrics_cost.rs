@@ -24,6 +24,8 @@ use sessionbus::{Config, Runtime, SessionHandle};
 
 mod common;
 
+use common::percentiles::Latencies;
+
 const LIVE_SESSIONS: usize = 1_000;
 const BUFFERS_PER_SESSION: usize = 4;
 const KV_BYTES: u64 = 64 * 1024;
@@ -106,13 +108,10 @@ fn storm(tokio: &tokio::runtime::Runtime, setup: &Setup, into: &mut Vec<Duration
     });
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-fn summary(samples: &mut [Duration]) -> (Duration, Duration) {
-    samples.sort_unstable();
-    (percentile(samples, 0.50), percentile(samples, 0.99))
+fn summary(samples: &[Duration]) -> (Duration, Duration) {
+    let latencies: Latencies = samples.iter().collect();
+    let at = |q: f64| latencies.at(q).unwrap_or_default();
+    (at(0.50), at(0.99))
 }
 
 fn micros(d: Duration) -> f64 {
@@ -121,7 +120,7 @@ fn micros(d: Duration) -> f64 {
 
 fn row(
     label: &str,
-    samples: &mut [Duration],
+    samples: &[Duration],
     base: Option<(Duration, Duration)>,
 ) -> (Duration, Duration) {
     let (p50, p99) = summary(samples);
@@ -147,11 +146,11 @@ fn phase(tokio: &tokio::runtime::Runtime, on_label: &str) {
     for _ in 0..ROUNDS {
         round(tokio, &off, &on, &mut samples);
     }
-    let [mut off_samples, mut on_samples] = samples;
-    let base = row("off, one close at a time", &mut off_samples, None);
+    let [off_samples, on_samples] = samples;
+    let base = row("off, one close at a time", &off_samples, None);
     row(
         &format!("{on_label}, one at a time"),
-        &mut on_samples,
+        &on_samples,
         Some(base),
     );
     let (mut off_storm, mut on_storm) = (Vec::new(), Vec::new());
@@ -164,10 +163,10 @@ fn phase(tokio: &tokio::runtime::Runtime, on_label: &str) {
             storm(tokio, &off, &mut off_storm);
         }
     }
-    let base = row(&format!("off, {STORM} at once"), &mut off_storm, None);
+    let base = row(&format!("off, {STORM} at once"), &off_storm, None);
     row(
         &format!("{on_label}, {STORM} at once"),
-        &mut on_storm,
+        &on_storm,
         Some(base),
     );
     for setup in [off, on] {

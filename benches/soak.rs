@@ -22,6 +22,7 @@
 //! Server and clients share this process: the server's HTTP workers and the
 //! runtime have their own threads, the clients run on the System's thread.
 
+mod common;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../examples/chat_server/server/mod.rs"]
 mod server;
@@ -35,6 +36,8 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+
+use common::percentiles::Latencies;
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -68,7 +71,8 @@ fn flags() -> Flags {
 /// What the clients saw, by kind (the clients share one thread).
 #[derive(Default)]
 struct Tally {
-    honest_reply_ms: Vec<f64>,
+    /// How long each honest reply took, from sending the message.
+    honest_replies: Latencies,
     honest_errors: Vec<String>,
     /// HTTP answers to the hostile clients, by status.
     hostile: BTreeMap<u16, u64>,
@@ -192,8 +196,7 @@ async fn honest(server: SocketAddr, n: u8, until: Instant, tally: Shared) {
                 other => return fail(format!("the socket ended mid-reply: {other:?}")),
             }
         }
-        let ms = sent.elapsed().as_secs_f64() * 1e3;
-        tally.borrow_mut().honest_reply_ms.push(ms);
+        tally.borrow_mut().honest_replies.record(sent.elapsed());
         // Well under the per-owner message rate (5/s by default).
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -280,11 +283,9 @@ async fn silent(server: SocketAddr, n: u8, until: Instant, tally: Shared) {
     }
 }
 
-fn percentile(sorted: &[f64], q: f64) -> Value {
-    if sorted.is_empty() {
-        return Value::Null;
-    }
-    json!(sorted[((sorted.len() - 1) as f64 * q).round() as usize])
+/// The reply time at quantile `q` in milliseconds; null without replies.
+fn millis(replies: &Latencies, q: f64) -> Value {
+    json!(replies.at(q).map(|d| d.as_secs_f64() * 1e3))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -326,17 +327,16 @@ fn main() -> anyhow::Result<()> {
         let report = server.shutdown().await;
 
         let tally = tally.borrow();
-        let mut replies = tally.honest_reply_ms.clone();
-        replies.sort_by(f64::total_cmp);
+        let replies = &tally.honest_replies;
         let result = json!({
             "seconds": flags.seconds,
             "honest": {
                 "clients": flags.honest,
                 "replies": replies.len(),
                 "reply_ms": {
-                    "p50": percentile(&replies, 0.5),
-                    "p99": percentile(&replies, 0.99),
-                    "max": percentile(&replies, 1.0),
+                    "p50": millis(replies, 0.5),
+                    "p99": millis(replies, 0.99),
+                    "max": millis(replies, 1.0),
                 },
                 "errors": tally.honest_errors.len(),
                 "first_errors": tally.honest_errors.iter().take(5).collect::<Vec<_>>(),

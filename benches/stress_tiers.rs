@@ -100,8 +100,8 @@ fn pass(ok: bool) -> &'static str {
 }
 
 fn summary_of(micros: &[u64]) -> Option<Summary> {
-    let mut samples: Vec<Duration> = micros.iter().map(|us| Duration::from_micros(*us)).collect();
-    Summary::of(&mut samples)
+    let samples: Vec<Duration> = micros.iter().map(|us| Duration::from_micros(*us)).collect();
+    Summary::of(&samples)
 }
 
 /// Starts a runtime with `config`, runs `storms` on it, shuts it down and

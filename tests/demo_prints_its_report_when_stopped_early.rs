@@ -49,6 +49,15 @@ fn check(signal: &str, after: Duration, args: &[&str]) -> serde_json::Value {
         "the report says it was interrupted: {json}"
     );
     assert_eq!(json["leaked_buffers"], 0, "{json}");
+    let adapter = &json["adapter"];
+    assert!(
+        adapter["backend"].as_str().is_some_and(|b| !b.is_empty()),
+        "the report names the GPU backend it found: {json}"
+    );
+    assert!(
+        adapter.get("faster").is_some(),
+        "the report says how to get a faster adapter (null when there is none): {json}"
+    );
     assert_eq!(
         json["wgpu_hal_buffers_after"], json["wgpu_hal_buffers_baseline"],
         "{json}"

@@ -1,6 +1,8 @@
-//! Shared by the micro-benchmarks: a single-threaded tokio runtime to drive
-//! the async APIs from criterion's `iter_custom`, and timing loops.
+//! Shared by the benches: a single-threaded tokio runtime to drive the async
+//! APIs from criterion's `iter_custom`, timing loops, and percentiles.
 #![allow(dead_code)] // each bench uses only some of these
+
+pub mod percentiles;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

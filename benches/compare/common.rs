@@ -8,6 +8,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+#[path = "../common/percentiles.rs"]
+#[allow(dead_code)] // each includer uses only some of it
+pub mod percentiles;
+
+use percentiles::Latencies;
+
 /// TTLs are drawn uniformly in this range, in microseconds.
 pub const TTL_MIN_US: u64 = 1_000_000;
 pub const TTL_MAX_US: u64 = 3_000_000;
@@ -20,7 +26,7 @@ pub const QUIET_LIMIT: Duration = Duration::from_secs(30);
 /// Errors kept per peer and workload; the rest are counted.
 pub const MAX_ERRORS: usize = 20;
 
-/// p50 / p99 / max (and mean) over a set of samples (nearest rank).
+/// p50 / p99 / max (and mean) over a set of samples.
 #[derive(Clone, Copy, Debug)]
 pub struct Summary {
     pub n: usize,
@@ -31,19 +37,14 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(samples: &mut [Duration]) -> Option<Summary> {
-        if samples.is_empty() {
-            return None;
-        }
-        samples.sort_unstable();
-        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-        let total: Duration = samples.iter().sum();
+    pub fn of(samples: &[Duration]) -> Option<Summary> {
+        let latencies: Latencies = samples.iter().collect();
         Some(Summary {
             n: samples.len(),
-            mean: total / samples.len() as u32,
-            p50: at(0.50),
-            p99: at(0.99),
-            max: samples[samples.len() - 1],
+            mean: latencies.mean()?,
+            p50: latencies.at(0.50)?,
+            p99: latencies.at(0.99)?,
+            max: latencies.at(1.0)?,
         })
     }
 

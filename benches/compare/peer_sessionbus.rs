@@ -11,6 +11,7 @@ use sessionbus::{
     OpenOptions, Runtime, SessionHandle,
 };
 
+use super::common::percentiles::Percentiles;
 use super::common::*;
 use super::wl_expiry::{PeerRun, check_once};
 
@@ -227,12 +228,10 @@ pub async fn expiry(ttls: &[Duration], buffer_bytes: u64) -> (PeerRun, String) {
         // Sessions that share a `fired_at` were ended by the same timer fire.
         *fires.entry(deadline.fired_at).or_default() += 1;
     }
-    let mut sizes: Vec<usize> = fires.into_values().collect();
-    sizes.sort_unstable();
-    run.fires = sizes.len();
-    if !sizes.is_empty() {
-        let at = |q: f64| sizes[((sizes.len() - 1) as f64 * q).round() as usize];
-        run.per_fire = Some((at(0.5), at(0.99), sizes[sizes.len() - 1]));
+    run.fires = fires.len();
+    let sizes: Percentiles = fires.into_values().map(|n| n as u64).collect();
+    if let (Some(p50), Some(p99), Some(max)) = (sizes.at(0.5), sizes.at(0.99), sizes.at(1.0)) {
+        run.per_fire = Some((p50 as usize, p99 as usize, max as usize));
     }
     if handles.len() != n {
         push_error(
@@ -248,8 +247,8 @@ pub async fn expiry(ttls: &[Duration], buffer_bytes: u64) -> (PeerRun, String) {
     );
     drop(handles);
     finish(rt, baseline, &mut run.errors).await;
-    run.released = Summary::of(&mut released);
-    run.timer = Summary::of(&mut timer);
-    run.after_fire = Summary::of(&mut after_fire);
+    run.released = Summary::of(&released);
+    run.timer = Summary::of(&timer);
+    run.after_fire = Summary::of(&after_fire);
     (run, adapter)
 }

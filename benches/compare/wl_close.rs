@@ -87,7 +87,7 @@ async fn sessionbus(live: usize, closes: usize) -> CloseRun {
         }
     }
     peer_sessionbus::finish(rt, baseline, &mut run.errors).await;
-    run.released = Summary::of(&mut samples);
+    run.released = Summary::of(&samples);
     run
 }
 
@@ -184,7 +184,7 @@ fn direct(tokio: &tokio::runtime::Runtime, kind: PeerKind, live: usize, closes: 
             format!("{name}: wgpu counters {after:?} after the run (baseline {baseline:?})"),
         );
     }
-    run.released = Summary::of(&mut samples);
+    run.released = Summary::of(&samples);
     run
 }
 

@@ -193,9 +193,9 @@ pub fn run_direct(tokio: &tokio::runtime::Runtime, kind: PeerKind, ttls: &[Durat
             format!("{name}: after shutdown wgpu counters {after:?} (baseline {baseline:?})"),
         );
     }
-    let mut released: Vec<Duration> = log.released.iter().map(|r| r.1).collect();
+    let released: Vec<Duration> = log.released.iter().map(|r| r.1).collect();
     run.due_during_setup = ttls.iter().filter(|&&t| started + t < setup_done).count();
-    run.released = Summary::of(&mut released);
+    run.released = Summary::of(&released);
     run
 }
 

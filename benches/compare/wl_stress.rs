@@ -43,12 +43,12 @@ fn direct_storms(
                 .iter()
                 .map(|s| close_direct(&pool, &peer, *s, BUFFERS as u64, asked));
             let results = futures::future::join_all(closes).await;
-            let mut samples: Vec<_> = results
+            let samples: Vec<_> = results
                 .iter()
                 .filter_map(|r| r.as_ref().ok().copied())
                 .collect();
             let failed = tier - samples.len();
-            rows.push((kind.name(), tier, Summary::of(&mut samples), failed));
+            rows.push((kind.name(), tier, Summary::of(&samples), failed));
         }
     });
     peer.stop();
@@ -106,7 +106,7 @@ pub fn run(
             rows.push((
                 "sessionbus".to_string(),
                 tier,
-                Summary::of(&mut samples),
+                Summary::of(&samples),
                 failed,
             ));
         }

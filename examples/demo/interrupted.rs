@@ -4,10 +4,22 @@
 //! checked as ever: every opened session ended once, and wgpu's counters are
 //! back at their baseline. A run that keeps them exits 0.
 
-use serde_json::json;
+use serde::Serialize;
 
-use crate::report::{self, Checks, row};
+use crate::report::{self, Books, Checks, row};
 use crate::{Args, Demo};
+
+/// The JSON report of a run stopped early.
+#[derive(Serialize)]
+struct Report {
+    #[serde(flatten)]
+    books: Books,
+    /// The scenario that was running: "default", "expiry", "storm", "shutdown".
+    scenario: String,
+    /// "SIGTERM", "SIGINT" or "a stop request".
+    interrupted: &'static str,
+    shutdown_completed: bool,
+}
 
 pub async fn report(demo: Demo, args: &Args) -> anyhow::Result<()> {
     let pool = demo.rt.pool_stats();
@@ -15,14 +27,15 @@ pub async fn report(demo: Demo, args: &Args) -> anyhow::Result<()> {
     let signal = end.interrupted.unwrap_or("a stop request");
     let (stop, seen) = (&end.stop, &end.seen);
     let double_ends = seen.double_ends();
-    let extra = json!({
-        "scenario": format!("{:?}", args.scenario).to_lowercase(),
-        "interrupted": signal,
-        "shutdown_completed": stop.sessions.completed,
-    });
-    let report = report::with_books(&end, &pool, extra);
+    let report = Report {
+        books: Books::of(&end, &pool),
+        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        interrupted: signal,
+        shutdown_completed: stop.sessions.completed,
+    };
+    let books = &report.books;
 
-    report::heading("sessionbus demo report (interrupted)", &report);
+    report::heading("sessionbus demo report (interrupted)", &books.adapter);
     row(
         "interrupted",
         format!("by {signal}: clients stopped, runtime shut down"),
@@ -31,14 +44,14 @@ pub async fn report(demo: Demo, args: &Args) -> anyhow::Result<()> {
         "sessions",
         format!(
             "{} opened, {} ended, {} ended twice",
-            report["sessions_opened"], report["sessions_ended"], double_ends
+            books.sessions_opened, books.sessions_ended, double_ends
         ),
     );
-    row("ended by", report::counts(&report["ended_by"]));
-    report::leak_row(&report);
-    row("wall", format!("{} ms", report["wall_ms"]));
+    row("ended by", report::counts(&books.ended_by));
+    report::leak_row(books);
+    row("wall", format!("{} ms", books.wall_ms));
     if args.json {
-        report::print_json(&report);
+        report::print_json(&report)?;
     }
     let mut checks = Checks::default();
     checks.require(end.leak.buffers == 0, "wgpu hal.buffers back at baseline");

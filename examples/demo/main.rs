@@ -17,16 +17,22 @@
 //! - `shutdown`: a busy population gets a real SIGTERM mid-storm; the report
 //!   adds the shutdown report.
 //!
+//! Every run names the GPU adapter it found on its first line; on the GL
+//! fallback or a CPU adapter it also logs (and reports as `adapter.faster`)
+//! how to get a faster one.
+//!
 //! ```text
 //! cargo run --release --example demo -- --sessions 2000 --json
 //! cargo run --release --example demo -- --scenario expiry --json
 //! cargo run --release --example demo -- --scenario storm --release-rate 20000 --json
 //! ```
 
+mod adapter;
 mod conversation;
 mod expiry_clients;
 mod html_report;
 mod interrupted;
+mod percentiles;
 mod report;
 mod scenario_default;
 mod scenario_expiry;
@@ -41,8 +47,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use sessionbus::{Config, GpuCounters, PoolInfo, Runtime, StopReport};
+use sessionbus::{Config, GpuCounters, Runtime, StopReport};
 
+use crate::adapter::AdapterReport;
 use crate::report::Leak;
 use crate::stop::Stop;
 use crate::watch::{Observed, Watch};
@@ -120,7 +127,7 @@ pub struct Demo {
     /// Set by SIGTERM or Ctrl-C: the scenario stops its clients and reports.
     pub stop: Stop,
     baseline: GpuCounters,
-    adapter: PoolInfo,
+    adapter: AdapterReport,
     wall: Instant,
 }
 
@@ -132,7 +139,7 @@ pub struct Finished {
     /// wgpu's counters after the shutdown, less the baseline.
     pub leak: Leak,
     pub baseline: GpuCounters,
-    pub adapter: PoolInfo,
+    pub adapter: AdapterReport,
     pub wall_ms: u64,
     /// The signal that stopped the run early, if one did.
     pub interrupted: Option<&'static str>,
@@ -141,17 +148,17 @@ pub struct Finished {
 impl Demo {
     async fn start(config: Config, stop: Stop) -> anyhow::Result<Demo> {
         let wall = Instant::now();
-        let rt = Runtime::start(config)
+        let rt = Runtime::start(config.clone())
             .await
             .context("starting the sessionbus runtime")?;
         let baseline = rt.gpu_counters();
-        let adapter = rt.adapter().clone();
+        let adapter = AdapterReport::new(rt.adapter(), &config);
         // Also with --json (whose report is the *last* line): a supervisor
         // can tell from this line that the run has begun.
-        println!(
-            "sessionbus demo on {} ({}, {})",
-            adapter.adapter, adapter.backend, adapter.device_type
-        );
+        println!("sessionbus demo on {}", adapter.found());
+        if let Some(faster) = &adapter.faster {
+            tracing::warn!(adapter = %adapter.found(), "a faster adapter is possible: {faster}");
+        }
         let watch = Watch::subscribe(&rt).await?;
         Ok(Demo {
             rt,

@@ -1,55 +1,63 @@
-//! What the scenarios share for their reports: percentiles, the leak check
-//! on wgpu's counters, the invariant checks, and printing.
+//! What the scenarios share for their reports: the books every report
+//! holds, the leak check on wgpu's counters, the invariant checks, and
+//! printing.
 
-use serde_json::{Value, json};
-use sessionbus::{GpuCounters, PoolInfo, PoolStats};
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sessionbus::{GpuCounters, PoolStats};
 
 use crate::Finished;
+use crate::adapter::AdapterReport;
+use crate::percentiles::Percentiles;
 
-/// `{p50, p99, max, n}` of `samples` (nulls when there are none).
-pub fn percentiles(samples: &[u64]) -> Value {
-    if samples.is_empty() {
-        return json!({ "p50": null, "p99": null, "max": null, "n": 0 });
-    }
-    let mut samples = samples.to_vec();
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    json!({ "p50": at(0.50), "p99": at(0.99), "max": samples[samples.len() - 1], "n": samples.len() })
+/// What every scenario's JSON report holds (its own fields come next to
+/// these, through `#[serde(flatten)]`): the adapter, the sessions' ends, the
+/// GPU's books by the pool and by wgpu's own counters, incidents and wall time.
+#[derive(Debug, Serialize)]
+pub struct Books {
+    pub adapter: AdapterReport,
+    pub sessions_opened: u64,
+    pub sessions_ended: usize,
+    pub double_ends: usize,
+    pub ended_by: BTreeMap<&'static str, u64>,
+    pub gpu_buffers_allocated: u64,
+    /// Context resets give buffers back too, without ending the session.
+    pub gpu_buffers_released: u64,
+    pub gpu_bytes_peak: u64,
+    pub wgpu_hal_buffers_baseline: i64,
+    pub wgpu_hal_buffers_after: i64,
+    pub wgpu_hal_buffer_memory_baseline: i64,
+    pub wgpu_hal_buffer_memory_after: i64,
+    pub leaked_buffers: i64,
+    pub leaked_bytes: i64,
+    pub incidents: u64,
+    pub wall_ms: u64,
 }
 
-pub fn adapter_json(adapter: &PoolInfo) -> Value {
-    json!({ "name": adapter.adapter, "backend": adapter.backend, "device_type": adapter.device_type })
-}
-
-/// What every scenario's JSON report holds: the adapter, the sessions' ends,
-/// the GPU's books by the pool and by wgpu's own counters, incidents and wall
-/// time. `pool` is read before the shutdown; `extra` holds the scenario's own
-/// fields.
-pub fn with_books(end: &Finished, pool: &PoolStats, extra: Value) -> Value {
-    let (stop, seen) = (&end.stop, &end.seen);
-    let mut report = json!({
-        "adapter": adapter_json(&end.adapter),
-        "sessions_opened": stop.sessions.stats.opened,
-        "sessions_ended": seen.ends.len(),
-        "double_ends": seen.double_ends(),
-        "ended_by": seen.ended_by(),
-        "gpu_buffers_allocated": pool.allocated_total,
-        // Context resets give buffers back too, without ending the session.
-        "gpu_buffers_released": seen.released_buffers + seen.context_reset_buffers,
-        "gpu_bytes_peak": pool.peak_bytes,
-        "wgpu_hal_buffers_baseline": end.baseline.buffers,
-        "wgpu_hal_buffers_after": stop.gpu_after.buffers,
-        "wgpu_hal_buffer_memory_baseline": end.baseline.buffer_memory,
-        "wgpu_hal_buffer_memory_after": stop.gpu_after.buffer_memory,
-        "leaked_buffers": end.leak.buffers,
-        "leaked_bytes": end.leak.bytes,
-        "incidents": stop.sessions.stats.incidents,
-        "wall_ms": end.wall_ms,
-    });
-    if let (Some(report), Value::Object(extra)) = (report.as_object_mut(), extra) {
-        report.extend(extra);
+impl Books {
+    /// `pool` is read before the shutdown.
+    pub fn of(end: &Finished, pool: &PoolStats) -> Books {
+        let (stop, seen) = (&end.stop, &end.seen);
+        Books {
+            adapter: end.adapter.clone(),
+            sessions_opened: stop.sessions.stats.opened,
+            sessions_ended: seen.ends.len(),
+            double_ends: seen.double_ends(),
+            ended_by: seen.ended_by(),
+            gpu_buffers_allocated: pool.allocated_total,
+            gpu_buffers_released: seen.released_buffers + seen.context_reset_buffers,
+            gpu_bytes_peak: pool.peak_bytes,
+            wgpu_hal_buffers_baseline: end.baseline.buffers,
+            wgpu_hal_buffers_after: stop.gpu_after.buffers,
+            wgpu_hal_buffer_memory_baseline: end.baseline.buffer_memory,
+            wgpu_hal_buffer_memory_after: stop.gpu_after.buffer_memory,
+            leaked_buffers: end.leak.buffers,
+            leaked_bytes: end.leak.bytes,
+            incidents: stop.sessions.stats.incidents,
+            wall_ms: end.wall_ms,
+        }
     }
-    report
 }
 
 /// What wgpu's own counters say is still alive beyond the baseline.
@@ -91,8 +99,9 @@ impl Checks {
 }
 
 /// The JSON report, as the last line of stdout.
-pub fn print_json(report: &Value) {
-    println!("{report}");
+pub fn print_json(report: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(report)?);
+    Ok(())
 }
 
 /// One line of a human report: the label in a 22-character column, then the text.
@@ -100,56 +109,51 @@ pub fn row(label: &str, text: impl std::fmt::Display) {
     println!("{label:<22}{text}");
 }
 
-/// `p50 … µs, p99 … µs, max … µs (n=…)` of a `percentiles` value.
-pub fn latency(p: &Value) -> String {
-    format!(
-        "p50 {} µs, p99 {} µs, max {} µs (n={})",
-        p["p50"], p["p99"], p["max"], p["n"]
-    )
-}
-
-/// One `latency` row per `(label, key)` of `report`.
-pub fn latency_rows(report: &Value, rows: &[(&str, &str)]) {
-    for (label, key) in rows {
-        row(label, latency(&report[*key]));
+/// One latency row per `(label, percentiles)`.
+pub fn latency_rows(rows: &[(&str, &Percentiles)]) {
+    for (label, percentiles) in rows {
+        row(label, percentiles);
     }
 }
 
-/// `name count, …` of a JSON object of counts, leaving out the zeros.
-pub fn counts(map: &Value) -> String {
+/// `name count, …` of counts by name, leaving out the zeros.
+pub fn counts<K: std::fmt::Display>(map: &BTreeMap<K, u64>) -> String {
     let nonzero: Vec<String> = map
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter(|(_, v)| v.as_u64() != Some(0))
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect()
-        })
-        .unwrap_or_default();
+        .iter()
+        .filter(|(_, n)| **n != 0)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
     nonzero.join(", ")
 }
 
-/// The human report's title rule and the adapter it ran on.
-pub fn heading(title: &str, report: &Value) {
+/// The human report's title rule, and the adapter it ran on (with how to
+/// get a faster one, where there is one).
+pub fn heading(title: &str, adapter: &AdapterReport) {
+    title_rule(title);
+    adapter_rows(adapter);
+}
+
+/// `── title ───…`, after an empty line.
+pub fn title_rule(title: &str) {
     let rule = 63usize.saturating_sub(title.chars().count() + 4);
     println!();
     println!("── {title} {}", "─".repeat(rule));
-    let adapter = &report["adapter"];
-    row(
-        "adapter",
-        format!("{} ({})", adapter["name"], adapter["backend"]),
-    );
+}
+
+pub fn adapter_rows(adapter: &AdapterReport) {
+    row("adapter", adapter.found());
+    if let Some(faster) = &adapter.faster {
+        row("faster adapter", faster);
+    }
 }
 
 /// wgpu's live buffers against their baseline.
-pub fn leak_row(report: &Value) {
+pub fn leak_row(books: &Books) {
     row(
         "wgpu hal.buffers",
         format!(
             "baseline {}, after {}  → leaked {}",
-            report["wgpu_hal_buffers_baseline"],
-            report["wgpu_hal_buffers_after"],
-            report["leaked_buffers"]
+            books.wgpu_hal_buffers_baseline, books.wgpu_hal_buffers_after, books.leaked_buffers
         ),
     );
 }

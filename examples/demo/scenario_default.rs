@@ -7,10 +7,11 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
+use serde::Serialize;
 use sessionbus::{Runtime, SessionHandle, SessionId, Turn};
 
-use crate::report::{self, Checks, row};
+use crate::percentiles::Percentiles;
+use crate::report::{self, Books, Checks, row};
 use crate::{Args, Demo};
 
 /// What a client does once it has chatted.
@@ -19,6 +20,18 @@ enum Fate {
     Close,
     Disconnect,
     StayUntilShutdown,
+}
+
+/// The default scenario's JSON report.
+#[derive(Serialize)]
+struct Report {
+    #[serde(flatten)]
+    books: Books,
+    kept_until_shutdown: usize,
+    close_to_release_us: Percentiles,
+    disconnect_to_release_us: Percentiles,
+    shutdown_us: u64,
+    errors: usize,
 }
 
 enum Outcome {
@@ -110,18 +123,18 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     let double_ends = seen.double_ends();
     let errors = errors.into_inner().unwrap();
     let leaked = end.leak.buffers;
-    let extra = json!({
-        "kept_until_shutdown": kept_count,
-        "close_to_release_us": report::percentiles(&close_us),
-        "disconnect_to_release_us": report::percentiles(&disconnect_us),
-        "shutdown_us": stop.sessions.took.as_micros() as u64,
-        "errors": errors.len(),
-    });
-    let report = report::with_books(&end, &pool, extra);
+    let report = Report {
+        books: Books::of(&end, &pool),
+        kept_until_shutdown: kept_count,
+        close_to_release_us: Percentiles::of(&close_us),
+        disconnect_to_release_us: Percentiles::of(&disconnect_us),
+        shutdown_us: stop.sessions.took.as_micros() as u64,
+        errors: errors.len(),
+    };
 
     print_human(&report, &errors);
     if args.json {
-        report::print_json(&report);
+        report::print_json(&report)?;
     }
     let mut checks = Checks::default();
     checks.require(leaked == 0, "wgpu hal.buffers back at baseline");
@@ -162,46 +175,36 @@ async fn client(
     })
 }
 
-fn print_human(report: &serde_json::Value, errors: &[String]) {
-    let r = report;
-    let line = |k: &str| r[k].to_string();
-    report::heading("sessionbus demo report", r);
+fn print_human(r: &Report, errors: &[String]) {
+    let books = &r.books;
+    report::heading("sessionbus demo report", &books.adapter);
     row(
         "sessions",
         format!(
             "{} opened, {} ended, {} ended twice",
-            line("sessions_opened"),
-            line("sessions_ended"),
-            line("double_ends")
+            books.sessions_opened, books.sessions_ended, books.double_ends
         ),
     );
-    row("ended by", report::counts(&r["ended_by"]));
+    row("ended by", report::counts(&books.ended_by));
     row(
         "GPU buffers",
         format!(
             "{} allocated, {} released, peak {} bytes",
-            line("gpu_buffers_allocated"),
-            line("gpu_buffers_released"),
-            line("gpu_bytes_peak")
+            books.gpu_buffers_allocated, books.gpu_buffers_released, books.gpu_bytes_peak
         ),
     );
-    report::leak_row(r);
-    report::latency_rows(
-        r,
-        &[
-            ("close → released", "close_to_release_us"),
-            ("disconnect → released", "disconnect_to_release_us"),
-        ],
-    );
+    report::leak_row(books);
+    report::latency_rows(&[
+        ("close → released", &r.close_to_release_us),
+        ("disconnect → released", &r.disconnect_to_release_us),
+    ]);
     row(
         "shutdown",
         format!(
             "{} µs, incidents {}, errors {}",
-            line("shutdown_us"),
-            line("incidents"),
-            line("errors")
+            r.shutdown_us, books.incidents, r.errors
         ),
     );
-    row("wall", format!("{} ms", line("wall_ms")));
+    row("wall", format!("{} ms", books.wall_ms));
     report::print_errors(errors);
 }

@@ -9,15 +9,41 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use serde_json::{Value, json};
+use serde::Serialize;
 use sessionbus::{Config, EndReason, SessionId, State};
 
 use crate::expiry_clients::{self, Client, Outcome, Plan};
-use crate::report::{self, Checks, row};
+use crate::percentiles::Percentiles;
+use crate::report::{self, Books, Checks, row};
 use crate::{Args, Demo};
 
 /// Every session has ended by itself well before this (its TTL is at most 2 s).
 const RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// The expiry scenario's JSON report.
+#[derive(Serialize)]
+struct Report {
+    #[serde(flatten)]
+    books: Books,
+    scenario: &'static str,
+    never_released: usize,
+    handles_not_closed: usize,
+    /// Sessions per plan.
+    plans: BTreeMap<&'static str, usize>,
+    /// `{"plan → reason": n}`.
+    unplanned_ends: BTreeMap<String, u64>,
+    expiry_lateness_us: Percentiles,
+    timer_lateness_us: Percentiles,
+    context_resets: u64,
+    context_resets_by: BTreeMap<&'static str, u64>,
+    stale_verdicts: u64,
+    leases_revoked: u64,
+    drains: u64,
+    drains_forced: u64,
+    sweeps: u64,
+    sweeper_incidents: u64,
+    errors: usize,
+}
 
 /// The scenario's lease and sweeper timings, short enough to matter within
 /// sessions that live for a second or two.
@@ -89,28 +115,28 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     let stale_verdicts: u64 = outcomes.iter().map(|o| o.stale_verdicts).sum();
     let unplanned = unplanned_ends(&outcomes, &seen.ends);
 
-    let extra = json!({
-        "scenario": "expiry",
-        "never_released": never_released,
-        "handles_not_closed": handles_not_closed,
-        "plans": plans(&outcomes),
-        "unplanned_ends": unplanned,
-        "expiry_lateness_us": report::percentiles(&seen.expiry_lateness_us),
-        "timer_lateness_us": report::percentiles(&seen.timer_lateness_us),
-        "context_resets": seen.context_reset_count(),
-        "context_resets_by": seen.context_resets,
-        "stale_verdicts": stale_verdicts,
-        "leases_revoked": stats.leases_revoked,
-        "drains": seen.drains,
-        "drains_forced": seen.drains_forced,
-        "sweeps": stats.sweeps,
-        "sweeper_incidents": stats.sweeper_incidents,
-        "errors": errors.len(),
-    });
-    let report = report::with_books(&end, &pool, extra);
+    let report = Report {
+        books: Books::of(&end, &pool),
+        scenario: "expiry",
+        never_released,
+        handles_not_closed,
+        plans: plans(&outcomes),
+        unplanned_ends: unplanned,
+        expiry_lateness_us: Percentiles::of(&seen.expiry_lateness_us),
+        timer_lateness_us: Percentiles::of(&seen.timer_lateness_us),
+        context_resets: seen.context_reset_count(),
+        context_resets_by: seen.context_resets.clone(),
+        stale_verdicts,
+        leases_revoked: stats.leases_revoked,
+        drains: seen.drains,
+        drains_forced: seen.drains_forced,
+        sweeps: stats.sweeps,
+        sweeper_incidents: stats.sweeper_incidents,
+        errors: errors.len(),
+    };
 
     if args.json {
-        report::print_json(&report);
+        report::print_json(&report)?;
     } else {
         print_summary(&report, &errors);
     }
@@ -169,67 +195,61 @@ fn unplanned_ends(
     unplanned
 }
 
-fn print_summary(report: &Value, errors: &[String]) {
-    let r = report;
-    let unplanned: u64 = r["unplanned_ends"]
-        .as_object()
-        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
-    println!();
-    println!("── sessionbus demo report: expiry ─────────────────────────────");
+fn print_summary(r: &Report, errors: &[String]) {
+    let books = &r.books;
+    let unplanned: u64 = r.unplanned_ends.values().sum();
+    report::heading("sessionbus demo report: expiry", &books.adapter);
     row(
         "sessions",
         format!(
             "{} opened, {} ended, {} ended twice, {} never released",
-            r["sessions_opened"], r["sessions_ended"], r["double_ends"], r["never_released"]
+            books.sessions_opened, books.sessions_ended, books.double_ends, r.never_released
         ),
     );
-    row("ended by", report::counts(&r["ended_by"]));
+    row("ended by", report::counts(&books.ended_by));
     if unplanned == 0 {
         row("as planned", "every session");
     } else {
-        let detail = report::counts(&r["unplanned_ends"]);
+        let detail = report::counts(&r.unplanned_ends);
         row("not as planned", format!("{unplanned}: {detail} (timing)"));
     }
     // Includes any wait for leases: a remote worker lets go on its next heartbeat.
-    row(
-        "deadline → released",
-        report::latency(&r["expiry_lateness_us"]),
-    );
-    row("timer lateness", report::latency(&r["timer_lateness_us"]));
+    row("deadline → released", r.expiry_lateness_us);
+    row("timer lateness", r.timer_lateness_us);
     row(
         "context resets",
         format!(
             "{} ({})",
-            r["context_resets"],
-            report::counts(&r["context_resets_by"])
+            r.context_resets,
+            report::counts(&r.context_resets_by)
         ),
     );
     row(
         "leases",
         format!(
             "{} revoked (each logged as lease.revoked); {} ends drained leases, {} forced",
-            r["leases_revoked"], r["drains"], r["drains_forced"]
+            r.leases_revoked, r.drains, r.drains_forced
         ),
     );
     row(
         "sweeper",
         format!(
             "{} passes, {} incidents; incidents {}, errors {}",
-            r["sweeps"], r["sweeper_incidents"], r["incidents"], r["errors"]
+            r.sweeps, r.sweeper_incidents, books.incidents, r.errors
         ),
     );
     row(
         "wgpu hal",
         format!(
             "buffers {} → {}, memory {} → {} bytes: leaked {} buffers, {} bytes",
-            r["wgpu_hal_buffers_baseline"],
-            r["wgpu_hal_buffers_after"],
-            r["wgpu_hal_buffer_memory_baseline"],
-            r["wgpu_hal_buffer_memory_after"],
-            r["leaked_buffers"],
-            r["leaked_bytes"]
+            books.wgpu_hal_buffers_baseline,
+            books.wgpu_hal_buffers_after,
+            books.wgpu_hal_buffer_memory_baseline,
+            books.wgpu_hal_buffer_memory_after,
+            books.leaked_buffers,
+            books.leaked_bytes
         ),
     );
-    row("wall", format!("{} ms", r["wall_ms"]));
+    row("wall", format!("{} ms", books.wall_ms));
     report::print_errors(errors);
 }

@@ -3,16 +3,37 @@
 //! `--deadline-secs`; the report adds the shutdown report (sessions ended,
 //! bytes released, leases forced, hooks, per-step timings of the destroy path).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
-use serde_json::json;
-use sessionbus::{Config, Owner, ReleaseTier, Turn};
+use serde::Serialize;
+use sessionbus::{Config, Owner, ReleaseTier, ShutdownReport, Turn};
 
+use crate::adapter::AdapterReport;
 use crate::report::{self, Checks, Leak, row};
 use crate::{Args, Demo};
+
+/// The shutdown scenario's JSON report: the shutdown report instead of the
+/// pool's books.
+#[derive(Serialize)]
+struct Report<'a> {
+    adapter: &'a AdapterReport,
+    sessions_opened: u64,
+    sessions_ended: usize,
+    double_ends: usize,
+    ended_by: BTreeMap<&'static str, u64>,
+    releases_queued_at_signal: u64,
+    hooks_persisted: u64,
+    gpu_buffers_released: u64,
+    wgpu_hal_buffers_baseline: i64,
+    wgpu_hal_buffers_after: i64,
+    leaked_buffers: i64,
+    shutdown: &'a ShutdownReport,
+    wall_ms: u64,
+}
 
 /// A slow pace, so that the storm is still queued when the signal arrives;
 /// leases that outlive the deadline, so that shutdown has to force them.
@@ -105,23 +126,22 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     let s = &stop.sessions;
     let double_ends = seen.double_ends();
 
-    let report = json!({
-        "adapter": report::adapter_json(&adapter),
-        "sessions_opened": s.stats.opened,
-        "sessions_ended": seen.ends.len(),
-        "double_ends": double_ends,
-        "ended_by": seen.ended_by(),
-        "releases_queued_at_signal": queued_at_signal,
-        "hooks_persisted": persisted.load(Ordering::Relaxed),
-        "gpu_buffers_released": seen.released_buffers,
-        "wgpu_hal_buffers_baseline": baseline.buffers,
-        "wgpu_hal_buffers_after": stop.gpu_after.buffers,
-        "leaked_buffers": leak.buffers,
-        "shutdown": s,
-        "wall_ms": wall.elapsed().as_millis() as u64,
-    });
-    println!();
-    println!("── sessionbus shutdown report ─────────────────────────────────");
+    let report = Report {
+        adapter: &adapter,
+        sessions_opened: s.stats.opened,
+        sessions_ended: seen.ends.len(),
+        double_ends,
+        ended_by: seen.ended_by(),
+        releases_queued_at_signal: queued_at_signal,
+        hooks_persisted: persisted.load(Ordering::Relaxed),
+        gpu_buffers_released: seen.released_buffers,
+        wgpu_hal_buffers_baseline: baseline.buffers,
+        wgpu_hal_buffers_after: stop.gpu_after.buffers,
+        leaked_buffers: leak.buffers,
+        shutdown: s,
+        wall_ms: wall.elapsed().as_millis() as u64,
+    };
+    report::heading("sessionbus shutdown report", &adapter);
     row(
         "signal",
         format!("SIGTERM with {queued_at_signal} releases queued"),
@@ -157,7 +177,7 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         ),
     );
     if args.json {
-        report::print_json(&report);
+        report::print_json(&report)?;
     }
     let mut checks = Checks::default();
     checks.require(leak.buffers == 0, "wgpu hal.buffers back at baseline");

@@ -7,15 +7,40 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde::Serialize;
 use sessionbus::Config;
 
-use crate::report::{self, Checks, row};
+use crate::percentiles::Percentiles;
+use crate::report::{self, Books, Checks, row};
 use crate::storm::{self, Plan, StormEnd};
 use crate::{Args, Demo};
 
 /// Live latency is measured this long before the storm.
 const BEFORE: Duration = Duration::from_secs(1);
+
+/// The storm scenario's JSON report.
+#[derive(Serialize)]
+struct Report {
+    #[serde(flatten)]
+    books: Books,
+    live_sessions: usize,
+    storm_size: usize,
+    storm_buffers: usize,
+    storm_buffers_released: u64,
+    storm_sessions_released: usize,
+    /// Buffers per second; null: the load tiers.
+    release_rate_configured: Option<u32>,
+    release_burst: Option<u32>,
+    /// Buffers per second.
+    release_rate_achieved: Option<f64>,
+    release_span_ms: f64,
+    storm_to_release_us: Percentiles,
+    release_queue_us: Percentiles,
+    live_message_latency_us_before: Percentiles,
+    live_message_latency_us_during: Percentiles,
+    time_to_baseline_ms: Option<f64>,
+    errors: usize,
+}
 
 /// A fixed release rate, if one was asked for; otherwise the default tiers.
 pub fn configure(config: &mut Config, args: &Args) {
@@ -60,30 +85,28 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     let double_ends = seen.double_ends();
     let leaked = end.leak.buffers;
     let errors = &outcome.errors;
-    let before = report::percentiles(&outcome.live_before_us);
-    let during = report::percentiles(&outcome.live_during_us);
-    let extra = json!({
-        "live_sessions": plan.live,
-        "storm_size": plan.storm,
-        "storm_buffers": plan.storm * plan.buffers,
-        "storm_buffers_released": outcome.released_buffers,
-        "storm_sessions_released": outcome.released_ok,
-        "release_rate_configured": args.release_rate,
-        "release_burst": burst,
-        "release_rate_achieved": outcome.achieved_rate.map(|r| r.round()),
-        "release_span_ms": outcome.release_span.as_secs_f64() * 1e3,
-        "storm_to_release_us": report::percentiles(&outcome.release_us),
-        "release_queue_us": report::percentiles(&outcome.paced_for_us),
-        "live_message_latency_us_before": before,
-        "live_message_latency_us_during": during,
-        "time_to_baseline_ms": outcome.time_to_baseline.map(|t| t.as_secs_f64() * 1e3),
-        "errors": errors.len(),
-    });
-    let report = report::with_books(&end, &pool, extra);
+    let report = Report {
+        books: Books::of(&end, &pool),
+        live_sessions: plan.live,
+        storm_size: plan.storm,
+        storm_buffers: plan.storm * plan.buffers,
+        storm_buffers_released: outcome.released_buffers,
+        storm_sessions_released: outcome.released_ok,
+        release_rate_configured: args.release_rate,
+        release_burst: burst,
+        release_rate_achieved: outcome.achieved_rate.map(|r| r.round()),
+        release_span_ms: outcome.release_span.as_secs_f64() * 1e3,
+        storm_to_release_us: Percentiles::of(&outcome.release_us),
+        release_queue_us: Percentiles::of(&outcome.paced_for_us),
+        live_message_latency_us_before: Percentiles::of(&outcome.live_before_us),
+        live_message_latency_us_during: Percentiles::of(&outcome.live_during_us),
+        time_to_baseline_ms: outcome.time_to_baseline.map(|t| t.as_secs_f64() * 1e3),
+        errors: errors.len(),
+    };
 
     print_human(&report, errors);
     if args.json {
-        report::print_json(&report);
+        report::print_json(&report)?;
     }
     let mut checks = Checks::default();
     checks.require(leaked == 0, "wgpu hal.buffers back at baseline");
@@ -104,50 +127,48 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     checks.conclude()
 }
 
-fn print_human(report: &serde_json::Value, errors: &[String]) {
-    let r = report;
-    let line = |k: &str| r[k].to_string();
-    report::heading("sessionbus storm report", r);
+fn print_human(r: &Report, errors: &[String]) {
+    let books = &r.books;
+    let or_null = |v: Option<f64>| v.map_or("null".to_string(), |v| v.to_string());
+    report::heading("sessionbus storm report", &books.adapter);
     row(
         "storm",
         format!(
             "{} sessions, {} buffers, {} released",
-            line("storm_size"),
-            line("storm_buffers"),
-            line("storm_buffers_released")
+            r.storm_size, r.storm_buffers, r.storm_buffers_released
         ),
     );
-    let configured = match r["release_rate_configured"].as_u64() {
-        Some(rate) => format!("{rate} buffers/s (burst {})", line("release_burst")),
-        None => "the load tiers".to_string(),
+    let configured = match (r.release_rate_configured, r.release_burst) {
+        (Some(rate), Some(burst)) => format!("{rate} buffers/s (burst {burst})"),
+        _ => "the load tiers".to_string(),
     };
     row(
         "release rate",
         format!(
             "configured {configured}, achieved {} buffers/s over {:.1} ms",
-            line("release_rate_achieved"),
-            r["release_span_ms"].as_f64().unwrap_or(0.0)
+            or_null(r.release_rate_achieved),
+            r.release_span_ms
         ),
     );
-    report::latency_rows(
-        r,
-        &[
-            ("storm → released", "storm_to_release_us"),
-            ("in release queue", "release_queue_us"),
-            ("live msg before", "live_message_latency_us_before"),
-            ("live msg during", "live_message_latency_us_during"),
-        ],
-    );
+    report::latency_rows(&[
+        ("storm → released", &r.storm_to_release_us),
+        ("in release queue", &r.release_queue_us),
+        ("live msg before", &r.live_message_latency_us_before),
+        ("live msg during", &r.live_message_latency_us_during),
+    ]);
     row(
         "back to baseline",
-        format!("{} ms after the storm began", line("time_to_baseline_ms")),
+        format!(
+            "{} ms after the storm began",
+            or_null(r.time_to_baseline_ms)
+        ),
     );
-    row("ended by", report::counts(&r["ended_by"]));
-    report::leak_row(r);
+    row("ended by", report::counts(&books.ended_by));
+    report::leak_row(books);
     row(
         "errors",
-        format!("{}, incidents {}", line("errors"), line("incidents")),
+        format!("{}, incidents {}", r.errors, books.incidents),
     );
-    row("wall", format!("{} ms", line("wall_ms")));
+    row("wall", format!("{} ms", books.wall_ms));
     report::print_errors(errors);
 }
