@@ -35,7 +35,7 @@ async fn session_with_buffers(rt: &Runtime, owner: String) -> SessionHandle {
 fn close_to_release(c: &mut Criterion) {
     let tokio = common::tokio();
     let rt = common::start(&tokio);
-    let adapter = rt.adapter().clone();
+    let adapter = rt.pool_info().clone();
     let live: Vec<SessionHandle> = tokio.block_on(async {
         futures::future::join_all(
             (0..LIVE_SESSIONS).map(|i| session_with_buffers(&rt, format!("live-{i}"))),
@@ -77,12 +77,14 @@ fn close_to_release(c: &mut Criterion) {
         at(0.99),
         at(1.0)
     );
-    let baseline = rt.gpu_counters();
+    let baseline = rt.gpu_counters().expect("the runtime's own wgpu pool");
     drop(live);
     let report = tokio.block_on(rt.shutdown());
     println!(
         "shutdown of the live population: {:?}; wgpu buffers after {} (live during bench {})",
-        report.sessions.took, report.gpu_after.buffers, baseline.buffers
+        report.sessions.took,
+        report.gpu_after.expect("wgpu counters").buffers,
+        baseline.buffers
     );
 }
 

@@ -24,7 +24,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use sessionbus::cluster::{ClusterConfig, ClusterNode};
-use sessionbus::{Config, Delivery, EventKinds, LifecycleEvent, Runtime, SessionId};
+use sessionbus::config::Config;
+use sessionbus::{Delivery, EventKinds, LifecycleEvent, Runtime, SessionId};
 
 fn show(mode: &str, samples: Vec<Duration>) {
     let latencies: Latencies = samples.into_iter().collect();

@@ -20,7 +20,8 @@
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use sessionbus::{Config, Runtime, SessionHandle};
+use sessionbus::config::Config;
+use sessionbus::{Runtime, SessionHandle};
 
 mod common;
 

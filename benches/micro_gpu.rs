@@ -24,7 +24,9 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use sessionbus::{AllocRequest, AllocationId, GpuConfig, GpuPool, SessionId, WgpuPool};
+use sessionbus::config::GpuConfig;
+use sessionbus::pool::{AllocRequest, GpuPool, WgpuPool};
+use sessionbus::{AllocationId, SessionId};
 use tokio::sync::oneshot;
 
 #[path = "common/mod.rs"]

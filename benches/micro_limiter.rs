@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use sessionbus::ReleaseConfig;
+use sessionbus::config::ReleaseConfig;
 
 fn pacer_limiter(config: &ReleaseConfig) -> DefaultDirectRateLimiter {
     let tier = &config.tiers[0];

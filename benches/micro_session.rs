@@ -106,7 +106,8 @@ fn micro_session(c: &mut Criterion) {
     let report = tokio.block_on(rt.shutdown());
     println!(
         "shutdown: {} sessions ended; wgpu buffers after {}",
-        report.sessions.sessions_ended, report.gpu_after.buffers
+        report.sessions.sessions_ended,
+        report.gpu_after.expect("wgpu counters").buffers
     );
 }
 

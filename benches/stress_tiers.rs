@@ -40,7 +40,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sessionbus::{Config, Runtime};
+use sessionbus::Runtime;
+use sessionbus::config::Config;
 
 use common::{Summary, describe_adapter, machine, show, summary_json};
 use field_report::{TIERS, field};
@@ -112,14 +113,14 @@ async fn on_runtime<T>(
     storms: impl AsyncFnOnce(&Runtime, &Watch, &mut Vec<String>) -> T,
 ) -> anyhow::Result<T> {
     let rt = Runtime::start(config).await?;
-    let baseline = rt.gpu_counters();
+    let baseline = rt.gpu_counters().expect("the runtime's own wgpu pool");
     let watch = Watch::subscribe(&rt).await?;
     let result = storms(&rt, &watch, errors).await;
     let stop = rt.shutdown().await;
-    if stop.gpu_after != baseline {
+    if stop.gpu_after.expect("wgpu counters") != baseline {
         errors.push(format!(
             "wgpu counters {:?} after shutdown (baseline {baseline:?})",
-            stop.gpu_after
+            stop.gpu_after.expect("wgpu counters")
         ));
     }
     Ok(result)
@@ -419,7 +420,7 @@ fn main() -> anyhow::Result<()> {
             config(args.config.as_ref(), None)?,
             &mut errors,
             async |rt, watch, errors| {
-                let adapter = describe_adapter(rt.adapter());
+                let adapter = describe_adapter(rt.pool_info());
                 let rows = tiers(rt, watch, args.rounds.max(1), errors).await;
                 (adapter, rows)
             },

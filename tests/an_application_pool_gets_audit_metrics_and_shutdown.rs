@@ -50,7 +50,10 @@ fn the_app_pool_example_frees_everything_through_the_applications_allocator() {
 
     // The audit trail saw every session open, end and be released, and verifies.
     let written = runtime["audit"]["records_written"].as_u64().unwrap();
-    assert!(written > 12 * 3 + 1, "{written} records: start, 12 × (open, end, release), shutdown");
+    assert!(
+        written > 12 * 3 + 1,
+        "{written} records: start, 12 × (open, end, release), shutdown"
+    );
     let report = verify_dir(&dir, &[0xab; 32]).expect("the trail verifies");
     assert_eq!(report.records, written);
     assert!(report.ends_with_shutdown);

@@ -7,7 +7,8 @@ pub mod percentiles;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use sessionbus::{Config, Runtime};
+use sessionbus::Runtime;
+use sessionbus::config::Config;
 
 /// A current-thread tokio runtime with timers: the bench thread awaits, the
 /// engine and the GPU worker run on their own threads.

@@ -239,7 +239,7 @@ pub fn ttl_draws(n: usize) -> Vec<Duration> {
         .collect()
 }
 
-pub fn describe_adapter(info: &sessionbus::PoolInfo) -> String {
+pub fn describe_adapter(info: &sessionbus::pool::PoolInfo) -> String {
     format!(
         "{} ({}, device type {})",
         info.adapter, info.backend, info.device_type

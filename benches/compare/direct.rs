@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sessionbus::{AllocRequest, AllocationId, GpuPool, ReleaseReport, SessionId, WgpuPool};
+use sessionbus::pool::{AllocRequest, GpuPool, ReleaseReport, WgpuPool};
+use sessionbus::{AllocationId, SessionId};
 use tokio::sync::oneshot;
 
 use super::{peer_moka, peer_redis, peer_sweeper, peer_tokio};
@@ -234,13 +235,20 @@ impl Peer {
 /// allocated, its releaser and the store.
 pub struct Started {
     pub pool: Arc<WgpuPool>,
-    pub baseline: sessionbus::GpuCounters,
+    pub baseline: sessionbus::pool::GpuCounters,
     pub releaser: Arc<Releaser>,
     pub peer: Peer,
 }
 
 impl Started {
-    pub fn into_parts(self) -> (Arc<WgpuPool>, sessionbus::GpuCounters, Arc<Releaser>, Peer) {
+    pub fn into_parts(
+        self,
+    ) -> (
+        Arc<WgpuPool>,
+        sessionbus::pool::GpuCounters,
+        Arc<Releaser>,
+        Peer,
+    ) {
         (self.pool, self.baseline, self.releaser, self.peer)
     }
 }
@@ -252,7 +260,7 @@ pub fn start(
     skipped: &mut Option<String>,
     errors: &mut Vec<String>,
 ) -> Option<Started> {
-    let pool = match WgpuPool::start(&sessionbus::GpuConfig::default()) {
+    let pool = match WgpuPool::start(&sessionbus::config::GpuConfig::default()) {
         Ok(pool) => Arc::new(pool),
         Err(e) => {
             errors.push(format!("{}: pool did not start: {e}", kind.name()));

@@ -6,9 +6,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use sessionbus::config::Config;
 use sessionbus::{
-    Config, DeadlineKind, Delivery, EndReason, EventKinds, ExpiryPolicy, LifecycleEvent,
-    OpenOptions, Runtime, SessionHandle,
+    DeadlineKind, Delivery, EndReason, EventKinds, ExpiryPolicy, LifecycleEvent, OpenOptions,
+    Runtime, SessionHandle,
 };
 
 use super::common::percentiles::Percentiles;
@@ -29,15 +30,19 @@ pub async fn start(sessions: usize, idle_timeout: bool) -> Result<Runtime, Strin
 
 /// Checks the registry is empty and wgpu's counters are back at `baseline`,
 /// then shuts the runtime down and checks again.
-pub async fn finish(rt: Runtime, baseline: sessionbus::GpuCounters, errors: &mut Vec<String>) {
-    let now = rt.gpu_counters();
+pub async fn finish(
+    rt: Runtime,
+    baseline: sessionbus::pool::GpuCounters,
+    errors: &mut Vec<String>,
+) {
+    let now = rt.gpu_counters().expect("the runtime's own wgpu pool");
     if now != baseline {
         push_error(
             errors,
             format!("sessionbus: wgpu counters not at baseline: {now:?} vs {baseline:?}"),
         );
     }
-    if let Some(stats) = rt.stats().await
+    if let Ok(stats) = rt.stats().await
         && (stats.incidents > 0 || stats.live > 0 || stats.releasing > 0)
     {
         push_error(
@@ -49,12 +54,13 @@ pub async fn finish(rt: Runtime, baseline: sessionbus::GpuCounters, errors: &mut
         );
     }
     let report = rt.shutdown().await;
-    if report.gpu_after != baseline || report.sessions.sessions_ended != 0 {
+    if report.gpu_after.expect("wgpu counters") != baseline || report.sessions.sessions_ended != 0 {
         push_error(
             errors,
             format!(
                 "sessionbus: after shutdown wgpu counters {:?} (baseline {baseline:?}), {} sessions ended by shutdown",
-                report.gpu_after, report.sessions.sessions_ended
+                report.gpu_after.expect("wgpu counters"),
+                report.sessions.sessions_ended
             ),
         );
     }
@@ -115,9 +121,9 @@ pub async fn expiry(ttls: &[Duration], buffer_bytes: u64) -> (PeerRun, String) {
             return (run, String::new());
         }
     };
-    let adapter = describe_adapter(rt.adapter());
-    let baseline = rt.gpu_counters();
-    let Some(mut events) = rt
+    let adapter = describe_adapter(rt.pool_info());
+    let baseline = rt.gpu_counters().expect("the runtime's own wgpu pool");
+    let Ok(mut events) = rt
         .subscribe_channel(EventKinds::RELEASED, Delivery::Reliable)
         .await
     else {

@@ -13,7 +13,7 @@ use sessionbus::{OpenOptions, SessionId};
 use super::common::{self, *};
 use super::direct::{self, Peer, PeerKind, allocate, release_now};
 use super::peer_sessionbus;
-use sessionbus::WgpuPool;
+use sessionbus::pool::WgpuPool;
 
 /// The sessions being closed hold this many buffers of this size.
 pub const BUFFERS: usize = 4;
@@ -40,7 +40,7 @@ async fn sessionbus(live: usize, closes: usize) -> CloseRun {
             return run;
         }
     };
-    let baseline = rt.gpu_counters();
+    let baseline = rt.gpu_counters().expect("the runtime's own wgpu pool");
     let population = peer_sessionbus::open_many(&rt, "live", live, 1, LIVE_BYTES).await;
     let mut samples = Vec::with_capacity(closes);
     for i in 0..closes {

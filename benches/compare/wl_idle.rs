@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sessionbus::{GpuConfig, SessionId, WgpuPool};
+use sessionbus::SessionId;
+use sessionbus::config::GpuConfig;
+use sessionbus::pool::WgpuPool;
 
 use super::common::*;
 use super::direct::{Peer, PeerKind, Releaser};

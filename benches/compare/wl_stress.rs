@@ -79,7 +79,7 @@ pub fn run(
                 return;
             }
         };
-        let baseline = rt.gpu_counters();
+        let baseline = rt.gpu_counters().expect("the runtime's own wgpu pool");
         for &tier in tiers {
             eprintln!("[stress] {tier} concurrent destroys…");
             let opened =

@@ -72,7 +72,7 @@ pub fn run(
                 return (0, 0, Duration::ZERO, Vec::new());
             }
         };
-        let baseline = rt.gpu_counters();
+        let baseline = rt.gpu_counters().expect("the runtime's own wgpu pool");
         let cycles = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(AtomicU64::new(0));
         let ticks = thread_ticks();

@@ -7,7 +7,8 @@
 //! choice; the advice says which.
 
 use serde::Serialize;
-use sessionbus::{Config, PoolInfo};
+use sessionbus::config::Config;
+use sessionbus::pool::PoolInfo;
 
 /// The adapter block of every report.
 #[derive(Clone, Debug, Serialize)]

@@ -39,7 +39,7 @@ impl Recorder {
             "sessionbus demo: scenario {:?}, {} sessions, on {}",
             args.scenario,
             args.sessions,
-            rt.adapter().adapter
+            rt.pool_info().adapter
         );
         Ok(Recorder {
             target: Some((path, timeline, title)),

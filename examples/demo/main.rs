@@ -47,7 +47,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use sessionbus::{Config, GpuCounters, Runtime, StopReport};
+use sessionbus::config::Config;
+use sessionbus::pool::GpuCounters;
+use sessionbus::{Runtime, StopReport};
 
 use crate::adapter::AdapterReport;
 use crate::report::Leak;
@@ -151,8 +153,8 @@ impl Demo {
         let rt = Runtime::start(config.clone())
             .await
             .context("starting the sessionbus runtime")?;
-        let baseline = rt.gpu_counters();
-        let adapter = AdapterReport::new(rt.adapter(), &config);
+        let baseline = rt.gpu_counters().expect("the runtime's own wgpu pool");
+        let adapter = AdapterReport::new(rt.pool_info(), &config);
         // Also with --json (whose report is the *last* line): a supervisor
         // can tell from this line that the run has begun.
         println!("sessionbus demo on {}", adapter.found());
@@ -176,7 +178,7 @@ impl Demo {
         let seen = self.watch.finish().await?;
         Ok(Finished {
             interrupted: self.stop.requested(),
-            leak: Leak::between(self.baseline, stop.gpu_after),
+            leak: Leak::between(self.baseline, stop.gpu_after.expect("wgpu counters")),
             stop,
             seen,
             baseline: self.baseline,
@@ -219,9 +221,9 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Default => {}
     }
     if let Some(dir) = &args.audit_dir {
-        config.audit = Some(sessionbus::AuditConfig {
+        config.audit = Some(sessionbus::config::AuditConfig {
             key_env: Some("SESSIONBUS_AUDIT_KEY".into()),
-            ..sessionbus::AuditConfig::new(dir)
+            ..sessionbus::config::AuditConfig::new(dir)
         });
     }
     if args.scenario == Scenario::Shutdown {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sessionbus::{GpuCounters, PoolStats};
+use sessionbus::pool::{GpuCounters, PoolStats};
 
 use crate::Finished;
 use crate::adapter::AdapterReport;
@@ -49,9 +49,9 @@ impl Books {
             gpu_buffers_released: seen.released_buffers + seen.context_reset_buffers,
             gpu_bytes_peak: pool.peak_bytes,
             wgpu_hal_buffers_baseline: end.baseline.buffers,
-            wgpu_hal_buffers_after: stop.gpu_after.buffers,
+            wgpu_hal_buffers_after: stop.gpu_after.expect("wgpu counters").buffers,
             wgpu_hal_buffer_memory_baseline: end.baseline.buffer_memory,
-            wgpu_hal_buffer_memory_after: stop.gpu_after.buffer_memory,
+            wgpu_hal_buffer_memory_after: stop.gpu_after.expect("wgpu counters").buffer_memory,
             leaked_buffers: end.leak.buffers,
             leaked_bytes: end.leak.bytes,
             incidents: stop.sessions.stats.incidents,

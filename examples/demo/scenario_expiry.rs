@@ -10,7 +10,8 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
-use sessionbus::{Config, EndReason, SessionId, State};
+use sessionbus::config::Config;
+use sessionbus::{EndReason, SessionId, State};
 
 use crate::expiry_clients::{self, Client, Outcome, Plan};
 use crate::percentiles::Percentiles;

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt;
 use serde::Serialize;
-use sessionbus::{Config, Owner, ReleaseTier, ShutdownReport, Turn};
+use sessionbus::config::{Config, ReleaseTier};
+use sessionbus::{Owner, ShutdownReport, Turn};
 
 use crate::adapter::AdapterReport;
 use crate::report::{self, Checks, Leak, row};
@@ -60,18 +60,14 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     // A pre-destroy hook, as an application would persist each conversation.
     let persisted = Arc::new(AtomicU64::new(0));
     let count = persisted.clone();
-    rt.on_before_release(
-        "persist-conversation",
-        Arc::new(move |_ended| {
-            let count = count.clone();
-            async move {
-                tokio::time::sleep(Duration::from_micros(200)).await;
-                count.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            .boxed()
-        }),
-    );
+    rt.on_before_release("persist-conversation", move |_ended| {
+        let count = count.clone();
+        async move {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            count.fetch_add(1, Ordering::Relaxed);
+            Ok::<(), std::io::Error>(())
+        }
+    });
 
     let engine = rt.engine().clone();
     let populate = async {
@@ -122,7 +118,7 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     let stop = rt.shutdown_within(deadline).await;
     drop((sessions, leases));
     let seen = watch.finish().await?;
-    let leak = Leak::between(baseline, stop.gpu_after);
+    let leak = Leak::between(baseline, stop.gpu_after.expect("wgpu counters"));
     let s = &stop.sessions;
     let double_ends = seen.double_ends();
 
@@ -136,7 +132,7 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         hooks_persisted: persisted.load(Ordering::Relaxed),
         gpu_buffers_released: seen.released_buffers,
         wgpu_hal_buffers_baseline: baseline.buffers,
-        wgpu_hal_buffers_after: stop.gpu_after.buffers,
+        wgpu_hal_buffers_after: stop.gpu_after.expect("wgpu counters").buffers,
         leaked_buffers: leak.buffers,
         shutdown: s,
         wall_ms: wall.elapsed().as_millis() as u64,
@@ -173,7 +169,9 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         "wgpu hal.buffers",
         format!(
             "baseline {}, after {} → leaked {}",
-            baseline.buffers, stop.gpu_after.buffers, leak.buffers
+            baseline.buffers,
+            stop.gpu_after.expect("wgpu counters").buffers,
+            leak.buffers
         ),
     );
     if args.json {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use sessionbus::Config;
+use sessionbus::config::Config;
 
 use crate::percentiles::Percentiles;
 use crate::report::{self, Books, Checks, row};

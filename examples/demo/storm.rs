@@ -220,7 +220,7 @@ pub async fn run(rt: &Runtime, watch: &Watch, plan: &Plan) -> anyhow::Result<Out
     // What the live population holds: nothing at first, then its turns'
     // allocations (counted as they are asked for). The storm must give back
     // everything else.
-    let live_baseline = rt.gpu_counters();
+    let live_baseline = rt.gpu_counters().expect("the runtime's own wgpu pool");
     let live = LiveChat::start(rt, plan.live).await?;
     let storm = open_population(rt, "storm", plan.storm, plan.buffers, plan.buffer_bytes).await?;
     let storm_ids: HashSet<SessionId> = storm.iter().map(|(s, _)| s.id()).collect();
@@ -245,7 +245,12 @@ pub async fn run(rt: &Runtime, watch: &Watch, plan: &Plan) -> anyhow::Result<Out
     let mut got = 0;
     while storm_at.elapsed() < RELEASE_LIMIT {
         let live_turns = live.allocating.load(Ordering::Relaxed) as i64;
-        let storm_left = rt.gpu_counters().buffers - live_baseline.buffers - live_turns;
+        let storm_left = rt
+            .gpu_counters()
+            .expect("the runtime's own wgpu pool")
+            .buffers
+            - live_baseline.buffers
+            - live_turns;
         if time_to_baseline.is_none() && storm_left <= 0 {
             time_to_baseline = Some(storm_at.elapsed());
         }
@@ -358,10 +363,10 @@ fn receipts_of(watch: &Watch, ids: &HashSet<SessionId>) -> Vec<Arc<ReleaseReceip
 /// least one session's `buffers`): the pacer sleeps on tokio's timer, which
 /// wakes on 1 ms ticks and, on a busy machine, later; tokens that accrue
 /// beyond the burst while it sleeps are lost, and release falls below the rate.
-pub fn fixed_release(rate: u32, buffers: usize) -> sessionbus::ReleaseConfig {
+pub fn fixed_release(rate: u32, buffers: usize) -> sessionbus::config::ReleaseConfig {
     let window = BURST_WINDOW.as_secs_f64();
     let burst = ((f64::from(rate) * window) as u32)
         .max(buffers as u32)
         .max(1);
-    sessionbus::ReleaseConfig::fixed(sessionbus::PaceUnit::Buffers, rate, burst, 64)
+    sessionbus::config::ReleaseConfig::fixed(sessionbus::config::PaceUnit::Buffers, rate, burst, 64)
 }

@@ -92,7 +92,7 @@ async fn sample(
                         recording.expiry_lateness_us.push(late.as_micros() as u64);
                     }
                 }
-                Some(LifecycleEvent::ContextReset(_)) => {}
+                Some(_) => {} // context resets, and kinds added later
                 None => break, // shutdown: every event is in
             },
             _ = tick.tick() => point(live, released, &mut recording),

@@ -66,7 +66,7 @@ impl Observed {
                     .or_default() += 1;
                 self.context_reset_buffers += reset.buffers;
             }
-            LifecycleEvent::Started(_) => {}
+            _ => {} // starts, and kinds added later
         }
     }
 
