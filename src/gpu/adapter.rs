@@ -226,10 +226,16 @@ fn no_adapter_hint(
         );
     }
     let mut hint = String::new();
+    if backends.contains(wgpu::Backends::GL) && !cfg!(feature = "gl") {
+        hint.push_str(
+            "GL (asked for by WGPU_BACKEND) needs sessionbus built with its `gl` feature; \
+             Vulkan is the faster choice where a driver exists. Otherwise ",
+        );
+    }
     let missing = unavailable_here(backends);
     if !missing.is_empty() {
         hint.push_str(&format!(
-            "{} is not available on {}; set gpu.backend to \"auto\", \"vulkan\" or \"gl\". Otherwise ",
+            "{} is not available on {}; set gpu.backend to \"auto\" or \"vulkan\" (\"gl\" with the `gl` feature). Otherwise ",
             missing.join(" and "),
             std::env::consts::OS
         ));
