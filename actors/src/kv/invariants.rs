@@ -17,7 +17,9 @@ impl BlockPool {
             for &b in t.blocks() {
                 *refs.entry(b).or_default() += 1;
             }
-            *per_owner.entry(t.owner()).or_default() += t.blocks().len() as u64;
+            if !t.blocks().is_empty() {
+                *per_owner.entry(t.owner()).or_default() += t.blocks().len() as u64;
+            }
             let tpb = u64::from(self.layout().tokens_per_block);
             assert_eq!(t.blocks().len() as u64, t.tokens().div_ceil(tpb), "table length");
             if let Some(&last) = t.blocks().last()
