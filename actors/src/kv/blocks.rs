@@ -162,7 +162,9 @@ impl Blocks {
     pub(crate) fn take(&mut self, now: Instant) -> BlockId {
         let id = match self.partial.last().or(self.empty.last()).copied() {
             Some(slab_id) => {
-                let slab = self.slabs[slab_id.0 as usize].as_mut().expect("listed slab is live");
+                let slab = self.slabs[slab_id.0 as usize]
+                    .as_mut()
+                    .expect("listed slab is live");
                 let index = slab.free.pop().expect("listed slab has a free block");
                 slab.in_use += 1;
                 self.counts.free -= 1;
@@ -319,11 +321,16 @@ impl Blocks {
         slab.class = new;
         match old {
             SlabClass::Partial => {
-                let pos = slab.partial_pos.take().expect("partial slab has a position");
+                let pos = slab
+                    .partial_pos
+                    .take()
+                    .expect("partial slab has a position");
                 self.partial.swap_remove(pos);
                 if let Some(&moved) = self.partial.get(pos) {
-                    self.slabs[moved.0 as usize].as_mut().expect("live slab").partial_pos =
-                        Some(pos);
+                    self.slabs[moved.0 as usize]
+                        .as_mut()
+                        .expect("live slab")
+                        .partial_pos = Some(pos);
                 }
             }
             SlabClass::Empty => {
@@ -383,7 +390,11 @@ impl Blocks {
                 in_use: slab.in_use,
             });
         }
-        let pos = self.empty.iter().position(|&s| s == id).expect("empty slab is listed");
+        let pos = self
+            .empty
+            .iter()
+            .position(|&s| s == id)
+            .expect("empty slab is listed");
         self.empty.remove(pos);
         self.slabs[id.0 as usize] = None;
         let n = u64::from(self.blocks_per_slab);

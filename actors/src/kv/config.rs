@@ -144,19 +144,28 @@ pub(crate) mod tests {
             blocks_per_slab: 0,
             ..config()
         };
-        assert_eq!(zero.validate(u64::MAX).unwrap_err().field(), "kv.blocks_per_slab");
+        assert_eq!(
+            zero.validate(u64::MAX).unwrap_err().field(),
+            "kv.blocks_per_slab"
+        );
         let tiny = KvPoolConfig {
             device_budget: BlockBudget::Blocks(7),
             ..config()
         };
-        assert_eq!(tiny.validate(u64::MAX).unwrap_err().field(), "kv.device_budget");
+        assert_eq!(
+            tiny.validate(u64::MAX).unwrap_err().field(),
+            "kv.device_budget"
+        );
     }
 
     #[test]
     fn layout_errors_pass_through() {
         let mut c = config();
         c.layout.bytes_per_token = 0;
-        assert_eq!(c.validate(u64::MAX).unwrap_err().field(), "kv.layout.bytes_per_token");
+        assert_eq!(
+            c.validate(u64::MAX).unwrap_err().field(),
+            "kv.layout.bytes_per_token"
+        );
     }
 
     #[test]

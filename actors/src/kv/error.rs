@@ -18,7 +18,9 @@ pub enum KvConfigError {
         field: &'static str,
     },
     /// A block or slab larger than the device's largest buffer.
-    #[error("{field} makes a buffer of {bytes} bytes; the device's largest buffer is {max_buffer_size} bytes")]
+    #[error(
+        "{field} makes a buffer of {bytes} bytes; the device's largest buffer is {max_buffer_size} bytes"
+    )]
     TooLarge {
         /// The field.
         field: &'static str,
@@ -64,7 +66,9 @@ pub enum KvError {
         reclaimable: u64,
     },
     /// The owner's sessions would reference more blocks than its budget.
-    #[error("the owner's KV budget is {limit} blocks; it references {charged}, this needs {needed} more")]
+    #[error(
+        "the owner's KV budget is {limit} blocks; it references {charged}, this needs {needed} more"
+    )]
     OverOwnerBudget {
         /// Blocks the operation needs.
         needed: u64,
@@ -74,7 +78,9 @@ pub enum KvError {
         limit: u64,
     },
     /// The table would hold more blocks than the per-table cap.
-    #[error("a block table may hold {limit} blocks; this one holds {held}, this needs {needed} more")]
+    #[error(
+        "a block table may hold {limit} blocks; this one holds {held}, this needs {needed} more"
+    )]
     OverTableCap {
         /// Blocks the operation needs.
         needed: u64,
@@ -96,7 +102,9 @@ pub enum KvError {
         block_index: usize,
     },
     /// A matched block was evicted (and maybe reused) since the match: match again.
-    #[error("cached block {block_index} of the prefix was evicted since it was matched; match again")]
+    #[error(
+        "cached block {block_index} of the prefix was evicted since it was matched; match again"
+    )]
     PrefixStale {
         /// The first block (0-based) no longer cached.
         block_index: usize,
@@ -107,7 +115,9 @@ pub enum KvError {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SlabError {
     /// Adding a slab would exceed the device budget.
-    #[error("one more slab of {slab_blocks} blocks exceeds the device budget of {budget_blocks} blocks ({total_blocks} in slabs now)")]
+    #[error(
+        "one more slab of {slab_blocks} blocks exceeds the device budget of {budget_blocks} blocks ({total_blocks} in slabs now)"
+    )]
     OverDeviceBudget {
         /// Blocks in one slab.
         slab_blocks: u32,

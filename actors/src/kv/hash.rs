@@ -85,7 +85,10 @@ mod tests {
     fn scope_parent_and_tokens_all_matter() {
         let base = BlockHash::chain(None, &owner("a"), &[1, 2]);
         assert_ne!(base, BlockHash::chain(None, &owner("b"), &[1, 2]));
-        assert_ne!(base, BlockHash::chain(None, &ShareScope::Salt(Salt([0; 32])), &[1, 2]));
+        assert_ne!(
+            base,
+            BlockHash::chain(None, &ShareScope::Salt(Salt([0; 32])), &[1, 2])
+        );
         assert_ne!(base, BlockHash::chain(None, &owner("a"), &[2, 1]));
         assert_ne!(base, BlockHash::chain(Some(&base), &owner("a"), &[1, 2]));
     }

@@ -86,7 +86,10 @@ mod tests {
     #[test]
     fn a_block_larger_than_the_largest_buffer_is_refused() {
         let e = layout(16, 1024).validate(16 * 1024 - 1).unwrap_err();
-        assert!(matches!(e, KvConfigError::TooLarge { bytes: 16384, .. }), "{e}");
+        assert!(
+            matches!(e, KvConfigError::TooLarge { bytes: 16384, .. }),
+            "{e}"
+        );
         assert!(e.to_string().contains("kv.layout"));
     }
 

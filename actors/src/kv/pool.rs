@@ -20,7 +20,18 @@ use crate::ids::Owner;
 /// [`SlabId`] to a buffer) and reads no clock (every call that needs the
 /// time takes `now`, which must not go backwards).
 ///
-/// See the [module docs](super) for the design and the budget rule.
+/// **Budgets.** The device budget counts every block in every slab once.
+/// An owner is charged one block per entry of each of its live tables, so a
+/// block shared by several sessions is charged to each of them, and one
+/// tenant can never pin another tenant's budget. Cached (unreferenced)
+/// blocks count only against the cache budget.
+///
+/// **Sharing** happens only inside one [`ShareScope`] (the owner by
+/// default). A cache hit across owners is a timing side channel: share a
+/// [`Salt`](super::Salt) only for prefixes that are not secret.
+///
+/// The full design (allocation order, keep-alive, trimming, how the engine
+/// plugs it in) is in the docs at the top of `actors/src/kv/mod.rs`.
 #[derive(Debug)]
 pub struct BlockPool {
     config: KvPoolConfig,
@@ -107,7 +118,11 @@ impl BlockPool {
     /// How many tables reference a block now (0 for a free or cached block,
     /// or a block of a trimmed slab).
     pub fn ref_count(&self, block: BlockId) -> u32 {
-        match self.blocks.slab(block.slab).and_then(|s| s.blocks.get(block.index as usize)) {
+        match self
+            .blocks
+            .slab(block.slab)
+            .and_then(|s| s.blocks.get(block.index as usize))
+        {
             Some(m) => match m.state {
                 BlockState::Referenced(n) => n,
                 BlockState::Free | BlockState::Cached => 0,
@@ -136,7 +151,11 @@ impl BlockPool {
 
     pub(crate) fn check_cap(&self, held: u64, n: u64) -> Result<(), KvError> {
         match self.config.table_cap_blocks {
-            Some(limit) if held + n > limit => Err(KvError::OverTableCap { needed: n, held, limit }),
+            Some(limit) if held + n > limit => Err(KvError::OverTableCap {
+                needed: n,
+                held,
+                limit,
+            }),
             _ => Ok(()),
         }
     }
@@ -197,7 +216,10 @@ impl BlockPool {
     /// fresh block (see [`Forked::copy`]).
     pub fn fork(&mut self, parent: TableId, now: Instant) -> Result<Grant<Forked>, KvError> {
         let tpb = u64::from(self.config.layout.tokens_per_block);
-        let p = self.tables.get(&parent).ok_or(KvError::UnknownTable(parent))?;
+        let p = self
+            .tables
+            .get(&parent)
+            .ok_or(KvError::UnknownTable(parent))?;
         let held = p.blocks.len() as u64;
         self.check_owner(p.owner(), held)?;
         let has_partial = !p.partial.is_empty();

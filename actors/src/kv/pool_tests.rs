@@ -20,7 +20,12 @@ fn scope(o: &str) -> ShareScope {
 }
 
 /// Appends, adding slabs as asked.
-fn append(pool: &mut BlockPool, t: TableId, tokens: &[TokenId], now: Instant) -> Result<Appended, KvError> {
+fn append(
+    pool: &mut BlockPool,
+    t: TableId,
+    tokens: &[TokenId],
+    now: Instant,
+) -> Result<Appended, KvError> {
     loop {
         match pool.append(t, tokens, now)? {
             Grant::Granted(a) => return Ok(a),
@@ -43,11 +48,28 @@ fn the_first_append_asks_for_a_slab_and_changes_nothing() {
     let Grant::NeedSlab(req) = pool.append(t, &[1, 2, 3, 4, 5], now).unwrap() else {
         panic!("no slab yet")
     };
-    assert_eq!(req, SlabRequest { blocks_per_slab: 8, slab_bytes: 8 * 64 });
+    assert_eq!(
+        req,
+        SlabRequest {
+            blocks_per_slab: 8,
+            slab_bytes: 8 * 64
+        }
+    );
     assert_eq!(pool.table(t).unwrap().tokens(), 0);
     pool.add_slab(now).unwrap();
-    let a = pool.append(t, &[1, 2, 3, 4, 5], now).unwrap().granted().unwrap();
-    assert_eq!(a, Appended { first_new: 0, new_blocks: 2, tokens: 5 });
+    let a = pool
+        .append(t, &[1, 2, 3, 4, 5], now)
+        .unwrap()
+        .granted()
+        .unwrap();
+    assert_eq!(
+        a,
+        Appended {
+            first_new: 0,
+            new_blocks: 2,
+            tokens: 5
+        }
+    );
     let snap = pool.snapshot(t).unwrap();
     assert_eq!(snap[0].offset, 0);
     assert_eq!(snap[1].offset, 64);
@@ -63,10 +85,17 @@ fn shared_prefixes_are_referenced_not_copied_and_released_once() {
     append(&mut pool, a, &prompt, now).unwrap();
     let b = open(&mut pool, "o");
     let m = pool.match_prefix(&scope("o"), &prompt);
-    assert_eq!(m.tokens(), 8, "two full blocks; the partial third is never shared");
+    assert_eq!(
+        m.tokens(),
+        8,
+        "two full blocks; the partial third is never shared"
+    );
     assert_eq!(pool.claim_prefix(b, &m, &prompt).unwrap(), 8);
     append(&mut pool, b, &prompt[8..], now).unwrap();
-    let (ta, tb) = (pool.table(a).unwrap().blocks().to_vec(), pool.table(b).unwrap().blocks().to_vec());
+    let (ta, tb) = (
+        pool.table(a).unwrap().blocks().to_vec(),
+        pool.table(b).unwrap().blocks().to_vec(),
+    );
     assert_eq!(ta[..2], tb[..2]);
     assert_ne!(ta[2], tb[2]);
     assert_eq!(pool.ref_count(ta[0]), 2);
@@ -75,10 +104,18 @@ fn shared_prefixes_are_referenced_not_copied_and_released_once() {
     assert_eq!((s.prefix_hit_blocks, s.prefix_miss_blocks), (2, 0));
     pool.release_table(a, now).unwrap();
     assert_eq!(pool.ref_count(ta[0]), 1);
-    assert_eq!(pool.release_table(a, now), Err(KvError::UnknownTable(a)), "released once");
+    assert_eq!(
+        pool.release_table(a, now),
+        Err(KvError::UnknownTable(a)),
+        "released once"
+    );
     pool.release_table(b, now).unwrap();
     let s = pool.stats();
-    assert_eq!((s.blocks_referenced, s.blocks_cached), (0, 2), "full blocks stay cached, partial ones go");
+    assert_eq!(
+        (s.blocks_referenced, s.blocks_cached),
+        (0, 2),
+        "full blocks stay cached, partial ones go"
+    );
     assert_eq!(s.blocks_held_by_released_tables, 0);
     pool.assert_invariants();
 }
@@ -96,7 +133,10 @@ fn other_scopes_never_share() {
     // A match from one scope cannot be claimed by a table of another.
     let m = pool.match_prefix(&scope("a"), &prompt);
     let b = open(&mut pool, "b");
-    assert_eq!(pool.claim_prefix(b, &m, &prompt), Err(KvError::PrefixScopeMismatch));
+    assert_eq!(
+        pool.claim_prefix(b, &m, &prompt),
+        Err(KvError::PrefixScopeMismatch)
+    );
 }
 
 #[test]
@@ -114,11 +154,18 @@ fn a_salt_shares_across_owners_and_charges_each_its_own_references() {
     assert_eq!(pool.owner_charge(&Owner::new("b")), 2);
     // b fills its own budget; a's budget is untouched by b's references.
     append(&mut pool, b, &[1], now).unwrap();
-    assert!(matches!(append(&mut pool, b, &[1, 2, 3, 4], now), Err(KvError::OverOwnerBudget { .. })));
+    assert!(matches!(
+        append(&mut pool, b, &[1, 2, 3, 4], now),
+        Err(KvError::OverOwnerBudget { .. })
+    ));
     append(&mut pool, a, &[1], now).unwrap();
     pool.release_table(a, now).unwrap();
     assert_eq!(pool.owner_charge(&Owner::new("a")), 0);
-    assert_eq!(pool.owner_charge(&Owner::new("b")), 3, "b still pays for what it references");
+    assert_eq!(
+        pool.owner_charge(&Owner::new("b")),
+        3,
+        "b still pays for what it references"
+    );
     pool.assert_invariants();
 }
 
@@ -133,11 +180,20 @@ fn a_claim_whose_tokens_do_not_match_is_refused() {
     let b = open(&mut pool, "o");
     let mut other = prompt.clone();
     other[5] = 99;
-    assert_eq!(pool.claim_prefix(b, &m, &other), Err(KvError::PrefixMismatch { block_index: 1 }));
-    assert_eq!(pool.claim_prefix(b, &m, &prompt[..6]), Err(KvError::PrefixMismatch { block_index: 1 }));
+    assert_eq!(
+        pool.claim_prefix(b, &m, &other),
+        Err(KvError::PrefixMismatch { block_index: 1 })
+    );
+    assert_eq!(
+        pool.claim_prefix(b, &m, &prompt[..6]),
+        Err(KvError::PrefixMismatch { block_index: 1 })
+    );
     assert_eq!(pool.table(b).unwrap().tokens(), 0, "nothing changed");
     pool.claim_prefix(b, &m, &prompt).unwrap();
-    assert_eq!(pool.claim_prefix(b, &m, &prompt), Err(KvError::TableNotEmpty(b)));
+    assert_eq!(
+        pool.claim_prefix(b, &m, &prompt),
+        Err(KvError::TableNotEmpty(b))
+    );
     pool.assert_invariants();
 }
 
@@ -152,7 +208,10 @@ fn a_prefix_evicted_since_its_match_is_stale() {
     pool.release_table(a, now).unwrap();
     assert_eq!(pool.evict_cached(1, now), 1);
     let b = open(&mut pool, "o");
-    assert!(matches!(pool.claim_prefix(b, &m, &prompt), Err(KvError::PrefixStale { .. })));
+    assert!(matches!(
+        pool.claim_prefix(b, &m, &prompt),
+        Err(KvError::PrefixStale { .. })
+    ));
     pool.assert_invariants();
 }
 
@@ -162,9 +221,14 @@ fn a_fork_shares_full_blocks_and_copies_the_partial_one() {
     let now = Instant::now();
     let a = open(&mut pool, "o");
     append(&mut pool, a, &[1, 2, 3, 4, 5, 6], now).unwrap();
-    let Grant::Granted(f) = pool.fork(a, now).unwrap() else { panic!("slab has room") };
+    let Grant::Granted(f) = pool.fork(a, now).unwrap() else {
+        panic!("slab has room")
+    };
     let copy = f.copy.expect("partial block is copied");
-    let (pa, pf) = (pool.table(a).unwrap().blocks().to_vec(), pool.table(f.table).unwrap().blocks().to_vec());
+    let (pa, pf) = (
+        pool.table(a).unwrap().blocks().to_vec(),
+        pool.table(f.table).unwrap().blocks().to_vec(),
+    );
     assert_eq!(pa[0], pf[0]);
     assert_eq!(copy.from, pool.location(pa[1]));
     assert_eq!(copy.to, pool.location(pf[1]));
@@ -172,7 +236,11 @@ fn a_fork_shares_full_blocks_and_copies_the_partial_one() {
     // Both go on independently; the copy's hash chain matches the parent's.
     append(&mut pool, a, &[7, 8], now).unwrap();
     append(&mut pool, f.table, &[7, 8], now).unwrap();
-    assert_eq!(pool.match_prefix(&scope("o"), &[1, 2, 3, 4, 5, 6, 7, 8]).tokens(), 8);
+    assert_eq!(
+        pool.match_prefix(&scope("o"), &[1, 2, 3, 4, 5, 6, 7, 8])
+            .tokens(),
+        8
+    );
     pool.release_table(a, now).unwrap();
     pool.release_table(f.table, now).unwrap();
     assert_eq!(pool.stats().blocks_referenced, 0);
@@ -206,7 +274,10 @@ fn allocation_prefers_free_blocks_then_expired_cache_then_a_slab_then_pressure()
     append(&mut pool, b, &[0; 16], t0).unwrap();
     assert_eq!(pool.stats().blocks_cached, 4);
     // Inside keep-alive: a new slab rather than an eviction.
-    assert!(matches!(pool.append(b, &[0; 4], t0).unwrap(), Grant::NeedSlab(_)));
+    assert!(matches!(
+        pool.append(b, &[0; 4], t0).unwrap(),
+        Grant::NeedSlab(_)
+    ));
     // Past keep-alive: evict instead.
     let later = t0 + Duration::from_secs(61);
     pool.append(b, &[0; 4], later).unwrap().granted().unwrap();
@@ -220,7 +291,10 @@ fn allocation_prefers_free_blocks_then_expired_cache_then_a_slab_then_pressure()
     assert_eq!(pool.stats().blocks_cached, 0);
     assert_eq!(
         pool.append(d, &[0; 4], later).unwrap_err(),
-        KvError::OutOfBlocks { needed: 1, reclaimable: 0 }
+        KvError::OutOfBlocks {
+            needed: 1,
+            reclaimable: 0
+        }
     );
     assert!(!pool.can_ever_fit(&Owner::new("q"), 1));
     pool.assert_invariants();
@@ -253,7 +327,10 @@ fn an_idle_slab_is_trimmable_and_a_busy_one_is_refused() {
     let a = open(&mut pool, "o");
     append(&mut pool, a, &[1, 2], t0).unwrap();
     let slab = pool.table(a).unwrap().blocks()[0].slab;
-    assert_eq!(pool.remove_slab(slab), Err(SlabError::SlabInUse { slab, in_use: 1 }));
+    assert_eq!(
+        pool.remove_slab(slab),
+        Err(SlabError::SlabInUse { slab, in_use: 1 })
+    );
     pool.release_table(a, t0).unwrap(); // partial block: freed, not cached
     assert_eq!(pool.trimmable_slabs(t0 + Duration::from_secs(9)).count(), 0);
     let later = t0 + Duration::from_secs(10);
@@ -261,7 +338,10 @@ fn an_idle_slab_is_trimmable_and_a_busy_one_is_refused() {
     pool.remove_slab(slab).unwrap();
     assert_eq!(pool.remove_slab(slab), Err(SlabError::UnknownSlab(slab)));
     let s = pool.stats();
-    assert_eq!((s.slabs_created, s.slabs_trimmed, s.blocks_total), (1, 1, 0));
+    assert_eq!(
+        (s.slabs_created, s.slabs_trimmed, s.blocks_total),
+        (1, 1, 0)
+    );
     // The next slab gets a new id.
     let b = open(&mut pool, "o");
     append(&mut pool, b, &[1], later).unwrap();
@@ -279,8 +359,17 @@ fn allocation_fills_slabs_in_use_before_an_empty_one() {
     append(&mut pool, a, &[0; 4], now).unwrap();
     let first = pool.table(a).unwrap().blocks()[0].slab;
     append(&mut pool, a, &[0; 28], now).unwrap();
-    assert!(pool.table(a).unwrap().blocks().iter().all(|b| b.slab == first));
-    assert_eq!(pool.trimmable_slabs(now + Duration::from_secs(10)).count(), 1);
+    assert!(
+        pool.table(a)
+            .unwrap()
+            .blocks()
+            .iter()
+            .all(|b| b.slab == first)
+    );
+    assert_eq!(
+        pool.trimmable_slabs(now + Duration::from_secs(10)).count(),
+        1
+    );
 }
 
 #[test]
@@ -289,11 +378,18 @@ fn the_device_budget_and_table_cap_are_enforced() {
     let now = Instant::now();
     pool.add_slab(now).unwrap();
     pool.add_slab(now).unwrap();
-    assert!(matches!(pool.add_slab(now), Err(SlabError::OverDeviceBudget { .. })));
+    assert!(matches!(
+        pool.add_slab(now),
+        Err(SlabError::OverDeviceBudget { .. })
+    ));
     let a = open(&mut pool, "o");
     assert_eq!(
         pool.append(a, &[0; 9], now).unwrap_err(),
-        KvError::OverTableCap { needed: 3, held: 0, limit: 2 }
+        KvError::OverTableCap {
+            needed: 3,
+            held: 0,
+            limit: 2
+        }
     );
     assert!(pool.can_ever_fit(&Owner::new("o"), 16));
     assert!(!pool.can_ever_fit(&Owner::new("o"), 17));
@@ -305,7 +401,10 @@ fn unknown_tables_are_refused() {
     let now = Instant::now();
     let a = open(&mut pool, "o");
     pool.release_table(a, now).unwrap();
-    assert_eq!(pool.append(a, &[1], now).unwrap_err(), KvError::UnknownTable(a));
+    assert_eq!(
+        pool.append(a, &[1], now).unwrap_err(),
+        KvError::UnknownTable(a)
+    );
     assert_eq!(pool.fork(a, now).unwrap_err(), KvError::UnknownTable(a));
     assert_eq!(pool.snapshot(a).unwrap_err(), KvError::UnknownTable(a));
 }
@@ -324,6 +423,9 @@ fn a_duplicate_prefix_takes_over_when_the_findable_one_goes() {
     // b's private copy becomes findable once its table lets it go.
     assert_eq!(pool.match_prefix(&scope("o"), &[1, 2, 3, 4]).tokens(), 0);
     pool.release_table(b, now).unwrap();
-    assert_eq!(pool.match_prefix(&scope("o"), &[1, 2, 3, 4]).blocks(), own_b);
+    assert_eq!(
+        pool.match_prefix(&scope("o"), &[1, 2, 3, 4]).blocks(),
+        own_b
+    );
     pool.assert_invariants();
 }
