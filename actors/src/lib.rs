@@ -34,6 +34,7 @@ mod expiry;
 mod gpu;
 mod hooks;
 mod ids;
+mod kv;
 mod lease;
 mod lifecycle;
 mod mailbox;
@@ -70,6 +71,11 @@ pub use gpu::{
 pub use hooks::{BeforeRelease, HookError, HookStats, HooksConfig};
 pub use ids::{
     AllocationId, Caller, ClientIp, Owner, ParseIdError, ParseTraceIdError, SessionId, TraceId,
+};
+pub use kv::{
+    Appended, BlockBudget, BlockCopy, BlockHash, BlockId, BlockLocation, BlockPool, BlockTable,
+    Forked, Grant, KvConfigError, KvError, KvLayout, KvPoolConfig, KvStats, PrefixMatch, Released,
+    Salt, ShareScope, SlabError, SlabId, SlabRequest, TableId, TokenId,
 };
 pub use lease::{LeaseError, LeaseId, LeasesConfig};
 pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
