@@ -7,7 +7,7 @@
 //! target is a p99.
 //!
 //! ```text
-//! cargo bench --bench close_to_release
+//! cargo bench -p sessionbus-benches --bench close_to_release
 //! ```
 
 use std::sync::Mutex;
@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use sessionbus::{Runtime, SessionHandle};
 
-mod common;
+use sessionbus_testkit::bench as common;
 
-use common::percentiles::Latencies;
+use sessionbus_testkit::percentiles::Latencies;
 
 const LIVE_SESSIONS: usize = 10_000;
 const BUFFERS_PER_SESSION: usize = 4;

@@ -3,9 +3,9 @@
 //! `benches/compare` (see there), with one peer.
 //!
 //! ```text
-//! cargo bench --bench expiry_lateness                       # 10 000 and 100 000 sessions
-//! cargo bench --bench expiry_lateness -- --quick            # a smaller smoke run
-//! cargo bench --bench expiry_lateness -- --json out.json    # also write the figures as JSON
+//! cargo bench -p sessionbus-benches --bench expiry_lateness                       # 10 000 and 100 000 sessions
+//! cargo bench -p sessionbus-benches --bench expiry_lateness -- --quick            # a smaller smoke run
+//! cargo bench -p sessionbus-benches --bench expiry_lateness -- --json out.json    # also write the figures as JSON
 //! ```
 
 #[path = "compare/main.rs"]

@@ -14,7 +14,7 @@
 //! then storms close 500 sessions at once (close of all → each release).
 //!
 //! ```text
-//! cargo bench --bench metrics_cost
+//! cargo bench -p sessionbus-benches --bench metrics_cost
 //! ```
 
 use std::time::{Duration, Instant};
@@ -23,9 +23,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use sessionbus::config::Config;
 use sessionbus::{Runtime, SessionHandle};
 
-mod common;
+use sessionbus_testkit::bench as common;
 
-use common::percentiles::Latencies;
+use sessionbus_testkit::percentiles::Latencies;
 
 const LIVE_SESSIONS: usize = 1_000;
 const BUFFERS_PER_SESSION: usize = 4;

@@ -10,7 +10,7 @@
 //! alongside, outside the count.
 //!
 //! ```text
-//! cargo bench --bench micro_bus
+//! cargo bench -p sessionbus-benches --bench micro_bus
 //! ```
 
 use std::time::{Duration, Instant};
@@ -19,8 +19,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sessionbus::{Delivery, EventKinds, LifecycleEvent, SessionId};
 use tokio::sync::mpsc::Receiver;
 
-#[path = "common/mod.rs"]
-mod common;
+use sessionbus_testkit::bench as common;
 
 /// Waits for `session`'s `Ended` on every receiver; returns when it ended
 /// and when the last receiver had it.

@@ -18,7 +18,7 @@
 //!   contents in, submits and polls → the reply is received.
 //!
 //! ```text
-//! cargo bench --bench micro_gpu
+//! cargo bench -p sessionbus-benches --bench micro_gpu
 //! ```
 
 use std::time::{Duration, Instant};
@@ -29,8 +29,7 @@ use sessionbus::pool::{AllocRequest, GpuPool, WgpuPool};
 use sessionbus::{AllocationId, SessionId};
 use tokio::sync::oneshot;
 
-#[path = "common/mod.rs"]
-mod common;
+use sessionbus_testkit::bench as common;
 
 const SIZES: [(&str, u64); 4] = [
     ("4KiB", 4 << 10),

@@ -19,7 +19,7 @@
 //!   of being told to wait.
 //!
 //! ```text
-//! cargo bench --bench micro_limiter
+//! cargo bench -p sessionbus-benches --bench micro_limiter
 //! ```
 
 use std::hint::black_box;

@@ -14,8 +14,8 @@
 //!   context (cosine); the same vector every turn, so every verdict is `Fresh`.
 //!
 //! ```text
-//! cargo bench --bench micro_session
-//! MICRO_SESSION_LOGS=1 cargo bench --bench micro_session   # with a subscriber at INFO
+//! cargo bench -p sessionbus-benches --bench micro_session
+//! MICRO_SESSION_LOGS=1 cargo bench -p sessionbus-benches --bench micro_session   # with a subscriber at INFO
 //! ```
 
 use std::time::Instant;
@@ -23,8 +23,7 @@ use std::time::Instant;
 use criterion::{Criterion, criterion_group, criterion_main};
 use sessionbus::{ContextVerdict, SessionHandle, Turn};
 
-#[path = "common/mod.rs"]
-mod common;
+use sessionbus_testkit::bench as common;
 
 const EMBEDDING_DIM: usize = 384;
 

@@ -19,9 +19,9 @@
 //! bench and `--scenario storm` measure the same thing.
 //!
 //! ```text
-//! cargo bench --bench stress_tiers
-//! cargo bench --bench stress_tiers -- --rounds 10 --rates 5000,20000 --json storms.json
-//! cargo bench --bench stress_tiers -- --config tiers.toml   # other release tiers
+//! cargo bench -p sessionbus-benches --bench stress_tiers
+//! cargo bench -p sessionbus-benches --bench stress_tiers -- --rounds 10 --rates 5000,20000 --json storms.json
+//! cargo bench -p sessionbus-benches --bench stress_tiers -- --config tiers.toml   # other release tiers
 //! ```
 
 #[path = "compare/common.rs"]

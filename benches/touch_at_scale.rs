@@ -8,13 +8,13 @@
 //! memory per live session as a by-product.
 //!
 //! ```text
-//! cargo bench --bench touch_at_scale
+//! cargo bench -p sessionbus-benches --bench touch_at_scale
 //! ```
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sessionbus::SessionHandle;
 
-mod common;
+use sessionbus_testkit::bench as common;
 #[allow(dead_code)]
 // Only `resident_bytes` is used here.
 // Both shared modules carry the percentiles helper; this bench uses neither copy.

@@ -7,10 +7,11 @@
 #    exactly what to install and stops.
 #    Likewise `redis-server` (package redis-server): the cluster tests start
 #    their own on a free port.
-# 2. Runs every test in the workspace (engine unit tests, integration tests on
-#    real wgpu buffers and a real redis-server, doctests of the README). The
-#    crate's self dev-dependency turns on its `redis`, `testing` and `cli`
-#    features, so the cluster tests need no extra flag.
+# 2. Runs every test in the workspace with every feature (engine unit tests,
+#    integration tests on real wgpu buffers and a real redis-server, the
+#    chat_server and cluster examples' packages, the shared testkit, doctests
+#    of the README). `--all-features` turns on what tests declare in
+#    `required-features` (the `sessionbus` command's `cli`).
 # 3. Checks formatting, lints (clippy, warnings denied), the docs (rustdoc,
 #    warnings denied), and that the library builds with its default and its
 #    smallest feature sets.
@@ -41,8 +42,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-# Headless Chromium, for tests/report_renders_in_a_browser.rs (the demo's
-# HTML report is opened in it) and tests/chat_server_page_works_in_chromium.rs
+# Headless Chromium, for tests/demo/report_renders_in_a_browser.rs (the demo's
+# HTML report is opened in it) and examples/chat_server/tests/chat_server/page_works_in_chromium.rs
 # (the chat_server example's page chats in it). CHROMIUM may name another Chromium or Chrome.
 if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   echo "test.sh: missing system package: chromium"
@@ -64,7 +65,8 @@ fi
 
 echo "test.sh: formatting (cargo fmt --check)"
 cargo fmt --all --check
-cargo test --workspace --locked
+echo "test.sh: every test of the workspace, every feature on"
+cargo test --workspace --all-features --locked
 echo "test.sh: lints (clippy on every target and feature, warnings denied)"
 cargo clippy --workspace --all-targets --all-features --locked --quiet -- -D warnings
 echo "test.sh: docs (rustdoc warnings denied)"
@@ -101,7 +103,7 @@ rm -rf "$audit_dir"
 unset SESSIONBUS_AUDIT_KEY
 echo "test.sh: cluster example (3 nodes on a throwaway redis-server; one killed with SIGKILL)"
 RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::cluster=error}" \
-  cargo run --quiet --locked --example cluster -- --sessions 50
+  cargo run --quiet --locked -p sessionbus-cluster-example -- --sessions 50
 echo "test.sh: demo shutdown scenario (a real SIGTERM mid-storm; leases forced, every buffer released within the deadline)"
 # Leases outlive the deadline on purpose, so `session.drain_forced` WARN lines are expected.
 RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::supervisor=error}" \

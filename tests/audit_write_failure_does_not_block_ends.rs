@@ -2,12 +2,10 @@
 //! as a full or failed disk would) is counted and logged at ERROR, and
 //! session ends go on: every close returns its receipt, nothing leaks.
 
-mod common;
-
 use std::time::Duration;
 
-use common::audit::*;
-use common::*;
+use sessionbus_testkit::audit::*;
+use sessionbus_testkit::*;
 
 #[tokio::test]
 async fn a_failing_disk_is_counted_and_logged_and_ends_still_complete() {

@@ -3,16 +3,14 @@
 //! the owner's pseudonym, the same one the audit trail writes, and the
 //! request's trace id on every lifecycle line.
 
-mod common;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::audit::*;
-use common::*;
 use serde_json::Value;
 use sessionbus::audit::*;
 use sessionbus::*;
+use sessionbus_testkit::audit::*;
+use sessionbus_testkit::*;
 
 const OWNERS: [&str; 5] = [
     "owner-alice@example.com",

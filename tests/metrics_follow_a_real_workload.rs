@@ -7,16 +7,14 @@
 //!
 //! One test per file: the recorder is global to the process.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::*;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sessionbus::config::*;
 use sessionbus::metrics::names::{self, Kind};
 use sessionbus::*;
+use sessionbus_testkit::*;
 
 const CLOSED: usize = 12;
 const DISCONNECTED: usize = 5;

@@ -6,15 +6,13 @@
 //! The child is this same test binary, re-run with one test selected and
 //! `SESSIONBUS_SIGTERM_CHILD` set; in a normal run that test does nothing.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use sessionbus::Runtime;
 use sessionbus::config::{Config, ReleaseTier};
+use sessionbus_testkit::*;
 
 const CHILD_ENV: &str = "SESSIONBUS_SIGTERM_CHILD";
 const READY: &str = "SESSIONBUS_CHILD_READY";

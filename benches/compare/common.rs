@@ -8,9 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-#[path = "../common/percentiles.rs"]
-#[allow(dead_code)] // each includer uses only some of it
-pub mod percentiles;
+pub use sessionbus_testkit::percentiles;
 
 use percentiles::Latencies;
 

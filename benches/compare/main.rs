@@ -15,10 +15,10 @@
 //! a violation makes the bench exit non-zero.
 //!
 //! ```text
-//! cargo bench --bench compare                          # everything, full sizes
-//! cargo bench --bench compare -- --quick               # a short smoke run
-//! cargo bench --bench compare -- --json out.json       # also write every figure as JSON
-//! cargo bench --bench compare -- --only expiry,close   # some workloads
+//! cargo bench -p sessionbus-benches --bench compare                          # everything, full sizes
+//! cargo bench -p sessionbus-benches --bench compare -- --quick               # a short smoke run
+//! cargo bench -p sessionbus-benches --bench compare -- --json out.json       # also write every figure as JSON
+//! cargo bench -p sessionbus-benches --bench compare -- --only expiry,close   # some workloads
 //! ```
 
 mod common;

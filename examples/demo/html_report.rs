@@ -4,7 +4,7 @@
 //!
 //! Every chart is a `<figure class="chart" id="chart-…">`; its plotted data
 //! (lines and bars) is drawn in `#1F77B4` and nothing else is, which is
-//! what `tests/report_renders_in_a_browser.rs` looks for in Chromium.
+//! what `tests/demo/report_renders_in_a_browser.rs` looks for in Chromium.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

@@ -1,0 +1,11 @@
+//! Sessions end and their GPU memory comes back, exactly once, on the real adapter (wgpu counters checked).
+
+mod bad_input_is_refused;
+mod close_releases_gpu_memory_exactly_once;
+mod crashed_session_releases_everything;
+mod dropped_handle_ends_as_disconnect;
+mod offload_round_trips_bit_for_bit;
+mod sessions_that_end_on_their_own_release_gpu_memory;
+mod shutdown_releases_everything;
+mod storms_and_memory_pressure_release_everything;
+mod works_inside_an_actix_system;
