@@ -24,7 +24,7 @@ use sessionbus::config::{AuditConfig, Config};
 use sessionbus::pool::{
     AllocRequest, Allocated, GpuError, GpuPool, PoolInfo, PoolStats, ReleaseReport,
 };
-use sessionbus::{AllocationId, Runtime, SessionId};
+use sessionbus::{AllocationId, Delivery, EventKinds, LifecycleEvent, Runtime, SessionId};
 use tokio::sync::oneshot;
 
 /// The application's allocator: owns the memory, frees only through its callback.
@@ -204,6 +204,9 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await?;
 
+    let mut events = rt
+        .subscribe_channel(EventKinds::ALL, Delivery::Reliable)
+        .await?;
     // Sessions end every way an application sees: closed, dropped, left to shutdown.
     let mut kept = Vec::new();
     for i in 0..12 {
@@ -214,6 +217,16 @@ async fn main() -> anyhow::Result<()> {
             0 => drop(session.close().await?),
             1 => drop(session), // the last handle goes: ends as `disconnected`
             _ => kept.push(session),
+        }
+    }
+    // A dropped handle ends in the background: count what is live once the
+    // 8 sessions closed or dropped have been released.
+    let mut released = 0;
+    while released < 8 {
+        match events.recv().await {
+            Some(LifecycleEvent::Released(_)) => released += 1,
+            Some(_) => {}
+            None => anyhow::bail!("the event bus closed early"),
         }
     }
     let live_before_shutdown = allocator.live();
