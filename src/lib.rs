@@ -25,6 +25,9 @@ pub use gpu::GpuInitError;
 pub use runtime::{Runtime, RuntimeBuilder, StartError, StopReport};
 pub use sessionbus_actors::{DeviceLossReport, EngineHandle, ShutdownReport, Stopped};
 
+// KV memory as paged blocks.
+pub use sessionbus_actors::{KvAppendReport, KvBlock, KvError, KvStats, KvStoreError, Salt};
+
 // Sessions.
 pub use sessionbus_actors::{
     AllocError, Allocated, AllocationId, Binding, Caller, ClientIp, EndReason, Event, Lease,

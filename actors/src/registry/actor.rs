@@ -98,6 +98,7 @@ impl RegistryActor {
         budget: Arc<Budget>,
         queue: Arc<ReleaseQueue>,
         pseudonyms: Arc<Pseudonymizer>,
+        kv: Option<Arc<crate::kv_store::KvStore>>,
     ) -> Result<Self, ConfigError> {
         let sessions = config.sessions.clone();
         let tombstones = Tombstones::new(sessions.tombstones, sessions.tombstone_ttl);
@@ -113,6 +114,7 @@ impl RegistryActor {
             },
             budget.clone(),
             pseudonyms,
+            kv,
         );
         Ok(RegistryActor {
             config: sessions,
@@ -167,6 +169,7 @@ impl RegistryActor {
             pressure: self.pressure.counters,
             hooks: self.hooks.stats(),
             steps: self.steps,
+            kv: self.settings.kv.as_ref().map(|kv| kv.stats()),
             supervision: self.health.stats(),
         }
     }

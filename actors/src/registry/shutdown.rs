@@ -275,9 +275,16 @@ impl Handler<Shutdown> for RegistryActor {
         }
         self.finish_shutdown_if_done();
         let hooks = self.hooks.clone();
+        let kv = self.settings.kv.clone();
         let deadline = self.shutdown.as_ref().map(|s| s.started + s.deadline);
         Box::pin(async move {
             let mut report = report.await.unwrap_or_default();
+            // Every session has ended, so every block is free or cached:
+            // the slabs go back to the device before the report.
+            if let Some(kv) = kv {
+                kv.release_all().await;
+                report.stats.kv = Some(kv.stats());
+            }
             // Hooks of sessions that held no GPU memory hold no release back,
             // so the report does not wait for them; the caller does, within
             // the deadline (on the engine's thread, where the timers are).

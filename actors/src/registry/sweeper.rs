@@ -43,6 +43,14 @@ impl RegistryActor {
     pub(super) fn sweep(&mut self, ctx: &mut Context<Self>) {
         self.counters.sweeps += 1;
         self.force_stuck_closing();
+        if let Some(kv) = self.settings.kv.clone() {
+            // Slabs idle past `kv.slab_idle_trim` go back to the device.
+            ctx.spawn(
+                async move { kv.trim(clock::now()).await }
+                    .into_actor(self)
+                    .map(|_, _, _| ()),
+            );
+        }
         let (reply, holders) = oneshot::channel();
         self.settings.pool.sessions_holding_memory(reply);
         ctx.spawn(
