@@ -103,7 +103,7 @@ impl RegistryActor {
         let sessions = config.sessions.clone();
         let tombstones = Tombstones::new(sessions.tombstones, sessions.tombstone_ttl);
         let epoch = Epoch::now();
-        let settings = SessionSettings::new(
+        let mut settings = SessionSettings::new(
             epoch,
             config,
             pool,
@@ -114,8 +114,8 @@ impl RegistryActor {
             },
             budget.clone(),
             pseudonyms,
-            kv,
         );
+        settings.kv = kv;
         Ok(RegistryActor {
             config: sessions,
             settings: Arc::new(settings),

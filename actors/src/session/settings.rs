@@ -53,7 +53,6 @@ impl SessionSettings {
         context: Option<ContextPolicyFactory>,
         budget: Arc<Budget>,
         pseudonyms: Arc<Pseudonymizer>,
-        kv: Option<Arc<crate::kv_store::KvStore>>,
     ) -> Self {
         let leases = &config.leases;
         SessionSettings {
@@ -75,7 +74,7 @@ impl SessionSettings {
                 timeout: config.budget.wait_timeout,
             },
             pseudonyms,
-            kv,
+            kv: None,
         }
     }
 
