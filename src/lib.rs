@@ -12,6 +12,8 @@ pub mod audit;
 pub mod cluster;
 pub mod config;
 mod gpu;
+#[cfg(feature = "wgpu")]
+pub mod kernels;
 pub mod metrics;
 pub mod pool;
 pub mod reference;
@@ -19,6 +21,11 @@ mod runtime;
 pub mod signals;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// The wgpu this crate is built on, so that kernels of the application use
+/// the same version (`Runtime::wgpu_device`, `Runtime::wgpu_buffer`).
+#[cfg(feature = "wgpu")]
+pub use wgpu;
 
 // Starting and stopping.
 pub use gpu::GpuInitError;

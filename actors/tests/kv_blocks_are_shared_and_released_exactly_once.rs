@@ -88,11 +88,7 @@ fn sessions_of_one_owner_share_a_prompt_and_release_it_exactly_once() {
         settle(Duration::from_millis(10)).await;
         let kv = f.stats().await.kv.unwrap();
         assert_eq!(kv.blocks_referenced, 3, "only bob's");
-        assert_eq!(
-            kv.blocks_cached,
-            2,
-            "the two full blocks of alice's prompt"
-        );
+        assert_eq!(kv.blocks_cached, 2, "the two full blocks of alice's prompt");
         assert_eq!(kv.blocks_held_by_released_tables, 0);
 
         // A third alice session hits the cache.
