@@ -238,3 +238,63 @@ async fn an_applications_own_device_serves_the_blocks_its_kernels_read() {
     let report = rt.shutdown().await;
     assert_eq!(report.gpu_after, Some(baseline));
 }
+
+/// Issue 17 (faults): the device is lost while sessions share blocks. Every
+/// session ends once as `device_lost`, every reference is dropped, the
+/// slabs leave the books with the lost device, and new sessions get blocks
+/// on the new device that hold what is written to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_loss_with_shared_blocks_live_starts_the_blocks_afresh() {
+    let rt = Runtime::builder().config(config()).start().await.unwrap();
+    let prompt: Vec<u32> = (0..12).collect();
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let session = rt.open("alice").await.unwrap();
+        session.append_tokens(&prompt).await.unwrap();
+        sessions.push(session);
+    }
+    assert_eq!(rt.stats().await.unwrap().kv.unwrap().blocks_shared, 3);
+
+    rt.inject_gpu_device_loss();
+    let ended = rt.recover_gpu().await.unwrap();
+    assert_eq!(ended, 3);
+    let kv = rt.stats().await.unwrap().kv.unwrap();
+    assert_eq!(kv.blocks_referenced, 0, "every reference dropped once");
+    assert_eq!(
+        kv.blocks_total, 0,
+        "the lost device's slabs are gone from the books"
+    );
+    assert_eq!(kv.blocks_held_by_released_tables, 0);
+    for session in &sessions {
+        let refused = session.append_tokens(&[1]).await.unwrap_err();
+        assert!(
+            matches!(refused, sessionbus::SessionError::NotEstablished { .. }),
+            "{refused:?}"
+        );
+    }
+
+    let fresh = rt.gpu_counters().unwrap();
+    let after = rt.open("alice").await.unwrap();
+    assert_eq!(
+        after
+            .append_tokens(&prompt)
+            .await
+            .unwrap()
+            .shared_prefix_tokens,
+        0,
+        "nothing cached survives the device"
+    );
+    write_tokens(&after, &prompt, 0).await;
+    assert_eq!(
+        after.read_kv(1).await.unwrap()[..TOKEN_BYTES as usize],
+        bytes_of(&kv_of(prompt[4]))[..]
+    );
+    after.close().await.unwrap();
+    drop(sessions);
+    let report = rt.shutdown().await;
+    assert_eq!(
+        report.gpu_after,
+        Some(fresh),
+        "the new device's counters at its baseline"
+    );
+}

@@ -220,6 +220,13 @@ impl Handler<EndAll> for RegistryActor {
         let deadline = msg
             .wait_for_releases
             .map(|wait| tokio::time::Instant::from_std(started + wait));
+        // After a device loss the slabs are on the lost device: once every
+        // session's table is released, they leave the books (their buffers go
+        // with the device), so new blocks come from slabs on the new one.
+        let kv = match msg.reason {
+            crate::lifecycle::EndReason::DeviceLost => self.settings.kv.clone(),
+            _ => None,
+        };
         Box::pin(async move {
             let asked = asks.len();
             let answers = futures::future::join_all(asks);
@@ -245,6 +252,9 @@ impl Handler<EndAll> for RegistryActor {
                         unreleased += 1;
                     }
                 }
+            }
+            if let Some(kv) = kv {
+                kv.release_all().await;
             }
             DeviceLossReport {
                 ended,
