@@ -253,3 +253,53 @@ fn without_a_kv_section_kv_calls_say_so() {
         f.shutdown_clean().await;
     });
 }
+
+#[test]
+fn a_kv_layout_that_cannot_work_is_refused_at_start_by_name() {
+    on_paused_time(|| async {
+        let pool = std::sync::Arc::new(InMemoryPool::new(256 * MIB, 16 * MIB));
+        let mut zero = kv_config(0);
+        zero.kv.as_mut().unwrap().layout.tokens_per_block = 0;
+        let error = Engine::start(zero, pool.clone()).unwrap_err();
+        assert!(error.field.starts_with("kv."), "{error}");
+        assert!(error.field.contains("tokens_per_block"), "{error}");
+
+        let mut no_bytes = kv_config(0);
+        no_bytes.kv.as_mut().unwrap().layout.bytes_per_token = 0;
+        let error = Engine::start(no_bytes, pool.clone()).unwrap_err();
+        assert!(error.field.contains("bytes_per_token"), "{error}");
+
+        // A slab larger than the device's largest buffer (16 MiB here).
+        let mut huge = kv_config(0);
+        huge.kv.as_mut().unwrap().layout.bytes_per_token = MIB;
+        let error = Engine::start(huge, pool).unwrap_err();
+        assert!(error.field.starts_with("kv."), "{error}");
+        assert!(
+            error.reason.contains("largest buffer") || error.reason.contains("max"),
+            "{error}"
+        );
+    });
+}
+
+#[test]
+fn a_context_reset_drops_the_sessions_blocks_and_the_next_turn_starts_afresh() {
+    on_paused_time(|| async {
+        let f = start(kv_config(0)).await;
+        let keeper = f.engine.open("alice").await.unwrap();
+        keeper.append_tokens(&prompt()).await.unwrap();
+        let session = f.engine.open("alice").await.unwrap();
+        session.append_tokens(&prompt()).await.unwrap();
+        assert_eq!(f.stats().await.kv.unwrap().blocks_shared, 2);
+        // The user rejects what came before: the context is stale and reset.
+        let ack = session.chat(Turn::new().negation()).await.unwrap();
+        assert!(matches!(ack.context, ContextVerdict::Stale(_)), "{ack:?}");
+        assert!(session.kv_blocks().await.unwrap().is_empty());
+        let kv = f.stats().await.kv.unwrap();
+        assert_eq!(kv.blocks_shared, 0, "its shared references dropped once");
+        assert_eq!(kv.blocks_referenced, 3, "the keeper's only");
+        // The next append opens a new table (and finds the keeper's prefix).
+        let again = session.append_tokens(&prompt()).await.unwrap();
+        assert_eq!((again.tokens, again.shared_prefix_tokens), (40, 32));
+        f.shutdown_clean().await;
+    });
+}
