@@ -303,3 +303,21 @@ fn a_context_reset_drops_the_sessions_blocks_and_the_next_turn_starts_afresh() {
         f.shutdown_clean().await;
     });
 }
+
+/// Found by the demo: the sweeper took the slabs' reserved owner for a
+/// session that had vanished and released live slabs under the sessions.
+#[test]
+fn the_sweeper_never_takes_live_slabs_for_orphaned_memory() {
+    on_paused_time(|| async {
+        let f = start(kv_config(0)).await;
+        let session = f.engine.open("alice").await.unwrap();
+        session.append_tokens(&prompt()).await.unwrap();
+        // Many sweeps (every second): two would confirm an orphan.
+        settle(Duration::from_secs(10)).await;
+        let stats = f.stats().await;
+        assert_eq!(stats.sweeper_incidents, 0);
+        session.write_kv(0, 0, vec![1; 64]).await.unwrap();
+        assert_eq!(session.read_kv(0).await.unwrap()[..64], [1; 64]);
+        f.shutdown_clean().await;
+    });
+}

@@ -70,6 +70,11 @@ impl KvStore {
         })
     }
 
+    /// The reserved owner of every slab buffer (the sweeper leaves it alone).
+    pub(crate) fn slab_session(&self) -> SessionId {
+        self.slab_session
+    }
+
     fn books(&self) -> MutexGuard<'_, BlockPool> {
         self.books.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -88,9 +88,12 @@ impl RegistryActor {
     }
 
     fn release_orphans(&mut self, holders: Vec<SessionId>) {
+        // The KV slabs' owner is no session, and never an orphan.
+        let slabs = self.settings.kv.as_ref().map(|kv| kv.slab_session());
         let unknown: IdSet = holders
             .into_iter()
             .filter(|id| !self.sessions.contains_key(id) && !self.tombstones.contains(id))
+            .filter(|id| Some(*id) != slabs)
             .collect();
         let confirmed: Vec<SessionId> = unknown
             .intersection(&self.sweeper.suspects)
