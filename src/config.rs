@@ -17,6 +17,7 @@ pub use crate::metrics::MetricsConfig;
 /// what [`OpenError::InvalidOptions`](crate::OpenError::InvalidOptions) carries.
 pub use sessionbus_actors::ConfigError as InvalidValue;
 pub use sessionbus_actors::units;
+pub use sessionbus_actors::{BlockBudget, KvConfigError, KvLayout, KvPoolConfig};
 pub use sessionbus_actors::{
     BudgetConfig, BudgetScope, BusConfig, ContextConfig, ExpiryConfig, HooksConfig, LeasesConfig,
     PaceUnit, ReleaseConfig, ReleaseTier, SessionsConfig, ShutdownConfig, SupervisionConfig,
@@ -77,6 +78,10 @@ pub struct Config {
     /// needs a key). See [`AuditConfig`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditConfig>,
+    /// KV memory as paged blocks with shared prefixes; off unless the
+    /// `[kv]` section is present. See [`KvPoolConfig`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv: Option<KvPoolConfig>,
     /// Beyond one machine: the Redis directory this node joins (`None`: a
     /// single node). Read by the application, which starts a
     /// [`ClusterNode`](crate::cluster::ClusterNode) with it next to the runtime.
@@ -203,6 +208,7 @@ impl Config {
             shutdown: self.shutdown.clone(),
             hooks: self.hooks.clone(),
             supervision: self.supervision.clone(),
+            kv: self.kv.clone(),
         }
     }
 }
@@ -281,6 +287,19 @@ mod tests {
             ..AuditConfig::new("/var/lib/sessionbus/audit")
         });
         full.cluster = Some(crate::cluster::ClusterConfig::default());
+        full.kv = Some(KvPoolConfig {
+            layout: KvLayout {
+                tokens_per_block: 16,
+                bytes_per_token: 4096,
+            },
+            blocks_per_slab: 256,
+            device_budget: BlockBudget::Bytes(4 << 30),
+            cache_budget: BlockBudget::Bytes(512 << 20),
+            owner_budget: None,
+            table_cap_blocks: None,
+            keep_alive: Duration::from_secs(300),
+            slab_idle_trim: Duration::from_secs(30),
+        });
         assert_eq!(parsed, full);
         assert_eq!(keys_of(&text), keys_of(&toml::to_string(&full).unwrap()));
     }

@@ -12,6 +12,8 @@ pub mod audit;
 pub mod cluster;
 pub mod config;
 mod gpu;
+#[cfg(feature = "wgpu")]
+pub mod kernels;
 pub mod metrics;
 pub mod pool;
 pub mod reference;
@@ -20,10 +22,18 @@ pub mod signals;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// The wgpu this crate is built on, so that kernels of the application use
+/// the same version (`Runtime::wgpu_device`, `Runtime::wgpu_buffer`).
+#[cfg(feature = "wgpu")]
+pub use wgpu;
+
 // Starting and stopping.
 pub use gpu::GpuInitError;
 pub use runtime::{Runtime, RuntimeBuilder, StartError, StopReport};
 pub use sessionbus_actors::{DeviceLossReport, EngineHandle, ShutdownReport, Stopped};
+
+// KV memory as paged blocks.
+pub use sessionbus_actors::{KvAppendReport, KvBlock, KvError, KvStats, KvStoreError, Salt};
 
 // Sessions.
 pub use sessionbus_actors::{

@@ -12,7 +12,7 @@
 
 pub use crate::gpu::GpuCounters;
 #[cfg(feature = "wgpu")]
-pub use crate::gpu::WgpuPool;
+pub use crate::gpu::{WgpuDevice, WgpuPool};
 pub use sessionbus_actors::{
     AllocRequest, Allocated, GpuError, GpuPool, OffloadReport, PoolInfo, PoolStats, ReleaseReport,
     RestoreReport, check_write,

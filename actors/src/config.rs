@@ -149,6 +149,10 @@ pub struct EngineConfig {
     pub hooks: HooksConfig,
     /// Restart limits and destroy-path step deadlines.
     pub supervision: SupervisionConfig,
+    /// KV memory as paged blocks in slabs, with shared prefixes; `None`
+    /// (the default): sessions hold whole buffers only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv: Option<crate::kv::KvPoolConfig>,
 }
 
 impl EngineConfig {

@@ -117,6 +117,17 @@ impl Engine {
         config
             .budget
             .validate_for_device(pool.info().min_buffer_bytes)?;
+        let kv = match &config.kv {
+            Some(kv) => Some(Arc::new(
+                crate::kv_store::KvStore::new(
+                    kv.clone(),
+                    pool.clone(),
+                    config.supervision.step_timeout,
+                )
+                .map_err(|e| ConfigError::new(format!("kv.{}", e.field()), e.to_string()))?,
+            )),
+            None => None,
+        };
         let pseudonyms = Arc::new(pseudonyms);
         let pacer = Arc::new(Pacer::new(&config.release));
         let budget = Arc::new(Budget::new(&config.budget));
@@ -139,6 +150,7 @@ impl Engine {
                     budget.clone(),
                     queue.clone(),
                     pseudonyms,
+                    kv,
                 )
                 .expect("the configuration was validated above");
                 registry.hooks = hooks.clone();

@@ -35,6 +35,7 @@ mod gpu;
 mod hooks;
 mod ids;
 mod kv;
+mod kv_store;
 mod lease;
 mod lifecycle;
 mod mailbox;
@@ -77,6 +78,7 @@ pub use kv::{
     Forked, Grant, KvConfigError, KvError, KvLayout, KvPoolConfig, KvStats, PrefixMatch, Released,
     Salt, ShareScope, SlabError, SlabId, SlabRequest, TableId, TokenId,
 };
+pub use kv_store::{KvAppendReport, KvBlock, KvStoreError};
 pub use lease::{LeaseError, LeaseId, LeasesConfig};
 pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
 pub use pseudonym::{KeyTooShort, MIN_KEY_BYTES, Pseudonymizer};

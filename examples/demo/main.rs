@@ -25,6 +25,7 @@
 //! cargo run --release --example demo -- --sessions 2000 --json
 //! cargo run --release --example demo -- --scenario expiry --json
 //! cargo run --release --example demo -- --scenario storm --release-rate 20000 --json
+//! cargo run --release --example demo -- --scenario kv --sessions 200 --json
 //! ```
 
 mod adapter;
@@ -36,6 +37,7 @@ mod percentiles;
 mod report;
 mod scenario_default;
 mod scenario_expiry;
+mod scenario_kv;
 mod scenario_shutdown;
 mod scenario_storm;
 mod stop;
@@ -119,6 +121,9 @@ enum Scenario {
     Expiry,
     Storm,
     Shutdown,
+    /// KV memory as paged blocks: a shared system prompt, chats, a
+    /// paged-attention kernel, every kind of end.
+    Kv,
 }
 
 /// What every scenario starts from: a running runtime, wgpu's counters
@@ -218,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Expiry => scenario_expiry::configure(&mut config),
         Scenario::Storm => scenario_storm::configure(&mut config, &args),
         Scenario::Shutdown => scenario_shutdown::configure(&mut config),
+        Scenario::Kv => scenario_kv::configure(&mut config),
         Scenario::Default => {}
     }
     if let Some(dir) = &args.audit_dir {
@@ -236,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Expiry => scenario_expiry::run(demo, &args).await,
         Scenario::Storm => scenario_storm::run(demo, &args).await,
         Scenario::Shutdown => scenario_shutdown::run(demo, &args).await,
+        Scenario::Kv => scenario_kv::run(demo, &args).await,
     };
     report.finish(outcome).await
 }

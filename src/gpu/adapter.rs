@@ -7,12 +7,15 @@ use sessionbus_actors::PoolInfo;
 
 use super::config::GpuConfig;
 use super::error::{GpuInitError, INSTALL_HINT};
+use super::given::WgpuDevice;
 
 /// The device the worker owns, and what the engine is told about it.
 pub(crate) struct OpenedDevice {
     pub(crate) device: wgpu::Device,
     /// Carries writes and the copies of reads, offloads and restores.
     pub(crate) queue: wgpu::Queue,
+    /// The adapter, as wgpu describes it.
+    pub(crate) adapter: wgpu::AdapterInfo,
     pub(crate) info: PoolInfo,
     /// Set by the device-lost callback, so the worker stops creating buffers
     /// that wgpu would silently hand back invalid.
@@ -85,7 +88,28 @@ pub(crate) fn open_device(config: &GpuConfig) -> Result<OpenedDevice, GpuInitErr
             backend: backend.clone(),
             source: error,
         })?;
+    Ok(prepare(device, queue, info, limits.max_buffer_size))
+}
 
+/// Takes over a device the application opened (`WgpuPool::start_on`): the
+/// same preparation as a device of our own, with the limits it was opened with.
+pub(crate) fn adopt_device(given: WgpuDevice) -> OpenedDevice {
+    let max_buffer_size = given.device.limits().max_buffer_size;
+    tracing::info!(
+        adapter = %given.adapter.name,
+        backend = given.adapter.backend.to_str(),
+        "GPU device given by the application"
+    );
+    prepare(given.device, given.queue, given.adapter, max_buffer_size)
+}
+
+fn prepare(
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    max_buffer_size: u64,
+) -> OpenedDevice {
+    let backend = info.backend.to_str().to_owned();
     // Without a handler wgpu panics on any error outside an error scope; the
     // worker must survive, so log instead.
     device.on_uncaptured_error(Arc::new(|error: wgpu::Error| {
@@ -109,9 +133,10 @@ pub(crate) fn open_device(config: &GpuConfig) -> Result<OpenedDevice, GpuInitErr
         "measured the smallest buffer's device memory"
     );
 
-    Ok(OpenedDevice {
+    OpenedDevice {
         device,
         queue,
+        adapter: info.clone(),
         info: PoolInfo {
             adapter: info.name.clone(),
             backend,
@@ -119,13 +144,13 @@ pub(crate) fn open_device(config: &GpuConfig) -> Result<OpenedDevice, GpuInitErr
             // Rounded down to whole copy units: every request up to this
             // figure still fits once the worker rounds it up (lavapipe
             // reports 2^31 - 1, where a request of exactly that would fail).
-            max_buffer_size: limits.max_buffer_size / wgpu::COPY_BUFFER_ALIGNMENT
+            max_buffer_size: max_buffer_size / wgpu::COPY_BUFFER_ALIGNMENT
                 * wgpu::COPY_BUFFER_ALIGNMENT,
             size_alignment: wgpu::COPY_BUFFER_ALIGNMENT,
             min_buffer_bytes,
         },
         lost,
-    })
+    }
 }
 
 /// Device memory that the smallest buffer the pool can make really occupies:

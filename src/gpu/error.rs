@@ -60,6 +60,12 @@ pub enum GpuInitError {
          see the log above and try another backend (gpu.backend)"
     )]
     WorkerDied,
+    /// The device the application gave (`WgpuPool::start_on`) is lost;
+    /// sessionbus cannot open another in its place.
+    #[error(
+        "the GPU device the application gave is lost; open a new one and start a new pool on it"
+    )]
+    GivenDeviceLost,
     /// The runtime stopped before the device could be recovered.
     #[error(transparent)]
     Stopped(#[from] sessionbus_actors::Stopped),

@@ -15,6 +15,8 @@ mod config;
 mod counters;
 mod error;
 #[cfg(feature = "wgpu")]
+mod given;
+#[cfg(feature = "wgpu")]
 mod host_copy;
 #[cfg(feature = "wgpu")]
 mod pool;
@@ -29,6 +31,8 @@ mod tests;
 pub use config::{BackendChoice, GpuConfig, GpuConfigError};
 pub use counters::GpuCounters;
 pub use error::GpuInitError;
+#[cfg(feature = "wgpu")]
+pub use given::WgpuDevice;
 #[cfg(all(feature = "testing", feature = "wgpu"))]
 pub use pool::GpuHang;
 #[cfg(feature = "wgpu")]

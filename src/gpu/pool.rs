@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use super::config::GpuConfig;
 use super::counters::{GpuCounters, SharedStats};
 use super::error::GpuInitError;
+use super::given::WgpuDevice;
 use super::worker::{self, Command, DeviceView, WorkerExit};
 
 /// Name of the worker thread, as it shows in `top -H`, debuggers and panics.
@@ -74,6 +75,36 @@ impl WgpuPool {
     /// has opened the device (or failed to). Blocks for as long as the driver
     /// takes to open a device, so call it at startup, not from an actor.
     pub fn start(config: &GpuConfig) -> Result<WgpuPool, GpuInitError> {
+        WgpuPool::start_with(config, None)
+    }
+
+    /// Like [`start`](Self::start), on a device the application opened
+    /// (`[gpu] backend` and `adapter` are then not used): its kernels and the
+    /// sessions' buffers share one device, so a kernel reads a session's KV
+    /// blocks where they are ([`buffer`](Self::buffer)). The pool installs
+    /// its own uncaptured-error and device-lost handlers on it. After a
+    /// loss it cannot open a new device (`GivenDeviceLost`).
+    pub fn start_on(device: WgpuDevice, config: &GpuConfig) -> Result<WgpuPool, GpuInitError> {
+        WgpuPool::start_with(config, Some(device))
+    }
+
+    /// The pool's device, queue and adapter, for the application's kernels.
+    pub fn device(&self) -> WgpuDevice {
+        self.view.handles()
+    }
+
+    /// The wgpu buffer behind allocation `id` (a session's buffer, or a KV
+    /// slab: `KvBlock::buffer`), for the application's kernels; answered in
+    /// order with every other command. `UnknownBuffer` once it is released.
+    pub async fn buffer(&self, id: AllocationId) -> Result<wgpu::Buffer, GpuError> {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Buffer { id, reply }).is_err() {
+            return Err(GpuError::Unavailable);
+        }
+        answer.await.unwrap_or(Err(GpuError::Unavailable))
+    }
+
+    fn start_with(config: &GpuConfig, given: Option<WgpuDevice>) -> Result<WgpuPool, GpuInitError> {
         config.validate()?;
         let (commands, inbox) = crossbeam_channel::unbounded();
         let (started_tx, started_rx) = crossbeam_channel::bounded(1);
@@ -84,7 +115,16 @@ impl WgpuPool {
         let worker_config = config.clone();
         let handle = std::thread::Builder::new()
             .name(THREAD_NAME.into())
-            .spawn(move || worker::run(worker_config, inbox, started_tx, worker_stats, worker_exit))
+            .spawn(move || {
+                worker::run(
+                    worker_config,
+                    given,
+                    inbox,
+                    started_tx,
+                    worker_stats,
+                    worker_exit,
+                )
+            })
             .map_err(GpuInitError::Spawn)?;
 
         match started_rx.recv() {

@@ -21,10 +21,11 @@ use crossbeam_channel::{Receiver, Sender};
 use sessionbus_actors::PoolInfo;
 use sessionbus_actors::{AllocationId, SessionId};
 
-use super::adapter::{OpenedDevice, open_device};
+use super::adapter::{OpenedDevice, adopt_device, open_device};
 use super::config::GpuConfig;
 use super::counters::{GpuCounters, SharedStats};
 use super::error::GpuInitError;
+use super::given::WgpuDevice;
 
 mod buffers;
 mod command;
@@ -57,6 +58,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// `commands` until told to stop or until every sender is gone.
 pub(crate) fn run(
     config: GpuConfig,
+    given: Option<WgpuDevice>,
     commands: Receiver<Command>,
     started: Sender<Result<Started, GpuInitError>>,
     stats: Arc<SharedStats>,
@@ -64,7 +66,8 @@ pub(crate) fn run(
 ) {
     let _exit = ExitGuard(exit.clone());
     let _guard = PanicLog;
-    let opened = match open_device(&config) {
+    let is_given = given.is_some();
+    let opened = match given.map_or_else(|| open_device(&config), |given| Ok(adopt_device(given))) {
         Ok(opened) => opened,
         Err(error) => {
             // `start` is waiting on the other end; if it is gone there is no one to tell.
@@ -81,6 +84,7 @@ pub(crate) fn run(
         return;
     }
     let mut worker = Worker::new(opened, stats, config.clone(), view);
+    worker.given = is_given;
     let asked_to_stop = worker.serve(&commands, config.batch_max.max(1));
     worker.destroy_everything();
     // Read before the device and queue are dropped: dropping them frees wgpu's
@@ -121,6 +125,8 @@ struct Worker {
     config: GpuConfig,
     /// Kept current for other threads (counters, lost flag).
     view: Arc<DeviceView>,
+    /// The device is the application's: it cannot be reopened here.
+    given: bool,
 }
 
 impl Worker {
@@ -133,6 +139,7 @@ impl Worker {
         Worker {
             config,
             view,
+            given: false,
             max_buffer_size: opened.info.max_buffer_size,
             device: opened.device,
             queue: opened.queue,

@@ -38,6 +38,8 @@ use pool_choice::{PoolChoice, PoolStop};
 pub struct RuntimeBuilder {
     config: Config,
     pool: Option<Arc<dyn GpuPool>>,
+    #[cfg(feature = "wgpu")]
+    device: Option<crate::gpu::WgpuDevice>,
 }
 
 impl std::fmt::Debug for RuntimeBuilder {
@@ -69,11 +71,22 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Validates the configuration, opens the GPU device (unless a pool was
-    /// given), and starts the engine.
+    /// Runs the runtime's own wgpu pool on the application's device instead
+    /// of opening one from `[gpu]`: the application's kernels then read the
+    /// sessions' KV blocks on the device they are on ([`Runtime::wgpu_buffer`]).
+    #[cfg(feature = "wgpu")]
+    pub fn wgpu_device(mut self, device: crate::gpu::WgpuDevice) -> Self {
+        self.device = Some(device);
+        self
+    }
+
+    /// Validates the configuration, opens the GPU device (unless a pool or
+    /// a device was given), and starts the engine.
     pub async fn start(self) -> Result<Runtime, StartError> {
         let choice = match self.pool {
             Some(pool) => PoolChoice::Application(pool),
+            #[cfg(feature = "wgpu")]
+            None if self.device.is_some() => PoolChoice::OwnWgpu(self.device.map(Box::new)),
             None => PoolChoice::own()?,
         };
         Runtime::start_on(self.config, choice).await
@@ -347,6 +360,29 @@ impl Runtime {
             return Some(wgpu.counters());
         }
         None
+    }
+
+    /// The runtime's wgpu device and queue, for the application's own
+    /// kernels (a paged-attention kernel reading a session's KV blocks);
+    /// `None` on an application's pool.
+    #[cfg(feature = "wgpu")]
+    pub fn wgpu_device(&self) -> Option<crate::gpu::WgpuDevice> {
+        self.wgpu.as_ref().map(|wgpu| wgpu.device())
+    }
+
+    /// The wgpu buffer behind allocation `id` (for KV blocks:
+    /// [`KvBlock::buffer`](crate::KvBlock::buffer), a slab shared by many
+    /// sessions), for the application's kernels. Refused on an
+    /// application's pool (`GpuError::Unsupported`).
+    #[cfg(feature = "wgpu")]
+    pub async fn wgpu_buffer(
+        &self,
+        id: sessionbus_actors::AllocationId,
+    ) -> Result<wgpu::Buffer, sessionbus_actors::GpuError> {
+        match &self.wgpu {
+            Some(wgpu) => wgpu.buffer(id).await,
+            None => Err(sessionbus_actors::GpuError::Unsupported("wgpu buffers")),
+        }
     }
 
     /// Whether wgpu reported the runtime's GPU device lost (see

@@ -15,9 +15,10 @@ use crate::gpu::{GpuCounters, GpuInitError};
 
 /// The pool the runtime will run on.
 pub(super) enum PoolChoice {
-    /// Open a wgpu device from `[gpu]`.
+    /// A wgpu pool of the runtime's own: on a device opened from `[gpu]`,
+    /// or on the application's (`RuntimeBuilder::wgpu_device`).
     #[cfg(feature = "wgpu")]
-    OwnWgpu,
+    OwnWgpu(Option<Box<crate::gpu::WgpuDevice>>),
     /// The application's; never stopped by the runtime.
     Application(Arc<dyn GpuPool>),
 }
@@ -26,7 +27,7 @@ impl PoolChoice {
     /// The runtime's own pool, if this build has one.
     pub(super) fn own() -> Result<Self, StartError> {
         #[cfg(feature = "wgpu")]
-        return Ok(PoolChoice::OwnWgpu);
+        return Ok(PoolChoice::OwnWgpu(None));
         #[cfg(not(feature = "wgpu"))]
         Err(StartError::NoPool)
     }
@@ -36,8 +37,11 @@ impl PoolChoice {
         let _ = config; // only the own wgpu pool reads `[gpu]`
         match self {
             #[cfg(feature = "wgpu")]
-            PoolChoice::OwnWgpu => {
-                let wgpu = Arc::new(WgpuPool::start(config)?);
+            PoolChoice::OwnWgpu(given) => {
+                let wgpu = Arc::new(match given {
+                    Some(device) => WgpuPool::start_on(*device, config)?,
+                    None => WgpuPool::start(config)?,
+                });
                 Ok(OpenedPool {
                     pool: wgpu.clone(),
                     wgpu: Some(wgpu),

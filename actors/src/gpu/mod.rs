@@ -264,7 +264,7 @@ pub enum GpuError {
 }
 
 /// Where GPU memory comes from. Implemented by the `sessionbus` crate on wgpu,
-/// and by [`InMemoryPool`] for the engine's own tests.
+/// and by `InMemoryPool` (feature `testing`) for the engine's own tests.
 pub trait GpuPool: Send + Sync + 'static {
     /// The device behind the pool.
     fn info(&self) -> &PoolInfo;

@@ -129,3 +129,38 @@ pub(crate) struct ReadBuffer {
 pub(crate) struct Offload {
     pub(crate) caller: Caller,
 }
+
+/// Appends tokens to the session's KV block table (opening it on first use).
+#[derive(Message)]
+#[rtype(result = "Result<crate::kv_store::KvAppendReport, SessionError>")]
+pub(crate) struct AppendTokens {
+    pub(crate) caller: Caller,
+    pub(crate) tokens: Vec<crate::kv::TokenId>,
+    /// The sharing scope if the table opens now: the owner when `None`.
+    pub(crate) salt: Option<crate::kv::Salt>,
+}
+
+/// Where the session's KV blocks are, in order.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<crate::kv_store::KvBlock>, SessionError>")]
+pub(crate) struct KvBlocks {
+    pub(crate) caller: Caller,
+}
+
+/// Writes into one of the session's KV blocks.
+#[derive(Message)]
+#[rtype(result = "Result<(), SessionError>")]
+pub(crate) struct WriteKv {
+    pub(crate) caller: Caller,
+    pub(crate) index: usize,
+    pub(crate) offset: u64,
+    pub(crate) data: Vec<u8>,
+}
+
+/// Reads one of the session's KV blocks back.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u8>, SessionError>")]
+pub(crate) struct ReadKv {
+    pub(crate) caller: Caller,
+    pub(crate) index: usize,
+}

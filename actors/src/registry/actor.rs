@@ -98,11 +98,12 @@ impl RegistryActor {
         budget: Arc<Budget>,
         queue: Arc<ReleaseQueue>,
         pseudonyms: Arc<Pseudonymizer>,
+        kv: Option<Arc<crate::kv_store::KvStore>>,
     ) -> Result<Self, ConfigError> {
         let sessions = config.sessions.clone();
         let tombstones = Tombstones::new(sessions.tombstones, sessions.tombstone_ttl);
         let epoch = Epoch::now();
-        let settings = SessionSettings::new(
+        let mut settings = SessionSettings::new(
             epoch,
             config,
             pool,
@@ -114,6 +115,7 @@ impl RegistryActor {
             budget.clone(),
             pseudonyms,
         );
+        settings.kv = kv;
         Ok(RegistryActor {
             config: sessions,
             settings: Arc::new(settings),
@@ -167,6 +169,7 @@ impl RegistryActor {
             pressure: self.pressure.counters,
             hooks: self.hooks.stats(),
             steps: self.steps,
+            kv: self.settings.kv.as_ref().map(|kv| kv.stats()),
             supervision: self.health.stats(),
         }
     }

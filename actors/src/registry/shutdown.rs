@@ -220,6 +220,13 @@ impl Handler<EndAll> for RegistryActor {
         let deadline = msg
             .wait_for_releases
             .map(|wait| tokio::time::Instant::from_std(started + wait));
+        // After a device loss the slabs are on the lost device: once every
+        // session's table is released, they leave the books (their buffers go
+        // with the device), so new blocks come from slabs on the new one.
+        let kv = match msg.reason {
+            crate::lifecycle::EndReason::DeviceLost => self.settings.kv.clone(),
+            _ => None,
+        };
         Box::pin(async move {
             let asked = asks.len();
             let answers = futures::future::join_all(asks);
@@ -245,6 +252,9 @@ impl Handler<EndAll> for RegistryActor {
                         unreleased += 1;
                     }
                 }
+            }
+            if let Some(kv) = kv {
+                kv.release_all().await;
             }
             DeviceLossReport {
                 ended,
@@ -275,9 +285,16 @@ impl Handler<Shutdown> for RegistryActor {
         }
         self.finish_shutdown_if_done();
         let hooks = self.hooks.clone();
+        let kv = self.settings.kv.clone();
         let deadline = self.shutdown.as_ref().map(|s| s.started + s.deadline);
         Box::pin(async move {
             let mut report = report.await.unwrap_or_default();
+            // Every session has ended, so every block is free or cached:
+            // the slabs go back to the device before the report.
+            if let Some(kv) = kv {
+                kv.release_all().await;
+                report.stats.kv = Some(kv.stats());
+            }
             // Hooks of sessions that held no GPU memory hold no release back,
             // so the report does not wait for them; the caller does, within
             // the deadline (on the engine's thread, where the timers are).

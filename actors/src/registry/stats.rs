@@ -56,6 +56,8 @@ pub struct RegistryStats {
     /// Per-step timings of the destroy path, and releases force-completed
     /// because a step was stuck.
     pub steps: StepTimings,
+    /// The KV block pool's counters (`None` without `[kv]`).
+    pub kv: Option<crate::kv::KvStats>,
     /// Restarts of the runtime's own tasks, and the failure that escalated, if any.
     pub supervision: SupervisionStats,
 }

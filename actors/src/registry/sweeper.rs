@@ -43,6 +43,14 @@ impl RegistryActor {
     pub(super) fn sweep(&mut self, ctx: &mut Context<Self>) {
         self.counters.sweeps += 1;
         self.force_stuck_closing();
+        if let Some(kv) = self.settings.kv.clone() {
+            // Slabs idle past `kv.slab_idle_trim` go back to the device.
+            ctx.spawn(
+                async move { kv.trim(clock::now()).await }
+                    .into_actor(self)
+                    .map(|_, _, _| ()),
+            );
+        }
         let (reply, holders) = oneshot::channel();
         self.settings.pool.sessions_holding_memory(reply);
         ctx.spawn(
@@ -80,9 +88,12 @@ impl RegistryActor {
     }
 
     fn release_orphans(&mut self, holders: Vec<SessionId>) {
+        // The KV slabs' owner is no session, and never an orphan.
+        let slabs = self.settings.kv.as_ref().map(|kv| kv.slab_session());
         let unknown: IdSet = holders
             .into_iter()
             .filter(|id| !self.sessions.contains_key(id) && !self.tombstones.contains(id))
+            .filter(|id| Some(*id) != slabs)
             .collect();
         let confirmed: Vec<SessionId> = unknown
             .intersection(&self.sweeper.suspects)

@@ -24,6 +24,7 @@ use crate::lifecycle::{EndReason, Event, Lifecycle};
 use crate::protocol::session::InjectPanic;
 
 mod ending;
+mod kv;
 mod leases;
 mod memory;
 mod turns;

@@ -36,6 +36,8 @@ pub(crate) struct EndGuard {
     /// Who asked for the end under way, and the trace of that request.
     /// Boxed: only an ending session has one.
     pub(crate) end_request: Option<Box<(Caller, Option<TraceId>)>>,
+    /// The session's KV block table, once it appended tokens.
+    pub(crate) kv_table: Option<crate::kv::TableId>,
     reported: bool,
 }
 
@@ -59,6 +61,7 @@ impl EndGuard {
             settings,
             client_ip: None,
             end_request: None,
+            kv_table: None,
             reported: false,
         }
     }
@@ -92,6 +95,11 @@ impl EndGuard {
             return;
         }
         let reason = ending.reason;
+        // Every block the session referenced is dropped here, exactly once,
+        // whatever ended it (a crash reports through `Drop` too).
+        if let (Some(table), Some(kv)) = (self.kv_table.take(), &self.settings.kv) {
+            kv.release_table(table);
+        }
         let began_us = self.settings.epoch.micros(ending.began);
         self.shared.set_closing(reason, began_us);
         let in_flight_bytes = self.ledger.in_flight();

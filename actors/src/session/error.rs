@@ -35,6 +35,15 @@ pub enum SessionError {
         /// The id asked for.
         id: SessionId,
     },
+    /// A KV block operation was refused; nothing changed.
+    #[error("session {id}: {source}")]
+    Kv {
+        /// The session.
+        id: SessionId,
+        /// Why.
+        #[source]
+        source: crate::kv_store::KvStoreError,
+    },
     /// An allocation was refused; nothing was allocated.
     #[error("session {id}: {source}")]
     Allocation {

@@ -11,8 +11,11 @@ use super::shared::SessionShared;
 use crate::events::ReleaseReceipt;
 use crate::gpu::{Allocated, OffloadReport};
 use crate::ids::{AllocationId, Caller, SessionId, TraceId};
+use crate::kv::Salt;
+use crate::kv_store::{KvAppendReport, KvBlock};
 use crate::lease::LeaseId;
 use crate::lifecycle::{EndReason, Event, State};
+use crate::protocol::session::{AppendTokens, KvBlocks, ReadKv, WriteKv};
 use crate::registry::{AwaitReceipt, RegistryActor};
 
 /// A live session, as the application holds it.
@@ -198,6 +201,81 @@ impl SessionHandle {
                 id,
                 offset,
                 data,
+            })
+            .await;
+        self.answer(sent, Event::Touch)
+    }
+
+    /// Appends `tokens` to this session's KV block table (`[kv]` must be
+    /// configured). The first append opens the table in the owner's sharing
+    /// scope and references the longest cached prefix of `tokens` (blocks
+    /// of earlier sessions of the same owner) instead of allocating it; the
+    /// rest fills new blocks. Appends land in the order they are sent.
+    pub async fn append_tokens(&self, tokens: &[u32]) -> Result<KvAppendReport, SessionError> {
+        self.append_tokens_in(None, tokens).await
+    }
+
+    /// Like [`append_tokens`](Self::append_tokens), with the table (if this
+    /// append opens it) in the sharing scope of `salt` instead of the owner:
+    /// sessions of any owner given the same salt share prefixes (a public
+    /// system prompt). A cross-tenant cache hit is a timing side channel:
+    /// give a salt only to prefixes that are not secret.
+    pub async fn append_tokens_in(
+        &self,
+        salt: Option<Salt>,
+        tokens: &[u32],
+    ) -> Result<KvAppendReport, SessionError> {
+        let sent = self
+            .addr
+            .send(AppendTokens {
+                caller: self.caller.clone(),
+                tokens: tokens.to_vec(),
+                salt,
+            })
+            .await;
+        self.answer(sent, Event::Allocate)
+    }
+
+    /// Where this session's KV blocks are, in token order: the buffer (a
+    /// slab shared with other sessions) and the byte range of each block,
+    /// for a kernel that reads keys and values through the block table.
+    pub async fn kv_blocks(&self) -> Result<Vec<KvBlock>, SessionError> {
+        let sent = self
+            .addr
+            .send(KvBlocks {
+                caller: self.caller.clone(),
+            })
+            .await;
+        self.answer(sent, Event::Touch)
+    }
+
+    /// Writes `data` into KV block `index` of this session at `offset`
+    /// within the block; refused if it would reach outside the block.
+    pub async fn write_kv(
+        &self,
+        index: usize,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<(), SessionError> {
+        let sent = self
+            .addr
+            .send(WriteKv {
+                caller: self.caller.clone(),
+                index,
+                offset,
+                data,
+            })
+            .await;
+        self.answer(sent, Event::Touch)
+    }
+
+    /// Reads KV block `index` of this session back to host memory.
+    pub async fn read_kv(&self, index: usize) -> Result<Vec<u8>, SessionError> {
+        let sent = self
+            .addr
+            .send(ReadKv {
+                caller: self.caller.clone(),
+                index,
             })
             .await;
         self.answer(sent, Event::Touch)

@@ -40,6 +40,8 @@ pub(crate) struct SessionSettings {
     pub(crate) wait_rules: WaitRules,
     /// Owner pseudonyms for log lines (owners never appear in clear).
     pub(crate) pseudonyms: Arc<Pseudonymizer>,
+    /// The KV block store (`None` without `[kv]`).
+    pub(crate) kv: Option<Arc<crate::kv_store::KvStore>>,
 }
 
 impl SessionSettings {
@@ -72,6 +74,7 @@ impl SessionSettings {
                 timeout: config.budget.wait_timeout,
             },
             pseudonyms,
+            kv: None,
         }
     }
 

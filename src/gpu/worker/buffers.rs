@@ -64,6 +64,20 @@ impl Worker {
 
     /// The device buffer `id` of `session`, or why there is none. Only this
     /// session's lists are searched: another session's buffer is unknown.
+    /// The buffer of allocation `id` in any session (one scan of the
+    /// sessions: for kernels that look a slab up once, not per token).
+    pub(super) fn buffer_by_id(&self, id: AllocationId) -> Result<wgpu::Buffer, GpuError> {
+        if self.lost.load(Ordering::Acquire) {
+            return Err(GpuError::Unavailable);
+        }
+        self.sessions
+            .values()
+            .flat_map(|live| live.iter())
+            .find(|buffer| buffer.id == id)
+            .map(|buffer| buffer.buffer.clone())
+            .ok_or(GpuError::UnknownBuffer { id })
+    }
+
     fn live_buffer(&self, session: SessionId, id: AllocationId) -> Result<&LiveBuffer, GpuError> {
         if self.lost.load(Ordering::Acquire) {
             return Err(GpuError::Unavailable);

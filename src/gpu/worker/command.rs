@@ -45,6 +45,12 @@ pub(crate) enum Command {
         id: AllocationId,
         reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
     },
+    /// The wgpu buffer behind allocation `id`, whichever session holds it
+    /// (for the application's own kernels); answered at once.
+    Buffer {
+        id: AllocationId,
+        reply: oneshot::Sender<Result<wgpu::Buffer, GpuError>>,
+    },
     /// Copy a session's buffers to host memory, then destroy them on the device.
     Offload {
         session: SessionId,

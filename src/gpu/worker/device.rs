@@ -16,6 +16,8 @@ use crate::gpu::error::GpuInitError;
 /// device stopped waiting for it.
 pub(crate) struct DeviceView {
     device: Mutex<wgpu::Device>,
+    queue: Mutex<wgpu::Queue>,
+    adapter: Mutex<wgpu::AdapterInfo>,
     /// Counters right after the device opened: wgpu's own buffers only.
     initial: Mutex<GpuCounters>,
     /// Raised by the device-lost callback.
@@ -26,6 +28,8 @@ impl DeviceView {
     pub(super) fn new(opened: &OpenedDevice) -> Self {
         DeviceView {
             device: Mutex::new(opened.device.clone()),
+            queue: Mutex::new(opened.queue.clone()),
+            adapter: Mutex::new(opened.adapter.clone()),
             initial: Mutex::new(GpuCounters::read(&opened.device)),
             lost: Mutex::new(opened.lost.clone()),
         }
@@ -34,7 +38,18 @@ impl DeviceView {
     fn replace(&self, opened: &OpenedDevice) {
         *lock(&self.initial) = GpuCounters::read(&opened.device);
         *lock(&self.device) = opened.device.clone();
+        *lock(&self.queue) = opened.queue.clone();
+        *lock(&self.adapter) = opened.adapter.clone();
         *lock(&self.lost) = opened.lost.clone();
+    }
+
+    /// The current device, queue and adapter (clones of wgpu's handles).
+    pub(crate) fn handles(&self) -> crate::gpu::WgpuDevice {
+        crate::gpu::WgpuDevice {
+            device: lock(&self.device).clone(),
+            queue: lock(&self.queue).clone(),
+            adapter: lock(&self.adapter).clone(),
+        }
     }
 
     pub(crate) fn counters(&self) -> GpuCounters {
@@ -59,6 +74,10 @@ impl Worker {
         for (session, live) in leftovers {
             let (buffers, bytes) = self.destroy_buffers(live);
             tracing::warn!(%session, buffers, bytes, "GPU buffers still held at device reopen; dropped with the old device");
+        }
+        if self.given {
+            // The application's device: only the application can open another.
+            return Err(GpuInitError::GivenDeviceLost);
         }
         let opened = open_device(&self.config)?;
         self.view.replace(&opened);

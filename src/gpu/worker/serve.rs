@@ -63,6 +63,9 @@ impl Worker {
                         Command::Read { session, id, reply } => {
                             let _ = reply.send(self.read(session, id));
                         }
+                        Command::Buffer { id, reply } => {
+                            let _ = reply.send(self.buffer_by_id(id));
+                        }
                         Command::Offload { session, reply } => {
                             let _ = reply.send(self.offload(session));
                         }

@@ -50,6 +50,11 @@ impl SessionActor {
     fn reset_context(&mut self, reason: StaleReason, trace_id: TraceId) {
         self.accept(Event::ContextReset);
         let released = self.record.ledger.take_context();
+        // The context's KV blocks go too (its shared prefix references
+        // included, each dropped once); the next append opens a new table.
+        if let (Some(table), Some(kv)) = (self.record.kv_table.take(), &self.record.settings.kv) {
+            kv.release_table(table);
+        }
         self.publish_gpu_bytes();
         let charged: u64 = released.iter().map(|a| a.bytes).sum();
         let (budget, owner) = (

@@ -1,0 +1,333 @@
+//! The engine's KV block store: the pure [`BlockPool`](crate::kv::BlockPool)
+//! behind a lock, with its slabs as real allocations of the GPU pool.
+//!
+//! Ground rules:
+//! - A **slab** is one pool allocation (`blocks_per_slab` blocks) owned by a
+//!   reserved session id that no session ever has, so the sweeper and every
+//!   session release leave it alone; it goes only through [`KvStore::trim`]
+//!   (all its blocks free for `slab_idle_trim`) or [`KvStore::release_all`]
+//!   (shutdown), each a `release_allocations` of the pool, which answers
+//!   only once the device has the memory back.
+//! - The lock is never held across an await: an append that needs a slab
+//!   drops it, has the pool create the buffer (bounded by
+//!   `[supervision] step_timeout`), retakes it, adds the slab and retries.
+//!   Two appends that both asked for a slab both add one (the budget refuses
+//!   past the device limit, and a refused buffer is released at once).
+//! - A session's table is released exactly once, by the session's end
+//!   report (its `EndGuard`), whatever ended it, crashes included.
+
+mod errors;
+mod view;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+pub use errors::KvStoreError;
+pub use view::{KvAppendReport, KvBlock};
+
+use crate::clock;
+use crate::gpu::{AllocRequest, GpuPool, ReleaseReport};
+use crate::ids::{AllocationId, Owner, SessionId};
+use crate::kv::{BlockPool, Grant, KvPoolConfig, KvStats, ShareScope, SlabId, TableId, TokenId};
+
+/// The KV block store of one engine.
+pub(crate) struct KvStore {
+    books: Mutex<BlockPool>,
+    slabs: Mutex<HashMap<SlabId, AllocationId>>,
+    pool: Arc<dyn GpuPool>,
+    /// The reserved owner of every slab buffer.
+    slab_session: SessionId,
+    block_bytes: u64,
+    step_timeout: Duration,
+}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore")
+            .field("block_bytes", &self.block_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvStore {
+    pub(crate) fn new(
+        config: KvPoolConfig,
+        pool: Arc<dyn GpuPool>,
+        step_timeout: Duration,
+    ) -> Result<Self, crate::kv::KvConfigError> {
+        let books = BlockPool::new(config, pool.info().max_buffer_size)?;
+        let block_bytes = books.layout().block_bytes();
+        Ok(KvStore {
+            books: Mutex::new(books),
+            slabs: Mutex::default(),
+            pool,
+            slab_session: SessionId::random(),
+            block_bytes,
+            step_timeout,
+        })
+    }
+
+    /// The reserved owner of every slab buffer (the sweeper leaves it alone).
+    pub(crate) fn slab_session(&self) -> SessionId {
+        self.slab_session
+    }
+
+    fn books(&self) -> MutexGuard<'_, BlockPool> {
+        self.books.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new, empty table for a session.
+    pub(crate) fn open_table(&self, owner: Owner, scope: ShareScope) -> TableId {
+        self.books().open_table(owner, scope)
+    }
+
+    /// Appends `tokens` to `table`. On an empty table, the longest cached
+    /// prefix of `tokens` in the table's scope is referenced first instead
+    /// of allocated (a prefix hit); the rest is appended into new blocks.
+    pub(crate) async fn append(
+        &self,
+        table: TableId,
+        tokens: &[TokenId],
+    ) -> Result<KvAppendReport, KvStoreError> {
+        let shared_tokens = self.claim_cached_prefix(table, tokens)?;
+        let rest = &tokens[shared_tokens as usize..];
+        loop {
+            let grant = self.books().append(table, rest, clock::now())?;
+            match grant {
+                Grant::Granted(appended) => {
+                    let books = self.books();
+                    let blocks = books.table(table).map_or(0, |t| t.blocks().len());
+                    return Ok(KvAppendReport {
+                        tokens: appended.tokens,
+                        blocks: blocks as u64,
+                        new_blocks: appended.new_blocks as u64,
+                        shared_prefix_tokens: shared_tokens,
+                    });
+                }
+                Grant::NeedSlab(request) => self.add_slab(request.slab_bytes).await?,
+            }
+        }
+    }
+
+    /// References the cached prefix of `tokens` if `table` is empty; the
+    /// number of tokens it covers.
+    fn claim_cached_prefix(&self, table: TableId, tokens: &[TokenId]) -> Result<u64, KvStoreError> {
+        let mut books = self.books();
+        let empty = books
+            .table(table)
+            .ok_or(crate::kv::KvError::UnknownTable(table))?
+            .tokens()
+            == 0;
+        if !empty {
+            return Ok(0);
+        }
+        let scope = books.table(table).expect("checked").scope().clone();
+        let found = books.match_prefix(&scope, tokens);
+        if found.blocks().is_empty() {
+            return Ok(0);
+        }
+        let covered = found.tokens();
+        books.claim_prefix(table, &found, &tokens[..covered as usize])?;
+        Ok(covered)
+    }
+
+    /// Has the pool create one slab buffer, then adds it to the books; a
+    /// slab the budget refuses meanwhile is released at once.
+    async fn add_slab(&self, bytes: u64) -> Result<(), KvStoreError> {
+        let id = AllocationId::next();
+        let (reply, allocated) = oneshot::channel();
+        let request = AllocRequest {
+            session: self.slab_session,
+            id,
+            bytes,
+        };
+        self.pool.allocate(request, reply);
+        match tokio::time::timeout(self.step_timeout, allocated).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(error))) => return Err(KvStoreError::Slab(error)),
+            Ok(Err(_)) => return Err(KvStoreError::Slab(crate::gpu::GpuError::Unavailable)),
+            Err(_) => {
+                return Err(KvStoreError::Slab(crate::gpu::GpuError::TimedOut {
+                    operation: "KV slab allocation",
+                    waited: self.step_timeout,
+                }));
+            }
+        }
+        let added = self.books().add_slab(clock::now());
+        match added {
+            Ok(slab) => {
+                self.slabs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(slab, id);
+                Ok(())
+            }
+            Err(refused) => {
+                self.release_buffers(vec![id]).await;
+                Err(KvStoreError::SlabRefused(refused))
+            }
+        }
+    }
+
+    /// Drops every reference of `table`, exactly once (the table is gone).
+    pub(crate) fn release_table(&self, table: TableId) {
+        // A table already released is a bookkeeping bug elsewhere; it must not take the engine down.
+        if let Err(error) = self.books().release_table(table, clock::now()) {
+            tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "kv.release_failed",
+                %error,
+                "a session's KV block table could not be released"
+            );
+        }
+    }
+
+    /// Where each block of `table` is, in order: (buffer, byte offset).
+    pub(crate) fn blocks(&self, table: TableId) -> Result<Vec<KvBlock>, KvStoreError> {
+        let locations = self.books().snapshot(table)?;
+        let slabs = self.slabs.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(locations
+            .into_iter()
+            .map(|location| KvBlock {
+                buffer: slabs[&location.slab],
+                offset: location.offset,
+                bytes: self.block_bytes,
+            })
+            .collect())
+    }
+
+    /// Writes `data` into block `index` of `table` at `offset` within the block.
+    pub(crate) async fn write(
+        &self,
+        table: TableId,
+        index: usize,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<(), KvStoreError> {
+        let block = self.block_for(table, index, offset, data.len() as u64)?;
+        let (reply, written) = oneshot::channel();
+        self.pool.write(
+            self.slab_session,
+            block.buffer,
+            block.offset + offset,
+            data,
+            reply,
+        );
+        self.answer(written, "KV block write").await
+    }
+
+    /// Reads block `index` of `table` back to host memory.
+    pub(crate) async fn read(&self, table: TableId, index: usize) -> Result<Vec<u8>, KvStoreError> {
+        let block = self.block_for(table, index, 0, 0)?;
+        let (reply, read) = oneshot::channel();
+        self.pool.read(self.slab_session, block.buffer, reply);
+        let slab = self.answer(read, "KV block read").await?;
+        let start = block.offset as usize;
+        Ok(slab[start..start + self.block_bytes as usize].to_vec())
+    }
+
+    fn block_for(
+        &self,
+        table: TableId,
+        index: usize,
+        offset: u64,
+        len: u64,
+    ) -> Result<KvBlock, KvStoreError> {
+        let blocks = self.blocks(table)?;
+        let count = blocks.len();
+        let block = *blocks
+            .get(index)
+            .ok_or(KvStoreError::NoSuchBlock { index, count })?;
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.block_bytes)
+        {
+            return Err(KvStoreError::OutsideBlock {
+                offset,
+                len,
+                block_bytes: self.block_bytes,
+            });
+        }
+        Ok(block)
+    }
+
+    async fn answer<T>(
+        &self,
+        answer: oneshot::Receiver<Result<T, crate::gpu::GpuError>>,
+        operation: &'static str,
+    ) -> Result<T, KvStoreError> {
+        match tokio::time::timeout(self.step_timeout, answer).await {
+            Ok(Ok(result)) => result.map_err(KvStoreError::Slab),
+            Ok(Err(_)) => Err(KvStoreError::Slab(crate::gpu::GpuError::Unavailable)),
+            Err(_) => Err(KvStoreError::Slab(crate::gpu::GpuError::TimedOut {
+                operation,
+                waited: self.step_timeout,
+            })),
+        }
+    }
+
+    /// Gives back every slab whose blocks have all been free for
+    /// `slab_idle_trim`; answers how many, once the device has the memory back.
+    pub(crate) async fn trim(&self, now: Instant) -> u64 {
+        let buffers = {
+            let mut books = self.books();
+            let idle: Vec<SlabId> = books.trimmable_slabs(now).collect();
+            self.take_slabs(&mut books, idle)
+        };
+        let n = buffers.len() as u64;
+        self.release_buffers(buffers).await;
+        n
+    }
+
+    /// At shutdown, once every session has ended: evicts every cached block
+    /// and gives back every slab.
+    pub(crate) async fn release_all(&self) -> u64 {
+        let buffers = {
+            let mut books = self.books();
+            let now = clock::now();
+            books.evict_cached(u64::MAX, now);
+            let all: Vec<SlabId> = self
+                .slabs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .copied()
+                .collect();
+            self.take_slabs(&mut books, all)
+        };
+        let n = buffers.len() as u64;
+        self.release_buffers(buffers).await;
+        n
+    }
+
+    /// Takes `slabs` out of the books (those still in use stay) and returns their buffers.
+    fn take_slabs(&self, books: &mut BlockPool, slabs: Vec<SlabId>) -> Vec<AllocationId> {
+        let mut ids = self.slabs.lock().unwrap_or_else(|p| p.into_inner());
+        slabs
+            .into_iter()
+            .filter(|slab| books.remove_slab(*slab).is_ok())
+            .filter_map(|slab| ids.remove(&slab))
+            .collect()
+    }
+
+    async fn release_buffers(&self, buffers: Vec<AllocationId>) -> Option<ReleaseReport> {
+        if buffers.is_empty() {
+            return None;
+        }
+        let (reply, released) = oneshot::channel();
+        self.pool
+            .release_allocations(self.slab_session, buffers, reply);
+        tokio::time::timeout(self.step_timeout, released)
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// The block pool's counters.
+    pub(crate) fn stats(&self) -> KvStats {
+        self.books().stats()
+    }
+}

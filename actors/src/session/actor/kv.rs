@@ -1,0 +1,145 @@
+//! A session's KV blocks: appending tokens (sharing a cached prefix),
+//! where its blocks are, and reads and writes through its block table.
+//!
+//! Ground rules: every KV call is checked (owner, lifecycle) before the
+//! store is touched, and runs as an atomic response, so a session's appends
+//! land in the order they were sent. The table opens on the first append
+//! and is released exactly once, by the end report (`EndGuard`).
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::SessionActor;
+use crate::kv::{Salt, ShareScope, TableId};
+use crate::kv_store::{KvAppendReport, KvBlock, KvStore, KvStoreError};
+use crate::lifecycle::Event;
+use crate::protocol::session::{AppendTokens, KvBlocks, ReadKv, WriteKv};
+use crate::session::error::SessionError;
+
+type Atomic<T> = AtomicResponse<SessionActor, Result<T, SessionError>>;
+
+fn refused<T: 'static>(error: SessionError) -> Atomic<T> {
+    AtomicResponse::new(Box::pin(fut::ready(Err(error))))
+}
+
+impl SessionActor {
+    fn kv_error(&self, source: KvStoreError) -> SessionError {
+        SessionError::Kv {
+            id: self.record.id,
+            source,
+        }
+    }
+
+    /// Checks `caller` and `event`; the store and the session's table (opened
+    /// now, in `salt`'s scope or the owner's, if `open` and it has none).
+    fn kv_access(
+        &mut self,
+        caller: &crate::ids::Caller,
+        event: Event,
+        open: Option<Option<Salt>>,
+    ) -> Result<(Arc<KvStore>, TableId), SessionError> {
+        self.authorize(caller)?;
+        self.check(event)?;
+        let kv = self
+            .record
+            .settings
+            .kv
+            .clone()
+            .ok_or_else(|| self.kv_error(KvStoreError::NotConfigured))?;
+        let table = match (self.record.kv_table, open) {
+            (Some(table), _) => table,
+            (None, Some(salt)) => {
+                let scope = match salt {
+                    Some(salt) => ShareScope::Salt(salt),
+                    None => ShareScope::Owner(self.record.owner.clone()),
+                };
+                let table = kv.open_table(self.record.owner.clone(), scope);
+                self.record.kv_table = Some(table);
+                table
+            }
+            (None, None) => {
+                return Err(self.kv_error(KvStoreError::NoSuchBlock { index: 0, count: 0 }));
+            }
+        };
+        self.mark_active();
+        Ok((kv, table))
+    }
+
+    fn kv_call<T: 'static>(
+        &mut self,
+        access: Result<(Arc<KvStore>, TableId), SessionError>,
+        call: impl AsyncFnOnce(Arc<KvStore>, TableId) -> Result<T, KvStoreError> + 'static,
+    ) -> Atomic<T> {
+        let (kv, table) = match access {
+            Ok(access) => access,
+            Err(error) => return refused(error),
+        };
+        let id = self.record.id;
+        AtomicResponse::new(Box::pin(
+            async move { call(kv, table).await }.into_actor(self).map(
+                move |answer, _session, _ctx| {
+                    answer.map_err(|source| SessionError::Kv { id, source })
+                },
+            ),
+        ))
+    }
+}
+
+impl Handler<AppendTokens> for SessionActor {
+    type Result = Atomic<KvAppendReport>;
+
+    fn handle(&mut self, msg: AppendTokens, _ctx: &mut Self::Context) -> Self::Result {
+        let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Allocate, Some(msg.salt)));
+        let tokens = msg.tokens;
+        self.kv_call(access, async move |kv, table| {
+            kv.append(table, &tokens).await
+        })
+    }
+}
+
+impl Handler<KvBlocks> for SessionActor {
+    type Result = Atomic<Vec<KvBlock>>;
+
+    fn handle(&mut self, msg: KvBlocks, _ctx: &mut Self::Context) -> Self::Result {
+        if self.record.kv_table.is_none() {
+            // No table yet: no blocks (after the same checks).
+            return match self.guarded(|s| {
+                s.authorize(&msg.caller)?;
+                s.check(Event::Touch)
+            }) {
+                Ok(()) => AtomicResponse::new(Box::pin(fut::ready(Ok(Vec::new())))),
+                Err(error) => refused(error),
+            };
+        }
+        let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Touch, None));
+        self.kv_call(access, async move |kv, table| kv.blocks(table))
+    }
+}
+
+impl Handler<WriteKv> for SessionActor {
+    type Result = Atomic<()>;
+
+    fn handle(&mut self, msg: WriteKv, _ctx: &mut Self::Context) -> Self::Result {
+        let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Touch, None));
+        let WriteKv {
+            index,
+            offset,
+            data,
+            ..
+        } = msg;
+        self.kv_call(access, async move |kv, table| {
+            kv.write(table, index, offset, data).await
+        })
+    }
+}
+
+impl Handler<ReadKv> for SessionActor {
+    type Result = Atomic<Vec<u8>>;
+
+    fn handle(&mut self, msg: ReadKv, _ctx: &mut Self::Context) -> Self::Result {
+        let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Touch, None));
+        let index = msg.index;
+        self.kv_call(access, async move |kv, table| kv.read(table, index).await)
+    }
+}

@@ -1,0 +1,323 @@
+//! Issue 17: a session's KV memory as paged blocks in shared slabs. Sessions
+//! of one owner share the full blocks of a common prompt; every end drops
+//! each reference exactly once (crashes included); a slab whose blocks are
+//! all free goes back to the pool; bad input gets a typed error.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sessionbus_actors::*;
+
+const BLOCK: u64 = 16 * 64; // 16 tokens × 64 bytes
+
+fn kv_config(cache_blocks: u64) -> EngineConfig {
+    let mut config = no_expiry();
+    config.expiry.sweep_interval = Duration::from_secs(1);
+    config.kv = Some(KvPoolConfig {
+        layout: KvLayout {
+            tokens_per_block: 16,
+            bytes_per_token: 64,
+        },
+        blocks_per_slab: 8,
+        device_budget: BlockBudget::Blocks(64),
+        cache_budget: BlockBudget::Blocks(cache_blocks),
+        owner_budget: None,
+        table_cap_blocks: Some(32),
+        keep_alive: Duration::ZERO,
+        slab_idle_trim: Duration::from_secs(5),
+    });
+    config
+}
+
+/// A system prompt of two full blocks and a partial third.
+fn prompt() -> Vec<u32> {
+    (0..40).collect()
+}
+
+#[test]
+fn sessions_of_one_owner_share_a_prompt_and_release_it_exactly_once() {
+    on_paused_time(|| async {
+        let f = start(kv_config(16)).await;
+        let first = f.engine.open("alice").await.unwrap();
+        let appended = first.append_tokens(&prompt()).await.unwrap();
+        assert_eq!(appended.shared_prefix_tokens, 0, "nothing cached yet");
+        assert_eq!(
+            (appended.tokens, appended.blocks, appended.new_blocks),
+            (40, 3, 3)
+        );
+
+        let second = f.engine.open("alice").await.unwrap();
+        let appended = second.append_tokens(&prompt()).await.unwrap();
+        assert_eq!(appended.shared_prefix_tokens, 32, "two full blocks shared");
+        assert_eq!(appended.new_blocks, 1, "only the partial block is its own");
+        let (a, b) = (
+            first.kv_blocks().await.unwrap(),
+            second.kv_blocks().await.unwrap(),
+        );
+        assert_eq!(a[..2], b[..2], "the same blocks, not copies");
+        assert_ne!(a[2], b[2], "partial blocks are never shared");
+
+        // Another owner with the same tokens shares nothing (the default scope is the owner).
+        let bob = f.engine.open("bob").await.unwrap();
+        assert_eq!(
+            bob.append_tokens(&prompt())
+                .await
+                .unwrap()
+                .shared_prefix_tokens,
+            0
+        );
+
+        let kv = f.stats().await.kv.expect("kv stats");
+        assert_eq!(kv.blocks_shared, 2);
+        assert_eq!(kv.blocks_referenced, 3 + 1 + 3);
+        assert_eq!(kv.slabs_created, 1, "7 blocks fit one 8-block slab");
+
+        // The first sharer ends: the shared blocks stay referenced by the second.
+        first.close().await.unwrap();
+        let kv = f.stats().await.kv.unwrap();
+        assert_eq!(
+            kv.blocks_referenced,
+            1 + 3 + 3 - 1,
+            "alice's own partial block is gone"
+        );
+        assert_eq!(kv.blocks_shared, 0);
+        // The second ends (dropped: a disconnect): nobody references alice's prefix; it is cached.
+        drop(second);
+        settle(Duration::from_millis(10)).await;
+        let kv = f.stats().await.kv.unwrap();
+        assert_eq!(kv.blocks_referenced, 3, "only bob's");
+        assert_eq!(kv.blocks_cached, 2, "the two full blocks of alice's prompt");
+        assert_eq!(kv.blocks_held_by_released_tables, 0);
+
+        // A third alice session hits the cache.
+        let third = f.engine.open("alice").await.unwrap();
+        assert_eq!(
+            third
+                .append_tokens(&prompt())
+                .await
+                .unwrap()
+                .shared_prefix_tokens,
+            32
+        );
+        let stats = f.shutdown_clean().await;
+        let kv = stats.kv.unwrap();
+        assert_eq!(kv.blocks_referenced, 0);
+        assert_eq!(kv.blocks_total, 0, "every slab went back at shutdown");
+    });
+}
+
+#[test]
+fn a_salt_shares_across_owners() {
+    on_paused_time(|| async {
+        let f = start(kv_config(16)).await;
+        let salt = Salt([7; 32]);
+        let alice = f.engine.open("alice").await.unwrap();
+        alice.append_tokens_in(Some(salt), &prompt()).await.unwrap();
+        let bob = f.engine.open("bob").await.unwrap();
+        let appended = bob.append_tokens_in(Some(salt), &prompt()).await.unwrap();
+        assert_eq!(appended.shared_prefix_tokens, 32);
+        f.shutdown_clean().await;
+    });
+}
+
+#[test]
+fn a_crash_while_holding_shared_blocks_drops_each_reference_once() {
+    on_paused_time(|| async {
+        let f = start(kv_config(0)).await;
+        let keeper = f.engine.open("alice").await.unwrap();
+        keeper.append_tokens(&prompt()).await.unwrap();
+        let crasher = f.engine.open("alice").await.unwrap();
+        crasher.append_tokens(&prompt()).await.unwrap();
+        assert_eq!(f.stats().await.kv.unwrap().blocks_shared, 2);
+        crasher.inject_panic().await;
+        settle(Duration::from_millis(10)).await;
+        let kv = f.stats().await.kv.unwrap();
+        assert_eq!(kv.blocks_shared, 0);
+        assert_eq!(kv.blocks_referenced, 3, "the keeper's, counted once each");
+        keeper.close().await.unwrap();
+        let kv = f.stats().await.kv.unwrap();
+        assert_eq!(
+            (kv.blocks_referenced, kv.blocks_cached),
+            (0, 0),
+            "no cache budget: all free"
+        );
+        f.shutdown_clean().await;
+    });
+}
+
+#[test]
+fn an_idle_slab_goes_back_to_the_pool() {
+    on_paused_time(|| async {
+        let f = start(kv_config(0)).await;
+        let baseline = f.pool.stats().live_buffers;
+        let session = f.engine.open("alice").await.unwrap();
+        session.append_tokens(&prompt()).await.unwrap();
+        assert_eq!(f.pool.stats().live_buffers, baseline + 1, "one slab buffer");
+        session.close().await.unwrap();
+        // The sweeper (every second) trims a slab idle for slab_idle_trim (5 s).
+        settle(Duration::from_secs(8)).await;
+        assert_eq!(
+            f.pool.stats().live_buffers,
+            baseline,
+            "the slab's buffer is released"
+        );
+        assert_eq!(f.stats().await.kv.unwrap().slabs_trimmed, 1);
+        f.shutdown_clean().await;
+    });
+}
+
+#[test]
+fn kv_data_round_trips_and_bad_input_is_refused() {
+    on_paused_time(|| async {
+        let f = start(kv_config(0)).await;
+        let session = f.engine.open("alice").await.unwrap();
+        session.append_tokens(&prompt()).await.unwrap();
+        let data: Vec<u8> = (0..BLOCK).map(|i| (i % 251) as u8).collect();
+        session.write_kv(1, 0, data.clone()).await.unwrap();
+        assert_eq!(session.read_kv(1).await.unwrap(), data);
+        assert_eq!(
+            session.read_kv(0).await.unwrap(),
+            vec![0; BLOCK as usize],
+            "untouched"
+        );
+
+        let outside = session
+            .write_kv(0, BLOCK - 4, vec![1; 8])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &outside,
+                SessionError::Kv {
+                    source: KvStoreError::OutsideBlock { .. },
+                    ..
+                }
+            ),
+            "{outside:?}"
+        );
+        let missing = session.read_kv(3).await.unwrap_err();
+        assert!(
+            matches!(
+                &missing,
+                SessionError::Kv {
+                    source: KvStoreError::NoSuchBlock { index: 3, count: 3 },
+                    ..
+                }
+            ),
+            "{missing:?}"
+        );
+        // Past the session's cap (32 blocks): refused, nothing appended.
+        let too_many: Vec<u32> = (0..40 * 16).collect();
+        let capped = session.append_tokens(&too_many).await.unwrap_err();
+        assert!(
+            matches!(
+                &capped,
+                SessionError::Kv {
+                    source: KvStoreError::Blocks(_),
+                    ..
+                }
+            ),
+            "{capped:?}"
+        );
+        assert_eq!(session.kv_blocks().await.unwrap().len(), 3);
+
+        // Another owner cannot touch the session's blocks.
+        let bob = f.engine.attach(session.id(), Owner::new("bob")).await;
+        assert!(
+            matches!(bob, Err(SessionError::Unauthorized { .. })),
+            "{bob:?}"
+        );
+        f.shutdown_clean().await;
+    });
+}
+
+#[test]
+fn without_a_kv_section_kv_calls_say_so() {
+    on_paused_time(|| async {
+        let f = start(no_expiry()).await;
+        let session = f.engine.open("alice").await.unwrap();
+        let refused = session.append_tokens(&[1, 2, 3]).await.unwrap_err();
+        assert!(
+            matches!(
+                &refused,
+                SessionError::Kv {
+                    source: KvStoreError::NotConfigured,
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        assert!(session.kv_blocks().await.unwrap().is_empty());
+        f.shutdown_clean().await;
+    });
+}
+
+#[test]
+fn a_kv_layout_that_cannot_work_is_refused_at_start_by_name() {
+    on_paused_time(|| async {
+        let pool = std::sync::Arc::new(InMemoryPool::new(256 * MIB, 16 * MIB));
+        let mut zero = kv_config(0);
+        zero.kv.as_mut().unwrap().layout.tokens_per_block = 0;
+        let error = Engine::start(zero, pool.clone()).unwrap_err();
+        assert!(error.field.starts_with("kv."), "{error}");
+        assert!(error.field.contains("tokens_per_block"), "{error}");
+
+        let mut no_bytes = kv_config(0);
+        no_bytes.kv.as_mut().unwrap().layout.bytes_per_token = 0;
+        let error = Engine::start(no_bytes, pool.clone()).unwrap_err();
+        assert!(error.field.contains("bytes_per_token"), "{error}");
+
+        // A slab larger than the device's largest buffer (16 MiB here).
+        let mut huge = kv_config(0);
+        huge.kv.as_mut().unwrap().layout.bytes_per_token = MIB;
+        let error = Engine::start(huge, pool).unwrap_err();
+        assert!(error.field.starts_with("kv."), "{error}");
+        assert!(
+            error.reason.contains("largest buffer") || error.reason.contains("max"),
+            "{error}"
+        );
+    });
+}
+
+#[test]
+fn a_context_reset_drops_the_sessions_blocks_and_the_next_turn_starts_afresh() {
+    on_paused_time(|| async {
+        let f = start(kv_config(0)).await;
+        let keeper = f.engine.open("alice").await.unwrap();
+        keeper.append_tokens(&prompt()).await.unwrap();
+        let session = f.engine.open("alice").await.unwrap();
+        session.append_tokens(&prompt()).await.unwrap();
+        assert_eq!(f.stats().await.kv.unwrap().blocks_shared, 2);
+        // The user rejects what came before: the context is stale and reset.
+        let ack = session.chat(Turn::new().negation()).await.unwrap();
+        assert!(matches!(ack.context, ContextVerdict::Stale(_)), "{ack:?}");
+        assert!(session.kv_blocks().await.unwrap().is_empty());
+        let kv = f.stats().await.kv.unwrap();
+        assert_eq!(kv.blocks_shared, 0, "its shared references dropped once");
+        assert_eq!(kv.blocks_referenced, 3, "the keeper's only");
+        // The next append opens a new table (and finds the keeper's prefix).
+        let again = session.append_tokens(&prompt()).await.unwrap();
+        assert_eq!((again.tokens, again.shared_prefix_tokens), (40, 32));
+        f.shutdown_clean().await;
+    });
+}
+
+/// Found by the demo: the sweeper took the slabs' reserved owner for a
+/// session that had vanished and released live slabs under the sessions.
+#[test]
+fn the_sweeper_never_takes_live_slabs_for_orphaned_memory() {
+    on_paused_time(|| async {
+        let f = start(kv_config(0)).await;
+        let session = f.engine.open("alice").await.unwrap();
+        session.append_tokens(&prompt()).await.unwrap();
+        // Many sweeps (every second): two would confirm an orphan.
+        settle(Duration::from_secs(10)).await;
+        let stats = f.stats().await;
+        assert_eq!(stats.sweeper_incidents, 0);
+        session.write_kv(0, 0, vec![1; 64]).await.unwrap();
+        assert_eq!(session.read_kv(0).await.unwrap()[..64], [1; 64]);
+        f.shutdown_clean().await;
+    });
+}
