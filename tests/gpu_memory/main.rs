@@ -1,9 +1,11 @@
-//! Sessions end and their GPU memory comes back, exactly once, on the real adapter (wgpu counters checked).
+//! Sessions end and their GPU memory comes back, exactly once, on the real
+//! adapter (wgpu counters checked); KV blocks on real slabs.
 
 mod bad_input_is_refused;
 mod close_releases_gpu_memory_exactly_once;
 mod crashed_session_releases_everything;
 mod dropped_handle_ends_as_disconnect;
+mod kv_blocks_feed_a_paged_attention_kernel;
 mod offload_round_trips_bit_for_bit;
 mod sessions_that_end_on_their_own_release_gpu_memory;
 mod shutdown_releases_everything;

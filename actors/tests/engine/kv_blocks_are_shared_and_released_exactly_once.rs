@@ -3,11 +3,9 @@
 //! each reference exactly once (crashes included); a slab whose blocks are
 //! all free goes back to the pool; bad input gets a typed error.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use sessionbus_actors::*;
 
 const BLOCK: u64 = 16 * 64; // 16 tokens × 64 bytes
