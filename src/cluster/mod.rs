@@ -9,7 +9,8 @@
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use sessionbus::cluster::{ClusterConfig, ClusterNode};
-//! use sessionbus::{Config, Runtime};
+//! use sessionbus::Runtime;
+//! use sessionbus::config::Config;
 //!
 //! let runtime = Runtime::start(Config::default()).await?;
 //! // The cluster key comes from `SESSIONBUS_CLUSTER_KEYS` (or `ClusterConfig::keys`).
