@@ -101,6 +101,9 @@ if cargo run --quiet --locked --example audit_verify -- "$audit_dir"; then
 fi
 rm -rf "$audit_dir"
 unset SESSIONBUS_AUDIT_KEY
+echo "test.sh: demo kv scenario (a shared system prompt in paged KV blocks, the paged-attention kernel against the CPU, every kind of end; no block held by an ended session, wgpu counters back at baseline)"
+RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::supervisor=error}" \
+  cargo run --quiet --locked --example demo -- --scenario kv --sessions 200 --json | tail -n 1
 echo "test.sh: cluster example (3 nodes on a throwaway redis-server; one killed with SIGKILL)"
 RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::cluster=error}" \
   cargo run --quiet --locked -p sessionbus-cluster-example -- --sessions 50
