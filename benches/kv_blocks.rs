@@ -56,7 +56,12 @@ fn tokens(from: u32, blocks: u32) -> Vec<u32> {
 
 async fn append_vs_buffers(blocks: u32) -> anyhow::Result<()> {
     let rt = Runtime::builder()
-        .config(kv(blocks + 16, u64::from(blocks) * 4, 0, Duration::from_secs(3600)))
+        .config(kv(
+            blocks + 16,
+            u64::from(blocks) * 4,
+            0,
+            Duration::from_secs(3600),
+        ))
         .start()
         .await?;
     // Warm: the slab exists before the timed appends (a block append makes no wgpu call).
@@ -69,7 +74,9 @@ async fn append_vs_buffers(blocks: u32) -> anyhow::Result<()> {
         let session = rt.open("blocks").await?;
         let started = Instant::now();
         for b in 0..blocks {
-            session.append_tokens(&tokens(b * TOKENS_PER_BLOCK, 1)).await?;
+            session
+                .append_tokens(&tokens(b * TOKENS_PER_BLOCK, 1))
+                .await?;
         }
         let append = started.elapsed();
         let started = Instant::now();
@@ -115,7 +122,11 @@ async fn sharing(sessions: u32, prompt_blocks: u32, own_blocks: u32) -> anyhow::
         let baseline = rt.gpu_counters().expect("wgpu counters");
         let mut held = Vec::new();
         for i in 0..sessions {
-            let owner = if shared { "tenant".to_string() } else { format!("tenant-{i}") };
+            let owner = if shared {
+                "tenant".to_string()
+            } else {
+                format!("tenant-{i}")
+            };
             let session = rt.open(owner).await?;
             let mut all = tokens(0, prompt_blocks);
             all.extend(tokens(1_000_000 + i * 10_000, own_blocks));
@@ -160,7 +171,11 @@ async fn cycles(n: u64) -> anyhow::Result<()> {
             3..=5 if !live.is_empty() => {
                 let s = &live[rng.random_range(0..live.len())];
                 // Half the time a common prompt (a prefix hit), else fresh tokens.
-                let from = if rng.random_bool(0.5) { 0 } else { rng.random_range(1..1_000_000) };
+                let from = if rng.random_bool(0.5) {
+                    0
+                } else {
+                    rng.random_range(1..1_000_000)
+                };
                 let blocks = rng.random_range(1..4);
                 if s.append_tokens(&tokens(from, blocks)).await.is_err() {
                     refused += 1;
@@ -203,7 +218,10 @@ async fn cycles(n: u64) -> anyhow::Result<()> {
         report.gpu_after == Some(baseline),
     );
     anyhow::ensure!(kv.blocks_referenced == 0 && kv.blocks_held_by_released_tables == 0);
-    anyhow::ensure!(report.gpu_after == Some(baseline), "wgpu counters not at baseline");
+    anyhow::ensure!(
+        report.gpu_after == Some(baseline),
+        "wgpu counters not at baseline"
+    );
     Ok(())
 }
 
