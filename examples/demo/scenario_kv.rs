@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sessionbus::config::{BlockBudget, Config, KvLayout, KvPoolConfig};
-use sessionbus::kernels::PagedAttention;
+use sessionbus::kernels::{PagedAttention, cpu_attention};
 use sessionbus::{KvStats, Salt, SessionHandle, SessionId, Turn};
 
 use crate::report::{self, Books, Checks, row};
@@ -80,34 +80,6 @@ async fn write_tokens(session: &SessionHandle, tokens: &[u32], from: usize) -> a
         session.write_kv(block, slot * TOKEN_BYTES, bytes).await?;
     }
     Ok(())
-}
-
-fn cpu_attention(tokens: &[u32], query: &[f32]) -> Vec<f32> {
-    let scale = 1.0 / (HEAD_DIM as f32).sqrt();
-    let kvs: Vec<Vec<f32>> = tokens.iter().map(|&t| kv_of(t)).collect();
-    let scores: Vec<f32> = kvs
-        .iter()
-        .map(|kv| {
-            kv[..HEAD_DIM]
-                .iter()
-                .zip(query)
-                .map(|(k, q)| k * q)
-                .sum::<f32>()
-                * scale
-        })
-        .collect();
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
-    let sum: f32 = weights.iter().sum();
-    (0..HEAD_DIM)
-        .map(|i| {
-            kvs.iter()
-                .zip(&weights)
-                .map(|(kv, w)| kv[HEAD_DIM + i] * w)
-                .sum::<f32>()
-                / sum
-        })
-        .collect()
 }
 
 /// One session's conversation: the shared prompt, then its own turns.
@@ -254,7 +226,8 @@ async fn kernel_error(demo: &Demo, chat: &Chat) -> anyhow::Result<f32> {
     let kernel = PagedAttention::new(&device);
     let tokens = chat.tokens.len() as u64;
     let gpu = kernel.run(&slabs, &blocks, tokens, TOKENS_PER_BLOCK, &query)?;
-    let cpu = cpu_attention(&chat.tokens, &query);
+    let kvs: Vec<Vec<f32>> = chat.tokens.iter().map(|&t| kv_of(t)).collect();
+    let cpu = cpu_attention(kvs.iter().map(Vec::as_slice), &query);
     Ok(gpu
         .iter()
         .zip(&cpu)

@@ -4,8 +4,8 @@
 //!   a session's block table (`SessionHandle::kv_blocks`), one dispatch per
 //!   slab, partial softmaxes merged on the host. Small and unoptimised (one
 //!   invocation per dispatch): a proof that the blocks are real device
-//!   memory in the layout the tables say, checked against a CPU reference.
+//!   memory in the layout the tables say, checked against [`cpu_attention`].
 
 mod paged_attention;
 
-pub use paged_attention::{KernelError, PagedAttention};
+pub use paged_attention::{KernelError, PagedAttention, cpu_attention};

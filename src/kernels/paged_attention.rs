@@ -237,6 +237,31 @@ fn floats(values: impl Iterator<Item = f32>) -> Vec<u8> {
     values.flat_map(f32::to_le_bytes).collect()
 }
 
+/// The same attention on the CPU, in f32, for checking the kernel: each
+/// item of `tokens` is one token's `head_dim` keys then `head_dim` values.
+pub fn cpu_attention<'a>(tokens: impl IntoIterator<Item = &'a [f32]>, query: &[f32]) -> Vec<f32> {
+    let d = query.len();
+    let scale = 1.0 / (d as f32).sqrt();
+    let tokens: Vec<&[f32]> = tokens.into_iter().collect();
+    let scores: Vec<f32> = tokens
+        .iter()
+        .map(|kv| kv[..d].iter().zip(query).map(|(k, q)| k * q).sum::<f32>() * scale)
+        .collect();
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+    let sum: f32 = weights.iter().sum();
+    (0..d)
+        .map(|i| {
+            tokens
+                .iter()
+                .zip(&weights)
+                .map(|(kv, w)| kv[d + i] * w)
+                .sum::<f32>()
+                / sum
+        })
+        .collect()
+}
+
 /// Merges per-slab partial softmaxes into the attention output.
 fn merge(partials: &[Partial], head_dim: usize) -> Vec<f32> {
     let max = partials

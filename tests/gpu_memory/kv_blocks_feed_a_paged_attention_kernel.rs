@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sessionbus::config::{BlockBudget, Config, KvLayout, KvPoolConfig};
-use sessionbus::kernels::PagedAttention;
+use sessionbus::kernels::{PagedAttention, cpu_attention};
 use sessionbus::wgpu;
 use sessionbus::{KvBlock, Runtime, SessionHandle};
 
@@ -60,32 +60,25 @@ async fn write_tokens(session: &SessionHandle, tokens: &[u32], from: usize) {
     }
 }
 
-fn cpu_attention(tokens: &[u32], query: &[f32]) -> Vec<f32> {
-    let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+/// The kernel's answer for `tokens` (held in `blocks`) matches the CPU's.
+fn assert_matches_cpu(
+    kernel: &PagedAttention,
+    slabs: &HashMap<sessionbus::AllocationId, wgpu::Buffer>,
+    blocks: &[KvBlock],
+    tokens: &[u32],
+    query: &[f32],
+) {
+    let gpu = kernel
+        .run(slabs, blocks, tokens.len() as u64, TOKENS_PER_BLOCK, query)
+        .unwrap();
     let kvs: Vec<Vec<f32>> = tokens.iter().map(|&t| kv_of(t)).collect();
-    let scores: Vec<f32> = kvs
-        .iter()
-        .map(|kv| {
-            kv[..HEAD_DIM]
-                .iter()
-                .zip(query)
-                .map(|(k, q)| k * q)
-                .sum::<f32>()
-                * scale
-        })
-        .collect();
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
-    let sum: f32 = weights.iter().sum();
-    (0..HEAD_DIM)
-        .map(|i| {
-            kvs.iter()
-                .zip(&weights)
-                .map(|(kv, w)| kv[HEAD_DIM + i] * w)
-                .sum::<f32>()
-                / sum
-        })
-        .collect()
+    let cpu = cpu_attention(kvs.iter().map(Vec::as_slice), query);
+    for (g, c) in gpu.iter().zip(&cpu) {
+        assert!(
+            (g - c).abs() <= 1e-4 * c.abs().max(1.0),
+            "gpu {gpu:?} cpu {cpu:?}"
+        );
+    }
 }
 
 async fn slabs_of(
@@ -133,22 +126,7 @@ async fn shared_blocks_feed_the_kernel_and_go_back_to_the_device() {
     for (session, tokens) in [(&first, &prompt), (&second, &second_tokens)] {
         let blocks = session.kv_blocks().await.unwrap();
         let slabs = slabs_of(&rt, &blocks).await;
-        let gpu = kernel
-            .run(
-                &slabs,
-                &blocks,
-                tokens.len() as u64,
-                TOKENS_PER_BLOCK,
-                &query,
-            )
-            .unwrap();
-        let cpu = cpu_attention(tokens, &query);
-        for (g, c) in gpu.iter().zip(&cpu) {
-            assert!(
-                (g - c).abs() <= 1e-4 * c.abs().max(1.0),
-                "gpu {gpu:?} cpu {cpu:?}"
-            );
-        }
+        assert_matches_cpu(&kernel, &slabs, &blocks, tokens, &query);
     }
     // Shapes that do not fit are refused, not misread.
     assert!(
@@ -217,22 +195,7 @@ async fn an_applications_own_device_serves_the_blocks_its_kernels_read() {
     // The application's kernel, on the application's own device handle.
     let kernel = PagedAttention::new(&mine);
     let query: Vec<f32> = (0..HEAD_DIM).map(|i| i as f32 * 0.1 - 0.3).collect();
-    let gpu = kernel
-        .run(
-            &slabs,
-            &blocks,
-            tokens.len() as u64,
-            TOKENS_PER_BLOCK,
-            &query,
-        )
-        .unwrap();
-    let cpu = cpu_attention(&tokens, &query);
-    for (g, c) in gpu.iter().zip(&cpu) {
-        assert!(
-            (g - c).abs() <= 1e-4 * c.abs().max(1.0),
-            "gpu {gpu:?} cpu {cpu:?}"
-        );
-    }
+    assert_matches_cpu(&kernel, &slabs, &blocks, &tokens, &query);
     drop(slabs);
     session.close().await.unwrap();
     let report = rt.shutdown().await;
