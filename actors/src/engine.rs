@@ -217,6 +217,7 @@ impl EngineHandle {
             expiry: options.expiry,
             context_policy: options.context_policy,
             client_ip: options.client_ip,
+            kv_table: None,
         };
         let opened = self
             .registry

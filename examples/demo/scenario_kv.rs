@@ -2,7 +2,8 @@
 //! several tenants share a public system prompt's blocks (one salt), chat
 //! (each turn appends tokens into blocks and writes their keys and values),
 //! a paged-attention kernel reads one session's KV through its block table
-//! and is checked against the CPU, and the sessions end every way: closed,
+//! and is checked against the CPU, some conversations fork (sharing every full
+//! block, copying the partial one), and the sessions end every way: closed,
 //! disconnected, context reset then closed, left to the shutdown. Then: no
 //! block held by an ended session, idle slabs trimmed, wgpu's counters back
 //! at their baseline.
@@ -45,6 +46,8 @@ struct Report {
     /// Largest |GPU − CPU| over the attention output of one session.
     kernel_max_abs_error: f32,
     context_resets: u64,
+    /// Conversations forked (each closed after a turn of its own).
+    kv_forks: u64,
     never_released: usize,
 }
 
@@ -123,8 +126,25 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         None => 0.0,
     };
 
-    // Sessions end every way.
+    // Some conversations fork: the fork shares every full block, copies the
+    // partial one, chats a turn of its own and is closed.
     let mut ids: Vec<SessionId> = Vec::new();
+    let mut forks = 0u64;
+    for (i, chat) in chats.iter().enumerate().step_by(5) {
+        let fork = chat.handle.fork().await?;
+        let start = 900_000 + 100 * i as u32;
+        let new: Vec<u32> = (start..start + TURN_TOKENS).collect();
+        fork.append_tokens(&new).await?;
+        let mut tokens = chat.tokens.clone();
+        let from = tokens.len();
+        tokens.extend(&new);
+        write_tokens(&fork, &tokens, from).await?;
+        ids.push(fork.id());
+        drop(fork.close().await?);
+        forks += 1;
+    }
+
+    // Sessions end every way.
     let mut kept = Vec::new();
     let mut context_resets = 0;
     for (i, chat) in chats.into_iter().enumerate() {
@@ -175,6 +195,7 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         blocks_held_by_ended_sessions: kv.blocks_held_by_released_tables + kv.blocks_referenced,
         kernel_max_abs_error,
         context_resets,
+        kv_forks: forks,
         never_released,
     };
     if args.json {

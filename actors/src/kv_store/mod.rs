@@ -172,6 +172,44 @@ impl KvStore {
         }
     }
 
+    /// A new table sharing every full block of `parent`; its partial last
+    /// block is copied into a fresh one (copy-on-write) through host memory
+    /// before this answers. On a failed copy the new table is released.
+    pub(crate) async fn fork(&self, parent: TableId) -> Result<TableId, KvStoreError> {
+        let forked = loop {
+            let grant = self.books().fork(parent, clock::now())?;
+            match grant {
+                Grant::Granted(forked) => break forked,
+                Grant::NeedSlab(request) => self.add_slab(request.slab_bytes).await?,
+            }
+        };
+        if let Some(copy) = forked.copy
+            && let Err(error) = self.copy_block(copy).await
+        {
+            self.release_table(forked.table);
+            return Err(error);
+        }
+        Ok(forked.table)
+    }
+
+    /// Copies the first `copy.tokens` tokens of one block into another.
+    async fn copy_block(&self, copy: crate::kv::BlockCopy) -> Result<(), KvStoreError> {
+        let (from, to) = {
+            let slabs = self.slabs.lock().unwrap_or_else(|p| p.into_inner());
+            (slabs[&copy.from.slab], slabs[&copy.to.slab])
+        };
+        let bytes = u64::from(copy.tokens) * self.books().layout().bytes_per_token;
+        let (reply, read) = oneshot::channel();
+        self.pool.read(self.slab_session, from, reply);
+        let slab = self.answer(read, "KV block copy").await?;
+        let start = copy.from.offset as usize;
+        let data = slab[start..start + bytes as usize].to_vec();
+        let (reply, written) = oneshot::channel();
+        self.pool
+            .write(self.slab_session, to, copy.to.offset, data, reply);
+        self.answer(written, "KV block copy").await
+    }
+
     /// Drops every reference of `table`, exactly once (the table is gone).
     pub(crate) fn release_table(&self, table: TableId) {
         // A table already released is a bookkeeping bug elsewhere; it must not take the engine down.

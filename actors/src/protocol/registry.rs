@@ -36,6 +36,9 @@ pub(crate) struct Open {
     /// Overrides the engine's context policy for this session.
     pub(crate) context_policy: Option<ContextPolicyFactory>,
     pub(crate) client_ip: Option<crate::ids::ClientIp>,
+    /// A KV block table the new session starts with (a fork's); released
+    /// here if the open is refused.
+    pub(crate) kv_table: Option<crate::kv::TableId>,
 }
 
 #[derive(Message)]

@@ -140,6 +140,14 @@ pub(crate) struct AppendTokens {
     pub(crate) salt: Option<crate::kv::Salt>,
 }
 
+/// Forks the session's KV block table: a new table sharing every full
+/// block, with the partial last block copied; answers it and the owner.
+#[derive(Message)]
+#[rtype(result = "Result<(crate::kv::TableId, crate::ids::Owner), SessionError>")]
+pub(crate) struct ForkKv {
+    pub(crate) caller: Caller,
+}
+
 /// Where the session's KV blocks are, in order.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<crate::kv_store::KvBlock>, SessionError>")]

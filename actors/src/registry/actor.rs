@@ -243,6 +243,20 @@ impl Handler<Open> for RegistryActor {
     type Result = Result<Opened, OpenError>;
 
     fn handle(&mut self, msg: Open, ctx: &mut Self::Context) -> Self::Result {
+        let kv_table = msg.kv_table;
+        let opened = self.open_session(msg, ctx);
+        // A fork's table belongs to the new session only once it exists.
+        if opened.is_err()
+            && let (Some(table), Some(kv)) = (kv_table, &self.settings.kv)
+        {
+            kv.release_table(table);
+        }
+        opened
+    }
+}
+
+impl RegistryActor {
+    fn open_session(&mut self, msg: Open, ctx: &mut Context<Self>) -> Result<Opened, OpenError> {
         if self.shutting_down() {
             return Err(OpenError::ShuttingDown);
         }
@@ -270,7 +284,7 @@ impl Handler<Open> for RegistryActor {
         };
         let opened_us = self.settings.epoch.now_micros();
         let shared = Arc::new(SessionShared::new(opened_us));
-        let record = EndGuard::new(
+        let mut record = EndGuard::new(
             id,
             msg.owner.clone(),
             msg.trace_id,
@@ -278,6 +292,7 @@ impl Handler<Open> for RegistryActor {
             self.settings.clone(),
         )
         .with_client_ip(msg.client_ip);
+        record.kv_table = msg.kv_table;
         let session = SessionActor::new(record, msg.context_policy);
         let capacity = self.config.mailbox_capacity;
         let addr = SessionActor::create(move |ctx| {

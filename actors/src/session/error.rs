@@ -35,6 +35,16 @@ pub enum SessionError {
         /// The id asked for.
         id: SessionId,
     },
+    /// A fork's new session could not be opened (the session limit, a
+    /// shutdown); its forked table was released.
+    #[error("session {id}: the fork could not be opened: {source}")]
+    ForkRefused {
+        /// The session that was forked.
+        id: SessionId,
+        /// Why.
+        #[source]
+        source: crate::registry::OpenError,
+    },
     /// A KV block operation was refused; nothing changed.
     #[error("session {id}: {source}")]
     Kv {

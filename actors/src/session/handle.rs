@@ -15,7 +15,7 @@ use crate::kv::Salt;
 use crate::kv_store::{KvAppendReport, KvBlock};
 use crate::lease::LeaseId;
 use crate::lifecycle::{EndReason, Event, State};
-use crate::protocol::session::{AppendTokens, KvBlocks, ReadKv, WriteKv};
+use crate::protocol::session::{AppendTokens, ForkKv, KvBlocks, ReadKv, WriteKv};
 use crate::registry::{AwaitReceipt, RegistryActor};
 
 /// A live session, as the application holds it.
@@ -234,6 +234,45 @@ impl SessionHandle {
             })
             .await;
         self.answer(sent, Event::Allocate)
+    }
+
+    /// A new session of the same owner whose KV block table is a fork of
+    /// this one's: every full block is shared (no copy), the partial last
+    /// block is copied into a block of its own (copy-on-write), so the two
+    /// conversations go on independently. The handle acts as this one's
+    /// caller. Each session releases its references when it ends.
+    pub async fn fork(&self) -> Result<SessionHandle, SessionError> {
+        let sent = self
+            .addr
+            .send(ForkKv {
+                caller: self.caller.clone(),
+            })
+            .await;
+        let (table, owner) = self.answer(sent, Event::Touch)?;
+        let open = crate::protocol::registry::Open {
+            owner,
+            trace_id: TraceId::random(),
+            expiry: None,
+            context_policy: None,
+            client_ip: None,
+            kv_table: Some(table),
+        };
+        let opened = self
+            .registry
+            .send(open)
+            .await
+            .map_err(|_| SessionError::RuntimeStopped)?
+            .map_err(|source| SessionError::ForkRefused {
+                id: self.id,
+                source,
+            })?;
+        Ok(SessionHandle::new(
+            opened.id,
+            self.caller.clone(),
+            opened.addr,
+            opened.shared,
+            self.registry.clone(),
+        ))
     }
 
     /// Where this session's KV blocks are, in token order: the buffer (a

@@ -319,3 +319,81 @@ fn the_sweeper_never_takes_live_slabs_for_orphaned_memory() {
         f.shutdown_clean().await;
     });
 }
+
+#[test]
+fn a_fork_shares_full_blocks_copies_the_partial_one_and_goes_on_alone() {
+    on_paused_time(|| async {
+        let f = start(kv_config(0)).await;
+        let parent = f.engine.open("alice").await.unwrap();
+        parent.append_tokens(&prompt()).await.unwrap(); // 2 full blocks + 8 tokens
+        let partial: Vec<u8> = (0..8 * 64).map(|i| (i % 253) as u8).collect();
+        parent.write_kv(2, 0, partial.clone()).await.unwrap();
+
+        let child = parent.fork().await.unwrap();
+        assert_ne!(child.id(), parent.id());
+        let (p, c) = (
+            parent.kv_blocks().await.unwrap(),
+            child.kv_blocks().await.unwrap(),
+        );
+        assert_eq!(p[..2], c[..2], "full blocks shared");
+        assert_ne!(p[2], c[2], "the partial block is the child's own copy");
+        assert_eq!(
+            child.read_kv(2).await.unwrap()[..partial.len()],
+            partial[..],
+            "copied"
+        );
+        let kv = f.stats().await.kv.unwrap();
+        assert_eq!((kv.blocks_shared, kv.blocks_referenced), (2, 4));
+
+        // They go on independently.
+        child.write_kv(2, 0, vec![9; 64]).await.unwrap();
+        assert_eq!(parent.read_kv(2).await.unwrap()[..64], partial[..64]);
+        child.append_tokens(&[7; 20]).await.unwrap();
+        assert_eq!(parent.kv_blocks().await.unwrap().len(), 3);
+        assert_eq!(child.kv_blocks().await.unwrap().len(), 4);
+
+        // Each end drops its own references once.
+        parent.close().await.unwrap();
+        assert_eq!(
+            f.stats().await.kv.unwrap().blocks_referenced,
+            4,
+            "the child's"
+        );
+        child.close().await.unwrap();
+        let kv = f.stats().await.kv.unwrap();
+        assert_eq!(
+            (kv.blocks_referenced, kv.blocks_held_by_released_tables),
+            (0, 0)
+        );
+        f.shutdown_clean().await;
+    });
+}
+
+#[test]
+fn a_fork_refused_at_the_session_limit_releases_its_table() {
+    on_paused_time(|| async {
+        let mut config = kv_config(0);
+        config.sessions.max_sessions = 1;
+        let f = start(config).await;
+        let parent = f.engine.open("alice").await.unwrap();
+        parent.append_tokens(&prompt()).await.unwrap();
+        let refused = parent.fork().await.unwrap_err();
+        assert!(
+            matches!(
+                &refused,
+                SessionError::ForkRefused {
+                    source: OpenError::AtCapacity { .. },
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        let kv = f.stats().await.kv.unwrap();
+        assert_eq!(
+            (kv.blocks_shared, kv.blocks_referenced),
+            (0, 3),
+            "the fork's references went"
+        );
+        f.shutdown_clean().await;
+    });
+}

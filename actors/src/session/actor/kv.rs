@@ -14,7 +14,7 @@ use super::SessionActor;
 use crate::kv::{Salt, ShareScope, TableId};
 use crate::kv_store::{KvAppendReport, KvBlock, KvStore, KvStoreError};
 use crate::lifecycle::Event;
-use crate::protocol::session::{AppendTokens, KvBlocks, ReadKv, WriteKv};
+use crate::protocol::session::{AppendTokens, ForkKv, KvBlocks, ReadKv, WriteKv};
 use crate::session::error::SessionError;
 
 type Atomic<T> = AtomicResponse<SessionActor, Result<T, SessionError>>;
@@ -94,6 +94,19 @@ impl Handler<AppendTokens> for SessionActor {
         let tokens = msg.tokens;
         self.kv_call(access, async move |kv, table| {
             kv.append(table, &tokens).await
+        })
+    }
+}
+
+impl Handler<ForkKv> for SessionActor {
+    type Result = Atomic<(TableId, crate::ids::Owner)>;
+
+    fn handle(&mut self, msg: ForkKv, _ctx: &mut Self::Context) -> Self::Result {
+        // A session without a table forks an empty one.
+        let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Touch, Some(None)));
+        let owner = self.record.owner.clone();
+        self.kv_call(access, async move |kv, table| {
+            Ok((kv.fork(table).await?, owner))
         })
     }
 }
