@@ -153,6 +153,16 @@ pub(crate) struct MakeRoom {
     pub(crate) scope: BudgetScope,
 }
 
+/// From a session whose KV append found no free or cached block: end idle
+/// sessions that hold KV blocks (least recently active first), at most
+/// `sessions`; answers the ones asked to end.
+#[derive(Message)]
+#[rtype(result = "Vec<SessionId>")]
+pub(crate) struct EvictForKv {
+    pub(crate) requester: SessionId,
+    pub(crate) sessions: usize,
+}
+
 /// From a session: its buffers moved between the GPU and host memory.
 #[derive(Message)]
 #[rtype(result = "()")]

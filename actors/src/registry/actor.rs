@@ -293,6 +293,7 @@ impl RegistryActor {
         )
         .with_client_ip(msg.client_ip);
         record.kv_table = msg.kv_table;
+        shared.set_holds_kv(msg.kv_table.is_some());
         let session = SessionActor::new(record, msg.context_policy);
         let capacity = self.config.mailbox_capacity;
         let addr = SessionActor::create(move |ctx| {

@@ -17,7 +17,7 @@ use crate::budget::{Budget, BudgetConfig, BudgetScope};
 use crate::cleanup::ReleaseQueue;
 use crate::ids::{Caller, IdMap, SessionId};
 use crate::lifecycle::{EndReason, State};
-use crate::protocol::registry::{MakeRoom, MemoryMoved};
+use crate::protocol::registry::{EvictForKv, MakeRoom, MemoryMoved};
 use crate::protocol::session::{End, Offload};
 use crate::session::SessionError;
 
@@ -198,6 +198,43 @@ impl RegistryActor {
         });
     }
 
+    /// KV blocks ran out: ends up to `msg.sessions` idle sessions holding KV
+    /// blocks (established, no lease, not waiting, idle for `evict_idle`),
+    /// least recently active first, as `evicted`, if `when_exhausted` is
+    /// `evict`. Each checks that it is still that idle before it goes.
+    pub(super) fn evict_for_kv(&mut self, msg: &EvictForKv) -> Vec<SessionId> {
+        if self.settings.wait_rules.when_exhausted != crate::budget::WhenExhausted::Evict {
+            return Vec::new();
+        }
+        let now_us = self.settings.epoch.now_micros();
+        let Some(idle_since) = now_us.checked_sub(self.pressure.evict_idle_us) else {
+            return Vec::new();
+        };
+        let mut candidates: Vec<(u64, SessionId)> = self
+            .sessions
+            .iter()
+            .filter(|(id, live)| {
+                **id != msg.requester
+                    && !self.pressure.leaving.contains_key(*id)
+                    && live.shared.state() == State::Established
+                    && live.shared.leases() == 0
+                    && !live.shared.is_waiting()
+                    && live.shared.holds_kv()
+                    && live.shared.last_active_us() <= idle_since
+            })
+            .map(|(id, live)| (live.shared.last_active_us(), *id))
+            .collect();
+        candidates.sort_unstable();
+        let mut asked = Vec::new();
+        for (seen_active_us, id) in candidates.into_iter().take(msg.sessions) {
+            if let Some(addr) = self.sessions.get(&id).and_then(|l| l.addr.upgrade()) {
+                self.evict(addr, seen_active_us);
+                asked.push(id);
+            }
+        }
+        asked
+    }
+
     /// Ends the session as `evicted` if it is still as idle as it was seen
     /// (`seen_active_us`); the session checks, and answers `Kept` if not.
     fn evict(&mut self, addr: Addr<crate::session::SessionActor>, seen_active_us: u64) {
@@ -274,6 +311,14 @@ impl Handler<OffloadAnswered> for RegistryActor {
                 }
             }
         }
+    }
+}
+
+impl Handler<EvictForKv> for RegistryActor {
+    type Result = MessageResult<EvictForKv>;
+
+    fn handle(&mut self, msg: EvictForKv, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.evict_for_kv(&msg))
     }
 }
 

@@ -25,6 +25,8 @@ pub(crate) struct SessionShared {
     leases: AtomicU32,
     /// An allocation waits for room: a session asking for memory is not evicted.
     waiting: AtomicBool,
+    /// It holds a KV block table: ending it gives KV blocks back.
+    holds_kv: AtomicBool,
 }
 
 const STATES: [State; 4] = [
@@ -44,7 +46,16 @@ impl SessionShared {
             gpu_bytes: AtomicU64::new(0),
             leases: AtomicU32::new(0),
             waiting: AtomicBool::new(false),
+            holds_kv: AtomicBool::new(false),
         }
+    }
+
+    pub(crate) fn holds_kv(&self) -> bool {
+        self.holds_kv.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_holds_kv(&self, holds: bool) {
+        self.holds_kv.store(holds, Ordering::Relaxed);
     }
 
     pub(crate) fn last_active_us(&self) -> u64 {

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::SessionActor;
-use crate::kv::{Salt, ShareScope, TableId};
+use crate::ids::Caller;
+use crate::kv::{KvError, Salt, ShareScope, TableId};
 use crate::kv_store::{KvAppendReport, KvBlock, KvStore, KvStoreError};
 use crate::lifecycle::Event;
+use crate::protocol::registry::{AwaitReceipt, EvictForKv};
 use crate::protocol::session::{AppendTokens, ForkKv, KvBlocks, ReadKv, WriteKv};
 use crate::session::error::SessionError;
 
@@ -35,7 +37,7 @@ impl SessionActor {
     /// now, in `salt`'s scope or the owner's, if `open` and it has none).
     fn kv_access(
         &mut self,
-        caller: &crate::ids::Caller,
+        caller: &Caller,
         event: Event,
         open: Option<Option<Salt>>,
     ) -> Result<(Arc<KvStore>, TableId), SessionError> {
@@ -56,6 +58,7 @@ impl SessionActor {
                 };
                 let table = kv.open_table(self.record.owner.clone(), scope);
                 self.record.kv_table = Some(table);
+                self.record.shared.set_holds_kv(true);
                 table
             }
             (None, None) => {
@@ -89,10 +92,35 @@ impl SessionActor {
 impl Handler<AppendTokens> for SessionActor {
     type Result = Atomic<KvAppendReport>;
 
+    /// When no block is free or cached, idle sessions holding KV blocks
+    /// are ended (`budget.when_exhausted = "evict"`, idle for
+    /// `budget.evict_idle`), their releases waited for at most
+    /// `budget.wait_timeout`, and the append tried once more. Nothing waits
+    /// on a session that could not make progress: only idle sessions
+    /// without leases are asked, and never the appending one.
     fn handle(&mut self, msg: AppendTokens, _ctx: &mut Self::Context) -> Self::Result {
         let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Allocate, Some(msg.salt)));
         let tokens = msg.tokens;
+        let registry = self.record.settings.registry.clone();
+        let requester = self.record.id;
+        let wait = self.record.settings.wait_rules.timeout;
         self.kv_call(access, async move |kv, table| {
+            let needed = match kv.append(table, &tokens).await {
+                Err(KvStoreError::Blocks(KvError::OutOfBlocks { needed, .. })) => needed,
+                answer => return answer,
+            };
+            let evict = EvictForKv {
+                requester,
+                sessions: usize::try_from(needed).unwrap_or(usize::MAX),
+            };
+            let asked = registry.send(evict).await.unwrap_or_default();
+            let receipts = asked.into_iter().map(|id| {
+                registry.send(AwaitReceipt {
+                    id,
+                    caller: Caller::Operator("sessionbus-pressure".into()),
+                })
+            });
+            let _ = tokio::time::timeout(wait, futures::future::join_all(receipts)).await;
             kv.append(table, &tokens).await
         })
     }

@@ -54,6 +54,7 @@ impl SessionActor {
         // included, each dropped once); the next append opens a new table.
         if let (Some(table), Some(kv)) = (self.record.kv_table.take(), &self.record.settings.kv) {
             kv.release_table(table);
+            self.record.shared.set_holds_kv(false);
         }
         self.publish_gpu_bytes();
         let charged: u64 = released.iter().map(|a| a.bytes).sum();
