@@ -36,6 +36,10 @@ pub struct Args {
     /// Tokens per KV block (one GPU buffer).
     #[arg(long, default_value_t = Settings::default().block_tokens)]
     pub block_tokens: u64,
+    /// Hold KV as paged blocks in shared slabs, the system prompt shared by
+    /// every conversation (instead of one buffer per block).
+    #[arg(long)]
+    pub kv_blocks: bool,
     /// Largest WebSocket frame, in bytes (larger: close 1009).
     #[arg(long, default_value_t = Settings::default().max_frame_bytes)]
     pub max_frame_bytes: usize,
@@ -101,6 +105,7 @@ impl Args {
                 token_interval_ms: self.token_ms,
                 kv_bytes_per_token: self.kv_bytes_per_token,
                 block_tokens: self.block_tokens.max(1),
+                kv_blocks: self.kv_blocks,
                 max_frame_bytes: self.max_frame_bytes,
                 rate_per_sec: self.rate_per_sec,
                 rate_burst: self.rate_burst,

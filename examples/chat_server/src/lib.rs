@@ -100,6 +100,9 @@ impl ChatServer {
     pub async fn start(mut options: Options) -> anyhow::Result<ChatServer> {
         let metrics = prometheus();
         options.config.metrics.enabled = true;
+        if options.settings.kv_blocks && options.config.kv.is_none() {
+            options.config.kv = Some(model::kv_config(&options.settings));
+        }
         let runtime = Runtime::start(options.config).await?;
         let identity = options.identity.unwrap_or_else(|| {
             Arc::new(DemoIssuer::new(Duration::from_secs(

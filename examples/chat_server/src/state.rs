@@ -26,6 +26,11 @@ pub struct Settings {
     pub kv_bytes_per_token: u64,
     /// Tokens per KV block: a new `allocate_for_context` every this many tokens.
     pub block_tokens: u64,
+    /// Hold each conversation's KV as paged blocks in shared slabs (the
+    /// runtime's `[kv]`, derived from the two settings above unless the
+    /// configuration has one), with a system prompt every conversation
+    /// shares, instead of one buffer per block.
+    pub kv_blocks: bool,
     /// Largest WebSocket frame accepted; a larger one closes with 1009.
     pub max_frame_bytes: usize,
     /// Longest chat message, in characters.
@@ -70,6 +75,7 @@ impl Default for Settings {
             token_interval_ms: 15,
             kv_bytes_per_token: 4096,
             block_tokens: 16,
+            kv_blocks: false,
             max_frame_bytes: 16 * 1024,
             max_message_chars: 4000,
             rate_per_sec: 5,

@@ -47,6 +47,7 @@ pub async fn snapshot(state: &AppState) -> serde_json::Value {
         "release_queue": stats.as_ref().map(|s| &s.release_queue),
         "budget": stats.as_ref().map(|s| &s.budget),
         "pressure": stats.as_ref().map(|s| &s.pressure),
+        "kv": stats.as_ref().and_then(|s| s.kv.as_ref()),
         "incidents": {
             "total": stats.as_ref().map(|s| s.incidents),
             "sweeper": stats.as_ref().map(|s| s.sweeper_incidents),

@@ -8,6 +8,7 @@ mod client;
 mod admits_sessions_within_its_caps;
 mod cannot_be_filled_by_anyone;
 mod closes_sockets_whose_session_or_client_is_gone;
+mod holds_kv_as_shared_blocks;
 mod page_works_in_chromium;
 mod reaps_clients_that_stop_reading;
 mod refuses_bad_input;
