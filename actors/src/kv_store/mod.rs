@@ -150,6 +150,12 @@ impl KvStore {
             Ok(Ok(Err(error))) => return Err(KvStoreError::Slab(error)),
             Ok(Err(_)) => return Err(KvStoreError::Slab(crate::gpu::GpuError::Unavailable)),
             Err(_) => {
+                // The buffer may still be created: a release queued after
+                // the allocation (the pool runs requests in order) frees it
+                // then, so no slab the books never saw outlives the wait.
+                let (reply, _) = oneshot::channel();
+                self.pool
+                    .release_allocations(self.slab_session, vec![id], reply);
                 return Err(KvStoreError::Slab(crate::gpu::GpuError::TimedOut {
                     operation: "KV slab allocation",
                     waited: self.step_timeout,
