@@ -302,6 +302,14 @@ impl BlockPool {
         self.blocks.evict_cached(max, now)
     }
 
+    /// Whether `n` more blocks could fit even if every session ended: the
+    /// device budget's blocks less those of `table` itself (which would not
+    /// end). When not, ending sessions cannot help: refuse at once.
+    pub fn could_fit_if_others_ended(&self, table: TableId, n: u64) -> bool {
+        let held = self.tables.get(&table).map_or(0, |t| t.blocks.len() as u64);
+        n.saturating_add(held) <= self.blocks.device_blocks()
+    }
+
     /// Whether `n` more blocks for `owner` could be had without ending any
     /// session: free + cached blocks + the room the device budget leaves for
     /// new slabs, and the owner's budget. When not, refuse at once instead of

@@ -216,6 +216,12 @@ impl KvStore {
         self.answer(written, "KV block copy").await
     }
 
+    /// Whether `n` more blocks for `table` could fit if every other session
+    /// ended (see `BlockPool::could_fit_if_others_ended`).
+    pub(crate) fn could_fit_if_others_ended(&self, table: TableId, n: u64) -> bool {
+        self.books().could_fit_if_others_ended(table, n)
+    }
+
     /// Drops every reference of `table`, exactly once (the table is gone).
     pub(crate) fn release_table(&self, table: TableId) {
         // A table already released is a bookkeeping bug elsewhere; it must not take the engine down.

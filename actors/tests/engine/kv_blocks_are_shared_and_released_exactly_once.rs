@@ -454,3 +454,39 @@ fn out_of_blocks_an_append_evicts_idle_holders_but_never_a_busy_one() {
         });
     }
 }
+
+/// Issue 17 (4), admission: an append that no number of ends could make
+/// room for is refused at once, and nobody is evicted for it.
+#[test]
+fn an_append_that_could_never_fit_is_refused_without_evicting_anyone() {
+    on_paused_time(|| async {
+        let mut config = kv_config(0);
+        config.kv.as_mut().unwrap().device_budget = BlockBudget::Blocks(16);
+        let f = start(config).await;
+        let idle = f.engine.open("alice").await.unwrap();
+        idle.append_tokens(&(0..16 * 6).collect::<Vec<u32>>())
+            .await
+            .unwrap();
+        settle(Duration::from_secs(2)).await; // idle past `evict_idle`
+        let greedy = f.engine.open("bob").await.unwrap();
+        let too_many: Vec<u32> = (0..16 * 17).collect(); // 17 blocks > the 16 of the device budget
+        let refused = greedy.append_tokens(&too_many).await.unwrap_err();
+        assert!(
+            matches!(
+                &refused,
+                SessionError::Kv {
+                    source: KvStoreError::Blocks(KvError::OutOfBlocks { .. }),
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(
+            idle.state(),
+            State::Established,
+            "nobody was evicted for it"
+        );
+        assert_eq!(f.stats().await.kv.unwrap().blocks_referenced, 6);
+        f.shutdown_clean().await;
+    });
+}

@@ -105,10 +105,15 @@ impl Handler<AppendTokens> for SessionActor {
         let requester = self.record.id;
         let wait = self.record.settings.wait_rules.timeout;
         self.kv_call(access, async move |kv, table| {
-            let needed = match kv.append(table, &tokens).await {
-                Err(KvStoreError::Blocks(KvError::OutOfBlocks { needed, .. })) => needed,
+            let (needed, refused) = match kv.append(table, &tokens).await {
+                Err(KvStoreError::Blocks(e @ KvError::OutOfBlocks { needed, .. })) => (needed, e),
                 answer => return answer,
             };
+            // Admission: what no number of ends could make room for is
+            // refused at once, and nobody is evicted for it.
+            if !kv.could_fit_if_others_ended(table, needed) {
+                return Err(KvStoreError::Blocks(refused));
+            }
             let evict = EvictForKv {
                 requester,
                 sessions: usize::try_from(needed).unwrap_or(usize::MAX),
