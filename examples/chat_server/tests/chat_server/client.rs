@@ -292,7 +292,11 @@ pub fn normal() -> u16 {
 /// baseline), then a graceful shutdown that leaks nothing either.
 pub async fn finish(server: ChatServer, http: &Http) -> Value {
     let status = http.until_quiet_at_baseline().await;
-    let report = server.shutdown().await;
+    // Bounded only so that a hung shutdown fails here instead of hanging
+    // the suite (the runtime's own deadline is 30 s).
+    let report = tokio::time::timeout(Duration::from_secs(120), server.shutdown())
+        .await
+        .expect("the chat server shut down within two minutes");
     assert_eq!(report.leaked_buffers, 0, "{report:?}");
     assert_eq!(
         report.runtime.gpu_after.expect("wgpu counters"),

@@ -31,7 +31,11 @@ async fn a_silent_client_is_closed_at_its_idle_timeout_and_a_reading_one_stays()
     // and is still served after several idle timeouts' worth of pings.
     let mut pings = 0;
     while pings < 10 {
-        match alive_socket.next().await {
+        // Bounded only so that a regression fails here instead of hanging.
+        let frame = tokio::time::timeout(Duration::from_secs(60), alive_socket.next())
+            .await
+            .expect("a ping within a minute on a quiet socket");
+        match frame {
             Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_))) => pings += 1,
             other => panic!("expected pings on a quiet socket, got {other:?}"),
         }
