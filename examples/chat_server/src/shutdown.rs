@@ -30,6 +30,9 @@ pub struct ShutdownReport {
     pub websockets_closed: usize,
 }
 
+/// How long the HTTP server's own stop is waited for.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub(super) async fn graceful(
     state: web::Data<AppState>,
     server: actix_web::dev::ServerHandle,
@@ -46,8 +49,21 @@ pub(super) async fn graceful(
     let report = runtime.shutdown().await;
     state.sessions.clear();
     let _ = state.closing_sockets.send(true);
-    server.stop(true).await;
-    let _ = running.await;
+    // The workers get `shutdown_timeout` (2 s) to finish; bounded here too,
+    // so that an HTTP server that never reports back cannot hold the
+    // shutdown (the runtime's part, above, is done and reported either way).
+    let stopped = tokio::time::timeout(STOP_WAIT, async {
+        server.stop(true).await;
+        let _ = running.await;
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::error!(
+            event = "chat_server.http_stop_timed_out",
+            waited_ms = STOP_WAIT.as_millis() as u64,
+            "the HTTP server did not report its stop in time; going on without it"
+        );
+    }
     ShutdownReport {
         leaked_buffers: report.gpu_after.expect("wgpu counters").buffers - state.baseline.buffers,
         gpu_baseline: state.baseline,
