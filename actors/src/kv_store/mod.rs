@@ -286,11 +286,26 @@ impl KvStore {
         offset: u64,
         len: u64,
     ) -> Result<KvBlock, KvStoreError> {
-        let blocks = self.blocks(table)?;
-        let count = blocks.len();
-        let block = *blocks
-            .get(index)
-            .ok_or(KvStoreError::NoSuchBlock { index, count })?;
+        // One block's place, not the whole table's: this runs for every
+        // token written.
+        let location = {
+            let books = self.books();
+            let blocks = books
+                .table(table)
+                .ok_or(crate::kv::KvError::UnknownTable(table))?
+                .blocks();
+            let count = blocks.len();
+            let block = *blocks
+                .get(index)
+                .ok_or(KvStoreError::NoSuchBlock { index, count })?;
+            books.location(block)
+        };
+        let buffer = self.slabs.lock().unwrap_or_else(|p| p.into_inner())[&location.slab];
+        let block = KvBlock {
+            buffer,
+            offset: location.offset,
+            bytes: self.block_bytes,
+        };
         if offset
             .checked_add(len)
             .is_none_or(|end| end > self.block_bytes)
