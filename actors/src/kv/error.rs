@@ -89,6 +89,9 @@ pub enum KvError {
         /// The cap.
         limit: u64,
     },
+    /// The table's own blocks are in host memory; restore them first.
+    #[error("{0} has blocks offloaded to host memory; restore them before using it")]
+    Offloaded(TableId),
     /// A prefix may only be claimed by an empty table.
     #[error("{0} already holds tokens; claim a prefix before the first append")]
     TableNotEmpty(TableId),

@@ -22,12 +22,13 @@ impl BlockPool {
             }
             let tpb = u64::from(self.layout().tokens_per_block);
             assert_eq!(
-                t.blocks().len() as u64,
+                (t.blocks().len() + t.offloaded_blocks()) as u64,
                 t.tokens().div_ceil(tpb),
-                "table length"
+                "table length (on the device and offloaded)"
             );
             if let Some(&last) = t.blocks().last()
                 && t.partial_tokens() > 0
+                && t.offloaded_blocks() == 0
             {
                 assert_eq!(
                     refs.get(&last).copied(),
@@ -36,6 +37,12 @@ impl BlockPool {
                 );
             }
         }
+        let offloaded: usize = self.tables.values().map(|t| t.offloaded_blocks()).sum();
+        assert_eq!(
+            self.offloaded_blocks(),
+            offloaded as u64,
+            "offloaded blocks counter"
+        );
         for (owner, &n) in &per_owner {
             assert_eq!(self.owner_charge(owner), n, "owner charge");
         }

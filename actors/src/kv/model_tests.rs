@@ -1,5 +1,5 @@
 //! Model-based test: random sequences of open / append / fork / share /
-//! release / evict / trim / add-slab against a reference model of what each
+//! release / evict / trim / add-slab / offload / restore against a reference model of what each
 //! table holds. After every step: the pool's own full walk
 //! (`assert_invariants`: reference counts exact, free + cached + referenced
 //! == total, no block both free and referenced, budgets) and the model's
@@ -51,6 +51,14 @@ enum Op {
     Wait {
         secs: u64,
     },
+    Offload {
+        table: usize,
+    },
+    /// A restore; `fail`: the copies back failed, and the table goes back to host memory.
+    Restore {
+        table: usize,
+        fail: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -66,6 +74,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..6u32).prop_map(|probe| Op::Trim { probe }),
         1 => Just(Op::AddSlab),
         1 => (0..20u64).prop_map(|secs| Op::Wait { secs }),
+        1 => any::<usize>().prop_map(|table| Op::Offload { table }),
+        2 => (any::<usize>(), prop::bool::weighted(0.2))
+            .prop_map(|(table, fail)| Op::Restore { table, fail }),
     ]
 }
 
@@ -76,6 +87,8 @@ struct ModelTable {
     scope: ShareScope,
     tokens: Vec<TokenId>,
     live: bool,
+    /// Blocks in host memory.
+    offloaded: u64,
 }
 
 struct Harness {
@@ -128,7 +141,7 @@ impl Harness {
         self.tables
             .iter()
             .filter(|t| t.live && &t.owner == owner)
-            .map(|t| blocks_for(t.tokens.len()))
+            .map(|t| blocks_for(t.tokens.len()) - t.offloaded)
             .sum()
     }
 
@@ -176,6 +189,7 @@ impl Harness {
                     scope,
                     tokens: Vec::new(),
                     live: true,
+                    offloaded: 0,
                 });
             }
             Op::Append { table, tokens } => {
@@ -183,6 +197,11 @@ impl Harness {
                 let (id, owner) = (self.tables[i].id, self.tables[i].owner.clone());
                 let old = self.tables[i].tokens.len();
                 let needed = blocks_for(old + tokens.len()) - blocks_for(old);
+                if self.tables[i].offloaded > 0 {
+                    let refused = self.pool.append(id, &tokens, self.now);
+                    assert_eq!(refused, Err(KvError::Offloaded(id)));
+                    return;
+                }
                 match self.grant(|p, now| p.append(id, &tokens, now)) {
                     Ok(a) => {
                         assert_eq!(
@@ -198,6 +217,10 @@ impl Harness {
                 let Some(i) = self.live(table) else { return };
                 let (id, owner) = (self.tables[i].id, self.tables[i].owner.clone());
                 let len = self.tables[i].tokens.len();
+                if self.tables[i].offloaded > 0 {
+                    assert_eq!(self.pool.fork(id, self.now), Err(KvError::Offloaded(id)));
+                    return;
+                }
                 match self.grant(|p, now| p.fork(id, now)) {
                     Ok(f) => {
                         assert_eq!(
@@ -211,6 +234,7 @@ impl Harness {
                             scope: t.scope.clone(),
                             tokens: t.tokens.clone(),
                             live: true,
+                            offloaded: 0,
                         };
                         self.tables.push(child);
                     }
@@ -248,6 +272,7 @@ impl Harness {
                     scope,
                     tokens: Vec::new(),
                     live: true,
+                    offloaded: 0,
                 });
                 let i = self.tables.len() - 1;
                 if corrupt && m.tokens() > 0 {
@@ -273,7 +298,8 @@ impl Harness {
                     .pool
                     .release_table(self.tables[i].id, self.now)
                     .unwrap();
-                assert_eq!(r.blocks, blocks_for(self.tables[i].tokens.len()));
+                let t = &self.tables[i];
+                assert_eq!(r.blocks, blocks_for(t.tokens.len()) - t.offloaded);
                 self.tables[i].live = false;
                 assert_eq!(
                     self.pool.release_table(self.tables[i].id, self.now),
@@ -311,6 +337,47 @@ impl Harness {
                 }
             }
             Op::Wait { secs } => self.now += Duration::from_secs(secs),
+            Op::Offload { table } => {
+                let Some(i) = self.live(table) else { return };
+                let id = self.tables[i].id;
+                if self.tables[i].offloaded > 0 {
+                    assert_eq!(self.pool.offload_plan(id), Err(KvError::Offloaded(id)));
+                    return;
+                }
+                let plan = self.pool.offload_plan(id).unwrap();
+                let blocks = self.pool.table(id).unwrap().blocks().to_vec();
+                // The plan is exactly the unshared suffix.
+                assert!(blocks[plan.first..].iter().all(|&b| self.pool.ref_count(b) == 1));
+                if plan.first > 0 {
+                    assert!(self.pool.ref_count(blocks[plan.first - 1]) > 1);
+                }
+                let first = self.pool.offload(id, plan.first, self.now).unwrap();
+                assert_eq!(first, plan.first, "nothing was shared in between");
+                self.tables[i].offloaded = (blocks.len() - first) as u64;
+                // Nothing moved (every block shared, or none): the table stays usable.
+                let usable = self.pool.snapshot(id).is_ok();
+                assert_eq!(usable, self.tables[i].offloaded == 0);
+            }
+            Op::Restore { table, fail } => {
+                let Some(i) = self.live(table) else { return };
+                let (id, owner) = (self.tables[i].id, self.tables[i].owner.clone());
+                let n = self.tables[i].offloaded;
+                match self.grant(|p, now| p.restore(id, now)) {
+                    Ok(r) => {
+                        assert_eq!(r.blocks.len() as u64, n);
+                        assert_eq!(r.hashes.len() as u64, n);
+                        if fail && n > 0 {
+                            let first = self.pool.offload(id, r.first, self.now).unwrap();
+                            assert_eq!(first, r.first, "restored blocks are never shared");
+                            self.pool.keep_offloaded(id, r.hashes).unwrap();
+                        } else {
+                            self.pool.restored(id, r).unwrap();
+                            self.tables[i].offloaded = 0;
+                        }
+                    }
+                    Err(e) => self.expect_refusal(&e, &owner, n),
+                }
+            }
         }
     }
 
@@ -327,7 +394,8 @@ impl Harness {
             };
             assert!(t.live, "a released table is still there");
             assert_eq!(pt.tokens() as usize, t.tokens.len());
-            assert_eq!(pt.blocks().len() as u64, blocks_for(t.tokens.len()));
+            assert_eq!(pt.blocks().len() as u64, blocks_for(t.tokens.len()) - t.offloaded);
+            assert_eq!(pt.offloaded_blocks() as u64, t.offloaded);
             for (k, &b) in pt.blocks().iter().enumerate() {
                 // Two tables sharing a block hold the same tokens up to it, in one scope.
                 if let Some(&(j, kk)) = held.get(&b) {

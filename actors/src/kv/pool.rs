@@ -44,6 +44,7 @@ pub struct BlockPool {
     /// Sum of the live tables' lengths; equals the sum of reference counts.
     pub(crate) table_refs: u64,
     pub(crate) prefix: PrefixCounters,
+    pub(crate) offload_counts: super::offload::OffloadCounts,
 }
 
 /// Prefix-cache lookups, for the stats.
@@ -77,6 +78,7 @@ impl BlockPool {
             owner_limit,
             table_refs: 0,
             prefix: PrefixCounters::default(),
+            offload_counts: Default::default(),
         })
     }
 
@@ -111,7 +113,8 @@ impl BlockPool {
     /// A table's blocks as (slab, offset), in token order: a copy the caller
     /// may hand to a kernel (guarded by the caller's lease).
     pub fn snapshot(&self, id: TableId) -> Result<Vec<BlockLocation>, KvError> {
-        let t = self.tables.get(&id).ok_or(KvError::UnknownTable(id))?;
+        self.check_on_device(id)?;
+        let t = &self.tables[&id];
         Ok(t.blocks.iter().map(|&b| self.blocks.location(b)).collect())
     }
 
@@ -167,6 +170,17 @@ impl BlockPool {
         }
     }
 
+    /// Takes back `n` blocks charged to `owner` (references its tables dropped).
+    pub(crate) fn uncharge(&mut self, owner: &Owner, n: u64) {
+        self.table_refs -= n;
+        if let Some(c) = self.owners.get_mut(owner) {
+            *c -= n;
+            if *c == 0 {
+                self.owners.remove(owner);
+            }
+        }
+    }
+
     /// Appends tokens to a table. Fills the partial last block, then takes
     /// new blocks; every block that becomes full is hashed and becomes
     /// findable by [`match_prefix`](Self::match_prefix). All or nothing.
@@ -177,7 +191,8 @@ impl BlockPool {
         now: Instant,
     ) -> Result<Grant<Appended>, KvError> {
         let tpb = self.config.layout.tokens_per_block;
-        let t = self.tables.get(&id).ok_or(KvError::UnknownTable(id))?;
+        self.check_on_device(id)?;
+        let t = &self.tables[&id];
         let n = t.blocks_needed(tpb, tokens.len() as u64);
         self.check_cap(t.blocks.len() as u64, n)?;
         self.check_owner(t.owner(), n)?;
@@ -216,10 +231,8 @@ impl BlockPool {
     /// fresh block (see [`Forked::copy`]).
     pub fn fork(&mut self, parent: TableId, now: Instant) -> Result<Grant<Forked>, KvError> {
         let tpb = u64::from(self.config.layout.tokens_per_block);
-        let p = self
-            .tables
-            .get(&parent)
-            .ok_or(KvError::UnknownTable(parent))?;
+        self.check_on_device(parent)?;
+        let p = &self.tables[&parent];
         let held = p.blocks.len() as u64;
         self.check_owner(p.owner(), held)?;
         let has_partial = !p.partial.is_empty();
@@ -263,13 +276,9 @@ impl BlockPool {
             self.blocks.release_ref(b, now);
         }
         let n = t.blocks.len() as u64;
-        self.table_refs -= n;
-        if let Some(c) = self.owners.get_mut(t.owner()) {
-            *c -= n;
-            if *c == 0 {
-                self.owners.remove(t.owner());
-            }
-        }
+        self.uncharge(t.owner(), n);
+        // Blocks in host memory are already off the device: only the count goes.
+        self.offload_counts.blocks_now -= t.offloaded.len() as u64;
         Ok(Released { blocks: n })
     }
 
@@ -306,7 +315,10 @@ impl BlockPool {
     /// device budget's blocks less those of `table` itself (which would not
     /// end). When not, ending sessions cannot help: refuse at once.
     pub fn could_fit_if_others_ended(&self, table: TableId, n: u64) -> bool {
-        let held = self.tables.get(&table).map_or(0, |t| t.blocks.len() as u64);
+        let held = self
+            .tables
+            .get(&table)
+            .map_or(0, |t| (t.blocks.len() + t.offloaded.len()) as u64);
         n.saturating_add(held) <= self.blocks.device_blocks()
     }
 

@@ -429,3 +429,76 @@ fn a_duplicate_prefix_takes_over_when_the_findable_one_goes() {
     );
     pool.assert_invariants();
 }
+
+#[test]
+fn an_offload_moves_only_the_unshared_suffix_and_a_restore_charges_it_again() {
+    let mut pool = pool_with(|_| {});
+    let now = Instant::now();
+    let prompt: Vec<TokenId> = (0..8).collect();
+    let a = open(&mut pool, "o");
+    append(&mut pool, a, &prompt, now).unwrap();
+    let b = open(&mut pool, "o");
+    let m = pool.match_prefix(&scope("o"), &prompt);
+    pool.claim_prefix(b, &m, &prompt).unwrap();
+    // b's own turn: one full block and a partial one.
+    append(&mut pool, b, &(100..106).collect::<Vec<_>>(), now).unwrap();
+    assert_eq!(pool.owner_charge(&Owner::new("o")), 2 + 4);
+
+    let plan = pool.offload_plan(b).unwrap();
+    assert_eq!(plan.first, 2, "the shared prompt stays");
+    assert_eq!(plan.blocks.len(), 2);
+    assert_eq!(pool.offload(b, plan.first, now), Ok(2));
+    assert_eq!(pool.table(b).unwrap().offloaded_blocks(), 2);
+    assert_eq!(pool.owner_charge(&Owner::new("o")), 2 + 2);
+    assert_eq!(pool.stats().blocks_offloaded, 2);
+    assert_eq!(pool.append(b, &[1], now), Err(KvError::Offloaded(b)));
+    assert_eq!(pool.fork(b, now), Err(KvError::Offloaded(b)));
+    assert_eq!(pool.snapshot(b), Err(KvError::Offloaded(b)));
+    // The prompt is still a's and b's.
+    assert_eq!(pool.stats().blocks_shared, 2);
+    pool.assert_invariants();
+
+    let r = loop {
+        match pool.restore(b, now).unwrap() {
+            Grant::Granted(r) => break r,
+            Grant::NeedSlab(_) => {
+                pool.add_slab(now).unwrap();
+            }
+        }
+    };
+    assert_eq!((r.first, r.blocks.len()), (2, 2));
+    assert!(r.hashes[0].is_some() && r.hashes[1].is_none(), "full and partial");
+    pool.restored(b, r).unwrap();
+    assert_eq!(pool.owner_charge(&Owner::new("o")), 2 + 4);
+    assert_eq!(pool.stats().blocks_offloaded, 0);
+    // The restored full block is findable again: a third sharer finds 3 blocks.
+    let all: Vec<TokenId> = prompt.iter().copied().chain(100..104).collect();
+    assert_eq!(pool.match_prefix(&scope("o"), &all).tokens(), 12);
+    append(&mut pool, b, &[7], now).unwrap();
+    pool.assert_invariants();
+}
+
+#[test]
+fn a_block_shared_between_plan_and_offload_stays_and_a_released_offloaded_table_is_clean() {
+    let mut pool = pool_with(|_| {});
+    let now = Instant::now();
+    let tokens: Vec<TokenId> = (0..10).collect();
+    let a = open(&mut pool, "o");
+    append(&mut pool, a, &tokens, now).unwrap();
+    let plan = pool.offload_plan(a).unwrap();
+    assert_eq!((plan.first, plan.blocks.len()), (0, 3));
+    // Someone claims a's first two blocks while a's bytes are being copied.
+    let b = open(&mut pool, "o");
+    let m = pool.match_prefix(&scope("o"), &tokens);
+    pool.claim_prefix(b, &m, &tokens).unwrap();
+    assert_eq!(pool.offload(a, plan.first, now), Ok(2), "only the partial block moves");
+    assert_eq!(pool.table(a).unwrap().offloaded_blocks(), 1);
+    pool.assert_invariants();
+    // Ending while offloaded: the references on the device go, the count too.
+    pool.release_table(a, now).unwrap();
+    pool.release_table(b, now).unwrap();
+    let s = pool.stats();
+    assert_eq!((s.blocks_offloaded, s.blocks_referenced), (0, 0));
+    assert_eq!(s.blocks_held_by_released_tables, 0);
+    pool.assert_invariants();
+}

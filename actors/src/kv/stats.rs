@@ -41,6 +41,12 @@ pub struct KvStats {
     pub slabs_trimmed: u64,
     /// Live block tables.
     pub tables: u64,
+    /// Blocks of live tables that are offloaded to host memory now.
+    pub blocks_offloaded: u64,
+    /// Offloads that moved at least one block, since the pool started.
+    pub offloads_total: u64,
+    /// Restores of offloaded blocks, since the pool started.
+    pub restores_total: u64,
 }
 
 impl BlockPool {
@@ -65,6 +71,9 @@ impl BlockPool {
             slabs_created: c.slabs_created,
             slabs_trimmed: c.slabs_trimmed,
             tables: self.tables.len() as u64,
+            blocks_offloaded: self.offload_counts.blocks_now,
+            offloads_total: self.offload_counts.offloads,
+            restores_total: self.offload_counts.restores,
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct BlockTable {
     pub(crate) last_full_hash: Option<BlockHash>,
     /// The tokens of the partial last block (to hash it when it fills).
     pub(crate) partial: Vec<TokenId>,
+    /// The hashes of the blocks after `blocks` that are in host memory
+    /// (offloaded; see `offload.rs`). Empty when the table is all on the device.
+    pub(crate) offloaded: Vec<Option<BlockHash>>,
 }
 
 impl BlockTable {
@@ -33,6 +36,7 @@ impl BlockTable {
             tokens: 0,
             last_full_hash: None,
             partial: Vec::new(),
+            offloaded: Vec::new(),
         }
     }
 
@@ -49,6 +53,12 @@ impl BlockTable {
     /// The blocks, in token order.
     pub fn blocks(&self) -> &[BlockId] {
         &self.blocks
+    }
+
+    /// Blocks in host memory (offloaded); the table refuses appends,
+    /// forks and snapshots until they are restored.
+    pub fn offloaded_blocks(&self) -> usize {
+        self.offloaded.len()
     }
 
     /// Tokens held.
