@@ -39,8 +39,8 @@ pub use sessionbus_actors::{KvAppendReport, KvBlock, KvError, KvStats, KvStoreEr
 pub use sessionbus_actors::{
     AllocError, Allocated, AllocationId, Binding, Caller, ClientIp, EndReason, Event, Lease,
     LeaseError, LeaseGrant, LeaseId, OffloadReport, OpenError, OpenOptions, Owner, ParseIdError,
-    ParseTraceIdError, SessionError, SessionHandle, SessionId, SessionInfo, State, TraceId, Turn,
-    TurnAck,
+    ParseTraceIdError, SessionError, SessionHandle, SessionId, SessionInfo, SessionOffload, State,
+    TraceId, Turn, TurnAck,
 };
 
 // Conversation context: what a turn carries, and policies deciding when a context is stale.

@@ -84,7 +84,8 @@ pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
 pub use pseudonym::{KeyTooShort, MIN_KEY_BYTES, Pseudonymizer};
 pub use registry::{DeviceLossReport, OpenError, PressureCounters, RegistryStats, ShutdownReport};
 pub use session::{
-    AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo, Turn, TurnAck,
+    AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo,
+    SessionOffload, Turn, TurnAck,
 };
 pub use shutdown::ShutdownConfig;
 pub use stopped::Stopped;

@@ -14,27 +14,60 @@ use sessionbus_actors::GpuError;
 
 use super::worker::scoped_create;
 
-/// Copies every buffer in `sources` (whole) to host memory: one staging
-/// buffer each, one submission for all the copies, one device poll.
+/// Bytes `offset..offset + len` of one buffer (checked by the caller to lie
+/// inside it).
+#[derive(Clone, Copy)]
+pub(super) struct Span<'a> {
+    pub(super) buffer: &'a wgpu::Buffer,
+    pub(super) offset: u64,
+    pub(super) len: u64,
+}
+
+impl<'a> Span<'a> {
+    /// The whole of `buffer`.
+    pub(super) fn whole(buffer: &'a wgpu::Buffer) -> Self {
+        Span {
+            buffer,
+            offset: 0,
+            len: buffer.size(),
+        }
+    }
+
+    /// The range the copy moves: widened to wgpu's copy alignment (4 bytes)
+    /// and clamped to the buffer; the span is cut out of it afterwards.
+    fn copied(&self) -> (u64, u64) {
+        let align = wgpu::COPY_BUFFER_ALIGNMENT;
+        let start = self.offset - self.offset % align;
+        let end = (self.offset + self.len)
+            .div_ceil(align)
+            .saturating_mul(align)
+            .min(self.buffer.size());
+        (start, end - start)
+    }
+}
+
+/// Copies every span in `sources` to host memory: one staging buffer each,
+/// one submission for all the copies, one device poll.
 ///
 /// The sources are only read. On failure nothing the caller owns is touched
 /// and the staging buffers are gone.
 pub(super) fn read_back(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
-    sources: &[&wgpu::Buffer],
+    sources: &[Span<'_>],
 ) -> Result<Vec<Vec<u8>>, GpuError> {
     let mut staging = Staging::default();
     for source in sources {
+        let (_, size) = source.copied();
         let buffer = scoped_create(
             device,
             &wgpu::BufferDescriptor {
                 label: Some("sessionbus-read-back"),
-                size: source.size(),
+                size,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             },
-            source.size(),
+            size,
         )?;
         staging.buffers.push(buffer);
         staging.mapped.push(Arc::new(AtomicBool::new(false)));
@@ -44,7 +77,8 @@ pub(super) fn read_back(
         label: Some("sessionbus-read-back"),
     });
     for (source, target) in sources.iter().zip(&staging.buffers) {
-        encoder.copy_buffer_to_buffer(source, 0, target, 0, source.size());
+        let (start, size) = source.copied();
+        encoder.copy_buffer_to_buffer(source.buffer, start, target, 0, size);
     }
     // Writes queued earlier (`queue.write_buffer`) go first in this
     // submission, so the copies see them.
@@ -73,11 +107,12 @@ pub(super) fn read_back(
     }
 
     let mut copies = Vec::with_capacity(staging.buffers.len());
-    for buffer in &staging.buffers {
+    for (buffer, source) in staging.buffers.iter().zip(sources) {
         let view = buffer
             .get_mapped_range(..)
             .map_err(|error| rejected("reading a mapped buffer", &error))?;
-        copies.push(view.to_vec());
+        let skip = (source.offset - source.copied().0) as usize;
+        copies.push(view[skip..skip + source.len as usize].to_vec());
     }
     Ok(copies)
 }

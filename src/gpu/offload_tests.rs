@@ -378,10 +378,20 @@ fn an_upload_that_fails_half_way_destroys_what_it_made() {
         worker::scoped_create(device, descriptor, descriptor.size)
     })
     .unwrap();
-    let sources: Vec<&wgpu::Buffer> = buffers.iter().collect();
+    let sources: Vec<host_copy::Span<'_>> = buffers.iter().map(host_copy::Span::whole).collect();
     assert_eq!(
         host_copy::read_back(device, queue, &sources).unwrap(),
         contents
+    );
+    // A span that is not on wgpu's 4-byte copy alignment comes back exactly.
+    let span = host_copy::Span {
+        buffer: &buffers[0],
+        offset: 3,
+        len: 6,
+    };
+    assert_eq!(
+        host_copy::read_back(device, queue, &[span]).unwrap(),
+        vec![contents[0][3..9].to_vec()]
     );
     assert_eq!(GpuCounters::read(device).buffers, before.buffers + 4);
     for buffer in &buffers {

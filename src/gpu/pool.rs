@@ -442,6 +442,24 @@ impl GpuPool for WgpuPool {
         let _ = self.commands.send(Command::Read { session, id, reply });
     }
 
+    fn read_range(
+        &self,
+        session: SessionId,
+        id: AllocationId,
+        offset: u64,
+        len: u64,
+        reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
+    ) {
+        // As `write`: a worker that is gone drops the reply.
+        let _ = self.commands.send(Command::ReadRange {
+            session,
+            id,
+            offset,
+            len,
+            reply,
+        });
+    }
+
     fn offload_session(
         &self,
         session: SessionId,

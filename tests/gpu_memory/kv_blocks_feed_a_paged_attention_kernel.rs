@@ -155,6 +155,66 @@ async fn shared_blocks_feed_the_kernel_and_go_back_to_the_device() {
     assert_eq!(report.sessions.stats.kv.unwrap().blocks_total, 0);
 }
 
+/// Issue 17 (5): a session's own blocks go to host memory (copied back from
+/// the real slabs) while the shared prompt stays; other sessions take the
+/// freed blocks; the session's next use restores its blocks elsewhere, and
+/// the kernel's answer is what it was. wgpu's counters end at baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offloaded_session_comes_back_bit_for_bit_and_its_kernel_answer_is_unchanged() {
+    let rt = Runtime::builder().config(config()).start().await.unwrap();
+    let baseline = rt.gpu_counters().unwrap();
+    let device = rt.wgpu_device().expect("the runtime's own wgpu device");
+    let kernel = PagedAttention::new(&device);
+    let query: Vec<f32> = (0..HEAD_DIM).map(|i| (i as f32 * 0.3).sin()).collect();
+
+    let prompt: Vec<u32> = (100..110).collect();
+    let first = rt.open("alice").await.unwrap();
+    first.append_tokens(&prompt).await.unwrap();
+    write_tokens(&first, &prompt, 0).await;
+    let mut tokens = prompt.clone();
+    tokens.extend(300..315);
+    let second = rt.open("alice").await.unwrap();
+    second.append_tokens(&tokens).await.unwrap();
+    write_tokens(&second, &tokens, 8).await;
+    let before = second.kv_blocks().await.unwrap();
+
+    let report = second.offload().await.unwrap();
+    assert_eq!(
+        report.kv_blocks, 5,
+        "25 tokens: 2 shared blocks stay, 5 own go"
+    );
+    assert_eq!(
+        report.kv_bytes,
+        5 * u64::from(TOKENS_PER_BLOCK) * TOKEN_BYTES
+    );
+    // Someone else takes the freed blocks meanwhile.
+    let other: Vec<u32> = (900..920).collect();
+    let third = rt.open("bob").await.unwrap();
+    third.append_tokens(&other).await.unwrap();
+    write_tokens(&third, &other, 0).await;
+
+    let after = second.kv_blocks().await.unwrap(); // restores first
+    assert_eq!(after[..2], before[..2], "the shared prompt never moved");
+    assert_ne!(
+        after[2..],
+        before[2..],
+        "its own blocks came back elsewhere"
+    );
+    for (session, tokens) in [(&second, &tokens), (&third, &other), (&first, &prompt)] {
+        let blocks = session.kv_blocks().await.unwrap();
+        let slabs = slabs_of(&rt, &blocks).await;
+        assert_matches_cpu(&kernel, &slabs, &blocks, tokens, &query);
+    }
+
+    for s in [&first, &second, &third] {
+        s.close().await.unwrap();
+    }
+    let report = rt.shutdown().await;
+    assert_eq!(report.gpu_after, Some(baseline), "every slab destroyed");
+    let kv = report.sessions.stats.kv.unwrap();
+    assert_eq!((kv.blocks_offloaded, kv.restores_total), (0, 1));
+}
+
 /// Issue 17 (6): the application opens the device, gives it to the runtime,
 /// and its own kernel reads the session's blocks on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

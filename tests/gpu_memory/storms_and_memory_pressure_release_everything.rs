@@ -123,7 +123,7 @@ async fn an_offloaded_session_gets_its_buffers_back_bit_for_bit() {
     let with_buffers = h.rt.gpu_counters().expect("the runtime's own wgpu pool");
     assert_eq!(with_buffers.buffers, h.baseline.buffers + 3);
     let report = session.offload().await.unwrap();
-    assert_eq!(report.buffers, 3);
+    assert_eq!(report.buffers.buffers, 3);
     assert_eq!(
         h.rt.gpu_counters().expect("the runtime's own wgpu pool"),
         h.baseline,

@@ -8,5 +8,5 @@ mod config;
 
 pub(crate) use accounts::Budget;
 pub use accounts::{BudgetScope, BudgetStats};
-pub(crate) use charge::{WaitRules, acquire};
+pub(crate) use charge::{Charge, WaitRules, acquire};
 pub use config::{BudgetConfig, WhenExhausted};

@@ -342,6 +342,24 @@ pub trait GpuPool: Send + Sync + 'static {
         let _ = reply.send(Err(GpuError::Unsupported("buffer reads")));
     }
 
+    /// Bytes `offset..offset + len` of buffer `id` of `session`, copied back
+    /// to host memory (any alignment; `OutOfRange` past the buffer's end).
+    /// The engine reads KV blocks this way, one block of a large slab. A pool
+    /// that cannot copy a range alone may keep this default, which answers
+    /// `Unsupported`: the engine then reads the whole buffer and cuts the
+    /// range out. Must not block.
+    fn read_range(
+        &self,
+        session: SessionId,
+        id: AllocationId,
+        offset: u64,
+        len: u64,
+        reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
+    ) {
+        let _ = (session, id, offset, len);
+        let _ = reply.send(Err(GpuError::Unsupported("ranged reads")));
+    }
+
     /// Soft eviction: copies every live GPU buffer of `session` to host
     /// memory, bit for bit, and only once *all* copies are complete destroys
     /// the GPU buffers and polls the device. On any failure nothing is

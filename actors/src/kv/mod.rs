@@ -126,7 +126,6 @@ pub use grant::{Appended, BlockCopy, Forked, Grant, Released};
 pub use hash::BlockHash;
 pub use ids::{BlockId, BlockLocation, SlabId, TableId, TokenId};
 pub use layout::KvLayout;
-pub use offload::{OffloadPlan, Restore};
 pub use pool::BlockPool;
 pub use prefix::PrefixMatch;
 pub use scope::{Salt, ShareScope};

@@ -347,7 +347,11 @@ impl Harness {
                 let plan = self.pool.offload_plan(id).unwrap();
                 let blocks = self.pool.table(id).unwrap().blocks().to_vec();
                 // The plan is exactly the unshared suffix.
-                assert!(blocks[plan.first..].iter().all(|&b| self.pool.ref_count(b) == 1));
+                assert!(
+                    blocks[plan.first..]
+                        .iter()
+                        .all(|&b| self.pool.ref_count(b) == 1)
+                );
                 if plan.first > 0 {
                     assert!(self.pool.ref_count(blocks[plan.first - 1]) > 1);
                 }
@@ -394,7 +398,10 @@ impl Harness {
             };
             assert!(t.live, "a released table is still there");
             assert_eq!(pt.tokens() as usize, t.tokens.len());
-            assert_eq!(pt.blocks().len() as u64, blocks_for(t.tokens.len()) - t.offloaded);
+            assert_eq!(
+                pt.blocks().len() as u64,
+                blocks_for(t.tokens.len()) - t.offloaded
+            );
             assert_eq!(pt.offloaded_blocks() as u64, t.offloaded);
             for (k, &b) in pt.blocks().iter().enumerate() {
                 // Two tables sharing a block hold the same tokens up to it, in one scope.

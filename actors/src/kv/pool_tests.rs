@@ -467,7 +467,10 @@ fn an_offload_moves_only_the_unshared_suffix_and_a_restore_charges_it_again() {
         }
     };
     assert_eq!((r.first, r.blocks.len()), (2, 2));
-    assert!(r.hashes[0].is_some() && r.hashes[1].is_none(), "full and partial");
+    assert!(
+        r.hashes[0].is_some() && r.hashes[1].is_none(),
+        "full and partial"
+    );
     pool.restored(b, r).unwrap();
     assert_eq!(pool.owner_charge(&Owner::new("o")), 2 + 4);
     assert_eq!(pool.stats().blocks_offloaded, 0);
@@ -491,7 +494,11 @@ fn a_block_shared_between_plan_and_offload_stays_and_a_released_offloaded_table_
     let b = open(&mut pool, "o");
     let m = pool.match_prefix(&scope("o"), &tokens);
     pool.claim_prefix(b, &m, &tokens).unwrap();
-    assert_eq!(pool.offload(a, plan.first, now), Ok(2), "only the partial block moves");
+    assert_eq!(
+        pool.offload(a, plan.first, now),
+        Ok(2),
+        "only the partial block moves"
+    );
     assert_eq!(pool.table(a).unwrap().offloaded_blocks(), 1);
     pool.assert_invariants();
     // Ending while offloaded: the references on the device go, the count too.

@@ -29,7 +29,7 @@ pub use errors::KvStoreError;
 pub use view::{KvAppendReport, KvBlock};
 
 use crate::clock;
-use crate::gpu::{AllocRequest, GpuPool, ReleaseReport};
+use crate::gpu::{AllocRequest, GpuError, GpuPool, ReleaseReport};
 use crate::ids::{AllocationId, Owner, SessionId};
 use crate::kv::{BlockPool, Grant, KvPoolConfig, KvStats, ShareScope, SlabId, TableId, TokenId};
 
@@ -37,6 +37,8 @@ use crate::kv::{BlockPool, Grant, KvPoolConfig, KvStats, ShareScope, SlabId, Tab
 pub(crate) struct KvStore {
     books: Mutex<BlockPool>,
     slabs: Mutex<HashMap<SlabId, AllocationId>>,
+    /// The bytes of each offloaded table's blocks in host memory, in order.
+    host: Mutex<HashMap<TableId, Vec<Vec<u8>>>>,
     pool: Arc<dyn GpuPool>,
     /// The reserved owner of every slab buffer.
     slab_session: SessionId,
@@ -63,11 +65,22 @@ impl KvStore {
         Ok(KvStore {
             books: Mutex::new(books),
             slabs: Mutex::default(),
+            host: Mutex::default(),
             pool,
             slab_session: SessionId::random(),
             block_bytes,
             step_timeout,
         })
+    }
+
+    /// Bytes of one block.
+    pub(crate) fn block_bytes(&self) -> u64 {
+        self.block_bytes
+    }
+
+    /// Blocks `table` holds on the device (0 for an unknown table).
+    pub(crate) fn table_blocks(&self, table: TableId) -> usize {
+        self.books().table(table).map_or(0, |t| t.blocks().len())
     }
 
     /// The reserved owner of every slab buffer (the sweeper leaves it alone).
@@ -205,11 +218,9 @@ impl KvStore {
             (slabs[&copy.from.slab], slabs[&copy.to.slab])
         };
         let bytes = u64::from(copy.tokens) * self.books().layout().bytes_per_token;
-        let (reply, read) = oneshot::channel();
-        self.pool.read(self.slab_session, from, reply);
-        let slab = self.answer(read, "KV block copy").await?;
-        let start = copy.from.offset as usize;
-        let data = slab[start..start + bytes as usize].to_vec();
+        let data = self
+            .read_span(from, copy.from.offset, bytes, "KV block copy")
+            .await?;
         let (reply, written) = oneshot::channel();
         self.pool
             .write(self.slab_session, to, copy.to.offset, data, reply);
@@ -224,6 +235,7 @@ impl KvStore {
 
     /// Drops every reference of `table`, exactly once (the table is gone).
     pub(crate) fn release_table(&self, table: TableId) {
+        self.host().remove(&table);
         // A table already released is a bookkeeping bug elsewhere; it must not take the engine down.
         if let Err(error) = self.books().release_table(table, clock::now()) {
             tracing::error!(
@@ -272,11 +284,115 @@ impl KvStore {
     /// Reads block `index` of `table` back to host memory.
     pub(crate) async fn read(&self, table: TableId, index: usize) -> Result<Vec<u8>, KvStoreError> {
         let block = self.block_for(table, index, 0, 0)?;
+        self.read_span(
+            block.buffer,
+            block.offset,
+            self.block_bytes,
+            "KV block read",
+        )
+        .await
+    }
+
+    /// Bytes `offset..offset + len` of slab buffer `buffer`: a ranged read,
+    /// or the whole slab cut down where the pool cannot read a range.
+    async fn read_span(
+        &self,
+        buffer: AllocationId,
+        offset: u64,
+        len: u64,
+        operation: &'static str,
+    ) -> Result<Vec<u8>, KvStoreError> {
         let (reply, read) = oneshot::channel();
-        self.pool.read(self.slab_session, block.buffer, reply);
-        let slab = self.answer(read, "KV block read").await?;
-        let start = block.offset as usize;
-        Ok(slab[start..start + self.block_bytes as usize].to_vec())
+        self.pool
+            .read_range(self.slab_session, buffer, offset, len, reply);
+        match self.answer(read, operation).await {
+            Err(KvStoreError::Slab(GpuError::Unsupported(_))) => {}
+            answer => return answer,
+        }
+        let (reply, read) = oneshot::channel();
+        self.pool.read(self.slab_session, buffer, reply);
+        let slab = self.answer(read, operation).await?;
+        let start = offset as usize;
+        Ok(slab[start..start + len as usize].to_vec())
+    }
+
+    fn host(&self) -> MutexGuard<'_, HashMap<TableId, Vec<Vec<u8>>>> {
+        self.host.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slab_buffer(&self, slab: SlabId) -> AllocationId {
+        self.slabs.lock().unwrap_or_else(|p| p.into_inner())[&slab]
+    }
+
+    /// Copies the blocks only `table` references to host memory, then gives
+    /// them back to the pool (see `crate::kv` offload). Shared blocks stay on
+    /// the device. On a failed copy nothing changes. Answers the blocks moved.
+    pub(crate) async fn offload(&self, table: TableId) -> Result<u64, KvStoreError> {
+        let plan = self.books().offload_plan(table)?;
+        let mut copies = Vec::with_capacity(plan.blocks.len());
+        for block in &plan.blocks {
+            let buffer = self.slab_buffer(block.slab);
+            copies.push(
+                self.read_span(buffer, block.offset, self.block_bytes, "KV offload")
+                    .await?,
+            );
+        }
+        let first = self.books().offload(table, plan.first, clock::now())?;
+        // Blocks claimed by another table during the copies stayed.
+        copies.drain(..first - plan.first);
+        let moved = copies.len() as u64;
+        if moved > 0 {
+            self.host().insert(table, copies);
+        }
+        Ok(moved)
+    }
+
+    /// Brings `table`'s offloaded blocks back into fresh blocks, bit for bit.
+    /// On a failed copy the blocks stay in host memory and the error is
+    /// answered. Answers the blocks restored.
+    pub(crate) async fn restore(&self, table: TableId) -> Result<u64, KvStoreError> {
+        let restore = loop {
+            let grant = self.books().restore(table, clock::now())?;
+            match grant {
+                Grant::Granted(restore) => break restore,
+                Grant::NeedSlab(request) => self.add_slab(request.slab_bytes).await?,
+            }
+        };
+        if restore.blocks.is_empty() {
+            return Ok(0);
+        }
+        let copies = self.host().remove(&table).unwrap_or_default();
+        let mut written = Ok(());
+        for (block, data) in restore.blocks.iter().zip(&copies) {
+            let buffer = self.slab_buffer(block.slab);
+            let (reply, answer) = oneshot::channel();
+            self.pool
+                .write(self.slab_session, buffer, block.offset, data.clone(), reply);
+            written = self.answer(answer, "KV restore").await;
+            if written.is_err() {
+                break;
+            }
+        }
+        let n = restore.blocks.len() as u64;
+        match written {
+            Ok(()) => {
+                self.books().restored(table, restore)?;
+                Ok(n)
+            }
+            Err(error) => {
+                let mut books = self.books();
+                books.offload(table, restore.first, clock::now())?;
+                books.keep_offloaded(table, restore.hashes)?;
+                drop(books);
+                self.host().insert(table, copies);
+                Err(error)
+            }
+        }
+    }
+
+    /// Bytes of KV blocks held in host memory now.
+    pub(crate) fn host_bytes(&self) -> u64 {
+        self.books().offloaded_blocks() * self.block_bytes
     }
 
     fn block_for(
@@ -290,6 +406,7 @@ impl KvStore {
         // token written.
         let location = {
             let books = self.books();
+            books.check_on_device(table)?;
             let blocks = books
                 .table(table)
                 .ok_or(crate::kv::KvError::UnknownTable(table))?

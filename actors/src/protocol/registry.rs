@@ -153,14 +153,22 @@ pub(crate) struct MakeRoom {
     pub(crate) scope: BudgetScope,
 }
 
-/// From a session whose KV append found no free or cached block: end idle
-/// sessions that hold KV blocks (least recently active first), at most
-/// `sessions`; answers the ones asked to end.
+/// From a session whose KV operation found no free or cached block: make
+/// room from idle sessions that hold KV blocks (least recently active
+/// first), at most `sessions` of them.
 #[derive(Message)]
-#[rtype(result = "Vec<SessionId>")]
+#[rtype(result = "KvRoomMade")]
 pub(crate) struct EvictForKv {
     pub(crate) requester: SessionId,
     pub(crate) sessions: usize,
+}
+
+/// The sessions picked to make KV room: those asked to end (wait for their
+/// receipts), and those to offload (the asker sends them `Offload` and waits).
+#[derive(Debug, Default, actix::MessageResponse)]
+pub(crate) struct KvRoomMade {
+    pub(crate) ended: Vec<SessionId>,
+    pub(crate) offloading: Vec<actix::Addr<crate::session::SessionActor>>,
 }
 
 /// From a session: its buffers moved between the GPU and host memory.

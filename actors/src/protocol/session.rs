@@ -6,7 +6,7 @@ use tokio::sync::oneshot;
 
 use crate::events::ReleaseReceipt;
 use crate::expiry::Deadline;
-use crate::gpu::{Allocated, OffloadReport};
+use crate::gpu::Allocated;
 use crate::ids::{AllocationId, Caller, TraceId};
 use crate::lease::LeaseId;
 use crate::lifecycle::EndReason;
@@ -125,7 +125,7 @@ pub(crate) struct ReadBuffer {
 /// Soft eviction: move the session's buffers to host memory (from the
 /// registry under memory pressure, or an operator).
 #[derive(Message)]
-#[rtype(result = "Result<OffloadReport, SessionError>")]
+#[rtype(result = "Result<crate::session::SessionOffload, SessionError>")]
 pub(crate) struct Offload {
     pub(crate) caller: Caller,
 }

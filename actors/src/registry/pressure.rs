@@ -17,7 +17,7 @@ use crate::budget::{Budget, BudgetConfig, BudgetScope};
 use crate::cleanup::ReleaseQueue;
 use crate::ids::{Caller, IdMap, SessionId};
 use crate::lifecycle::{EndReason, State};
-use crate::protocol::registry::{EvictForKv, MakeRoom, MemoryMoved};
+use crate::protocol::registry::{EvictForKv, KvRoomMade, MakeRoom, MemoryMoved};
 use crate::protocol::session::{End, Offload};
 use crate::session::SessionError;
 
@@ -198,17 +198,21 @@ impl RegistryActor {
         });
     }
 
-    /// KV blocks ran out: ends up to `msg.sessions` idle sessions holding KV
-    /// blocks (established, no lease, not waiting, idle for `evict_idle`),
-    /// least recently active first, as `evicted`, if `when_exhausted` is
-    /// `evict`. Each checks that it is still that idle before it goes.
-    pub(super) fn evict_for_kv(&mut self, msg: &EvictForKv) -> Vec<SessionId> {
+    /// KV blocks ran out: picks up to `msg.sessions` idle sessions holding
+    /// KV blocks (established, no lease, not waiting, idle for
+    /// `evict_idle`), least recently active first, if `when_exhausted` is
+    /// `evict`: to offload while `offload` is on and host memory is within
+    /// `offload_host_memory` (the asker sends the offload and waits for it),
+    /// else to end as `evicted`. Each checks that it is still that idle
+    /// before it goes.
+    pub(super) fn evict_for_kv(&mut self, msg: &EvictForKv) -> KvRoomMade {
+        let mut made = KvRoomMade::default();
         if self.settings.wait_rules.when_exhausted != crate::budget::WhenExhausted::Evict {
-            return Vec::new();
+            return made;
         }
         let now_us = self.settings.epoch.now_micros();
         let Some(idle_since) = now_us.checked_sub(self.pressure.evict_idle_us) else {
-            return Vec::new();
+            return made;
         };
         let mut candidates: Vec<(u64, SessionId)> = self
             .sessions
@@ -225,14 +229,27 @@ impl RegistryActor {
             .map(|(id, live)| (live.shared.last_active_us(), *id))
             .collect();
         candidates.sort_unstable();
-        let mut asked = Vec::new();
+        let kv_host = self.settings.kv.as_ref().map_or(0, |kv| kv.host_bytes());
+        // The limit is checked against what is in host memory now plus the
+        // candidates' buffers; their KV blocks count from the next check on.
+        let mut host_bytes = self.settings.pool.stats().offloaded_bytes + kv_host;
         for (seen_active_us, id) in candidates.into_iter().take(msg.sessions) {
-            if let Some(addr) = self.sessions.get(&id).and_then(|l| l.addr.upgrade()) {
+            let Some(live) = self.sessions.get(&id) else {
+                continue;
+            };
+            let Some(addr) = live.addr.upgrade() else {
+                continue;
+            };
+            let bytes = live.shared.gpu_bytes();
+            if self.pressure.offload && host_bytes + bytes <= self.pressure.offload_host_bytes {
+                host_bytes += bytes;
+                made.offloading.push(addr);
+            } else {
                 self.evict(addr, seen_active_us);
-                asked.push(id);
+                made.ended.push(id);
             }
         }
-        asked
+        made
     }
 
     /// Ends the session as `evicted` if it is still as idle as it was seen
@@ -315,10 +332,10 @@ impl Handler<OffloadAnswered> for RegistryActor {
 }
 
 impl Handler<EvictForKv> for RegistryActor {
-    type Result = MessageResult<EvictForKv>;
+    type Result = KvRoomMade;
 
     fn handle(&mut self, msg: EvictForKv, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.evict_for_kv(&msg))
+        self.evict_for_kv(&msg)
     }
 }
 

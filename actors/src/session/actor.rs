@@ -48,13 +48,22 @@ pub(crate) struct SessionActor {
     /// A restore of offloaded buffers is under way (a `ctx.wait` future).
     restoring: bool,
     /// Why the last restore failed, for the requests that needed it.
-    restore_error: Option<AllocError>,
+    restore_error: Option<RestoreError>,
+    /// The table's own KV blocks are in host memory.
+    kv_offloaded: bool,
     /// The session's span (`session_id`, `trace_id`, `owner` pseudonym),
     /// entered around every handler; `None` when no subscriber wants it, so
     /// a session without logs pays one pointer and no allocation.
     span: Option<Box<tracing::Span>>,
     #[cfg(feature = "testing")]
     lose_drain_timer: bool,
+}
+
+/// Why the last restore of offloaded memory failed.
+#[derive(Clone, Debug)]
+enum RestoreError {
+    Buffers(AllocError),
+    Kv(crate::kv_store::KvStoreError),
 }
 
 impl SessionActor {
@@ -83,6 +92,7 @@ impl SessionActor {
             in_handler: false,
             restoring: false,
             restore_error: None,
+            kv_offloaded: false,
             span,
             #[cfg(feature = "testing")]
             lose_drain_timer: false,

@@ -9,7 +9,7 @@ use super::lease::Lease;
 use super::messages::*;
 use super::shared::SessionShared;
 use crate::events::ReleaseReceipt;
-use crate::gpu::{Allocated, OffloadReport};
+use crate::gpu::Allocated;
 use crate::ids::{AllocationId, Caller, SessionId, TraceId};
 use crate::kv::Salt;
 use crate::kv_store::{KvAppendReport, KvBlock};
@@ -332,12 +332,14 @@ impl SessionHandle {
         self.answer(sent, Event::Touch)
     }
 
-    /// Soft-evicts the session now: its buffers are copied to host memory and
-    /// freed on the GPU; the session stays alive and its next message brings
-    /// them back. Refused (`SessionError::OffloadRefused`, nothing changed)
-    /// while a lease is held or an allocation is in flight. The engine does
-    /// this on its own under memory pressure (`budget.offload`).
-    pub async fn offload(&self) -> Result<OffloadReport, SessionError> {
+    /// Soft-evicts the session now: its buffers, and the KV blocks only it
+    /// references, are copied to host memory and freed on the GPU (shared
+    /// prefix blocks stay); the session stays alive and its next message
+    /// brings them back, bit for bit. Refused
+    /// (`SessionError::OffloadRefused`, nothing changed) while a lease is
+    /// held or an allocation is in flight. The engine does this on its own
+    /// under memory pressure (`budget.offload`), for KV blocks too.
+    pub async fn offload(&self) -> Result<SessionOffload, SessionError> {
         let sent = self
             .addr
             .send(Offload {

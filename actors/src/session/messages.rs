@@ -94,6 +94,20 @@ pub struct SessionInfo {
     pub version: u64,
 }
 
+/// What an offload of a session moved to host memory: its buffers (as the
+/// pool reported them) and the KV blocks only it referenced. Blocks shared
+/// with other sessions stay on the device.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct SessionOffload {
+    /// The buffers moved (zero buffers when the session had none).
+    pub buffers: crate::gpu::OffloadReport,
+    /// KV blocks copied to host memory and given back to the block pool.
+    pub kv_blocks: u64,
+    /// Their bytes.
+    pub kv_bytes: u64,
+}
+
 /// A lease that was granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseGrant {

@@ -15,6 +15,6 @@ pub(crate) use end_guard::EndGuard;
 pub use error::{AllocError, SessionError};
 pub use handle::SessionHandle;
 pub use lease::Lease;
-pub use messages::{Binding, LeaseGrant, SessionInfo, Turn, TurnAck};
+pub use messages::{Binding, LeaseGrant, SessionInfo, SessionOffload, Turn, TurnAck};
 pub(crate) use settings::SessionSettings;
 pub(crate) use shared::SessionShared;

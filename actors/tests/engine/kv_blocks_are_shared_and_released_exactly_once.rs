@@ -398,18 +398,27 @@ fn a_fork_refused_at_the_session_limit_releases_its_table() {
     });
 }
 
-/// Issue 17 (4): out of blocks, an append ends idle sessions holding KV
-/// blocks (never one with a lease, never itself) and succeeds; with
-/// `when_exhausted = "fail"` it is refused at once.
+/// Issue 17 (4): out of blocks, an append offloads idle sessions holding KV
+/// blocks to host memory (`budget.offload`, the default), or ends them
+/// (offload off) — never one with a lease, never itself — and succeeds;
+/// with `when_exhausted = "fail"` it is refused at once.
 #[test]
 fn out_of_blocks_an_append_evicts_idle_holders_but_never_a_busy_one() {
-    for evict in [true, false] {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        Offload,
+        Evict,
+        Fail,
+    }
+    for mode in [Mode::Offload, Mode::Evict, Mode::Fail] {
         on_paused_time(|| async move {
             let mut config = kv_config(0);
             let kv = config.kv.as_mut().unwrap();
             kv.device_budget = BlockBudget::Blocks(16); // two slabs of 8
-            if !evict {
-                config.budget.when_exhausted = WhenExhausted::Fail;
+            match mode {
+                Mode::Offload => {}
+                Mode::Evict => config.budget.offload = false,
+                Mode::Fail => config.budget.when_exhausted = WhenExhausted::Fail,
             }
             let mut f = start(config).await;
             let idle = f.engine.open("alice").await.unwrap();
@@ -426,29 +435,41 @@ fn out_of_blocks_an_append_evicts_idle_holders_but_never_a_busy_one() {
             let newcomer = f.engine.open("carol").await.unwrap();
             let wanted: Vec<u32> = (1_000..1_000 + 16 * 8).collect();
             let answer = newcomer.append_tokens(&wanted).await;
-            if evict {
-                assert_eq!(answer.unwrap().blocks, 8);
-                let end = f.next_end().await;
-                assert_eq!((end.id, end.reason), (idle.id(), EndReason::Evicted));
-                assert_eq!(
-                    busy.state(),
-                    State::Established,
-                    "a lease holder is never evicted"
-                );
-            } else {
-                let refused = answer.unwrap_err();
-                assert!(
-                    matches!(
-                        &refused,
-                        SessionError::Kv {
-                            source: KvStoreError::Blocks(KvError::OutOfBlocks { .. }),
-                            ..
-                        }
-                    ),
-                    "{refused:?}"
-                );
-                assert_eq!(idle.state(), State::Established, "nobody evicted");
+            match mode {
+                Mode::Offload => {
+                    assert_eq!(answer.unwrap().blocks, 8);
+                    assert_eq!(idle.state(), State::Established, "offloaded, not ended");
+                    let kv = f.engine.stats().await.unwrap().kv.unwrap();
+                    assert_eq!(
+                        kv.blocks_offloaded, 6,
+                        "the idle holder's blocks are on the host"
+                    );
+                }
+                Mode::Evict => {
+                    assert_eq!(answer.unwrap().blocks, 8);
+                    let end = f.next_end().await;
+                    assert_eq!((end.id, end.reason), (idle.id(), EndReason::Evicted));
+                }
+                Mode::Fail => {
+                    let refused = answer.unwrap_err();
+                    assert!(
+                        matches!(
+                            &refused,
+                            SessionError::Kv {
+                                source: KvStoreError::Blocks(KvError::OutOfBlocks { .. }),
+                                ..
+                            }
+                        ),
+                        "{refused:?}"
+                    );
+                    assert_eq!(idle.state(), State::Established, "nobody evicted");
+                }
             }
+            assert_eq!(
+                busy.state(),
+                State::Established,
+                "a lease holder is never evicted"
+            );
             drop(_lease);
             f.shutdown_clean().await;
         });

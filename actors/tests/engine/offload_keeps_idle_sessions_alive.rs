@@ -61,7 +61,11 @@ fn an_offloaded_session_lives_on_and_its_next_message_brings_the_data_back() {
         let mut f = start(with_budget(None, WhenExhausted::Evict)).await;
         let (session, buffers) = filled(&f, "alice", 7).await;
         let report = session.offload().await.unwrap();
-        assert_eq!((report.buffers, report.bytes), (2, 256 * KIB));
+        assert_eq!(
+            (report.buffers.buffers, report.buffers.bytes),
+            (2, 256 * KIB)
+        );
+        assert_eq!(report.kv_blocks, 0, "no KV blocks configured");
         let pool = f.pool.stats();
         assert_eq!((pool.live_buffers, pool.offloaded_buffers), (0, 2));
         assert_eq!(

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use sessionbus_actors::{AllocRequest, Allocated, AllocationId, GpuError, SessionId};
 
 use super::{LiveBuffer, Worker};
-use crate::gpu::host_copy;
+use crate::gpu::host_copy::{self, Span};
 
 /// Every buffer is usable as compute storage and as a copy source/target:
 /// what a model's KV cache or activations need, without mapping. Writes
@@ -127,7 +127,33 @@ impl Worker {
         id: AllocationId,
     ) -> Result<Vec<u8>, GpuError> {
         let buffer = self.live_buffer(session, id)?;
-        let mut copies = host_copy::read_back(&self.device, &self.queue, &[&buffer.buffer])?;
+        let span = Span::whole(&buffer.buffer);
+        let mut copies = host_copy::read_back(&self.device, &self.queue, &[span])?;
+        self.unsubmitted_writes = false;
+        Ok(copies.pop().unwrap_or_default())
+    }
+
+    /// Bytes `offset..offset + len` of buffer `id`, copied back through a
+    /// staging buffer of that size (not the whole buffer's).
+    pub(super) fn read_range(
+        &mut self,
+        session: SessionId,
+        id: AllocationId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, GpuError> {
+        let buffer = self.live_buffer(session, id)?;
+        // Any alignment: the copy is widened to wgpu's and cut back.
+        sessionbus_actors::check_write(id, offset, len, buffer.bytes, 1)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let span = Span {
+            buffer: &buffer.buffer,
+            offset,
+            len,
+        };
+        let mut copies = host_copy::read_back(&self.device, &self.queue, &[span])?;
         self.unsubmitted_writes = false;
         Ok(copies.pop().unwrap_or_default())
     }

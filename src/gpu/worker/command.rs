@@ -45,6 +45,14 @@ pub(crate) enum Command {
         id: AllocationId,
         reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
     },
+    /// Copy a range of one buffer back to host memory (waits for the device).
+    ReadRange {
+        session: SessionId,
+        id: AllocationId,
+        offset: u64,
+        len: u64,
+        reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
+    },
     /// The wgpu buffer behind allocation `id`, whichever session holds it
     /// (for the application's own kernels); answered at once.
     Buffer {

@@ -9,7 +9,7 @@ use sessionbus_actors::{GpuError, OffloadReport, RestoreReport, SessionId};
 
 use super::buffers::scoped_create;
 use super::{HostCopy, LiveBuffer, Worker};
-use crate::gpu::host_copy;
+use crate::gpu::host_copy::{self, Span};
 
 impl Worker {
     /// Copies every device buffer of `session` to host memory; only once all
@@ -20,10 +20,14 @@ impl Worker {
         if self.lost.load(Ordering::Acquire) {
             return Err(GpuError::Unavailable);
         }
-        let sources: Vec<&wgpu::Buffer> = self
+        let sources: Vec<Span<'_>> = self
             .sessions
             .get(&session)
-            .map(|live| live.iter().map(|buffer| &buffer.buffer).collect())
+            .map(|live| {
+                live.iter()
+                    .map(|buffer| Span::whole(&buffer.buffer))
+                    .collect()
+            })
             .unwrap_or_default();
         let (mut buffers, mut bytes) = (0, 0);
         if !sources.is_empty() {

@@ -63,6 +63,15 @@ impl Worker {
                         Command::Read { session, id, reply } => {
                             let _ = reply.send(self.read(session, id));
                         }
+                        Command::ReadRange {
+                            session,
+                            id,
+                            offset,
+                            len,
+                            reply,
+                        } => {
+                            let _ = reply.send(self.read_range(session, id, offset, len));
+                        }
                         Command::Buffer { id, reply } => {
                             let _ = reply.send(self.buffer_by_id(id));
                         }

@@ -7,16 +7,19 @@
 //! and is released exactly once, by the end report (`EndGuard`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::SessionActor;
-use crate::ids::Caller;
+use super::{RestoreError, SessionActor};
+use crate::ids::{Caller, SessionId};
 use crate::kv::{KvError, Salt, ShareScope, TableId};
 use crate::kv_store::{KvAppendReport, KvBlock, KvStore, KvStoreError};
 use crate::lifecycle::Event;
-use crate::protocol::registry::{AwaitReceipt, EvictForKv};
-use crate::protocol::session::{AppendTokens, ForkKv, KvBlocks, ReadKv, WriteKv};
+use crate::mailbox::send_now_or_later;
+use crate::protocol::registry::{AwaitReceipt, EvictForKv, MemoryMoved};
+use crate::protocol::session::{AppendTokens, ForkKv, KvBlocks, Offload, ReadKv, WriteKv};
+use crate::registry::RegistryActor;
 use crate::session::error::SessionError;
 
 type Atomic<T> = AtomicResponse<SessionActor, Result<T, SessionError>>;
@@ -69,8 +72,13 @@ impl SessionActor {
         Ok((kv, table))
     }
 
+    /// Runs `call` on the store and table once any offloaded KV blocks are
+    /// back. The restore runs inside the atomic response itself: actix runs
+    /// the newest `ctx.wait` first, so a restore queued with `ensure_on_gpu`
+    /// would run after this call, not before.
     fn kv_call<T: 'static>(
         &mut self,
+        _ctx: &mut Context<Self>,
         access: Result<(Arc<KvStore>, TableId), SessionError>,
         call: impl AsyncFnOnce(Arc<KvStore>, TableId) -> Result<T, KvStoreError> + 'static,
     ) -> Atomic<T> {
@@ -78,55 +86,183 @@ impl SessionActor {
             Ok(access) => access,
             Err(error) => return refused(error),
         };
+        let restore = if self.restoring {
+            None
+        } else {
+            self.restore_kv()
+        };
+        self.restoring |= restore.is_some();
         let id = self.record.id;
-        AtomicResponse::new(Box::pin(
-            async move { call(kv, table).await }.into_actor(self).map(
-                move |answer, _session, _ctx| {
-                    answer.map_err(|source| SessionError::Kv { id, source })
-                },
-            ),
-        ))
+        let restored = async move {
+            match restore {
+                Some(restore) => Some(restore.await),
+                None => None,
+            }
+        };
+        AtomicResponse::new(Box::pin(restored.into_actor(self).then(
+            move |restored, session: &mut Self, _ctx| {
+                if let Some(restored) = restored {
+                    session.restoring = false;
+                    let bytes = session.kv_restored(restored);
+                    if !session.is_offloaded() {
+                        session.mark_active();
+                        send_now_or_later(
+                            &session.record.settings.registry,
+                            MemoryMoved::Restored { id, bytes },
+                        );
+                    }
+                }
+                let blocked = session.kv_not_on_gpu();
+                async move {
+                    match blocked {
+                        Some(error) => Err(error),
+                        None => call(kv, table)
+                            .await
+                            .map_err(|source| SessionError::Kv { id, source }),
+                    }
+                }
+                .into_actor(session)
+            },
+        )))
+    }
+
+    /// Takes in the outcome of a KV restore; the bytes it brought back.
+    pub(super) fn kv_restored(&mut self, restored: Result<u64, KvStoreError>) -> u64 {
+        match restored {
+            Ok(blocks) => {
+                self.kv_offloaded = false;
+                if matches!(self.restore_error, Some(RestoreError::Kv(_))) {
+                    self.restore_error = None;
+                }
+                self.record.shared.set_holds_kv(true);
+                blocks * self.kv_block_bytes()
+            }
+            Err(error) => {
+                self.restore_failed(&error);
+                self.restore_error = Some(RestoreError::Kv(error));
+                0
+            }
+        }
+    }
+
+    /// The store and table, if this session has KV blocks on the device.
+    pub(super) fn kv_on_device(&self) -> Option<(Arc<KvStore>, TableId)> {
+        let table = self.record.kv_table.filter(|_| !self.kv_offloaded)?;
+        let kv = self.record.settings.kv.clone()?;
+        kv.table_blocks(table).gt(&0).then_some((kv, table))
+    }
+
+    /// Bytes of one KV block (0 without a block pool).
+    pub(super) fn kv_block_bytes(&self) -> u64 {
+        self.record
+            .settings
+            .kv
+            .as_ref()
+            .map_or(0, |kv| kv.block_bytes())
+    }
+
+    /// Brings the offloaded KV blocks back, making room like an append does.
+    pub(super) fn restore_kv(
+        &self,
+    ) -> Option<impl Future<Output = Result<u64, KvStoreError>> + 'static> {
+        let table = self.record.kv_table.filter(|_| self.kv_offloaded)?;
+        let kv = self.record.settings.kv.clone()?;
+        let room = self.kv_room();
+        Some(async move { room.run(&kv, table, async || kv.restore(table).await).await })
+    }
+
+    /// The error for a KV request while the blocks are still in host memory.
+    pub(super) fn kv_not_on_gpu(&self) -> Option<SessionError> {
+        self.kv_offloaded.then(|| SessionError::Kv {
+            id: self.record.id,
+            source: match &self.restore_error {
+                Some(RestoreError::Kv(cause)) => cause.clone(),
+                _ => KvStoreError::Slab(crate::gpu::GpuError::Unavailable),
+            },
+        })
+    }
+
+    fn kv_room(&self) -> KvRoom {
+        KvRoom {
+            registry: self.record.settings.registry.clone(),
+            requester: self.record.id,
+            wait: self.record.settings.wait_rules.timeout,
+        }
+    }
+}
+
+/// How a KV operation that ran out of blocks makes room: idle sessions
+/// holding KV blocks are offloaded (`budget.offload`, within
+/// `budget.offload_host_memory`) or ended (`budget.when_exhausted =
+/// "evict"`, idle for `budget.evict_idle`), waited for at most
+/// `budget.wait_timeout`, and the operation tried once more. Nothing waits
+/// on a session that could not make progress: only idle sessions without
+/// leases are asked, and never the one asking.
+struct KvRoom {
+    registry: Addr<RegistryActor>,
+    requester: SessionId,
+    wait: Duration,
+}
+
+impl KvRoom {
+    async fn run<T>(
+        &self,
+        kv: &KvStore,
+        table: TableId,
+        op: impl AsyncFn() -> Result<T, KvStoreError>,
+    ) -> Result<T, KvStoreError> {
+        let (needed, refused) = match op().await {
+            Err(KvStoreError::Blocks(e @ KvError::OutOfBlocks { needed, .. })) => (needed, e),
+            answer => return answer,
+        };
+        // Admission: what no number of ends could make room for is
+        // refused at once, and nobody is evicted for it.
+        if !kv.could_fit_if_others_ended(table, needed) {
+            return Err(KvStoreError::Blocks(refused));
+        }
+        let evict = EvictForKv {
+            requester: self.requester,
+            sessions: usize::try_from(needed).unwrap_or(usize::MAX),
+        };
+        let asked = self.registry.send(evict).await.unwrap_or_default();
+        let caller = Caller::Operator("sessionbus-pressure".into());
+        let ended = asked.ended.into_iter().map(|id| {
+            let receipt = self.registry.send(AwaitReceipt {
+                id,
+                caller: caller.clone(),
+            });
+            async move {
+                let _ = receipt.await;
+            }
+        });
+        let offloaded = asked.offloading.into_iter().map(|addr| {
+            let offload = addr.send(Offload {
+                caller: caller.clone(),
+            });
+            async move {
+                let _ = offload.await;
+            }
+        });
+        let all = futures::future::join(
+            futures::future::join_all(ended),
+            futures::future::join_all(offloaded),
+        );
+        let _ = tokio::time::timeout(self.wait, all).await;
+        op().await
     }
 }
 
 impl Handler<AppendTokens> for SessionActor {
     type Result = Atomic<KvAppendReport>;
 
-    /// When no block is free or cached, idle sessions holding KV blocks
-    /// are ended (`budget.when_exhausted = "evict"`, idle for
-    /// `budget.evict_idle`), their releases waited for at most
-    /// `budget.wait_timeout`, and the append tried once more. Nothing waits
-    /// on a session that could not make progress: only idle sessions
-    /// without leases are asked, and never the appending one.
-    fn handle(&mut self, msg: AppendTokens, _ctx: &mut Self::Context) -> Self::Result {
+    /// When no block is free or cached, room is made as `KvRoom` says.
+    fn handle(&mut self, msg: AppendTokens, ctx: &mut Self::Context) -> Self::Result {
         let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Allocate, Some(msg.salt)));
         let tokens = msg.tokens;
-        let registry = self.record.settings.registry.clone();
-        let requester = self.record.id;
-        let wait = self.record.settings.wait_rules.timeout;
-        self.kv_call(access, async move |kv, table| {
-            let (needed, refused) = match kv.append(table, &tokens).await {
-                Err(KvStoreError::Blocks(e @ KvError::OutOfBlocks { needed, .. })) => (needed, e),
-                answer => return answer,
-            };
-            // Admission: what no number of ends could make room for is
-            // refused at once, and nobody is evicted for it.
-            if !kv.could_fit_if_others_ended(table, needed) {
-                return Err(KvStoreError::Blocks(refused));
-            }
-            let evict = EvictForKv {
-                requester,
-                sessions: usize::try_from(needed).unwrap_or(usize::MAX),
-            };
-            let asked = registry.send(evict).await.unwrap_or_default();
-            let receipts = asked.into_iter().map(|id| {
-                registry.send(AwaitReceipt {
-                    id,
-                    caller: Caller::Operator("sessionbus-pressure".into()),
-                })
-            });
-            let _ = tokio::time::timeout(wait, futures::future::join_all(receipts)).await;
-            kv.append(table, &tokens).await
+        let room = self.kv_room();
+        self.kv_call(ctx, access, async move |kv, table| {
+            room.run(&kv, table, async || kv.append(table, &tokens).await)
+                .await
         })
     }
 }
@@ -134,11 +270,11 @@ impl Handler<AppendTokens> for SessionActor {
 impl Handler<ForkKv> for SessionActor {
     type Result = Atomic<(TableId, crate::ids::Owner)>;
 
-    fn handle(&mut self, msg: ForkKv, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ForkKv, ctx: &mut Self::Context) -> Self::Result {
         // A session without a table forks an empty one.
         let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Touch, Some(None)));
         let owner = self.record.owner.clone();
-        self.kv_call(access, async move |kv, table| {
+        self.kv_call(ctx, access, async move |kv, table| {
             Ok((kv.fork(table).await?, owner))
         })
     }
@@ -147,7 +283,7 @@ impl Handler<ForkKv> for SessionActor {
 impl Handler<KvBlocks> for SessionActor {
     type Result = Atomic<Vec<KvBlock>>;
 
-    fn handle(&mut self, msg: KvBlocks, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: KvBlocks, ctx: &mut Self::Context) -> Self::Result {
         if self.record.kv_table.is_none() {
             // No table yet: no blocks (after the same checks).
             return match self.guarded(|s| {
@@ -159,14 +295,14 @@ impl Handler<KvBlocks> for SessionActor {
             };
         }
         let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Touch, None));
-        self.kv_call(access, async move |kv, table| kv.blocks(table))
+        self.kv_call(ctx, access, async move |kv, table| kv.blocks(table))
     }
 }
 
 impl Handler<WriteKv> for SessionActor {
     type Result = Atomic<()>;
 
-    fn handle(&mut self, msg: WriteKv, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: WriteKv, ctx: &mut Self::Context) -> Self::Result {
         let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Touch, None));
         let WriteKv {
             index,
@@ -174,7 +310,7 @@ impl Handler<WriteKv> for SessionActor {
             data,
             ..
         } = msg;
-        self.kv_call(access, async move |kv, table| {
+        self.kv_call(ctx, access, async move |kv, table| {
             kv.write(table, index, offset, data).await
         })
     }
@@ -183,9 +319,11 @@ impl Handler<WriteKv> for SessionActor {
 impl Handler<ReadKv> for SessionActor {
     type Result = Atomic<Vec<u8>>;
 
-    fn handle(&mut self, msg: ReadKv, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ReadKv, ctx: &mut Self::Context) -> Self::Result {
         let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Touch, None));
         let index = msg.index;
-        self.kv_call(access, async move |kv, table| kv.read(table, index).await)
+        self.kv_call(ctx, access, async move |kv, table| {
+            kv.read(table, index).await
+        })
     }
 }

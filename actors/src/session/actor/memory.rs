@@ -13,16 +13,19 @@ use std::pin::Pin;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use super::RestoreError;
 use super::SessionActor;
+use crate::budget::Charge;
 use crate::budget::{BudgetScope, acquire};
-use crate::gpu::{AllocRequest, Allocated, GpuError, OffloadReport};
+use crate::gpu::{AllocRequest, Allocated, GpuError, OffloadReport, RestoreReport};
 use crate::ids::AllocationId;
+use crate::kv_store::KvStoreError;
 use crate::lifecycle::{Event, State};
 use crate::mailbox::send_now_or_later;
 use crate::protocol::registry::{MakeRoom, MemoryMoved};
 use crate::protocol::session::{Allocate, Offload, ReadBuffer, WriteBuffer};
 use crate::session::error::{AllocError, SessionError};
-use crate::session::messages::Binding;
+use crate::session::messages::{Binding, SessionOffload};
 
 type Reply<T> = Pin<Box<dyn ActorFuture<SessionActor, Output = Result<T, SessionError>>>>;
 
@@ -100,14 +103,90 @@ impl SessionActor {
         shared.set_waiting(self.record.ledger.is_waiting());
     }
 
-    /// If the buffers are offloaded, brings them back before any other
-    /// message is handled (a `ctx.wait` future). Afterwards either the
-    /// buffers are on the GPU or `restore_error` says why not.
+    /// Whether anything of this session is in host memory (buffers or KV blocks).
+    pub(super) fn is_offloaded(&self) -> bool {
+        self.record.ledger.is_offloaded() || self.kv_offloaded
+    }
+
+    /// If the buffers or KV blocks are offloaded, brings them back before
+    /// any other message is handled (a `ctx.wait` future). Afterwards either
+    /// they are on the GPU or `restore_error` says why not.
     pub(super) fn ensure_on_gpu(&mut self, ctx: &mut Context<Self>) {
-        if !self.record.ledger.is_offloaded() || self.restoring {
+        if !self.is_offloaded() || self.restoring {
             return;
         }
         self.restoring = true;
+        let buffers = self
+            .record
+            .ledger
+            .is_offloaded()
+            .then(|| self.restore_buffers());
+        let kv = self.restore_kv();
+        let restore = async move {
+            let buffers = match buffers {
+                Some(restore) => Some(restore.await),
+                None => None,
+            };
+            let kv = match kv {
+                Some(restore) => Some(restore.await),
+                None => None,
+            };
+            (buffers, kv)
+        };
+        ctx.wait(
+            restore
+                .into_actor(self)
+                .map(|(buffers, kv), session, _ctx| {
+                    session.restoring = false;
+                    session.restore_error = None;
+                    let mut bytes = 0;
+                    match buffers {
+                        Some(Ok((report, charge))) => {
+                            charge.commit();
+                            session.record.ledger.set_offloaded(false);
+                            session.publish_gpu_bytes();
+                            bytes += report.bytes;
+                        }
+                        // A charge that came with the error is dropped here: refunded.
+                        Some(Err((error, _charge))) => {
+                            session.restore_failed(&error);
+                            session.restore_error = Some(RestoreError::Buffers(error));
+                        }
+                        None => {}
+                    }
+                    if let Some(kv) = kv {
+                        bytes += session.kv_restored(kv);
+                    }
+                    if !session.is_offloaded() {
+                        session.mark_active();
+                        send_now_or_later(
+                            &session.record.settings.registry,
+                            MemoryMoved::Restored {
+                                id: session.record.id,
+                                bytes,
+                            },
+                        );
+                    }
+                }),
+        );
+    }
+
+    pub(super) fn restore_failed(&self, error: &dyn std::fmt::Display) {
+        tracing::warn!(
+            target: "sessionbus::supervisor",
+            event = "session.restore_failed",
+            session_id = %self.record.id,
+            %error,
+            "offloaded memory could not be brought back; it stays in host memory"
+        );
+    }
+
+    /// Charges the budgets for the offloaded buffers, then has the pool
+    /// bring them back, bounded by `step_timeout`.
+    fn restore_buffers(
+        &self,
+    ) -> impl Future<Output = Result<(RestoreReport, Charge), (AllocError, Option<Charge>)>> + 'static
+    {
         let settings = self.record.settings.clone();
         let bytes = self.record.ledger.live_bytes();
         let charged = acquire(
@@ -119,7 +198,7 @@ impl SessionActor {
         );
         let id = self.record.id;
         let step_timeout = settings.step_timeout;
-        let restore = async move {
+        async move {
             let charge = charged.await.map_err(|e| (e, None))?;
             let (reply, answer) = oneshot::channel();
             settings.pool.restore_session(id, reply);
@@ -140,47 +219,28 @@ impl SessionActor {
                     Some(charge),
                 )),
             }
-        };
-        ctx.wait(restore.into_actor(self).map(|restored, session, _ctx| {
-            session.restoring = false;
-            match restored {
-                Ok((report, charge)) => {
-                    charge.commit();
-                    session.record.ledger.set_offloaded(false);
-                    session.restore_error = None;
-                    session.mark_active();
-                    session.publish_gpu_bytes();
-                    send_now_or_later(
-                        &session.record.settings.registry,
-                        MemoryMoved::Restored {
-                            id: session.record.id,
-                            bytes: report.bytes,
-                        },
-                    );
-                }
-                // A charge that came with the error is dropped here: refunded.
-                Err((error, _charge)) => {
-                    tracing::warn!(
-                        target: "sessionbus::supervisor",
-                        event = "session.restore_failed",
-                        session_id = %session.record.id,
-                        %error,
-                        "offloaded buffers could not be brought back; they stay in host memory"
-                    );
-                    session.restore_error = Some(error);
-                }
-            }
-        }));
+        }
     }
 
-    /// The error for a request that needed the buffers on the GPU, if they are not.
+    /// The error for a request that needed the buffers or KV blocks on the
+    /// GPU, if they are not.
     pub(super) fn not_on_gpu(&self) -> Option<SessionError> {
-        self.record.ledger.is_offloaded().then(|| {
-            let cause = self
-                .restore_error
-                .clone()
-                .unwrap_or(AllocError::Gpu(GpuError::Unavailable));
-            self.allocation_error(AllocError::RestoreFailed(Box::new(cause)))
+        if self.record.ledger.is_offloaded() {
+            let cause = match &self.restore_error {
+                Some(RestoreError::Buffers(cause)) => cause.clone(),
+                _ => AllocError::Gpu(GpuError::Unavailable),
+            };
+            return Some(self.allocation_error(AllocError::RestoreFailed(Box::new(cause))));
+        }
+        self.kv_offloaded.then(|| {
+            let source = match &self.restore_error {
+                Some(RestoreError::Kv(cause)) => cause.clone(),
+                _ => KvStoreError::Slab(GpuError::Unavailable),
+            };
+            SessionError::Kv {
+                id: self.record.id,
+                source,
+            }
         })
     }
 
@@ -190,7 +250,7 @@ impl SessionActor {
         ctx: &mut Context<Self>,
         body: impl FnOnce(&mut Self, &mut Context<Self>) -> Reply<T> + 'static,
     ) -> Reply<T> {
-        if !self.record.ledger.is_offloaded() {
+        if !self.is_offloaded() {
             return body(self, ctx);
         }
         self.ensure_on_gpu(ctx);
@@ -332,7 +392,7 @@ impl SessionActor {
         }
     }
 
-    fn offload(&mut self, msg: Offload, ctx: &mut Context<Self>) -> Reply<OffloadReport> {
+    fn offload(&mut self, msg: Offload, ctx: &mut Context<Self>) -> Reply<SessionOffload> {
         let refused = |why: &str| SessionError::OffloadRefused {
             id: self.record.id,
             why: why.to_owned(),
@@ -340,15 +400,17 @@ impl SessionActor {
         if let Err(error) = self.authorize(&msg.caller) {
             return ready(Err(error));
         }
+        let kv = self.kv_on_device();
+        let has_buffers = !self.record.ledger.live().is_empty();
         let why = if self.lifecycle.state() != State::Established || self.ending.is_some() {
             Some("the session is ending")
         } else if !self.leases.is_empty() {
             Some("a lease is held: work is in flight on its buffers")
         } else if self.record.ledger.in_flight() > 0 || self.record.ledger.is_waiting() {
             Some("an allocation is in flight or waiting for room")
-        } else if self.record.ledger.is_offloaded() || self.restoring {
+        } else if self.is_offloaded() || self.restoring {
             Some("already offloaded")
-        } else if self.record.ledger.live().is_empty() {
+        } else if !has_buffers && kv.is_none() {
             Some("nothing on the GPU")
         } else {
             None
@@ -358,41 +420,104 @@ impl SessionActor {
         }
         let settings = self.record.settings.clone();
         let id = self.record.id;
-        let (reply, answer) = oneshot::channel();
-        settings.pool.offload_session(id, reply);
-        let (tx, rx) = oneshot::channel();
         let step_timeout = settings.step_timeout;
+        let buffers = has_buffers.then(|| {
+            let (reply, answer) = oneshot::channel();
+            settings.pool.offload_session(id, reply);
+            tokio::time::timeout(step_timeout, answer)
+        });
+        // Buffers first, then the KV blocks; the KV blocks stay if the
+        // buffers could not go (a timed-out buffer offload counts as done,
+        // see `offload_timed_out`).
+        let work = async move {
+            let buffers = match buffers {
+                Some(answer) => Some(answer.await),
+                None => None,
+            };
+            let failed = matches!(buffers, Some(Ok(Ok(Err(_)) | Err(_))));
+            let kv = match kv {
+                Some((store, table)) if !failed => Some(store.offload(table).await),
+                _ => None,
+            };
+            (buffers, kv)
+        };
+        let (tx, rx) = oneshot::channel();
         // Nothing else is handled until the offload is complete, so no
-        // message ever sees buffers that are half gone; bounded, so that a
+        // message ever sees memory that is half gone; bounded, so that a
         // hung device cannot hold the session (and its end) for longer.
-        let answer = tokio::time::timeout(step_timeout, answer);
-        ctx.wait(answer.into_actor(self).map(move |answer, session, _ctx| {
-            let answer = match answer {
-                Ok(answer) => answer.unwrap_or(Err(GpuError::Unavailable)),
-                Err(_) => Err(session.offload_timed_out(step_timeout)),
-            };
-            let moved = match &answer {
-                Ok(report) => Some(report.bytes),
-                // Counted as offloaded all the same (see `offload_timed_out`).
-                Err(GpuError::TimedOut { .. }) => Some(session.record.ledger.live_bytes()),
-                Err(_) => None,
-            };
-            if let Some(bytes) = moved {
-                let charged = session.record.ledger.charged();
-                session.record.ledger.set_offloaded(true);
-                session.publish_gpu_bytes();
-                settings.budget.refund(&session.record.owner, charged);
-                send_now_or_later(&settings.registry, MemoryMoved::Offloaded { id, bytes });
-            }
-            let _ = tx.send(answer);
-        }));
+        ctx.wait(
+            work.into_actor(self)
+                .map(move |(buffers, kv), session, _ctx| {
+                    let started_at = std::time::Instant::now();
+                    let buffers = match buffers {
+                        None => Ok(OffloadReport {
+                            session: id,
+                            buffers: 0,
+                            bytes: 0,
+                            started_at,
+                            finished_at: started_at,
+                        }),
+                        Some(Ok(answer)) => answer.unwrap_or(Err(GpuError::Unavailable)),
+                        Some(Err(_)) => Err(session.offload_timed_out(step_timeout)),
+                    };
+                    let moved = match &buffers {
+                        Ok(report) => Some(report.bytes),
+                        // Counted as offloaded all the same (see `offload_timed_out`).
+                        Err(GpuError::TimedOut { .. }) => Some(session.record.ledger.live_bytes()),
+                        Err(_) => None,
+                    };
+                    let mut host_bytes = 0;
+                    if let Some(bytes) = moved.filter(|_| has_buffers) {
+                        let charged = session.record.ledger.charged();
+                        session.record.ledger.set_offloaded(true);
+                        session.publish_gpu_bytes();
+                        settings.budget.refund(&session.record.owner, charged);
+                        host_bytes += bytes;
+                    }
+                    let kv_blocks = match kv {
+                        Some(Ok(blocks)) => {
+                            if blocks > 0 {
+                                session.kv_offloaded = true;
+                                session.record.shared.set_holds_kv(false);
+                            }
+                            Ok(blocks)
+                        }
+                        Some(Err(source)) => Err(SessionError::Kv { id, source }),
+                        None => Ok(0),
+                    };
+                    let kv_bytes = kv_blocks
+                        .as_ref()
+                        .map_or(0, |b| b * session.kv_block_bytes());
+                    host_bytes += kv_bytes;
+                    if session.is_offloaded() {
+                        send_now_or_later(
+                            &settings.registry,
+                            MemoryMoved::Offloaded {
+                                id,
+                                bytes: host_bytes,
+                            },
+                        );
+                    }
+                    let answer = match (buffers, kv_blocks) {
+                        (Err(gpu), _) => Err(SessionError::Allocation {
+                            id,
+                            source: AllocError::Gpu(gpu),
+                        }),
+                        (Ok(_), Err(error)) => Err(error),
+                        (Ok(buffers), Ok(kv_blocks)) => Ok(SessionOffload {
+                            buffers,
+                            kv_blocks,
+                            kv_bytes,
+                        }),
+                    };
+                    let _ = tx.send(answer);
+                }),
+        );
         Box::pin(rx.into_actor(self).map(move |answer, _session, _ctx| {
-            answer
-                .unwrap_or(Err(GpuError::Unavailable))
-                .map_err(|gpu| SessionError::Allocation {
-                    id,
-                    source: AllocError::Gpu(gpu),
-                })
+            answer.unwrap_or(Err(SessionError::Allocation {
+                id,
+                source: AllocError::Gpu(GpuError::Unavailable),
+            }))
         }))
     }
 }
@@ -447,7 +572,7 @@ impl Handler<ReadBuffer> for SessionActor {
 }
 
 impl Handler<Offload> for SessionActor {
-    type Result = ResponseActFuture<Self, Result<OffloadReport, SessionError>>;
+    type Result = ResponseActFuture<Self, Result<SessionOffload, SessionError>>;
 
     fn handle(&mut self, msg: Offload, ctx: &mut Self::Context) -> Self::Result {
         self.offload(msg, ctx)
