@@ -117,11 +117,13 @@ impl Engine {
         config
             .budget
             .validate_for_device(pool.info().min_buffer_bytes)?;
+        let pacer = Arc::new(Pacer::new(&config.release));
         let kv = match &config.kv {
             Some(kv) => Some(Arc::new(
                 crate::kv_store::KvStore::new(
                     kv.clone(),
                     pool.clone(),
+                    pacer.clone(),
                     config.supervision.step_timeout,
                 )
                 .map_err(|e| ConfigError::new(format!("kv.{}", e.field()), e.to_string()))?,
@@ -129,7 +131,6 @@ impl Engine {
             None => None,
         };
         let pseudonyms = Arc::new(pseudonyms);
-        let pacer = Arc::new(Pacer::new(&config.release));
         let budget = Arc::new(Budget::new(&config.budget));
         let queue = Arc::new(ReleaseQueue::default());
         let capacity = config.bus.subscriber_capacity;

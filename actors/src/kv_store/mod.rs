@@ -8,6 +8,11 @@
 //!   (all its blocks free for `slab_idle_trim`) or [`KvStore::release_all`]
 //!   (shutdown), each a `release_allocations` of the pool, which answers
 //!   only once the device has the memory back.
+//! - Trims are **paced** like session releases: each slab waits for the
+//!   release pacer's lowest tier (its governor limiter, shared with ordinary
+//!   releases; cost in the pacing unit: one buffer, or the slab's bytes), so
+//!   a mass of idle slabs never hits the device at once. Shutdown is not
+//!   paced (its deadline matters more), as for sessions.
 //! - The lock is never held across an await: an append that needs a slab
 //!   drops it, has the pool create the buffer (bounded by
 //!   `[supervision] step_timeout`), retakes it, adds the slab and retries.
@@ -28,6 +33,7 @@ use tokio::sync::oneshot;
 pub use errors::KvStoreError;
 pub use view::{KvAppendReport, KvBlock};
 
+use crate::cleanup::Pacer;
 use crate::clock;
 use crate::gpu::{AllocRequest, GpuError, GpuPool, ReleaseReport};
 use crate::ids::{AllocationId, Owner, SessionId};
@@ -40,6 +46,8 @@ pub(crate) struct KvStore {
     /// The bytes of each offloaded table's blocks in host memory, in order.
     host: Mutex<HashMap<TableId, Vec<Vec<u8>>>>,
     pool: Arc<dyn GpuPool>,
+    /// The release pacer: trims wait for its lowest tier.
+    pacer: Arc<Pacer>,
     /// The reserved owner of every slab buffer.
     slab_session: SessionId,
     block_bytes: u64,
@@ -58,6 +66,7 @@ impl KvStore {
     pub(crate) fn new(
         config: KvPoolConfig,
         pool: Arc<dyn GpuPool>,
+        pacer: Arc<Pacer>,
         step_timeout: Duration,
     ) -> Result<Self, crate::kv::KvConfigError> {
         let books = BlockPool::new(config, pool.info().max_buffer_size)?;
@@ -67,6 +76,7 @@ impl KvStore {
             slabs: Mutex::default(),
             host: Mutex::default(),
             pool,
+            pacer,
             slab_session: SessionId::random(),
             block_bytes,
             step_timeout,
@@ -452,7 +462,12 @@ impl KvStore {
     }
 
     /// Gives back every slab whose blocks have all been free for
-    /// `slab_idle_trim`; answers how many, once the device has the memory back.
+    /// `slab_idle_trim`, one at a time as the release pacer admits it;
+    /// answers how many, once the device has the memory back.
+    ///
+    /// The slabs leave the books first (an append racing the trim takes
+    /// other blocks or asks for a new slab), so a slab waiting for the pacer
+    /// is never handed out again.
     pub(crate) async fn trim(&self, now: Instant) -> u64 {
         let buffers = {
             let mut books = self.books();
@@ -460,7 +475,12 @@ impl KvStore {
             self.take_slabs(&mut books, idle)
         };
         let n = buffers.len() as u64;
-        self.release_buffers(buffers).await;
+        let slab_bytes = self.block_bytes * u64::from(self.books().config().blocks_per_slab);
+        for buffer in buffers {
+            let cost = self.pacer.unit().cost(1, slab_bytes);
+            self.pacer.admit(0, cost).await;
+            self.release_buffers(vec![buffer]).await;
+        }
         n
     }
 

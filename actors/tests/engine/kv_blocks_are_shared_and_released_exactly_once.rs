@@ -166,6 +166,43 @@ fn an_idle_slab_goes_back_to_the_pool() {
     });
 }
 
+/// Issue 17 (1): slab trims go through the paced release path: at one
+/// buffer per second (burst 1), four idle slabs leave one at a time, not
+/// all at once (virtual time: the steps are exact, not timing guesses).
+#[test]
+fn idle_slabs_are_trimmed_at_the_release_pace() {
+    on_paused_time(|| async {
+        let mut config = kv_config(0);
+        config.release = ReleaseConfig::fixed(PaceUnit::Buffers, 1, 1, 1);
+        let f = start(config).await;
+        let baseline = f.pool.stats().live_buffers;
+        let mut sessions = Vec::new();
+        for i in 0..4u32 {
+            let s = f.engine.open("alice").await.unwrap();
+            // One whole slab each (8 blocks of 16 tokens), no shared prefix.
+            s.append_tokens(&(i * 1000..i * 1000 + 128).collect::<Vec<u32>>())
+                .await
+                .unwrap();
+            sessions.push(s);
+        }
+        assert_eq!(f.pool.stats().live_buffers, baseline + 4);
+        for s in &sessions {
+            s.close().await.unwrap();
+        }
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            settle(Duration::from_millis(100)).await;
+            let live = f.pool.stats().live_buffers - baseline;
+            if seen.last() != Some(&live) {
+                seen.push(live);
+            }
+        }
+        assert_eq!(seen, vec![4, 3, 2, 1, 0], "one slab at a time");
+        assert_eq!(f.stats().await.kv.unwrap().slabs_trimmed, 4);
+        f.shutdown_clean().await;
+    });
+}
+
 #[test]
 fn kv_data_round_trips_and_bad_input_is_refused() {
     on_paused_time(|| async {
