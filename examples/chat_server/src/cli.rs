@@ -36,10 +36,11 @@ pub struct Args {
     /// Tokens per KV block (one GPU buffer).
     #[arg(long, default_value_t = Settings::default().block_tokens)]
     pub block_tokens: u64,
-    /// Hold KV as paged blocks in shared slabs, the system prompt shared by
-    /// every conversation (instead of one buffer per block).
+    /// Hold each KV block in a GPU buffer of its own instead of paged blocks
+    /// in shared slabs (the default, where the system prompt's blocks are
+    /// shared by every conversation).
     #[arg(long)]
-    pub kv_blocks: bool,
+    pub kv_buffers: bool,
     /// Largest WebSocket frame, in bytes (larger: close 1009).
     #[arg(long, default_value_t = Settings::default().max_frame_bytes)]
     pub max_frame_bytes: usize,
@@ -105,7 +106,7 @@ impl Args {
                 token_interval_ms: self.token_ms,
                 kv_bytes_per_token: self.kv_bytes_per_token,
                 block_tokens: self.block_tokens.max(1),
-                kv_blocks: self.kv_blocks,
+                kv_blocks: !self.kv_buffers,
                 max_frame_bytes: self.max_frame_bytes,
                 rate_per_sec: self.rate_per_sec,
                 rate_burst: self.rate_burst,

@@ -29,7 +29,7 @@ pub struct Settings {
     /// Hold each conversation's KV as paged blocks in shared slabs (the
     /// runtime's `[kv]`, derived from the two settings above unless the
     /// configuration has one), with a system prompt every conversation
-    /// shares, instead of one buffer per block.
+    /// shares; `false`: one GPU buffer per block (`--kv-buffers`). Default true.
     pub kv_blocks: bool,
     /// Largest WebSocket frame accepted; a larger one closes with 1009.
     pub max_frame_bytes: usize,
@@ -75,7 +75,7 @@ impl Default for Settings {
             token_interval_ms: 15,
             kv_bytes_per_token: 4096,
             block_tokens: 16,
-            kv_blocks: false,
+            kv_blocks: true,
             max_frame_bytes: 16 * 1024,
             max_message_chars: 4000,
             rate_per_sec: 5,

@@ -1,4 +1,4 @@
-//! Issue 17 (8): with `--kv-blocks`, each conversation's KV lives in paged
+//! Issue 17 (8): by default, each conversation's KV lives in paged
 //! blocks of shared slabs, and the system prompt's full blocks are shared by
 //! every conversation, whoever its user; every reference is dropped once the
 //! sessions end, and the slabs go back to the device.
@@ -11,10 +11,8 @@ use sessionbus::config::{BlockBudget, Config};
 
 #[actix_web::test]
 async fn conversations_share_the_system_prompt_and_give_every_block_back() {
-    let settings = server::state::Settings {
-        kv_blocks: true,
-        ..test_settings()
-    };
+    let settings = test_settings();
+    assert!(settings.kv_blocks, "paged blocks are the default");
     let mut kv = server::model::kv_config(&settings);
     kv.cache_budget = BlockBudget::Blocks(0); // nothing outlives its last sharer
     kv.slab_idle_trim = Duration::from_millis(100);

@@ -1,13 +1,15 @@
 //! The chat_server example, driven as real clients drive it: an HTTP client
-//! and a WebSocket client against the server on a free port, with real
-//! wgpu buffers behind every KV block.
+//! and a WebSocket client against the server on a free port. The first two
+//! tests run the whole-buffer path (`--kv-buffers`: one real wgpu buffer per
+//! KV block, counted in the receipts); the rest run the default, paged
+//! blocks in shared slabs.
 
 use super::client::*;
 use serde_json::json;
 
 #[actix_web::test]
 async fn a_chat_streams_its_reply_token_by_token_and_delete_answers_the_receipt() {
-    let server = start(test_settings()).await;
+    let server = start(buffer_settings()).await;
     let http = Http::new(&server);
     let token = http.token("ada").await;
     let id = http.open(&token).await;
@@ -55,7 +57,7 @@ async fn a_chat_streams_its_reply_token_by_token_and_delete_answers_the_receipt(
 
 #[actix_web::test]
 async fn a_close_over_the_socket_answers_the_receipt_and_closes_normally() {
-    let server = start(test_settings()).await;
+    let server = start(buffer_settings()).await;
     let http = Http::new(&server);
     let token = http.token("ada").await;
     let id = http.open(&token).await;

@@ -1,6 +1,6 @@
 //! SIGTERM to a running chat_server process: the graceful shutdown ends
 //! every session (reason `shutdown`, a stream in flight included), tells
-//! the open sockets, releases every GPU buffer, and prints its report.
+//! the open sockets, releases every KV block and slab, and prints its report.
 //!
 //! The server process is this test binary itself, re-run with only the
 //! ignored `server_process` test, which calls the example's own `cli::run`
@@ -122,13 +122,15 @@ async fn sigterm_runs_the_graceful_shutdown() {
     );
     let ended_by = &report["runtime"]["sessions"]["stats"]["ended_by"];
     assert_eq!(ended_by, &json!([["shutdown", 2]]), "{report}");
+    // The streaming conversation's KV blocks, in a slab given back at the end.
+    let kv = &report["runtime"]["sessions"]["stats"]["kv"];
     assert!(
-        report["runtime"]["sessions"]["buffers_released"]
-            .as_u64()
-            .unwrap()
-            >= 1,
-        "the streaming KV block: {report}"
+        kv["blocks_allocated_total"].as_u64().unwrap() >= 1,
+        "{report}"
     );
+    assert_eq!(kv["blocks_referenced"], 0, "{report}");
+    assert_eq!(kv["blocks_total"], 0, "every slab destroyed: {report}");
+    assert_eq!(kv["slabs_created"], kv["slabs_trimmed"], "{report}");
     assert_eq!(report["websockets_closed"], 1, "{report}");
     let _ = parked;
 }
