@@ -1,8 +1,10 @@
 //! The KV scenario: KV memory as inference engines hold it. Sessions of
 //! several tenants share a public system prompt's blocks (one salt), chat
 //! (each turn appends tokens into blocks and writes their keys and values),
-//! a paged-attention kernel reads one session's KV through its block table
-//! and is checked against the CPU, some conversations fork (sharing every full
+//! some conversations are offloaded (their own blocks to host memory, the
+//! shared prompt stays) and come back on their next use, a paged-attention
+//! kernel reads one such restored session's KV through its block table and
+//! is checked against the CPU, some conversations fork (sharing every full
 //! block, copying the partial one), and the sessions end every way: closed,
 //! disconnected, context reset then closed, left to the shutdown. Then: no
 //! block held by an ended session, idle slabs trimmed, wgpu's counters back
@@ -48,6 +50,12 @@ struct Report {
     context_resets: u64,
     /// Conversations forked (each closed after a turn of its own).
     kv_forks: u64,
+    /// Conversations offloaded to host memory and restored on their next use.
+    kv_offloads: u64,
+    /// KV blocks those offloads moved (the shared prompt's blocks stay).
+    kv_blocks_offloaded: u64,
+    /// Restored conversations whose every block read back as written.
+    kv_restored_bit_for_bit: u64,
     never_released: usize,
 }
 
@@ -120,7 +128,22 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         }
     }
 
-    // The kernel reads the last session's KV where it lies.
+    // Every 6th conversation (and the last) goes to host memory while idle;
+    // its next use brings it back, and every block must read as written.
+    let (mut offloads, mut offloaded_blocks, mut bit_for_bit) = (0u64, 0u64, 0u64);
+    let last = chats.len().saturating_sub(1);
+    for (i, chat) in chats.iter().enumerate() {
+        if i % 6 != 3 && i != last {
+            continue;
+        }
+        offloaded_blocks += chat.handle.offload().await?.kv_blocks;
+        offloads += 1;
+        if i != last {
+            bit_for_bit += u64::from(reads_as_written(chat).await?);
+        }
+    }
+
+    // The kernel reads the last session's KV where it lies (restored first).
     let kernel_max_abs_error = match chats.last() {
         Some(chat) => kernel_error(&demo, chat).await?,
         None => 0.0,
@@ -196,6 +219,9 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
         kernel_max_abs_error,
         context_resets,
         kv_forks: forks,
+        kv_offloads: offloads,
+        kv_blocks_offloaded: offloaded_blocks,
+        kv_restored_bit_for_bit: bit_for_bit,
         never_released,
     };
     if args.json {
@@ -219,9 +245,31 @@ pub async fn run(demo: Demo, args: &Args) -> anyhow::Result<()> {
     );
     checks.require(
         report.kernel_max_abs_error <= 1e-3,
-        "the kernel matches the CPU",
+        "the kernel matches the CPU (on a restored session)",
+    );
+    checks.require(
+        report.kv_restored_bit_for_bit + 1 == report.kv_offloads.max(1),
+        "every offloaded conversation came back bit for bit",
     );
     checks.conclude()
+}
+
+/// Whether every block of `chat` reads back as its tokens' keys and values
+/// (the partial last block: its written slots only).
+async fn reads_as_written(chat: &Chat) -> anyhow::Result<bool> {
+    let blocks = chat.handle.kv_blocks().await?.len();
+    for (index, tokens) in chat.tokens.chunks(TOKENS_PER_BLOCK as usize).enumerate() {
+        let data = chat.handle.read_kv(index).await?;
+        let expected: Vec<u8> = tokens
+            .iter()
+            .flat_map(|&t| kv_of(t))
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        if index >= blocks || data[..expected.len()] != expected[..] {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 async fn kv_stats(demo: &Demo) -> KvStats {
@@ -281,6 +329,13 @@ fn print_summary(r: &Report) {
         format!(
             "hit rate {:.2}, {} bytes saved by sharing at the peak",
             r.kv_prefix_hit_rate, r.kv_bytes_saved_by_sharing
+        ),
+    );
+    row(
+        "offload",
+        format!(
+            "{} conversations, {} blocks to host memory; {} read back bit for bit",
+            r.kv_offloads, r.kv_blocks_offloaded, r.kv_restored_bit_for_bit
         ),
     );
     row(
