@@ -28,4 +28,10 @@ pub enum StartError {
          runtime your own pool with RuntimeBuilder::pool"
     )]
     NoPool,
+    /// Both an application's pool and an application's wgpu device were
+    /// given: the runtime can run on one of them, not both.
+    #[error(
+        "RuntimeBuilder::pool and RuntimeBuilder::wgpu_device were both given: give the pool          (it owns its memory), or the device (the runtime's wgpu pool runs on it), not both"
+    )]
+    PoolAndDevice,
 }

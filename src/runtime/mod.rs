@@ -81,8 +81,13 @@ impl RuntimeBuilder {
     }
 
     /// Validates the configuration, opens the GPU device (unless a pool or
-    /// a device was given), and starts the engine.
+    /// a device was given), and starts the engine. Giving both a pool and a
+    /// device is refused ([`StartError::PoolAndDevice`]).
     pub async fn start(self) -> Result<Runtime, StartError> {
+        #[cfg(feature = "wgpu")]
+        if self.pool.is_some() && self.device.is_some() {
+            return Err(StartError::PoolAndDevice);
+        }
         let choice = match self.pool {
             Some(pool) => PoolChoice::Application(pool),
             #[cfg(feature = "wgpu")]

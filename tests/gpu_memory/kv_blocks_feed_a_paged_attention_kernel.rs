@@ -236,6 +236,19 @@ async fn an_applications_own_device_serves_the_blocks_its_kernels_read() {
         queue,
         adapter: adapter.get_info(),
     };
+    // A pool and a device both given: which would it run on? Refused, by name.
+    let pool = sessionbus::pool::WgpuPool::start_on(mine.clone(), &Default::default()).unwrap();
+    let both = Runtime::builder()
+        .pool(std::sync::Arc::new(pool))
+        .wgpu_device(mine.clone())
+        .start()
+        .await;
+    assert!(
+        matches!(both, Err(sessionbus::StartError::PoolAndDevice)),
+        "{:?}",
+        both.err()
+    );
+
     let rt = Runtime::builder()
         .config(config())
         .wgpu_device(mine.clone())
