@@ -13,6 +13,10 @@
 //!    p50/p99 time-to-answer.
 //!
 //! ```text
+//! 5. `reads`: one block read back (a ranged copy of the slab) against the
+//!    read-back of a whole 1 MiB buffer; offload of a conversation's own
+//!    blocks to host memory, and its restore on the next use, per block.
+//!
 //! cargo bench -p sessionbus-benches --bench kv_blocks [-- --quick]
 //! ```
 
@@ -268,6 +272,53 @@ async fn burst(sessions: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn reads_and_offload(rounds: usize) -> anyhow::Result<()> {
+    // One slab of 256 blocks of 4 KiB (1 MiB), and a 1 MiB whole buffer.
+    let rt = Runtime::builder()
+        .config(kv(256, 512, 0, Duration::from_secs(3600)))
+        .start()
+        .await?;
+    let session = rt.open("tenant").await?;
+    session.append_tokens(&tokens(0, 64)).await?;
+    let other = rt.open("tenant").await?;
+    let whole = other.allocate(256 * block_bytes()).await?;
+    let (mut block, mut buffer) = (Latencies::default(), Latencies::default());
+    for i in 0..rounds {
+        let t = Instant::now();
+        session.read_kv(i % 64).await?;
+        block.record(t.elapsed());
+        let t = Instant::now();
+        other.read_buffer(whole.id).await?;
+        buffer.record(t.elapsed());
+    }
+    other.close().await?;
+    let (mut offload, mut restore) = (Latencies::default(), Latencies::default());
+    for _ in 0..rounds.min(50) {
+        let t = Instant::now();
+        let moved = session.offload().await?;
+        offload.record(t.elapsed() / moved.kv_blocks.max(1) as u32);
+        let t = Instant::now();
+        session.kv_blocks().await?; // restores first
+        restore.record(t.elapsed() / moved.kv_blocks.max(1) as u32);
+    }
+    let p50 = |l: &Latencies| l.at(0.5).unwrap_or_default();
+    println!(
+        "reads    one 4 KiB block of a 1 MiB slab {:?} p50 ({:?} p99) vs a whole 1 MiB buffer {:?} p50 ({:?} p99): {:.1}x | \
+         offload {:?}/block, restore {:?}/block (64 own blocks, p50 of {} rounds)",
+        p50(&block),
+        block.at(0.99).unwrap_or_default(),
+        p50(&buffer),
+        buffer.at(0.99).unwrap_or_default(),
+        p50(&buffer).as_secs_f64() / p50(&block).as_secs_f64().max(1e-9),
+        p50(&offload),
+        p50(&restore),
+        rounds.min(50),
+    );
+    session.close().await?;
+    rt.shutdown().await;
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     // The cycles crash sessions on purpose; their panics are not news.
@@ -282,5 +333,6 @@ async fn main() -> anyhow::Result<()> {
     sharing(if quick { 20 } else { 100 }, 8, 2).await?;
     cycles(if quick { 5_000 } else { 100_000 }).await?;
     burst(if quick { 100 } else { 1_000 }).await?;
+    reads_and_offload(if quick { 20 } else { 200 }).await?;
     Ok(())
 }

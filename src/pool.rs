@@ -14,6 +14,6 @@ pub use crate::gpu::GpuCounters;
 #[cfg(feature = "wgpu")]
 pub use crate::gpu::{WgpuDevice, WgpuPool};
 pub use sessionbus_actors::{
-    AllocRequest, Allocated, GpuError, GpuPool, OffloadReport, PoolInfo, PoolStats, ReleaseReport,
-    RestoreReport, check_write,
+    AllocRequest, Allocated, ByteRange, GpuError, GpuPool, OffloadReport, PoolInfo, PoolStats,
+    ReleaseReport, RestoreReport, check_write,
 };

@@ -66,8 +66,8 @@ pub use expiry::{Deadline, DeadlineKind, ExpiryConfig, ExpiryPolicy};
 #[cfg(any(test, feature = "testing"))]
 pub use gpu::InMemoryPool;
 pub use gpu::{
-    AllocRequest, Allocated, GpuError, GpuPool, OffloadReport, PoolInfo, PoolStats, ReleaseReport,
-    RestoreReport, check_write,
+    AllocRequest, Allocated, ByteRange, GpuError, GpuPool, OffloadReport, PoolInfo, PoolStats,
+    ReleaseReport, RestoreReport, check_write,
 };
 pub use hooks::{BeforeRelease, HookError, HookStats, HooksConfig};
 pub use ids::{

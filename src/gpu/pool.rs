@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use sessionbus_actors::{
-    AllocRequest, Allocated, GpuError, GpuPool, OffloadReport, PoolInfo, PoolStats, ReleaseReport,
-    RestoreReport,
+    AllocRequest, Allocated, ByteRange, GpuError, GpuPool, OffloadReport, PoolInfo, PoolStats,
+    ReleaseReport, RestoreReport,
 };
 use sessionbus_actors::{AllocationId, SessionId};
 use tokio::sync::oneshot;
@@ -442,20 +442,16 @@ impl GpuPool for WgpuPool {
         let _ = self.commands.send(Command::Read { session, id, reply });
     }
 
-    fn read_range(
+    fn read_ranges(
         &self,
         session: SessionId,
-        id: AllocationId,
-        offset: u64,
-        len: u64,
-        reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
+        ranges: Vec<ByteRange>,
+        reply: oneshot::Sender<Result<Vec<Vec<u8>>, GpuError>>,
     ) {
         // As `write`: a worker that is gone drops the reply.
-        let _ = self.commands.send(Command::ReadRange {
+        let _ = self.commands.send(Command::ReadRanges {
             session,
-            id,
-            offset,
-            len,
+            ranges,
             reply,
         });
     }

@@ -142,6 +142,17 @@ pub struct ReleaseReport {
     pub host_bytes: u64,
 }
 
+/// Bytes `offset..offset + len` of buffer `id` (for `GpuPool::read_ranges`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    /// The buffer.
+    pub id: AllocationId,
+    /// First byte.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
 /// What one `offload_session` moved from the GPU to host memory.
 #[derive(Clone, Copy, Debug)]
 pub struct OffloadReport {
@@ -342,21 +353,20 @@ pub trait GpuPool: Send + Sync + 'static {
         let _ = reply.send(Err(GpuError::Unsupported("buffer reads")));
     }
 
-    /// Bytes `offset..offset + len` of buffer `id` of `session`, copied back
-    /// to host memory (any alignment; `OutOfRange` past the buffer's end).
-    /// The engine reads KV blocks this way, one block of a large slab. A pool
-    /// that cannot copy a range alone may keep this default, which answers
-    /// `Unsupported`: the engine then reads the whole buffer and cuts the
-    /// range out. Must not block.
-    fn read_range(
+    /// Each range of `ranges` (bytes `offset..offset + len` of buffer `id`
+    /// of `session`, any alignment) copied back to host memory, in order,
+    /// all or nothing (`OutOfRange` past a buffer's end). The engine reads
+    /// KV blocks this way: one block of a large slab, or every block of an
+    /// offload in one go. A pool that cannot copy ranges may keep this
+    /// default, which answers `Unsupported`: the engine then reads whole
+    /// buffers and cuts the ranges out. Must not block.
+    fn read_ranges(
         &self,
         session: SessionId,
-        id: AllocationId,
-        offset: u64,
-        len: u64,
-        reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
+        ranges: Vec<ByteRange>,
+        reply: oneshot::Sender<Result<Vec<Vec<u8>>, GpuError>>,
     ) {
-        let _ = (session, id, offset, len);
+        let _ = (session, ranges);
         let _ = reply.send(Err(GpuError::Unsupported("ranged reads")));
     }
 

@@ -35,7 +35,7 @@ pub use view::{KvAppendReport, KvBlock};
 
 use crate::cleanup::Pacer;
 use crate::clock;
-use crate::gpu::{AllocRequest, GpuError, GpuPool, ReleaseReport};
+use crate::gpu::{AllocRequest, ByteRange, GpuError, GpuPool, ReleaseReport};
 use crate::ids::{AllocationId, Owner, SessionId};
 use crate::kv::{BlockPool, Grant, KvPoolConfig, KvStats, ShareScope, SlabId, TableId, TokenId};
 
@@ -303,8 +303,7 @@ impl KvStore {
         .await
     }
 
-    /// Bytes `offset..offset + len` of slab buffer `buffer`: a ranged read,
-    /// or the whole slab cut down where the pool cannot read a range.
+    /// Bytes `offset..offset + len` of slab buffer `buffer`.
     async fn read_span(
         &self,
         buffer: AllocationId,
@@ -312,18 +311,45 @@ impl KvStore {
         len: u64,
         operation: &'static str,
     ) -> Result<Vec<u8>, KvStoreError> {
+        let range = ByteRange {
+            id: buffer,
+            offset,
+            len,
+        };
+        let mut read = self.read_spans(vec![range], operation).await?;
+        Ok(read.pop().unwrap_or_default())
+    }
+
+    /// Each range of slab buffers, in order: one ranged read for all of them
+    /// (one device wait), or whole slabs cut down where the pool cannot read
+    /// ranges.
+    async fn read_spans(
+        &self,
+        ranges: Vec<ByteRange>,
+        operation: &'static str,
+    ) -> Result<Vec<Vec<u8>>, KvStoreError> {
         let (reply, read) = oneshot::channel();
         self.pool
-            .read_range(self.slab_session, buffer, offset, len, reply);
+            .read_ranges(self.slab_session, ranges.clone(), reply);
         match self.answer(read, operation).await {
             Err(KvStoreError::Slab(GpuError::Unsupported(_))) => {}
             answer => return answer,
         }
-        let (reply, read) = oneshot::channel();
-        self.pool.read(self.slab_session, buffer, reply);
-        let slab = self.answer(read, operation).await?;
-        let start = offset as usize;
-        Ok(slab[start..start + len as usize].to_vec())
+        let mut slabs: HashMap<AllocationId, Vec<u8>> = HashMap::new();
+        let mut copies = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let slab = match slabs.entry(range.id) {
+                std::collections::hash_map::Entry::Occupied(slab) => slab.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    let (reply, read) = oneshot::channel();
+                    self.pool.read(self.slab_session, range.id, reply);
+                    slot.insert(self.answer(read, operation).await?)
+                }
+            };
+            let start = range.offset as usize;
+            copies.push(slab[start..start + range.len as usize].to_vec());
+        }
+        Ok(copies)
     }
 
     fn host(&self) -> MutexGuard<'_, HashMap<TableId, Vec<Vec<u8>>>> {
@@ -339,14 +365,16 @@ impl KvStore {
     /// the device. On a failed copy nothing changes. Answers the blocks moved.
     pub(crate) async fn offload(&self, table: TableId) -> Result<u64, KvStoreError> {
         let plan = self.books().offload_plan(table)?;
-        let mut copies = Vec::with_capacity(plan.blocks.len());
-        for block in &plan.blocks {
-            let buffer = self.slab_buffer(block.slab);
-            copies.push(
-                self.read_span(buffer, block.offset, self.block_bytes, "KV offload")
-                    .await?,
-            );
-        }
+        let ranges = plan
+            .blocks
+            .iter()
+            .map(|block| ByteRange {
+                id: self.slab_buffer(block.slab),
+                offset: block.offset,
+                len: self.block_bytes,
+            })
+            .collect();
+        let mut copies = self.read_spans(ranges, "KV offload").await?;
         let first = self.books().offload(table, plan.first, clock::now())?;
         // Blocks claimed by another table during the copies stayed.
         copies.drain(..first - plan.first);
@@ -372,16 +400,23 @@ impl KvStore {
             return Ok(0);
         }
         let copies = self.host().remove(&table).unwrap_or_default();
+        // Every write queued first (the pool runs them in order), then every
+        // answer awaited: one round trip for the lot, not one per block.
+        let answers: Vec<_> = restore
+            .blocks
+            .iter()
+            .zip(&copies)
+            .map(|(block, data)| {
+                let buffer = self.slab_buffer(block.slab);
+                let (reply, answer) = oneshot::channel();
+                self.pool
+                    .write(self.slab_session, buffer, block.offset, data.clone(), reply);
+                answer
+            })
+            .collect();
         let mut written = Ok(());
-        for (block, data) in restore.blocks.iter().zip(&copies) {
-            let buffer = self.slab_buffer(block.slab);
-            let (reply, answer) = oneshot::channel();
-            self.pool
-                .write(self.slab_session, buffer, block.offset, data.clone(), reply);
-            written = self.answer(answer, "KV restore").await;
-            if written.is_err() {
-                break;
-            }
+        for answer in answers {
+            written = written.and(self.answer(answer, "KV restore").await);
         }
         let n = restore.blocks.len() as u64;
         match written {

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use sessionbus_actors::{AllocRequest, Allocated, AllocationId, GpuError, SessionId};
+use sessionbus_actors::{AllocRequest, Allocated, AllocationId, ByteRange, GpuError, SessionId};
 
 use super::{LiveBuffer, Worker};
 use crate::gpu::host_copy::{self, Span};
@@ -133,29 +133,36 @@ impl Worker {
         Ok(copies.pop().unwrap_or_default())
     }
 
-    /// Bytes `offset..offset + len` of buffer `id`, copied back through a
-    /// staging buffer of that size (not the whole buffer's).
-    pub(super) fn read_range(
+    /// Each range copied back through a staging buffer of its size (not the
+    /// whole buffer's), all in one submission and one device wait.
+    pub(super) fn read_ranges(
         &mut self,
         session: SessionId,
-        id: AllocationId,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, GpuError> {
-        let buffer = self.live_buffer(session, id)?;
-        // Any alignment: the copy is widened to wgpu's and cut back.
-        sessionbus_actors::check_write(id, offset, len, buffer.bytes, 1)?;
-        if len == 0 {
-            return Ok(Vec::new());
+        ranges: &[ByteRange],
+    ) -> Result<Vec<Vec<u8>>, GpuError> {
+        let mut spans = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let buffer = self.live_buffer(session, range.id)?;
+            // Any alignment: the copy is widened to wgpu's and cut back.
+            sessionbus_actors::check_write(range.id, range.offset, range.len, buffer.bytes, 1)?;
+            spans.push(Span {
+                buffer: &buffer.buffer,
+                offset: range.offset,
+                len: range.len,
+            });
         }
-        let span = Span {
-            buffer: &buffer.buffer,
-            offset,
-            len,
-        };
-        let mut copies = host_copy::read_back(&self.device, &self.queue, &[span])?;
+        // Empty ranges need no copy (wgpu refuses zero-sized staging buffers).
+        let copied: Vec<Span<'_>> = spans.iter().copied().filter(|s| s.len > 0).collect();
+        let mut copies = host_copy::read_back(&self.device, &self.queue, &copied)?.into_iter();
+        let lens: Vec<u64> = spans.iter().map(|s| s.len).collect();
         self.unsubmitted_writes = false;
-        Ok(copies.pop().unwrap_or_default())
+        Ok(lens
+            .into_iter()
+            .map(|len| match len {
+                0 => Vec::new(),
+                _ => copies.next().unwrap_or_default(),
+            })
+            .collect())
     }
 }
 

@@ -4,8 +4,8 @@
 #[cfg(feature = "testing")]
 use crossbeam_channel::Receiver;
 use sessionbus_actors::{
-    AllocRequest, Allocated, AllocationId, GpuError, OffloadReport, ReleaseReport, RestoreReport,
-    SessionId,
+    AllocRequest, Allocated, AllocationId, ByteRange, GpuError, OffloadReport, ReleaseReport,
+    RestoreReport, SessionId,
 };
 use tokio::sync::oneshot;
 
@@ -45,13 +45,12 @@ pub(crate) enum Command {
         id: AllocationId,
         reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
     },
-    /// Copy a range of one buffer back to host memory (waits for the device).
-    ReadRange {
+    /// Copy ranges of buffers back to host memory, in one submission (waits
+    /// for the device once).
+    ReadRanges {
         session: SessionId,
-        id: AllocationId,
-        offset: u64,
-        len: u64,
-        reply: oneshot::Sender<Result<Vec<u8>, GpuError>>,
+        ranges: Vec<ByteRange>,
+        reply: oneshot::Sender<Result<Vec<Vec<u8>>, GpuError>>,
     },
     /// The wgpu buffer behind allocation `id`, whichever session holds it
     /// (for the application's own kernels); answered at once.

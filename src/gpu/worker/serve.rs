@@ -63,14 +63,12 @@ impl Worker {
                         Command::Read { session, id, reply } => {
                             let _ = reply.send(self.read(session, id));
                         }
-                        Command::ReadRange {
+                        Command::ReadRanges {
                             session,
-                            id,
-                            offset,
-                            len,
+                            ranges,
                             reply,
                         } => {
-                            let _ = reply.send(self.read_range(session, id, offset, len));
+                            let _ = reply.send(self.read_ranges(session, &ranges));
                         }
                         Command::Buffer { id, reply } => {
                             let _ = reply.send(self.buffer_by_id(id));
