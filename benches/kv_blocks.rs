@@ -5,8 +5,8 @@
 //!    buffer create (`allocate`) and destroy per allocation.
 //! 2. `sharing`: device memory for N sessions sharing a P-block prompt, read
 //!    from wgpu's own counters, with sharing (one owner) and without (N owners).
-//! 3. `cycles`: random open / append / crash / disconnect / context reset /
-//!    close with sharing on; afterwards no block is held by an ended session
+//! 3. `cycles`: random open / append / fork / offload / crash / disconnect /
+//!    context reset / close with sharing on; afterwards no block is held by an ended session
 //!    and, after the trim, wgpu's counters are back at their baseline.
 //! 4. `burst`: the SGLang #27024 shape: a burst of sessions pinning a shared
 //!    prompt under a tight budget; every append answers (success or refusal),
@@ -164,10 +164,10 @@ async fn cycles(n: u64) -> anyhow::Result<()> {
     let baseline = rt.gpu_counters().expect("wgpu counters");
     let mut rng = StdRng::seed_from_u64(17);
     let mut live: Vec<SessionHandle> = Vec::new();
-    let (mut crashed, mut refused) = (0u64, 0u64);
+    let (mut crashed, mut refused, mut forks, mut offloads) = (0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();
     for _ in 0..n {
-        match rng.random_range(0..10) {
+        match rng.random_range(0..12) {
             0..=2 if live.len() < 64 => {
                 let owner = format!("t{}", rng.random_range(0..4));
                 live.push(rt.open(owner).await?);
@@ -195,6 +195,18 @@ async fn cycles(n: u64) -> anyhow::Result<()> {
                 let s = &live[rng.random_range(0..live.len())];
                 let _ = s.chat(Turn::new().negation()).await;
             }
+            9 if !live.is_empty() && live.len() < 64 => {
+                let s = &live[rng.random_range(0..live.len())];
+                if let Ok(fork) = s.fork().await {
+                    live.push(fork);
+                    forks += 1;
+                }
+            }
+            10 if !live.is_empty() => {
+                // Offloaded now; its next call (any op above) restores it.
+                let s = &live[rng.random_range(0..live.len())];
+                offloads += u64::from(s.offload().await.is_ok());
+            }
             _ if !live.is_empty() => {
                 let s = live.swap_remove(rng.random_range(0..live.len()));
                 let _ = s.close().await;
@@ -211,7 +223,7 @@ async fn cycles(n: u64) -> anyhow::Result<()> {
     // Cached blocks stay in their slabs until evicted: the shutdown evicts and trims all.
     let report = rt.shutdown().await;
     println!(
-        "cycles   {n} random ops in {:.1} s ({:.1} µs/op): {crashed} crashes, {refused} refused appends; \
+        "cycles   {n} random ops in {:.1} s ({:.1} µs/op): {crashed} crashes, {forks} forks, {offloads} offloads, {refused} refused appends; \
          after: referenced {}, held by ended {}, slabs created {}, trimmed {}; wgpu counters at baseline: {}",
         took.as_secs_f64(),
         took.as_secs_f64() * 1e6 / n as f64,
