@@ -111,3 +111,14 @@ impl Fixture {
 pub async fn settle(by: Duration) {
     tokio::time::sleep(by).await;
 }
+
+/// Whether `error` is a KV append or restore refused for want of blocks.
+pub fn is_out_of_blocks(error: &SessionError) -> bool {
+    matches!(
+        error,
+        SessionError::Kv {
+            source: KvStoreError::Blocks(KvError::OutOfBlocks { .. }),
+            ..
+        }
+    )
+}

@@ -489,16 +489,7 @@ fn out_of_blocks_an_append_evicts_idle_holders_but_never_a_busy_one() {
                 }
                 Mode::Fail => {
                     let refused = answer.unwrap_err();
-                    assert!(
-                        matches!(
-                            &refused,
-                            SessionError::Kv {
-                                source: KvStoreError::Blocks(KvError::OutOfBlocks { .. }),
-                                ..
-                            }
-                        ),
-                        "{refused:?}"
-                    );
+                    assert!(is_out_of_blocks(&refused), "{refused:?}");
                     assert_eq!(idle.state(), State::Established, "nobody evicted");
                 }
             }
@@ -529,16 +520,7 @@ fn an_append_that_could_never_fit_is_refused_without_evicting_anyone() {
         let greedy = f.engine.open("bob").await.unwrap();
         let too_many: Vec<u32> = (0..16 * 17).collect(); // 17 blocks > the 16 of the device budget
         let refused = greedy.append_tokens(&too_many).await.unwrap_err();
-        assert!(
-            matches!(
-                &refused,
-                SessionError::Kv {
-                    source: KvStoreError::Blocks(KvError::OutOfBlocks { .. }),
-                    ..
-                }
-            ),
-            "{refused:?}"
-        );
+        assert!(is_out_of_blocks(&refused), "{refused:?}");
         assert_eq!(
             idle.state(),
             State::Established,

@@ -161,16 +161,7 @@ fn a_restore_without_room_keeps_the_host_copy_and_succeeds_once_there_is_room() 
         let lease = hog.lease().await.unwrap();
 
         let refused = sleeper.read_kv(0).await.unwrap_err();
-        assert!(
-            matches!(
-                &refused,
-                SessionError::Kv {
-                    source: KvStoreError::Blocks(KvError::OutOfBlocks { .. }),
-                    ..
-                }
-            ),
-            "{refused:?}"
-        );
+        assert!(is_out_of_blocks(&refused), "{refused:?}");
         assert_eq!(sleeper.state(), State::Established);
         assert_eq!(
             f.engine.stats().await.unwrap().kv.unwrap().blocks_offloaded,
