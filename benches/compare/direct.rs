@@ -187,13 +187,15 @@ pub enum Peer {
 
 impl Peer {
     /// Starts the store; `Err` says why it cannot run here (the peer is skipped).
-    pub fn start(kind: PeerKind, releaser: Arc<Releaser>) -> Result<Peer, String> {
+    pub fn start(kind: PeerKind, releaser: Arc<Releaser>, mailboxes: bool) -> Result<Peer, String> {
         Ok(match kind {
             PeerKind::Sweeper(period) => {
                 Peer::Sweeper(peer_sweeper::Sweeper::start(period, releaser))
             }
             PeerKind::Moka => Peer::Moka(peer_moka::MokaStore::start(releaser)),
-            PeerKind::TokioTask => Peer::TokioTask(peer_tokio::TaskStore::start(releaser)),
+            PeerKind::TokioTask => {
+                Peer::TokioTask(peer_tokio::TaskStore::start(releaser, mailboxes))
+            }
             PeerKind::Redis => Peer::Redis(peer_redis::RedisStore::start(releaser)?),
         })
     }
@@ -207,6 +209,18 @@ impl Peer {
             Peer::Redis(p) => return p.insert(session, due).await,
         }
         Ok(())
+    }
+
+    /// One message about a live session, answered: a lookup in the sweeper's
+    /// map, a `get` of moka, a round trip to the session's own task (with
+    /// mailboxes), an `EXISTS` to Redis. `false` if it was not there.
+    pub async fn message(&self, session: SessionId) -> Result<bool, String> {
+        Ok(match self {
+            Peer::Sweeper(p) => p.contains(session),
+            Peer::Moka(p) => p.contains(session),
+            Peer::TokioTask(p) => p.message(session).await,
+            Peer::Redis(p) => return p.exists(session).await,
+        })
     }
 
     /// Takes `session` out (an explicit close), so that its expiry will not
@@ -260,6 +274,17 @@ pub fn start(
     skipped: &mut Option<String>,
     errors: &mut Vec<String>,
 ) -> Option<Started> {
+    start_with(kind, false, skipped, errors)
+}
+
+/// [`start`], with a mailbox per session where the store has tasks
+/// (`mailboxes`: for workloads that send sessions messages).
+pub fn start_with(
+    kind: PeerKind,
+    mailboxes: bool,
+    skipped: &mut Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<Started> {
     let pool = match WgpuPool::start(&sessionbus::config::GpuConfig::default()) {
         Ok(pool) => Arc::new(pool),
         Err(e) => {
@@ -269,7 +294,7 @@ pub fn start(
     };
     let baseline = pool.counters();
     let releaser = Releaser::start(pool.clone());
-    match Peer::start(kind, releaser.clone()) {
+    match Peer::start(kind, releaser.clone(), mailboxes) {
         Ok(peer) => Some(Started {
             pool,
             baseline,

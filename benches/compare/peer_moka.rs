@@ -73,6 +73,10 @@ impl MokaStore {
         self.cache.insert(session, due);
     }
 
+    pub fn contains(&self, session: SessionId) -> bool {
+        self.cache.get(&session).is_some()
+    }
+
     pub fn remove(&self, session: SessionId) -> bool {
         self.cache.remove(&session).is_some()
     }

@@ -131,6 +131,16 @@ impl RedisStore {
             .map_err(|e| format!("SET: {e}"))
     }
 
+    pub async fn exists(&self, session: SessionId) -> Result<bool, String> {
+        let mut conn = self.conn.clone();
+        redis::cmd("EXISTS")
+            .arg(key(session))
+            .query_async::<u64>(&mut conn)
+            .await
+            .map(|n| n == 1)
+            .map_err(|e| format!("EXISTS: {e}"))
+    }
+
     pub async fn remove(&self, session: SessionId) -> Result<bool, String> {
         self.deadlines.lock().unwrap().remove(&session);
         let mut conn = self.conn.clone();

@@ -84,6 +84,10 @@ impl Sweeper {
         self.shard(session).lock().unwrap().insert(session, due);
     }
 
+    pub fn contains(&self, session: SessionId) -> bool {
+        self.shard(session).lock().unwrap().contains_key(&session)
+    }
+
     pub fn remove(&self, session: SessionId) -> bool {
         self.shard(session)
             .lock()

@@ -68,7 +68,7 @@ pub fn child(what: &str, peer: &str, n: usize, window: Duration) -> ! {
             let kind = PeerKind::from_key(peer).ok_or_else(|| format!("unknown peer {peer}"))?;
             let pool = Arc::new(WgpuPool::start(&GpuConfig::default()).map_err(|e| e.to_string())?);
             let releaser = Releaser::start(pool);
-            let p = Peer::start(kind, releaser)?;
+            let p = Peer::start(kind, releaser, false)?;
             before = resident_bytes();
             let started = Instant::now();
             tokio.block_on(async {
