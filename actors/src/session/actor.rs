@@ -48,7 +48,8 @@ pub(crate) struct SessionActor {
     /// A restore of offloaded buffers is under way (a `ctx.wait` future).
     restoring: bool,
     /// Why the last restore failed, for the requests that needed it.
-    restore_error: Option<RestoreError>,
+    /// Boxed: rare, and every live session carries the field (8 bytes, not 48).
+    restore_error: Option<Box<RestoreError>>,
     /// The table's own KV blocks are in host memory.
     kv_offloaded: bool,
     /// The session's span (`session_id`, `trace_id`, `owner` pseudonym),

@@ -131,7 +131,7 @@ impl SessionActor {
         match restored {
             Ok(blocks) => {
                 self.kv_offloaded = false;
-                if matches!(self.restore_error, Some(RestoreError::Kv(_))) {
+                if matches!(self.restore_error.as_deref(), Some(RestoreError::Kv(_))) {
                     self.restore_error = None;
                 }
                 self.record.shared.set_holds_kv(true);
@@ -139,7 +139,7 @@ impl SessionActor {
             }
             Err(error) => {
                 self.restore_failed(&error);
-                self.restore_error = Some(RestoreError::Kv(error));
+                self.restore_error = Some(Box::new(RestoreError::Kv(error)));
                 0
             }
         }
@@ -175,7 +175,7 @@ impl SessionActor {
     pub(super) fn kv_not_on_gpu(&self) -> Option<SessionError> {
         self.kv_offloaded.then(|| SessionError::Kv {
             id: self.record.id,
-            source: match &self.restore_error {
+            source: match self.restore_error.as_deref() {
                 Some(RestoreError::Kv(cause)) => cause.clone(),
                 _ => KvStoreError::Slab(crate::gpu::GpuError::Unavailable),
             },

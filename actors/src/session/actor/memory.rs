@@ -150,7 +150,7 @@ impl SessionActor {
                         // A charge that came with the error is dropped here: refunded.
                         Some(Err((error, _charge))) => {
                             session.restore_failed(&error);
-                            session.restore_error = Some(RestoreError::Buffers(error));
+                            session.restore_error = Some(Box::new(RestoreError::Buffers(error)));
                         }
                         None => {}
                     }
@@ -226,14 +226,14 @@ impl SessionActor {
     /// GPU, if they are not.
     pub(super) fn not_on_gpu(&self) -> Option<SessionError> {
         if self.record.ledger.is_offloaded() {
-            let cause = match &self.restore_error {
+            let cause = match self.restore_error.as_deref() {
                 Some(RestoreError::Buffers(cause)) => cause.clone(),
                 _ => AllocError::Gpu(GpuError::Unavailable),
             };
             return Some(self.allocation_error(AllocError::RestoreFailed(Box::new(cause))));
         }
         self.kv_offloaded.then(|| {
-            let source = match &self.restore_error {
+            let source = match self.restore_error.as_deref() {
                 Some(RestoreError::Kv(cause)) => cause.clone(),
                 _ => KvStoreError::Slab(GpuError::Unavailable),
             };
