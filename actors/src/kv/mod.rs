@@ -126,6 +126,7 @@ pub use grant::{Appended, BlockCopy, Forked, Grant, Released};
 pub use hash::BlockHash;
 pub use ids::{BlockId, BlockLocation, SlabId, TableId, TokenId};
 pub use layout::KvLayout;
+pub(crate) use offload::Restore;
 pub use pool::BlockPool;
 pub use prefix::PrefixMatch;
 pub use scope::{Salt, ShareScope};

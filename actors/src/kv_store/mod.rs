@@ -400,6 +400,19 @@ impl KvStore {
             return Ok(0);
         }
         let copies = self.host().remove(&table).unwrap_or_default();
+        if copies.len() != restore.blocks.len() {
+            // The books and the host copies disagree: a bug elsewhere. Put the
+            // table back as it was rather than hand out blocks of garbage.
+            tracing::error!(
+                target: "sessionbus::supervisor",
+                event = "kv.restore_mismatch",
+                blocks = restore.blocks.len(),
+                copies = copies.len(),
+                "a KV restore found fewer host copies than offloaded blocks; left offloaded"
+            );
+            self.back_to_host(table, restore, copies)?;
+            return Err(KvStoreError::Slab(GpuError::Unavailable));
+        }
         // Every write queued first (the pool runs them in order), then every
         // answer awaited: one round trip for the lot, not one per block.
         let answers: Vec<_> = restore
@@ -425,14 +438,28 @@ impl KvStore {
                 Ok(n)
             }
             Err(error) => {
-                let mut books = self.books();
-                books.offload(table, restore.first, clock::now())?;
-                books.keep_offloaded(table, restore.hashes)?;
-                drop(books);
-                self.host().insert(table, copies);
+                self.back_to_host(table, restore, copies)?;
                 Err(error)
             }
         }
+    }
+
+    /// Undoes a restore: its fresh blocks go back to the pool (unhashed, so
+    /// free) and the table is offloaded again with its hashes and `copies`.
+    fn back_to_host(
+        &self,
+        table: TableId,
+        restore: crate::kv::Restore,
+        copies: Vec<Vec<u8>>,
+    ) -> Result<(), KvStoreError> {
+        let mut books = self.books();
+        books.offload(table, restore.first, clock::now())?;
+        books.keep_offloaded(table, restore.hashes)?;
+        drop(books);
+        if !copies.is_empty() {
+            self.host().insert(table, copies);
+        }
+        Ok(())
     }
 
     /// Bytes of KV blocks held in host memory now.

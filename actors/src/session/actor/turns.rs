@@ -53,8 +53,10 @@ impl SessionActor {
         // The context's KV blocks go too (its shared prefix references
         // included, each dropped once); the next append opens a new table.
         if let (Some(table), Some(kv)) = (self.record.kv_table.take(), &self.record.settings.kv) {
+            // An offloaded table's host copy goes with it.
             kv.release_table(table);
             self.record.shared.set_holds_kv(false);
+            self.kv_offloaded = false;
         }
         self.publish_gpu_bytes();
         let charged: u64 = released.iter().map(|a| a.bytes).sum();
