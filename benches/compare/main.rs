@@ -19,6 +19,7 @@
 //! cargo bench -p sessionbus-benches --bench compare -- --quick               # a short smoke run
 //! cargo bench -p sessionbus-benches --bench compare -- --json out.json       # also write every figure as JSON
 //! cargo bench -p sessionbus-benches --bench compare -- --only expiry,close   # some workloads
+//! cargo bench -p sessionbus-benches --bench compare -- --only expiry --expiry-sizes 1000000 --ttl-offset 90
 //! ```
 
 mod common;
@@ -49,6 +50,12 @@ struct Args {
     quick: bool,
     json: Option<PathBuf>,
     only: Option<Vec<String>>,
+    /// `--expiry-sizes 1000000`: the expiry workload's session counts.
+    expiry_sizes: Option<Vec<usize>>,
+    /// `--ttl-offset 60`: seconds added to every expiry TTL, so that the
+    /// deadlines fall after a long set-up (a million sessions) instead of
+    /// during it.
+    ttl_offset: Duration,
 }
 
 fn parse_args() -> Args {
@@ -56,6 +63,8 @@ fn parse_args() -> Args {
         quick: std::env::var("SESSIONBUS_BENCH_QUICK").is_ok_and(|v| v == "1"),
         json: None,
         only: None,
+        expiry_sizes: None,
+        ttl_offset: Duration::ZERO,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -69,6 +78,13 @@ fn parse_args() -> Args {
             args.only = it
                 .next()
                 .map(|s| s.split(',').map(str::to_string).collect());
+        } else if arg == "--expiry-sizes" {
+            args.expiry_sizes = it
+                .next()
+                .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+        } else if arg == "--ttl-offset" {
+            let secs = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            args.ttl_offset = Duration::from_secs(secs);
         } else if arg == "--child" {
             let rest: Vec<String> = it.by_ref().take(4).collect();
             if let [what, peer, n, window_ms] = rest.as_slice() {
@@ -138,12 +154,13 @@ pub fn run(bench: &str, workloads: &[&str], expiry_peers: &[PeerKind]) {
     for workload in &selected {
         let (json, errs) = match *workload {
             "expiry" => {
-                let sizes: &[usize] = if args.quick {
-                    &[2_000]
-                } else {
-                    &[10_000, 100_000]
+                let sizes: &[usize] = match &args.expiry_sizes {
+                    Some(sizes) => sizes,
+                    None if args.quick => &[2_000],
+                    None => &[10_000, 100_000],
                 };
-                let out = wl_expiry::run(&tokio, sizes, expiry_peers, &mut adapter);
+                let out =
+                    wl_expiry::run(&tokio, sizes, args.ttl_offset, expiry_peers, &mut adapter);
                 println!("adapter: {adapter}");
                 out
             }

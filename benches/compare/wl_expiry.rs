@@ -211,12 +211,13 @@ fn kind_slack(kind: PeerKind) -> Duration {
 pub fn run(
     tokio: &tokio::runtime::Runtime,
     sizes: &[usize],
+    ttl_offset: Duration,
     peers: &[PeerKind],
     adapter: &mut String,
 ) -> (serde_json::Value, Vec<String>) {
     let mut results = Vec::new();
     for &n in sizes {
-        let ttls = ttl_draws(n);
+        let ttls: Vec<Duration> = ttl_draws(n).into_iter().map(|t| t + ttl_offset).collect();
         eprintln!("[expiry, {n} sessions] sessionbus…");
         let (bus, bus_adapter) = tokio.block_on(peer_sessionbus::expiry(&ttls, BUFFER_BYTES));
         if adapter.is_empty() {
@@ -234,8 +235,8 @@ pub fn run(
     println!(
         "1. expiry: deadline → GPU memory released; {} KiB buffer per session, TTL uniform in {}–{} s",
         BUFFER_BYTES / 1024,
-        TTL_MIN_US / 1_000_000,
-        TTL_MAX_US / 1_000_000,
+        TTL_MIN_US / 1_000_000 + ttl_offset.as_secs(),
+        TTL_MAX_US / 1_000_000 + ttl_offset.as_secs(),
     );
     println!(
         "{:>9} | {:<34} | {:>7} | {:>10} | {:>10} | {:>10} | {:>10} | {:>9} | {:>9}",
