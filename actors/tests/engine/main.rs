@@ -15,6 +15,7 @@ mod events_serialise_and_never_debug_print_an_owner_or_address;
 mod hooks_never_block_a_release;
 mod kv_blocks_are_shared_and_released_exactly_once;
 mod kv_blocks_offload_to_host_and_restore_bit_for_bit;
+mod kv_offload_under_attack;
 mod leases_drain_and_heartbeats;
 mod offload_keeps_idle_sessions_alive;
 mod session_matches_its_model;
