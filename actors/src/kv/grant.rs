@@ -63,6 +63,8 @@ pub struct BlockCopy {
 /// What releasing a table did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Released {
-    /// References dropped: one per block the table held.
+    /// References dropped: one per block the table held on the device.
     pub blocks: u64,
+    /// Blocks the table had in host memory (the caller drops their copies).
+    pub offloaded: u64,
 }

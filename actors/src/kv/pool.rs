@@ -278,8 +278,12 @@ impl BlockPool {
         let n = t.blocks.len() as u64;
         self.uncharge(t.owner(), n);
         // Blocks in host memory are already off the device: only the count goes.
-        self.offload_counts.blocks_now -= t.offloaded.len() as u64;
-        Ok(Released { blocks: n })
+        let offloaded = t.offloaded.len() as u64;
+        self.offload_counts.blocks_now -= offloaded;
+        Ok(Released {
+            blocks: n,
+            offloaded,
+        })
     }
 
     /// Adds a slab (the caller has created its buffer). Refused past the
@@ -314,11 +318,12 @@ impl BlockPool {
     /// Whether `n` more blocks could fit even if every session ended: the
     /// device budget's blocks less those of `table` itself (which would not
     /// end). When not, ending sessions cannot help: refuse at once.
+    ///
+    /// `held` is what the table has on the device: a restore asks for its
+    /// offloaded blocks as `n`, so counting them as held too would refuse
+    /// every restore of more than half the device.
     pub fn could_fit_if_others_ended(&self, table: TableId, n: u64) -> bool {
-        let held = self
-            .tables
-            .get(&table)
-            .map_or(0, |t| (t.blocks.len() + t.offloaded.len()) as u64);
+        let held = self.tables.get(&table).map_or(0, |t| t.blocks.len() as u64);
         n.saturating_add(held) <= self.blocks.device_blocks()
     }
 

@@ -30,6 +30,19 @@ pub enum KvStoreError {
         /// Blocks the session holds.
         count: usize,
     },
+    /// An offload under memory pressure would take host memory past
+    /// `budget.offload_host_memory`; nothing moved.
+    #[error(
+        "offloading {needed} bytes of KV blocks would take host memory past its limit of {limit} bytes ({held} held)"
+    )]
+    HostMemoryFull {
+        /// Bytes the offload would copy.
+        needed: u64,
+        /// Bytes offloaded sessions hold in host memory now.
+        held: u64,
+        /// `budget.offload_host_memory`.
+        limit: u64,
+    },
     /// A write would reach outside its block.
     #[error("{len} bytes at offset {offset} reach outside a {block_bytes}-byte KV block")]
     OutsideBlock {

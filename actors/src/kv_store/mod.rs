@@ -243,17 +243,22 @@ impl KvStore {
         self.books().could_fit_if_others_ended(table, n)
     }
 
-    /// Drops every reference of `table`, exactly once (the table is gone).
-    pub(crate) fn release_table(&self, table: TableId) {
+    /// Drops every reference of `table`, exactly once (the table is gone),
+    /// and its host copies; answers the bytes those copies held.
+    pub(crate) fn release_table(&self, table: TableId) -> u64 {
         self.host().remove(&table);
         // A table already released is a bookkeeping bug elsewhere; it must not take the engine down.
-        if let Err(error) = self.books().release_table(table, clock::now()) {
-            tracing::error!(
-                target: "sessionbus::supervisor",
-                event = "kv.release_failed",
-                %error,
-                "a session's KV block table could not be released"
-            );
+        match self.books().release_table(table, clock::now()) {
+            Ok(released) => released.offloaded * self.block_bytes,
+            Err(error) => {
+                tracing::error!(
+                    target: "sessionbus::supervisor",
+                    event = "kv.release_failed",
+                    %error,
+                    "a session's KV block table could not be released"
+                );
+                0
+            }
         }
     }
 
@@ -363,8 +368,27 @@ impl KvStore {
     /// Copies the blocks only `table` references to host memory, then gives
     /// them back to the pool (see `crate::kv` offload). Shared blocks stay on
     /// the device. On a failed copy nothing changes. Answers the blocks moved.
-    pub(crate) async fn offload(&self, table: TableId) -> Result<u64, KvStoreError> {
+    ///
+    /// With `host_limit` (offloads the engine makes under memory pressure:
+    /// `budget.offload_host_memory`), an offload that would take the host
+    /// copies (the pool's and these) past it is refused and nothing moves.
+    pub(crate) async fn offload(
+        &self,
+        table: TableId,
+        host_limit: Option<u64>,
+    ) -> Result<u64, KvStoreError> {
         let plan = self.books().offload_plan(table)?;
+        if let Some(limit) = host_limit {
+            let held = self.host_bytes() + self.pool.stats().offloaded_bytes;
+            let needed = plan.blocks.len() as u64 * self.block_bytes;
+            if held + needed > limit {
+                return Err(KvStoreError::HostMemoryFull {
+                    needed,
+                    held,
+                    limit,
+                });
+            }
+        }
         let ranges = plan
             .blocks
             .iter()

@@ -161,6 +161,9 @@ pub(crate) struct MakeRoom {
 pub(crate) struct EvictForKv {
     pub(crate) requester: SessionId,
     pub(crate) sessions: usize,
+    /// Whether idle holders may be offloaded (`false`: a second round, after
+    /// offloads freed too little: they are ended).
+    pub(crate) offload: bool,
 }
 
 /// The sessions picked to make KV room: those asked to end (wait for their
@@ -169,6 +172,8 @@ pub(crate) struct EvictForKv {
 pub(crate) struct KvRoomMade {
     pub(crate) ended: Vec<SessionId>,
     pub(crate) offloading: Vec<actix::Addr<crate::session::SessionActor>>,
+    /// `budget.offload_host_memory`, for the offloads' `host_limit`.
+    pub(crate) host_limit: u64,
 }
 
 /// From a session: its buffers moved between the GPU and host memory.
@@ -177,8 +182,13 @@ pub(crate) struct KvRoomMade {
 pub(crate) enum MemoryMoved {
     /// Offloaded to host memory (soft eviction).
     Offloaded { id: SessionId, bytes: u64 },
-    /// Brought back to the GPU.
-    Restored { id: SessionId, bytes: u64 },
+    /// `bytes` brought back to the GPU; `whole`: nothing of the session is in
+    /// host memory any more (buffers and KV blocks can come back in two steps).
+    Restored {
+        id: SessionId,
+        bytes: u64,
+        whole: bool,
+    },
     /// Picked for eviction as idle, but work came in since: it stays.
     Kept { id: SessionId },
 }

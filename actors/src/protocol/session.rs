@@ -128,6 +128,9 @@ pub(crate) struct ReadBuffer {
 #[rtype(result = "Result<crate::session::SessionOffload, SessionError>")]
 pub(crate) struct Offload {
     pub(crate) caller: Caller,
+    /// `budget.offload_host_memory` for the KV blocks (the engine's own
+    /// offloads under pressure); `None` for an application's offload.
+    pub(crate) host_limit: Option<u64>,
 }
 
 /// Appends tokens to the session's KV block table (opening it on first use).

@@ -206,7 +206,10 @@ impl RegistryActor {
     /// else to end as `evicted`. Each checks that it is still that idle
     /// before it goes.
     pub(super) fn evict_for_kv(&mut self, msg: &EvictForKv) -> KvRoomMade {
-        let mut made = KvRoomMade::default();
+        let mut made = KvRoomMade {
+            host_limit: self.pressure.offload_host_bytes,
+            ..KvRoomMade::default()
+        };
         if self.settings.wait_rules.when_exhausted != crate::budget::WhenExhausted::Evict {
             return made;
         }
@@ -230,8 +233,9 @@ impl RegistryActor {
             .collect();
         candidates.sort_unstable();
         let kv_host = self.settings.kv.as_ref().map_or(0, |kv| kv.host_bytes());
-        // The limit is checked against what is in host memory now plus the
-        // candidates' buffers; their KV blocks count from the next check on.
+        // The limit is checked here against the candidates' buffers; each
+        // session checks its KV blocks against it as it offloads them
+        // (`Offload::host_limit`), and refuses to move them past it.
         let mut host_bytes = self.settings.pool.stats().offloaded_bytes + kv_host;
         for (seen_active_us, id) in candidates.into_iter().take(msg.sessions) {
             let Some(live) = self.sessions.get(&id) else {
@@ -241,7 +245,10 @@ impl RegistryActor {
                 continue;
             };
             let bytes = live.shared.gpu_bytes();
-            if self.pressure.offload && host_bytes + bytes <= self.pressure.offload_host_bytes {
+            if msg.offload
+                && self.pressure.offload
+                && host_bytes + bytes <= self.pressure.offload_host_bytes
+            {
                 host_bytes += bytes;
                 made.offloading.push(addr);
             } else {
@@ -270,10 +277,14 @@ impl RegistryActor {
     /// A session that refuses (work came in) is left alone.
     fn offload_or_evict(&mut self, id: SessionId, addr: Addr<crate::session::SessionActor>) {
         let caller = self.pressure.caller.clone();
+        let host_limit = self.pressure.offload_host_bytes;
         let me = self.settings.registry.clone();
         actix::spawn(async move {
             let answer = addr
-                .send(Offload { caller })
+                .send(Offload {
+                    caller,
+                    host_limit: Some(host_limit),
+                })
                 .await
                 .unwrap_or(Err(SessionError::RuntimeStopped));
             let _ = me
@@ -376,17 +387,19 @@ impl Handler<MemoryMoved> for RegistryActor {
                     "a session picked for eviction was active again; left alone"
                 );
             }
-            MemoryMoved::Restored { id, bytes } => {
-                counters.restored += 1;
-                tracing::debug!(
-                    target: "sessionbus::supervisor",
-                    event = "session.restored",
-                    session_id = %id,
-                    bytes,
-                    "an offloaded session's buffers are back on the GPU"
-                );
-                counters.offloaded_now = counters.offloaded_now.saturating_sub(1);
+            MemoryMoved::Restored { id, bytes, whole } => {
                 counters.offloaded_bytes = counters.offloaded_bytes.saturating_sub(bytes);
+                if whole {
+                    counters.restored += 1;
+                    counters.offloaded_now = counters.offloaded_now.saturating_sub(1);
+                    tracing::debug!(
+                        target: "sessionbus::supervisor",
+                        event = "session.restored",
+                        session_id = %id,
+                        bytes,
+                        "an offloaded session's memory is back on the GPU"
+                    );
+                }
             }
         }
     }

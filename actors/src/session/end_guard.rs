@@ -97,15 +97,17 @@ impl EndGuard {
         let reason = ending.reason;
         // Every block the session referenced is dropped here, exactly once,
         // whatever ended it (a crash reports through `Drop` too).
-        if let (Some(table), Some(kv)) = (self.kv_table.take(), &self.settings.kv) {
-            kv.release_table(table);
-        }
+        // KV blocks in host memory count as offloaded bytes, as buffers do.
+        let kv_host_bytes = match (self.kv_table.take(), &self.settings.kv) {
+            (Some(table), Some(kv)) => kv.release_table(table),
+            _ => 0,
+        };
         let began_us = self.settings.epoch.micros(ending.began);
         self.shared.set_closing(reason, began_us);
         let in_flight_bytes = self.ledger.in_flight();
         let offloaded = self.ledger.is_offloaded();
         let (allocations, bytes) = self.ledger.take();
-        let offloaded_bytes = if offloaded { bytes } else { 0 };
+        let offloaded_bytes = if offloaded { bytes } else { 0 } + kv_host_bytes;
         let (ended_by, end_trace_id) = match self.end_request.take() {
             Some(request) => (Some(request.0), request.1),
             None => (None, None),

@@ -344,6 +344,7 @@ impl SessionHandle {
             .addr
             .send(Offload {
                 caller: self.caller.clone(),
+                host_limit: None,
             })
             .await;
         self.answer(sent, Event::Touch)

@@ -6,9 +6,11 @@
 //! restore racing the sweeper's trim; a device loss with offloaded tables;
 //! and the registry's pressure counters and host-memory limit.
 //!
-//! Each test states the guarantee it checks. Tests marked `#[ignore = "BUG:
-//! ..."]` fail today and describe the bug they found; they are kept so the
-//! fix can turn them on.
+//! Each test states the guarantee it checks. Five of them failed when they
+//! were written (the pressure gauges after a KV-only offload and after a
+//! restore in two steps; admission counting a restore's blocks twice; an
+//! offload that moved nothing counted as room; KV offloads past
+//! `offload_host_memory`); they pass since the fixes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -481,7 +483,7 @@ fn a_restore_out_of_blocks_offloads_another_idle_holder_and_comes_back_bit_for_b
 /// blocks on an 8-block device, with an idle holder of the other blocks,
 /// can make room.
 #[test]
-#[ignore = "BUG: could_fit_if_others_ended counts the restoring table's offloaded blocks twice (as held and as needed), so a restore of more than half the device's blocks is refused at once, and nobody is offloaded or ended for it"]
+
 fn a_restore_of_more_than_half_the_device_makes_room_instead_of_being_refused() {
     on_paused_time(|| async {
         let f = start(config(8)).await;
@@ -585,7 +587,7 @@ fn a_device_loss_with_offloaded_tables_leaves_no_reference_or_host_copy() {
 /// memory; one whose KV blocks (and nothing else) are offloaded and that
 /// then ends must leave the count.
 #[test]
-#[ignore = "BUG: a KV-only offloaded session that ends stays in pressure.offloaded_now/offloaded_bytes forever (SessionFinished only looks at the ledger's buffer bytes)"]
+
 fn a_kv_only_offloaded_session_that_ends_leaves_the_offloaded_count() {
     on_paused_time(|| async {
         let f = start(config(64)).await;
@@ -616,7 +618,7 @@ fn a_kv_only_offloaded_session_that_ends_leaves_the_offloaded_count() {
 /// call restores the blocks, a buffer read the buffers): the registry's
 /// offloaded bytes must come back to zero.
 #[test]
-#[ignore = "BUG: a KV restore inside kv_call while buffers stay offloaded sends no MemoryMoved::Restored; the later buffer restore subtracts only the buffer bytes, so pressure.offloaded_bytes keeps the KV bytes"]
+
 fn buffers_and_kv_blocks_restored_in_two_steps_leave_no_offloaded_bytes() {
     on_paused_time(|| async {
         let f = start(config(64)).await;
@@ -652,7 +654,7 @@ fn buffers_and_kv_blocks_restored_in_two_steps_leave_no_offloaded_bytes() {
 /// room must be made some other way (ending them, as `offload = false`
 /// does, which succeeds); the append must not fail while room can be made.
 #[test]
-#[ignore = "BUG: KvRoom counts an offload that moved 0 blocks as room made; idle holders sharing all their blocks are 'offloaded' (nothing moves) and the append fails OutOfBlocks, although ending them (offload = false) succeeds"]
+
 fn kv_pressure_makes_room_when_the_idle_holders_share_all_their_blocks() {
     on_paused_time(|| async {
         let f = start(config(8)).await;
@@ -674,7 +676,7 @@ fn kv_pressure_makes_room_when_the_idle_holders_share_all_their_blocks() {
 /// hold together; KV pressure must not offload past it (it ends the idle
 /// holders instead).
 #[test]
-#[ignore = "BUG: evict_for_kv checks the limit with each candidate's buffer bytes only (KV blocks count 'from the next check on'), so one KV pressure round offloads any number of KV blocks past offload_host_memory"]
+
 fn kv_pressure_keeps_host_memory_within_offload_host_memory() {
     on_paused_time(|| async {
         let mut c = config(16);

@@ -104,11 +104,14 @@ impl SessionActor {
                 if let Some(restored) = restored {
                     session.restoring = false;
                     let bytes = session.kv_restored(restored);
-                    if !session.is_offloaded() {
+                    let whole = !session.is_offloaded();
+                    if whole {
                         session.mark_active();
+                    }
+                    if bytes > 0 {
                         send_now_or_later(
                             &session.record.settings.registry,
-                            MemoryMoved::Restored { id, bytes },
+                            MemoryMoved::Restored { id, bytes, whole },
                         );
                     }
                 }
@@ -205,26 +208,45 @@ struct KvRoom {
 }
 
 impl KvRoom {
+    /// Runs `op`; out of blocks, makes room and runs it again: first by
+    /// offloading idle holders, then (if that freed too little: their blocks
+    /// were shared, or host memory is full) by ending them.
     async fn run<T>(
         &self,
         kv: &KvStore,
         table: TableId,
         op: impl AsyncFn() -> Result<T, KvStoreError>,
     ) -> Result<T, KvStoreError> {
-        let (needed, refused) = match op().await {
-            Err(KvStoreError::Blocks(e @ KvError::OutOfBlocks { needed, .. })) => (needed, e),
-            answer => return answer,
-        };
-        // Admission: what no number of ends could make room for is
-        // refused at once, and nobody is evicted for it.
-        if !kv.could_fit_if_others_ended(table, needed) {
-            return Err(KvStoreError::Blocks(refused));
+        let mut answer = op().await;
+        for offload in [true, false] {
+            let (needed, refused) = match answer {
+                Err(KvStoreError::Blocks(e @ KvError::OutOfBlocks { needed, .. })) => (needed, e),
+                answer => return answer,
+            };
+            // Admission: what no number of ends could make room for is
+            // refused at once, and nobody is evicted for it.
+            if !kv.could_fit_if_others_ended(table, needed) {
+                return Err(KvStoreError::Blocks(refused));
+            }
+            let made = self.make_room(needed, offload).await;
+            answer = op().await;
+            if !made {
+                break; // nobody was asked: a second round finds nobody either
+            }
         }
+        answer
+    }
+
+    /// Asks the registry for idle holders to offload (`offload`) or end, and
+    /// waits for them within `wait_timeout`; whether anyone was asked.
+    async fn make_room(&self, needed: u64, offload: bool) -> bool {
         let evict = EvictForKv {
             requester: self.requester,
             sessions: usize::try_from(needed).unwrap_or(usize::MAX),
+            offload,
         };
         let asked = self.registry.send(evict).await.unwrap_or_default();
+        let anyone = !asked.ended.is_empty() || !asked.offloading.is_empty();
         let caller = Caller::Operator("sessionbus-pressure".into());
         let ended = asked.ended.into_iter().map(|id| {
             let receipt = self.registry.send(AwaitReceipt {
@@ -235,9 +257,11 @@ impl KvRoom {
                 let _ = receipt.await;
             }
         });
+        let host_limit = Some(asked.host_limit);
         let offloaded = asked.offloading.into_iter().map(|addr| {
             let offload = addr.send(Offload {
                 caller: caller.clone(),
+                host_limit,
             });
             async move {
                 let _ = offload.await;
@@ -248,7 +272,7 @@ impl KvRoom {
             futures::future::join_all(offloaded),
         );
         let _ = tokio::time::timeout(self.wait, all).await;
-        op().await
+        anyone
     }
 }
 

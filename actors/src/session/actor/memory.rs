@@ -157,13 +157,20 @@ impl SessionActor {
                     if let Some(kv) = kv {
                         bytes += session.kv_restored(kv);
                     }
-                    if !session.is_offloaded() {
+                    let whole = !session.is_offloaded();
+                    if whole {
                         session.mark_active();
+                    }
+                    // What came back, even if part stayed (a failed KV restore
+                    // after the buffers came back): the registry's gauge of
+                    // host bytes follows each step.
+                    if bytes > 0 {
                         send_now_or_later(
                             &session.record.settings.registry,
                             MemoryMoved::Restored {
                                 id: session.record.id,
                                 bytes,
+                                whole,
                             },
                         );
                     }
@@ -421,6 +428,7 @@ impl SessionActor {
         let settings = self.record.settings.clone();
         let id = self.record.id;
         let step_timeout = settings.step_timeout;
+        let host_limit = msg.host_limit;
         let buffers = has_buffers.then(|| {
             let (reply, answer) = oneshot::channel();
             settings.pool.offload_session(id, reply);
@@ -436,7 +444,7 @@ impl SessionActor {
             };
             let failed = matches!(buffers, Some(Ok(Ok(Err(_)) | Err(_))));
             let kv = match kv {
-                Some((store, table)) if !failed => Some(store.offload(table).await),
+                Some((store, table)) if !failed => Some(store.offload(table, host_limit).await),
                 _ => None,
             };
             (buffers, kv)
@@ -475,6 +483,11 @@ impl SessionActor {
                         host_bytes += bytes;
                     }
                     let kv_blocks = match kv {
+                        // Under pressure, host memory was full: the blocks stay
+                        // on the device, and the buffers' offload (if any) stands.
+                        Some(Err(KvStoreError::HostMemoryFull { .. })) if host_limit.is_some() => {
+                            Ok(0)
+                        }
                         Some(Ok(blocks)) => {
                             if blocks > 0 {
                                 session.kv_offloaded = true;
