@@ -60,6 +60,9 @@ pub(crate) struct Blocks {
     pub(crate) lru: Lru,
     /// The one findable block per hash.
     index: HashMap<BlockHash, BlockId>,
+    /// Blocks handed out again since the last `take_recycled`: their bytes
+    /// are a previous holder's, and must be cleared before anyone reads them.
+    recycled: Vec<BlockId>,
     pub(crate) counts: BlockCounts,
 }
 
@@ -80,6 +83,7 @@ impl Blocks {
             empty: Vec::new(),
             lru: Lru::default(),
             index: HashMap::new(),
+            recycled: Vec::new(),
             counts: BlockCounts::default(),
         }
     }
@@ -187,10 +191,18 @@ impl Blocks {
         m.state = BlockState::Referenced(1);
         m.hash = None;
         m.released_at = None;
+        if std::mem::replace(&mut m.used, true) {
+            self.recycled.push(id);
+        }
         self.counts.referenced += 1;
         self.counts.refs += 1;
         self.counts.allocations += 1;
         id
+    }
+
+    /// The blocks handed out again since the last call (see `recycled`).
+    pub(crate) fn take_recycled(&mut self) -> Vec<BlockId> {
+        std::mem::take(&mut self.recycled)
     }
 
     /// One more reference to a referenced or cached block.

@@ -286,6 +286,15 @@ impl BlockPool {
         })
     }
 
+    /// Where the blocks are that were handed out again (by appends, forks
+    /// and restores) since the last call: they hold a previous holder's
+    /// bytes. The engine clears them before their new holder can read them;
+    /// a block of a new slab is zero already and is never listed.
+    pub fn take_recycled(&mut self) -> Vec<BlockLocation> {
+        let ids = self.blocks.take_recycled();
+        ids.into_iter().map(|b| self.blocks.location(b)).collect()
+    }
+
     /// Adds a slab (the caller has created its buffer). Refused past the
     /// device budget.
     pub fn add_slab(&mut self, now: Instant) -> Result<SlabId, SlabError> {

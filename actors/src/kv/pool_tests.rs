@@ -509,3 +509,20 @@ fn a_block_shared_between_plan_and_offload_stays_and_a_released_offloaded_table_
     assert_eq!(s.blocks_held_by_released_tables, 0);
     pool.assert_invariants();
 }
+
+#[test]
+fn only_blocks_handed_out_again_are_listed_for_clearing() {
+    let mut pool = pool_with(|c| c.cache_budget = BlockBudget::Blocks(0));
+    let now = Instant::now();
+    let a = open(&mut pool, "a");
+    append(&mut pool, a, &(0..20).collect::<Vec<_>>(), now).unwrap();
+    assert_eq!(pool.take_recycled(), vec![], "a new slab's blocks are zero");
+    let first = pool.snapshot(a).unwrap();
+    pool.release_table(a, now).unwrap();
+    let b = open(&mut pool, "b");
+    append(&mut pool, b, &[1], now).unwrap();
+    let recycled = pool.take_recycled();
+    assert_eq!(recycled.len(), 1);
+    assert!(first.contains(&recycled[0]), "one of a's blocks, again");
+    assert_eq!(pool.take_recycled(), vec![], "listed once");
+}

@@ -27,6 +27,9 @@ pub(crate) struct BlockMeta {
     /// Whether the pool's hash index points at this block (at most one
     /// block per hash is findable; the others are private copies).
     pub(crate) indexed: bool,
+    /// Whether the block was ever handed out: its bytes are a previous
+    /// holder's until cleared (a new slab's blocks are zero).
+    pub(crate) used: bool,
     /// When the last table released it (for the LRU's keep-alive).
     pub(crate) released_at: Option<Instant>,
     /// LRU neighbours while cached.
@@ -40,6 +43,7 @@ impl BlockMeta {
             state: BlockState::Free,
             hash: None,
             indexed: false,
+            used: false,
             released_at: None,
             prev: None,
             next: None,
@@ -99,7 +103,11 @@ impl Slab {
 
     /// Resets a block to free and puts it on the free list.
     pub(crate) fn put_free(&mut self, index: u32) {
-        self.blocks[index as usize] = BlockMeta::free();
+        // Still `used`: its bytes are the last holder's until cleared.
+        self.blocks[index as usize] = BlockMeta {
+            used: true,
+            ..BlockMeta::free()
+        };
         self.free.push(index);
         self.in_use -= 1;
     }

@@ -83,6 +83,32 @@ impl KvStore {
         })
     }
 
+    /// Zeroes every block handed out again since the last call, so that its
+    /// new holder never reads what a previous one (maybe another tenant)
+    /// wrote. The writes are queued, not awaited: the pool runs requests in
+    /// order, so every later read or write of these blocks comes after them,
+    /// and a device that fails them fails everything after too.
+    fn clear_recycled(&self) {
+        let recycled = self.books().take_recycled();
+        if recycled.is_empty() {
+            return;
+        }
+        let slabs = self.slabs.lock().unwrap_or_else(|p| p.into_inner());
+        for block in recycled {
+            let Some(&buffer) = slabs.get(&block.slab) else {
+                continue;
+            };
+            let (reply, _) = oneshot::channel();
+            self.pool.write(
+                self.slab_session,
+                buffer,
+                block.offset,
+                vec![0; self.block_bytes as usize],
+                reply,
+            );
+        }
+    }
+
     /// Bytes of one block.
     pub(crate) fn block_bytes(&self) -> u64 {
         self.block_bytes
@@ -121,6 +147,7 @@ impl KvStore {
             let grant = self.books().append(table, rest, clock::now())?;
             match grant {
                 Grant::Granted(appended) => {
+                    self.clear_recycled();
                     let books = self.books();
                     let blocks = books.table(table).map_or(0, |t| t.blocks().len());
                     return Ok(KvAppendReport {
@@ -208,7 +235,11 @@ impl KvStore {
         let forked = loop {
             let grant = self.books().fork(parent, clock::now())?;
             match grant {
-                Grant::Granted(forked) => break forked,
+                Grant::Granted(forked) => {
+                    // Cleared before the copy: the pool runs writes in order.
+                    self.clear_recycled();
+                    break forked;
+                }
                 Grant::NeedSlab(request) => self.add_slab(request.slab_bytes).await?,
             }
         };
@@ -416,7 +447,11 @@ impl KvStore {
         let restore = loop {
             let grant = self.books().restore(table, clock::now())?;
             match grant {
-                Grant::Granted(restore) => break restore,
+                Grant::Granted(restore) => {
+                    // Every restored block is written whole below: no clearing.
+                    self.books().take_recycled();
+                    break restore;
+                }
                 Grant::NeedSlab(request) => self.add_slab(request.slab_bytes).await?,
             }
         };

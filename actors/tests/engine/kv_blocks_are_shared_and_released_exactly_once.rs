@@ -530,3 +530,52 @@ fn an_append_that_could_never_fit_is_refused_without_evicting_anyone() {
         f.shutdown_clean().await;
     });
 }
+
+/// A block handed out again never shows its last holder's bytes: another
+/// tenant's session that gets the freed block (and a fork that gets it as
+/// its copy of the partial block) reads zeros where nothing was written.
+#[test]
+fn a_recycled_block_reads_as_zeros_not_as_its_last_holders_bytes() {
+    on_paused_time(|| async {
+        let f = start(kv_config(0)).await; // no cache: a freed block is free at once
+        let alice = f.engine.open("alice").await.unwrap();
+        alice
+            .append_tokens(&(0..16).collect::<Vec<u32>>())
+            .await
+            .unwrap();
+        let secret = vec![0xA5; BLOCK as usize];
+        alice.write_kv(0, 0, secret.clone()).await.unwrap();
+        assert_eq!(alice.read_kv(0).await.unwrap(), secret);
+        let hers = alice.kv_blocks().await.unwrap()[0];
+        alice.close().await.unwrap();
+
+        let mallory = f.engine.open("mallory").await.unwrap();
+        mallory.append_tokens(&[1]).await.unwrap();
+        assert_eq!(
+            mallory.kv_blocks().await.unwrap()[0],
+            hers,
+            "the same block, handed out again"
+        );
+        assert_eq!(
+            mallory.read_kv(0).await.unwrap(),
+            vec![0; BLOCK as usize],
+            "the last holder's bytes are gone"
+        );
+
+        // A fork's fresh copy of a partial block: only the copied tokens.
+        mallory.write_kv(0, 0, vec![7; 64]).await.unwrap();
+        let bob = f.engine.open("bob").await.unwrap();
+        bob.append_tokens(&(100..116).collect::<Vec<u32>>())
+            .await
+            .unwrap();
+        bob.write_kv(0, 0, vec![0x5A; BLOCK as usize])
+            .await
+            .unwrap();
+        bob.close().await.unwrap();
+        let fork = mallory.fork().await.unwrap();
+        let copy = fork.read_kv(0).await.unwrap();
+        assert_eq!(copy[..64], [7; 64], "the copied token");
+        assert!(copy[64..].iter().all(|&b| b == 0), "nothing of bob's");
+        f.shutdown_clean().await;
+    });
+}
