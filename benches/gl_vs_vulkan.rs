@@ -5,8 +5,11 @@
 //! 1 000 live sessions holding 4 × 64 KiB. Sessions are closed one at a
 //! time, alternating which backend goes first, and each close is timed from
 //! `close()` to `ReleaseReceipt::released_at`; the GPU thread's own share
-//! (`steps.destroy_and_poll`) is reported next to it. A warm-up round is
-//! not counted. Needs sessionbus's `gl` feature:
+//! (`steps.destroy_and_poll`) is reported next to it. Then the demo's shape:
+//! 64 clients at once, each running sessions one after the other (8
+//! allocations of 64 KiB, then close), one backend at a time, alternating,
+//! so that closes meet other clients' allocations on the GPU thread. Warm-up
+//! rounds are not counted. Needs sessionbus's `gl` feature:
 //!
 //! ```text
 //! cargo bench -p sessionbus-benches --bench gl_vs_vulkan --features sessionbus/gl
@@ -25,11 +28,12 @@ const BUFFERS_PER_SESSION: usize = 4;
 const KV_BYTES: u64 = 64 * 1024;
 const ROUNDS: usize = 10;
 const CLOSES_PER_ROUND: usize = 200;
-/// Busy phase, as the demo runs: clients at once, each opening a session,
-/// allocating a buffer per turn, and closing it.
+/// Busy phase, as the demo runs: clients at once, each opening sessions one
+/// after the other, allocating a buffer per turn, and closing them.
 const CLIENTS: usize = 64;
 const TURNS: usize = 8;
-const BUSY_ROUNDS: usize = 10;
+const SESSIONS_PER_CLIENT: usize = 5;
+const BUSY_ROUNDS: usize = 4;
 
 async fn session_with_buffers(rt: &Runtime, owner: String) -> SessionHandle {
     let session = rt.open(owner).await.expect("open");
@@ -91,26 +95,32 @@ fn round(tokio: &tokio::runtime::Runtime, setups: &[Setup; 2], into: &mut [Sampl
     });
 }
 
-/// The busy phase on one backend: CLIENTS clients at once, each with TURNS
-/// allocations before its close.
+/// The busy phase on one backend: CLIENTS clients at once, each running
+/// SESSIONS_PER_CLIENT sessions one after the other (open, TURNS
+/// allocations, close), so that closes meet other clients' allocations.
 async fn busy(setup: &Setup, round: usize, into: &mut Samples) {
-    let clients = (0..CLIENTS).map(|i| async move {
-        let session = setup
-            .rt
-            .open(format!("busy-{round}-{i}"))
-            .await
-            .expect("open");
-        for _ in 0..TURNS {
-            session.allocate(KV_BYTES).await.expect("allocate");
+    let clients = (0..CLIENTS).map(|client| async move {
+        let mut taken = Vec::with_capacity(SESSIONS_PER_CLIENT);
+        for n in 0..SESSIONS_PER_CLIENT {
+            let owner = format!("busy-{round}-{client}-{n}");
+            let session = setup.rt.open(owner).await.expect("open");
+            for _ in 0..TURNS {
+                session.allocate(KV_BYTES).await.expect("allocate");
+            }
+            let asked = Instant::now();
+            let receipt = session.close().await.expect("close");
+            taken.push((
+                receipt.released_at.saturating_duration_since(asked),
+                receipt.steps.destroy_and_poll,
+            ));
         }
-        let asked = Instant::now();
-        let receipt = session.close().await.expect("close");
-        (
-            receipt.released_at.saturating_duration_since(asked),
-            receipt.steps.destroy_and_poll,
-        )
+        taken
     });
-    for (released, gpu_thread) in futures::future::join_all(clients).await {
+    for (released, gpu_thread) in futures::future::join_all(clients)
+        .await
+        .into_iter()
+        .flatten()
+    {
         into.released.push(released);
         into.gpu_thread.push(gpu_thread);
     }
@@ -159,7 +169,9 @@ fn main() {
     busy_rounds(&tokio, &setups, &mut Default::default());
     busy_rounds(&tokio, &setups, &mut busy_samples);
     table(
-        &format!("{CLIENTS} clients at once, {TURNS} allocations each, then close"),
+        &format!(
+            "{CLIENTS} clients at once, each {SESSIONS_PER_CLIENT} sessions in turn: {TURNS} allocations, then close"
+        ),
         &setups,
         &busy_samples,
     );
