@@ -446,6 +446,45 @@ fn releases_sent_together_are_all_answered() {
     assert_eq!(pool.counters().buffers, baseline_after.buffers - 64);
 }
 
+/// A release is answered after the poll that ends its run of releases, not
+/// behind the later commands of its batch: here a hang stands for a slow
+/// command (an allocation on GL takes several times Vulkan's).
+#[cfg(feature = "testing")]
+#[test]
+fn a_release_is_answered_before_later_commands_of_its_batch() {
+    let pool = start();
+    let baseline = pool.counters();
+    let session = SessionId::random();
+    allocate(&pool, session, 64 * 1024).unwrap();
+    // The first hang holds the worker while the release and the second hang
+    // queue up behind it; once it ends, the worker takes both in the batch
+    // the first hang began.
+    let first = pool.inject_hang();
+    let (reply, mut answer) = oneshot::channel();
+    pool.release_session(session, reply);
+    let second = pool.inject_hang();
+    first.release();
+    // A liveness guard, not a timing threshold: without the fix the reply
+    // would come only after the second hang ends.
+    let guard = Instant::now() + std::time::Duration::from_secs(60);
+    let report = loop {
+        match answer.try_recv() {
+            Ok(report) => break report,
+            Err(oneshot::error::TryRecvError::Empty) if Instant::now() < guard => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(error) => {
+                second.release();
+                panic!("the release was not answered while a later command ran: {error:?}");
+            }
+        }
+    };
+    assert_eq!((report.buffers, report.bytes), (1, 64 * 1024));
+    assert_eq!(report.batch_len, 1);
+    assert_eq!(pool.counters(), baseline, "freed before the answer");
+    second.release();
+}
+
 #[test]
 fn shutdown_destroys_leftovers_and_later_calls_are_refused() {
     let pool = start();

@@ -87,3 +87,14 @@ pub(crate) enum Command {
     #[cfg(feature = "testing")]
     InjectPanic,
 }
+
+impl Command {
+    /// A release of memory (a whole session's or listed buffers): its reply
+    /// waits for a device poll, which consecutive releases share.
+    pub(super) fn is_release(&self) -> bool {
+        matches!(
+            self,
+            Command::Release { .. } | Command::ReleaseAllocations { .. }
+        )
+    }
+}
