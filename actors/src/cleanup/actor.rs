@@ -10,6 +10,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use super::backoff::{self, Backoff, Verdict};
+use super::lag_probe;
 use super::pacer::{Load, Pacer};
 use super::queue::{Queued, ReleaseQueue};
 use crate::budget::Budget;
@@ -162,6 +164,7 @@ fn hand(release: &Release) -> std::sync::MutexGuard<'_, Option<Queued>> {
 /// explicit close that arrives while the pacer holds back an idle expiry
 /// overtakes it.
 async fn dispatch(release: Release) {
+    let mut backoff = backoff::State::default();
     loop {
         let Some((queued, cost)) = release.queue.peek() else {
             release.queue.arrival().await;
@@ -178,8 +181,9 @@ async fn dispatch(release: Release) {
             true => release.pacer.top(),
             false => release.pacer.select(load),
         };
-        let max_in_flight = u64::from(release.pacer.tier(tier).max_in_flight);
-        release.queue.room_in_flight(max_in_flight).await;
+        let level = give_way_to_live_traffic(&release, &mut backoff).await;
+        let max_in_flight = Backoff::in_flight(level, release.pacer.tier(tier).max_in_flight);
+        release.queue.room_in_flight(u64::from(max_in_flight)).await;
         // Allocations waiting for memory: pacing must not hold release below
         // that demand, so it is skipped.
         let paced = release.budget.waiting_bytes() == 0 && !unpaced;
@@ -221,6 +225,47 @@ async fn dispatch(release: Release) {
     }
 }
 
+/// Live traffic first (`release.live_lag`): probes the engine thread's
+/// queueing delay, takes the GPU thread's (how long releases waited there),
+/// and while either runs late gives way (pauses, then probes again) instead
+/// of handing out a release. Returns the backoff level now in force;
+/// `state` is the controller's memory, kept by the dispatcher.
+///
+/// Only while live sessions exist and nothing overrides pacing: with nobody
+/// live, or allocations waiting for memory, or at shutdown, release goes at
+/// the tier's full speed (the storm alone is what the engine is there for).
+async fn give_way_to_live_traffic(release: &Release, state: &mut backoff::State) -> u32 {
+    let backoff = release.pacer.backoff();
+    loop {
+        let overridden = !backoff.is_on()
+            || release.queue.unpaced()
+            || release.queue.live_sessions() == 0
+            || release.budget.waiting_bytes() > 0;
+        if overridden {
+            *state = backoff::State::default();
+            release.queue.set_backoff_level(0);
+            return 0;
+        }
+        // Live messages wait on two threads: the engine's (probed now) and
+        // the GPU's (as long as the releases ahead of them there waited).
+        let lag = lag_probe::queueing_delay()
+            .await
+            .max(release.queue.take_pool_wait());
+        let verdict;
+        (*state, verdict) = backoff.observe(*state, lag);
+        release.queue.set_backoff_level(state.level);
+        match verdict {
+            Verdict::Go => return state.level,
+            Verdict::GiveWay => {
+                release.queue.gave_way();
+                // Step aside for a while rather than spin on the probe:
+                // each probe is itself a turn of the engine thread.
+                tokio::time::sleep(backoff.pause()).await;
+            }
+        }
+    }
+}
+
 /// Waits for the pool's answer, at most `step_timeout`, and sends the receipt.
 async fn receipt(
     release: Release,
@@ -246,6 +291,7 @@ async fn receipt(
             // The memory is back: the budget may hand it out again.
             release.budget.refund(&ended.owner, gpu_bytes);
             steps.pool_wait = report.started_at.saturating_duration_since(handed_at);
+            release.queue.note_pool_wait(steps.pool_wait);
             steps.destroy_and_poll = report
                 .finished_at
                 .saturating_duration_since(report.started_at);

@@ -6,6 +6,11 @@
 //! sessions is memory nobody can use); many live sessions lower it by one
 //! (live traffic first); and while allocations wait for memory the limiter
 //! is bypassed altogether, so pacing never holds release below that demand.
+//! While live sessions exist, release also watches the engine thread's
+//! queueing delay (`live_lag`) and backs off when it runs late, so a storm
+//! does not slow live traffic down.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +89,15 @@ pub struct ReleaseConfig {
     /// Live sessions at or above this count lower the tier by one (never
     /// below the first): a busy GPU serves live traffic first. Default 100 000.
     pub busy_live_sessions: u64,
+    /// Live traffic first: while live sessions exist and the engine thread
+    /// runs later than this (its queueing delay, probed before each release),
+    /// release gives way and halves the releases in flight, one halving per
+    /// late probe; probes within half of it restore full speed one step at
+    /// a time. With no live session left nothing is held back, so a storm
+    /// alone still goes at full speed. `"off"` (`None`): release follows the
+    /// tiers alone. Default 500 µs.
+    #[serde(with = "crate::units::duration_or_off")]
+    pub live_lag: Option<Duration>,
 }
 
 impl Default for ReleaseConfig {
@@ -103,12 +117,13 @@ impl Default for ReleaseConfig {
                 tier("high", 65_536, 1_000_000, 65_536, 1_024),
             ],
             busy_live_sessions: 100_000,
+            live_lag: Some(Duration::from_micros(500)),
         }
     }
 }
 
 impl ReleaseConfig {
-    /// One tier, no load adaptation: `rate` per second with `burst`, as
+    /// One tier, no load adaptation (nor `live_lag`): `rate` per second with `burst`, as
     /// concurrent as `max_in_flight`. For tests, benchmarks and operators who
     /// want a fixed rate. Give it a burst of at least ~20 ms of the rate: a
     /// burst shorter than timer jitter makes the achieved rate fall short
@@ -124,6 +139,7 @@ impl ReleaseConfig {
                 max_in_flight,
             }],
             busy_live_sessions: u64::MAX,
+            live_lag: None,
         }
     }
 
@@ -158,7 +174,8 @@ impl ReleaseConfig {
                 ));
             }
         }
-        at_least("release.busy_live_sessions", self.busy_live_sessions, 1)
+        at_least("release.busy_live_sessions", self.busy_live_sessions, 1)?;
+        crate::units::check_optional_duration("release.live_lag", self.live_lag)
     }
 }
 
@@ -191,6 +208,11 @@ mod tests {
             ..ReleaseConfig::default()
         };
         assert_eq!(config.validate().unwrap_err().field, "release.tiers");
+        let config = ReleaseConfig {
+            live_lag: Some(Duration::ZERO),
+            ..ReleaseConfig::default()
+        };
+        assert_eq!(config.validate().unwrap_err().field, "release.live_lag");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! prioritised release queue paced by load tiers.
 
 mod actor;
+mod backoff;
 mod config;
+mod lag_probe;
 mod pacer;
 mod queue;
 

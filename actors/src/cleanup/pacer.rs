@@ -14,6 +14,7 @@ use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
+use super::backoff::Backoff;
 use super::config::{PaceUnit, ReleaseConfig, ReleaseTier};
 use crate::clock;
 
@@ -49,6 +50,7 @@ pub(crate) struct Pacer {
     unit: PaceUnit,
     tiers: Vec<(ReleaseTier, Limiter)>,
     busy_live_sessions: u64,
+    backoff: Backoff,
     clock: EngineClock,
 }
 
@@ -75,8 +77,14 @@ impl Pacer {
             unit: config.unit,
             tiers,
             busy_live_sessions: config.busy_live_sessions,
+            backoff: Backoff::new(config.live_lag),
             clock,
         }
+    }
+
+    /// Live traffic first (`release.live_lag`).
+    pub(crate) fn backoff(&self) -> Backoff {
+        self.backoff
     }
 
     pub(crate) fn unit(&self) -> PaceUnit {

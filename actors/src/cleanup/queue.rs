@@ -8,7 +8,7 @@
 //! latter.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -51,6 +51,13 @@ pub(crate) struct ReleaseQueue {
     /// Raised at shutdown: release at the top tier, without pacing, so the
     /// memory is back before the deadline.
     unpaced: AtomicBool,
+    /// Halvings of the tier's `max_in_flight` in force for live traffic.
+    backoff_level: AtomicU32,
+    /// Probes that found the engine thread late, so release gave way.
+    gave_way: AtomicU64,
+    /// The longest a release waited for the GPU thread (µs) since the
+    /// dispatcher last looked: how long a live allocation waits there too.
+    pool_wait_us: AtomicU64,
 }
 
 /// Whether an end goes before others.
@@ -71,6 +78,11 @@ pub struct ReleaseQueueStats {
     pub in_flight: u64,
     /// GPU bytes of those.
     pub in_flight_bytes: u64,
+    /// How far release has backed off for live traffic (`release.live_lag`):
+    /// each level halves the tier's `max_in_flight`; 0 is full speed.
+    pub backoff_level: u32,
+    /// Times release gave way because the engine thread ran late.
+    pub gave_way: u64,
 }
 
 impl ReleaseQueue {
@@ -164,6 +176,25 @@ impl ReleaseQueue {
         self.unpaced.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn set_backoff_level(&self, level: u32) {
+        self.backoff_level.store(level, Ordering::Relaxed);
+    }
+
+    /// A release waited `wait` for the GPU thread to take it.
+    pub(crate) fn note_pool_wait(&self, wait: std::time::Duration) {
+        let micros = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+        self.pool_wait_us.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    /// The longest wait noted since the last call.
+    pub(crate) fn take_pool_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.pool_wait_us.swap(0, Ordering::Relaxed))
+    }
+
+    pub(crate) fn gave_way(&self) {
+        self.gave_way.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn live_sessions(&self) -> u64 {
         self.live_sessions.load(Ordering::Relaxed)
     }
@@ -181,6 +212,8 @@ impl ReleaseQueue {
             queued_bytes: classes.bytes,
             in_flight: self.in_flight.load(Ordering::Relaxed),
             in_flight_bytes: self.in_flight_bytes.load(Ordering::Relaxed),
+            backoff_level: self.backoff_level.load(Ordering::Relaxed),
+            gave_way: self.gave_way.load(Ordering::Relaxed),
         }
     }
 }

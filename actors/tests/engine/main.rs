@@ -23,5 +23,6 @@ mod sessions_can_be_listed_and_ended_with_a_reason;
 mod sessions_expire_on_time;
 mod shutdown_meets_its_deadline;
 mod storms_are_paced_and_prioritised;
+mod storms_give_way_to_live_traffic;
 mod stuck_releases_are_detected_and_timed;
 mod sweeper_finds_what_events_missed;

@@ -1,0 +1,146 @@
+//! Live traffic first: while live sessions exist and the engine thread runs
+//! late (`release.live_lag`), a storm's release gives way and backs off; once
+//! the thread is on time again it returns to full speed. With nobody live,
+//! or with `live_lag = "off"`, nothing is held back.
+//!
+//! A busy engine thread is simulated exactly on paused time: a task on the
+//! engine thread that moves the clock on by 1 ms each time it runs, so every
+//! other task there (the release dispatcher's probe among them) sees the
+//! thread 1 ms late, as it would behind a real 1 ms of work.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::common::*;
+use futures::future::join_all;
+use sessionbus_actors::*;
+
+const KIB: u64 = 1 << 10;
+const STORM: usize = 40;
+
+/// Runs on the engine thread until `busy` is cleared; each turn takes 1 ms
+/// of (paused) time. Counts its turns.
+fn hog(busy: Rc<Cell<bool>>, turns: Rc<Cell<u64>>) {
+    actix::spawn(async move {
+        while busy.get() {
+            // `advance` steps aside once itself: one 1 ms turn per round
+            // of the engine thread's ready tasks.
+            tokio::time::advance(Duration::from_millis(1)).await;
+            turns.set(turns.get() + 1);
+        }
+    });
+}
+
+async fn storm_population(f: &Fixture) -> Vec<SessionHandle> {
+    let mut sessions = Vec::new();
+    for i in 0..STORM {
+        let session = f.engine.open(format!("storm-{i}")).await.unwrap();
+        session.allocate(KIB).await.unwrap();
+        sessions.push(session);
+    }
+    sessions
+}
+
+/// Closes every session at once, each on a task of its own; the tasks
+/// resolve with the receipts.
+fn close_all(sessions: &[SessionHandle]) -> Vec<tokio::task::JoinHandle<ReleaseReceipt>> {
+    sessions
+        .iter()
+        .cloned()
+        .map(|session| actix::spawn(async move { session.close().await.unwrap() }))
+        .collect()
+}
+
+#[test]
+fn a_storm_gives_way_while_the_engine_runs_late_and_returns_to_full_speed() {
+    on_paused_time(|| async {
+        let f = start(no_expiry()).await;
+        let _live = f.engine.open("live").await.unwrap();
+        let storm = storm_population(&f).await;
+        let (busy, turns) = (Rc::new(Cell::new(true)), Rc::new(Cell::new(0)));
+        hog(busy.clone(), turns.clone());
+
+        let closes = close_all(&storm);
+        // Every end is published and queued; the probe finds the engine late
+        // again and again. (The very first release may go: the probe has
+        // seen nothing late yet.)
+        let late = loop {
+            let queue = f.stats().await.release_queue;
+            if queue.queued >= STORM as u64 - 1 && queue.gave_way >= 20 {
+                break queue;
+            }
+            assert!(turns.get() < 10_000, "the storm never queued: {queue:?}");
+        };
+        assert!(late.backoff_level >= 1, "{late:?}");
+        let held = f.pool.stats().live_buffers;
+        // A hundred more late turns: not one more buffer released.
+        let until = turns.get() + 100;
+        while turns.get() < until {
+            tokio::task::yield_now().await;
+        }
+        let still = f.stats().await.release_queue;
+        assert_eq!(f.pool.stats().live_buffers, held);
+        assert_eq!(still.queued, late.queued);
+        assert!(
+            still.gave_way > late.gave_way,
+            "still giving way: {still:?}"
+        );
+
+        // On time again: every release goes, and the level is back at 0.
+        busy.set(false);
+        let receipts = join_all(closes).await;
+        assert!(
+            receipts
+                .into_iter()
+                .map(Result::unwrap)
+                .all(|r| r.buffers == 1 && r.error.is_none())
+        );
+        assert_eq!(f.pool.stats().live_buffers, 0);
+        let queue = f.stats().await.release_queue;
+        assert_eq!(queue.backoff_level, 0, "full speed again: {queue:?}");
+        f.shutdown_clean().await;
+    });
+}
+
+#[test]
+fn with_nobody_live_a_storm_is_never_held_back() {
+    on_paused_time(|| async {
+        let f = start(no_expiry()).await;
+        let storm = storm_population(&f).await;
+        let (busy, turns) = (Rc::new(Cell::new(true)), Rc::new(Cell::new(0)));
+        hog(busy.clone(), turns.clone());
+
+        // Released while the engine thread still runs late: once the last
+        // storm session has ended there is no live traffic to give way to.
+        let receipts = join_all(close_all(&storm)).await;
+        assert!(busy.get() && turns.get() > 0, "the hog ran throughout");
+        assert!(receipts.into_iter().all(|r| r.unwrap().error.is_none()));
+        assert_eq!(f.pool.stats().live_buffers, 0);
+        assert_eq!(f.stats().await.release_queue.backoff_level, 0);
+        busy.set(false);
+        f.shutdown_clean().await;
+    });
+}
+
+#[test]
+fn switched_off_release_follows_the_tiers_alone() {
+    on_paused_time(|| async {
+        let mut config = no_expiry();
+        config.release.live_lag = None;
+        let f = start(config).await;
+        let _live = f.engine.open("live").await.unwrap();
+        let storm = storm_population(&f).await;
+        let (busy, turns) = (Rc::new(Cell::new(true)), Rc::new(Cell::new(0)));
+        hog(busy.clone(), turns.clone());
+
+        let receipts = join_all(close_all(&storm)).await;
+        assert!(busy.get() && turns.get() > 0, "the hog ran throughout");
+        assert!(receipts.into_iter().all(|r| r.unwrap().error.is_none()));
+        assert_eq!(f.pool.stats().live_buffers, 0);
+        let queue = f.stats().await.release_queue;
+        assert_eq!((queue.gave_way, queue.backoff_level), (0, 0), "{queue:?}");
+        busy.set(false);
+        f.shutdown_clean().await;
+    });
+}
