@@ -6,9 +6,10 @@
 //! sessions is memory nobody can use); many live sessions lower it by one
 //! (live traffic first); and while allocations wait for memory the limiter
 //! is bypassed altogether, so pacing never holds release below that demand.
-//! While live sessions exist, release also watches the engine thread's
-//! queueing delay (`live_lag`) and backs off when it runs late, so a storm
-//! does not slow live traffic down.
+//! While live sessions exist, release also watches how long a live message
+//! would wait (the engine thread's queueing delay, the GPU thread's queue:
+//! `live_lag`) and backs off while either runs late, so a storm slows live
+//! traffic down less.
 
 use std::time::Duration;
 
@@ -89,13 +90,18 @@ pub struct ReleaseConfig {
     /// Live sessions at or above this count lower the tier by one (never
     /// below the first): a busy GPU serves live traffic first. Default 100 000.
     pub busy_live_sessions: u64,
-    /// Live traffic first: while live sessions exist and the engine thread
-    /// runs later than this (its queueing delay, probed before each release),
-    /// release gives way and halves the releases in flight, one halving per
-    /// late probe; probes within half of it restore full speed one step at
-    /// a time. With no live session left nothing is held back, so a storm
+    /// Live traffic first: while live sessions exist and a live message
+    /// would wait longer than this (the engine thread's queueing delay,
+    /// probed before each release, or the longest a release waited for the
+    /// GPU thread since the last probe), release gives way (pauses this
+    /// long, then probes again) and halves the tier's `max_in_flight`, one
+    /// halving per late probe; probes within half of it restore full speed
+    /// one step at a time. With no live session left, with allocations
+    /// waiting for memory, or at shutdown nothing is held back, so a storm
     /// alone still goes at full speed. `"off"` (`None`): release follows the
-    /// tiers alone. Default 500 µs.
+    /// tiers alone. Default 500 µs: live messages took about 0.1–2 ms p99
+    /// before a storm on the 2-vCPU bench machine (BENCHMARKS.md, "Storms"),
+    /// so a thread 500 µs behind is one that live traffic feels.
     #[serde(with = "crate::units::duration_or_off")]
     pub live_lag: Option<Duration>,
 }
