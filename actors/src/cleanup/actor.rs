@@ -167,6 +167,10 @@ async fn dispatch(release: Release) {
     let mut backoff = backoff::State::default();
     loop {
         let Some((queued, cost)) = release.queue.peek() else {
+            // Nothing queued, nothing held back: the next storm starts from
+            // full speed and its own probes.
+            backoff = backoff::State::default();
+            release.queue.set_backoff_level(0);
             release.queue.arrival().await;
             continue;
         };
@@ -257,7 +261,13 @@ async fn give_way_to_live_traffic(release: &Release, state: &mut backoff::State)
         match verdict {
             Verdict::Go => return state.level,
             Verdict::GiveWay => {
-                release.queue.gave_way();
+                tracing::debug!(
+                    target: "sessionbus::supervisor",
+                    event = "release.gave_way",
+                    lag_us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX),
+                    level = state.level,
+                    "release gave way to live traffic: the engine or GPU thread runs late"
+                );
                 // Step aside for a while rather than spin on the probe:
                 // each probe is itself a turn of the engine thread.
                 tokio::time::sleep(backoff.pause()).await;

@@ -53,8 +53,6 @@ pub(crate) struct ReleaseQueue {
     unpaced: AtomicBool,
     /// Halvings of the tier's `max_in_flight` in force for live traffic.
     backoff_level: AtomicU32,
-    /// Probes that found the engine thread late, so release gave way.
-    gave_way: AtomicU64,
     /// The longest a release waited for the GPU thread (µs) since the
     /// dispatcher last looked: how long a live allocation waits there too.
     pool_wait_us: AtomicU64,
@@ -79,10 +77,9 @@ pub struct ReleaseQueueStats {
     /// GPU bytes of those.
     pub in_flight_bytes: u64,
     /// How far release has backed off for live traffic (`release.live_lag`):
-    /// each level halves the tier's `max_in_flight`; 0 is full speed.
+    /// each level halves the tier's `max_in_flight`; 0 is full speed, and
+    /// always 0 while nothing is queued or in flight.
     pub backoff_level: u32,
-    /// Times release gave way because the engine thread ran late.
-    pub gave_way: u64,
 }
 
 impl ReleaseQueue {
@@ -191,10 +188,6 @@ impl ReleaseQueue {
         std::time::Duration::from_micros(self.pool_wait_us.swap(0, Ordering::Relaxed))
     }
 
-    pub(crate) fn gave_way(&self) {
-        self.gave_way.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub(crate) fn live_sessions(&self) -> u64 {
         self.live_sessions.load(Ordering::Relaxed)
     }
@@ -213,7 +206,6 @@ impl ReleaseQueue {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             in_flight_bytes: self.in_flight_bytes.load(Ordering::Relaxed),
             backoff_level: self.backoff_level.load(Ordering::Relaxed),
-            gave_way: self.gave_way.load(Ordering::Relaxed),
         }
     }
 }
