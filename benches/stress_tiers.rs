@@ -12,10 +12,6 @@
 //!    200 live sessions chat (a turn and an allocation every 50 ms each);
 //!    their message p99 before the storm next to the p99 during it.
 //!
-//! The last column counts how often release gave way to live traffic
-//! (`release.live_lag`; fixed rates never do). To compare with it off, run
-//! once more with `--config` naming a file that says `live_lag = "off"`.
-//!
 //! Targets: 0 errors at every tier; 500 destroys all released within 50 ms
 //! unthrottled; achieved rate within ±5 % of the configured one; live p99
 //! during a storm at most 2× the p99 before it. Each is printed PASS or MISS.
@@ -197,9 +193,6 @@ struct StormRow {
     before: Option<Summary>,
     during: Option<Summary>,
     to_baseline: Option<Duration>,
-    /// Times release gave way to live traffic (`release.live_lag`) in this
-    /// storm's runtime.
-    gave_way: u64,
 }
 
 impl StormRow {
@@ -238,7 +231,6 @@ async fn live_storm(
         }),
     };
     let outcome = one_storm(rt, watch, &plan, errors).await?;
-    let gave_way = rt.stats().await?.release_queue.gave_way;
     Ok(StormRow {
         rate,
         achieved: outcome.achieved_rate,
@@ -246,7 +238,6 @@ async fn live_storm(
         before: summary_of(&outcome.live_before_us),
         during: summary_of(&outcome.live_during_us),
         to_baseline: outcome.time_to_baseline,
-        gave_way,
     })
 }
 
@@ -320,7 +311,7 @@ fn print_storms(rows: &[StormRow]) -> Vec<Value> {
         storm::LIVE_TURN_INTERVAL
     );
     println!(
-        "{:>12} | {:>12} | {:>8} | {:>10} | {:>12} | {:>12} | {:>6} | {:>12} | {:>8}",
+        "{:>12} | {:>12} | {:>8} | {:>10} | {:>12} | {:>12} | {:>6} | {:>12}",
         "configured/s",
         "achieved/s",
         "off by",
@@ -328,10 +319,9 @@ fn print_storms(rows: &[StormRow]) -> Vec<Value> {
         "live p99 bef",
         "live p99 dur",
         "ratio",
-        "to baseline",
-        "gave way"
+        "to baseline"
     );
-    println!("{}", "-".repeat(117));
+    println!("{}", "-".repeat(106));
     rows.iter()
         .map(|row| {
             let off = row
@@ -340,7 +330,7 @@ fn print_storms(rows: &[StormRow]) -> Vec<Value> {
                 .map(|(r, a)| 100.0 * (a - f64::from(r)) / f64::from(r));
             let p99 = |s: &Option<Summary>| s.as_ref().map_or("-".into(), |s| show(s.p99));
             println!(
-                "{:>12} | {:>12} | {:>8} | {:>10} | {:>12} | {:>12} | {:>6} | {:>12} | {:>8}",
+                "{:>12} | {:>12} | {:>8} | {:>10} | {:>12} | {:>12} | {:>6} | {:>12}",
                 row.rate.map_or("unthrottled".into(), |r| r.to_string()),
                 row.achieved.map_or("-".into(), |a| format!("{a:.0}")),
                 off.map_or("-".into(), |o| format!("{o:+.1} %")),
@@ -349,7 +339,6 @@ fn print_storms(rows: &[StormRow]) -> Vec<Value> {
                 p99(&row.during),
                 row.live_ratio().map_or("-".into(), |r| format!("{r:.2}×")),
                 row.to_baseline.map_or("never".into(), show),
-                row.gave_way,
             );
             json!({
                 "release_rate_configured": row.rate,
@@ -360,7 +349,6 @@ fn print_storms(rows: &[StormRow]) -> Vec<Value> {
                 "live_during": summary_json(&row.during),
                 "live_p99_ratio": row.live_ratio(),
                 "time_to_baseline_us": row.to_baseline.map(common::micros),
-                "release_gave_way": row.gave_way,
             })
         })
         .collect()
