@@ -103,8 +103,8 @@ pub struct ReleaseConfig {
     /// before a storm on the 2-vCPU bench machine (BENCHMARKS.md, "Storms"),
     /// so a thread 500 µs behind is one that live traffic feels. Measured
     /// against 200 µs and 1 ms (10 alternating runs of the unthrottled
-    /// storm of 2 000): 200 µs gave no lower live p99 and a storm 1.4× as
-    /// long, 1 ms a higher live p99.
+    /// storm of 2 000): 200 µs gave the same live p99 and a storm 1.8× as
+    /// long, 1 ms a slightly higher live p99.
     #[serde(with = "crate::units::duration_or_off")]
     pub live_lag: Option<Duration>,
 }
