@@ -446,6 +446,7 @@ impl Handler<SessionFinished> for RegistryActor {
             .position(|r| *r == reason)
             .unwrap_or(0);
         self.counters.ended_by[index] += 1;
+        self.note_end(reason);
         if reason == EndReason::Crashed {
             self.incident();
         }

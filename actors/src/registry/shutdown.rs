@@ -44,6 +44,15 @@ impl RegistryActor {
         self.shutdown.is_some()
     }
 
+    /// A session ended during the shutdown: counted if the shutdown ended it.
+    pub(super) fn note_end(&mut self, reason: EndReason) {
+        if let Some(shutdown) = self.shutdown.as_mut()
+            && reason == EndReason::Shutdown
+        {
+            shutdown.sessions_ended += 1;
+        }
+    }
+
     fn begin_shutdown(&mut self, deadline: Duration, ctx: &mut Context<Self>) {
         tracing::info!(
             target: "sessionbus::supervisor",
@@ -55,7 +64,9 @@ impl RegistryActor {
         self.shutdown = Some(ShutdownInProgress {
             started: clock::now(),
             deadline,
-            sessions_ended: self.sessions.len() as u64,
+            // Counted as they end (`note_end`): a session that was already
+            // ending (a close racing the shutdown) ends for its own reason.
+            sessions_ended: 0,
             sessions_forced: 0,
             buffers_before: self.counters.released_buffers,
             bytes_before: self.counters.released_bytes,
