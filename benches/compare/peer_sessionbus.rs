@@ -17,8 +17,14 @@ use super::common::*;
 use super::wl_expiry::{PeerRun, check_once};
 
 /// A runtime admitting at least `sessions` live sessions.
+/// `SESSIONBUS_BENCH_CONFIG=path.toml`: the sessionbus peer runs on that
+/// configuration instead of the defaults (to compare settings in one run).
 pub async fn start(sessions: usize, idle_timeout: bool) -> Result<Runtime, String> {
-    let mut config = Config::default();
+    let mut config = match std::env::var_os("SESSIONBUS_BENCH_CONFIG") {
+        Some(path) => Config::from_file(&path)
+            .map_err(|e| format!("sessionbus: SESSIONBUS_BENCH_CONFIG: {e}"))?,
+        None => Config::default(),
+    };
     config.sessions.max_sessions = config.sessions.max_sessions.max(2 * sessions);
     if !idle_timeout {
         config.expiry.idle_timeout = None;

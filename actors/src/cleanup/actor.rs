@@ -165,6 +165,7 @@ fn hand(release: &Release) -> std::sync::MutexGuard<'_, Option<Queued>> {
 /// overtakes it.
 async fn dispatch(release: Release) {
     let mut backoff = backoff::State::default();
+    let mut seen_live_messages = 0;
     loop {
         let Some((queued, cost)) = release.queue.peek() else {
             // Nothing queued, nothing held back: the next storm starts from
@@ -185,7 +186,7 @@ async fn dispatch(release: Release) {
             true => release.pacer.top(),
             false => release.pacer.select(load),
         };
-        let level = give_way_to_live_traffic(&release, &mut backoff).await;
+        let level = give_way_to_live_traffic(&release, &mut backoff, &mut seen_live_messages).await;
         let max_in_flight = Backoff::in_flight(level, release.pacer.tier(tier).max_in_flight);
         release.queue.room_in_flight(u64::from(max_in_flight)).await;
         // Allocations waiting for memory: pacing must not hold release below
@@ -235,15 +236,25 @@ async fn dispatch(release: Release) {
 /// of handing out a release. Returns the backoff level now in force;
 /// `state` is the controller's memory, kept by the dispatcher.
 ///
-/// Only while live sessions exist and nothing overrides pacing: with nobody
-/// live, or allocations waiting for memory, or at shutdown, release goes at
-/// the tier's full speed (the storm alone is what the engine is there for).
-async fn give_way_to_live_traffic(release: &Release, state: &mut backoff::State) -> u32 {
+/// Only while live traffic exists and nothing overrides pacing: with nobody
+/// live, or no live session handling a message since the last probe (a mass
+/// expiry of idle sessions: the engine is late only with the ends
+/// themselves), or allocations waiting for memory, or at shutdown, release
+/// goes at the tier's full speed (the storm alone is what the engine is
+/// there for).
+async fn give_way_to_live_traffic(
+    release: &Release,
+    state: &mut backoff::State,
+    seen_live_messages: &mut u64,
+) -> u32 {
     let backoff = release.pacer.backoff();
     loop {
+        let messages = release.queue.live_messages();
+        let quiet = std::mem::replace(seen_live_messages, messages) == messages;
         let overridden = !backoff.is_on()
             || release.queue.unpaced()
             || release.queue.live_sessions() == 0
+            || quiet
             || release.budget.waiting_bytes() > 0;
         if overridden {
             *state = backoff::State::default();

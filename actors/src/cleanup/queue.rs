@@ -39,6 +39,10 @@ struct Classes {
 /// What the queue holds, and the load gauges release is paced by.
 #[derive(Debug, Default)]
 pub(crate) struct ReleaseQueue {
+    /// Messages live sessions handled since the engine started (turns,
+    /// allocations, reads and writes: whatever marks a session active). The
+    /// release back-off protects live traffic only when there is some.
+    live_messages: std::sync::atomic::AtomicU64,
     classes: Mutex<Classes>,
     arrived: Notify,
     /// Releases handed to the pool and not yet answered.
@@ -190,6 +194,16 @@ impl ReleaseQueue {
 
     pub(crate) fn live_sessions(&self) -> u64 {
         self.live_sessions.load(Ordering::Relaxed)
+    }
+
+    /// A live session handled a message (see `live_messages`).
+    pub(crate) fn note_live_message(&self) {
+        self.live_messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages live sessions handled so far.
+    pub(crate) fn live_messages(&self) -> u64 {
+        self.live_messages.load(Ordering::Relaxed)
     }
 
     /// GPU bytes on their way back: queued or in flight.

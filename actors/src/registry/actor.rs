@@ -116,6 +116,7 @@ impl RegistryActor {
             pseudonyms,
         );
         settings.kv = kv;
+        settings.release_queue = Some(queue.clone());
         Ok(RegistryActor {
             config: sessions,
             settings: Arc::new(settings),

@@ -107,6 +107,9 @@ impl SessionActor {
     /// Activity that is not a lifecycle event (lease operations) still keeps the session from idling.
     fn mark_active(&mut self) {
         self.record.shared.set_last_active_us(self.now_us());
+        if let Some(queue) = &self.record.settings.release_queue {
+            queue.note_live_message();
+        }
     }
 
     /// Runs a handler body with `in_handler` raised (left raised if it panics).

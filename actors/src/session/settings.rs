@@ -42,6 +42,9 @@ pub(crate) struct SessionSettings {
     pub(crate) pseudonyms: Arc<Pseudonymizer>,
     /// The KV block store (`None` without `[kv]`).
     pub(crate) kv: Option<Arc<crate::kv_store::KvStore>>,
+    /// The release queue, told of every live message (its back-off gives
+    /// way only to live traffic there is).
+    pub(crate) release_queue: Option<Arc<crate::cleanup::ReleaseQueue>>,
 }
 
 impl SessionSettings {
@@ -75,6 +78,7 @@ impl SessionSettings {
             },
             pseudonyms,
             kv: None,
+            release_queue: None,
         }
     }
 

@@ -1,7 +1,9 @@
-//! Live traffic first: while live sessions exist and the engine thread runs
-//! late (`release.live_lag`), a storm's release gives way and backs off; once
-//! the thread is on time again it returns to full speed. With nobody live,
-//! or with `live_lag = "off"`, nothing is held back.
+//! Live traffic first: while live sessions handle messages and the engine
+//! thread runs late (`release.live_lag`), a storm's release gives way and
+//! backs off; once the thread is on time again it returns to full speed.
+//! With nobody live, with live sessions that send nothing (a mass expiry of
+//! idle sessions: the ends themselves make the engine late), or with
+//! `live_lag = "off"`, nothing is held back.
 //!
 //! A busy engine thread is simulated exactly on paused time: a task on the
 //! engine thread that moves the clock on by 1 ms each time it runs, so every
@@ -42,6 +44,17 @@ async fn storm_population(f: &Fixture) -> Vec<SessionHandle> {
     sessions
 }
 
+/// A live session that keeps talking (a touch per turn of the engine
+/// thread) until `busy` is cleared.
+fn talk(session: SessionHandle, busy: Rc<Cell<bool>>) {
+    actix::spawn(async move {
+        while busy.get() {
+            let _ = session.touch().await;
+            tokio::task::yield_now().await;
+        }
+    });
+}
+
 /// Closes every session at once, each on a task of its own; the tasks
 /// resolve with the receipts.
 fn close_all(sessions: &[SessionHandle]) -> Vec<tokio::task::JoinHandle<ReleaseReceipt>> {
@@ -56,10 +69,11 @@ fn close_all(sessions: &[SessionHandle]) -> Vec<tokio::task::JoinHandle<ReleaseR
 fn a_storm_gives_way_while_the_engine_runs_late_and_returns_to_full_speed() {
     on_paused_time(|| async {
         let f = start(no_expiry()).await;
-        let _live = f.engine.open("live").await.unwrap();
+        let live = f.engine.open("live").await.unwrap();
         let storm = storm_population(&f).await;
         let (busy, turns) = (Rc::new(Cell::new(true)), Rc::new(Cell::new(0)));
         hog(busy.clone(), turns.clone());
+        talk(live.clone(), busy.clone());
 
         let closes = close_all(&storm);
         // Every end is published and queued; the probe finds the engine late
@@ -140,6 +154,26 @@ fn switched_off_release_follows_the_tiers_alone() {
         assert_eq!(f.pool.stats().live_buffers, 0);
         let queue = f.stats().await.release_queue;
         assert_eq!(queue, ReleaseQueueStats::default(), "never backed off");
+        busy.set(false);
+        f.shutdown_clean().await;
+    });
+}
+
+#[test]
+fn live_sessions_that_send_nothing_do_not_hold_a_storm_back() {
+    on_paused_time(|| async {
+        let f = start(no_expiry()).await;
+        let _silent = f.engine.open("silent").await.unwrap();
+        let storm = storm_population(&f).await;
+        let (busy, turns) = (Rc::new(Cell::new(true)), Rc::new(Cell::new(0)));
+        hog(busy.clone(), turns.clone());
+
+        // The engine runs late, but nobody's messages wait: full speed.
+        let receipts = join_all(close_all(&storm)).await;
+        assert!(busy.get() && turns.get() > 0, "the hog ran throughout");
+        assert!(receipts.into_iter().all(|r| r.unwrap().error.is_none()));
+        assert_eq!(f.pool.stats().live_buffers, 0);
+        assert_eq!(f.stats().await.release_queue.backoff_level, 0);
         busy.set(false);
         f.shutdown_clean().await;
     });
