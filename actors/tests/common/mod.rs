@@ -122,3 +122,28 @@ pub fn is_out_of_blocks(error: &SessionError) -> bool {
         }
     )
 }
+
+/// Fills every KV block of `session` (`block_bytes` each) with bytes no
+/// other block has (`seed` tells sessions apart); returns what it wrote.
+pub async fn fill_kv_blocks(session: &SessionHandle, block_bytes: usize, seed: u8) -> Vec<Vec<u8>> {
+    let n = session.kv_blocks().await.unwrap().len();
+    let mut written = Vec::new();
+    for i in 0..n {
+        let data: Vec<u8> = (0..block_bytes)
+            .map(|k| (k as u8).wrapping_mul(31) ^ seed ^ i as u8)
+            .collect();
+        session.write_kv(i, 0, data.clone()).await.unwrap();
+        written.push(data);
+    }
+    written
+}
+
+/// Every KV block of `session`, read back.
+pub async fn read_kv_blocks(session: &SessionHandle) -> Vec<Vec<u8>> {
+    let n = session.kv_blocks().await.unwrap().len();
+    let mut read = Vec::new();
+    for i in 0..n {
+        read.push(session.read_kv(i).await.unwrap());
+    }
+    read
+}

@@ -31,25 +31,7 @@ fn config(device_blocks: u64) -> EngineConfig {
 
 /// Fills every block of `session` with bytes no other block has.
 async fn fill(session: &SessionHandle, seed: u8) -> Vec<Vec<u8>> {
-    let n = session.kv_blocks().await.unwrap().len();
-    let mut written = Vec::new();
-    for i in 0..n {
-        let data: Vec<u8> = (0..BLOCK)
-            .map(|k| (k as u8).wrapping_mul(31) ^ seed ^ i as u8)
-            .collect();
-        session.write_kv(i, 0, data.clone()).await.unwrap();
-        written.push(data);
-    }
-    written
-}
-
-async fn read_all(session: &SessionHandle) -> Vec<Vec<u8>> {
-    let n = session.kv_blocks().await.unwrap().len();
-    let mut read = Vec::new();
-    for i in 0..n {
-        read.push(session.read_kv(i).await.unwrap());
-    }
-    read
+    fill_kv_blocks(session, BLOCK, seed).await
 }
 
 #[test]
@@ -87,7 +69,11 @@ fn an_offload_moves_own_blocks_to_host_and_the_next_use_restores_them_bit_for_bi
         assert_eq!(first.kv_blocks().await.unwrap(), shared_before);
 
         // The next use (any KV call) restores first: the bytes are exactly back.
-        assert_eq!(read_all(&second).await, before, "restored bit for bit");
+        assert_eq!(
+            read_kv_blocks(&second).await,
+            before,
+            "restored bit for bit"
+        );
         let kv = f.engine.stats().await.unwrap().kv.unwrap();
         assert_eq!((kv.blocks_offloaded, kv.restores_total), (0, 1));
         assert_eq!(kv.blocks_referenced, 7);
@@ -126,7 +112,7 @@ fn any_message_restores_and_an_end_while_offloaded_leaves_nothing_behind() {
         s.chat(Turn::new()).await.unwrap();
         let kv = f.engine.stats().await.unwrap().kv.unwrap();
         assert_eq!(kv.blocks_offloaded, 0, "a turn restores the KV blocks too");
-        assert_eq!(read_all(&s).await, before);
+        assert_eq!(read_kv_blocks(&s).await, before);
         assert_eq!(s.offload().await.unwrap().kv_blocks, 7);
         s.close().await.unwrap();
         let kv = f.engine.stats().await.unwrap().kv.unwrap();
@@ -171,7 +157,11 @@ fn a_restore_without_room_keeps_the_host_copy_and_succeeds_once_there_is_room() 
 
         drop(lease);
         hog.close().await.unwrap();
-        assert_eq!(read_all(&sleeper).await, before, "restored bit for bit");
+        assert_eq!(
+            read_kv_blocks(&sleeper).await,
+            before,
+            "restored bit for bit"
+        );
         sleeper.close().await.unwrap();
         f.shutdown_clean().await;
     });

@@ -49,25 +49,7 @@ fn tokens(from: u32, blocks: u32) -> Vec<u32> {
 
 /// Fills every block of `session` with bytes no other block has.
 async fn fill(session: &SessionHandle, seed: u8) -> Vec<Vec<u8>> {
-    let n = session.kv_blocks().await.unwrap().len();
-    let mut written = Vec::new();
-    for i in 0..n {
-        let data: Vec<u8> = (0..BLOCK)
-            .map(|k| (k as u8).wrapping_mul(29) ^ seed.rotate_left(3) ^ i as u8)
-            .collect();
-        session.write_kv(i, 0, data.clone()).await.unwrap();
-        written.push(data);
-    }
-    written
-}
-
-async fn read_all(session: &SessionHandle) -> Vec<Vec<u8>> {
-    let n = session.kv_blocks().await.unwrap().len();
-    let mut read = Vec::new();
-    for i in 0..n {
-        read.push(session.read_kv(i).await.unwrap());
-    }
-    read
+    fill_kv_blocks(session, BLOCK, seed).await
 }
 
 /// Asserts that `actual` holds `expected`'s first `tokens` tokens (all of
@@ -261,8 +243,18 @@ fn a_prefix_claim_while_the_offload_copies_keeps_the_claimed_blocks_on_the_devic
         assert_eq!(report.kv_blocks, 2, "only the two still unshared moved");
         let kv = kv_stats(&engine).await;
         assert_eq!((kv.blocks_offloaded, kv.blocks_shared), (2, 2));
-        assert_bytes(&read_all(&claimer).await, &before[..2], None, "claimer");
-        assert_bytes(&read_all(&owner).await, &before, None, "owner restored");
+        assert_bytes(
+            &read_kv_blocks(&claimer).await,
+            &before[..2],
+            None,
+            "claimer",
+        );
+        assert_bytes(
+            &read_kv_blocks(&owner).await,
+            &before,
+            None,
+            "owner restored",
+        );
         assert_eq!(kv_stats(&engine).await.blocks_offloaded, 0);
 
         owner.close().await.unwrap();
@@ -298,13 +290,13 @@ fn sharers_fork_grow_and_end_around_an_offloaded_session_and_each_reference_drop
         // b writes every block it sees, the shared prompt's included (writes
         // are not copied on write), so a's bytes are read back, not assumed.
         let b_own = fill(&b, 3).await;
-        let a_now = read_all(&a).await;
+        let a_now = read_kv_blocks(&a).await;
 
         assert_eq!(b.offload().await.unwrap().kv_blocks, 4, "b's own 4 blocks");
 
         // a forks, grows and ends while b is offloaded.
         let child = a.fork().await.unwrap();
-        assert_bytes(&read_all(&child).await, &a_now, Some(72), "the child");
+        assert_bytes(&read_kv_blocks(&child).await, &a_now, Some(72), "the child");
         a.append_tokens(&(3_000..3_100).collect::<Vec<u32>>())
             .await
             .unwrap();
@@ -312,11 +304,16 @@ fn sharers_fork_grow_and_end_around_an_offloaded_session_and_each_reference_drop
         assert_eq!(kv_stats(&f.engine).await.blocks_offloaded, 4);
 
         // b's next use restores it bit for bit.
-        assert_bytes(&read_all(&b).await, &b_own, None, "b restored");
+        assert_bytes(&read_kv_blocks(&b).await, &b_own, None, "b restored");
         // A fork of b while offloaded restores b first.
         assert_eq!(b.offload().await.unwrap().kv_blocks, 4);
         let grandchild = b.fork().await.unwrap();
-        assert_bytes(&read_all(&grandchild).await, &b_own, Some(82), "b's fork");
+        assert_bytes(
+            &read_kv_blocks(&grandchild).await,
+            &b_own,
+            Some(82),
+            "b's fork",
+        );
         assert_eq!(kv_stats(&f.engine).await.blocks_offloaded, 0);
         // Now only b's partial block is its own: that is all an offload moves.
         assert_eq!(b.offload().await.unwrap().kv_blocks, 1);
@@ -377,7 +374,12 @@ fn every_end_path_of_an_offloaded_session_drops_its_host_copy_and_references_onc
         let kv = kv_stats(&f.engine).await;
         assert_eq!(kv.blocks_offloaded, 3);
         assert_eq!(kv.blocks_held_by_released_tables, 0);
-        assert_bytes(&read_all(&keeper).await, &kept, None, "the shared prompt");
+        assert_bytes(
+            &read_kv_blocks(&keeper).await,
+            &kept,
+            None,
+            "the shared prompt",
+        );
         keeper.close().await.unwrap();
         drop(at_shutdown);
         let stats = f.shutdown_clean().await;
@@ -464,14 +466,14 @@ fn a_restore_out_of_blocks_offloads_another_idle_holder_and_comes_back_bit_for_b
         let y_bytes = fill(&y, 12).await;
         settle(Duration::from_secs(2)).await; // both idle past `evict_idle`
 
-        assert_bytes(&read_all(&x).await, &x_bytes, None, "x restored");
+        assert_bytes(&read_kv_blocks(&x).await, &x_bytes, None, "x restored");
         assert_eq!(y.state(), State::Established, "y offloaded, not ended");
         let stats = f.stats().await;
         assert_eq!(stats.kv.unwrap().blocks_offloaded, 8, "y's blocks");
         assert_eq!(stats.pressure.offloaded_now, 1, "y only");
 
         x.close().await.unwrap();
-        assert_bytes(&read_all(&y).await, &y_bytes, None, "y restored");
+        assert_bytes(&read_kv_blocks(&y).await, &y_bytes, None, "y restored");
         y.close().await.unwrap();
         assert_no_kv_left(&f.engine).await;
         f.shutdown_clean().await;
@@ -495,7 +497,7 @@ fn a_restore_of_more_than_half_the_device_makes_room_instead_of_being_refused() 
         x.append_tokens(&tokens(0, 4)).await.unwrap();
         settle(Duration::from_secs(2)).await; // x idle past `evict_idle`
 
-        let restored = read_all(&y).await; // panics on OutOfBlocks today
+        let restored = read_kv_blocks(&y).await; // panics on OutOfBlocks today
         assert_bytes(&restored, &y_bytes, None, "y restored");
         assert_eq!(x.state(), State::Established, "x offloaded, not ended");
         f.shutdown_clean().await;
@@ -530,7 +532,7 @@ fn a_restore_racing_the_sweepers_trim_keeps_its_slab_and_its_bytes() {
             first.await.unwrap().unwrap() == bytes[0],
             "block 0 restored"
         );
-        assert_bytes(&read_all(&s).await, &bytes, None, "restored");
+        assert_bytes(&read_kv_blocks(&s).await, &bytes, None, "restored");
         let kv = kv_stats(&engine).await;
         assert_eq!((kv.slabs_trimmed, kv.blocks_total), (0, 8), "slab kept");
 
@@ -538,7 +540,7 @@ fn a_restore_racing_the_sweepers_trim_keeps_its_slab_and_its_bytes() {
         assert_eq!(s.offload().await.unwrap().kv_blocks, 8);
         settle(Duration::from_secs(5)).await;
         assert_eq!(kv_stats(&engine).await.slabs_trimmed, 1);
-        assert_bytes(&read_all(&s).await, &bytes, None, "restored");
+        assert_bytes(&read_kv_blocks(&s).await, &bytes, None, "restored");
         let kv = kv_stats(&engine).await;
         assert_eq!(kv.blocks_total, 8);
         assert_eq!(

@@ -16,8 +16,7 @@ use crate::ids::{Caller, SessionId};
 use crate::kv::{KvError, Salt, ShareScope, TableId};
 use crate::kv_store::{KvAppendReport, KvBlock, KvStore, KvStoreError};
 use crate::lifecycle::Event;
-use crate::mailbox::send_now_or_later;
-use crate::protocol::registry::{AwaitReceipt, EvictForKv, MemoryMoved};
+use crate::protocol::registry::{AwaitReceipt, EvictForKv};
 use crate::protocol::session::{AppendTokens, ForkKv, KvBlocks, Offload, ReadKv, WriteKv};
 use crate::registry::RegistryActor;
 use crate::session::error::SessionError;
@@ -104,16 +103,7 @@ impl SessionActor {
                 if let Some(restored) = restored {
                     session.restoring = false;
                     let bytes = session.kv_restored(restored);
-                    let whole = !session.is_offloaded();
-                    if whole {
-                        session.mark_active();
-                    }
-                    if bytes > 0 {
-                        send_now_or_later(
-                            &session.record.settings.registry,
-                            MemoryMoved::Restored { id, bytes, whole },
-                        );
-                    }
+                    session.restored(bytes);
                 }
                 let blocked = session.kv_not_on_gpu();
                 async move {

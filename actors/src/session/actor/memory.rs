@@ -157,25 +157,29 @@ impl SessionActor {
                     if let Some(kv) = kv {
                         bytes += session.kv_restored(kv);
                     }
-                    let whole = !session.is_offloaded();
-                    if whole {
-                        session.mark_active();
-                    }
-                    // What came back, even if part stayed (a failed KV restore
-                    // after the buffers came back): the registry's gauge of
-                    // host bytes follows each step.
-                    if bytes > 0 {
-                        send_now_or_later(
-                            &session.record.settings.registry,
-                            MemoryMoved::Restored {
-                                id: session.record.id,
-                                bytes,
-                                whole,
-                            },
-                        );
-                    }
+                    session.restored(bytes);
                 }),
         );
+    }
+
+    /// `bytes` came back to the GPU: tells the registry, even if part
+    /// stayed (a failed KV restore after the buffers came back), so that its
+    /// gauge of host bytes follows each step; active again once all is back.
+    pub(super) fn restored(&mut self, bytes: u64) {
+        let whole = !self.is_offloaded();
+        if whole {
+            self.mark_active();
+        }
+        if bytes > 0 {
+            send_now_or_later(
+                &self.record.settings.registry,
+                MemoryMoved::Restored {
+                    id: self.record.id,
+                    bytes,
+                    whole,
+                },
+            );
+        }
     }
 
     pub(super) fn restore_failed(&self, error: &dyn std::fmt::Display) {
