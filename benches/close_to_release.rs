@@ -25,11 +25,7 @@ const BUFFERS_PER_SESSION: usize = 4;
 const KV_BYTES: u64 = 64 * 1024;
 
 async fn session_with_buffers(rt: &Runtime, owner: String) -> SessionHandle {
-    let session = rt.open(owner).await.expect("open");
-    for _ in 0..BUFFERS_PER_SESSION {
-        session.allocate(KV_BYTES).await.expect("allocate");
-    }
-    session
+    common::session_with_buffers(rt, owner, BUFFERS_PER_SESSION, KV_BYTES).await
 }
 
 fn close_to_release(c: &mut Criterion) {

@@ -36,11 +36,7 @@ const SESSIONS_PER_CLIENT: usize = 5;
 const BUSY_ROUNDS: usize = 4;
 
 async fn session_with_buffers(rt: &Runtime, owner: String) -> SessionHandle {
-    let session = rt.open(owner).await.expect("open");
-    for _ in 0..BUFFERS_PER_SESSION {
-        session.allocate(KV_BYTES).await.expect("allocate");
-    }
-    session
+    common::session_with_buffers(rt, owner, BUFFERS_PER_SESSION, KV_BYTES).await
 }
 
 /// A runtime on one backend, with its live population.

@@ -37,11 +37,7 @@ const STORM: usize = 500;
 const STORM_ROUNDS: usize = 20;
 
 async fn session_with_buffers(rt: &Runtime, owner: String) -> SessionHandle {
-    let session = rt.open(owner).await.expect("open");
-    for _ in 0..BUFFERS_PER_SESSION {
-        session.allocate(KV_BYTES).await.expect("allocate");
-    }
-    session
+    common::session_with_buffers(rt, owner, BUFFERS_PER_SESSION, KV_BYTES).await
 }
 
 /// A runtime with its live population, ready to measure.

@@ -5,8 +5,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use sessionbus::Runtime;
 use sessionbus::config::Config;
+use sessionbus::{Runtime, SessionHandle};
 
 /// A current-thread tokio runtime with timers: the bench thread awaits, the
 /// engine and the GPU worker run on their own threads.
@@ -52,4 +52,18 @@ where
         }
         total
     })
+}
+
+/// Opens a session of `owner` holding `buffers` buffers of `bytes` each.
+pub async fn session_with_buffers(
+    rt: &Runtime,
+    owner: String,
+    buffers: usize,
+    bytes: u64,
+) -> SessionHandle {
+    let session = rt.open(owner).await.expect("open");
+    for _ in 0..buffers {
+        session.allocate(bytes).await.expect("allocate");
+    }
+    session
 }

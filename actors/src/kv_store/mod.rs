@@ -37,7 +37,9 @@ use crate::cleanup::Pacer;
 use crate::clock;
 use crate::gpu::{AllocRequest, ByteRange, GpuError, GpuPool, ReleaseReport};
 use crate::ids::{AllocationId, Owner, SessionId};
-use crate::kv::{BlockPool, Grant, KvPoolConfig, KvStats, ShareScope, SlabId, TableId, TokenId};
+use crate::kv::{
+    BlockLocation, BlockPool, Grant, KvPoolConfig, KvStats, ShareScope, SlabId, TableId, TokenId,
+};
 
 /// The KV block store of one engine.
 pub(crate) struct KvStore {
@@ -83,13 +85,24 @@ impl KvStore {
         })
     }
 
-    /// Zeroes every block handed out again since the last call, so that its
-    /// new holder never reads what a previous one (maybe another tenant)
-    /// wrote. The writes are queued, not awaited: the pool runs requests in
-    /// order, so every later read or write of these blocks comes after them,
-    /// and a device that fails them fails everything after too.
-    fn clear_recycled(&self) {
-        let recycled = self.books().take_recycled();
+    /// Runs one grant of the books and takes, under the same lock, the
+    /// blocks it handed out again: no other grant can take them off the list
+    /// in between.
+    fn grant<T>(
+        &self,
+        grant: impl FnOnce(&mut BlockPool) -> Result<Grant<T>, crate::kv::KvError>,
+    ) -> Result<(Grant<T>, Vec<BlockLocation>), KvStoreError> {
+        let mut books = self.books();
+        let granted = grant(&mut books)?;
+        Ok((granted, books.take_recycled()))
+    }
+
+    /// Zeroes `recycled` (blocks handed out again), so that their new holder
+    /// never reads what a previous one (maybe another tenant) wrote. The
+    /// writes are queued, not awaited: the pool runs requests in order, so
+    /// every later read or write of these blocks comes after them, and a
+    /// device that fails them fails everything after too.
+    fn clear(&self, recycled: Vec<BlockLocation>) {
         if recycled.is_empty() {
             return;
         }
@@ -144,10 +157,10 @@ impl KvStore {
         let shared_tokens = self.claim_cached_prefix(table, tokens)?;
         let rest = &tokens[shared_tokens as usize..];
         loop {
-            let grant = self.books().append(table, rest, clock::now())?;
+            let (grant, recycled) = self.grant(|b| b.append(table, rest, clock::now()))?;
             match grant {
                 Grant::Granted(appended) => {
-                    self.clear_recycled();
+                    self.clear(recycled);
                     let books = self.books();
                     let blocks = books.table(table).map_or(0, |t| t.blocks().len());
                     return Ok(KvAppendReport {
@@ -233,11 +246,11 @@ impl KvStore {
     /// before this answers. On a failed copy the new table is released.
     pub(crate) async fn fork(&self, parent: TableId) -> Result<TableId, KvStoreError> {
         let forked = loop {
-            let grant = self.books().fork(parent, clock::now())?;
+            let (grant, recycled) = self.grant(|b| b.fork(parent, clock::now()))?;
             match grant {
                 Grant::Granted(forked) => {
                     // Cleared before the copy: the pool runs writes in order.
-                    self.clear_recycled();
+                    self.clear(recycled);
                     break forked;
                 }
                 Grant::NeedSlab(request) => self.add_slab(request.slab_bytes).await?,
@@ -445,13 +458,10 @@ impl KvStore {
     /// answered. Answers the blocks restored.
     pub(crate) async fn restore(&self, table: TableId) -> Result<u64, KvStoreError> {
         let restore = loop {
-            let grant = self.books().restore(table, clock::now())?;
+            // Every restored block is written whole below: no clearing.
+            let (grant, _recycled) = self.grant(|b| b.restore(table, clock::now()))?;
             match grant {
-                Grant::Granted(restore) => {
-                    // Every restored block is written whole below: no clearing.
-                    self.books().take_recycled();
-                    break restore;
-                }
+                Grant::Granted(restore) => break restore,
                 Grant::NeedSlab(request) => self.add_slab(request.slab_bytes).await?,
             }
         };

@@ -77,7 +77,6 @@ impl SessionActor {
     /// would run after this call, not before.
     fn kv_call<T: 'static>(
         &mut self,
-        _ctx: &mut Context<Self>,
         access: Result<(Arc<KvStore>, TableId), SessionError>,
         call: impl AsyncFnOnce(Arc<KvStore>, TableId) -> Result<T, KvStoreError> + 'static,
     ) -> Atomic<T> {
@@ -186,9 +185,10 @@ impl SessionActor {
 
 /// How a KV operation that ran out of blocks makes room: idle sessions
 /// holding KV blocks are offloaded (`budget.offload`, within
-/// `budget.offload_host_memory`) or ended (`budget.when_exhausted =
-/// "evict"`, idle for `budget.evict_idle`), waited for at most
-/// `budget.wait_timeout`, and the operation tried once more. Nothing waits
+/// `budget.offload_host_memory`) or, if that freed too little, ended
+/// (`budget.when_exhausted = "evict"`, idle for `budget.evict_idle`); each
+/// round is waited for at most `budget.wait_timeout` and the operation tried
+/// again after it. Nothing waits
 /// on a session that could not make progress: only idle sessions without
 /// leases are asked, and never the one asking.
 struct KvRoom {
@@ -270,11 +270,11 @@ impl Handler<AppendTokens> for SessionActor {
     type Result = Atomic<KvAppendReport>;
 
     /// When no block is free or cached, room is made as `KvRoom` says.
-    fn handle(&mut self, msg: AppendTokens, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: AppendTokens, _ctx: &mut Self::Context) -> Self::Result {
         let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Allocate, Some(msg.salt)));
         let tokens = msg.tokens;
         let room = self.kv_room();
-        self.kv_call(ctx, access, async move |kv, table| {
+        self.kv_call(access, async move |kv, table| {
             room.run(&kv, table, async || kv.append(table, &tokens).await)
                 .await
         })
@@ -284,11 +284,11 @@ impl Handler<AppendTokens> for SessionActor {
 impl Handler<ForkKv> for SessionActor {
     type Result = Atomic<(TableId, crate::ids::Owner)>;
 
-    fn handle(&mut self, msg: ForkKv, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ForkKv, _ctx: &mut Self::Context) -> Self::Result {
         // A session without a table forks an empty one.
         let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Touch, Some(None)));
         let owner = self.record.owner.clone();
-        self.kv_call(ctx, access, async move |kv, table| {
+        self.kv_call(access, async move |kv, table| {
             Ok((kv.fork(table).await?, owner))
         })
     }
@@ -297,7 +297,7 @@ impl Handler<ForkKv> for SessionActor {
 impl Handler<KvBlocks> for SessionActor {
     type Result = Atomic<Vec<KvBlock>>;
 
-    fn handle(&mut self, msg: KvBlocks, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: KvBlocks, _ctx: &mut Self::Context) -> Self::Result {
         if self.record.kv_table.is_none() {
             // No table yet: no blocks (after the same checks).
             return match self.guarded(|s| {
@@ -309,14 +309,14 @@ impl Handler<KvBlocks> for SessionActor {
             };
         }
         let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Touch, None));
-        self.kv_call(ctx, access, async move |kv, table| kv.blocks(table))
+        self.kv_call(access, async move |kv, table| kv.blocks(table))
     }
 }
 
 impl Handler<WriteKv> for SessionActor {
     type Result = Atomic<()>;
 
-    fn handle(&mut self, msg: WriteKv, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: WriteKv, _ctx: &mut Self::Context) -> Self::Result {
         let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Touch, None));
         let WriteKv {
             index,
@@ -324,7 +324,7 @@ impl Handler<WriteKv> for SessionActor {
             data,
             ..
         } = msg;
-        self.kv_call(ctx, access, async move |kv, table| {
+        self.kv_call(access, async move |kv, table| {
             kv.write(table, index, offset, data).await
         })
     }
@@ -333,11 +333,9 @@ impl Handler<WriteKv> for SessionActor {
 impl Handler<ReadKv> for SessionActor {
     type Result = Atomic<Vec<u8>>;
 
-    fn handle(&mut self, msg: ReadKv, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ReadKv, _ctx: &mut Self::Context) -> Self::Result {
         let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Touch, None));
         let index = msg.index;
-        self.kv_call(ctx, access, async move |kv, table| {
-            kv.read(table, index).await
-        })
+        self.kv_call(access, async move |kv, table| kv.read(table, index).await)
     }
 }

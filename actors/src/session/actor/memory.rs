@@ -243,16 +243,7 @@ impl SessionActor {
             };
             return Some(self.allocation_error(AllocError::RestoreFailed(Box::new(cause))));
         }
-        self.kv_offloaded.then(|| {
-            let source = match self.restore_error.as_deref() {
-                Some(RestoreError::Kv(cause)) => cause.clone(),
-                _ => KvStoreError::Slab(GpuError::Unavailable),
-            };
-            SessionError::Kv {
-                id: self.record.id,
-                source,
-            }
-        })
+        self.kv_not_on_gpu()
     }
 
     /// Runs `body` once the buffers are on the GPU (restoring them first if needed).
