@@ -67,6 +67,8 @@ echo "test.sh: formatting (cargo fmt --check)"
 cargo fmt --all --check
 echo "test.sh: every test of the workspace, every feature on"
 cargo test --workspace --all-features --locked
+echo "test.sh: the engine's tests again, sessions spread over 3 registry shards (the default is one per core)"
+SESSIONBUS_TEST_SHARDS=3 cargo test -p sessionbus-actors --all-features --locked --test engine
 echo "test.sh: lints (clippy on every target and feature, warnings denied)"
 cargo clippy --workspace --all-targets --all-features --locked --quiet -- -D warnings
 echo "test.sh: docs (rustdoc warnings denied)"

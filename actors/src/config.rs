@@ -65,6 +65,10 @@ pub struct SessionsConfig {
     /// How long an ended session is remembered (`"1h"`). Default one hour.
     #[serde(with = "units::duration")]
     pub tombstone_ttl: Duration,
+    /// Registry shards: sessions are spread over this many, by id, each on
+    /// an engine thread of its own (in a `Runtime`). `0`: one per core the
+    /// process may use (at most 64). Default 0.
+    pub shards: usize,
 }
 
 impl Default for SessionsConfig {
@@ -75,6 +79,7 @@ impl Default for SessionsConfig {
             mailbox_capacity: 64,
             tombstones: 100_000,
             tombstone_ttl: Duration::from_secs(3_600),
+            shards: 0,
         }
     }
 }
@@ -86,9 +91,42 @@ impl SessionsConfig {
         at_least("sessions.max_session_memory", self.max_session_memory, 1)?;
         at_least("sessions.mailbox_capacity", self.mailbox_capacity as u64, 1)?;
         at_least("sessions.tombstones", self.tombstones as u64, 1)?;
+        if self.shards > MAX_SHARDS {
+            return Err(ConfigError::new(
+                "sessions.shards",
+                format!(
+                    "{} shards is more than the {MAX_SHARDS} an engine runs; 0 means one per core",
+                    self.shards
+                ),
+            ));
+        }
         units::check_duration("sessions.tombstone_ttl", self.tombstone_ttl)
     }
+
+    /// How many registry shards the engine runs: `shards`, or for 0 one
+    /// per core the process may use (at most [`MAX_SHARDS`]).
+    pub fn shard_count(&self) -> usize {
+        // Test builds: the suite runs again with several shards on any machine.
+        #[cfg(feature = "testing")]
+        if let (0, Some(shards)) = (
+            self.shards,
+            std::env::var("SESSIONBUS_TEST_SHARDS")
+                .ok()
+                .and_then(|n| n.parse::<usize>().ok()),
+        ) {
+            return shards.clamp(1, MAX_SHARDS);
+        }
+        match self.shards {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |cores| cores.get())
+                .min(MAX_SHARDS),
+            shards => shards,
+        }
+    }
 }
+
+/// The most registry shards one engine runs.
+pub const MAX_SHARDS: usize = 64;
 
 /// The lifecycle event bus.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

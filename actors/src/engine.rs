@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use actix::{Actor, Addr, AsyncContext, Recipient};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use actix::{Actor, AsyncContext, Context, Recipient};
 use tokio::sync::mpsc;
 
 use crate::budget::Budget;
@@ -94,10 +96,30 @@ impl OpenOptions {
 #[derive(Debug)]
 pub struct Engine;
 
+/// The engine threads [`Engine::start_on_threads`] started, one per registry
+/// shard past the first. Stop them once the engine has shut down.
+#[derive(Debug)]
+pub struct ShardThreads {
+    arbiters: Vec<actix::Arbiter>,
+}
+
+impl ShardThreads {
+    /// Stops every shard thread and waits for each to finish.
+    pub fn stop_and_join(self) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+        for arbiter in self.arbiters {
+            let _ = arbiter.join();
+        }
+    }
+}
+
 impl Engine {
-    /// Starts the registry and the cleanup actor on the current actix arbiter.
-    /// Must be called from inside a running actix `System`. Owners in log
-    /// lines are pseudonymised with a random key for this process.
+    /// Starts the registry shards and the cleanup actor on the current actix
+    /// arbiter (every shard on this one thread). Must be called from inside
+    /// a running actix `System`. Owners in log lines are pseudonymised with
+    /// a random key for this process.
     pub fn start(
         config: EngineConfig,
         pool: Arc<dyn GpuPool>,
@@ -113,6 +135,28 @@ impl Engine {
         pool: Arc<dyn GpuPool>,
         pseudonyms: Pseudonymizer,
     ) -> Result<EngineHandle, ConfigError> {
+        let (engine, _none) = Engine::start_placed(config, pool, pseudonyms, false)?;
+        Ok(engine)
+    }
+
+    /// Like [`Engine::start_with`], with shard 0 (and the cleanup actor) on
+    /// the current arbiter and every other shard on an engine thread of its
+    /// own, so that sessions of different shards run in parallel. Stop the
+    /// threads with [`ShardThreads::stop_and_join`] after the shutdown.
+    pub fn start_on_threads(
+        config: EngineConfig,
+        pool: Arc<dyn GpuPool>,
+        pseudonyms: Pseudonymizer,
+    ) -> Result<(EngineHandle, ShardThreads), ConfigError> {
+        Engine::start_placed(config, pool, pseudonyms, true)
+    }
+
+    fn start_placed(
+        config: EngineConfig,
+        pool: Arc<dyn GpuPool>,
+        pseudonyms: Pseudonymizer,
+        threads: bool,
+    ) -> Result<(EngineHandle, ShardThreads), ConfigError> {
         config.validate()?;
         config
             .budget
@@ -130,64 +174,83 @@ impl Engine {
             )),
             None => None,
         };
-        let pseudonyms = Arc::new(pseudonyms);
-        let budget = Arc::new(Budget::new(&config.budget));
-        let queue = Arc::new(ReleaseQueue::default());
+        // Check what each shard would refuse before any shard starts.
+        if config.context.enabled {
+            crate::context::DecayingContext::factory(config.context.clone())?;
+        }
+        let parts = EngineParts {
+            pool: pool.clone(),
+            budget: Arc::new(Budget::new(&config.budget)),
+            queue: Arc::new(ReleaseQueue::default()),
+            pseudonyms: Arc::new(pseudonyms),
+            kv,
+            hooks: Arc::new(Hooks::new(config.hooks.timeout)),
+            health: Arc::new(crate::supervision::Health::default()),
+            epoch: crate::clock::Epoch::now(),
+            shards: Shards::default(),
+            subscription_ids: Default::default(),
+        };
         let capacity = config.bus.subscriber_capacity;
-        let shutdown_deadline = config.shutdown.deadline;
-        let hooks = Arc::new(Hooks::new(config.hooks.timeout));
-        let step_timeout = config.supervision.step_timeout;
-        let limits = config.supervision.clone();
-        let health = Arc::new(crate::supervision::Health::default());
-        let registry = RegistryActor::create({
-            let pool = pool.clone();
-            let hooks = hooks.clone();
-            let health = health.clone();
-            move |ctx| {
-                let mut registry = RegistryActor::new(
-                    &config,
-                    pool.clone(),
-                    ctx.address(),
-                    budget.clone(),
-                    queue.clone(),
-                    pseudonyms,
-                    kv,
-                )
-                .expect("the configuration was validated above");
-                registry.hooks = hooks.clone();
-                registry.health = health.clone();
-                let release = Release {
-                    pool,
-                    pacer,
-                    queue,
-                    budget,
-                    hooks,
-                    step_timeout,
-                    hand: Default::default(),
-                    health,
-                    limits,
-                    registry: ctx.address().recipient(),
-                };
-                let cleanup = CleanupActor::new(release, capacity).start();
-                registry.subscribe_internal(Sink::Actor(cleanup.recipient()), EventKinds::ENDED);
+        // One release pipeline for every shard: one queue (urgent ends go
+        // before expiries whichever shard they come from), one pacer, one
+        // dispatcher; each receipt goes back to its session's shard.
+        let release = Release {
+            pool: pool.clone(),
+            pacer,
+            queue: parts.queue.clone(),
+            budget: parts.budget.clone(),
+            hooks: parts.hooks.clone(),
+            step_timeout: config.supervision.step_timeout,
+            hand: Default::default(),
+            health: parts.health.clone(),
+            limits: config.supervision.clone(),
+            registry: parts.shards.clone(),
+        };
+        let cleanup = CleanupActor::new(release, capacity).start().recipient();
+        let count = config.sessions.shard_count();
+        let mut arbiters = Vec::new();
+        let mut shards = Vec::with_capacity(count);
+        for shard in 0..count {
+            let (config, parts, cleanup) = (config.clone(), parts.clone(), cleanup.clone());
+            let create = move |ctx: &mut Context<RegistryActor>| {
+                let mut registry = RegistryActor::new(&config, ctx.address(), &parts, shard)
+                    .expect("the configuration was validated above");
+                registry.subscribe_internal(Sink::Actor(cleanup), EventKinds::ENDED);
                 registry
-            }
-        });
-        Ok(EngineHandle {
-            registry,
+            };
+            let addr = match threads && shard > 0 {
+                true => {
+                    let arbiter = actix::Arbiter::new();
+                    let addr = RegistryActor::start_in_arbiter(&arbiter.handle(), create);
+                    arbiters.push(arbiter);
+                    addr
+                }
+                false => RegistryActor::create(create),
+            };
+            shards.push(addr);
+        }
+        parts.shards.set(shards);
+        let engine = EngineHandle {
+            shards: parts.shards.clone(),
+            next_open: Default::default(),
+            subscription_ids: parts.subscription_ids.clone(),
             pool,
             bus_capacity: capacity,
-            shutdown_deadline,
-            hooks,
-            health,
-        })
+            shutdown_deadline: config.shutdown.deadline,
+            hooks: parts.hooks,
+            health: parts.health,
+        };
+        Ok((engine, ShardThreads { arbiters }))
     }
 }
 
 /// The running engine. Cheap to clone; usable from any thread and any executor.
 #[derive(Clone)]
 pub struct EngineHandle {
-    registry: Addr<RegistryActor>,
+    shards: Shards,
+    /// Opens go to the shards in turn.
+    next_open: Arc<AtomicUsize>,
+    subscription_ids: Arc<std::sync::atomic::AtomicU64>,
     pool: Arc<dyn GpuPool>,
     bus_capacity: usize,
     shutdown_deadline: std::time::Duration,
@@ -220,8 +283,9 @@ impl EngineHandle {
             client_ip: options.client_ip,
             kv_table: None,
         };
-        let opened = self
-            .registry
+        let all = self.shards.all();
+        let shard = &all[self.next_open.fetch_add(1, Ordering::Relaxed) % all.len()];
+        let opened = shard
             .send(open)
             .await
             .map_err(|_| OpenError::RuntimeStopped)??;
@@ -230,7 +294,7 @@ impl EngineHandle {
             Caller::User(owner),
             opened.addr,
             opened.shared,
-            self.registry.clone(),
+            shard.clone(),
         ))
     }
 
@@ -245,8 +309,8 @@ impl EngineHandle {
             id,
             caller: caller.clone(),
         };
-        let opened = self
-            .registry
+        let shard = self.shards.for_id(id);
+        let opened = shard
             .send(attach)
             .await
             .map_err(|_| SessionError::RuntimeStopped)??;
@@ -255,7 +319,7 @@ impl EngineHandle {
             caller,
             opened.addr,
             opened.shared,
-            self.registry.clone(),
+            shard.clone(),
         ))
     }
 
@@ -293,7 +357,8 @@ impl EngineHandle {
             trace_id,
             reason: EndReason::Closed,
         };
-        self.registry
+        self.shards
+            .for_id(id)
             .send(close)
             .await
             .map_err(|_| SessionError::RuntimeStopped)?
@@ -316,7 +381,8 @@ impl EngineHandle {
             trace_id: None,
             reason,
         };
-        self.registry
+        self.shards
+            .for_id(id)
             .send(end)
             .await
             .map_err(|_| SessionError::RuntimeStopped)?
@@ -331,10 +397,41 @@ impl EngineHandle {
         &self,
         active_within: Option<std::time::Duration>,
     ) -> Result<Vec<SessionId>, Stopped> {
-        self.registry
-            .send(LiveSessions { active_within })
+        let lists = self.ask_all(|| LiveSessions { active_within }).await?;
+        Ok(lists.into_iter().flatten().collect())
+    }
+
+    /// Sends what `message` makes to every shard, and waits for every answer.
+    async fn ask_all<M>(&self, message: impl Fn() -> M) -> Result<Vec<M::Result>, Stopped>
+    where
+        M: actix::Message + Send + 'static,
+        M::Result: Send,
+        RegistryActor: actix::Handler<M>,
+    {
+        let asks = self.shards.all().iter().map(|shard| shard.send(message()));
+        futures::future::join_all(asks)
             .await
-            .map_err(|_| Stopped)
+            .into_iter()
+            .map(|answer| answer.map_err(|_| Stopped))
+            .collect()
+    }
+
+    /// Subscribes `sink` on every shard under one id.
+    async fn subscribe_sink(
+        &self,
+        sink: Sink,
+        kinds: EventKinds,
+        delivery: Delivery,
+    ) -> Result<SubscriptionId, Stopped> {
+        let id = crate::bus::next_subscription_id(&self.subscription_ids);
+        self.ask_all(|| Subscribe {
+            id,
+            sink: sink.clone(),
+            kinds,
+            delivery,
+        })
+        .await?;
+        Ok(id)
     }
 
     /// Subscribes an actor to lifecycle events of `kinds`.
@@ -344,12 +441,8 @@ impl EngineHandle {
         kinds: EventKinds,
         delivery: Delivery,
     ) -> Result<SubscriptionId, Stopped> {
-        let subscribe = Subscribe {
-            sink: Sink::Actor(recipient),
-            kinds,
-            delivery,
-        };
-        self.registry.send(subscribe).await.map_err(|_| Stopped)
+        self.subscribe_sink(Sink::Actor(recipient), kinds, delivery)
+            .await
     }
 
     /// Subscribes a tokio channel (capacity `bus.subscriber_capacity`) to
@@ -360,26 +453,20 @@ impl EngineHandle {
         delivery: Delivery,
     ) -> Result<mpsc::Receiver<LifecycleEvent>, Stopped> {
         let (sender, receiver) = mpsc::channel(self.bus_capacity);
-        let subscribe = Subscribe {
-            sink: Sink::Channel(sender),
-            kinds,
-            delivery,
-        };
-        self.registry.send(subscribe).await.map_err(|_| Stopped)?;
+        self.subscribe_sink(Sink::Channel(sender), kinds, delivery)
+            .await?;
         Ok(receiver)
     }
 
     /// Removes a subscription; `Ok(false)` if there was none with that id.
     pub async fn unsubscribe(&self, id: SubscriptionId) -> Result<bool, Stopped> {
-        self.registry
-            .send(Unsubscribe(id))
-            .await
-            .map_err(|_| Stopped)
+        let removed = self.ask_all(|| Unsubscribe(id)).await?;
+        Ok(removed.into_iter().any(|removed| removed))
     }
 
     /// The registry's counters.
     pub async fn stats(&self) -> Result<RegistryStats, Stopped> {
-        self.registry.send(Stats).await.map_err(|_| Stopped)
+        Ok(merge_stats(self.ask_all(|| Stats).await?))
     }
 
     /// The GPU pool's device.
@@ -395,10 +482,8 @@ impl EngineHandle {
     /// Waits up to `timeout` for reliable subscribers' backlogs to drain;
     /// returns how many events are still undelivered.
     pub async fn flush_bus(&self, timeout: std::time::Duration) -> Result<usize, Stopped> {
-        self.registry
-            .send(FlushBus { timeout })
-            .await
-            .map_err(|_| Stopped)
+        let left = self.ask_all(|| FlushBus { timeout }).await?;
+        Ok(left.into_iter().sum())
     }
 
     /// Allocates `bytes` of GPU memory for a session id the registry does not
@@ -428,11 +513,7 @@ impl EngineHandle {
     /// counted. Does not wait for the releases (see
     /// [`end_sessions_on_device_loss_within`](Self::end_sessions_on_device_loss_within)).
     pub async fn end_sessions_on_device_loss(&self) -> Result<usize, Stopped> {
-        let end = EndAll {
-            reason: crate::lifecycle::EndReason::DeviceLost,
-            wait_for_releases: None,
-        };
-        let report = self.registry.send(end).await.map_err(|_| Stopped)?;
+        let report = self.end_all_on_device_loss(None).await?;
         Ok(report.ended)
     }
 
@@ -446,11 +527,30 @@ impl EngineHandle {
         &self,
         deadline: std::time::Duration,
     ) -> Result<DeviceLossReport, Stopped> {
-        let end = EndAll {
-            reason: crate::lifecycle::EndReason::DeviceLost,
-            wait_for_releases: Some(deadline),
-        };
-        self.registry.send(end).await.map_err(|_| Stopped)
+        self.end_all_on_device_loss(Some(deadline)).await
+    }
+
+    async fn end_all_on_device_loss(
+        &self,
+        wait_for_releases: Option<std::time::Duration>,
+    ) -> Result<DeviceLossReport, Stopped> {
+        let reports = self
+            .ask_all(|| EndAll {
+                reason: crate::lifecycle::EndReason::DeviceLost,
+                wait_for_releases,
+            })
+            .await?;
+        // The slabs are on the lost device: once every shard's sessions
+        // released their tables, they leave the books (their buffers go with
+        // the device), so new blocks come from slabs on the new one.
+        self.shards
+            .coordinator()
+            .send(ReleaseSharedAfterEnds {
+                wait_for_hooks: false,
+            })
+            .await
+            .map_err(|_| Stopped)?;
+        Ok(merge_device_loss(reports))
     }
 
     /// Why the runtime failed, if one of its supervised tasks panicked past
@@ -480,10 +580,23 @@ impl EngineHandle {
         &self,
         deadline: std::time::Duration,
     ) -> Result<ShutdownReport, Stopped> {
-        self.registry
-            .send(Shutdown { deadline })
+        let reports = self.ask_all(|| Shutdown { deadline }).await?;
+        let mut report = merge_shutdown(reports);
+        let shared = self
+            .shards
+            .coordinator()
+            .send(ReleaseSharedAfterEnds {
+                wait_for_hooks: true,
+            })
             .await
-            .map_err(|_| Stopped)
+            .map_err(|_| Stopped)?;
+        if shared.kv.is_some() {
+            report.stats.kv = shared.kv;
+        }
+        report.stats.hooks = shared.hooks;
+        report.stats.budget = shared.budget;
+        report.stats.release_queue = shared.release_queue;
+        Ok(report)
     }
 
     /// Registers a pre-destroy hook, named `name` in logs: it runs after

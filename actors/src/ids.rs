@@ -19,6 +19,28 @@ impl SessionId {
         SessionId(rand::random::<u128>())
     }
 
+    /// Draws a fresh random id that [`shard_of`](Self::shard_of) places on
+    /// `shard` of `shards`. Only the high word's residue is chosen; the low
+    /// word stays uniformly random, so the registry's hash (the two words
+    /// folded by XOR) stays uniform within every shard.
+    pub(crate) fn random_in_shard(shard: usize, shards: usize) -> Self {
+        let shards = shards.max(1) as u64;
+        let raw = rand::random::<u128>();
+        let high = (raw >> 64) as u64;
+        let base = high - high % shards;
+        let high = base
+            .checked_add(shard as u64)
+            .unwrap_or(base - shards + shard as u64);
+        SessionId((u128::from(high) << 64) | (raw & u128::from(u64::MAX)))
+    }
+
+    /// Which of `shards` registry shards holds this session (the high word
+    /// modulo the count). Ids drawn elsewhere (another node's) land on some
+    /// shard too, which answers for them like any unknown id.
+    pub(crate) fn shard_of(self, shards: usize) -> usize {
+        ((self.0 >> 64) as u64 % shards.max(1) as u64) as usize
+    }
+
     /// The id as a number (for hashing, sharding, storage).
     pub fn as_u128(self) -> u128 {
         self.0
@@ -377,6 +399,27 @@ mod tests {
         let id = SessionId::random();
         assert_eq!(id.to_string().len(), 32);
         assert_eq!(id.to_string().parse::<SessionId>().unwrap(), id);
+    }
+
+    #[test]
+    fn ids_drawn_for_a_shard_land_on_it_even_at_the_top_of_the_range() {
+        for shards in [1, 2, 3, 7, 16] {
+            for shard in 0..shards {
+                for _ in 0..200 {
+                    let id = SessionId::random_in_shard(shard, shards);
+                    assert_eq!(id.shard_of(shards), shard);
+                }
+            }
+            // The high word's largest values: the residue is still the shard's.
+            let top = SessionId::from_u128(u128::MAX);
+            assert!(top.shard_of(shards) < shards);
+        }
+        // The low word is left to chance: two draws for one shard differ there.
+        let (a, b) = (
+            SessionId::random_in_shard(1, 3),
+            SessionId::random_in_shard(1, 3),
+        );
+        assert_ne!(a.as_u128() as u64, b.as_u128() as u64);
     }
 
     #[test]

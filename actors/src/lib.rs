@@ -52,12 +52,12 @@ pub mod units;
 pub use budget::{BudgetConfig, BudgetScope, BudgetStats, WhenExhausted};
 pub use bus::{Delivery, SubscriptionId};
 pub use cleanup::{PaceUnit, ReleaseConfig, ReleaseQueueStats, ReleaseTier};
-pub use config::{BusConfig, ConfigError, EngineConfig, SessionsConfig};
+pub use config::{BusConfig, ConfigError, EngineConfig, MAX_SHARDS, SessionsConfig};
 pub use context::{
     ContextConfig, ContextError, ContextPolicy, ContextPolicyFactory, ContextVerdict,
     DecayingContext, Intent, StaleReason, TurnSignal,
 };
-pub use engine::{Engine, EngineHandle, OpenOptions};
+pub use engine::{Engine, EngineHandle, OpenOptions, ShardThreads};
 pub use events::{
     ContextReset, Drain, EventKinds, LifecycleEvent, ReleaseReceipt, SessionEndEvent,
     SessionStarted,

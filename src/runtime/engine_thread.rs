@@ -45,13 +45,16 @@ pub(super) fn run(
     let runner = actix::System::new();
     // The metrics subscriber subscribes here, before anything can open a
     // session, so its counters see the whole run (it then runs on its own thread).
+    // Registry shard 0 runs on this thread, every other shard on a thread
+    // of its own (`[sessions] shards`).
     let engine = runner.block_on(async {
-        let engine = Engine::start_with(config.engine(), opened.pool.clone(), pseudonyms)?;
+        let (engine, threads) =
+            Engine::start_on_threads(config.engine(), opened.pool.clone(), pseudonyms)?;
         let metrics = MetricsTask::start(&engine, &config.metrics).await;
-        Ok::<_, sessionbus_actors::ConfigError>((engine, metrics))
+        Ok::<_, sessionbus_actors::ConfigError>((engine, threads, metrics))
     });
-    match engine {
-        Ok((engine, metrics)) => {
+    let threads = match engine {
+        Ok((engine, threads, metrics)) => {
             let system = actix::System::current();
             let running = Running {
                 engine,
@@ -62,8 +65,10 @@ pub(super) fn run(
                 metrics,
             };
             if started.send(Ok(running)).is_err() {
+                threads.stop_and_join();
                 return; // the caller gave up on start; nothing to run
             }
+            threads
         }
         Err(e) => {
             // Tear the device down before answering: a caller that gives up
@@ -74,8 +79,10 @@ pub(super) fn run(
             let _ = started.send(Err(StartError::Config(e.into())));
             return;
         }
-    }
+    };
     let _ = runner.run();
+    // Every shard thread's actors go before the GPU worker stops.
+    threads.stop_and_join();
     // The engine is stopped, so nothing can ask for GPU work any more. Stopping
     // the worker joins its thread: done here, never on the application's
     // thread, and bounded: a worker hung in the driver is left behind, and

@@ -122,11 +122,13 @@ async fn drain(sink: Sink, backlog: Rc<RefCell<Backlog>>) {
     backlog.borrow_mut().draining = false;
 }
 
-/// The bus. Owned by the registry.
+/// The bus. Owned by the registry: one per registry shard, all shards
+/// drawing subscription ids from one counter (`ids`), so that one
+/// subscription has the same id on every shard.
 #[derive(Default)]
 pub(crate) struct Bus {
     subscribers: Vec<Subscriber>,
-    next_id: u64,
+    ids: std::sync::Arc<std::sync::atomic::AtomicU64>,
     dropped_total: u64,
 }
 
@@ -139,30 +141,45 @@ impl std::fmt::Debug for Bus {
     }
 }
 
+/// Draws subscription ids for a set of buses (every shard's).
+pub(crate) fn next_subscription_id(ids: &std::sync::atomic::AtomicU64) -> SubscriptionId {
+    SubscriptionId(ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1)
+}
+
 impl Bus {
-    pub(crate) fn subscribe(
+    /// A bus drawing subscription ids from `ids` (shared by every shard's bus).
+    pub(crate) fn new(ids: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Bus {
+            ids,
+            ..Bus::default()
+        }
+    }
+
+    /// Subscribes under `id` (drawn once for every shard's bus).
+    pub(crate) fn subscribe_as(
         &mut self,
+        id: SubscriptionId,
         sink: Sink,
         kinds: EventKinds,
         delivery: Delivery,
     ) -> SubscriptionId {
-        self.add(sink, kinds, delivery, false)
+        self.add(id, sink, kinds, delivery, false)
     }
 
     /// Subscribes one of the runtime's own actors: always reliable, never removable.
     pub(crate) fn subscribe_internal(&mut self, sink: Sink, kinds: EventKinds) -> SubscriptionId {
-        self.add(sink, kinds, Delivery::Reliable, true)
+        let id = next_subscription_id(&self.ids);
+        self.add(id, sink, kinds, Delivery::Reliable, true)
     }
 
     fn add(
         &mut self,
+        id: SubscriptionId,
         sink: Sink,
         kinds: EventKinds,
         delivery: Delivery,
         internal: bool,
     ) -> SubscriptionId {
-        self.next_id += 1;
-        let id = SubscriptionId(self.next_id);
         let backlog = Rc::default();
         self.subscribers.push(Subscriber {
             id,

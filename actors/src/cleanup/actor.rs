@@ -37,7 +37,8 @@ pub(crate) struct Release {
     pub(crate) hand: Arc<std::sync::Mutex<Option<Queued>>>,
     pub(crate) health: Arc<Health>,
     pub(crate) limits: SupervisionConfig,
-    pub(crate) registry: Recipient<ReleaseCompleted>,
+    /// Every registry shard: a receipt goes to its session's.
+    pub(crate) registry: crate::registry::Shards,
 }
 
 pub(crate) struct CleanupActor {
@@ -384,5 +385,6 @@ async fn receipt(
     };
     release.queue.answered(gpu_bytes);
     // The receipt closes the session's books; it must reach the registry.
-    let _ = release.registry.send(ReleaseCompleted { receipt }).await;
+    let shard = release.registry.for_id(receipt.id).clone();
+    let _ = shard.send(ReleaseCompleted { receipt }).await;
 }

@@ -162,8 +162,23 @@ impl ReleaseQueue {
         }
     }
 
-    pub(crate) fn set_live_sessions(&self, live: u64) {
-        self.live_sessions.store(live, Ordering::Relaxed);
+    /// Counts one more live session unless `max` are live already (every
+    /// shard's opens count against the one limit); `false`: refused.
+    pub(crate) fn admit_session(&self, max: u64) -> bool {
+        self.live_sessions
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |live| {
+                (live < max).then_some(live + 1)
+            })
+            .is_ok()
+    }
+
+    /// A live session ended (or an admitted open was refused after all).
+    pub(crate) fn session_gone(&self) {
+        let _ = self
+            .live_sessions
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |live| {
+                Some(live.saturating_sub(1))
+            });
     }
 
     /// From now on, release as fast as the pool answers (shutdown).

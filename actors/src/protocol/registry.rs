@@ -103,6 +103,8 @@ pub(crate) struct ReleaseCompleted {
 #[derive(Message)]
 #[rtype(result = "SubscriptionId")]
 pub(crate) struct Subscribe {
+    /// Drawn once for every shard (`bus::next_subscription_id`).
+    pub(crate) id: SubscriptionId,
     pub(crate) sink: Sink,
     pub(crate) kinds: EventKinds,
     pub(crate) delivery: Delivery,
@@ -199,4 +201,54 @@ pub(crate) enum MemoryMoved {
 #[rtype(result = "Vec<SessionId>")]
 pub(crate) struct LiveSessions {
     pub(crate) active_within: Option<Duration>,
+}
+
+/// Sent to one shard once every shard has ended its sessions (after a
+/// shutdown or a device loss): gives the KV slabs back to the device (every
+/// table is released by then) and, with `hooks_until`, waits up to then for
+/// hooks still running (up to the shutdown's deadline). Answers the KV store's and the hooks' stats. Sent to
+/// a shard so the waiting runs on an engine thread, whatever the caller's executor.
+#[derive(Message)]
+#[rtype(result = "AfterAllEnded")]
+pub(crate) struct ReleaseSharedAfterEnds {
+    pub(crate) wait_for_hooks: bool,
+}
+
+#[derive(actix::MessageResponse)]
+pub(crate) struct AfterAllEnded {
+    pub(crate) kv: Option<crate::kv::KvStats>,
+    pub(crate) hooks: crate::hooks::HookStats,
+    /// The shared books, read after every shard is done (a shard's own
+    /// report read them while others were still releasing).
+    pub(crate) budget: crate::budget::BudgetStats,
+    pub(crate) release_queue: crate::cleanup::ReleaseQueueStats,
+}
+
+/// What memory pressure may pick from one shard: its idle sessions that
+/// match `want`, for the coordinator, which picks across every shard.
+#[derive(Message)]
+#[rtype(result = "Vec<PressureCandidate>")]
+pub(crate) struct PressureCandidates {
+    pub(crate) want: CandidateFilter,
+}
+
+#[derive(Clone)]
+pub(crate) struct CandidateFilter {
+    pub(crate) requester: SessionId,
+    /// Only this owner's sessions (a per-owner budget), or anyone's.
+    pub(crate) owner: Option<Owner>,
+    /// Sessions holding KV blocks (else: holding GPU bytes).
+    pub(crate) kv: bool,
+    /// Last active at or before this (epoch microseconds).
+    pub(crate) idle_since_us: u64,
+}
+
+/// One idle session pressure may offload or end.
+pub(crate) struct PressureCandidate {
+    pub(crate) id: SessionId,
+    pub(crate) last_active_us: u64,
+    pub(crate) bytes: u64,
+    pub(crate) owner: Owner,
+    pub(crate) addr: Addr<SessionActor>,
+    pub(crate) shared: Arc<SessionShared>,
 }

@@ -13,25 +13,22 @@ use tokio::sync::oneshot;
 use super::error::OpenError;
 use super::expiry::ExpiryState;
 use super::pressure::PressureState;
+use super::shards::EngineParts;
 use super::shutdown::ShutdownInProgress;
 use super::stats::RegistryStats;
 use super::sweeper::SweeperState;
 use super::tombstones::{Tombstone, Tombstones};
-use crate::budget::Budget;
 use crate::bus::{Bus, Sink, SubscriptionId};
-use crate::cleanup::ReleaseQueue;
-use crate::clock::{self, Epoch};
+use crate::clock;
 use crate::config::{ConfigError, EngineConfig, SessionsConfig};
 use crate::context::DecayingContext;
 use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt, SessionStarted};
 use crate::expiry::ExpiryPolicy;
-use crate::gpu::GpuPool;
 use crate::ids::{Caller, IdMap, Owner, SessionId};
 use crate::lifecycle::EndReason;
 use crate::mailbox::send_now_or_later;
 use crate::protocol::registry::*;
 use crate::protocol::session::End;
-use crate::pseudonym::Pseudonymizer;
 use crate::session::{EndGuard, SessionActor, SessionError, SessionSettings, SessionShared};
 
 pub(super) struct LiveSession {
@@ -71,6 +68,8 @@ const REGISTRY_MAILBOX: usize = 4_096;
 pub(crate) struct RegistryActor {
     config: SessionsConfig,
     pub(super) settings: Arc<SessionSettings>,
+    /// Which shard this is (of `settings.shards`).
+    pub(super) shard: usize,
     bus: Bus,
     /// Boxed: the table keeps ~2 buckets per entry, so small buckets save
     /// more than the extra pointer costs (measured per idle session at 1M).
@@ -91,36 +90,35 @@ pub(crate) struct RegistryActor {
 }
 
 impl RegistryActor {
+    /// Shard `shard` of the engine that shares `parts`.
     pub(crate) fn new(
         config: &EngineConfig,
-        pool: Arc<dyn GpuPool>,
         me: Addr<RegistryActor>,
-        budget: Arc<Budget>,
-        queue: Arc<ReleaseQueue>,
-        pseudonyms: Arc<Pseudonymizer>,
-        kv: Option<Arc<crate::kv_store::KvStore>>,
+        parts: &EngineParts,
+        shard: usize,
     ) -> Result<Self, ConfigError> {
         let sessions = config.sessions.clone();
         let tombstones = Tombstones::new(sessions.tombstones, sessions.tombstone_ttl);
-        let epoch = Epoch::now();
         let mut settings = SessionSettings::new(
-            epoch,
+            parts.epoch,
             config,
-            pool,
+            parts.pool.clone(),
             me,
             match config.context.enabled {
                 true => Some(DecayingContext::factory(config.context.clone())?),
                 false => None,
             },
-            budget.clone(),
-            pseudonyms,
+            parts.budget.clone(),
+            parts.pseudonyms.clone(),
         );
-        settings.kv = kv;
-        settings.release_queue = Some(queue.clone());
+        settings.kv = parts.kv.clone();
+        settings.release_queue = Some(parts.queue.clone());
+        settings.shards = parts.shards.clone();
         Ok(RegistryActor {
             config: sessions,
             settings: Arc::new(settings),
-            bus: Bus::default(),
+            shard,
+            bus: Bus::new(parts.subscription_ids.clone()),
             sessions: IdMap::default(),
             tombstones,
             releasing: 0,
@@ -128,10 +126,10 @@ impl RegistryActor {
             shutdown: None,
             expiry: ExpiryState::new(config.expiry.policy()),
             sweeper: SweeperState::new(config.expiry.sweep_interval, config.leases.drain_timeout),
-            pressure: PressureState::new(&config.budget, budget, queue),
-            hooks: Arc::new(crate::hooks::Hooks::new(config.hooks.timeout)),
+            pressure: PressureState::new(&config.budget, parts.budget.clone(), parts.queue.clone()),
+            hooks: parts.hooks.clone(),
             steps: Default::default(),
-            health: Default::default(),
+            health: parts.health.clone(),
         })
     }
 
@@ -264,7 +262,8 @@ impl RegistryActor {
         if let Some(failed) = self.health.failed() {
             return Err(OpenError::RuntimeFailed(failed));
         }
-        if self.sessions.len() >= self.config.max_sessions {
+        let queue = self.pressure.queue.clone();
+        if !queue.admit_session(self.config.max_sessions as u64) {
             tracing::warn!(
                 target: "sessionbus::supervisor",
                 event = "session.refused",
@@ -275,10 +274,15 @@ impl RegistryActor {
                 limit: self.config.max_sessions,
             });
         }
+        // Admitted: from here on the count is given back on every path out.
         let policy = msg.expiry.unwrap_or(self.expiry.default_policy);
-        policy.validate().map_err(OpenError::InvalidOptions)?;
+        if let Err(invalid) = policy.validate() {
+            queue.session_gone();
+            return Err(OpenError::InvalidOptions(invalid));
+        }
+        let shards = self.settings.shards.count();
         let id = loop {
-            let id = SessionId::random();
+            let id = SessionId::random_in_shard(self.shard, shards);
             if !self.sessions.contains_key(&id) && !self.tombstones.contains(&id) {
                 break id;
             }
@@ -311,9 +315,6 @@ impl RegistryActor {
             due_us: None,
         };
         self.sessions.insert(id, Box::new(live));
-        self.pressure
-            .queue
-            .set_live_sessions(self.sessions.len() as u64);
         self.schedule(id, ctx);
         self.counters.opened += 1;
         tracing::info!(
@@ -415,9 +416,10 @@ impl Handler<SessionFinished> for RegistryActor {
         let event = msg.event;
         let id = event.id;
         let removed = self.sessions.remove(&id);
-        self.pressure
-            .queue
-            .set_live_sessions(self.sessions.len() as u64);
+        if let Some(live) = &removed {
+            live.shared.set_unregistered();
+            self.pressure.queue.session_gone();
+        }
         if event.offloaded_bytes > 0 {
             let counters = &mut self.pressure.counters;
             counters.offloaded_now = counters.offloaded_now.saturating_sub(1);
@@ -550,7 +552,10 @@ impl Handler<Subscribe> for RegistryActor {
     type Result = MessageResult<Subscribe>;
 
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.bus.subscribe(msg.sink, msg.kinds, msg.delivery))
+        MessageResult(
+            self.bus
+                .subscribe_as(msg.id, msg.sink, msg.kinds, msg.delivery),
+        )
     }
 }
 

@@ -15,11 +15,14 @@ use actix::prelude::*;
 use super::actor::{RegistryActor, deliver_end};
 use crate::budget::{Budget, BudgetConfig, BudgetScope};
 use crate::cleanup::ReleaseQueue;
-use crate::ids::{Caller, IdMap, SessionId};
+use crate::ids::{Caller, IdMap, Owner, SessionId};
 use crate::lifecycle::{EndReason, State};
-use crate::protocol::registry::{EvictForKv, KvRoomMade, MakeRoom, MemoryMoved};
+use crate::protocol::registry::{
+    CandidateFilter, EvictForKv, KvRoomMade, MakeRoom, MemoryMoved, PressureCandidate,
+    PressureCandidates,
+};
 use crate::protocol::session::{End, Offload};
-use crate::session::SessionError;
+use crate::session::{SessionError, SessionShared};
 
 /// What the registry keeps about pressure.
 pub(super) struct PressureState {
@@ -28,8 +31,9 @@ pub(super) struct PressureState {
     evict_idle_us: u64,
     offload: bool,
     offload_host_bytes: u64,
-    /// Sessions asked to go (offload or end) and the GPU bytes they held then.
-    leaving: IdMap<u64>,
+    /// Sessions asked to go (offload or end) and the GPU bytes they held
+    /// then, on any shard (kept by the coordinator, which alone decides).
+    leaving: IdMap<Leaving>,
     caller: Caller,
     /// A request that could not be met yet, looked at again when sessions
     /// may have become idle enough (one re-check armed at a time).
@@ -79,24 +83,27 @@ impl PressureState {
     }
 }
 
+/// A session asked to go (offload or end), as the coordinator keeps it.
+pub(super) struct Leaving {
+    bytes: u64,
+    owner: Owner,
+    shared: Arc<SessionShared>,
+}
+
 impl RegistryActor {
     /// Bytes already on their way back to `scope` (for `owner` if per owner).
-    fn room_coming(&mut self, scope: BudgetScope, owner: &crate::ids::Owner) -> u64 {
-        let sessions = &self.sessions;
-        self.pressure.leaving.retain(|id, _| {
-            sessions
-                .get(id)
-                .is_some_and(|live| live.shared.gpu_bytes() > 0)
-        });
+    fn room_coming(&mut self, scope: BudgetScope, owner: &Owner) -> u64 {
+        // Still registered (on whichever shard) and still holding memory:
+        // once its end is taken, its bytes are in the release queue instead.
+        self.pressure
+            .leaving
+            .retain(|_, leaving| leaving.shared.is_registered() && leaving.shared.gpu_bytes() > 0);
         let leaving: u64 = self
             .pressure
             .leaving
-            .iter()
-            .filter(|(id, _)| {
-                scope == BudgetScope::Device
-                    || self.sessions.get(*id).is_some_and(|l| &l.owner == owner)
-            })
-            .map(|(_, bytes)| *bytes)
+            .values()
+            .filter(|leaving| scope == BudgetScope::Device || &leaving.owner == owner)
+            .map(|leaving| leaving.bytes)
             .sum();
         match scope {
             // Releases queued or in flight give back device memory; whose
@@ -107,8 +114,9 @@ impl RegistryActor {
         }
     }
 
-    /// Evicts what `msg` needs; returns the bytes still short.
-    fn make_room(&mut self, msg: &MakeRoom) -> u64 {
+    /// What is still short for `msg`'s waiting allocations, after the room
+    /// that is free and the room already on its way.
+    fn room_short(&mut self, msg: &MakeRoom) -> u64 {
         let owner = (msg.scope == BudgetScope::Owner).then_some(&msg.owner);
         let demand = self.pressure.budget.waiting_for(owner);
         let room = self
@@ -117,43 +125,121 @@ impl RegistryActor {
             .room(msg.scope, &msg.owner)
             .unwrap_or(u64::MAX);
         let coming = self.room_coming(msg.scope, &msg.owner);
-        let mut need = demand.saturating_sub(room).saturating_sub(coming);
-        if need == 0 {
-            return 0;
-        }
+        demand.saturating_sub(room).saturating_sub(coming)
+    }
+
+    /// Sessions idle since `evict_idle` ago that pressure may pick for
+    /// `requester`; `None` while the engine is younger than `evict_idle`.
+    fn candidate_filter(
+        &self,
+        requester: SessionId,
+        owner: Option<Owner>,
+        kv: bool,
+    ) -> Option<CandidateFilter> {
         let now_us = self.settings.epoch.now_micros();
-        let Some(idle_since) = now_us.checked_sub(self.pressure.evict_idle_us) else {
-            return need; // the engine is younger than `evict_idle`: nobody is idle enough
-        };
-        let mut candidates: Vec<(u64, SessionId, u64)> = self
-            .sessions
+        let idle_since_us = now_us.checked_sub(self.pressure.evict_idle_us)?;
+        Some(CandidateFilter {
+            requester,
+            owner,
+            kv,
+            idle_since_us,
+        })
+    }
+
+    /// This shard's sessions that `want` matches (established, no lease,
+    /// not waiting for memory, holding what pressure looks for, idle enough).
+    pub(super) fn candidates(&self, want: &CandidateFilter) -> Vec<PressureCandidate> {
+        self.sessions
             .iter()
             .filter(|(id, live)| {
-                **id != msg.requester
-                    && !self.pressure.leaving.contains_key(*id)
-                    && (owner.is_none() || Some(&live.owner) == owner)
+                **id != want.requester
+                    && want.owner.as_ref().is_none_or(|owner| &live.owner == owner)
                     && live.shared.state() == State::Established
                     && live.shared.leases() == 0
                     && !live.shared.is_waiting()
-                    && live.shared.gpu_bytes() > 0
-                    && live.shared.last_active_us() <= idle_since
+                    && match want.kv {
+                        true => live.shared.holds_kv(),
+                        false => live.shared.gpu_bytes() > 0,
+                    }
+                    && live.shared.last_active_us() <= want.idle_since_us
             })
-            .map(|(id, live)| (live.shared.last_active_us(), *id, live.shared.gpu_bytes()))
+            .filter_map(|(id, live)| {
+                Some(PressureCandidate {
+                    id: *id,
+                    last_active_us: live.shared.last_active_us(),
+                    bytes: live.shared.gpu_bytes(),
+                    owner: live.owner.clone(),
+                    addr: live.addr.upgrade()?,
+                    shared: live.shared.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Calls `then` with every shard's candidates for `want`, least
+    /// recently active first, leaving out sessions already asked to go.
+    /// With one shard, at once; with more, once every shard answered, and
+    /// this shard (the coordinator) takes no other message meanwhile, so
+    /// two decisions never pick from the same stale view.
+    fn with_candidates(
+        &mut self,
+        want: CandidateFilter,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, Vec<PressureCandidate>, &mut Context<Self>) + 'static,
+    ) {
+        let mut mine = self.candidates(&want);
+        let others: Vec<_> = self
+            .settings
+            .shards
+            .all()
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != self.shard)
+            .map(|(_, shard)| shard.send(PressureCandidates { want: want.clone() }))
             .collect();
-        candidates.sort_unstable();
+        let sorted = |registry: &Self, mut all: Vec<PressureCandidate>| {
+            all.retain(|c| !registry.pressure.leaving.contains_key(&c.id));
+            all.sort_unstable_by_key(|c| (c.last_active_us, c.id));
+            all
+        };
+        if others.is_empty() {
+            let all = sorted(self, mine);
+            return then(self, all, ctx);
+        }
+        ctx.wait(futures::future::join_all(others).into_actor(self).map(
+            move |answers, registry, ctx| {
+                mine.extend(answers.into_iter().flatten().flatten());
+                let all = sorted(registry, mine);
+                then(registry, all, ctx)
+            },
+        ));
+    }
+
+    /// Asks `candidates` (in order) to go until `need` bytes are covered;
+    /// returns the bytes still short.
+    fn pick_for_room(&mut self, msg: &MakeRoom, candidates: Vec<PressureCandidate>) -> u64 {
+        let mut need = self.room_short(msg);
+        if need == 0 {
+            return 0;
+        }
         let mut host_bytes = self.settings.pool.stats().offloaded_bytes;
-        for (seen_active_us, id, bytes) in candidates {
-            let Some(addr) = self.sessions.get(&id).and_then(|l| l.addr.upgrade()) else {
-                continue;
-            };
-            self.pressure.leaving.insert(id, bytes);
+        for candidate in candidates {
+            let bytes = candidate.bytes;
+            self.pressure.leaving.insert(
+                candidate.id,
+                Leaving {
+                    bytes,
+                    owner: candidate.owner.clone(),
+                    shared: candidate.shared.clone(),
+                },
+            );
             let soft =
                 self.pressure.offload && host_bytes + bytes <= self.pressure.offload_host_bytes;
             if soft {
                 host_bytes += bytes;
-                self.offload_or_evict(id, addr);
+                self.offload_or_evict(candidate);
             } else {
-                self.evict(addr, seen_active_us);
+                self.evict(candidate.addr, candidate.last_active_us);
             }
             need = need.saturating_sub(bytes);
             if need == 0 {
@@ -175,7 +261,22 @@ impl RegistryActor {
     /// Makes room now, and while some of it is still short and allocations
     /// wait, looks again as sessions grow idle enough to be evicted.
     fn make_room_or_recheck(&mut self, msg: MakeRoom, ctx: &mut Context<Self>) {
-        let short = self.make_room(&msg);
+        let short = self.room_short(&msg);
+        let owner = (msg.scope == BudgetScope::Owner).then(|| msg.owner.clone());
+        let want = match short {
+            0 => None,
+            _ => self.candidate_filter(msg.requester, owner, false),
+        };
+        let Some(want) = want else {
+            return self.recheck_if_short(msg, short, ctx);
+        };
+        self.with_candidates(want, ctx, move |registry, candidates, ctx| {
+            let short = registry.pick_for_room(&msg, candidates);
+            registry.recheck_if_short(msg, short, ctx);
+        });
+    }
+
+    fn recheck_if_short(&mut self, msg: MakeRoom, short: u64, ctx: &mut Context<Self>) {
         // One unmet request per budget (the device's, or one owner's).
         let same = |other: &MakeRoom| {
             other.scope == msg.scope
@@ -205,55 +306,49 @@ impl RegistryActor {
     /// `offload_host_memory` (the asker sends the offload and waits for it),
     /// else to end as `evicted`. Each checks that it is still that idle
     /// before it goes.
-    pub(super) fn evict_for_kv(&mut self, msg: &EvictForKv) -> KvRoomMade {
-        let mut made = KvRoomMade {
+    fn evict_for_kv(
+        &mut self,
+        msg: EvictForKv,
+        ctx: &mut Context<Self>,
+        answer: impl FnOnce(KvRoomMade) + 'static,
+    ) {
+        let made = KvRoomMade {
             host_limit: self.pressure.offload_host_bytes,
             ..KvRoomMade::default()
         };
         if self.settings.wait_rules.when_exhausted != crate::budget::WhenExhausted::Evict {
-            return made;
+            return answer(made);
         }
-        let now_us = self.settings.epoch.now_micros();
-        let Some(idle_since) = now_us.checked_sub(self.pressure.evict_idle_us) else {
-            return made;
+        let Some(want) = self.candidate_filter(msg.requester, None, true) else {
+            return answer(made);
         };
-        let mut candidates: Vec<(u64, SessionId)> = self
-            .sessions
-            .iter()
-            .filter(|(id, live)| {
-                **id != msg.requester
-                    && !self.pressure.leaving.contains_key(*id)
-                    && live.shared.state() == State::Established
-                    && live.shared.leases() == 0
-                    && !live.shared.is_waiting()
-                    && live.shared.holds_kv()
-                    && live.shared.last_active_us() <= idle_since
-            })
-            .map(|(id, live)| (live.shared.last_active_us(), *id))
-            .collect();
-        candidates.sort_unstable();
+        self.with_candidates(want, ctx, move |registry, candidates, _ctx| {
+            answer(registry.pick_for_kv(&msg, candidates, made))
+        });
+    }
+
+    fn pick_for_kv(
+        &mut self,
+        msg: &EvictForKv,
+        candidates: Vec<PressureCandidate>,
+        mut made: KvRoomMade,
+    ) -> KvRoomMade {
         let kv_host = self.settings.kv.as_ref().map_or(0, |kv| kv.host_bytes());
         // The limit is checked here against the candidates' buffers; each
         // session checks its KV blocks against it as it offloads them
         // (`Offload::host_limit`), and refuses to move them past it.
         let mut host_bytes = self.settings.pool.stats().offloaded_bytes + kv_host;
-        for (seen_active_us, id) in candidates.into_iter().take(msg.sessions) {
-            let Some(live) = self.sessions.get(&id) else {
-                continue;
-            };
-            let Some(addr) = live.addr.upgrade() else {
-                continue;
-            };
-            let bytes = live.shared.gpu_bytes();
+        for candidate in candidates.into_iter().take(msg.sessions) {
+            let bytes = candidate.bytes;
             if msg.offload
                 && self.pressure.offload
                 && host_bytes + bytes <= self.pressure.offload_host_bytes
             {
                 host_bytes += bytes;
-                made.offloading.push(addr);
+                made.offloading.push(candidate.addr);
             } else {
-                self.evict(addr, seen_active_us);
-                made.ended.push(id);
+                self.evict(candidate.addr, candidate.last_active_us);
+                made.ended.push(candidate.id);
             }
         }
         made
@@ -275,12 +370,13 @@ impl RegistryActor {
 
     /// Offloads the session; if the pool cannot offload, ends it instead.
     /// A session that refuses (work came in) is left alone.
-    fn offload_or_evict(&mut self, id: SessionId, addr: Addr<crate::session::SessionActor>) {
+    fn offload_or_evict(&mut self, candidate: PressureCandidate) {
         let caller = self.pressure.caller.clone();
         let host_limit = self.pressure.offload_host_bytes;
         let me = self.settings.registry.clone();
         actix::spawn(async move {
-            let answer = addr
+            let answer = candidate
+                .addr
                 .send(Offload {
                     caller,
                     host_limit: Some(host_limit),
@@ -289,7 +385,7 @@ impl RegistryActor {
                 .unwrap_or(Err(SessionError::RuntimeStopped));
             let _ = me
                 .send(OffloadAnswered {
-                    id,
+                    candidate,
                     answer: answer.map(|_| ()),
                 })
                 .await;
@@ -301,7 +397,7 @@ impl RegistryActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) struct OffloadAnswered {
-    id: SessionId,
+    candidate: PressureCandidate,
     answer: Result<(), SessionError>,
 }
 
@@ -309,15 +405,16 @@ impl Handler<OffloadAnswered> for RegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: OffloadAnswered, _ctx: &mut Self::Context) {
+        let candidate = msg.candidate;
         match msg.answer {
             Ok(()) => {}
             Err(SessionError::OffloadRefused { why, .. }) => {
                 self.pressure.counters.refused += 1;
-                self.pressure.leaving.remove(&msg.id);
+                self.pressure.leaving.remove(&candidate.id);
                 tracing::debug!(
                     target: "sessionbus::supervisor",
                     event = "session.offload_refused",
-                    session_id = %msg.id,
+                    session_id = %candidate.id,
                     why,
                     "an idle session refused to be offloaded; left alone"
                 );
@@ -327,15 +424,13 @@ impl Handler<OffloadAnswered> for RegistryActor {
                 tracing::info!(
                     target: "sessionbus::supervisor",
                     event = "session.offload_failed",
-                    session_id = %msg.id,
+                    session_id = %candidate.id,
                     error = %other,
                     "offload failed; evicting the session instead"
                 );
-                if let Some(live) = self.sessions.get(&msg.id) {
-                    if let Some(addr) = live.addr.upgrade() {
-                        let seen = live.shared.last_active_us();
-                        self.evict(addr, seen);
-                    }
+                if candidate.shared.is_registered() {
+                    let seen = candidate.shared.last_active_us();
+                    self.evict(candidate.addr, seen);
                 }
             }
         }
@@ -343,10 +438,22 @@ impl Handler<OffloadAnswered> for RegistryActor {
 }
 
 impl Handler<EvictForKv> for RegistryActor {
-    type Result = KvRoomMade;
+    type Result = ResponseFuture<KvRoomMade>;
 
-    fn handle(&mut self, msg: EvictForKv, _ctx: &mut Self::Context) -> Self::Result {
-        self.evict_for_kv(&msg)
+    fn handle(&mut self, msg: EvictForKv, ctx: &mut Self::Context) -> Self::Result {
+        let (answer, made) = tokio::sync::oneshot::channel();
+        self.evict_for_kv(msg, ctx, move |made| {
+            let _ = answer.send(made);
+        });
+        Box::pin(async move { made.await.unwrap_or_default() })
+    }
+}
+
+impl Handler<PressureCandidates> for RegistryActor {
+    type Result = MessageResult<PressureCandidates>;
+
+    fn handle(&mut self, msg: PressureCandidates, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.candidates(&msg.want))
     }
 }
 

@@ -19,7 +19,7 @@ use crate::clock;
 use crate::ids::Caller;
 use crate::lifecycle::EndReason;
 use crate::mailbox::send_now_or_later;
-use crate::protocol::registry::{EndAll, Shutdown};
+use crate::protocol::registry::{AfterAllEnded, EndAll, ReleaseSharedAfterEnds, Shutdown};
 use crate::protocol::session::{End, ForceEnd};
 
 pub(super) struct ShutdownInProgress {
@@ -231,13 +231,6 @@ impl Handler<EndAll> for RegistryActor {
         let deadline = msg
             .wait_for_releases
             .map(|wait| tokio::time::Instant::from_std(started + wait));
-        // After a device loss the slabs are on the lost device: once every
-        // session's table is released, they leave the books (their buffers go
-        // with the device), so new blocks come from slabs on the new one.
-        let kv = match msg.reason {
-            crate::lifecycle::EndReason::DeviceLost => self.settings.kv.clone(),
-            _ => None,
-        };
         Box::pin(async move {
             let asked = asks.len();
             let answers = futures::future::join_all(asks);
@@ -263,9 +256,6 @@ impl Handler<EndAll> for RegistryActor {
                         unreleased += 1;
                     }
                 }
-            }
-            if let Some(kv) = kv {
-                kv.release_all().await;
             }
             DeviceLossReport {
                 ended,
@@ -295,25 +285,43 @@ impl Handler<Shutdown> for RegistryActor {
             }
         }
         self.finish_shutdown_if_done();
+        Box::pin(async move { report.await.unwrap_or_default() })
+    }
+}
+
+impl Handler<ReleaseSharedAfterEnds> for RegistryActor {
+    type Result = ResponseFuture<AfterAllEnded>;
+
+    /// Every shard's sessions have ended (a shutdown, a device loss), so
+    /// every KV block is free or cached: the slabs go back to the device
+    /// (after a device loss they are on the lost one, and new blocks must
+    /// come from slabs on the new one). Hooks of sessions that held no GPU
+    /// memory hold no release back, so no shard's report waited for them;
+    /// this waits, with `wait_for_hooks`, up to this shard's shutdown
+    /// deadline (here, on an engine thread, where the timers are).
+    fn handle(&mut self, msg: ReleaseSharedAfterEnds, _ctx: &mut Self::Context) -> Self::Result {
         let hooks = self.hooks.clone();
         let kv = self.settings.kv.clone();
-        let deadline = self.shutdown.as_ref().map(|s| s.started + s.deadline);
+        let (budget, queue) = (self.pressure.budget.clone(), self.pressure.queue.clone());
+        let until = match msg.wait_for_hooks {
+            true => self.shutdown.as_ref().map(|s| s.started + s.deadline),
+            false => None,
+        };
         Box::pin(async move {
-            let mut report = report.await.unwrap_or_default();
-            // Every session has ended, so every block is free or cached:
-            // the slabs go back to the device before the report.
-            if let Some(kv) = kv {
+            if let Some(kv) = &kv {
                 kv.release_all().await;
-                report.stats.kv = Some(kv.stats());
             }
-            // Hooks of sessions that held no GPU memory hold no release back,
-            // so the report does not wait for them; the caller does, within
-            // the deadline (on the engine's thread, where the timers are).
-            while hooks.stats().running > 0 && deadline.is_some_and(|d| clock::now() < d) {
-                actix::clock::sleep(Duration::from_millis(1)).await;
+            if let Some(until) = until {
+                while hooks.stats().running > 0 && clock::now() < until {
+                    actix::clock::sleep(Duration::from_millis(1)).await;
+                }
             }
-            report.stats.hooks = hooks.stats();
-            report
+            AfterAllEnded {
+                kv: kv.map(|kv| kv.stats()),
+                hooks: hooks.stats(),
+                budget: budget.snapshot(),
+                release_queue: queue.stats(),
+            }
         })
     }
 }

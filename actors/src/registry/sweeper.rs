@@ -43,7 +43,8 @@ impl RegistryActor {
     pub(super) fn sweep(&mut self, ctx: &mut Context<Self>) {
         self.counters.sweeps += 1;
         self.force_stuck_closing();
-        if let Some(kv) = self.settings.kv.clone() {
+        // The KV store is one for every shard: the coordinator trims it.
+        if let Some(kv) = self.settings.kv.clone().filter(|_| self.shard == 0) {
             // Slabs idle past `kv.slab_idle_trim` go back to the device.
             ctx.spawn(
                 async move { kv.trim(clock::now()).await }
@@ -90,8 +91,11 @@ impl RegistryActor {
     fn release_orphans(&mut self, holders: Vec<SessionId>) {
         // The KV slabs' owner is no session, and never an orphan.
         let slabs = self.settings.kv.as_ref().map(|kv| kv.slab_session());
+        let shards = self.settings.shards.count();
         let unknown: IdSet = holders
             .into_iter()
+            // Each shard answers for the ids placed on it, so every holder is looked at once.
+            .filter(|id| id.shard_of(shards) == self.shard)
             .filter(|id| !self.sessions.contains_key(id) && !self.tombstones.contains(id))
             .filter(|id| Some(*id) != slabs)
             .collect();

@@ -45,6 +45,9 @@ pub(crate) struct SessionSettings {
     /// The release queue, told of every live message (its back-off gives
     /// way only to live traffic there is).
     pub(crate) release_queue: Option<Arc<crate::cleanup::ReleaseQueue>>,
+    /// Every registry shard: a session asks the coordinator for room, and
+    /// another session's shard for its receipt.
+    pub(crate) shards: crate::registry::Shards,
 }
 
 impl SessionSettings {
@@ -79,6 +82,7 @@ impl SessionSettings {
             pseudonyms,
             kv: None,
             release_queue: None,
+            shards: Default::default(),
         }
     }
 

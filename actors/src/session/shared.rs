@@ -27,6 +27,9 @@ pub(crate) struct SessionShared {
     waiting: AtomicBool,
     /// It holds a KV block table: ending it gives KV blocks back.
     holds_kv: AtomicBool,
+    /// Still in its registry shard's table (cleared when the shard takes its
+    /// end): memory pressure on another shard's behalf reads it.
+    registered: AtomicBool,
 }
 
 const STATES: [State; 4] = [
@@ -47,7 +50,16 @@ impl SessionShared {
             leases: AtomicU32::new(0),
             waiting: AtomicBool::new(false),
             holds_kv: AtomicBool::new(false),
+            registered: AtomicBool::new(true),
         }
+    }
+
+    pub(crate) fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_unregistered(&self) {
+        self.registered.store(false, Ordering::Relaxed);
     }
 
     pub(crate) fn holds_kv(&self) -> bool {

@@ -78,7 +78,24 @@ pub struct StepTimings {
     pub stuck: u64,
 }
 
+impl StepTiming {
+    fn merge(&mut self, other: &StepTiming) {
+        self.count += other.count;
+        self.total_us += other.total_us;
+        self.max_us = self.max_us.max(other.max_us);
+    }
+}
+
 impl StepTimings {
+    /// Adds another registry shard's timings.
+    pub(crate) fn merge(&mut self, other: &StepTimings) {
+        self.hooks.merge(&other.hooks);
+        self.queued.merge(&other.queued);
+        self.pool_wait.merge(&other.pool_wait);
+        self.destroy_and_poll.merge(&other.destroy_and_poll);
+        self.stuck += other.stuck;
+    }
+
     pub(crate) fn add(&mut self, steps: &ReleaseSteps) {
         self.hooks.add(steps.hooks);
         self.queued.add(steps.queued);

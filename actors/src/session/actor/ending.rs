@@ -138,7 +138,8 @@ impl SessionActor {
             // Picked as idle, but work came in since: it stays, and the
             // registry looks elsewhere for room.
             send_now_or_later(
-                &self.record.settings.registry,
+                // The coordinator asked it to go, for whichever shard.
+                self.record.settings.shards.coordinator(),
                 MemoryMoved::Kept { id: self.record.id },
             );
             return Ok(false);

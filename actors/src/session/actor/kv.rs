@@ -18,7 +18,6 @@ use crate::kv_store::{KvAppendReport, KvBlock, KvStore, KvStoreError};
 use crate::lifecycle::Event;
 use crate::protocol::registry::{AwaitReceipt, EvictForKv};
 use crate::protocol::session::{AppendTokens, ForkKv, KvBlocks, Offload, ReadKv, WriteKv};
-use crate::registry::RegistryActor;
 use crate::session::error::SessionError;
 
 type Atomic<T> = AtomicResponse<SessionActor, Result<T, SessionError>>;
@@ -176,7 +175,7 @@ impl SessionActor {
 
     fn kv_room(&self) -> KvRoom {
         KvRoom {
-            registry: self.record.settings.registry.clone(),
+            shards: self.record.settings.shards.clone(),
             requester: self.record.id,
             wait: self.record.settings.wait_rules.timeout,
         }
@@ -192,7 +191,7 @@ impl SessionActor {
 /// on a session that could not make progress: only idle sessions without
 /// leases are asked, and never the one asking.
 struct KvRoom {
-    registry: Addr<RegistryActor>,
+    shards: crate::registry::Shards,
     requester: SessionId,
     wait: Duration,
 }
@@ -235,11 +234,17 @@ impl KvRoom {
             sessions: usize::try_from(needed).unwrap_or(usize::MAX),
             offload,
         };
-        let asked = self.registry.send(evict).await.unwrap_or_default();
+        // The coordinator picks across every shard.
+        let asked = self
+            .shards
+            .coordinator()
+            .send(evict)
+            .await
+            .unwrap_or_default();
         let anyone = !asked.ended.is_empty() || !asked.offloading.is_empty();
         let caller = Caller::Operator("sessionbus-pressure".into());
         let ended = asked.ended.into_iter().map(|id| {
-            let receipt = self.registry.send(AwaitReceipt {
+            let receipt = self.shards.for_id(id).send(AwaitReceipt {
                 id,
                 caller: caller.clone(),
             });

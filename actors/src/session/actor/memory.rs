@@ -81,7 +81,8 @@ impl SessionActor {
 
     /// What `acquire` calls when the rules say to evict.
     fn make_room(&self) -> impl FnOnce(BudgetScope) + 'static {
-        let registry = self.record.settings.registry.clone();
+        // Pressure is decided by the coordinator shard, for every shard.
+        let registry = self.record.settings.shards.coordinator().clone();
         let (requester, owner) = (self.record.id, self.record.owner.clone());
         move |scope| {
             send_now_or_later(
