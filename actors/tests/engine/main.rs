@@ -22,6 +22,7 @@ mod session_matches_its_model;
 mod sessions_can_be_listed_and_ended_with_a_reason;
 mod sessions_expire_on_time;
 mod sessions_spread_over_registry_shards;
+mod sharded_engine_under_attack;
 mod shutdown_meets_its_deadline;
 mod storms_are_paced_and_prioritised;
 mod storms_give_way_to_live_traffic;
