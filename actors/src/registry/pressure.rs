@@ -198,7 +198,11 @@ impl RegistryActor {
             .map(|(_, shard)| shard.send(PressureCandidates { want: want.clone() }))
             .collect();
         let sorted = |registry: &Self, mut all: Vec<PressureCandidate>| {
-            all.retain(|c| !registry.pressure.leaving.contains_key(&c.id));
+            // A session whose end its shard took while the others answered
+            // is no candidate: its bytes already count as on their way back.
+            all.retain(|c| {
+                !registry.pressure.leaving.contains_key(&c.id) && c.shared.is_registered()
+            });
             all.sort_unstable_by_key(|c| (c.last_active_us, c.id));
             all
         };
