@@ -43,6 +43,9 @@ pub(crate) struct Inspect {
 /// this request began the end (`false`: the session was already ending and
 /// the request joined that end, whose reason stands; or an idle deadline or
 /// eviction that no longer holds left the session live).
+/// `End::seen_active_us` of an end that holds whatever the session did since.
+pub(crate) const NOT_SEEN_IDLE: u64 = u64::MAX;
+
 #[derive(Message)]
 #[rtype(result = "Result<bool, SessionError>")]
 pub(crate) struct End {
@@ -52,7 +55,10 @@ pub(crate) struct End {
     /// Set when a deadline fired (the session re-checks an idle deadline first).
     pub(crate) deadline: Option<Deadline>,
     /// The last-activity stamp the registry saw when it found the session
-    /// idle: a different stamp now means activity came in since.
+    /// idle: a different stamp now means activity came in since, and an
+    /// idle deadline or a pressure eviction no longer holds.
+    /// [`NOT_SEEN_IDLE`] for ends nobody decided from idleness (a close, an
+    /// operator's end with any reason, a shutdown).
     pub(crate) seen_active_us: u64,
     /// The trace of the request asking for the end, if it came with one.
     pub(crate) trace_id: Option<TraceId>,

@@ -389,7 +389,7 @@ impl Handler<CloseById> for RegistryActor {
                     reason: msg.reason,
                     waiter: None,
                     deadline: None,
-                    seen_active_us: 0,
+                    seen_active_us: crate::protocol::session::NOT_SEEN_IDLE,
                     trace_id: msg.trace_id,
                 };
                 // Refusal means it is already ending; the waiter above gets the receipt either way.

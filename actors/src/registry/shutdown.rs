@@ -84,7 +84,7 @@ impl RegistryActor {
                     reason: EndReason::Shutdown,
                     waiter: None,
                     deadline: None,
-                    seen_active_us: 0,
+                    seen_active_us: crate::protocol::session::NOT_SEEN_IDLE,
                     trace_id: None,
                 };
                 deliver_end(addr, end);
@@ -223,7 +223,7 @@ impl Handler<EndAll> for RegistryActor {
                 reason: msg.reason,
                 waiter: None,
                 deadline: None,
-                seen_active_us: 0,
+                seen_active_us: crate::protocol::session::NOT_SEEN_IDLE,
                 trace_id: None,
             };
             asks.push(addr.send(end));

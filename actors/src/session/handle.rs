@@ -383,7 +383,7 @@ impl SessionHandle {
             reason: EndReason::Closed,
             waiter: Some(waiter),
             deadline: None,
-            seen_active_us: 0,
+            seen_active_us: crate::protocol::session::NOT_SEEN_IDLE,
             trace_id,
         };
         match self.addr.send(end).await {

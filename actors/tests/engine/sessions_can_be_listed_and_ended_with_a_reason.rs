@@ -66,3 +66,27 @@ fn end_with_a_reason_ends_once_and_keeps_the_first_reason() {
         assert_eq!(stats.ended_by, vec![(EndReason::NodeLost, 1)]);
     });
 }
+
+#[test]
+fn an_operator_end_as_evicted_ends_a_session_that_was_active_since_it_opened() {
+    on_paused_time(|| async {
+        let mut f = start(no_expiry()).await;
+        let session = f.engine.open("alice").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        session.touch().await.unwrap();
+        // Not pressure's conditional eviction: nobody saw the session idle,
+        // so its activity since does not make it refuse.
+        let operator = Caller::Operator("ops".into());
+        let receipt = tokio::time::timeout(
+            Duration::from_secs(3_600),
+            f.engine.end(session.id(), operator, EndReason::Evicted),
+        )
+        .await
+        .expect("an operator's end answers")
+        .unwrap();
+        assert_eq!(receipt.reason, EndReason::Evicted);
+        let end = f.next_end().await;
+        assert_eq!((end.id, end.reason), (session.id(), EndReason::Evicted));
+        assert_eq!(f.engine.stats().await.unwrap().pressure.refused, 0);
+    });
+}

@@ -134,7 +134,10 @@ impl SessionActor {
                 return Ok(false);
             }
         }
-        if msg.reason == EndReason::Evicted && !self.eviction_holds(msg.seen_active_us) {
+        if msg.reason == EndReason::Evicted
+            && msg.seen_active_us != crate::protocol::session::NOT_SEEN_IDLE
+            && !self.eviction_holds(msg.seen_active_us)
+        {
             // Picked as idle, but work came in since: it stays, and the
             // registry looks elsewhere for room.
             send_now_or_later(
