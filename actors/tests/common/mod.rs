@@ -56,6 +56,19 @@ pub fn no_expiry() -> EngineConfig {
     config
 }
 
+/// [`no_expiry`] with sessions spread over `shards` registry shards.
+pub fn sharded(shards: usize) -> EngineConfig {
+    let mut config = no_expiry();
+    config.sessions.shards = shards;
+    config
+}
+
+/// The shard of `shards` an id is placed on (the high word modulo the
+/// count, as ARCHITECTURE.md documents it).
+pub fn shard_of(id: SessionId, shards: usize) -> usize {
+    ((id.as_u128() >> 64) as u64 % shards as u64) as usize
+}
+
 pub fn policy(idle: Option<Duration>, ttl: Option<Duration>) -> ExpiryPolicy {
     ExpiryPolicy {
         idle_timeout: idle,

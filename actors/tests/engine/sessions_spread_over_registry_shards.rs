@@ -16,14 +16,11 @@ const SHARDS: usize = 4;
 const SEC: Duration = Duration::from_secs(1);
 
 fn sharded() -> EngineConfig {
-    let mut config = no_expiry();
-    config.sessions.shards = SHARDS;
-    config
+    crate::common::sharded(SHARDS)
 }
 
-/// The shard an id is placed on (the high word modulo the count, as documented).
 fn shard_of(id: SessionId) -> usize {
-    ((id.as_u128() >> 64) as u64 % SHARDS as u64) as usize
+    crate::common::shard_of(id, SHARDS)
 }
 
 #[test]
