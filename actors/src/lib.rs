@@ -8,15 +8,17 @@
 //! The pieces:
 //! - [`Lifecycle`]: the pure state machine `Init → Established → Closing → Closed`.
 //! - The **session actor**, one per chat session, driven through a [`SessionHandle`].
-//! - The **registry actor**: opens sessions, owns the id → session map,
-//!   refuses sessions past the limit, and is the only publisher of
-//!   [`SessionEndEvent`], exactly once per session, whatever ended it.
+//! - The **registry actor**, split into shards by session id: a session's
+//!   shard opens it, owns its entry in the id → session map, and is the only
+//!   publisher of its [`SessionEndEvent`], exactly once, whatever ended it;
+//!   limits, budgets and release pacing are shared by every shard.
 //! - The **bus**: typed publish/subscribe of [`LifecycleEvent`]s, with a
 //!   [`Delivery`] policy per subscriber.
 //! - **Cleanup actors**: release each ended session's GPU memory, paced by a
 //!   GCRA limiter, and publish a [`ReleaseReceipt`].
 //!
-//! Start it with [`Engine::start`] inside an actix `System`.
+//! Start it with [`Engine::start`] inside an actix `System` (every shard on
+//! that thread), or [`Engine::start_on_threads`] (a thread per shard past the first).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
