@@ -1,0 +1,654 @@
+//! Registry shards on real threads (shard 0 on `sessionbus-engine`, the
+//! others on arbiters of their own), attacked at the seams between them:
+//! opens racing a shutdown from other tasks, a runtime dropped while tasks
+//! still open, `max_sessions` under concurrent opens, a device loss with
+//! sessions on every shard thread, KV blocks shared across shards, eviction
+//! decided on shard 0 from other threads' candidates, and subscriptions
+//! racing every shard's events. Every end is typed, every session ends once,
+//! and wgpu's own counters come back to their baseline.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::join_all;
+use sessionbus::config::{BlockBudget, Config, KvLayout, KvPoolConfig, WhenExhausted};
+use sessionbus::*;
+use sessionbus_testkit::*;
+
+const SHARDS: usize = 3;
+/// "Must answer eventually", never a timing threshold.
+const EVENTUALLY: Duration = Duration::from_secs(60);
+
+fn shard_of(id: SessionId) -> usize {
+    ((id.as_u128() >> 64) as u64 % SHARDS as u64) as usize
+}
+
+fn sharded() -> Config {
+    let mut config = Config::default();
+    config.sessions.shards = SHARDS;
+    config.expiry.idle_timeout = None;
+    config
+}
+
+async fn eventually<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(EVENTUALLY, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} never answered"))
+}
+
+/// Reads every event until the bus closes (the engine stopped).
+fn collect_until_closed(
+    mut events: tokio::sync::mpsc::Receiver<LifecycleEvent>,
+) -> tokio::task::JoinHandle<Vec<LifecycleEvent>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(event) = events.recv().await {
+            seen.push(event);
+        }
+        seen
+    })
+}
+
+fn started_ids(events: &[LifecycleEvent]) -> HashSet<SessionId> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            LifecycleEvent::Started(s) => Some(s.id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_racing_a_shutdown_from_other_tasks_are_refused_or_ended() {
+    let Harness {
+        rt,
+        baseline,
+        events,
+    } = start_with(sharded()).await;
+    let seen = collect_until_closed(events);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(16);
+    // Four tasks open (and half close) sessions until the runtime refuses them.
+    let openers: Vec<_> = (0..4)
+        .map(|task| {
+            let engine = rt.engine().clone();
+            let ready = ready_tx.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut opened = Vec::new();
+                let mut kept = Vec::new();
+                let mut i = 0u64;
+                let refusal = loop {
+                    match engine.open(format!("t{task}-{i}")).await {
+                        Ok(session) => {
+                            opened.push(session.id());
+                            // The allocation may race the shutdown's end: typed either way.
+                            match session.allocate(16 * KIB).await {
+                                Ok(_) => {}
+                                Err(e) => assert!(
+                                    matches!(
+                                        e,
+                                        SessionError::NotEstablished { .. }
+                                            | SessionError::RuntimeStopped
+                                    ),
+                                    "allocate racing a shutdown: {e:?}"
+                                ),
+                            }
+                            if i % 2 == 0 {
+                                let _ = session.close().await;
+                            } else {
+                                kept.push(session);
+                            }
+                        }
+                        Err(e) => break e,
+                    }
+                    i += 1;
+                    if i == 10 {
+                        let _ = ready.send(()).await;
+                    }
+                    if stop.load(Ordering::Relaxed) && i > 10_000 {
+                        panic!("opens still admitted long after the shutdown");
+                    }
+                };
+                (opened, kept, refusal)
+            })
+        })
+        .collect();
+    drop(ready_tx);
+    for _ in 0..4 {
+        ready_rx.recv().await.expect("every opener got going");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let report = eventually("shutdown", rt.shutdown()).await;
+    let mut opened = HashSet::new();
+    let mut kept = Vec::new();
+    for task in openers {
+        let (ids, handles, refusal) = eventually("an opener", task).await.unwrap();
+        assert!(
+            matches!(refusal, OpenError::ShuttingDown | OpenError::RuntimeStopped),
+            "an open after the shutdown: {refusal:?}"
+        );
+        opened.extend(ids);
+        kept.extend(handles);
+    }
+    let shards: HashSet<_> = opened.iter().map(|id| shard_of(*id)).collect();
+    assert_eq!(shards.len(), SHARDS, "sessions on every shard thread");
+    assert_eq!(report.gpu_after.expect("wgpu counters"), baseline);
+    assert_eq!(report.bus_undelivered, 0);
+    assert!(report.sessions.completed, "{:?}", report.sessions);
+    assert_eq!(report.sessions.stats.live, 0);
+    assert_eq!(
+        report.sessions.stats.opened as usize,
+        opened.len(),
+        "every admitted open came back to its caller"
+    );
+    assert_eq!(report.sessions.stats.released as usize, opened.len());
+    let events = eventually("the bus closing", seen).await.unwrap();
+    assert_eq!(started_ids(&events), opened);
+    let ends = ends_by_session(&events);
+    assert_eq!(ends.len(), opened.len(), "every session ended");
+    for (id, reasons) in &ends {
+        assert!(
+            reasons == &vec![EndReason::Closed] || reasons == &vec![EndReason::Shutdown],
+            "{id}: {reasons:?}"
+        );
+    }
+    for session in &kept {
+        assert!(
+            matches!(session.state(), State::Closing | State::Closed),
+            "{:?}",
+            session.state()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_dropped_while_tasks_open_on_every_shard_answers_them_all() {
+    let h = start_with(sharded()).await;
+    let mut held = Vec::new();
+    for i in 0..9 {
+        let session = h.rt.open(format!("held-{i}")).await.unwrap();
+        session.allocate(32 * KIB).await.unwrap();
+        held.push(session);
+    }
+    let shards: HashSet<_> = held.iter().map(|s| shard_of(s.id())).collect();
+    assert_eq!(shards.len(), SHARDS);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(16);
+    let openers: Vec<_> = (0..4)
+        .map(|task| {
+            let engine = h.rt.engine().clone();
+            let ready = ready_tx.clone();
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                let mut kept = Vec::new();
+                loop {
+                    match engine.open(format!("t{task}-{i}")).await {
+                        Ok(session) => {
+                            let _ = session.allocate(8 * KIB).await;
+                            kept.push(session);
+                        }
+                        Err(e) => break (e, kept),
+                    }
+                    i += 1;
+                    if i == 5 {
+                        let _ = ready.send(()).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(ready_tx);
+    for _ in 0..4 {
+        ready_rx.recv().await.expect("every opener got going");
+    }
+    // Dropped without shutdown, on a blocking thread (Drop joins the engine thread).
+    let Harness { rt, events, .. } = h;
+    let engine = rt.engine().clone();
+    eventually(
+        "dropping the runtime",
+        tokio::task::spawn_blocking(move || drop(rt)),
+    )
+    .await
+    .unwrap();
+    drop(events);
+    for task in openers {
+        let (refusal, kept) = eventually("an opener", task).await.unwrap();
+        assert_eq!(refusal, OpenError::RuntimeStopped);
+        for session in kept {
+            let answer = eventually("a session after the drop", session.touch()).await;
+            assert!(answer.is_err(), "a session outlived its runtime");
+        }
+    }
+    for session in held {
+        let answer = eventually("a session after the drop", session.close()).await;
+        assert!(answer.is_err(), "a session outlived its runtime");
+    }
+    assert_eq!(
+        eventually("stats", engine.stats()).await.unwrap_err(),
+        Stopped
+    );
+    assert_eq!(
+        eventually("open", engine.open("late")).await.unwrap_err(),
+        OpenError::RuntimeStopped
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_sessions_holds_under_opens_from_many_tasks_and_comes_back() {
+    const LIMIT: usize = 10;
+    let mut config = sharded();
+    config.sessions.max_sessions = LIMIT;
+    let mut h = start_with(config).await;
+    for round in 0..2 {
+        let tasks: Vec<_> = (0..8)
+            .map(|task| {
+                let engine = h.rt.engine().clone();
+                tokio::spawn(async move {
+                    join_all((0..6).map(|i| engine.open(format!("r{round}-t{task}-{i}")))).await
+                })
+            })
+            .collect();
+        let mut admitted = Vec::new();
+        for task in tasks {
+            for answer in eventually("an opener", task).await.unwrap() {
+                match answer {
+                    Ok(session) => admitted.push(session),
+                    Err(e) => assert_eq!(e, OpenError::AtCapacity { limit: LIMIT }),
+                }
+            }
+        }
+        assert_eq!(
+            admitted.len(),
+            LIMIT,
+            "round {round}: exactly the limit live"
+        );
+        // The limit is the engine's, not a shard's: however the admitted
+        // ones fell over the shards (all on one, when it answered first).
+        assert_eq!(h.rt.stats().await.unwrap().live, LIMIT);
+        for session in &admitted {
+            session.allocate(4 * KIB).await.unwrap();
+        }
+        // Closed from another task, in parallel over the shards.
+        let closing = tokio::spawn(async move {
+            join_all(admitted.iter().map(|s| s.close()))
+                .await
+                .into_iter()
+                .map(|r| r.unwrap().buffers)
+                .sum::<u64>()
+        });
+        assert_eq!(eventually("closes", closing).await.unwrap(), LIMIT as u64);
+        h.until_released(LIMIT).await;
+        assert_eq!(h.rt.stats().await.unwrap().live, 0);
+        h.assert_gpu_at_baseline();
+    }
+    let stats = h.rt.stats().await.unwrap();
+    assert_eq!(
+        (stats.opened, stats.released),
+        (2 * LIMIT as u64, 2 * LIMIT as u64)
+    );
+    h.shutdown_at_baseline().await;
+}
+
+fn kv_config() -> Config {
+    let mut config = sharded();
+    config.kv = Some(KvPoolConfig {
+        layout: KvLayout {
+            tokens_per_block: 4,
+            bytes_per_token: 64,
+        },
+        blocks_per_slab: 4,
+        device_budget: BlockBudget::Blocks(256),
+        cache_budget: BlockBudget::Blocks(64),
+        owner_budget: None,
+        table_cap_blocks: None,
+        keep_alive: Duration::ZERO,
+        slab_idle_trim: Duration::from_secs(3600),
+    });
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_blocks_shared_by_sessions_on_different_shard_threads_go_back_once() {
+    let mut h = start_with(kv_config()).await;
+    let prompt: Vec<u32> = (100..110).collect();
+    let first = h.rt.open("alice").await.unwrap();
+    assert_eq!(first.append_tokens(&prompt).await.unwrap().new_blocks, 3);
+    let others = join_all((0..8).map(|_| h.rt.open("alice"))).await;
+    let others: Vec<_> = others.into_iter().map(Result::unwrap).collect();
+    let shards: HashSet<_> = others
+        .iter()
+        .chain([&first])
+        .map(|s| shard_of(s.id()))
+        .collect();
+    assert_eq!(shards.len(), SHARDS);
+    // Appends from every shard thread at once share the first's full blocks.
+    let appended = join_all(others.iter().enumerate().map(|(i, s)| {
+        let mut tokens = prompt.clone();
+        tokens.extend(1000 * (i as u32 + 1)..1000 * (i as u32 + 1) + 5);
+        async move { s.append_tokens(&tokens).await }
+    }))
+    .await;
+    for report in appended {
+        assert_eq!(report.unwrap().shared_prefix_tokens, 8);
+    }
+    let first_blocks = first.kv_blocks().await.unwrap();
+    for s in &others {
+        let blocks = s.kv_blocks().await.unwrap();
+        assert_eq!(blocks[..2], first_blocks[..2], "the same two shared blocks");
+    }
+    // The first closes while the others, on other threads, still use its blocks.
+    first.close().await.unwrap();
+    for s in &others {
+        s.append_tokens(&[7, 7, 7]).await.unwrap();
+        assert_eq!(s.kv_blocks().await.unwrap()[..2], first_blocks[..2]);
+    }
+    let closing = tokio::spawn(async move {
+        join_all(others.iter().map(|s| s.close()))
+            .await
+            .into_iter()
+            .for_each(|r| drop(r.unwrap()));
+    });
+    eventually("closes", closing).await.unwrap();
+    h.until_released(9).await;
+    let report = h.shutdown_at_baseline().await;
+    let kv = report.sessions.stats.kv.expect("kv stats");
+    assert_eq!((kv.blocks_referenced, kv.blocks_total), (0, 0), "{kv:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_loss_with_sessions_on_every_shard_thread_ends_each_once() {
+    let mut h = start_with(kv_config()).await;
+    let prompt: Vec<u32> = (1..13).collect();
+    let sessions = join_all((0..12).map(|i| {
+        let rt = &h.rt;
+        let prompt = prompt.clone();
+        async move {
+            let session = rt.open(format!("u{}", i % 2)).await.unwrap();
+            session.allocate(32 * KIB).await.unwrap();
+            session.append_tokens(&prompt).await.unwrap();
+            session
+        }
+    }))
+    .await;
+    let idle = join_all((0..3).map(|i| h.rt.open(format!("idle-{i}")))).await;
+    let shards: HashSet<_> = sessions.iter().map(|s| shard_of(s.id())).collect();
+    assert_eq!(shards.len(), SHARDS);
+    h.rt.inject_gpu_device_loss();
+    let ended = eventually("recover_gpu", h.rt.recover_gpu()).await.unwrap();
+    assert_eq!(ended, 15);
+    let events = h.until_released(15).await;
+    let ends = ends_by_session(&events);
+    assert_eq!(ends.len(), 15);
+    assert!(
+        ends.values().all(|r| r == &vec![EndReason::DeviceLost]),
+        "{ends:?}"
+    );
+    assert!(!h.rt.gpu_lost());
+    // The new device serves every shard thread: buffers and new KV slabs.
+    let fresh = h.rt.gpu_counters().unwrap();
+    let after = join_all((0..6).map(|i| {
+        let rt = &h.rt;
+        let prompt = prompt.clone();
+        async move {
+            let session = rt.open(format!("after-{i}")).await.unwrap();
+            session.allocate(32 * KIB).await.unwrap();
+            session.append_tokens(&prompt).await.unwrap();
+            session
+        }
+    }))
+    .await;
+    let shards: HashSet<_> = after.iter().map(|s| shard_of(s.id())).collect();
+    assert_eq!(shards.len(), SHARDS);
+    for session in &after {
+        assert_eq!(session.close().await.unwrap().buffers, 1);
+    }
+    h.until_released(6).await;
+    let counters = h.rt.gpu_counters().unwrap();
+    // Only KV slabs (kept for reuse until shutdown) are left over the fresh baseline.
+    assert!(counters.buffers >= fresh.buffers, "{counters:?} {fresh:?}");
+    let stats = h.rt.stats().await.unwrap();
+    assert_eq!(
+        stats.ended_by,
+        vec![(EndReason::Closed, 6), (EndReason::DeviceLost, 15)]
+    );
+    drop((sessions, idle));
+    let Harness { rt, events, .. } = h;
+    drop(events);
+    let report = rt.shutdown().await;
+    assert_eq!(
+        report.gpu_after.expect("wgpu counters"),
+        report.gpu_baseline.expect("wgpu counters"),
+        "the new device's counters at baseline"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_decided_on_shard_zero_takes_the_least_recent_from_another_thread() {
+    let mut config = sharded();
+    config.sessions.max_session_memory = 256 * KIB;
+    config.budget.device_memory = Some(3 * 256 * KIB);
+    config.budget.when_exhausted = WhenExhausted::Evict;
+    config.budget.evict_idle = Duration::from_millis(50);
+    config.budget.offload = false;
+    let mut h = start_with(config).await;
+    // Opens go round-robin from shard 0: skip it, so the oldest is elsewhere.
+    let mut opened = Vec::new();
+    for name in ["spacer", "old", "recent-1", "recent-2", "newcomer"] {
+        opened.push(h.rt.open(name).await.unwrap());
+    }
+    let [spacer, old, recent_1, recent_2, newcomer] = <[_; 5]>::try_from(opened).ok().unwrap();
+    assert_ne!(
+        shard_of(old.id()),
+        0,
+        "the oldest lives off the coordinator"
+    );
+    old.allocate(256 * KIB).await.unwrap();
+    recent_1.allocate(256 * KIB).await.unwrap();
+    recent_2.allocate(256 * KIB).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    recent_1.touch().await.unwrap();
+    recent_2.touch().await.unwrap();
+    eventually(
+        "an allocation that needs room",
+        newcomer.allocate(256 * KIB),
+    )
+    .await
+    .unwrap();
+    let events = h.until_released(1).await;
+    let ends = ends_by_session(&events);
+    assert_eq!(
+        ends.get(&old.id()),
+        Some(&vec![EndReason::Evicted]),
+        "{ends:?}"
+    );
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(recent_1.state(), State::Established);
+    assert_eq!(recent_2.state(), State::Established);
+    let stats = h.rt.stats().await.unwrap();
+    assert_eq!(stats.pressure.evicted, 1);
+    drop((spacer, old, recent_1, recent_2, newcomer));
+    h.until_released(3).await;
+    h.assert_gpu_at_baseline();
+    h.shutdown_at_baseline().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_racing_every_shards_events_sees_each_end_once_then_closes() {
+    let h = start_with(sharded()).await;
+    let churn_stop = Arc::new(AtomicBool::new(false));
+    // Two tasks keep opening and closing on every shard throughout.
+    let churn: Vec<_> = (0..2)
+        .map(|task| {
+            let engine = h.rt.engine().clone();
+            let stop = churn_stop.clone();
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let session = engine.open(format!("churn-{task}-{i}")).await.unwrap();
+                    session.allocate(4 * KIB).await.unwrap();
+                    session.close().await.unwrap();
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for round in 0..5 {
+        let mut events =
+            h.rt.subscribe_channel(EventKinds::ENDED, Delivery::Reliable)
+                .await
+                .unwrap();
+        // Opened and closed wholly inside the subscription, on every shard.
+        let mine = join_all((0..9).map(|i| h.rt.open(format!("mine-{round}-{i}")))).await;
+        let mine: Vec<_> = mine.into_iter().map(Result::unwrap).collect();
+        let ids: HashSet<_> = mine.iter().map(|s| s.id()).collect();
+        assert_eq!(
+            ids.iter()
+                .map(|id| shard_of(*id))
+                .collect::<HashSet<_>>()
+                .len(),
+            SHARDS
+        );
+        join_all(mine.iter().map(|s| s.close())).await;
+        let mut ends: HashMap<SessionId, usize> = HashMap::new();
+        while ends.len() < ids.len() {
+            let event = eventually("an end", events.recv()).await.expect("bus open");
+            if let LifecycleEvent::Ended(end) = event
+                && ids.contains(&end.id)
+            {
+                *ends.entry(end.id).or_default() += 1;
+            }
+        }
+        // The subscription's id is not handed out by subscribe_channel, so
+        // dropping the receiver is how a channel subscriber leaves: every
+        // shard must let it go without blocking the others' events.
+        drop(events);
+        assert!(ends.values().all(|n| *n == 1), "{ends:?}");
+    }
+    churn_stop.store(true, Ordering::Relaxed);
+    for task in churn {
+        eventually("churn", task).await.unwrap();
+    }
+    let mut h = h;
+    // The harness's own reliable subscriber took every end of every shard.
+    let stats = h.rt.stats().await.unwrap();
+    assert_eq!(stats.live, 0);
+    let mut ended = 0;
+    while ended < stats.ended as usize {
+        let event = eventually("an end", h.events.recv())
+            .await
+            .expect("bus open");
+        ended += matches!(event, LifecycleEvent::Ended(_)) as usize;
+    }
+    eventually("releases", async {
+        while h.rt.stats().await.unwrap().released < stats.ended {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    h.assert_gpu_at_baseline();
+    h.shutdown_at_baseline().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_subscription_unsubscribed_while_every_shard_publishes_stops_on_all() {
+    let h = start_with(sharded()).await;
+    // A channel subscription, then its id through a second subscribe of the
+    // same kind: ids are per subscription, so unsubscribe one and keep one.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LifecycleEvent>();
+    let forwarder = Forwarder(tx).start_in_system();
+    let id =
+        h.rt.subscribe(
+            forwarder.recipient(),
+            EventKinds::STARTED,
+            Delivery::Reliable,
+        )
+        .await
+        .unwrap();
+    let before = join_all((0..9).map(|i| h.rt.open(format!("before-{i}")))).await;
+    let before: Vec<_> = before.into_iter().map(Result::unwrap).collect();
+    let mut seen = HashSet::new();
+    while seen.len() < 9 {
+        if let LifecycleEvent::Started(s) = eventually("a start", rx.recv()).await.unwrap() {
+            seen.insert(s.id);
+        }
+    }
+    // Opens racing the unsubscribe, from another task.
+    let engine = h.rt.engine().clone();
+    let racing =
+        tokio::spawn(
+            async move { join_all((0..30).map(|i| engine.open(format!("racing-{i}")))).await },
+        );
+    assert!(h.rt.unsubscribe(id).await.unwrap(), "removed");
+    assert!(
+        !h.rt.unsubscribe(id).await.unwrap(),
+        "removed from every shard at once"
+    );
+    let racing: Vec<_> = eventually("racing opens", racing)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let after = join_all((0..9).map(|i| h.rt.open(format!("after-{i}")))).await;
+    let after: Vec<_> = after.into_iter().map(Result::unwrap).collect();
+    // A marker through the harness's subscriber: every shard published the `after` starts.
+    let after_ids: HashSet<_> = after.iter().map(|s| s.id()).collect();
+    let mut h = h;
+    let mut marked = HashSet::new();
+    while marked.len() < after_ids.len() {
+        if let LifecycleEvent::Started(s) = eventually("a start", h.events.recv()).await.unwrap()
+            && after_ids.contains(&s.id)
+        {
+            marked.insert(s.id);
+        }
+    }
+    while let Ok(event) = rx.try_recv() {
+        if let LifecycleEvent::Started(s) = event {
+            assert!(!after_ids.contains(&s.id), "an event after unsubscribe");
+        }
+    }
+    drop((before, racing, after));
+    let Harness {
+        rt,
+        baseline,
+        events,
+    } = h;
+    let seen = collect_until_closed(events);
+    let report = rt.shutdown().await;
+    assert_eq!(report.gpu_after.unwrap(), baseline);
+    eventually("the bus closing", seen).await.unwrap();
+}
+
+struct Forwarder(tokio::sync::mpsc::UnboundedSender<LifecycleEvent>);
+
+impl actix::Actor for Forwarder {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<LifecycleEvent> for Forwarder {
+    type Result = ();
+    fn handle(&mut self, event: LifecycleEvent, _: &mut Self::Context) {
+        let _ = self.0.send(event);
+    }
+}
+
+trait StartInSystem: actix::Actor<Context = actix::Context<Self>> + Send + Sized {
+    /// Starts the actor on a thread of its own with its own System, so a
+    /// plain tokio test can host it.
+    fn start_in_system(self) -> actix::Addr<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let system = actix::System::new();
+            system.block_on(async move {
+                tx.send(actix::Actor::start(self)).unwrap();
+            });
+            system.run().unwrap();
+        });
+        rx.recv().unwrap()
+    }
+}
+
+impl<A: actix::Actor<Context = actix::Context<A>> + Send> StartInSystem for A {}
