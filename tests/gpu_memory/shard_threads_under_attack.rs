@@ -652,3 +652,137 @@ trait StartInSystem: actix::Actor<Context = actix::Context<Self>> + Send + Sized
 }
 
 impl<A: actix::Actor<Context = actix::Context<A>> + Send> StartInSystem for A {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocations_waiting_for_room_on_several_shard_threads_are_answered_by_a_shutdown() {
+    let mut config = sharded();
+    config.sessions.max_session_memory = 256 * KIB;
+    config.budget.device_memory = Some(3 * 256 * KIB);
+    config.budget.when_exhausted = WhenExhausted::Evict;
+    // Nobody is idle long enough to be evicted, and waits outlast the test.
+    config.budget.evict_idle = Duration::from_secs(3600);
+    config.budget.wait_timeout = Duration::from_secs(3600);
+    let Harness {
+        rt,
+        baseline,
+        events,
+    } = start_with(config).await;
+    let seen = collect_until_closed(events);
+    let holders = join_all((0..3).map(|i| rt.open(format!("holder-{i}")))).await;
+    let holders: Vec<_> = holders.into_iter().map(Result::unwrap).collect();
+    for holder in &holders {
+        holder.allocate(256 * KIB).await.unwrap();
+    }
+    let waiters = join_all((0..6).map(|i| rt.open(format!("waiter-{i}")))).await;
+    let waiters: Vec<_> = waiters.into_iter().map(Result::unwrap).collect();
+    let shards: HashSet<_> = waiters.iter().map(|s| shard_of(s.id())).collect();
+    assert_eq!(shards.len(), SHARDS);
+    let waiting: Vec<_> = waiters
+        .iter()
+        .cloned()
+        .map(|w| tokio::spawn(async move { w.allocate(128 * KIB).await }))
+        .collect();
+    eventually("the allocations to wait", async {
+        while rt.stats().await.unwrap().budget.waiting < 6 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let report = eventually("shutdown", rt.shutdown()).await;
+    for answer in waiting {
+        let answer = eventually("a waiting allocation", answer).await.unwrap();
+        assert!(answer.is_err(), "allocated after the shutdown: {answer:?}");
+    }
+    assert_eq!(report.gpu_after.expect("wgpu counters"), baseline);
+    assert!(report.sessions.completed, "{:?}", report.sessions);
+    let events = eventually("the bus closing", seen).await.unwrap();
+    let ends = ends_by_session(&events);
+    assert_eq!(ends.len(), 9);
+    assert!(
+        ends.values().all(|r| r == &vec![EndReason::Shutdown]),
+        "{ends:?}"
+    );
+    drop((holders, waiters));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_racing_a_device_recovery_end_once_and_leave_nothing_behind() {
+    let Harness { rt, events, .. } = start_with(kv_config()).await;
+    let seen = collect_until_closed(events);
+    let rt = Arc::new(rt);
+    let before = join_all((0..6).map(|i| rt.open(format!("before-{i}")))).await;
+    let before: Vec<_> = before.into_iter().map(Result::unwrap).collect();
+    for session in &before {
+        session.allocate(16 * KIB).await.unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let openers: Vec<_> = (0..3)
+        .map(|task| {
+            let engine = rt.engine().clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut kept = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let session = engine.open(format!("racing-{task}-{i}")).await.unwrap();
+                    // Racing the loss: the allocation and append may fail, typed.
+                    let _ = session.allocate(16 * KIB).await;
+                    let _ = session.append_tokens(&[1, 2, 3, 4, 5]).await;
+                    kept.push(session);
+                    i += 1;
+                }
+                kept
+            })
+        })
+        .collect();
+    rt.inject_gpu_device_loss();
+    let report = eventually(
+        "recover_gpu",
+        rt.recover_gpu_within(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    assert!(report.completed, "{report:?}");
+    assert!(report.ended >= 6, "{report:?}");
+    stop.store(true, Ordering::Relaxed);
+    let mut racing = Vec::new();
+    for task in openers {
+        racing.extend(eventually("an opener", task).await.unwrap());
+    }
+    // Whatever survived the loss works on the new device: its KV blocks are
+    // in buffers that exist there, and so are those of a session opened now
+    // (which may share a cached prefix with a survivor).
+    let after = rt.open("after").await.unwrap();
+    after.append_tokens(&[1, 2, 3, 4, 5]).await.unwrap();
+    let mut survivors = 0;
+    for session in racing.iter().chain(&before).chain([&after]) {
+        if session.state() == State::Established {
+            survivors += 1;
+            for block in session.kv_blocks().await.unwrap() {
+                let buffer = rt.wgpu_buffer(block.buffer).await;
+                assert!(
+                    buffer.is_ok(),
+                    "a live session's KV block {block:?} is not on the new device: {buffer:?}"
+                );
+            }
+            session.allocate(16 * KIB).await.unwrap();
+            session.close().await.unwrap();
+        }
+    }
+    eprintln!("{survivors} sessions survived the device loss");
+    let rt = Arc::into_inner(rt).expect("one runtime");
+    let stats = rt.stats().await.unwrap();
+    assert_eq!(stats.live, 0);
+    let stop = eventually("shutdown", rt.shutdown()).await;
+    assert_eq!(
+        stop.gpu_after.expect("wgpu counters"),
+        stop.gpu_baseline.expect("wgpu counters"),
+        "the new device's counters at baseline"
+    );
+    let events = eventually("the bus closing", seen).await.unwrap();
+    let opened = started_ids(&events);
+    let ends = ends_by_session(&events);
+    assert_eq!(ends.len(), opened.len(), "every session ended");
+    assert!(ends.values().all(|r| r.len() == 1), "{ends:?}");
+    drop((before, racing, after));
+}
