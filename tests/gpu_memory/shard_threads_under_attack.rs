@@ -786,3 +786,94 @@ async fn opens_racing_a_device_recovery_end_once_and_leave_nothing_behind() {
     assert!(ends.values().all(|r| r.len() == 1), "{ends:?}");
     drop((before, racing, after));
 }
+
+/// KNOWN BUG (not from sharding: the same with `shards = 1`): a session
+/// opened while a recovery waits for the lost sessions' releases takes KV
+/// blocks from slabs on the lost device (and new slabs made on it); those
+/// slabs are in use when `ReleaseSharedAfterEnds` runs, so they stay in the
+/// books, and even a session opened after `recover_gpu` returned gets blocks
+/// in them: `wgpu_buffer` answers `UnknownBuffer` on the new device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: KV slabs of the lost device stay in use after recover_gpu"]
+async fn sessions_opened_while_a_recovery_waits_get_kv_blocks_on_the_new_device() {
+    let mut config = kv_config();
+    config.hooks.timeout = Duration::from_secs(120);
+    let Harness { rt, events, .. } = start_with(config).await;
+    drop(events);
+    let rt = Arc::new(rt);
+    // A hook holds the lost sessions' releases, so the recovery waits, until
+    // the test lets go: the window in which other shard threads keep admitting.
+    let doomed_ids = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let (gate_tx, gate) = tokio::sync::watch::channel(false);
+    let entered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    rt.on_before_release("gate", {
+        let (doomed_ids, entered) = (doomed_ids.clone(), entered.clone());
+        move |ended: Arc<SessionEndEvent>| {
+            let held = doomed_ids.lock().unwrap().contains(&ended.id);
+            let (mut gate, entered) = (gate.clone(), entered.clone());
+            async move {
+                if held {
+                    entered.fetch_add(1, Ordering::SeqCst);
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                Ok::<(), std::io::Error>(())
+            }
+        }
+    });
+    let tokens: Vec<u32> = (1..=9).collect();
+    let doomed = join_all((0..3).map(|i| rt.open(format!("doomed-{i}")))).await;
+    let doomed: Vec<_> = doomed.into_iter().map(Result::unwrap).collect();
+    for session in &doomed {
+        doomed_ids.lock().unwrap().insert(session.id());
+        session.allocate(16 * KIB).await.unwrap();
+        session.append_tokens(&tokens).await.unwrap();
+    }
+    rt.inject_gpu_device_loss();
+    let recovering = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.recover_gpu_within(Duration::from_secs(120)).await }
+    });
+    eventually("the hooks to hold the releases", async {
+        while entered.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    // Every shard has taken its EndAll: opens now are not ended by the loss.
+    let late = join_all((0..3).map(|i| rt.open(format!("late-{i}")))).await;
+    let late: Vec<_> = late.into_iter().map(Result::unwrap).collect();
+    let shards: HashSet<_> = late.iter().map(|s| shard_of(s.id())).collect();
+    assert_eq!(shards.len(), SHARDS);
+    for session in &late {
+        // On the lost device this may fail; typed, never a panic.
+        let _ = session.append_tokens(&tokens).await;
+    }
+    gate_tx.send(true).unwrap();
+    let report = eventually("recover_gpu", recovering)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.ended, 3, "{report:?}");
+    let fresh = rt.open("fresh").await.unwrap();
+    fresh.append_tokens(&tokens).await.unwrap();
+    for session in late.iter().chain([&fresh]) {
+        assert_eq!(session.state(), State::Established);
+        for block in session.kv_blocks().await.unwrap() {
+            let buffer = rt.wgpu_buffer(block.buffer).await;
+            assert!(
+                buffer.is_ok(),
+                "{}: KV block {block:?} not on the new device: {buffer:?}",
+                session.id()
+            );
+        }
+        session.close().await.unwrap();
+    }
+    let rt = Arc::into_inner(rt).expect("one runtime");
+    let stop = eventually("shutdown", rt.shutdown()).await;
+    assert_eq!(
+        stop.gpu_after.expect("wgpu counters"),
+        stop.gpu_baseline.expect("wgpu counters"),
+        "the new device's counters at baseline"
+    );
+    drop((doomed, late, fresh));
+}
