@@ -787,6 +787,132 @@ async fn opens_racing_a_device_recovery_end_once_and_leave_nothing_behind() {
     drop((before, racing, after));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_records_every_shard_threads_sessions_before_its_last_record() {
+    use sessionbus::audit::{action, verify_dir};
+    use sessionbus_testkit::audit::{config_with_audit, read_records, scratch_dir, test_key};
+    let dir = scratch_dir("audit-shard-threads");
+    let mut config = config_with_audit(&dir);
+    config.sessions.shards = SHARDS;
+    config.expiry.idle_timeout = None;
+    let Harness {
+        rt,
+        baseline,
+        events,
+    } = start_with(config).await;
+    let seen = collect_until_closed(events);
+    // Tasks open on every shard, closing half, until the shutdown refuses them.
+    let openers: Vec<_> = (0..3)
+        .map(|task| {
+            let engine = rt.engine().clone();
+            tokio::spawn(async move {
+                let mut kept = Vec::new();
+                let mut i = 0;
+                while let Ok(session) = engine.open(format!("t{task}-{i}")).await {
+                    let _ = session.allocate(4 * KIB).await;
+                    if i % 2 == 0 {
+                        let _ = session.close().await;
+                    } else {
+                        kept.push(session);
+                    }
+                    i += 1;
+                }
+                kept
+            })
+        })
+        .collect();
+    eventually("sessions on every shard", async {
+        while rt.stats().await.unwrap().opened < 60 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let report = eventually("shutdown", rt.shutdown()).await;
+    assert_eq!(report.gpu_after.expect("wgpu counters"), baseline);
+    let mut kept = Vec::new();
+    for task in openers {
+        kept.extend(eventually("an opener", task).await.unwrap());
+    }
+    let events = eventually("the bus closing", seen).await.unwrap();
+    let opened = started_ids(&events);
+    assert_eq!(
+        opened
+            .iter()
+            .map(|id| shard_of(*id))
+            .collect::<HashSet<_>>()
+            .len(),
+        SHARDS
+    );
+    let records = read_records(&dir);
+    assert_eq!(records.last().unwrap().action, action::RUNTIME_SHUTDOWN);
+    let mut per_session: HashMap<String, Vec<&str>> = HashMap::new();
+    for record in &records {
+        if let Some(resource) = &record.resource {
+            per_session
+                .entry(resource.clone())
+                .or_default()
+                .push(record.action.as_str());
+        }
+    }
+    for id in &opened {
+        let actions = per_session.get(&id.to_string()).map(Vec::as_slice);
+        let actions = actions.unwrap_or_else(|| panic!("{id}: no record"));
+        assert_eq!(
+            actions.first(),
+            Some(&action::SESSION_OPENED),
+            "{id}: {actions:?}"
+        );
+        let ends = actions
+            .iter()
+            .filter(|a| [action::SESSION_CLOSED, action::SESSION_SHUTDOWN].contains(a))
+            .count();
+        assert_eq!(ends, 1, "{id}: {actions:?}");
+        assert_eq!(
+            actions.last(),
+            Some(&action::RESOURCES_RELEASED),
+            "{id}: {actions:?}"
+        );
+    }
+    let verified = verify_dir(&dir, &test_key()).expect("the trail verifies");
+    assert!(verified.ends_with_shutdown);
+    drop(kept);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shutdowns_at_once_from_different_tasks_end_every_session_once() {
+    let Harness {
+        rt,
+        baseline,
+        events,
+    } = start_with(sharded()).await;
+    let seen = collect_until_closed(events);
+    let sessions = join_all((0..30).map(|i| rt.open(format!("u{i}")))).await;
+    let sessions: Vec<_> = sessions.into_iter().map(Result::unwrap).collect();
+    for session in &sessions {
+        session.allocate(8 * KIB).await.unwrap();
+    }
+    let engine = rt.engine().clone();
+    let other = tokio::spawn(async move { engine.shutdown().await });
+    let report = eventually("shutdown", rt.shutdown()).await;
+    // The other either saw the engine stopping (a report) or stopped (`Stopped`).
+    let _ = eventually("the other shutdown", other).await.unwrap();
+    assert_eq!(report.gpu_after.expect("wgpu counters"), baseline);
+    let events = eventually("the bus closing", seen).await.unwrap();
+    let ends = ends_by_session(&events);
+    assert_eq!(ends.len(), 30);
+    assert!(
+        ends.values().all(|r| r == &vec![EndReason::Shutdown]),
+        "{ends:?}"
+    );
+    let released = events
+        .iter()
+        .filter(|e| matches!(e, LifecycleEvent::Released(_)))
+        .count();
+    assert_eq!(released, 30, "every session released once");
+    drop(sessions);
+}
+
 /// KNOWN BUG (not from sharding: the same with `shards = 1`): a session
 /// opened while a recovery waits for the lost sessions' releases takes KV
 /// blocks from slabs on the lost device (and new slabs made on it); those
