@@ -97,7 +97,7 @@ async fn opens_racing_a_shutdown_from_other_tasks_are_refused_or_ended() {
                                     "allocate racing a shutdown: {e:?}"
                                 ),
                             }
-                            if i % 2 == 0 {
+                            if i.is_multiple_of(2) {
                                 let _ = session.close().await;
                             } else {
                                 kept.push(session);
@@ -807,10 +807,10 @@ async fn the_audit_trail_records_every_shard_threads_sessions_before_its_last_re
             let engine = rt.engine().clone();
             tokio::spawn(async move {
                 let mut kept = Vec::new();
-                let mut i = 0;
+                let mut i = 0u64;
                 while let Ok(session) = engine.open(format!("t{task}-{i}")).await {
                     let _ = session.allocate(4 * KIB).await;
-                    if i % 2 == 0 {
+                    if i.is_multiple_of(2) {
                         let _ = session.close().await;
                     } else {
                         kept.push(session);
