@@ -9,6 +9,7 @@ mod kv_blocks_feed_a_paged_attention_kernel;
 mod offload_round_trips_bit_for_bit;
 mod sessions_on_shard_threads_release_everything;
 mod sessions_that_end_on_their_own_release_gpu_memory;
+mod shard_threads_under_attack;
 mod shutdown_releases_everything;
 mod storms_and_memory_pressure_release_everything;
 mod works_inside_an_actix_system;
