@@ -30,7 +30,7 @@ pub use wgpu;
 // Starting and stopping.
 pub use gpu::GpuInitError;
 pub use runtime::{Runtime, RuntimeBuilder, StartError, StopReport};
-pub use sessionbus_actors::{DeviceLossReport, EngineHandle, ShutdownReport, Stopped};
+pub use sessionbus_actors::{DeviceLossReport, EngineHandle, OpensPaused, ShutdownReport, Stopped};
 
 // KV memory as paged blocks.
 pub use sessionbus_actors::{KvAppendReport, KvBlock, KvError, KvStats, KvStoreError, Salt};

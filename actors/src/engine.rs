@@ -189,6 +189,7 @@ impl Engine {
             epoch: crate::clock::Epoch::now(),
             shards: Shards::default(),
             subscription_ids: Default::default(),
+            opens_paused: Default::default(),
         };
         let capacity = config.bus.subscriber_capacity;
         // One release pipeline for every shard: one queue (urgent ends go
@@ -234,6 +235,7 @@ impl Engine {
             shards: parts.shards.clone(),
             next_open: Default::default(),
             subscription_ids: parts.subscription_ids.clone(),
+            opens_paused: parts.opens_paused.clone(),
             pool,
             bus_capacity: capacity,
             shutdown_deadline: config.shutdown.deadline,
@@ -251,6 +253,7 @@ pub struct EngineHandle {
     /// Opens go to the shards in turn.
     next_open: Arc<AtomicUsize>,
     subscription_ids: Arc<std::sync::atomic::AtomicU64>,
+    opens_paused: Arc<AtomicUsize>,
     pool: Arc<dyn GpuPool>,
     bus_capacity: usize,
     shutdown_deadline: std::time::Duration,
@@ -551,6 +554,16 @@ impl EngineHandle {
             .await
             .map_err(|_| Stopped)?;
         Ok(merge_device_loss(reports))
+    }
+
+    /// Refuses every open, on every shard, with
+    /// [`OpenError::DeviceRecovering`] until the guard is dropped: for a
+    /// device recovery, from before the sessions are ended until the new
+    /// device is open, so no session admitted in between puts its memory
+    /// (buffers or KV slabs) on the lost device. `Runtime::recover_gpu` holds
+    /// one; an application replacing its own device holds one the same way.
+    pub fn pause_opens_for_device_recovery(&self) -> OpensPaused {
+        OpensPaused::new(self.opens_paused.clone())
     }
 
     /// Why the runtime failed, if one of its supervised tasks panicked past

@@ -84,7 +84,9 @@ pub use kv_store::{KvAppendReport, KvBlock, KvStoreError};
 pub use lease::{LeaseError, LeaseId, LeasesConfig};
 pub use lifecycle::{EndReason, Event, Lifecycle, LifecycleError, State};
 pub use pseudonym::{KeyTooShort, MIN_KEY_BYTES, Pseudonymizer};
-pub use registry::{DeviceLossReport, OpenError, PressureCounters, RegistryStats, ShutdownReport};
+pub use registry::{
+    DeviceLossReport, OpenError, OpensPaused, PressureCounters, RegistryStats, ShutdownReport,
+};
 pub use session::{
     AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo,
     SessionOffload, Turn, TurnAck,

@@ -416,7 +416,8 @@ impl Runtime {
     /// every live session with reason `device_lost`, waits until the release
     /// of every session that was live is complete (those already ending
     /// included, whatever their reason) or `deadline` has passed, then opens
-    /// a new device in place of the lost one. Sessions opened afterwards use
+    /// a new device in place of the lost one. Opens meanwhile are refused
+    /// with `OpenError::DeviceRecovering`; sessions opened afterwards use
     /// the new device; what the old one still held (releases still under way
     /// at the deadline, counted in `unreleased`) is dropped with it.
     ///
@@ -430,6 +431,9 @@ impl Runtime {
         &self,
         deadline: Duration,
     ) -> Result<DeviceLossReport, GpuInitError> {
+        // No session is admitted until the new device is open: one admitted
+        // in between would put its buffers and KV slabs on the lost one.
+        let _paused = self.engine.pause_opens_for_device_recovery();
         let report = self
             .engine
             .end_sessions_on_device_loss_within(deadline)

@@ -70,6 +70,8 @@ pub(crate) struct RegistryActor {
     pub(super) settings: Arc<SessionSettings>,
     /// Which shard this is (of `settings.shards`).
     pub(super) shard: usize,
+    /// Device recoveries under way (shared by every shard): opens refused.
+    opens_paused: Arc<std::sync::atomic::AtomicUsize>,
     bus: Bus,
     /// Boxed: the table keeps ~2 buckets per entry, so small buckets save
     /// more than the extra pointer costs (measured per idle session at 1M).
@@ -118,6 +120,7 @@ impl RegistryActor {
             config: sessions,
             settings: Arc::new(settings),
             shard,
+            opens_paused: parts.opens_paused.clone(),
             bus: Bus::new(parts.subscription_ids.clone()),
             sessions: IdMap::default(),
             tombstones,
@@ -261,6 +264,9 @@ impl RegistryActor {
         }
         if let Some(failed) = self.health.failed() {
             return Err(OpenError::RuntimeFailed(failed));
+        }
+        if self.opens_paused.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Err(OpenError::DeviceRecovering);
         }
         let queue = self.pressure.queue.clone();
         if !queue.admit_session(self.config.max_sessions as u64) {

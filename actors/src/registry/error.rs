@@ -22,6 +22,13 @@ pub enum OpenError {
     /// new sessions (see `stats().supervision`). Shut it down and restart the process.
     #[error("the runtime has failed and admits no new sessions: {0}")]
     RuntimeFailed(String),
+    /// The GPU device was lost and is being replaced (`Runtime::recover_gpu`):
+    /// a session admitted now would put its memory on the lost device, so
+    /// none is until the recovery returns. Retry after it.
+    #[error(
+        "the GPU device was lost and is being replaced; no session is admitted until the recovery ends (retry after it)"
+    )]
+    DeviceRecovering,
     /// The runtime is stopped.
     #[error("the sessionbus runtime is stopped")]
     RuntimeStopped,

@@ -14,6 +14,7 @@ mod tombstones;
 
 pub(crate) use actor::RegistryActor;
 pub use error::OpenError;
+pub use shards::OpensPaused;
 pub(crate) use shards::{EngineParts, Shards, merge_device_loss, merge_shutdown, merge_stats};
 // What the registry receives, in `protocol::registry`, for the engine that sends it.
 pub(crate) use crate::protocol::registry::*;

@@ -160,4 +160,27 @@ pub(crate) struct EngineParts {
     pub(crate) epoch: crate::clock::Epoch,
     pub(crate) shards: Shards,
     pub(crate) subscription_ids: Arc<std::sync::atomic::AtomicU64>,
+    /// Device recoveries under way ([`OpensPaused`] guards alive): while
+    /// above zero, every shard refuses opens with `DeviceRecovering`.
+    pub(crate) opens_paused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// While alive, every shard refuses opens with
+/// [`OpenError::DeviceRecovering`](super::OpenError::DeviceRecovering):
+/// from [`EngineHandle::pause_opens_for_device_recovery`](crate::EngineHandle::pause_opens_for_device_recovery).
+/// Dropping it admits sessions again.
+#[derive(Debug)]
+pub struct OpensPaused(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpensPaused {
+    pub(crate) fn new(paused: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        paused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpensPaused(paused)
+    }
+}
+
+impl Drop for OpensPaused {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
