@@ -609,6 +609,10 @@ impl EngineHandle {
         report.stats.hooks = shared.hooks;
         report.stats.budget = shared.budget;
         report.stats.release_queue = shared.release_queue;
+        // Read off the one release queue once every shard has reported (a
+        // shard that finished early read it while others still released).
+        report.bytes_unfinished =
+            shared.release_queue.queued_bytes + shared.release_queue.in_flight_bytes;
         Ok(report)
     }
 

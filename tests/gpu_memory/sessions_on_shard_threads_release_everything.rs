@@ -100,3 +100,36 @@ async fn ends_racing_from_many_threads_release_every_buffer_once() {
     assert_eq!((stats.released_buffers, stats.budget.device_used), (600, 0));
     h.shutdown_at_baseline().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_shutdown_of_every_shard_reports_nothing_unfinished() {
+    let mut config = Config::default();
+    config.sessions.shards = SHARDS;
+    let h = start_with(config).await;
+    let rt = &h.rt;
+    let sessions = join_all((0..300).map(|i| async move {
+        let session = rt.open(format!("user-{i}")).await.unwrap();
+        for _ in 0..4 {
+            session.allocate(64 * KIB).await.unwrap();
+        }
+        session
+    }))
+    .await;
+    // Every shard ends its sessions at once; they finish at different times,
+    // and one report says how the whole engine finished.
+    let report = h.shutdown_at_baseline().await;
+    let sessions_report = report.sessions;
+    assert!(sessions_report.completed, "{sessions_report:?}");
+    assert_eq!(
+        (
+            sessions_report.sessions_unfinished,
+            sessions_report.releases_unfinished,
+            sessions_report.bytes_unfinished
+        ),
+        (0, 0, 0),
+        "complete, so nothing is unfinished: {sessions_report:?}"
+    );
+    assert_eq!(sessions_report.sessions_ended, 300);
+    assert_eq!(sessions_report.buffers_released, 1200);
+    drop(sessions);
+}

@@ -119,7 +119,8 @@ pub(crate) fn merge_shutdown(shards: Vec<ShutdownReport>) -> ShutdownReport {
         all.drains_forced += one.drains_forced;
         all.sessions_unfinished += one.sessions_unfinished;
         all.releases_unfinished += one.releases_unfinished;
-        // Read off the one release queue by every shard: the same gauge, not a share.
+        // Read off the one release queue by every shard: the same gauge, not
+        // a share (the engine reads it again once every shard has reported).
         all.bytes_unfinished = all.bytes_unfinished.max(one.bytes_unfinished);
         all.completed &= one.completed;
         all.buffers_released += one.buffers_released;
