@@ -232,15 +232,10 @@ impl Engine {
         }
         parts.shards.set(shards);
         let engine = EngineHandle {
-            shards: parts.shards.clone(),
+            parts,
             next_open: Default::default(),
-            subscription_ids: parts.subscription_ids.clone(),
-            opens_paused: parts.opens_paused.clone(),
-            pool,
             bus_capacity: capacity,
             shutdown_deadline: config.shutdown.deadline,
-            hooks: parts.hooks,
-            health: parts.health,
         };
         Ok((engine, ShardThreads { arbiters }))
     }
@@ -249,22 +244,18 @@ impl Engine {
 /// The running engine. Cheap to clone; usable from any thread and any executor.
 #[derive(Clone)]
 pub struct EngineHandle {
-    shards: Shards,
+    /// What every shard shares (their addresses included).
+    parts: EngineParts,
     /// Opens go to the shards in turn.
     next_open: Arc<AtomicUsize>,
-    subscription_ids: Arc<std::sync::atomic::AtomicU64>,
-    opens_paused: Arc<AtomicUsize>,
-    pool: Arc<dyn GpuPool>,
     bus_capacity: usize,
     shutdown_deadline: std::time::Duration,
-    hooks: Arc<Hooks>,
-    health: Arc<crate::supervision::Health>,
 }
 
 impl std::fmt::Debug for EngineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EngineHandle")
-            .field("pool", self.pool.info())
+            .field("pool", self.parts.pool.info())
             .finish()
     }
 }
@@ -286,7 +277,7 @@ impl EngineHandle {
             client_ip: options.client_ip,
             kv_table: None,
         };
-        let all = self.shards.all();
+        let all = self.parts.shards.all();
         let shard = &all[self.next_open.fetch_add(1, Ordering::Relaxed) % all.len()];
         let opened = shard
             .send(open)
@@ -312,7 +303,7 @@ impl EngineHandle {
             id,
             caller: caller.clone(),
         };
-        let shard = self.shards.for_id(id);
+        let shard = self.parts.shards.for_id(id);
         let opened = shard
             .send(attach)
             .await
@@ -360,7 +351,8 @@ impl EngineHandle {
             trace_id,
             reason: EndReason::Closed,
         };
-        self.shards
+        self.parts
+            .shards
             .for_id(id)
             .send(close)
             .await
@@ -384,7 +376,8 @@ impl EngineHandle {
             trace_id: None,
             reason,
         };
-        self.shards
+        self.parts
+            .shards
             .for_id(id)
             .send(end)
             .await
@@ -411,7 +404,12 @@ impl EngineHandle {
         M::Result: Send,
         RegistryActor: actix::Handler<M>,
     {
-        let asks = self.shards.all().iter().map(|shard| shard.send(message()));
+        let asks = self
+            .parts
+            .shards
+            .all()
+            .iter()
+            .map(|shard| shard.send(message()));
         futures::future::join_all(asks)
             .await
             .into_iter()
@@ -426,7 +424,7 @@ impl EngineHandle {
         kinds: EventKinds,
         delivery: Delivery,
     ) -> Result<SubscriptionId, Stopped> {
-        let id = crate::bus::next_subscription_id(&self.subscription_ids);
+        let id = crate::bus::next_subscription_id(&self.parts.subscription_ids);
         self.ask_all(|| Subscribe {
             id,
             sink: sink.clone(),
@@ -474,12 +472,12 @@ impl EngineHandle {
 
     /// The GPU pool's device.
     pub fn pool_info(&self) -> &PoolInfo {
-        self.pool.info()
+        self.parts.pool.info()
     }
 
     /// The GPU pool's own counters.
     pub fn pool_stats(&self) -> PoolStats {
-        self.pool.stats()
+        self.parts.pool.stats()
     }
 
     /// Waits up to `timeout` for reliable subscribers' backlogs to drain;
@@ -501,7 +499,7 @@ impl EngineHandle {
             id: crate::AllocationId::next(),
             bytes,
         };
-        self.pool.allocate(request, reply);
+        self.parts.pool.allocate(request, reply);
         allocated
             .await
             .unwrap_or(Err(crate::GpuError::Unavailable))?;
@@ -546,7 +544,8 @@ impl EngineHandle {
         // The slabs are on the lost device: once every shard's sessions
         // released their tables, they leave the books (their buffers go with
         // the device), so new blocks come from slabs on the new one.
-        self.shards
+        self.parts
+            .shards
             .coordinator()
             .send(ReleaseSharedAfterEnds {
                 wait_for_hooks: false,
@@ -563,13 +562,13 @@ impl EngineHandle {
     /// (buffers or KV slabs) on the lost device. `Runtime::recover_gpu` holds
     /// one; an application replacing its own device holds one the same way.
     pub fn pause_opens_for_device_recovery(&self) -> OpensPaused {
-        OpensPaused::new(self.opens_paused.clone())
+        OpensPaused::new(self.parts.opens_paused.clone())
     }
 
     /// Why the runtime failed, if one of its supervised tasks panicked past
     /// the restart limit (`[supervision]`); `None` while healthy.
     pub fn failure(&self) -> Option<String> {
-        self.health.failed()
+        self.parts.health.failed()
     }
 
     /// Makes the cleanup dispatcher panic `times` times (`testing`
@@ -577,7 +576,8 @@ impl EngineHandle {
     /// before it handed it to the pool: the worst moment for a restart.
     #[cfg(feature = "testing")]
     pub fn inject_cleanup_panics(&self, times: u32) {
-        self.health
+        self.parts
+            .health
             .inject_panics
             .fetch_add(times, std::sync::atomic::Ordering::Relaxed);
     }
@@ -596,6 +596,7 @@ impl EngineHandle {
         let reports = self.ask_all(|| Shutdown { deadline }).await?;
         let mut report = merge_shutdown(reports);
         let shared = self
+            .parts
             .shards
             .coordinator()
             .send(ReleaseSharedAfterEnds {
@@ -622,7 +623,7 @@ impl EngineHandle {
     /// logged (with the error's source chain), counted in `stats().hooks`,
     /// and never stop the release. See [`BeforeRelease`] for what a hook may be.
     pub fn on_before_release(&self, name: impl Into<String>, hook: impl BeforeRelease) {
-        self.hooks.add(name.into(), Arc::new(hook));
+        self.parts.hooks.add(name.into(), Arc::new(hook));
     }
 
     /// [`shutdown_within`](Self::shutdown_within) the configured

@@ -106,7 +106,10 @@ pub(crate) fn merge_stats(shards: Vec<RegistryStats>) -> RegistryStats {
     all
 }
 
-/// The shutdown of every shard as one report.
+/// The shutdown of every shard as one report. What every shard read off
+/// the shared books (`bytes_unfinished`, the budget and the release queue in
+/// `stats`) is the first shard's here: the engine reads them again once
+/// every shard has reported.
 pub(crate) fn merge_shutdown(shards: Vec<ShutdownReport>) -> ShutdownReport {
     let stats = merge_stats(shards.iter().map(|r| r.stats.clone()).collect());
     let mut shards = shards.into_iter();
@@ -119,9 +122,6 @@ pub(crate) fn merge_shutdown(shards: Vec<ShutdownReport>) -> ShutdownReport {
         all.drains_forced += one.drains_forced;
         all.sessions_unfinished += one.sessions_unfinished;
         all.releases_unfinished += one.releases_unfinished;
-        // Read off the one release queue by every shard: the same gauge, not
-        // a share (the engine reads it again once every shard has reported).
-        all.bytes_unfinished = all.bytes_unfinished.max(one.bytes_unfinished);
         all.completed &= one.completed;
         all.buffers_released += one.buffers_released;
         all.bytes_released += one.bytes_released;
