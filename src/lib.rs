@@ -58,6 +58,6 @@ pub use sessionbus_actors::{
 
 // What the runtime reports about itself.
 pub use sessionbus_actors::{
-    BudgetStats, HookStats, PressureCounters, RegistryStats, ReleaseQueueStats, StepTiming,
-    StepTimings, SupervisionStats,
+    BudgetStats, HookStats, PassivationStats, PressureCounters, RegistryStats, ReleaseQueueStats,
+    StepTiming, StepTimings, SupervisionStats,
 };

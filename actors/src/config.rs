@@ -69,6 +69,14 @@ pub struct SessionsConfig {
     /// an engine thread of its own (in a `Runtime`). `0`: one per core the
     /// process may use (at most 64). Default 0.
     pub shards: usize,
+    /// Passivation: a session idle this long (no message, no lease, nothing
+    /// in flight) gives up its actor and mailbox and keeps only its state;
+    /// the next thing sent to it (a message, a close, an expiry, an
+    /// eviction, a shutdown) starts it again, in order, on its shard's
+    /// thread, and nothing else changes (expiry, leases, budgets, offloaded
+    /// memory). `"off"` keeps every session's actor running. Default `"off"`.
+    #[serde(with = "units::duration_or_off")]
+    pub passivate_after: Option<Duration>,
 }
 
 impl Default for SessionsConfig {
@@ -80,6 +88,7 @@ impl Default for SessionsConfig {
             tombstones: 100_000,
             tombstone_ttl: Duration::from_secs(3_600),
             shards: 0,
+            passivate_after: None,
         }
     }
 }
@@ -100,7 +109,25 @@ impl SessionsConfig {
                 ),
             ));
         }
+        if let Some(after) = self.passivate_after {
+            units::check_duration("sessions.passivate_after", after)?;
+        }
         units::check_duration("sessions.tombstone_ttl", self.tombstone_ttl)
+    }
+
+    /// How long a session stays idle before it parks (`passivate_after`).
+    pub fn passivation(&self) -> Option<Duration> {
+        // Test builds: the suite runs again with passivation on, on any configuration.
+        #[cfg(feature = "testing")]
+        if let (None, Some(after)) = (
+            self.passivate_after,
+            std::env::var("SESSIONBUS_TEST_PASSIVATE")
+                .ok()
+                .and_then(|after| crate::units::parse_duration(&after).ok()),
+        ) {
+            return Some(after);
+        }
+        self.passivate_after
     }
 
     /// How many registry shards the engine runs: `shards`, or for 0 one

@@ -190,6 +190,7 @@ impl Engine {
             shards: Shards::default(),
             subscription_ids: Default::default(),
             opens_paused: Default::default(),
+            passivations: Default::default(),
         };
         let capacity = config.bus.subscriber_capacity;
         // One release pipeline for every shard: one queue (urgent ends go
@@ -286,8 +287,7 @@ impl EngineHandle {
         Ok(SessionHandle::new(
             opened.id,
             Caller::User(owner),
-            opened.addr,
-            opened.shared,
+            opened.link,
             shard.clone(),
         ))
     }
@@ -311,8 +311,7 @@ impl EngineHandle {
         Ok(SessionHandle::new(
             opened.id,
             caller,
-            opened.addr,
-            opened.shared,
+            opened.link,
             shard.clone(),
         ))
     }

@@ -88,8 +88,8 @@ pub use registry::{
     DeviceLossReport, OpenError, OpensPaused, PressureCounters, RegistryStats, ShutdownReport,
 };
 pub use session::{
-    AllocError, Binding, Lease, LeaseGrant, SessionError, SessionHandle, SessionInfo,
-    SessionOffload, Turn, TurnAck,
+    AllocError, Binding, Lease, LeaseGrant, PassivationStats, SessionError, SessionHandle,
+    SessionInfo, SessionOffload, Turn, TurnAck,
 };
 pub use shutdown::ShutdownConfig;
 pub use stopped::Stopped;

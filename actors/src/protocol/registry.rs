@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Addr, Message};
+use actix::Message;
 use tokio::sync::oneshot;
 
 use crate::budget::BudgetScope;
@@ -17,13 +17,14 @@ use crate::expiry::ExpiryPolicy;
 use crate::ids::{Caller, Owner, SessionId, TraceId};
 use crate::lifecycle::EndReason;
 use crate::registry::{DeviceLossReport, OpenError, RegistryStats, ShutdownReport};
-use crate::session::{SessionActor, SessionError, SessionShared};
+use crate::session::{Link, SessionError, SessionShared};
 
 /// A newly opened or attached session's parts, from which a handle is built.
 pub(crate) struct Opened {
     pub(crate) id: SessionId,
-    pub(crate) addr: Addr<SessionActor>,
-    pub(crate) shared: Arc<SessionShared>,
+    /// Counted as a handle from the start: a session attached to cannot
+    /// end as disconnected before the new handle exists.
+    pub(crate) link: Link,
 }
 
 #[derive(Message)]
@@ -173,7 +174,7 @@ pub(crate) struct EvictForKv {
 #[derive(Debug, Default, actix::MessageResponse)]
 pub(crate) struct KvRoomMade {
     pub(crate) ended: Vec<SessionId>,
-    pub(crate) offloading: Vec<actix::Addr<crate::session::SessionActor>>,
+    pub(crate) offloading: Vec<Arc<SessionShared>>,
     /// `budget.offload_host_memory`, for the offloads' `host_limit`.
     pub(crate) host_limit: u64,
 }
@@ -249,6 +250,11 @@ pub(crate) struct PressureCandidate {
     pub(crate) last_active_us: u64,
     pub(crate) bytes: u64,
     pub(crate) owner: Owner,
-    pub(crate) addr: Addr<SessionActor>,
     pub(crate) shared: Arc<SessionShared>,
 }
+
+/// A parked session of this shard started again: the registry looks for
+/// idle sessions again `passivate_after` from now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SessionRevived;

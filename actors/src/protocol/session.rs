@@ -181,3 +181,17 @@ pub(crate) struct ReadKv {
     pub(crate) caller: Caller,
     pub(crate) index: usize,
 }
+
+/// Every handle (and lease) of the session is gone: it ends as
+/// disconnected, unless one was attached since.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Disconnect;
+
+/// From the registry: the session was idle since `seen_active_us` for
+/// `sessions.passivate_after`; it parks if it still is, and nothing holds it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Passivate {
+    pub(crate) seen_active_us: u64,
+}

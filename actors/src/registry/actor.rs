@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use actix::WeakAddr;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
@@ -26,13 +25,11 @@ use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt, SessionStarted};
 use crate::expiry::ExpiryPolicy;
 use crate::ids::{Caller, IdMap, Owner, SessionId};
 use crate::lifecycle::EndReason;
-use crate::mailbox::send_now_or_later;
 use crate::protocol::registry::*;
 use crate::protocol::session::End;
-use crate::session::{EndGuard, SessionActor, SessionError, SessionSettings, SessionShared};
+use crate::session::{EndGuard, Link, SessionActor, SessionError, SessionSettings, SessionShared};
 
 pub(super) struct LiveSession {
-    pub(super) addr: WeakAddr<SessionActor>,
     pub(super) owner: Owner,
     pub(super) shared: Arc<SessionShared>,
     /// Callers waiting for this session's receipt (closed by id, or a racing second close).
@@ -89,6 +86,10 @@ pub(crate) struct RegistryActor {
     steps: crate::supervision::StepTimings,
     /// Restarts and escalation of the runtime's own tasks.
     pub(crate) health: Arc<crate::supervision::Health>,
+    /// `sessions.passivate_after`: idle sessions park past it.
+    pub(super) passivate_after: Option<Duration>,
+    /// The next look for idle sessions: when, and how to cancel it.
+    pub(super) passivation_wake: Option<(u64, SpawnHandle)>,
 }
 
 impl RegistryActor {
@@ -116,6 +117,7 @@ impl RegistryActor {
         settings.kv = parts.kv.clone();
         settings.release_queue = Some(parts.queue.clone());
         settings.shards = parts.shards.clone();
+        settings.passivations = parts.passivations.clone();
         Ok(RegistryActor {
             config: sessions,
             settings: Arc::new(settings),
@@ -133,6 +135,8 @@ impl RegistryActor {
             hooks: parts.hooks.clone(),
             steps: Default::default(),
             health: parts.health.clone(),
+            passivate_after: config.sessions.passivation(),
+            passivation_wake: None,
         })
     }
 
@@ -173,6 +177,7 @@ impl RegistryActor {
             steps: self.steps,
             kv: self.settings.kv.as_ref().map(|kv| kv.stats()),
             supervision: self.health.stats(),
+            passivation: self.settings.passivations.snapshot(),
         }
     }
 
@@ -216,14 +221,6 @@ impl RegistryActor {
     }
 }
 
-/// Asks a session to end without making the registry wait. actix lets each new
-/// sender exceed a mailbox's capacity by one message, so a freshly upgraded
-/// address almost always delivers at once; the task is a fallback, not the rule.
-/// (A closed mailbox means the session is already stopping: its end guard reports the end.)
-pub(super) fn deliver_end(addr: Addr<SessionActor>, end: End) {
-    send_now_or_later(&addr, end);
-}
-
 impl Actor for RegistryActor {
     type Context = Context<Self>;
 
@@ -238,6 +235,12 @@ impl Actor for RegistryActor {
             registry.tombstones.forget_old(clock::now())
         });
         ctx.run_interval(self.sweeper.every, |registry, ctx| registry.sweep(ctx));
+    }
+}
+
+impl Drop for RegistryActor {
+    fn drop(&mut self) {
+        self.end_parked_sessions();
     }
 }
 
@@ -311,8 +314,8 @@ impl RegistryActor {
             ctx.set_mailbox_capacity(capacity);
             session
         });
+        shared.set_running(addr);
         let live = LiveSession {
-            addr: addr.downgrade(),
             owner: msg.owner.clone(),
             shared: shared.clone(),
             waiters: Vec::new(),
@@ -322,6 +325,7 @@ impl RegistryActor {
         };
         self.sessions.insert(id, Box::new(live));
         self.schedule(id, ctx);
+        self.look_for_idle_in(ctx);
         self.counters.opened += 1;
         tracing::info!(
             target: "sessionbus::supervisor",
@@ -339,7 +343,10 @@ impl RegistryActor {
             client_ip: msg.client_ip,
         };
         self.bus.publish(LifecycleEvent::Started(Arc::new(started)));
-        Ok(Opened { id, addr, shared })
+        Ok(Opened {
+            id,
+            link: Link::new(shared),
+        })
     }
 }
 
@@ -352,14 +359,14 @@ impl Handler<Attach> for RegistryActor {
             if !msg.caller.may_act_on(&live.owner) {
                 return Err(Self::unauthorized(id, &msg.caller));
             }
-            if let Some(addr) = live.addr.upgrade() {
+            if live.shared.is_reachable() {
+                // Running or parked alike: its next message reaches it.
                 return Ok(Opened {
                     id,
-                    addr,
-                    shared: live.shared.clone(),
+                    link: Link::new(live.shared.clone()),
                 });
             }
-            // The actor is stopping; its end is on the way. Answer as for an ended session.
+            // The session is ending; its end is on the way. Answer as for an ended session.
             let (state, reason) = (live.shared.state(), live.shared.reason());
             return Err(SessionError::NotEstablished {
                 id,
@@ -389,18 +396,16 @@ impl Handler<CloseById> for RegistryActor {
     fn handle(&mut self, msg: CloseById, _ctx: &mut Self::Context) -> Self::Result {
         let receipt = self.wait_for_receipt(msg.id, &msg.caller);
         if let (Ok(_), Some(live)) = (&receipt, self.sessions.get(&msg.id)) {
-            if let Some(addr) = live.addr.upgrade() {
-                let end = End {
-                    caller: msg.caller,
-                    reason: msg.reason,
-                    waiter: None,
-                    deadline: None,
-                    seen_active_us: crate::protocol::session::NOT_SEEN_IDLE,
-                    trace_id: msg.trace_id,
-                };
-                // Refusal means it is already ending; the waiter above gets the receipt either way.
-                deliver_end(addr, end);
-            }
+            let end = End {
+                caller: msg.caller,
+                reason: msg.reason,
+                waiter: None,
+                deadline: None,
+                seen_active_us: crate::protocol::session::NOT_SEEN_IDLE,
+                trace_id: msg.trace_id,
+            };
+            // Refusal means it is already ending; the waiter above gets the receipt either way.
+            live.shared.deliver(end);
         }
         Box::pin(async move { receipt?.await.map_err(|_| SessionError::RuntimeStopped) })
     }
@@ -551,6 +556,14 @@ impl RegistryActor {
         self.bus
             .publish(LifecycleEvent::Released(Arc::new(receipt)));
         self.finish_shutdown_if_done();
+    }
+}
+
+impl Handler<SessionRevived> for RegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: SessionRevived, ctx: &mut Self::Context) {
+        self.look_for_idle_in(ctx);
     }
 }
 

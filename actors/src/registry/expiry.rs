@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::actor::{RegistryActor, deliver_end};
+use super::actor::RegistryActor;
 use crate::clock;
 use crate::expiry::{Deadline, DeadlineKind, DeadlineQueue, ExpiryPolicy, next_due};
 use crate::ids::{Caller, SessionId};
@@ -90,9 +90,6 @@ impl RegistryActor {
                 .unwrap_or(&self.expiry.default_policy);
             match next_due(policy, live.opened_us, last_active) {
                 Some((kind, due)) if due <= now_us => {
-                    let Some(addr) = live.addr.upgrade() else {
-                        continue; // stopping: its end is on the way
-                    };
                     let reason = match kind {
                         DeadlineKind::Idle => EndReason::IdleTimeout,
                         DeadlineKind::Ttl => EndReason::TtlExpired,
@@ -109,7 +106,8 @@ impl RegistryActor {
                         seen_active_us: last_active,
                         trace_id: None,
                     };
-                    deliver_end(addr, end);
+                    // Parked, it starts again to take it; gone, its end is on the way.
+                    live.shared.deliver(end);
                 }
                 Some((_, due)) => {
                     live.due_us = Some(due);

@@ -5,6 +5,7 @@ mod actor;
 mod error;
 mod expiry;
 mod listing;
+mod passivation;
 mod pressure;
 mod shards;
 mod shutdown;

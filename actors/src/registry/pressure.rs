@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::actor::{RegistryActor, deliver_end};
+use super::actor::RegistryActor;
 use crate::budget::{Budget, BudgetConfig, BudgetScope};
 use crate::cleanup::ReleaseQueue;
 use crate::ids::{Caller, IdMap, Owner, SessionId};
@@ -163,15 +163,12 @@ impl RegistryActor {
                     }
                     && live.shared.last_active_us() <= want.idle_since_us
             })
-            .filter_map(|(id, live)| {
-                Some(PressureCandidate {
-                    id: *id,
-                    last_active_us: live.shared.last_active_us(),
-                    bytes: live.shared.gpu_bytes(),
-                    owner: live.owner.clone(),
-                    addr: live.addr.upgrade()?,
-                    shared: live.shared.clone(),
-                })
+            .map(|(id, live)| PressureCandidate {
+                id: *id,
+                last_active_us: live.shared.last_active_us(),
+                bytes: live.shared.gpu_bytes(),
+                owner: live.owner.clone(),
+                shared: live.shared.clone(),
             })
             .collect()
     }
@@ -243,7 +240,7 @@ impl RegistryActor {
                 host_bytes += bytes;
                 self.offload_or_evict(candidate);
             } else {
-                self.evict(candidate.addr, candidate.last_active_us);
+                self.evict(&candidate.shared, candidate.last_active_us);
             }
             need = need.saturating_sub(bytes);
             if need == 0 {
@@ -349,9 +346,9 @@ impl RegistryActor {
                 && host_bytes + bytes <= self.pressure.offload_host_bytes
             {
                 host_bytes += bytes;
-                made.offloading.push(candidate.addr);
+                made.offloading.push(candidate.shared);
             } else {
-                self.evict(candidate.addr, candidate.last_active_us);
+                self.evict(&candidate.shared, candidate.last_active_us);
                 made.ended.push(candidate.id);
             }
         }
@@ -360,7 +357,7 @@ impl RegistryActor {
 
     /// Ends the session as `evicted` if it is still as idle as it was seen
     /// (`seen_active_us`); the session checks, and answers `Kept` if not.
-    fn evict(&mut self, addr: Addr<crate::session::SessionActor>, seen_active_us: u64) {
+    fn evict(&mut self, session: &crate::session::SessionShared, seen_active_us: u64) {
         let end = End {
             caller: self.pressure.caller.clone(),
             reason: EndReason::Evicted,
@@ -369,7 +366,8 @@ impl RegistryActor {
             seen_active_us,
             trace_id: None,
         };
-        deliver_end(addr, end);
+        // Parked, it starts again to take it (and answers `Kept` if active since).
+        session.deliver(end);
     }
 
     /// Offloads the session; if the pool cannot offload, ends it instead.
@@ -378,15 +376,15 @@ impl RegistryActor {
         let caller = self.pressure.caller.clone();
         let host_limit = self.pressure.offload_host_bytes;
         let me = self.settings.registry.clone();
+        let offload = candidate.shared.send(Offload {
+            caller,
+            host_limit: Some(host_limit),
+        });
         actix::spawn(async move {
-            let answer = candidate
-                .addr
-                .send(Offload {
-                    caller,
-                    host_limit: Some(host_limit),
-                })
-                .await
-                .unwrap_or(Err(SessionError::RuntimeStopped));
+            let answer = match offload {
+                Some(offload) => offload.await.unwrap_or(Err(SessionError::RuntimeStopped)),
+                None => Err(SessionError::RuntimeStopped),
+            };
             let _ = me
                 .send(OffloadAnswered {
                     candidate,
@@ -434,7 +432,7 @@ impl Handler<OffloadAnswered> for RegistryActor {
                 );
                 if candidate.shared.is_registered() {
                     let seen = candidate.shared.last_active_us();
-                    self.evict(candidate.addr, seen);
+                    self.evict(&candidate.shared, seen);
                 }
             }
         }

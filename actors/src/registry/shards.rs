@@ -164,6 +164,8 @@ pub(crate) struct EngineParts {
     /// Device recoveries under way ([`OpensPaused`] guards alive): while
     /// above zero, every shard refuses opens with `DeviceRecovering`.
     pub(crate) opens_paused: Arc<std::sync::atomic::AtomicUsize>,
+    /// Parks and revivals of idle sessions, on every shard.
+    pub(crate) passivations: Arc<crate::session::Passivations>,
 }
 
 /// While alive, every shard refuses opens with

@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::actor::{RegistryActor, deliver_end};
+use super::actor::RegistryActor;
 use super::stats::{DeviceLossReport, ShutdownReport};
 use crate::clock;
 use crate::ids::Caller;
 use crate::lifecycle::EndReason;
-use crate::mailbox::send_now_or_later;
 use crate::protocol::registry::{AfterAllEnded, EndAll, ReleaseSharedAfterEnds, Shutdown};
 use crate::protocol::session::{End, ForceEnd};
 
@@ -77,18 +76,17 @@ impl RegistryActor {
         self.pressure.queue.lift_pacing();
         let operator = Caller::Operator("sessionbus-shutdown".into());
         for live in self.sessions.values() {
-            // An actor that cannot be reached is already stopping; its end guard reports it.
-            if let Some(addr) = live.addr.upgrade() {
-                let end = End {
-                    caller: operator.clone(),
-                    reason: EndReason::Shutdown,
-                    waiter: None,
-                    deadline: None,
-                    seen_active_us: crate::protocol::session::NOT_SEEN_IDLE,
-                    trace_id: None,
-                };
-                deliver_end(addr, end);
-            }
+            // A parked session starts again to take it; one already gone is
+            // stopping, and its end guard reports it.
+            let end = End {
+                caller: operator.clone(),
+                reason: EndReason::Shutdown,
+                waiter: None,
+                deadline: None,
+                seen_active_us: crate::protocol::session::NOT_SEEN_IDLE,
+                trace_id: None,
+            };
+            live.shared.deliver(end);
         }
         ctx.run_later(deadline.mul_f64(DRAIN_SHARE), |registry, _ctx| {
             registry.force_draining()
@@ -112,9 +110,7 @@ impl RegistryActor {
             "shutdown: forcing the ends of sessions still draining leases"
         );
         for live in self.sessions.values() {
-            if let Some(addr) = live.addr.upgrade() {
-                send_now_or_later(&addr, ForceEnd);
-            }
+            live.shared.deliver(ForceEnd);
         }
     }
 
@@ -213,11 +209,6 @@ impl Handler<EndAll> for RegistryActor {
                 live.waiters.push(waiter);
                 receipts.push(receipt);
             }
-            // An actor that cannot be reached is already stopping; its end guard reports it.
-            let Some(addr) = live.addr.upgrade() else {
-                stopping += 1;
-                continue;
-            };
             let end = End {
                 caller: operator.clone(),
                 reason: msg.reason,
@@ -226,7 +217,12 @@ impl Handler<EndAll> for RegistryActor {
                 seen_active_us: crate::protocol::session::NOT_SEEN_IDLE,
                 trace_id: None,
             };
-            asks.push(addr.send(end));
+            // A parked session starts again to take it; one already gone is
+            // stopping, and its end guard reports it.
+            match live.shared.send(end) {
+                Some(ask) => asks.push(ask),
+                None => stopping += 1,
+            }
         }
         let deadline = msg
             .wait_for_releases

@@ -60,6 +60,8 @@ pub struct RegistryStats {
     pub kv: Option<crate::kv::KvStats>,
     /// Restarts of the runtime's own tasks, and the failure that escalated, if any.
     pub supervision: SupervisionStats,
+    /// Idle sessions parked now, parks and revivals (`sessions.passivate_after`).
+    pub passivation: crate::session::PassivationStats,
 }
 
 /// What `shutdown` did. Nothing is skipped silently: what the deadline cut

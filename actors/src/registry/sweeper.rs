@@ -18,7 +18,6 @@ use tokio::sync::oneshot;
 use super::actor::RegistryActor;
 use crate::clock;
 use crate::ids::{IdSet, SessionId};
-use crate::mailbox::send_now_or_later;
 use crate::protocol::session::ForceEnd;
 
 pub(crate) struct SweeperState {
@@ -82,8 +81,8 @@ impl RegistryActor {
                 closing_for_us = now_us.saturating_sub(since),
                 "sweeper: session stuck in closing past its drain deadline; forcing its end"
             );
-            if let Some(addr) = self.sessions.get(&id).and_then(|l| l.addr.upgrade()) {
-                send_now_or_later(&addr, ForceEnd);
+            if let Some(live) = self.sessions.get(&id) {
+                live.shared.deliver(ForceEnd);
             }
         }
     }

@@ -27,10 +27,11 @@ mod ending;
 mod kv;
 mod leases;
 mod memory;
+mod passivation;
 mod turns;
 
 pub(crate) struct SessionActor {
-    record: EndGuard,
+    pub(super) record: EndGuard,
     lifecycle: Lifecycle,
     turns: u64,
     leases: LeaseTable,
@@ -56,6 +57,8 @@ pub(crate) struct SessionActor {
     /// entered around every handler; `None` when no subscriber wants it, so
     /// a session without logs pays one pointer and no allocation.
     span: Option<Box<tracing::Span>>,
+    /// Asked to park (the activity stamp it was idle since); decided in `stopping`.
+    parking: Option<u64>,
     #[cfg(feature = "testing")]
     lose_drain_timer: bool,
 }
@@ -95,6 +98,7 @@ impl SessionActor {
             restore_error: None,
             kv_offloaded: false,
             span,
+            parking: None,
             #[cfg(feature = "testing")]
             lose_drain_timer: false,
         }
@@ -163,7 +167,7 @@ impl SessionActor {
 impl Actor for SessionActor {
     type Context = Context<Self>;
 
-    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+    fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
         // Reached without an `End` in three ways. A handler panicked (actix
         // stops the context while dropping it): `in_handler` is still raised.
         // Every handle is gone: the client disconnected. Otherwise the actor is
@@ -171,6 +175,13 @@ impl Actor for SessionActor {
         // shutting down (a runtime dropped without `shutdown()`).
         // An end already under way (draining) is finished now, forced: after
         // this the actor is gone and nobody could return its leases.
+        // Asked to park, it parks here, or stays (running) if anything came in.
+        if let Some(seen) = self.parking.take()
+            && !self.in_handler
+            && !self.record.has_reported()
+        {
+            return self.park(seen);
+        }
         if self.report_ending() {
             return Running::Stop;
         }
@@ -184,7 +195,7 @@ impl Actor for SessionActor {
                 "a session handler panicked; the session ends as crashed"
             );
             EndReason::Crashed
-        } else if !ctx.connected() {
+        } else if self.record.shared.handles() == 0 {
             EndReason::Disconnected
         } else {
             EndReason::Shutdown
@@ -198,6 +209,90 @@ impl Actor for SessionActor {
         Running::Stop
     }
 }
+
+/// Every message queued through the session's slot is handled as itself,
+/// and leaves the inbox count once answered: at once, or, for an answer a
+/// future gives later, when that future is done (a session with a request
+/// in flight does not park, which would drop it).
+macro_rules! via_slot {
+    ($($(#[$attr:meta])* $message:ty),* $(,)?) => {$(
+        $(#[$attr])*
+        impl Handler<crate::session::Via<$message>> for SessionActor {
+            type Result = <SessionActor as Handler<$message>>::Result;
+
+            fn handle(
+                &mut self,
+                msg: crate::session::Via<$message>,
+                ctx: &mut Self::Context,
+            ) -> Self::Result {
+                let shared = self.record.shared.clone();
+                <SessionActor as Handler<$message>>::handle(self, msg.0, ctx).answered(&shared)
+            }
+        }
+    )*};
+}
+
+/// What a handler gives back, taken off the inbox count once answered.
+trait Answered {
+    fn answered(self, shared: &crate::session::SessionShared) -> Self;
+}
+
+impl<T, E> Answered for Result<T, E> {
+    fn answered(self, shared: &crate::session::SessionShared) -> Self {
+        shared.inbox_done();
+        self
+    }
+}
+
+impl Answered for () {
+    fn answered(self, shared: &crate::session::SessionShared) {
+        shared.inbox_done();
+    }
+}
+
+/// Runs as a `ctx.wait` future: nothing else is read until it is done.
+impl<R> Answered for AtomicResponse<SessionActor, R> {
+    fn answered(self, shared: &crate::session::SessionShared) -> Self {
+        shared.inbox_done();
+        self
+    }
+}
+
+impl<R: 'static> Answered for ResponseActFuture<SessionActor, R> {
+    fn answered(self, _shared: &crate::session::SessionShared) -> Self {
+        Box::pin(self.map(|answer, session: &mut SessionActor, _ctx| {
+            session.record.shared.inbox_done();
+            answer
+        }))
+    }
+}
+
+use crate::protocol::session as to;
+via_slot!(
+    to::Chat,
+    to::Touch,
+    to::Allocate,
+    to::Inspect,
+    to::End,
+    to::ForceEnd,
+    to::TakeLease,
+    to::ReturnLease,
+    to::Heartbeat,
+    to::WriteBuffer,
+    to::ReadBuffer,
+    to::Offload,
+    to::AppendTokens,
+    to::ForkKv,
+    to::KvBlocks,
+    to::WriteKv,
+    to::ReadKv,
+    to::Disconnect,
+    to::Passivate,
+    #[cfg(feature = "testing")]
+    to::InjectPanic,
+    #[cfg(feature = "testing")]
+    to::InjectLostDrainTimer,
+);
 
 #[cfg(feature = "testing")]
 impl Handler<InjectPanic> for SessionActor {

@@ -84,6 +84,27 @@ impl EndGuard {
             .max(self.created_at)
     }
 
+    /// Moves the record into a new guard (a session parking hands its
+    /// state over); this one is left empty, as if reported, so its drop
+    /// reports nothing.
+    pub(crate) fn hand_over(&mut self) -> EndGuard {
+        self.reported = true;
+        EndGuard {
+            id: self.id,
+            owner: self.owner.clone(),
+            trace_id: self.trace_id,
+            created_at: self.created_at,
+            version: self.version,
+            ledger: std::mem::take(&mut self.ledger),
+            shared: self.shared.clone(),
+            settings: self.settings.clone(),
+            client_ip: self.client_ip.take(),
+            end_request: self.end_request.take(),
+            kv_table: self.kv_table.take(),
+            reported: false,
+        }
+    }
+
     /// Whether the end has been reported (the ledger then belongs to the end event).
     pub(crate) fn has_reported(&self) -> bool {
         self.reported
@@ -104,6 +125,7 @@ impl EndGuard {
         };
         let began_us = self.settings.epoch.micros(ending.began);
         self.shared.set_closing(reason, began_us);
+        self.shared.set_gone();
         let in_flight_bytes = self.ledger.in_flight();
         let offloaded = self.ledger.is_offloaded();
         let (allocations, bytes) = self.ledger.take();

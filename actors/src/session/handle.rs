@@ -8,6 +8,7 @@ use super::error::SessionError;
 use super::lease::Lease;
 use super::messages::*;
 use super::shared::SessionShared;
+use super::slot::{Link, Via};
 use crate::events::ReleaseReceipt;
 use crate::gpu::Allocated;
 use crate::ids::{AllocationId, Caller, SessionId, TraceId};
@@ -28,8 +29,7 @@ use crate::registry::{AwaitReceipt, RegistryActor};
 pub struct SessionHandle {
     id: SessionId,
     caller: Caller,
-    addr: Addr<SessionActor>,
-    shared: Arc<SessionShared>,
+    link: Arc<Link>,
     registry: Addr<RegistryActor>,
 }
 
@@ -46,16 +46,34 @@ impl SessionHandle {
     pub(crate) fn new(
         id: SessionId,
         caller: Caller,
-        addr: Addr<SessionActor>,
-        shared: Arc<SessionShared>,
+        link: Link,
         registry: Addr<RegistryActor>,
     ) -> Self {
         SessionHandle {
             id,
             caller,
-            addr,
-            shared,
+            link: Arc::new(link),
             registry,
+        }
+    }
+
+    fn shared(&self) -> &SessionShared {
+        &self.link.shared
+    }
+
+    /// Queues `msg` for the session (started again first if it was parked).
+    fn send<M>(&self, msg: M) -> impl Future<Output = Result<M::Result, MailboxError>> + use<M>
+    where
+        M: actix::Message + Send + 'static,
+        M::Result: Send,
+        SessionActor: actix::Handler<Via<M>>,
+    {
+        let request = self.shared().send(msg);
+        async move {
+            match request {
+                Some(request) => request.await,
+                None => Err(MailboxError::Closed),
+            }
         }
     }
 
@@ -71,13 +89,12 @@ impl SessionHandle {
 
     /// The session's state as last published (may trail an in-flight message).
     pub fn state(&self) -> State {
-        self.shared.state()
+        self.shared().state()
     }
 
     /// Sends one chat turn.
     pub async fn chat(&self, turn: Turn) -> Result<TurnAck, SessionError> {
         let sent = self
-            .addr
             .send(Chat {
                 caller: self.caller.clone(),
                 turn,
@@ -89,7 +106,6 @@ impl SessionHandle {
     /// Marks the session active without a turn.
     pub async fn touch(&self) -> Result<(), SessionError> {
         let sent = self
-            .addr
             .send(Touch {
                 caller: self.caller.clone(),
             })
@@ -116,7 +132,6 @@ impl SessionHandle {
         binding: Binding,
     ) -> Result<Allocated, SessionError> {
         let sent = self
-            .addr
             .send(Allocate {
                 caller: self.caller.clone(),
                 bytes,
@@ -135,7 +150,8 @@ impl SessionHandle {
             self.id,
             grant,
             self.caller.clone(),
-            self.addr.clone(),
+            self.shared().running_addr(),
+            self.link.clone(),
         ))
     }
 
@@ -151,7 +167,6 @@ impl SessionHandle {
     /// Renews a remote lease.
     pub async fn heartbeat(&self, lease: LeaseId) -> Result<(), SessionError> {
         let sent = self
-            .addr
             .send(Heartbeat {
                 caller: self.caller.clone(),
                 lease,
@@ -164,7 +179,6 @@ impl SessionHandle {
     /// (`LeaseError::AlreadyReleased`) and changes nothing.
     pub async fn release_lease(&self, lease: LeaseId) -> Result<(), SessionError> {
         let sent = self
-            .addr
             .send(ReturnLease {
                 caller: self.caller.clone(),
                 lease,
@@ -175,7 +189,6 @@ impl SessionHandle {
 
     async fn take_lease(&self, remote: bool) -> Result<LeaseGrant, SessionError> {
         let sent = self
-            .addr
             .send(TakeLease {
                 caller: self.caller.clone(),
                 remote,
@@ -195,7 +208,6 @@ impl SessionHandle {
         data: Vec<u8>,
     ) -> Result<(), SessionError> {
         let sent = self
-            .addr
             .send(WriteBuffer {
                 caller: self.caller.clone(),
                 id,
@@ -226,7 +238,6 @@ impl SessionHandle {
         tokens: &[u32],
     ) -> Result<KvAppendReport, SessionError> {
         let sent = self
-            .addr
             .send(AppendTokens {
                 caller: self.caller.clone(),
                 tokens: tokens.to_vec(),
@@ -243,7 +254,6 @@ impl SessionHandle {
     /// caller. Each session releases its references when it ends.
     pub async fn fork(&self) -> Result<SessionHandle, SessionError> {
         let sent = self
-            .addr
             .send(ForkKv {
                 caller: self.caller.clone(),
             })
@@ -269,8 +279,7 @@ impl SessionHandle {
         Ok(SessionHandle::new(
             opened.id,
             self.caller.clone(),
-            opened.addr,
-            opened.shared,
+            opened.link,
             self.registry.clone(),
         ))
     }
@@ -280,7 +289,6 @@ impl SessionHandle {
     /// for a kernel that reads keys and values through the block table.
     pub async fn kv_blocks(&self) -> Result<Vec<KvBlock>, SessionError> {
         let sent = self
-            .addr
             .send(KvBlocks {
                 caller: self.caller.clone(),
             })
@@ -297,7 +305,6 @@ impl SessionHandle {
         data: Vec<u8>,
     ) -> Result<(), SessionError> {
         let sent = self
-            .addr
             .send(WriteKv {
                 caller: self.caller.clone(),
                 index,
@@ -311,7 +318,6 @@ impl SessionHandle {
     /// Reads KV block `index` of this session back to host memory.
     pub async fn read_kv(&self, index: usize) -> Result<Vec<u8>, SessionError> {
         let sent = self
-            .addr
             .send(ReadKv {
                 caller: self.caller.clone(),
                 index,
@@ -323,7 +329,6 @@ impl SessionHandle {
     /// Reads buffer `id` of this session back (bringing offloaded buffers back first).
     pub async fn read_buffer(&self, id: AllocationId) -> Result<Vec<u8>, SessionError> {
         let sent = self
-            .addr
             .send(ReadBuffer {
                 caller: self.caller.clone(),
                 id,
@@ -341,7 +346,6 @@ impl SessionHandle {
     /// under memory pressure (`budget.offload`), for KV blocks too.
     pub async fn offload(&self) -> Result<SessionOffload, SessionError> {
         let sent = self
-            .addr
             .send(Offload {
                 caller: self.caller.clone(),
                 host_limit: None,
@@ -353,7 +357,6 @@ impl SessionHandle {
     /// A snapshot of the session.
     pub async fn info(&self) -> Result<SessionInfo, SessionError> {
         let sent = self
-            .addr
             .send(Inspect {
                 caller: self.caller.clone(),
             })
@@ -386,7 +389,7 @@ impl SessionHandle {
             seen_active_us: crate::protocol::session::NOT_SEEN_IDLE,
             trace_id,
         };
-        match self.addr.send(end).await {
+        match self.send(end).await {
             Ok(Ok(_)) => receipt.await.map_err(|_| SessionError::RuntimeStopped),
             Ok(Err(SessionError::NotEstablished { .. })) | Err(MailboxError::Closed) => {
                 self.ended_receipt().await
@@ -400,7 +403,7 @@ impl SessionHandle {
     /// prove that a crashed session still ends once and releases everything.
     #[cfg(feature = "testing")]
     pub async fn inject_panic(&self) {
-        let _ = self.addr.send(InjectPanic).await;
+        let _ = self.send(InjectPanic).await;
     }
 
     /// Makes the session lose its drain timer (`testing` builds only),
@@ -408,7 +411,7 @@ impl SessionHandle {
     /// finds it.
     #[cfg(feature = "testing")]
     pub async fn inject_lost_drain_timer(&self) {
-        let _ = self.addr.send(InjectLostDrainTimer).await;
+        let _ = self.send(InjectLostDrainTimer).await;
     }
 
     /// The receipt of a session that has already ended (waits for it if the
@@ -434,7 +437,7 @@ impl SessionHandle {
 
     /// The error for a request that reached a session whose actor is gone.
     fn gone(&self, event: Event) -> SessionError {
-        let state = match self.shared.state() {
+        let state = match self.shared().state() {
             // The actor is gone, so it is at least closing, whatever was last stored.
             State::Init | State::Established => State::Closing,
             ended => ended,
@@ -443,7 +446,7 @@ impl SessionHandle {
             id: self.id,
             state,
             event,
-            reason: self.shared.reason(),
+            reason: self.shared().reason(),
         }
     }
 }

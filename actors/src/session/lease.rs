@@ -21,6 +21,8 @@ pub struct Lease {
     grant: LeaseGrant,
     caller: Caller,
     addr: Option<Addr<SessionActor>>,
+    /// A lease keeps its session reachable, as a handle does (dropped after `addr`).
+    _link: std::sync::Arc<super::slot::Link>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -37,13 +39,15 @@ impl Lease {
         session: SessionId,
         grant: LeaseGrant,
         caller: Caller,
-        addr: Addr<SessionActor>,
+        addr: Option<Addr<SessionActor>>,
+        link: std::sync::Arc<super::slot::Link>,
     ) -> Self {
         Lease {
             session,
             grant,
             caller,
-            addr: Some(addr),
+            addr,
+            _link: link,
         }
     }
 

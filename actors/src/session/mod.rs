@@ -9,6 +9,7 @@ mod ledger;
 mod messages;
 mod settings;
 mod shared;
+mod slot;
 
 pub(crate) use actor::SessionActor;
 pub(crate) use end_guard::EndGuard;
@@ -18,3 +19,5 @@ pub use lease::Lease;
 pub use messages::{Binding, LeaseGrant, SessionInfo, SessionOffload, Turn, TurnAck};
 pub(crate) use settings::SessionSettings;
 pub(crate) use shared::SessionShared;
+pub use slot::PassivationStats;
+pub(crate) use slot::{Link, Passivations, Via};

@@ -48,6 +48,14 @@ pub(crate) struct SessionSettings {
     /// Every registry shard: a session asks the coordinator for room, and
     /// another session's shard for its receipt.
     pub(crate) shards: crate::registry::Shards,
+    /// The shard's engine thread: a parked session starts again there.
+    pub(crate) arbiter: actix::ArbiterHandle,
+    /// That thread (a session started again from it starts at once, in order).
+    pub(crate) thread: std::thread::ThreadId,
+    /// `sessions.mailbox_capacity`, for a session started again.
+    pub(crate) mailbox_capacity: usize,
+    /// Parks and revivals, counted for every shard.
+    pub(crate) passivations: Arc<super::slot::Passivations>,
 }
 
 impl SessionSettings {
@@ -83,6 +91,10 @@ impl SessionSettings {
             kv: None,
             release_queue: None,
             shards: Default::default(),
+            arbiter: actix::Arbiter::current(),
+            thread: std::thread::current().id(),
+            mailbox_capacity: config.sessions.mailbox_capacity,
+            passivations: Default::default(),
         }
     }
 

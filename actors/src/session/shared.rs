@@ -30,6 +30,15 @@ pub(crate) struct SessionShared {
     /// Still in its registry shard's table (cleared when the shard takes its
     /// end): memory pressure on another shard's behalf reads it.
     registered: AtomicBool,
+    /// Where the actor is: running, parked, or gone (`slot.rs`).
+    pub(super) slot: std::sync::Mutex<super::slot::Slot>,
+    /// Messages queued through the slot and not yet handled: a session
+    /// parks only at zero.
+    pub(super) inbox: AtomicU32,
+    /// Live handles (and leases): the last one dropped is a disconnect.
+    pub(super) handles: AtomicU32,
+    /// Parked (its actor stopped, its state in `slot`): read without the lock.
+    pub(super) parked: AtomicBool,
 }
 
 const STATES: [State; 4] = [
@@ -51,6 +60,10 @@ impl SessionShared {
             waiting: AtomicBool::new(false),
             holds_kv: AtomicBool::new(false),
             registered: AtomicBool::new(true),
+            slot: std::sync::Mutex::new(super::slot::Slot::Gone),
+            inbox: AtomicU32::new(0),
+            handles: AtomicU32::new(0),
+            parked: AtomicBool::new(false),
         }
     }
 

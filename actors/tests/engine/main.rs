@@ -13,6 +13,7 @@ mod ends_say_who_asked_and_which_trace;
 mod engine_lifecycle;
 mod events_serialise_and_never_debug_print_an_owner_or_address;
 mod hooks_never_block_a_release;
+mod idle_sessions_park_and_come_back;
 mod kv_blocks_are_shared_and_released_exactly_once;
 mod kv_blocks_offload_to_host_and_restore_bit_for_bit;
 mod kv_offload_under_attack;

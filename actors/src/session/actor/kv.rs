@@ -253,13 +253,15 @@ impl KvRoom {
             }
         });
         let host_limit = Some(asked.host_limit);
-        let offloaded = asked.offloading.into_iter().map(|addr| {
-            let offload = addr.send(Offload {
+        let offloaded = asked.offloading.into_iter().map(|shared| {
+            let offload = shared.send(Offload {
                 caller: caller.clone(),
                 host_limit,
             });
             async move {
-                let _ = offload.await;
+                if let Some(offload) = offload {
+                    let _ = offload.await;
+                }
             }
         });
         let all = futures::future::join(
