@@ -69,6 +69,10 @@ echo "test.sh: every test of the workspace, every feature on"
 cargo test --workspace --all-features --locked
 echo "test.sh: the engine's tests again, sessions spread over 3 registry shards (the default is one per core)"
 SESSIONBUS_TEST_SHARDS=3 cargo test -p sessionbus-actors --all-features --locked --test engine
+echo "test.sh: the engine's tests again with passivation on: sessions idle for 10 ms park (the default is off)"
+SESSIONBUS_TEST_PASSIVATE=10ms cargo test -p sessionbus-actors --all-features --locked --test engine
+echo "test.sh: ...and with both: 3 shards, sessions idle for 1 s park"
+SESSIONBUS_TEST_SHARDS=3 SESSIONBUS_TEST_PASSIVATE=1s cargo test -p sessionbus-actors --all-features --locked --test engine
 echo "test.sh: lints (clippy on every target and feature, warnings denied)"
 cargo clippy --workspace --all-targets --all-features --locked --quiet -- -D warnings
 echo "test.sh: docs (rustdoc warnings denied)"
