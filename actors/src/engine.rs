@@ -288,7 +288,6 @@ impl EngineHandle {
             opened.id,
             Caller::User(owner),
             opened.link,
-            shard.clone(),
         ))
     }
 
@@ -312,7 +311,6 @@ impl EngineHandle {
             opened.id,
             caller,
             opened.link,
-            shard.clone(),
         ))
     }
 

@@ -182,7 +182,9 @@ pub fn run(bench: &str, workloads: &[&str], expiry_peers: &[PeerKind]) {
                 } else {
                     &[100_000, 1_000_000]
                 };
-                wl_idle::memory(sizes, &idle_peers)
+                let mut peers = idle_peers.clone();
+                peers.insert(1, wl_idle::PARKED);
+                wl_idle::memory(sizes, &peers)
             }
             "idle" => {
                 let (n, window) = if args.quick {

@@ -20,6 +20,15 @@ use super::wl_expiry::{PeerRun, check_once};
 /// `SESSIONBUS_BENCH_CONFIG=path.toml`: the sessionbus peer runs on that
 /// configuration instead of the defaults (to compare settings in one run).
 pub async fn start(sessions: usize, idle_timeout: bool) -> Result<Runtime, String> {
+    start_passivating(sessions, idle_timeout, None).await
+}
+
+/// [`start`], with idle sessions parking after `passivate_after` when given.
+pub async fn start_passivating(
+    sessions: usize,
+    idle_timeout: bool,
+    passivate_after: Option<Duration>,
+) -> Result<Runtime, String> {
     let mut config = match std::env::var_os("SESSIONBUS_BENCH_CONFIG") {
         Some(path) => Config::from_file(&path)
             .map_err(|e| format!("sessionbus: SESSIONBUS_BENCH_CONFIG: {e}"))?,
@@ -28,6 +37,9 @@ pub async fn start(sessions: usize, idle_timeout: bool) -> Result<Runtime, Strin
     config.sessions.max_sessions = config.sessions.max_sessions.max(2 * sessions);
     if !idle_timeout {
         config.expiry.idle_timeout = None;
+    }
+    if passivate_after.is_some() {
+        config.sessions.passivate_after = passivate_after;
     }
     Runtime::start(config)
         .await

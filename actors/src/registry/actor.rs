@@ -345,7 +345,7 @@ impl RegistryActor {
         self.bus.publish(LifecycleEvent::Started(Arc::new(started)));
         Ok(Opened {
             id,
-            link: Link::new(shared),
+            link: Link::new(shared, self.settings.shards.clone()),
         })
     }
 }
@@ -363,7 +363,7 @@ impl Handler<Attach> for RegistryActor {
                 // Running or parked alike: its next message reaches it.
                 return Ok(Opened {
                     id,
-                    link: Link::new(live.shared.clone()),
+                    link: Link::new(live.shared.clone(), self.settings.shards.clone()),
                 });
             }
             // The session is ending; its end is on the way. Answer as for an ended session.

@@ -30,7 +30,6 @@ pub struct SessionHandle {
     id: SessionId,
     caller: Caller,
     link: Arc<Link>,
-    registry: Addr<RegistryActor>,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -43,18 +42,17 @@ impl std::fmt::Debug for SessionHandle {
 }
 
 impl SessionHandle {
-    pub(crate) fn new(
-        id: SessionId,
-        caller: Caller,
-        link: Link,
-        registry: Addr<RegistryActor>,
-    ) -> Self {
+    pub(crate) fn new(id: SessionId, caller: Caller, link: Link) -> Self {
         SessionHandle {
             id,
             caller,
             link: Arc::new(link),
-            registry,
         }
+    }
+
+    /// The registry shard this session is on.
+    fn registry(&self) -> &Addr<RegistryActor> {
+        self.link.shards.for_id(self.id)
     }
 
     fn shared(&self) -> &SessionShared {
@@ -268,7 +266,7 @@ impl SessionHandle {
             kv_table: Some(table),
         };
         let opened = self
-            .registry
+            .registry()
             .send(open)
             .await
             .map_err(|_| SessionError::RuntimeStopped)?
@@ -276,12 +274,7 @@ impl SessionHandle {
                 id: self.id,
                 source,
             })?;
-        Ok(SessionHandle::new(
-            opened.id,
-            self.caller.clone(),
-            opened.link,
-            self.registry.clone(),
-        ))
+        Ok(SessionHandle::new(opened.id, self.caller.clone(), opened.link))
     }
 
     /// Where this session's KV blocks are, in token order: the buffer (a
@@ -421,7 +414,7 @@ impl SessionHandle {
             id: self.id,
             caller: self.caller.clone(),
         };
-        self.registry
+        self.registry()
             .send(ask)
             .await
             .map_err(|_| SessionError::RuntimeStopped)?

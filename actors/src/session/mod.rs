@@ -5,7 +5,7 @@ mod end_guard;
 mod error;
 mod handle;
 mod lease;
-mod ledger;
+pub(crate) mod ledger;
 mod messages;
 mod settings;
 mod shared;

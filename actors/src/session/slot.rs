@@ -248,12 +248,15 @@ where
 /// alive the session is reachable; dropping the last one is a disconnect.
 pub(crate) struct Link {
     pub(crate) shared: Arc<SessionShared>,
+    /// Every registry shard (the session's own, found by its id): for a
+    /// fork's open and an ended session's receipt.
+    pub(crate) shards: crate::registry::Shards,
 }
 
 impl Link {
-    pub(crate) fn new(shared: Arc<SessionShared>) -> Self {
+    pub(crate) fn new(shared: Arc<SessionShared>, shards: crate::registry::Shards) -> Self {
         shared.handles.fetch_add(1, Ordering::SeqCst);
-        Link { shared }
+        Link { shared, shards }
     }
 }
 

@@ -129,3 +129,23 @@ impl Handler<Disconnect> for SessionActor {
         })
     }
 }
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn print_sizes() {
+        use std::mem::size_of;
+        eprintln!("SessionActor {}", size_of::<super::SessionActor>());
+        eprintln!("EndGuard {}", size_of::<crate::session::EndGuard>());
+        eprintln!("LeaseTable {}", size_of::<crate::lease::LeaseTable>());
+        eprintln!("Ledger {}", size_of::<crate::session::ledger::Ledger>());
+        eprintln!("SessionShared {}", size_of::<crate::session::SessionShared>());
+        eprintln!("Lifecycle {}", size_of::<crate::lifecycle::Lifecycle>());
+        eprintln!("SessionHandle {}", size_of::<crate::session::SessionHandle>());
+        eprintln!("Caller {}", size_of::<crate::ids::Caller>());
+        eprintln!("ClientIp opt {}", size_of::<Option<crate::ids::ClientIp>>());
+        eprintln!("kv_table {}", size_of::<Option<crate::kv::TableId>>());
+        eprintln!("SystemTime {}", size_of::<std::time::SystemTime>());
+        eprintln!("Addr {}", size_of::<actix::Addr<super::SessionActor>>());
+    }
+}
