@@ -19,6 +19,7 @@ mod kv_blocks_offload_to_host_and_restore_bit_for_bit;
 mod kv_offload_under_attack;
 mod leases_drain_and_heartbeats;
 mod offload_keeps_idle_sessions_alive;
+mod passivation_under_attack;
 mod session_matches_its_model;
 mod sessions_can_be_listed_and_ended_with_a_reason;
 mod sessions_expire_on_time;
