@@ -307,11 +307,7 @@ impl EngineHandle {
             .send(attach)
             .await
             .map_err(|_| SessionError::RuntimeStopped)??;
-        Ok(SessionHandle::new(
-            opened.id,
-            caller,
-            opened.link,
-        ))
+        Ok(SessionHandle::new(opened.id, caller, opened.link))
     }
 
     /// Closes a session by id; resolves with its release receipt. Closing an

@@ -298,7 +298,11 @@ pub fn memory(sizes: &[usize], peers: &[&str]) -> (serde_json::Value, Vec<String
         match parked_target {
             Some(t) => format!(
                 "{} (worst {t:.0} B)",
-                if t <= TARGET_PARKED_BYTES { "met" } else { "MISSED" }
+                if t <= TARGET_PARKED_BYTES {
+                    "met"
+                } else {
+                    "MISSED"
+                }
             ),
             None => "not measured".into(),
         }

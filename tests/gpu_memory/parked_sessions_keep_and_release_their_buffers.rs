@@ -34,7 +34,10 @@ async fn until_parked(rt: &Runtime, parked: u64) -> PassivationStats {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{parked} sessions never parked: {:?}", rt.stats().await.unwrap().passivation);
+    panic!(
+        "{parked} sessions never parked: {:?}",
+        rt.stats().await.unwrap().passivation
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,13 +56,19 @@ async fn parked_sessions_come_back_intact_and_every_end_releases_every_buffer() 
         let session = rt.open_with(options).await.unwrap();
         let buffer = session.allocate(16 * KIB).await.unwrap();
         let data = pattern(i, 16 * KIB as usize);
-        session.write_buffer(buffer.id, 0, data.clone()).await.unwrap();
+        session
+            .write_buffer(buffer.id, 0, data.clone())
+            .await
+            .unwrap();
         (session, buffer.id, data)
     }))
     .await;
     until_parked(rt, 120).await;
     let held = rt.gpu_counters().unwrap();
-    assert!(held.buffers > h.baseline.buffers, "parked sessions keep their buffers");
+    assert!(
+        held.buffers > h.baseline.buffers,
+        "parked sessions keep their buffers"
+    );
 
     // 0..40: a read brings each back, bytes intact, from many tasks at once.
     join_all(sessions[..40].iter().map(|(session, id, data)| async move {
@@ -117,7 +126,10 @@ async fn a_device_loss_ends_parked_sessions_and_gives_back_every_buffer() {
     assert_eq!(rt.engine().end_sessions_on_device_loss().await, Ok(30));
     for session in &sessions {
         let receipt = session.close().await.unwrap();
-        assert_eq!((receipt.reason, receipt.buffers), (EndReason::DeviceLost, 1));
+        assert_eq!(
+            (receipt.reason, receipt.buffers),
+            (EndReason::DeviceLost, 1)
+        );
     }
     h.assert_gpu_at_baseline();
     drop(sessions);

@@ -357,7 +357,7 @@ impl RegistryActor {
 
     /// Ends the session as `evicted` if it is still as idle as it was seen
     /// (`seen_active_us`); the session checks, and answers `Kept` if not.
-    fn evict(&mut self, session: &crate::session::SessionShared, seen_active_us: u64) {
+    fn evict(&mut self, session: &Arc<crate::session::SessionShared>, seen_active_us: u64) {
         let end = End {
             caller: self.pressure.caller.clone(),
             reason: EndReason::Evicted,

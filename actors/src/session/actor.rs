@@ -225,43 +225,40 @@ macro_rules! via_slot {
                 msg: crate::session::Via<$message>,
                 ctx: &mut Self::Context,
             ) -> Self::Result {
-                let shared = self.record.shared.clone();
-                <SessionActor as Handler<$message>>::handle(self, msg.0, ctx).answered(&shared)
+                let crate::session::Via { msg, ticket } = msg;
+                <SessionActor as Handler<$message>>::handle(self, msg, ctx).answered(ticket)
             }
         }
     )*};
 }
 
-/// What a handler gives back, taken off the inbox count once answered.
+/// What a handler gives back, keeping the message's inbox ticket until it
+/// is answered.
 trait Answered {
-    fn answered(self, shared: &crate::session::SessionShared) -> Self;
+    fn answered(self, ticket: crate::session::Ticket) -> Self;
 }
 
 impl<T, E> Answered for Result<T, E> {
-    fn answered(self, shared: &crate::session::SessionShared) -> Self {
-        shared.inbox_done();
+    fn answered(self, _ticket: crate::session::Ticket) -> Self {
         self
     }
 }
 
 impl Answered for () {
-    fn answered(self, shared: &crate::session::SessionShared) {
-        shared.inbox_done();
-    }
+    fn answered(self, _ticket: crate::session::Ticket) {}
 }
 
 /// Runs as a `ctx.wait` future: nothing else is read until it is done.
 impl<R> Answered for AtomicResponse<SessionActor, R> {
-    fn answered(self, shared: &crate::session::SessionShared) -> Self {
-        shared.inbox_done();
+    fn answered(self, _ticket: crate::session::Ticket) -> Self {
         self
     }
 }
 
 impl<R: 'static> Answered for ResponseActFuture<SessionActor, R> {
-    fn answered(self, _shared: &crate::session::SessionShared) -> Self {
-        Box::pin(self.map(|answer, session: &mut SessionActor, _ctx| {
-            session.record.shared.inbox_done();
+    fn answered(self, ticket: crate::session::Ticket) -> Self {
+        Box::pin(self.map(move |answer, _session: &mut SessionActor, _ctx| {
+            drop(ticket);
             answer
         }))
     }
@@ -288,6 +285,7 @@ via_slot!(
     to::ReadKv,
     to::Disconnect,
     to::Passivate,
+    to::LeaseDropped,
     #[cfg(feature = "testing")]
     to::InjectPanic,
     #[cfg(feature = "testing")]

@@ -55,7 +55,7 @@ impl SessionHandle {
         self.link.shards.for_id(self.id)
     }
 
-    fn shared(&self) -> &SessionShared {
+    fn shared(&self) -> &Arc<SessionShared> {
         &self.link.shared
     }
 
@@ -148,7 +148,6 @@ impl SessionHandle {
             self.id,
             grant,
             self.caller.clone(),
-            self.shared().running_addr(),
             self.link.clone(),
         ))
     }
@@ -274,7 +273,11 @@ impl SessionHandle {
                 id: self.id,
                 source,
             })?;
-        Ok(SessionHandle::new(opened.id, self.caller.clone(), opened.link))
+        Ok(SessionHandle::new(
+            opened.id,
+            self.caller.clone(),
+            opened.link,
+        ))
     }
 
     /// Where this session's KV blocks are, in token order: the buffer (a

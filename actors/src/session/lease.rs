@@ -1,8 +1,5 @@
 //! The guard an application holds while work is in flight on a session.
 
-use actix::Addr;
-
-use super::actor::SessionActor;
 use super::error::SessionError;
 use super::messages::LeaseGrant;
 use crate::ids::{Caller, SessionId};
@@ -20,9 +17,11 @@ pub struct Lease {
     session: SessionId,
     grant: LeaseGrant,
     caller: Caller,
-    addr: Option<Addr<SessionActor>>,
-    /// A lease keeps its session reachable, as a handle does (dropped after `addr`).
-    _link: std::sync::Arc<super::slot::Link>,
+    /// The session, reached through its slot (it may have parked since the
+    /// lease came back by id); a lease keeps it reachable, as a handle does.
+    link: std::sync::Arc<super::slot::Link>,
+    /// Returned through this guard already.
+    returned: bool,
 }
 
 impl std::fmt::Debug for Lease {
@@ -39,15 +38,14 @@ impl Lease {
         session: SessionId,
         grant: LeaseGrant,
         caller: Caller,
-        addr: Option<Addr<SessionActor>>,
         link: std::sync::Arc<super::slot::Link>,
     ) -> Self {
         Lease {
             session,
             grant,
             caller,
-            addr,
-            _link: link,
+            link,
+            returned: false,
         }
     }
 
@@ -64,31 +62,28 @@ impl Lease {
     /// Returns the lease and waits until the session has taken it back (if
     /// the session was draining, its end proceeds from here).
     pub async fn release(mut self) -> Result<(), SessionError> {
-        let Some(addr) = self.addr.take() else {
-            return Ok(());
-        };
+        self.returned = true;
         let release = ReturnLease {
             caller: self.caller.clone(),
             lease: self.grant.id,
         };
-        match addr.send(release).await {
-            Ok(answer) => answer,
-            // The session is gone; its end forced the lease already.
-            Err(_) => Ok(()),
+        match self.link.shared.send(release) {
+            Some(request) => match request.await {
+                Ok(answer) => answer,
+                // The session is gone; its end forced the lease already.
+                Err(_) => Ok(()),
+            },
+            None => Ok(()),
         }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(addr) = self.addr.take() {
+        if !self.returned {
             // Returning a lease can unblock a drain (memory to give back), so
             // it must not be refused; the overflow is bounded by live leases.
-            if let Err(actix::dev::SendError::Full(msg)) =
-                addr.try_send(LeaseDropped(self.grant.id))
-            {
-                addr.do_send(msg);
-            }
+            self.link.shared.deliver(LeaseDropped(self.grant.id));
         }
     }
 }

@@ -5,7 +5,7 @@ mod end_guard;
 mod error;
 mod handle;
 mod lease;
-pub(crate) mod ledger;
+mod ledger;
 mod messages;
 mod settings;
 mod shared;
@@ -20,4 +20,4 @@ pub use messages::{Binding, LeaseGrant, SessionInfo, SessionOffload, Turn, TurnA
 pub(crate) use settings::SessionSettings;
 pub(crate) use shared::SessionShared;
 pub use slot::PassivationStats;
-pub(crate) use slot::{Link, Passivations, Via};
+pub(crate) use slot::{Link, Passivations, Ticket, Via};

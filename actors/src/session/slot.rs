@@ -41,12 +41,33 @@ impl std::fmt::Debug for Slot {
     }
 }
 
-/// A message queued through the slot: its handler first takes it off the
-/// session's `inbox` count.
-pub(crate) struct Via<M>(pub(crate) M);
+/// A message queued through the slot, with its place in the session's
+/// `inbox` count: the ticket gives it back when dropped, once the message
+/// is answered (with the future that answers it, if one does), or unread
+/// (a request its sender gave up on is never handled, actix drops it).
+pub(crate) struct Via<M> {
+    pub(crate) msg: M,
+    pub(crate) ticket: Ticket,
+}
 
 impl<M: Message> Message for Via<M> {
     type Result = M::Result;
+}
+
+/// One message counted in a session's `inbox`, until dropped.
+pub(crate) struct Ticket(Arc<SessionShared>);
+
+impl Ticket {
+    fn new(shared: &Arc<SessionShared>) -> Self {
+        shared.inbox.fetch_add(1, Ordering::SeqCst);
+        Ticket(shared.clone())
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.inbox.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Counts of parks and revivals, shared by every shard of an engine.
@@ -131,20 +152,8 @@ impl SessionShared {
         self.inbox.load(Ordering::SeqCst)
     }
 
-    pub(super) fn inbox_done(&self) {
-        self.inbox.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// The running actor's address (reviving a parked session); `None` once it ended.
-    pub(crate) fn running_addr(&self) -> Option<Addr<SessionActor>> {
-        let mut slot = self.running_slot();
-        match &mut *slot {
-            Slot::Running(addr) => Some(addr.clone()),
-            _ => None,
-        }
-    }
-
-    /// The slot, locked, with a parked session started again.
+    /// The slot, locked, with a parked session started again (it stays
+    /// parked if its shard's thread no longer runs anything).
     fn running_slot(&self) -> MutexGuard<'_, Slot> {
         let mut slot = self.lock_slot();
         if matches!(*slot, Slot::Parked(_)) {
@@ -152,19 +161,24 @@ impl SessionShared {
                 unreachable!("checked just above");
             };
             let settings = state.record.settings.clone();
-            settings.passivations.revived();
-            self.parked.store(false, Ordering::Release);
-            *slot = Slot::Running(state.revive());
-            settings
-                .registry
-                .do_send(crate::protocol::registry::SessionRevived);
+            match state.revive() {
+                Ok(addr) => {
+                    *slot = Slot::Running(addr);
+                    settings.passivations.revived();
+                    self.parked.store(false, Ordering::Release);
+                    settings
+                        .registry
+                        .do_send(crate::protocol::registry::SessionRevived);
+                }
+                Err(state) => *slot = Slot::Parked(state),
+            }
         }
         slot
     }
 
     /// Queues `msg` (reviving a parked session first); the request resolves
     /// with the answer. `None`: the session has ended.
-    pub(crate) fn send<M>(&self, msg: M) -> Option<Request<SessionActor, Via<M>>>
+    pub(crate) fn send<M>(self: &Arc<Self>, msg: M) -> Option<Request<SessionActor, Via<M>>>
     where
         M: Message + Send + 'static,
         M::Result: Send,
@@ -174,15 +188,15 @@ impl SessionShared {
         let Slot::Running(addr) = &*slot else {
             return None;
         };
-        self.inbox.fetch_add(1, Ordering::SeqCst);
-        Some(addr.send(Via(msg)))
+        let ticket = Ticket::new(self);
+        Some(addr.send(Via { msg, ticket }))
     }
 
     /// Queues `msg` without waiting for room or an answer (reviving a
     /// parked session first), from any thread. `false`: the session has ended.
     /// The overflow past a full mailbox is bounded by what the engine
     /// itself sends (one end, one force, one disconnect per session).
-    pub(crate) fn deliver<M>(&self, msg: M) -> bool
+    pub(crate) fn deliver<M>(self: &Arc<Self>, msg: M) -> bool
     where
         M: Message + Send + 'static,
         M::Result: Send,
@@ -194,7 +208,7 @@ impl SessionShared {
 
     /// Like [`deliver`](Self::deliver), only to a running actor: a parked
     /// session is left parked. `false`: not running.
-    pub(crate) fn deliver_if_running<M>(&self, msg: M) -> bool
+    pub(crate) fn deliver_if_running<M>(self: &Arc<Self>, msg: M) -> bool
     where
         M: Message + Send + 'static,
         M::Result: Send,
@@ -220,7 +234,7 @@ impl SessionShared {
     }
 }
 
-fn queue<M>(slot: &Slot, shared: &SessionShared, msg: M) -> bool
+fn queue<M>(slot: &Slot, shared: &Arc<SessionShared>, msg: M) -> bool
 where
     M: Message + Send + 'static,
     M::Result: Send,
@@ -230,17 +244,14 @@ where
     let Slot::Running(addr) = slot else {
         return false;
     };
-    shared.inbox.fetch_add(1, Ordering::SeqCst);
-    match addr.try_send(Via(msg)) {
+    let ticket = Ticket::new(shared);
+    match addr.try_send(Via { msg, ticket }) {
         Ok(()) => true,
         Err(SendError::Full(msg)) => {
             addr.do_send(msg);
             true
         }
-        Err(SendError::Closed(_)) => {
-            shared.inbox_done();
-            false
-        }
+        Err(SendError::Closed(_)) => false,
     }
 }
 

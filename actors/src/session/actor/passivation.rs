@@ -9,6 +9,8 @@
 //! activity since the registry looked. It decides in `stopping`, after its
 //! mailbox ran dry; if anything came in meanwhile it stays.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use actix::prelude::*;
 
 use super::SessionActor;
@@ -75,19 +77,40 @@ impl SessionActor {
     }
 
     /// Starts a parked session again on its shard's thread: at once from
-    /// that thread (so sessions revived one after the other start in that
-    /// order), else through its arbiter.
-    pub(crate) fn revive(self: Box<Self>) -> Addr<SessionActor> {
+    /// that thread inside its runtime (so sessions revived one after the
+    /// other start in that order), else through its arbiter. The state comes
+    /// back (`Err`) if that thread no longer runs anything: it is never
+    /// dropped here, where the caller holds the slot's lock (a dropped
+    /// state reports its end, which takes that lock).
+    pub(crate) fn revive(self: Box<Self>) -> Result<Addr<SessionActor>, Box<Self>> {
         let settings = self.record.settings.clone();
         let capacity = settings.mailbox_capacity;
-        let start = move |ctx: &mut Context<SessionActor>| {
-            ctx.set_mailbox_capacity(capacity);
-            *self
-        };
-        match std::thread::current().id() == settings.thread {
-            true => SessionActor::create(start),
-            false => SessionActor::start_in_arbiter(&settings.arbiter, start),
+        let on_its_thread = std::thread::current().id() == settings.thread
+            && tokio::runtime::Handle::try_current().is_ok();
+        if on_its_thread {
+            return Ok(SessionActor::create(move |ctx| {
+                ctx.set_mailbox_capacity(capacity);
+                *self
+            }));
         }
+        let state = Arc::new(Mutex::new(Some(self)));
+        let started = state.clone();
+        let addr = SessionActor::start_in_arbiter(&settings.arbiter, move |ctx| {
+            ctx.set_mailbox_capacity(capacity);
+            let taken = started
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            *taken.expect("a parked session starts once")
+        });
+        // A stopped arbiter drops the closure at once, unrun: the state is
+        // still here, and nobody else holds it.
+        if Arc::strong_count(&state) == 1
+            && let Some(state) = state.lock().unwrap_or_else(PoisonError::into_inner).take()
+        {
+            return Err(state);
+        }
+        Ok(addr)
     }
 
     /// The engine is going away with this session parked: it ends as an
@@ -127,25 +150,5 @@ impl Handler<Disconnect> for SessionActor {
                     session.begin_end(crate::lifecycle::EndReason::Disconnected, None, None, ctx);
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn print_sizes() {
-        use std::mem::size_of;
-        eprintln!("SessionActor {}", size_of::<super::SessionActor>());
-        eprintln!("EndGuard {}", size_of::<crate::session::EndGuard>());
-        eprintln!("LeaseTable {}", size_of::<crate::lease::LeaseTable>());
-        eprintln!("Ledger {}", size_of::<crate::session::ledger::Ledger>());
-        eprintln!("SessionShared {}", size_of::<crate::session::SessionShared>());
-        eprintln!("Lifecycle {}", size_of::<crate::lifecycle::Lifecycle>());
-        eprintln!("SessionHandle {}", size_of::<crate::session::SessionHandle>());
-        eprintln!("Caller {}", size_of::<crate::ids::Caller>());
-        eprintln!("ClientIp opt {}", size_of::<Option<crate::ids::ClientIp>>());
-        eprintln!("kv_table {}", size_of::<Option<crate::kv::TableId>>());
-        eprintln!("SystemTime {}", size_of::<std::time::SystemTime>());
-        eprintln!("Addr {}", size_of::<actix::Addr<super::SessionActor>>());
     }
 }
