@@ -33,7 +33,8 @@ pub(super) struct LiveSession {
     pub(super) owner: Owner,
     pub(super) shared: Arc<SessionShared>,
     /// Callers waiting for this session's receipt (closed by id, or a racing second close).
-    pub(super) waiters: Vec<oneshot::Sender<ReleaseReceipt>>,
+    /// Boxed: most sessions end with nobody waiting by id (8 bytes, not 24).
+    pub(super) waiters: Option<Box<Vec<oneshot::Sender<ReleaseReceipt>>>>,
     /// `None`: the configured default (kept once, in `ExpiryState`): the
     /// registry holds one entry per live session, so each byte counts a million times.
     pub(super) policy: Option<Box<ExpiryPolicy>>,
@@ -199,7 +200,7 @@ impl RegistryActor {
             if !caller.may_act_on(&live.owner) {
                 return Err(Self::unauthorized(id, caller));
             }
-            live.waiters.push(waiter);
+            live.waiters.get_or_insert_default().push(waiter);
         } else if let Some(stone) = self.tombstones.get_mut(&id) {
             if !caller.may_act_on(&stone.owner) {
                 return Err(Self::unauthorized(id, caller));
@@ -318,7 +319,7 @@ impl RegistryActor {
         let live = LiveSession {
             owner: msg.owner.clone(),
             shared: shared.clone(),
-            waiters: Vec::new(),
+            waiters: None,
             policy: msg.expiry.map(Box::new),
             opened_us,
             due_us: None,
@@ -471,7 +472,7 @@ impl Handler<SessionFinished> for RegistryActor {
             self.counters.drains_forced += 1;
         }
         self.releasing += 1;
-        let mut waiters = live.waiters;
+        let mut waiters = live.waiters.map_or_else(Vec::new, |waiters| *waiters);
         waiters.extend(msg.waiters);
         let pseudonyms = &self.settings.pseudonyms;
         tracing::info!(

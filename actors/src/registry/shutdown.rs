@@ -206,7 +206,7 @@ impl Handler<EndAll> for RegistryActor {
         for live in self.sessions.values_mut() {
             if msg.wait_for_releases.is_some() {
                 let (waiter, receipt) = oneshot::channel();
-                live.waiters.push(waiter);
+                live.waiters.get_or_insert_default().push(waiter);
                 receipts.push(receipt);
             }
             let end = End {

@@ -57,11 +57,15 @@ pub(crate) struct SessionActor {
     /// entered around every handler; `None` when no subscriber wants it, so
     /// a session without logs pays one pointer and no allocation.
     span: Option<Box<tracing::Span>>,
-    /// Asked to park (the activity stamp it was idle since); decided in `stopping`.
-    parking: Option<u64>,
+    /// Asked to park: the activity stamp it was idle since (`NOT_PARKING`
+    /// otherwise); decided in `stopping`.
+    parking: u64,
     #[cfg(feature = "testing")]
     lose_drain_timer: bool,
 }
+
+/// `SessionActor::parking` when it was not asked to park.
+const NOT_PARKING: u64 = u64::MAX;
 
 /// Why the last restore of offloaded memory failed.
 #[derive(Clone, Debug)]
@@ -98,7 +102,7 @@ impl SessionActor {
             restore_error: None,
             kv_offloaded: false,
             span,
-            parking: None,
+            parking: NOT_PARKING,
             #[cfg(feature = "testing")]
             lose_drain_timer: false,
         }
@@ -176,10 +180,8 @@ impl Actor for SessionActor {
         // An end already under way (draining) is finished now, forced: after
         // this the actor is gone and nobody could return its leases.
         // Asked to park, it parks here, or stays (running) if anything came in.
-        if let Some(seen) = self.parking.take()
-            && !self.in_handler
-            && !self.record.has_reported()
-        {
+        let seen = std::mem::replace(&mut self.parking, NOT_PARKING);
+        if seen != NOT_PARKING && !self.in_handler && !self.record.has_reported() {
             return self.park(seen);
         }
         if self.report_ending() {

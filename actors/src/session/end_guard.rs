@@ -32,7 +32,8 @@ pub(crate) struct EndGuard {
     pub(crate) shared: Arc<SessionShared>,
     pub(crate) settings: Arc<SessionSettings>,
     /// The client's address given at open (for the audit trail).
-    pub(crate) client_ip: Option<crate::ids::ClientIp>,
+    /// Boxed: only sessions opened with an address have one.
+    pub(crate) client_ip: Option<Box<crate::ids::ClientIp>>,
     /// Who asked for the end under way, and the trace of that request.
     /// Boxed: only an ending session has one.
     pub(crate) end_request: Option<Box<(Caller, Option<TraceId>)>>,
@@ -68,7 +69,7 @@ impl EndGuard {
 
     /// With the client's address given at open.
     pub(crate) fn with_client_ip(mut self, ip: Option<crate::ids::ClientIp>) -> Self {
-        self.client_ip = ip;
+        self.client_ip = ip.map(Box::new);
         self
     }
 
@@ -156,7 +157,7 @@ impl EndGuard {
             trace_id: self.trace_id,
             ended_by,
             end_trace_id,
-            client_ip: self.client_ip,
+            client_ip: self.client_ip.as_deref().copied(),
         };
         let message = SessionFinished {
             event,

@@ -16,7 +16,7 @@ pub(crate) struct Ledger {
     reserved: u64,
     /// Waiting for room in a budget (counted against the session cap only).
     waiting: u64,
-    context_from: usize,
+    context_from: u32,
     /// The live buffers are in host memory (offloaded), not on the GPU.
     offloaded: bool,
 }
@@ -67,7 +67,7 @@ impl Ledger {
         match binding {
             Binding::Context => self.live.push(allocation),
             Binding::Session => {
-                self.live.insert(self.context_from, allocation);
+                self.live.insert(self.context_from as usize, allocation);
                 self.context_from += 1;
             }
         }
@@ -87,7 +87,7 @@ impl Ledger {
 
     /// Removes the context-bound allocations; returns them.
     pub(crate) fn take_context(&mut self) -> Vec<Allocated> {
-        let context = self.live.split_off(self.context_from);
+        let context = self.live.split_off(self.context_from as usize);
         self.live_bytes -= context.iter().map(|a| a.bytes).sum::<u64>();
         context
     }

@@ -70,7 +70,7 @@ impl SessionActor {
             restore_error: self.restore_error.take(),
             kv_offloaded: self.kv_offloaded,
             span: self.span.take(),
-            parking: None,
+            parking: super::NOT_PARKING,
             #[cfg(feature = "testing")]
             lose_drain_timer: self.lose_drain_timer,
         }
@@ -132,7 +132,7 @@ impl Handler<Passivate> for SessionActor {
     fn handle(&mut self, msg: Passivate, ctx: &mut Self::Context) {
         self.guarded(|session| {
             if session.may_park(msg.seen_active_us) {
-                session.parking = Some(msg.seen_active_us);
+                session.parking = msg.seen_active_us;
                 ctx.stop();
             }
         })

@@ -82,7 +82,7 @@ impl SessionActor {
             bytes: 0,
             at: SystemTime::now(),
             trace_id,
-            client_ip: self.record.client_ip,
+            client_ip: self.record.client_ip.as_deref().copied(),
         };
         let registry = self.record.settings.registry.clone();
         actix::spawn(async move {
