@@ -8,6 +8,7 @@ mod dropped_handle_ends_as_disconnect;
 mod kv_blocks_feed_a_paged_attention_kernel;
 mod offload_round_trips_bit_for_bit;
 mod parked_sessions_keep_and_release_their_buffers;
+mod parked_sessions_under_attack;
 mod sessions_on_shard_threads_release_everything;
 mod sessions_that_end_on_their_own_release_gpu_memory;
 mod shard_threads_under_attack;
