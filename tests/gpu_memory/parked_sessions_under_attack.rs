@@ -867,14 +867,12 @@ async fn eviction_while_reading(after: Option<Duration>) -> PressureCounters {
     stats.pressure
 }
 
-// FAILS (intermittently, ~1 run in 5-10 under load, passivation on only): an
-// allocation of a newcomer waits the whole `wait_timeout` (BudgetWaitTimedOut)
-// while 6 idle, parked sessions hold the full budget and are never evicted;
-// the same scenario with passivation off always evicts. Suspected path:
-// actors/src/registry/pressure.rs:95 `room_coming` counts a `leaving` entry
-// (inserted at :229) for a parked session asked to go (`evict`, :360, via
-// slot `deliver`) that never ended nor answered `Kept` (:489), so
-// `room_short` is 0 and `recheck_if_short` (:287) stops looking; not confirmed.
+// Found failing (about 1 run in 5-10 under load, passivation on) by the
+// review that wrote it: a newcomer's allocation waited its whole
+// `wait_timeout` while idle sessions held the budget. Memory pressure counted
+// the bytes of a session it had asked to go as on their way, so it stopped
+// looking; the session had answered `Kept` (a read came in first), and
+// nothing looked again. Pressure now looks again while any allocation waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_pressure_evicts_parked_sessions_while_their_handles_read_each_ends_once() {
     let off = eviction_while_reading(None).await;

@@ -298,7 +298,11 @@ impl RegistryActor {
             }
         };
         let opened_us = self.settings.epoch.now_micros();
-        let shared = Arc::new(SessionShared::new(opened_us));
+        let mut shared = SessionShared::new(opened_us);
+        if self.passivate_after.is_some() {
+            shared = shared.counting_inbox();
+        }
+        let shared = Arc::new(shared);
         let mut record = EndGuard::new(
             id,
             msg.owner.clone(),

@@ -269,22 +269,25 @@ impl RegistryActor {
             _ => self.candidate_filter(msg.requester, owner, false),
         };
         let Some(want) = want else {
-            return self.recheck_if_short(msg, short, ctx);
+            return self.recheck_while_waiting(msg, ctx);
         };
         self.with_candidates(want, ctx, move |registry, candidates, ctx| {
-            let short = registry.pick_for_room(&msg, candidates);
-            registry.recheck_if_short(msg, short, ctx);
+            registry.pick_for_room(&msg, candidates);
+            registry.recheck_while_waiting(msg, ctx);
         });
     }
 
-    fn recheck_if_short(&mut self, msg: MakeRoom, short: u64, ctx: &mut Context<Self>) {
+    fn recheck_while_waiting(&mut self, msg: MakeRoom, ctx: &mut Context<Self>) {
         // One unmet request per budget (the device's, or one owner's).
         let same = |other: &MakeRoom| {
             other.scope == msg.scope
                 && (msg.scope == BudgetScope::Device || other.owner == msg.owner)
         };
         self.pressure.unmet.retain(|other| !same(other));
-        if short == 0 || self.pressure.budget.waiting_bytes() == 0 {
+        // Looked at again while allocations wait, even when the room asked
+        // for seems covered (`short == 0`): a session asked to go may yet
+        // answer `Kept` (work came in), and its bytes are then not coming.
+        if self.pressure.budget.waiting_bytes() == 0 {
             return;
         }
         self.pressure.unmet.push(msg);

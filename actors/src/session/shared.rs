@@ -39,6 +39,9 @@ pub(crate) struct SessionShared {
     pub(super) handles: AtomicU32,
     /// Parked (its actor stopped, its state in `slot`): read without the lock.
     pub(super) parked: AtomicBool,
+    /// Passivation is on: messages are counted in `inbox` (off, a session
+    /// never parks, and sending skips the count).
+    pub(super) counts_inbox: bool,
 }
 
 const STATES: [State; 4] = [
@@ -64,7 +67,14 @@ impl SessionShared {
             inbox: AtomicU32::new(0),
             handles: AtomicU32::new(0),
             parked: AtomicBool::new(false),
+            counts_inbox: false,
         }
+    }
+
+    /// With messages counted in `inbox`, as a session that may park needs.
+    pub(crate) fn counting_inbox(mut self) -> Self {
+        self.counts_inbox = true;
+        self
     }
 
     pub(crate) fn is_registered(&self) -> bool {

@@ -54,19 +54,25 @@ impl<M: Message> Message for Via<M> {
     type Result = M::Result;
 }
 
-/// One message counted in a session's `inbox`, until dropped.
-pub(crate) struct Ticket(Arc<SessionShared>);
+/// One message counted in a session's `inbox`, until dropped (nothing is
+/// counted, and nothing is cloned, for a session that never parks).
+pub(crate) struct Ticket(Option<Arc<SessionShared>>);
 
 impl Ticket {
     fn new(shared: &Arc<SessionShared>) -> Self {
+        if !shared.counts_inbox {
+            return Ticket(None);
+        }
         shared.inbox.fetch_add(1, Ordering::SeqCst);
-        Ticket(shared.clone())
+        Ticket(Some(shared.clone()))
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.0.inbox.fetch_sub(1, Ordering::SeqCst);
+        if let Some(shared) = &self.0 {
+            shared.inbox.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
