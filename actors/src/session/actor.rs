@@ -48,6 +48,9 @@ pub(crate) struct SessionActor {
     in_handler: bool,
     /// A restore of offloaded buffers is under way (a `ctx.wait` future).
     restoring: bool,
+    /// Requests waiting for restored buffers that have not run yet (an
+    /// offload is refused meanwhile).
+    awaiting_gpu: u16,
     /// Why the last restore failed, for the requests that needed it.
     /// Boxed: rare, and every live session carries the field (8 bytes, not 48).
     restore_error: Option<Box<RestoreError>>,
@@ -99,6 +102,7 @@ impl SessionActor {
             heartbeat_check: None,
             in_handler: false,
             restoring: false,
+            awaiting_gpu: 0,
             restore_error: None,
             kv_offloaded: false,
             span,

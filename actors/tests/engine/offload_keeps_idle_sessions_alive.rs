@@ -226,3 +226,32 @@ fn a_session_waiting_for_room_refuses_an_offload() {
         f.shutdown_clean().await;
     });
 }
+
+/// Found by the product attack review of passivation: a request that waits
+/// for an offloaded session's restore runs after it as a future of its own,
+/// and actix may handle the next queued message (an offload) between the
+/// two; that offload took the buffers again from under the request, which
+/// then read a buffer the pool had just moved to host memory. An offload is
+/// now refused while a request waits for its buffers.
+#[test]
+fn an_offload_queued_behind_a_read_that_restores_never_takes_the_buffers_from_it() {
+    on_paused_time(|| async {
+        let f = start(with_budget(None, WhenExhausted::Evict)).await;
+        let (session, buffers) = filled(&f, "bob", 3).await;
+        session.offload().await.unwrap();
+        let (id, data) = &buffers[0];
+        // Both queued before the session runs: the read restores, then the offload comes.
+        let (read, offload) = futures::join!(session.read_buffer(*id), session.offload());
+        assert!(
+            read.as_ref() == Ok(data),
+            "the read got its bytes: {read:?}"
+        );
+        assert!(
+            matches!(offload, Err(SessionError::OffloadRefused { .. })),
+            "the offload waits its turn: {offload:?}"
+        );
+        assert_intact(&session, &buffers).await;
+        drop(session);
+        f.shutdown_clean().await;
+    });
+}

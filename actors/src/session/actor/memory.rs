@@ -257,12 +257,17 @@ impl SessionActor {
             return body(self, ctx);
         }
         self.ensure_on_gpu(ctx);
-        Box::pin(fut::ready(()).then(
-            move |(), session: &mut Self, ctx| match session.not_on_gpu() {
+        // Counted until it runs: actix may handle another message (an
+        // offload) after the restore and before this request's turn, and an
+        // offload must not take the buffers from under it.
+        self.awaiting_gpu += 1;
+        Box::pin(fut::ready(()).then(move |(), session: &mut Self, ctx| {
+            session.awaiting_gpu -= 1;
+            match session.not_on_gpu() {
                 Some(error) => ready(Err(error)),
                 None => body(session, ctx),
-            },
-        ))
+            }
+        }))
     }
 
     fn allocate(&mut self, msg: Allocate, _ctx: &mut Context<Self>) -> Reply<Allocated> {
@@ -413,6 +418,8 @@ impl SessionActor {
             Some("an allocation is in flight or waiting for room")
         } else if self.is_offloaded() || self.restoring {
             Some("already offloaded")
+        } else if self.awaiting_gpu > 0 {
+            Some("a request is waiting for its buffers to come back")
         } else if !has_buffers && kv.is_none() {
             Some("nothing on the GPU")
         } else {

@@ -25,6 +25,7 @@ impl SessionActor {
         self.ending.is_none()
             && self.leases.is_empty()
             && !self.restoring
+            && self.awaiting_gpu == 0
             && !self.record.ledger.is_waiting()
             && self.record.ledger.in_flight() == 0
             && self.heartbeat_check.is_none()
@@ -67,6 +68,7 @@ impl SessionActor {
             heartbeat_check: None,
             in_handler: false,
             restoring: false,
+            awaiting_gpu: 0,
             restore_error: self.restore_error.take(),
             kv_offloaded: self.kv_offloaded,
             span: self.span.take(),
