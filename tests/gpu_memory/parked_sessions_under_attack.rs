@@ -598,13 +598,15 @@ async fn kv_across_parks(after: Option<Duration>) {
                     parent.write_kv(3, 0, pattern(i * 10 + 100, BLOCK)),
                     child.write_kv(3, 0, pattern(i * 10 + 200, BLOCK)),
                 );
-                (a.unwrap(), b.unwrap());
+                a.unwrap();
+                b.unwrap();
                 tokio::time::sleep(Duration::from_millis(6)).await;
                 let (a, b) = futures::join!(
                     parent.append_tokens(&[1, 2, 3, 4, 5, 6]),
                     child.append_tokens(&[7, 8, 9, 10, 11, 12]),
                 );
-                (a.unwrap(), b.unwrap());
+                a.unwrap();
+                b.unwrap();
                 jitter(i + 3).await;
                 for b in 0..3 {
                     assert_eq!(

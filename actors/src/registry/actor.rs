@@ -33,7 +33,9 @@ pub(super) struct LiveSession {
     pub(super) owner: Owner,
     pub(super) shared: Arc<SessionShared>,
     /// Callers waiting for this session's receipt (closed by id, or a racing second close).
-    /// Boxed: most sessions end with nobody waiting by id (8 bytes, not 24).
+    /// Boxed: most sessions end with nobody waiting by id, and the registry
+    /// holds one entry per live session (8 bytes, not a `Vec`'s 24).
+    #[allow(clippy::box_collection)]
     pub(super) waiters: Option<Box<Vec<oneshot::Sender<ReleaseReceipt>>>>,
     /// `None`: the configured default (kept once, in `ExpiryState`): the
     /// registry holds one entry per live session, so each byte counts a million times.

@@ -120,6 +120,18 @@ impl Fixture {
     }
 }
 
+/// A session of `owner` holding one 4 KiB buffer filled with known bytes.
+pub async fn holding_bytes(f: &Fixture, owner: &str) -> (SessionHandle, AllocationId, Vec<u8>) {
+    let session = f.engine.open(owner).await.unwrap();
+    let buffer = session.allocate(4 << 10).await.unwrap();
+    let data: Vec<u8> = (0..4u64 << 10).map(|i| (i * 7 % 251) as u8).collect();
+    session
+        .write_buffer(buffer.id, 0, data.clone())
+        .await
+        .unwrap();
+    (session, buffer.id, data)
+}
+
 /// Lets every ready message be handled (virtual time moves by `by`).
 pub async fn settle(by: Duration) {
     tokio::time::sleep(by).await;

@@ -23,18 +23,6 @@ async fn passivation(f: &Fixture) -> PassivationStats {
     f.stats().await.passivation
 }
 
-/// A session holding one buffer filled with known bytes.
-async fn holding_bytes(f: &Fixture, owner: &str) -> (SessionHandle, AllocationId, Vec<u8>) {
-    let session = f.engine.open(owner).await.unwrap();
-    let buffer = session.allocate(4 * KIB).await.unwrap();
-    let data: Vec<u8> = (0..4 * KIB).map(|i| (i * 7 % 251) as u8).collect();
-    session
-        .write_buffer(buffer.id, 0, data.clone())
-        .await
-        .unwrap();
-    (session, buffer.id, data)
-}
-
 #[test]
 fn an_idle_session_parks_and_its_next_message_brings_it_back_as_it_was() {
     on_paused_time(|| async {

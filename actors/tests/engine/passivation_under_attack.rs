@@ -53,18 +53,6 @@ async fn answered<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T
         .unwrap_or_else(|_| panic!("{what}: no answer within a (virtual) hour"))
 }
 
-/// A session holding one buffer filled with known bytes.
-async fn holding_bytes(f: &Fixture, owner: &str) -> (SessionHandle, AllocationId, Vec<u8>) {
-    let session = f.engine.open(owner).await.unwrap();
-    let buffer = session.allocate(4 * KIB).await.unwrap();
-    let data: Vec<u8> = (0..4 * KIB).map(|i| (i * 7 % 251) as u8).collect();
-    session
-        .write_buffer(buffer.id, 0, data.clone())
-        .await
-        .unwrap();
-    (session, buffer.id, data)
-}
-
 /// Shuts down, checks that nothing is left on the pool or charged to the
 /// budget, and counts the end events each session got.
 async fn shutdown_counting_ends(mut f: Fixture) -> (RegistryStats, HashMap<SessionId, usize>) {
