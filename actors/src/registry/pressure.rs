@@ -216,12 +216,11 @@ impl RegistryActor {
         ));
     }
 
-    /// Asks `candidates` (in order) to go until `need` bytes are covered;
-    /// returns the bytes still short.
-    fn pick_for_room(&mut self, msg: &MakeRoom, candidates: Vec<PressureCandidate>) -> u64 {
+    /// Asks `candidates` (in order) to go until `need` bytes are covered.
+    fn pick_for_room(&mut self, msg: &MakeRoom, candidates: Vec<PressureCandidate>) {
         let mut need = self.room_short(msg);
         if need == 0 {
-            return 0;
+            return;
         }
         let mut host_bytes = self.settings.pool.stats().offloaded_bytes;
         for candidate in candidates {
@@ -256,7 +255,6 @@ impl RegistryActor {
                 "not enough idle sessions to make room; the allocation waits for releases"
             );
         }
-        need
     }
 
     /// Makes room now, and while some of it is still short and allocations

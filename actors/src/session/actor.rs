@@ -172,6 +172,28 @@ impl SessionActor {
     }
 }
 
+impl SessionActor {
+    /// Why a session ends that nobody asked to end and that did not crash:
+    /// every handle gone (a disconnect), else its engine going away.
+    pub(super) fn unasked_end_reason(&self) -> EndReason {
+        match self.record.shared.handles() {
+            0 => EndReason::Disconnected,
+            _ => EndReason::Shutdown,
+        }
+    }
+
+    /// Ends the session now for `reason` (forcing leases still held), if
+    /// it is not ending already.
+    pub(super) fn end_unasked(&mut self, reason: EndReason) {
+        if self.check(Event::End(reason)).is_ok() {
+            let _ = self.lifecycle.apply(Event::End(reason));
+            let ending = Ending::new(reason, None, self.leases.len());
+            let forced = self.force_leases(&ending);
+            self.record.report(ending, forced);
+        }
+    }
+}
+
 impl Actor for SessionActor {
     type Context = Context<Self>;
 
@@ -201,17 +223,10 @@ impl Actor for SessionActor {
                 "a session handler panicked; the session ends as crashed"
             );
             EndReason::Crashed
-        } else if self.record.shared.handles() == 0 {
-            EndReason::Disconnected
         } else {
-            EndReason::Shutdown
+            self.unasked_end_reason()
         };
-        if self.check(Event::End(reason)).is_ok() {
-            let _ = self.lifecycle.apply(Event::End(reason));
-            let ending = Ending::new(reason, None, self.leases.len());
-            let forced = self.force_leases(&ending);
-            self.record.report(ending, forced);
-        }
+        self.end_unasked(reason);
         Running::Stop
     }
 }

@@ -118,13 +118,8 @@ impl SessionActor {
     /// The engine is going away with this session parked: it ends as an
     /// actor stopped by its System does.
     pub(crate) fn end_parked(mut self: Box<Self>) {
-        let reason = match self.record.shared.handles() {
-            0 => crate::lifecycle::EndReason::Disconnected,
-            _ => crate::lifecycle::EndReason::Shutdown,
-        };
-        let _ = self.lifecycle.apply(crate::lifecycle::Event::End(reason));
-        let ending = crate::session::end_guard::Ending::new(reason, None, 0);
-        self.record.report(ending, 0);
+        let reason = self.unasked_end_reason();
+        self.end_unasked(reason);
     }
 }
 
