@@ -45,7 +45,9 @@ pub struct BlockLocation {
 
 /// One session's block table in the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TableId(pub(crate) u64);
+///
+/// Non-zero: a session keeps `Option<TableId>` in 8 bytes.
+pub struct TableId(pub(crate) std::num::NonZeroU64);
 
 impl fmt::Display for TableId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -73,7 +73,7 @@ impl BlockPool {
             config,
             blocks,
             tables: HashMap::new(),
-            next_table: 0,
+            next_table: 1,
             owners: HashMap::new(),
             owner_limit,
             table_refs: 0,
@@ -94,10 +94,16 @@ impl BlockPool {
 
     /// Opens an empty table for a session of `owner`, sharing in `scope`.
     pub fn open_table(&mut self, owner: Owner, scope: ShareScope) -> TableId {
-        let id = TableId(self.next_table);
-        self.next_table += 1;
+        let id = self.next_table_id();
         self.tables.insert(id, BlockTable::new(owner, scope));
         id
+    }
+
+    /// A new table's id (never reused).
+    fn next_table_id(&mut self) -> TableId {
+        let id = std::num::NonZeroU64::new(self.next_table).expect("table ids count up from 1");
+        self.next_table += 1;
+        TableId(id)
     }
 
     /// A live table.
@@ -257,8 +263,7 @@ impl BlockPool {
             None
         };
         let owner = child.owner().clone();
-        let table = TableId(self.next_table);
-        self.next_table += 1;
+        let table = self.next_table_id();
         self.tables.insert(table, child);
         self.charge(&owner, held);
         Ok(Grant::Granted(Forked { table, copy }))
