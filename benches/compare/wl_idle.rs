@@ -49,12 +49,14 @@ pub fn child(what: &str, peer: &str, n: usize, window: Duration) -> ! {
     let mut keep = None;
     let mut store = None;
     let mut before = 0;
+    let mut heap_before = None;
     let mut opened = Duration::ZERO;
     let result: Result<(), String> = (|| {
         if peer == "sessionbus" || peer == PARKED {
             let parking = (peer == PARKED).then_some(PASSIVATE_AFTER);
             let rt = tokio.block_on(peer_sessionbus::start_passivating(n, true, parking))?;
             before = resident_bytes();
+            heap_before = heap_in_use();
             let started = Instant::now();
             tokio.block_on(async {
                 for chunk in 0..n.div_ceil(CHUNK) {
@@ -85,6 +87,7 @@ pub fn child(what: &str, peer: &str, n: usize, window: Duration) -> ! {
             let releaser = Releaser::start(pool);
             let p = Peer::start(kind, releaser, false)?;
             before = resident_bytes();
+            heap_before = heap_in_use();
             let started = Instant::now();
             tokio.block_on(async {
                 let due = Instant::now() + FAR;
@@ -112,6 +115,10 @@ pub fn child(what: &str, peer: &str, n: usize, window: Duration) -> ! {
                 "rss_after": after,
                 "bytes_per_session": after.saturating_sub(before) as f64 / ids.len().max(1) as f64,
             });
+            if let (Some(heap_before), Some(heap_after)) = (heap_before, heap_in_use()) {
+                report["heap_bytes_per_session"] =
+                    json!(heap_after.saturating_sub(heap_before) as f64 / ids.len().max(1) as f64);
+            }
             if let (Some(rt), true) = (&keep, peer == PARKED) {
                 // Timed after the RSS reading: revived sessions hold actors again.
                 match tokio.block_on(revival_latency(rt, &handles)) {
