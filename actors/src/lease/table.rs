@@ -36,6 +36,13 @@ pub(crate) struct Leases {
     missed_on_revoke: u32,
 }
 
+impl LeaseTable {
+    /// No lease was ever taken (nothing held, nothing remembered).
+    pub(crate) fn is_untouched(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
 impl std::ops::Deref for LeaseTable {
     type Target = Leases;
 

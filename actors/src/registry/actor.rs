@@ -23,14 +23,13 @@ use crate::config::{ConfigError, EngineConfig, SessionsConfig};
 use crate::context::DecayingContext;
 use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt, SessionStarted};
 use crate::expiry::ExpiryPolicy;
-use crate::ids::{Caller, IdMap, Owner, SessionId};
+use crate::ids::{Caller, IdMap, SessionId};
 use crate::lifecycle::EndReason;
 use crate::protocol::registry::*;
 use crate::protocol::session::End;
 use crate::session::{EndGuard, Link, SessionActor, SessionError, SessionSettings, SessionShared};
 
 pub(super) struct LiveSession {
-    pub(super) owner: Owner,
     pub(super) shared: Arc<SessionShared>,
     /// Callers waiting for this session's receipt (closed by id, or a racing second close).
     /// Boxed: most sessions end with nobody waiting by id, and the registry
@@ -41,8 +40,26 @@ pub(super) struct LiveSession {
     /// registry holds one entry per live session, so each byte counts a million times.
     pub(super) policy: Option<Box<ExpiryPolicy>>,
     pub(super) opened_us: u64,
+    /// Where the session is filed in the deadline queue (`NOT_FILED` if it
+    /// is not: a sentinel, 8 bytes a live session rather than 16).
+    due_us: u64,
+}
+
+/// `LiveSession::due_us` of a session not in the deadline queue.
+const NOT_FILED: u64 = u64::MAX;
+
+impl LiveSession {
     /// Where the session is filed in the deadline queue, if it is.
-    pub(super) due_us: Option<u64>,
+    pub(super) fn due(&self) -> Option<u64> {
+        (self.due_us != NOT_FILED).then_some(self.due_us)
+    }
+
+    /// Files it at `due` (or nowhere); returns where it was filed.
+    pub(super) fn set_due(&mut self, due: Option<u64>) -> Option<u64> {
+        let before = self.due();
+        self.due_us = due.unwrap_or(NOT_FILED);
+        before
+    }
 }
 
 #[derive(Default)]
@@ -199,12 +216,12 @@ impl RegistryActor {
     ) -> Result<oneshot::Receiver<ReleaseReceipt>, SessionError> {
         let (waiter, receipt) = oneshot::channel();
         if let Some(live) = self.sessions.get_mut(&id) {
-            if !caller.may_act_on(&live.owner) {
+            if !caller.may_act_on(live.shared.owner()) {
                 return Err(Self::unauthorized(id, caller));
             }
             live.waiters.get_or_insert_default().push(waiter);
         } else if let Some(stone) = self.tombstones.get_mut(&id) {
-            if !caller.may_act_on(&stone.owner) {
+            if !caller.may_act_on(stone.shared.owner()) {
                 return Err(Self::unauthorized(id, caller));
             }
             match &stone.receipt {
@@ -300,19 +317,13 @@ impl RegistryActor {
             }
         };
         let opened_us = self.settings.epoch.now_micros();
-        let mut shared = SessionShared::new(opened_us);
+        let mut shared = SessionShared::new(opened_us, msg.owner.clone());
         if self.passivate_after.is_some() {
             shared = shared.counting_inbox();
         }
         let shared = Arc::new(shared);
-        let mut record = EndGuard::new(
-            id,
-            msg.owner.clone(),
-            msg.trace_id,
-            shared.clone(),
-            self.settings.clone(),
-        )
-        .with_client_ip(msg.client_ip);
+        let mut record = EndGuard::new(id, msg.trace_id, shared.clone(), self.settings.clone())
+            .with_client_ip(msg.client_ip);
         record.kv_table = msg.kv_table;
         shared.set_holds_kv(msg.kv_table.is_some());
         let session = SessionActor::new(record, msg.context_policy);
@@ -323,12 +334,11 @@ impl RegistryActor {
         });
         shared.set_running(addr);
         let live = LiveSession {
-            owner: msg.owner.clone(),
             shared: shared.clone(),
             waiters: None,
             policy: msg.expiry.map(Box::new),
             opened_us,
-            due_us: None,
+            due_us: NOT_FILED,
         };
         self.sessions.insert(id, Box::new(live));
         self.schedule(id, ctx);
@@ -363,7 +373,7 @@ impl Handler<Attach> for RegistryActor {
     fn handle(&mut self, msg: Attach, _ctx: &mut Self::Context) -> Self::Result {
         let id = msg.id;
         if let Some(live) = self.sessions.get(&id) {
-            if !msg.caller.may_act_on(&live.owner) {
+            if !msg.caller.may_act_on(live.shared.owner()) {
                 return Err(Self::unauthorized(id, &msg.caller));
             }
             if live.shared.is_reachable() {
@@ -383,7 +393,7 @@ impl Handler<Attach> for RegistryActor {
             });
         }
         match self.tombstones.get_mut(&id) {
-            Some(stone) if !msg.caller.may_act_on(&stone.owner) => {
+            Some(stone) if !msg.caller.may_act_on(stone.shared.owner()) => {
                 Err(Self::unauthorized(id, &msg.caller))
             }
             Some(stone) => Err(SessionError::NotEstablished {
@@ -471,7 +481,7 @@ impl Handler<SessionFinished> for RegistryActor {
         if reason == EndReason::Crashed {
             self.incident();
         }
-        if let Some(due) = live.due_us {
+        if let Some(due) = live.due() {
             self.expiry.queue.remove(id, due);
         }
         if event.drain.was_forced() {
@@ -485,7 +495,7 @@ impl Handler<SessionFinished> for RegistryActor {
             target: "sessionbus::supervisor",
             event = "session.ended",
             session_id = %id,
-            owner = %pseudonyms.display_owner(&live.owner),
+            owner = %pseudonyms.display_owner(live.shared.owner()),
             reason = %reason,
             buffers = event.allocations.len(),
             bytes = event.bytes,
@@ -504,7 +514,6 @@ impl Handler<SessionFinished> for RegistryActor {
             "session ended"
         );
         let stone = Tombstone {
-            owner: live.owner,
             reason,
             shared: live.shared,
             receipt: None,

@@ -39,7 +39,7 @@ impl RegistryActor {
         let Some(live) = self.sessions.get_mut(&id) else {
             return;
         };
-        if let Some(old) = live.due_us.take() {
+        if let Some(old) = live.set_due(None) {
             self.expiry.queue.remove(id, old);
         }
         let last_active = live.shared.last_active_us();
@@ -48,7 +48,7 @@ impl RegistryActor {
             .as_deref()
             .unwrap_or(&self.expiry.default_policy);
         if let Some((_, due)) = next_due(policy, live.opened_us, last_active) {
-            live.due_us = Some(due);
+            live.set_due(Some(due));
             self.expiry.queue.insert(id, due);
             self.arm(ctx);
         }
@@ -82,7 +82,7 @@ impl RegistryActor {
             let Some(live) = self.sessions.get_mut(&id) else {
                 continue;
             };
-            live.due_us = None;
+            live.set_due(None);
             let last_active = live.shared.last_active_us();
             let policy = live
                 .policy
@@ -110,7 +110,7 @@ impl RegistryActor {
                     live.shared.deliver(end);
                 }
                 Some((_, due)) => {
-                    live.due_us = Some(due);
+                    live.set_due(Some(due));
                     self.expiry.queue.insert(id, due);
                 }
                 None => {}

@@ -153,7 +153,10 @@ impl RegistryActor {
             .iter()
             .filter(|(id, live)| {
                 **id != want.requester
-                    && want.owner.as_ref().is_none_or(|owner| &live.owner == owner)
+                    && want
+                        .owner
+                        .as_ref()
+                        .is_none_or(|owner| live.shared.owner() == owner)
                     && live.shared.state() == State::Established
                     && live.shared.leases() == 0
                     && !live.shared.is_waiting()
@@ -167,7 +170,7 @@ impl RegistryActor {
                 id: *id,
                 last_active_us: live.shared.last_active_us(),
                 bytes: live.shared.gpu_bytes(),
-                owner: live.owner.clone(),
+                owner: live.shared.owner().clone(),
                 shared: live.shared.clone(),
             })
             .collect()

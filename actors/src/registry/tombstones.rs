@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::events::ReleaseReceipt;
-use crate::ids::{IdMap, Owner, SessionId};
+use crate::ids::{IdMap, SessionId};
 use crate::lifecycle::EndReason;
 use crate::session::SessionShared;
 
 #[derive(Debug)]
 pub(crate) struct Tombstone {
-    pub(crate) owner: Owner,
     pub(crate) reason: EndReason,
     pub(crate) shared: Arc<SessionShared>,
     pub(crate) receipt: Option<ReleaseReceipt>,
@@ -91,12 +90,12 @@ impl Tombstones {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::Owner;
 
     fn tombstone() -> Tombstone {
         Tombstone {
-            owner: Owner::new("o"),
             reason: EndReason::Closed,
-            shared: Arc::new(SessionShared::new(0)),
+            shared: Arc::new(SessionShared::new(0, Owner::new("o"))),
             receipt: None,
             waiters: Vec::new(),
         }

@@ -28,22 +28,24 @@ mod kv;
 mod leases;
 mod memory;
 mod passivation;
+pub(crate) use passivation::ParkedSession;
 mod turns;
 
 pub(crate) struct SessionActor {
     pub(super) record: EndGuard,
     lifecycle: Lifecycle,
-    turns: u64,
     leases: LeaseTable,
     /// Set once the end has begun; the end is reported when leases are drained.
     /// Boxed: only an ending session needs it.
     ending: Option<Box<Ending>>,
     /// The conversation's context policy, built on the first turn that carries a signal.
     context: Option<Box<dyn ContextPolicy>>,
-    /// This session's own policy factory, if the application replaced the engine's.
-    context_factory: Option<ContextPolicyFactory>,
-    /// Runs only while remote leases are held.
-    heartbeat_check: Option<SpawnHandle>,
+    /// This session's own policy factory, if the application replaced the
+    /// engine's. Boxed: rare (8 bytes a session, not 16).
+    context_factory: Option<Box<ContextPolicyFactory>>,
+    /// Runs only while remote leases are held; `SpawnHandle::default()` when
+    /// none runs (actix's own "no handle": it never hands that one out).
+    heartbeat_check: SpawnHandle,
     /// Raised while a handler runs; still raised in `stopping` means it panicked.
     in_handler: bool,
     /// A restore of offloaded buffers is under way (a `ctx.wait` future).
@@ -87,19 +89,18 @@ impl SessionActor {
             target: "sessionbus::supervisor",
             "session",
             session_id = %record.id,
-            trace_id = %record.trace_id,
-            owner = %record.settings.pseudonyms.display_owner(&record.owner),
+            trace_id = %record.trace_id(),
+            owner = %record.settings.pseudonyms.display_owner(record.owner()),
         );
         let span = (!span.is_disabled()).then(|| Box::new(span));
         SessionActor {
             record,
             lifecycle,
-            turns: 0,
             leases: LeaseTable::default(),
             ending: None,
             context: None,
-            context_factory,
-            heartbeat_check: None,
+            context_factory: context_factory.map(Box::new),
+            heartbeat_check: SpawnHandle::default(),
             in_handler: false,
             restoring: false,
             awaiting_gpu: 0,
@@ -139,7 +140,7 @@ impl SessionActor {
     }
 
     fn authorize(&self, caller: &Caller) -> Result<(), SessionError> {
-        if caller.may_act_on(&self.record.owner) {
+        if caller.may_act_on(self.record.owner()) {
             Ok(())
         } else {
             Err(SessionError::Unauthorized {
@@ -218,8 +219,8 @@ impl Actor for SessionActor {
                 target: "sessionbus::supervisor",
                 event = "session.crashed",
                 session_id = %self.record.id,
-                owner = %self.record.settings.pseudonyms.display_owner(&self.record.owner),
-                trace_id = %self.record.trace_id,
+                owner = %self.record.settings.pseudonyms.display_owner(self.record.owner()),
+                trace_id = %self.record.trace_id(),
                 "a session handler panicked; the session ends as crashed"
             );
             EndReason::Crashed

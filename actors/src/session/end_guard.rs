@@ -7,7 +7,7 @@
 //! with reason `Crashed`, carrying the ledger, so the memory is still released.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
@@ -24,9 +24,10 @@ use crate::protocol::registry::SessionFinished;
 #[derive(Debug)]
 pub(crate) struct EndGuard {
     pub(crate) id: SessionId,
-    pub(crate) owner: Owner,
-    pub(crate) trace_id: TraceId,
-    pub(crate) created_at: SystemTime,
+    /// The trace id's two words (a `TraceId` would align the record to 16 bytes).
+    trace: [u64; 2],
+    /// When it was opened, in nanoseconds since the Unix epoch.
+    created_ns: u64,
     pub(crate) version: u64,
     pub(crate) ledger: Ledger,
     pub(crate) shared: Arc<SessionShared>,
@@ -39,13 +40,15 @@ pub(crate) struct EndGuard {
     pub(crate) end_request: Option<Box<(Caller, Option<TraceId>)>>,
     /// The session's KV block table, once it appended tokens.
     pub(crate) kv_table: Option<crate::kv::TableId>,
+    /// Turns taken (saturating: 4 billion turns is not a conversation, and
+    /// here it fits beside `reported` in the record's padding).
+    pub(crate) turns: u32,
     reported: bool,
 }
 
 impl EndGuard {
     pub(crate) fn new(
         id: SessionId,
-        owner: Owner,
         trace_id: TraceId,
         shared: Arc<SessionShared>,
         settings: Arc<SessionSettings>,
@@ -53,9 +56,10 @@ impl EndGuard {
         let now = SystemTime::now();
         EndGuard {
             id,
-            owner,
-            trace_id,
-            created_at: now,
+            trace: [(trace_id.0 >> 64) as u64, trace_id.0 as u64],
+            created_ns: now
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos().try_into().unwrap_or(u64::MAX)),
             version: 1,
             ledger: Ledger::default(),
             shared,
@@ -63,6 +67,7 @@ impl EndGuard {
             client_ip: None,
             end_request: None,
             kv_table: None,
+            turns: 0,
             reported: false,
         }
     }
@@ -73,6 +78,21 @@ impl EndGuard {
         self
     }
 
+    /// Who owns the session.
+    pub(crate) fn owner(&self) -> &Owner {
+        self.shared.owner()
+    }
+
+    /// The trace id given at open (or drawn then).
+    pub(crate) fn trace_id(&self) -> TraceId {
+        TraceId((u128::from(self.trace[0]) << 64) | u128::from(self.trace[1]))
+    }
+
+    /// When the session was opened.
+    pub(crate) fn created_at(&self) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_nanos(self.created_ns)
+    }
+
     /// The last activity on the wall clock, from the monotonic stamp in the
     /// shared atomics (kept once there rather than twice per session).
     fn last_active_wall(&self) -> SystemTime {
@@ -81,27 +101,61 @@ impl EndGuard {
             clock::now().saturating_duration_since(epoch.instant(self.shared.last_active_us()));
         SystemTime::now()
             .checked_sub(since)
-            .unwrap_or(self.created_at)
-            .max(self.created_at)
+            .unwrap_or(self.created_at())
+            .max(self.created_at())
     }
 
-    /// Moves the record into a new guard (a session parking hands its
-    /// state over); this one is left empty, as if reported, so its drop
-    /// reports nothing.
-    pub(crate) fn hand_over(&mut self) -> EndGuard {
+    /// Takes the record out for a session that parks: what every session
+    /// has, and (only if it has any) its memory, KV table and client
+    /// address. This guard is left as if reported, so its drop reports
+    /// nothing; [`unpark`](Self::unpark) builds the guard again.
+    pub(crate) fn park(&mut self) -> (ParkedRecord, Option<ParkedHoldings>) {
+        debug_assert!(
+            self.end_request.is_none(),
+            "no end is under way in a parking session"
+        );
         self.reported = true;
-        EndGuard {
+        let record = ParkedRecord {
             id: self.id,
-            owner: self.owner.clone(),
-            trace_id: self.trace_id,
-            created_at: self.created_at,
+            trace: self.trace,
+            created_ns: self.created_ns,
             version: self.version,
-            ledger: std::mem::take(&mut self.ledger),
-            shared: self.shared.clone(),
             settings: self.settings.clone(),
+        };
+        let holdings = (!self.ledger.is_clear()
+            || self.client_ip.is_some()
+            || self.kv_table.is_some())
+        .then(|| ParkedHoldings {
+            ledger: std::mem::take(&mut self.ledger),
             client_ip: self.client_ip.take(),
-            end_request: self.end_request.take(),
             kv_table: self.kv_table.take(),
+        });
+        (record, holdings)
+    }
+
+    /// The guard of a parked session starting again.
+    pub(crate) fn unpark(
+        record: ParkedRecord,
+        holdings: Option<ParkedHoldings>,
+        shared: Arc<SessionShared>,
+    ) -> Self {
+        let ParkedHoldings {
+            ledger,
+            client_ip,
+            kv_table,
+        } = holdings.unwrap_or_default();
+        EndGuard {
+            id: record.id,
+            trace: record.trace,
+            created_ns: record.created_ns,
+            version: record.version,
+            ledger,
+            shared,
+            settings: record.settings,
+            client_ip,
+            end_request: None,
+            kv_table,
+            turns: 0,
             reported: false,
         }
     }
@@ -137,13 +191,13 @@ impl EndGuard {
         };
         let event = SessionEndEvent {
             id: self.id,
-            owner: self.owner.clone(),
+            owner: self.owner().clone(),
             reason,
             allocations,
             bytes,
             in_flight_bytes,
             offloaded_bytes,
-            created_at: self.created_at,
+            created_at: self.created_at(),
             last_active_at: self.last_active_wall(),
             ended_at: ending.began_wall,
             ended_instant: ending.began,
@@ -154,7 +208,7 @@ impl EndGuard {
                 waited: clock::now().saturating_duration_since(ending.began),
             },
             version: self.version + 1, // the end itself is the last accepted event
-            trace_id: self.trace_id,
+            trace_id: self.trace_id(),
             ended_by,
             end_trace_id,
             client_ip: self.client_ip.as_deref().copied(),
@@ -178,6 +232,27 @@ impl EndGuard {
             ),
         }
     }
+}
+
+/// What a parked session's record keeps of every session: no shared
+/// atomics (the slot it is parked in is in them) and nothing only some
+/// sessions have (`ParkedHoldings`), nor the turn count (the parked
+/// session keeps it beside a flag, in what would be padding here).
+#[derive(Debug)]
+pub(crate) struct ParkedRecord {
+    pub(crate) id: SessionId,
+    trace: [u64; 2],
+    created_ns: u64,
+    version: u64,
+    pub(crate) settings: Arc<SessionSettings>,
+}
+
+/// What a parked session's record keeps only if it has it.
+#[derive(Debug, Default)]
+pub(crate) struct ParkedHoldings {
+    ledger: Ledger,
+    client_ip: Option<Box<crate::ids::ClientIp>>,
+    kv_table: Option<crate::kv::TableId>,
 }
 
 /// An end that has begun: the session is Closing and may be draining leases.

@@ -29,7 +29,7 @@ use crate::registry::{AwaitReceipt, RegistryActor};
 pub struct SessionHandle {
     id: SessionId,
     caller: Caller,
-    link: Arc<Link>,
+    link: Link,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -43,11 +43,7 @@ impl std::fmt::Debug for SessionHandle {
 
 impl SessionHandle {
     pub(crate) fn new(id: SessionId, caller: Caller, link: Link) -> Self {
-        SessionHandle {
-            id,
-            caller,
-            link: Arc::new(link),
-        }
+        SessionHandle { id, caller, link }
     }
 
     /// The registry shard this session is on.

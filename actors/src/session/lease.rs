@@ -19,7 +19,7 @@ pub struct Lease {
     caller: Caller,
     /// The session, reached through its slot (it may have parked since the
     /// lease came back by id); a lease keeps it reachable, as a handle does.
-    link: std::sync::Arc<super::slot::Link>,
+    link: super::slot::Link,
     /// Returned through this guard already.
     returned: bool,
 }
@@ -38,7 +38,7 @@ impl Lease {
         session: SessionId,
         grant: LeaseGrant,
         caller: Caller,
-        link: std::sync::Arc<super::slot::Link>,
+        link: super::slot::Link,
     ) -> Self {
         Lease {
             session,

@@ -7,9 +7,14 @@ use crate::gpu::Allocated;
 ///
 /// One vector holds both kinds: session-lifetime buffers first, then the
 /// context-bound ones from `context_from` on (one vector, not two: an idle
-/// session's size is multiplied by a million).
+/// session's size is multiplied by a million). Boxed, and only once the
+/// session asks for memory: a session that never did carries 8 bytes, not 56
+/// (a session that did pays one small allocation next to its buffers).
 #[derive(Debug, Default)]
-pub(crate) struct Ledger {
+pub(crate) struct Ledger(Option<Box<Held>>);
+
+#[derive(Debug, Default)]
+struct Held {
     live: Vec<Allocated>,
     live_bytes: u64,
     /// Charged to the budget, asked of the pool, not yet answered.
@@ -22,86 +27,115 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
+    fn read<T: Default>(&self, field: impl FnOnce(&Held) -> T) -> T {
+        self.0.as_deref().map(field).unwrap_or_default()
+    }
+
+    fn held(&mut self) -> &mut Held {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Nothing held, asked for, waited for or offloaded: the box can go.
+    pub(crate) fn is_clear(&self) -> bool {
+        self.0.as_deref().is_none_or(|l| {
+            l.live.is_empty()
+                && l.live_bytes == 0
+                && l.reserved == 0
+                && l.waiting == 0
+                && !l.offloaded
+        })
+    }
+
     /// Bytes held plus bytes reserved or waited for: what the session cap limits.
     pub(crate) fn committed(&self) -> u64 {
-        self.live_bytes + self.reserved + self.waiting
+        self.read(|l| l.live_bytes + l.reserved + l.waiting)
     }
 
     /// GPU bytes charged to the budgets: buffers on the GPU, allocations in flight.
     pub(crate) fn charged(&self) -> u64 {
-        if self.offloaded {
-            self.reserved
-        } else {
-            self.live_bytes + self.reserved
-        }
+        self.read(|l| match l.offloaded {
+            true => l.reserved,
+            false => l.live_bytes + l.reserved,
+        })
     }
 
     pub(crate) fn reserve(&mut self, bytes: u64) {
-        self.reserved += bytes;
+        self.held().reserved += bytes;
     }
 
     pub(crate) fn wait(&mut self, bytes: u64) {
-        self.waiting += bytes;
+        self.held().waiting += bytes;
     }
 
     pub(crate) fn stop_waiting(&mut self, bytes: u64) {
-        self.waiting -= bytes;
+        self.held().waiting -= bytes;
     }
 
     /// An allocation waits for room in a budget.
     pub(crate) fn is_waiting(&self) -> bool {
-        self.waiting > 0
+        self.read(|l| l.waiting > 0)
     }
 
     pub(crate) fn is_offloaded(&self) -> bool {
-        self.offloaded
+        self.read(|l| l.offloaded)
     }
 
     pub(crate) fn set_offloaded(&mut self, offloaded: bool) {
-        self.offloaded = offloaded;
+        if offloaded || self.0.is_some() {
+            self.held().offloaded = offloaded;
+        }
     }
 
     pub(crate) fn confirm(&mut self, reserved: u64, allocation: Allocated, binding: Binding) {
-        self.reserved -= reserved;
-        self.live_bytes += allocation.bytes;
+        let l = self.held();
+        l.reserved -= reserved;
+        l.live_bytes += allocation.bytes;
         match binding {
-            Binding::Context => self.live.push(allocation),
+            Binding::Context => l.live.push(allocation),
             Binding::Session => {
-                self.live.insert(self.context_from as usize, allocation);
-                self.context_from += 1;
+                l.live.insert(l.context_from as usize, allocation);
+                l.context_from += 1;
             }
         }
     }
 
     pub(crate) fn cancel(&mut self, reserved: u64) {
-        self.reserved -= reserved;
+        self.held().reserved -= reserved;
     }
 
     pub(crate) fn live(&self) -> &[Allocated] {
-        &self.live
+        self.0.as_deref().map_or(&[], |l| &l.live)
     }
 
     pub(crate) fn live_bytes(&self) -> u64 {
-        self.live_bytes
+        self.read(|l| l.live_bytes)
     }
 
     /// Removes the context-bound allocations; returns them.
     pub(crate) fn take_context(&mut self) -> Vec<Allocated> {
-        let context = self.live.split_off(self.context_from as usize);
-        self.live_bytes -= context.iter().map(|a| a.bytes).sum::<u64>();
+        let Some(l) = self.0.as_deref_mut() else {
+            return Vec::new();
+        };
+        let context = l.live.split_off(l.context_from as usize);
+        l.live_bytes -= context.iter().map(|a| a.bytes).sum::<u64>();
         context
     }
 
     /// Bytes of allocations requested and not yet answered.
     pub(crate) fn in_flight(&self) -> u64 {
-        self.reserved
+        self.read(|l| l.reserved)
     }
 
+    /// Every buffer and their bytes, taken out; what is reserved or waited
+    /// for stays counted (its answers are still to come).
     pub(crate) fn take(&mut self) -> (Vec<Allocated>, u64) {
-        self.context_from = 0;
-        self.offloaded = false;
-        let bytes = std::mem::take(&mut self.live_bytes);
-        (std::mem::take(&mut self.live), bytes)
+        let Some(l) = self.0.as_deref_mut() else {
+            return (Vec::new(), 0);
+        };
+        l.context_from = 0;
+        l.offloaded = false;
+        let bytes = std::mem::take(&mut l.live_bytes);
+        (std::mem::take(&mut l.live), bytes)
     }
 }
 

@@ -7,6 +7,7 @@ mod handle;
 mod lease;
 mod ledger;
 mod messages;
+mod record_sizes;
 mod settings;
 mod shared;
 mod slot;

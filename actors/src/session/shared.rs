@@ -1,12 +1,16 @@
 //! The little a session shares with its handles: its state and end reason,
 //! so a handle can name them after the actor is gone.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
+use crate::ids::Owner;
 use crate::lifecycle::{EndReason, State};
 
 #[derive(Debug)]
 pub(crate) struct SessionShared {
+    /// Who owns the session: kept here once for the actor, its parked
+    /// state, the registry's entry and its tombstone (16 bytes each).
+    owner: Owner,
     state: AtomicU8,
     /// 0 until ended, then 1 + the reason's index in `EndReason::ALL`.
     reason: AtomicU8,
@@ -23,13 +27,9 @@ pub(crate) struct SessionShared {
     gpu_bytes: AtomicU64,
     /// Leases held: a session with work in flight is never evicted.
     leases: AtomicU32,
-    /// An allocation waits for room: a session asking for memory is not evicted.
-    waiting: AtomicBool,
-    /// It holds a KV block table: ending it gives KV blocks back.
-    holds_kv: AtomicBool,
-    /// Still in its registry shard's table (cleared when the shard takes its
-    /// end): memory pressure on another shard's behalf reads it.
-    registered: AtomicBool,
+    /// The yes-or-no facts below (`WAITING` …), one bit each: one byte, not
+    /// five, which keeps this record in a smaller allocation size.
+    flags: AtomicU8,
     /// Where the actor is: running, parked, or gone (`slot.rs`).
     pub(super) slot: std::sync::Mutex<super::slot::Slot>,
     /// Messages queued through the slot and not yet handled: a session
@@ -37,12 +37,20 @@ pub(crate) struct SessionShared {
     pub(super) inbox: AtomicU32,
     /// Live handles (and leases): the last one dropped is a disconnect.
     pub(super) handles: AtomicU32,
-    /// Parked (its actor stopped, its state in `slot`): read without the lock.
-    pub(super) parked: AtomicBool,
-    /// Passivation is on: messages are counted in `inbox` (off, a session
-    /// never parks, and sending skips the count).
-    pub(super) counts_inbox: bool,
 }
+
+/// An allocation waits for room: a session asking for memory is not evicted.
+const WAITING: u8 = 1;
+/// It holds a KV block table: ending it gives KV blocks back.
+const HOLDS_KV: u8 = 1 << 1;
+/// Still in its registry shard's table (cleared when the shard takes its
+/// end): memory pressure on another shard's behalf reads it.
+const REGISTERED: u8 = 1 << 2;
+/// Parked (its actor stopped, its state in `slot`): read without the lock.
+const PARKED: u8 = 1 << 3;
+/// Passivation is on: messages are counted in `inbox` (off, a session
+/// never parks, and sending skips the count). Set before it is shared.
+const COUNTS_INBOX: u8 = 1 << 4;
 
 const STATES: [State; 4] = [
     State::Init,
@@ -52,45 +60,71 @@ const STATES: [State; 4] = [
 ];
 
 impl SessionShared {
-    pub(crate) fn new(now_us: u64) -> Self {
+    pub(crate) fn new(now_us: u64, owner: Owner) -> Self {
         SessionShared {
+            owner,
             state: AtomicU8::new(1),
             reason: AtomicU8::new(0),
             last_active_us: AtomicU64::new(now_us),
             closing_since_us: AtomicU64::new(u64::MAX),
             gpu_bytes: AtomicU64::new(0),
             leases: AtomicU32::new(0),
-            waiting: AtomicBool::new(false),
-            holds_kv: AtomicBool::new(false),
-            registered: AtomicBool::new(true),
+            flags: AtomicU8::new(REGISTERED),
             slot: std::sync::Mutex::new(super::slot::Slot::Gone),
             inbox: AtomicU32::new(0),
             handles: AtomicU32::new(0),
-            parked: AtomicBool::new(false),
-            counts_inbox: false,
         }
     }
 
     /// With messages counted in `inbox`, as a session that may park needs.
-    pub(crate) fn counting_inbox(mut self) -> Self {
-        self.counts_inbox = true;
+    pub(crate) fn counting_inbox(self) -> Self {
+        self.set_flag(COUNTS_INBOX, true);
         self
     }
 
+    fn flag(&self, bit: u8) -> bool {
+        self.flags.load(Ordering::Acquire) & bit != 0
+    }
+
+    fn set_flag(&self, bit: u8, on: bool) {
+        match on {
+            true => self.flags.fetch_or(bit, Ordering::AcqRel),
+            false => self.flags.fetch_and(!bit, Ordering::AcqRel),
+        };
+    }
+
+    /// Messages are counted in `inbox` (passivation is on).
+    pub(super) fn counts_inbox(&self) -> bool {
+        self.flag(COUNTS_INBOX)
+    }
+
+    /// Parked now (read without the slot's lock).
+    pub(crate) fn is_parked(&self) -> bool {
+        self.flag(PARKED)
+    }
+
+    pub(super) fn set_parked(&self, parked: bool) {
+        self.set_flag(PARKED, parked);
+    }
+
+    pub(crate) fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
     pub(crate) fn is_registered(&self) -> bool {
-        self.registered.load(Ordering::Relaxed)
+        self.flag(REGISTERED)
     }
 
     pub(crate) fn set_unregistered(&self) {
-        self.registered.store(false, Ordering::Relaxed);
+        self.set_flag(REGISTERED, false);
     }
 
     pub(crate) fn holds_kv(&self) -> bool {
-        self.holds_kv.load(Ordering::Relaxed)
+        self.flag(HOLDS_KV)
     }
 
     pub(crate) fn set_holds_kv(&self, holds: bool) {
-        self.holds_kv.store(holds, Ordering::Relaxed);
+        self.set_flag(HOLDS_KV, holds);
     }
 
     pub(crate) fn last_active_us(&self) -> u64 {
@@ -152,11 +186,11 @@ impl SessionShared {
     }
 
     pub(crate) fn is_waiting(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed)
+        self.flag(WAITING)
     }
 
     pub(crate) fn set_waiting(&self, waiting: bool) {
-        self.waiting.store(waiting, Ordering::Relaxed);
+        self.set_flag(WAITING, waiting);
     }
 
     pub(crate) fn set_closed(&self) {

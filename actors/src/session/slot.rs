@@ -2,7 +2,7 @@
 //!
 //! A session's actor is running (the slot holds its address), parked (idle
 //! past `sessions.passivate_after`, it gave up its actor and mailbox and the
-//! slot holds its whole state, boxed), or gone (its end is reported). Every
+//! slot holds its whole state, compacted), or gone (its end is reported). Every
 //! sender (handles, the registry, memory pressure, a dropped handle's
 //! disconnect) goes through the slot: a parked session is started again on
 //! its shard's thread, from its state as it was, before the message is
@@ -21,13 +21,13 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 use actix::dev::{Request, SendError, ToEnvelope};
 use actix::{Actor, Addr, Handler, Message};
 
-use super::actor::SessionActor;
+use super::actor::{ParkedSession, SessionActor};
 use super::shared::SessionShared;
 use crate::protocol::session::Disconnect;
 
 pub(crate) enum Slot {
     Running(Addr<SessionActor>),
-    Parked(Box<SessionActor>),
+    Parked(ParkedSession),
     Gone,
 }
 
@@ -60,7 +60,7 @@ pub(crate) struct Ticket(Option<Arc<SessionShared>>);
 
 impl Ticket {
     fn new(shared: &Arc<SessionShared>) -> Self {
-        if !shared.counts_inbox {
+        if !shared.counts_inbox() {
             return Ticket(None);
         }
         shared.inbox.fetch_add(1, Ordering::SeqCst);
@@ -143,11 +143,6 @@ impl SessionShared {
         !matches!(*self.lock_slot(), Slot::Gone)
     }
 
-    /// Whether the session is parked now.
-    pub(crate) fn is_parked(&self) -> bool {
-        self.parked.load(Ordering::Acquire)
-    }
-
     /// Live handles and leases.
     pub(crate) fn handles(&self) -> u32 {
         self.handles.load(Ordering::SeqCst)
@@ -160,23 +155,25 @@ impl SessionShared {
 
     /// The slot, locked, with a parked session started again (it stays
     /// parked if its shard's thread no longer runs anything).
-    fn running_slot(&self) -> MutexGuard<'_, Slot> {
+    fn running_slot(self: &Arc<Self>) -> MutexGuard<'_, Slot> {
         let mut slot = self.lock_slot();
         if matches!(*slot, Slot::Parked(_)) {
-            let Slot::Parked(state) = std::mem::replace(&mut *slot, Slot::Gone) else {
+            let Slot::Parked(parked) = std::mem::replace(&mut *slot, Slot::Gone) else {
                 unreachable!("checked just above");
             };
-            let settings = state.record.settings.clone();
+            let settings = parked.record.settings.clone();
+            let state = Box::new(SessionActor::from_parked(parked, self.clone()));
             match state.revive() {
                 Ok(addr) => {
                     *slot = Slot::Running(addr);
                     settings.passivations.revived();
-                    self.parked.store(false, Ordering::Release);
+                    self.set_parked(false);
                     settings
                         .registry
                         .do_send(crate::protocol::registry::SessionRevived);
                 }
-                Err(state) => *slot = Slot::Parked(state),
+                // (The hollow actor left dropped here reports nothing.)
+                Err(mut state) => *slot = Slot::Parked(state.hand_over()),
             }
         }
         slot
@@ -226,17 +223,18 @@ impl SessionShared {
 
     /// A parked session's state, taken out (the engine is going away: the
     /// caller ends it). `None` if it was not parked.
-    pub(crate) fn take_parked(&self) -> Option<Box<SessionActor>> {
+    pub(crate) fn take_parked(self: &Arc<Self>) -> Option<SessionActor> {
         let mut slot = self.lock_slot();
         if !matches!(*slot, Slot::Parked(_)) {
             return None;
         }
-        let Slot::Parked(state) = std::mem::replace(&mut *slot, Slot::Gone) else {
+        let Slot::Parked(parked) = std::mem::replace(&mut *slot, Slot::Gone) else {
             unreachable!("checked just above");
         };
-        self.parked.store(false, Ordering::Release);
-        state.record.settings.passivations.dropped();
-        Some(state)
+        self.set_parked(false);
+        parked.record.settings.passivations.dropped();
+        drop(slot);
+        Some(SessionActor::from_parked(parked, self.clone()))
     }
 }
 
@@ -263,6 +261,8 @@ where
 
 /// What a handle (or a lease) holds of its session: while any link is
 /// alive the session is reachable; dropping the last one is a disconnect.
+/// Every clone is counted (a handle holds its link inline: one allocation
+/// less per session than a shared `Arc<Link>`).
 pub(crate) struct Link {
     pub(crate) shared: Arc<SessionShared>,
     /// Every registry shard (the session's own, found by its id): for a
@@ -274,6 +274,12 @@ impl Link {
     pub(crate) fn new(shared: Arc<SessionShared>, shards: crate::registry::Shards) -> Self {
         shared.handles.fetch_add(1, Ordering::SeqCst);
         Link { shared, shards }
+    }
+}
+
+impl Clone for Link {
+    fn clone(&self) -> Self {
+        Link::new(self.shared.clone(), self.shards.clone())
     }
 }
 

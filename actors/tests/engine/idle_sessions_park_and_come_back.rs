@@ -281,6 +281,77 @@ fn memory_pressure_offloads_or_evicts_a_parked_session_as_a_running_one() {
 }
 
 #[test]
+fn a_parked_session_keeps_its_identity_its_client_address_and_its_lease_history() {
+    on_paused_time(|| async {
+        let mut f = start(passivating(SEC)).await;
+        let ip: std::net::IpAddr = "192.0.2.9".parse().unwrap();
+        let before_open = std::time::SystemTime::now();
+        // Nothing but its identity (parked in the compact form) ...
+        let bare = f
+            .engine
+            .open_with(OpenOptions::new("alice").trace_id(TraceId(5)))
+            .await
+            .unwrap();
+        // ... one that also has a client address, one a released lease.
+        let with_ip = f
+            .engine
+            .open_with(OpenOptions::new("bob").client_ip(ip).trace_id(TraceId(6)))
+            .await
+            .unwrap();
+        let leased = f
+            .engine
+            .open_with(OpenOptions::new("carol").trace_id(TraceId(7)))
+            .await
+            .unwrap();
+        let lease = leased.lease().await.unwrap();
+        let lease_id = lease.id();
+        lease.release().await.unwrap();
+        let mut started = Vec::new();
+        for _ in 0..3 {
+            let LifecycleEvent::Started(event) = f.next(EventKinds::STARTED).await else {
+                unreachable!()
+            };
+            started.push(event);
+        }
+        settle(3 * SEC).await;
+        assert_eq!(passivation(&f).await.parked, 3);
+
+        // Back, the lease is still known as released (not "never granted").
+        let again = leased.release_lease(lease_id).await.unwrap_err();
+        assert!(
+            matches!(
+                again,
+                SessionError::Lease {
+                    source: LeaseError::AlreadyReleased { .. },
+                    ..
+                }
+            ),
+            "{again:?}"
+        );
+        bare.touch().await.unwrap();
+        assert_eq!(passivation(&f).await.revivals, 2);
+        for (handle, trace, client_ip) in [
+            (&bare, TraceId(5), None),
+            (&with_ip, TraceId(6), Some(ip)),
+            (&leased, TraceId(7), None),
+        ] {
+            handle.close().await.unwrap();
+            let end = f.next_end().await;
+            let start = started.iter().find(|s| s.id == handle.id()).unwrap();
+            assert_eq!(end.id, handle.id());
+            assert_eq!(end.owner, start.owner);
+            assert_eq!(end.trace_id, trace);
+            assert!(
+                before_open <= end.created_at && end.created_at <= start.at,
+                "opened when it was opened"
+            );
+            assert_eq!(end.client_ip.map(ClientIp::ip), client_ip);
+        }
+        f.shutdown_clean().await;
+    });
+}
+
+#[test]
 fn shutdown_ends_parked_sessions_and_releases_everything() {
     on_paused_time(|| async {
         let f = start(passivating(SEC)).await;

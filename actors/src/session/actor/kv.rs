@@ -55,9 +55,9 @@ impl SessionActor {
             (None, Some(salt)) => {
                 let scope = match salt {
                     Some(salt) => ShareScope::Salt(salt),
-                    None => ShareScope::Owner(self.record.owner.clone()),
+                    None => ShareScope::Owner(self.record.owner().clone()),
                 };
-                let table = kv.open_table(self.record.owner.clone(), scope);
+                let table = kv.open_table(self.record.owner().clone(), scope);
                 self.record.kv_table = Some(table);
                 self.record.shared.set_holds_kv(true);
                 table
@@ -294,7 +294,7 @@ impl Handler<ForkKv> for SessionActor {
     fn handle(&mut self, msg: ForkKv, _ctx: &mut Self::Context) -> Self::Result {
         // A session without a table forks an empty one.
         let access = self.guarded(|s| s.kv_access(&msg.caller, Event::Touch, Some(None)));
-        let owner = self.record.owner.clone();
+        let owner = self.record.owner().clone();
         self.kv_call(access, async move |kv, table| {
             Ok((kv.fork(table).await?, owner))
         })

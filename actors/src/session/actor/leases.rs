@@ -40,11 +40,11 @@ impl SessionActor {
                 revoked_after: std::time::Duration::ZERO,
             }
         };
-        if msg.remote && self.heartbeat_check.is_none() {
+        if msg.remote && self.heartbeat_check == SpawnHandle::default() {
             let every = settings.heartbeat_interval;
-            self.heartbeat_check = Some(ctx.run_interval(every, |session, ctx| {
+            self.heartbeat_check = ctx.run_interval(every, |session, ctx| {
                 session.guarded(|session| session.revoke_silent_leases(ctx))
-            }));
+            });
         }
         self.mark_active();
         self.record.shared.set_leases(self.leases.len() as u32);
@@ -75,7 +75,8 @@ impl SessionActor {
     fn after_lease_change(&mut self, ctx: &mut Context<Self>) {
         self.record.shared.set_leases(self.leases.len() as u32);
         if !self.leases.has_remote() {
-            if let Some(check) = self.heartbeat_check.take() {
+            let check = std::mem::take(&mut self.heartbeat_check);
+            if check != SpawnHandle::default() {
                 ctx.cancel_future(check);
             }
         }

@@ -83,7 +83,7 @@ impl SessionActor {
     fn make_room(&self) -> impl FnOnce(BudgetScope) + 'static {
         // Pressure is decided by the coordinator shard, for every shard.
         let registry = self.record.settings.shards.coordinator().clone();
-        let (requester, owner) = (self.record.id, self.record.owner.clone());
+        let (requester, owner) = (self.record.id, self.record.owner().clone());
         move |scope| {
             send_now_or_later(
                 &registry,
@@ -203,7 +203,7 @@ impl SessionActor {
         let bytes = self.record.ledger.live_bytes();
         let charged = acquire(
             settings.budget.clone(),
-            self.record.owner.clone(),
+            self.record.owner().clone(),
             bytes,
             settings.wait_rules,
             self.make_room(),
@@ -282,7 +282,7 @@ impl SessionActor {
         self.publish_gpu_bytes();
         let charged = acquire(
             settings.budget.clone(),
-            self.record.owner.clone(),
+            self.record.owner().clone(),
             charge,
             settings.wait_rules,
             self.make_room(),
@@ -340,7 +340,7 @@ impl SessionActor {
         match answer {
             Ok(allocated) => {
                 if allocated.bytes != charge {
-                    budget.correct(&self.record.owner, charge, allocated.bytes);
+                    budget.correct(self.record.owner(), charge, allocated.bytes);
                 }
                 self.record.ledger.confirm(charge, allocated, binding);
                 self.accept(Event::Allocate);
@@ -351,7 +351,7 @@ impl SessionActor {
                 self.record.ledger.cancel(charge);
                 // Once the end is reported, its release refunds what was in flight.
                 if !self.record.has_reported() {
-                    budget.refund(&self.record.owner, charge);
+                    budget.refund(self.record.owner(), charge);
                 }
                 Err(self.allocation_error(AllocError::Gpu(gpu)))
             }
@@ -482,7 +482,7 @@ impl SessionActor {
                         let charged = session.record.ledger.charged();
                         session.record.ledger.set_offloaded(true);
                         session.publish_gpu_bytes();
-                        settings.budget.refund(&session.record.owner, charged);
+                        settings.budget.refund(session.record.owner(), charged);
                         host_bytes += bytes;
                     }
                     let kv_blocks = match kv {

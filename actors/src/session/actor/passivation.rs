@@ -1,6 +1,7 @@
 //! Passivation: an idle session gives up its actor and mailbox, and keeps
-//! its whole state, boxed, in its slot (`session/slot.rs`); the next thing
-//! sent to it starts it again from that state, on its shard's thread.
+//! its whole state, compacted (`ParkedSession`), in its slot
+//! (`session/slot.rs`); the next thing sent to it starts it again from that
+//! state, on its shard's thread.
 //!
 //! The registry asks (`Passivate`) sessions idle past
 //! `sessions.passivate_after`. A session parks only with nothing going on:
@@ -13,9 +14,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use actix::prelude::*;
 
-use super::SessionActor;
+use super::{RestoreError, SessionActor};
+use crate::context::{ContextPolicy, ContextPolicyFactory};
+use crate::lease::LeaseTable;
 use crate::lifecycle::State;
 use crate::protocol::session::{Disconnect, Passivate};
+use crate::session::end_guard::{EndGuard, ParkedHoldings, ParkedRecord};
+use crate::session::shared::SessionShared;
 use crate::session::slot::Slot;
 
 impl SessionActor {
@@ -28,7 +33,7 @@ impl SessionActor {
             && self.awaiting_gpu == 0
             && !self.record.ledger.is_waiting()
             && self.record.ledger.in_flight() == 0
-            && self.heartbeat_check.is_none()
+            && self.heartbeat_check == SpawnHandle::default()
             && self.lifecycle.state() == State::Established
             && shared.last_active_us() == seen_active_us
             && shared.handles() > 0
@@ -44,38 +49,56 @@ impl SessionActor {
         if shared.inbox() > 0 || !self.may_park(seen_active_us) {
             return Running::Continue;
         }
-        let state = Box::new(self.hand_over());
+        let state = self.hand_over();
         // The address in the slot goes: nothing can queue to this mailbox any more.
         *slot = Slot::Parked(state);
-        shared
-            .parked
-            .store(true, std::sync::atomic::Ordering::Release);
+        shared.set_parked(true);
         self.record.settings.passivations.parked();
         Running::Stop
     }
 
-    /// Moves the whole state into a new actor value (parked, to be started
-    /// again); this one is left hollow, its record as if reported.
-    fn hand_over(&mut self) -> SessionActor {
-        SessionActor {
-            record: self.record.hand_over(),
-            lifecycle: self.lifecycle,
-            turns: self.turns,
+    /// Moves the whole state out, compacted, for the slot; this actor is
+    /// left hollow, its record as if reported.
+    pub(crate) fn hand_over(&mut self) -> ParkedSession {
+        let (record, holdings) = self.record.park();
+        let rest = ParkedRest {
+            holdings,
             leases: std::mem::take(&mut self.leases),
-            ending: None,
             context: self.context.take(),
             context_factory: self.context_factory.take(),
-            heartbeat_check: None,
-            in_handler: false,
-            restoring: false,
-            awaiting_gpu: 0,
             restore_error: self.restore_error.take(),
-            kv_offloaded: self.kv_offloaded,
-            span: self.span.take(),
-            parking: super::NOT_PARKING,
             #[cfg(feature = "testing")]
             lose_drain_timer: self.lose_drain_timer,
+        };
+        ParkedSession {
+            record,
+            rest: (!rest.is_bare()).then(|| Box::new(rest)),
+            turns: self.record.turns,
+            kv_offloaded: self.kv_offloaded,
         }
+    }
+
+    /// The actor of a parked session, as it was (its span is made anew).
+    pub(crate) fn from_parked(parked: ParkedSession, shared: Arc<SessionShared>) -> Self {
+        let ParkedSession {
+            record,
+            rest,
+            turns,
+            kv_offloaded,
+        } = parked;
+        let rest = rest.map(|rest| *rest).unwrap_or_default();
+        let mut actor = SessionActor::new(EndGuard::unpark(record, rest.holdings, shared), None);
+        actor.leases = rest.leases;
+        actor.context = rest.context;
+        actor.context_factory = rest.context_factory;
+        actor.restore_error = rest.restore_error;
+        actor.record.turns = turns;
+        actor.kv_offloaded = kv_offloaded;
+        #[cfg(feature = "testing")]
+        {
+            actor.lose_drain_timer = rest.lose_drain_timer;
+        }
+        actor
     }
 
     /// Starts a parked session again on its shard's thread: at once from
@@ -117,9 +140,48 @@ impl SessionActor {
 
     /// The engine is going away with this session parked: it ends as an
     /// actor stopped by its System does.
-    pub(crate) fn end_parked(mut self: Box<Self>) {
+    pub(crate) fn end_parked(mut self) {
         let reason = self.unasked_end_reason();
         self.end_unasked(reason);
+    }
+}
+
+/// A parked session's state, kept in its slot (parking allocates nothing):
+/// its record, and the rest of what its actor held only if it held
+/// anything (memory, a KV table, leases, a context policy, a client
+/// address). 72 bytes for a session that held none of it, against a
+/// running actor's 184 plus its mailbox, context and task.
+pub(crate) struct ParkedSession {
+    pub(crate) record: ParkedRecord,
+    rest: Option<Box<ParkedRest>>,
+    turns: u32,
+    /// Here rather than in `rest`: a `bool` gives `Slot` a niche for its
+    /// tag, so the slot is no bigger than this (8 bytes a session).
+    kv_offloaded: bool,
+}
+
+#[derive(Default)]
+struct ParkedRest {
+    holdings: Option<ParkedHoldings>,
+    leases: LeaseTable,
+    context: Option<Box<dyn ContextPolicy>>,
+    context_factory: Option<Box<ContextPolicyFactory>>,
+    restore_error: Option<Box<RestoreError>>,
+    #[cfg(feature = "testing")]
+    lose_drain_timer: bool,
+}
+
+impl ParkedRest {
+    /// Nothing a fresh actor would not have.
+    fn is_bare(&self) -> bool {
+        let bare = self.holdings.is_none()
+            && self.leases.is_untouched()
+            && self.context.is_none()
+            && self.context_factory.is_none()
+            && self.restore_error.is_none();
+        #[cfg(feature = "testing")]
+        let bare = bare && !self.lose_drain_timer;
+        bare
     }
 }
 

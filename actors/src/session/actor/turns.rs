@@ -29,7 +29,7 @@ impl SessionActor {
             None => {
                 let factory =
                     self.context_factory
-                        .as_ref()
+                        .as_deref()
                         .or(self.record.settings.context.as_ref());
                 let Some(factory) = factory else {
                     return Ok(fresh);
@@ -62,7 +62,7 @@ impl SessionActor {
         let charged: u64 = released.iter().map(|a| a.bytes).sum();
         let (budget, owner) = (
             self.record.settings.budget.clone(),
-            self.record.owner.clone(),
+            self.record.owner().clone(),
         );
         let (reply, report) = oneshot::channel();
         let holds_memory = !released.is_empty();
@@ -75,9 +75,9 @@ impl SessionActor {
         }
         let mut reset = ContextReset {
             id: self.record.id,
-            owner: self.record.owner.clone(),
+            owner: self.record.owner().clone(),
             reason,
-            turn: self.turns,
+            turn: u64::from(self.record.turns),
             buffers: 0,
             bytes: 0,
             at: SystemTime::now(),
@@ -103,20 +103,20 @@ impl SessionActor {
         self.check(Event::Message)?;
         let context = self.assess_context(&msg.turn.signal)?;
         self.accept(Event::Message);
-        self.turns += 1;
+        self.record.turns = self.record.turns.saturating_add(1);
         if let ContextVerdict::Stale(reason) = &context {
-            let trace_id = msg.turn.trace_id.unwrap_or(self.record.trace_id);
+            let trace_id = msg.turn.trace_id.unwrap_or(self.record.trace_id());
             self.reset_context(reason.clone(), trace_id);
         }
         tracing::trace!(
             target: "sessionbus::supervisor",
             event = "session.turn",
             session_id = %self.record.id,
-            turn = self.turns,
+            turn = u64::from(self.record.turns),
             trace_id = msg.turn.trace_id.map(tracing::field::display),
         );
         Ok(TurnAck {
-            turn: self.turns,
+            turn: u64::from(self.record.turns),
             version: self.record.version,
             context,
         })
@@ -133,7 +133,7 @@ impl SessionActor {
         self.authorize(&msg.caller)?;
         Ok(SessionInfo {
             state: self.lifecycle.state(),
-            turns: self.turns,
+            turns: u64::from(self.record.turns),
             buffers: self.record.ledger.live().len(),
             bytes: self.record.ledger.live_bytes(),
             version: self.record.version,
