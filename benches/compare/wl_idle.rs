@@ -286,7 +286,11 @@ pub fn memory(sizes: &[usize], peers: &[&str]) -> (serde_json::Value, Vec<String
             target = Some(target.map_or(per, |t: f64| t.max(per)));
         }
         if *peer == PARKED {
-            parked_target = Some(parked_target.map_or(per, |t: f64| t.max(per)));
+            // Judged at the largest size measured (issue 18: at a million);
+            // smaller runs carry the tables' and the last chunk's fixed costs.
+            if parked_target.is_none_or(|(m, _)| *n >= m) {
+                parked_target = Some((*n, per));
+            }
             let revival = &r["revival"];
             println!(
                 "{:>9} | revival of a parked session (one touch, {} of them): p50 {:.0} µs, p99 {:.0} µs; \
@@ -301,10 +305,10 @@ pub fn memory(sizes: &[usize], peers: &[&str]) -> (serde_json::Value, Vec<String
         }
     }
     println!(
-        "target: sessionbus parked ≤ {TARGET_PARKED_BYTES:.0} B per idle session: {}",
+        "target: sessionbus parked ≤ {TARGET_PARKED_BYTES:.0} B per idle session at the largest size: {}",
         match parked_target {
-            Some(t) => format!(
-                "{} (worst {t:.0} B)",
+            Some((n, t)) => format!(
+                "{} ({t:.0} B at {n} sessions)",
                 if t <= TARGET_PARKED_BYTES {
                     "met"
                 } else {
