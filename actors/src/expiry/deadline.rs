@@ -54,12 +54,19 @@ pub(crate) fn next_due(
             opened_us.saturating_add(crate::clock::micros(t)),
         )
     });
-    match (idle, ttl) {
+    let due = match (idle, ttl) {
         // A tie is a TTL end: the stricter limit names it.
         (Some(i), Some(t)) => Some(if t.1 <= i.1 { t } else { i }),
         (one, None) | (None, one) => one,
-    }
+    };
+    // A deadline past the clock's end is filed at its last microsecond but
+    // one: the registry marks a session not filed with `u64::MAX`.
+    due.map(|(kind, at)| (kind, at.min(LATEST_DUE_US)))
 }
+
+/// The latest due time `next_due` gives (584 000 years after the engine's
+/// epoch): `u64::MAX` is never a due time.
+pub(crate) const LATEST_DUE_US: u64 = u64::MAX - 1;
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ mod deadline;
 mod policy;
 mod queue;
 
-pub(crate) use deadline::next_due;
 pub use deadline::{Deadline, DeadlineKind};
+pub(crate) use deadline::{LATEST_DUE_US, next_due};
 pub use policy::{ExpiryConfig, ExpiryPolicy};
 pub(crate) use queue::DeadlineQueue;

@@ -45,8 +45,10 @@ pub(super) struct LiveSession {
     due_us: u64,
 }
 
-/// `LiveSession::due_us` of a session not in the deadline queue.
+/// `LiveSession::due_us` of a session not in the deadline queue (never a
+/// due time: `next_due` stops at `LATEST_DUE_US`).
 const NOT_FILED: u64 = u64::MAX;
+const _: () = assert!(crate::expiry::LATEST_DUE_US < NOT_FILED);
 
 impl LiveSession {
     /// Where the session is filed in the deadline queue, if it is.

@@ -540,7 +540,7 @@ fn handle_clones_churned_on_many_threads_end_each_parking_session_exactly_once()
                         for k in 0..30u64 {
                             for (s, handle) in handles.iter().enumerate() {
                                 let mine = handle.clone();
-                                if (k + s as u64 + w) % 5 == 0 {
+                                if (k + s as u64 + w).is_multiple_of(5) {
                                     let lease = mine.lease().await.unwrap();
                                     std::thread::spawn(move || drop(lease)).join().unwrap();
                                 } else if (k + w) % 3 == 0 {

@@ -7,8 +7,8 @@ mod common;
 
 mod a_hung_pool_or_a_drain_never_hangs_an_operator_end;
 mod budgets_fail_wait_or_evict;
-mod compaction_under_attack;
 mod cleanup_survives_panics_up_to_its_restart_limit;
+mod compaction_under_attack;
 mod context_reset_releases_context_memory;
 mod ends_say_who_asked_and_which_trace;
 mod engine_lifecycle;
