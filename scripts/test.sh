@@ -63,37 +63,40 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
   export XDG_RUNTIME_DIR
 fi
 
-echo "test.sh: formatting (cargo fmt --check)"
+# Each step says how long the run has taken so far (where a fresh machine's time goes).
+step() { echo "test.sh: [${SECONDS}s] $*"; }
+
+step "formatting (cargo fmt --check)"
 cargo fmt --all --check
-echo "test.sh: every test of the workspace, every feature on"
+step "every test of the workspace, every feature on"
 cargo test --workspace --all-features --locked
-echo "test.sh: the engine's tests again, sessions spread over 3 registry shards (the default is one per core)"
+step "the engine's tests again, sessions spread over 3 registry shards (the default is one per core)"
 SESSIONBUS_TEST_SHARDS=3 cargo test -p sessionbus-actors --all-features --locked --test engine
-echo "test.sh: the engine's tests again with passivation on: sessions idle for 10 ms park (the default is off)"
+step "the engine's tests again with passivation on: sessions idle for 10 ms park (the default is off)"
 SESSIONBUS_TEST_PASSIVATE=10ms cargo test -p sessionbus-actors --all-features --locked --test engine
-echo "test.sh: ...and with both: 3 shards, sessions idle for 1 s park"
+step "...and with both: 3 shards, sessions idle for 1 s park"
 SESSIONBUS_TEST_SHARDS=3 SESSIONBUS_TEST_PASSIVATE=1s cargo test -p sessionbus-actors --all-features --locked --test engine
-echo "test.sh: lints (clippy on every target and feature, warnings denied)"
+step "lints (clippy on every target and feature, warnings denied)"
 cargo clippy --workspace --all-targets --all-features --locked --quiet -- -D warnings
-echo "test.sh: docs (rustdoc warnings denied)"
+step "docs (rustdoc warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked --quiet
-echo "test.sh: the library alone, with its default and with its smallest feature set (no dev-dependency turns features on)"
+step "the library alone, with its default and with its smallest feature set (no dev-dependency turns features on)"
 cargo build --locked --quiet -p sessionbus
 cargo build --locked --quiet -p sessionbus --no-default-features
 if cargo tree --locked -p sessionbus --no-default-features -e normal | grep -q ' wgpu v'; then
   echo "test.sh: wgpu is compiled without the wgpu feature" >&2
   exit 1
 fi
-echo "test.sh: demo end-to-end check"
+step "demo end-to-end check"
 cargo run --quiet --locked --example demo -- --sessions 300 --turns 4 --json | tail -n 1
-echo "test.sh: demo expiry scenario (idle timeouts, TTLs, leases, context resets; wgpu counters back at baseline)"
+step "demo expiry scenario (idle timeouts, TTLs, leases, context resets; wgpu counters back at baseline)"
 # Its remote workers die on purpose, so `lease.revoked` WARN lines are expected;
 # the demo itself fails on any incident, leak or double end.
 RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::supervisor=error}" \
   cargo run --quiet --locked --example demo -- --scenario expiry --sessions 300 --json | tail -n 1
-echo "test.sh: demo storm scenario (2 000 disconnects at 20 000 buffers/s next to live chat; no errors, wgpu counters back at baseline)"
+step "demo storm scenario (2 000 disconnects at 20 000 buffers/s next to live chat; no errors, wgpu counters back at baseline)"
 cargo run --quiet --locked --example demo -- --scenario storm --storm-size 2000 --release-rate 20000 --json | tail -n 1
-echo "test.sh: demo with the audit trail (a fresh random key), then the trail verifies, and a changed copy does not"
+step "demo with the audit trail (a fresh random key), then the trail verifies, and a changed copy does not"
 audit_dir="$(mktemp -d)"
 SESSIONBUS_AUDIT_KEY="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
 export SESSIONBUS_AUDIT_KEY
@@ -107,13 +110,14 @@ if cargo run --quiet --locked --example audit_verify -- "$audit_dir"; then
 fi
 rm -rf "$audit_dir"
 unset SESSIONBUS_AUDIT_KEY
-echo "test.sh: demo kv scenario (a shared system prompt in paged KV blocks, the paged-attention kernel against the CPU, every kind of end; no block held by an ended session, wgpu counters back at baseline)"
+step "demo kv scenario (a shared system prompt in paged KV blocks, the paged-attention kernel against the CPU, every kind of end; no block held by an ended session, wgpu counters back at baseline)"
 RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::supervisor=error}" \
   cargo run --quiet --locked --example demo -- --scenario kv --sessions 200 --json | tail -n 1
-echo "test.sh: cluster example (3 nodes on a throwaway redis-server; one killed with SIGKILL)"
+step "cluster example (3 nodes on a throwaway redis-server; one killed with SIGKILL)"
 RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::cluster=error}" \
   cargo run --quiet --locked -p sessionbus-cluster-example -- --sessions 50
-echo "test.sh: demo shutdown scenario (a real SIGTERM mid-storm; leases forced, every buffer released within the deadline)"
+step "demo shutdown scenario (a real SIGTERM mid-storm; leases forced, every buffer released within the deadline)"
 # Leases outlive the deadline on purpose, so `session.drain_forced` WARN lines are expected.
 RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::supervisor=error}" \
   cargo run --quiet --locked --example demo -- --scenario shutdown --sessions 300 --deadline-secs 2 --json | tail -n 1
+step "done: every step passed"
