@@ -70,12 +70,14 @@ step "formatting (cargo fmt --check)"
 cargo fmt --all --check
 step "every test of the workspace, every feature on"
 cargo test --workspace --all-features --locked
+# `--workspace`, as above: the same features, so the same build (with `-p` the
+# engine was compiled again with other features: a minute on a fresh machine).
 step "the engine's tests again, sessions spread over 3 registry shards (the default is one per core)"
-SESSIONBUS_TEST_SHARDS=3 cargo test -p sessionbus-actors --all-features --locked --test engine
+SESSIONBUS_TEST_SHARDS=3 cargo test --workspace --all-features --locked --test engine
 step "the engine's tests again with passivation on: sessions idle for 10 ms park (the default is off)"
-SESSIONBUS_TEST_PASSIVATE=10ms cargo test -p sessionbus-actors --all-features --locked --test engine
+SESSIONBUS_TEST_PASSIVATE=10ms cargo test --workspace --all-features --locked --test engine
 step "...and with both: 3 shards, sessions idle for 1 s park"
-SESSIONBUS_TEST_SHARDS=3 SESSIONBUS_TEST_PASSIVATE=1s cargo test -p sessionbus-actors --all-features --locked --test engine
+SESSIONBUS_TEST_SHARDS=3 SESSIONBUS_TEST_PASSIVATE=1s cargo test --workspace --all-features --locked --test engine
 step "lints (clippy on every target and feature, warnings denied)"
 cargo clippy --workspace --all-targets --all-features --locked --quiet -- -D warnings
 step "docs (rustdoc warnings denied)"
@@ -113,9 +115,12 @@ unset SESSIONBUS_AUDIT_KEY
 step "demo kv scenario (a shared system prompt in paged KV blocks, the paged-attention kernel against the CPU, every kind of end; no block held by an ended session, wgpu counters back at baseline)"
 RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::supervisor=error}" \
   cargo run --quiet --locked --example demo -- --scenario kv --sessions 200 --json | tail -n 1
+# The binary the tests built (every feature on): `cargo run -p` would build the
+# example and the library once more with its own features (two minutes fresh).
+target_dir="$(cargo metadata --format-version 1 --no-deps --locked | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)"
 step "cluster example (3 nodes on a throwaway redis-server; one killed with SIGKILL)"
 RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::cluster=error}" \
-  cargo run --quiet --locked -p sessionbus-cluster-example -- --sessions 50
+  "$target_dir/debug/cluster" --sessions 50
 step "demo shutdown scenario (a real SIGTERM mid-storm; leases forced, every buffer released within the deadline)"
 # Leases outlive the deadline on purpose, so `session.drain_forced` WARN lines are expected.
 RUST_LOG="${RUST_LOG:-warn,wgpu_hal::gles::egl=off,sessionbus::supervisor=error}" \

@@ -108,6 +108,10 @@ impl Fixture {
         self.engine.stats().await.expect("engine running")
     }
 
+    pub async fn passivation(&self) -> PassivationStats {
+        self.stats().await.passivation
+    }
+
     /// Shuts down and checks that nothing is left on the pool.
     pub async fn shutdown_clean(self) -> RegistryStats {
         let report = self.engine.shutdown().await.expect("engine running");
@@ -118,6 +122,26 @@ impl Fixture {
         );
         report.stats
     }
+}
+
+/// No expiry, and a small KV pool: blocks of 16 tokens × 64 bytes, 8 to a
+/// slab, `device_blocks` of them on the device, no cache of released prefixes.
+pub fn kv_engine(device_blocks: u64) -> EngineConfig {
+    let mut config = no_expiry();
+    config.kv = Some(KvPoolConfig {
+        layout: KvLayout {
+            tokens_per_block: 16,
+            bytes_per_token: 64,
+        },
+        blocks_per_slab: 8,
+        device_budget: BlockBudget::Blocks(device_blocks),
+        cache_budget: BlockBudget::Blocks(0),
+        owner_budget: None,
+        table_cap_blocks: None,
+        keep_alive: Duration::ZERO,
+        slab_idle_trim: Duration::from_secs(3600),
+    });
+    config
 }
 
 /// A session of `owner` holding one 4 KiB buffer filled with known bytes.

@@ -29,28 +29,6 @@ fn with_passivation(mut config: EngineConfig, after: Option<Duration>) -> Engine
     config
 }
 
-fn kv_config(device_blocks: u64) -> EngineConfig {
-    let mut config = no_expiry();
-    config.kv = Some(KvPoolConfig {
-        layout: KvLayout {
-            tokens_per_block: 16,
-            bytes_per_token: 64,
-        },
-        blocks_per_slab: 8,
-        device_budget: BlockBudget::Blocks(device_blocks),
-        cache_budget: BlockBudget::Blocks(0),
-        owner_budget: None,
-        table_cap_blocks: None,
-        keep_alive: Duration::ZERO,
-        slab_idle_trim: Duration::from_secs(3600),
-    });
-    config
-}
-
-async fn passivation(f: &Fixture) -> PassivationStats {
-    f.stats().await.passivation
-}
-
 /// Every end event queued on the fixture's channel now (none are awaited).
 fn ends_queued(f: &mut Fixture) -> Vec<Arc<SessionEndEvent>> {
     let mut ends = Vec::new();
@@ -246,7 +224,7 @@ fn clones_attaches_and_leases_each_count_and_only_the_last_drop_disconnects() {
 #[test]
 fn a_fork_of_a_parked_session_counts_its_own_handles() {
     on_paused_time(|| async {
-        let mut f = start(with_passivation(kv_config(64), Some(SEC))).await;
+        let mut f = start(with_passivation(kv_engine(64), Some(SEC))).await;
         let session = f.engine.open("forker").await.unwrap();
         session
             .append_tokens(&(0..40).collect::<Vec<u32>>())
@@ -290,7 +268,7 @@ fn a_session_parked_between_every_step_ends_as_one_that_never_parked() {
     let mut outcomes = Vec::new();
     for after in [None, Some(SEC)] {
         on_paused_time(|| async {
-            let mut f = start(with_passivation(kv_config(64), after)).await;
+            let mut f = start(with_passivation(kv_engine(64), after)).await;
             let factory: ContextPolicyFactory = Arc::new(|| Box::new(EveryThird(0)));
             let ip: std::net::IpAddr = "198.51.100.7".parse().unwrap();
             let session = f
@@ -361,7 +339,7 @@ fn a_session_parked_between_every_step_ends_as_one_that_never_parked() {
                 4 * KIB as usize
             );
             settle(3 * SEC).await;
-            let stats = passivation(&f).await;
+            let stats = f.passivation().await;
             session.close().await.unwrap();
             let end = f.next_end().await;
             log.push(format!(
@@ -412,7 +390,7 @@ fn a_panic_right_after_a_revival_reports_the_crash_with_the_ledger() {
             moved.offload().await.unwrap();
             let bare = f.engine.open("bare").await.unwrap();
             settle(3 * SEC).await;
-            let parked = passivation(&f).await.parked;
+            let parked = f.passivation().await.parked;
             let mut seen = Vec::new();
             for handle in [&plain, &moved, &bare] {
                 handle.inject_panic().await;
@@ -462,10 +440,10 @@ fn a_session_that_never_held_memory_parks_bare_and_holds_memory_after() {
             .await
             .unwrap();
         settle(3 * SEC).await;
-        assert_eq!(passivation(&f).await.parked, 1);
+        assert_eq!(f.passivation().await.parked, 1);
         let buffer = session.allocate_for_context(2 * KIB).await.unwrap();
         settle(3 * SEC).await;
-        assert_eq!(passivation(&f).await.parked, 1, "parked holding memory");
+        assert_eq!(f.passivation().await.parked, 1, "parked holding memory");
         assert_eq!(f.stats().await.budget.device_used, 2 * KIB);
         assert_eq!(session.read_buffer(buffer.id).await.unwrap().len(), 2048);
         for _ in 0..3 {
@@ -478,7 +456,7 @@ fn a_session_that_never_held_memory_parks_bare_and_holds_memory_after() {
         assert_eq!(f.stats().await.budget.device_used, 0);
         let held = session.allocate(KIB).await.unwrap();
         settle(3 * SEC).await;
-        let before = passivation(&f).await;
+        let before = f.passivation().await;
         session.close().await.unwrap();
         let end = f.next_end().await;
         assert_eq!(

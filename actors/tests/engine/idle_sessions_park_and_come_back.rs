@@ -19,10 +19,6 @@ fn passivating(after: Duration) -> EngineConfig {
     config
 }
 
-async fn passivation(f: &Fixture) -> PassivationStats {
-    f.stats().await.passivation
-}
-
 #[test]
 fn an_idle_session_parks_and_its_next_message_brings_it_back_as_it_was() {
     on_paused_time(|| async {
@@ -32,7 +28,7 @@ fn an_idle_session_parks_and_its_next_message_brings_it_back_as_it_was() {
         let before = session.info().await.unwrap();
         settle(3 * SEC).await;
         assert_eq!(
-            passivation(&f).await,
+            f.passivation().await,
             PassivationStats {
                 parked: 1,
                 parks: 1,
@@ -51,12 +47,12 @@ fn an_idle_session_parks_and_its_next_message_brings_it_back_as_it_was() {
         assert_eq!(after.bytes, before.bytes);
         let ack = session.chat(Turn::new()).await.unwrap();
         assert_eq!(ack.turn, before.turns + 1, "the turn count goes on");
-        let stats = passivation(&f).await;
+        let stats = f.passivation().await;
         assert_eq!((stats.parked, stats.revivals), (0, 1));
 
         // Idle again: parks again.
         settle(3 * SEC).await;
-        assert_eq!(passivation(&f).await.parks, 2);
+        assert_eq!(f.passivation().await.parks, 2);
         let receipt = session.close().await.unwrap();
         assert_eq!((receipt.buffers, receipt.bytes), (1, 4 * KIB));
         let stats = f.shutdown_clean().await;
@@ -71,7 +67,7 @@ fn messages_sent_to_a_parked_session_at_once_are_all_handled_in_order() {
         let f = start(passivating(SEC)).await;
         let session = f.engine.open("bob").await.unwrap();
         settle(3 * SEC).await;
-        assert_eq!(passivation(&f).await.parked, 1);
+        assert_eq!(f.passivation().await.parked, 1);
         // Ten turns sent without waiting, from clones: each is handled once,
         // and the acks count 1..=10 in the order they were sent.
         let sends: Vec<_> = (0..10)
@@ -85,7 +81,7 @@ fn messages_sent_to_a_parked_session_at_once_are_all_handled_in_order() {
             turns.push(send.await.unwrap());
         }
         assert_eq!(turns, (1..=10).collect::<Vec<_>>());
-        let stats = passivation(&f).await;
+        let stats = f.passivation().await;
         assert_eq!(
             (stats.parks, stats.revivals),
             (1, 1),
@@ -105,7 +101,7 @@ fn a_parked_session_expires_on_its_deadline_exactly_once() {
         session.allocate(KIB).await.unwrap();
         let opened = tokio::time::Instant::now();
         settle(5 * SEC).await;
-        assert_eq!(passivation(&f).await.parked, 1);
+        assert_eq!(f.passivation().await.parked, 1);
         let end = f.next_end().await;
         assert_eq!(end.reason, EndReason::IdleTimeout);
         let deadline = end.deadline.expect("an expiry carries its deadline");
@@ -136,7 +132,7 @@ fn a_parked_session_is_attached_closed_by_id_and_closed_again_like_a_running_one
         let (session, buffer, data) = holding_bytes(&f, "dave").await;
         let id = session.id();
         settle(3 * SEC).await;
-        assert_eq!(passivation(&f).await.parked, 1);
+        assert_eq!(f.passivation().await.parked, 1);
 
         // An operator attaches (no revival yet), then reads through its handle.
         let operator = f
@@ -145,13 +141,13 @@ fn a_parked_session_is_attached_closed_by_id_and_closed_again_like_a_running_one
             .await
             .unwrap();
         assert_eq!(
-            passivation(&f).await.parked,
+            f.passivation().await.parked,
             1,
             "an attach alone does not revive"
         );
         assert_eq!(operator.read_buffer(buffer).await.unwrap(), data);
         settle(3 * SEC).await;
-        assert_eq!(passivation(&f).await.parked, 1, "parked again");
+        assert_eq!(f.passivation().await.parked, 1, "parked again");
 
         // Someone else's attach is refused, parked or not.
         let refused = f
@@ -184,7 +180,7 @@ fn dropping_the_last_handle_of_a_parked_session_is_a_disconnect() {
         let (session, _, _) = holding_bytes(&f, "erin").await;
         let other = session.clone();
         settle(3 * SEC).await;
-        assert_eq!(passivation(&f).await.parked, 1);
+        assert_eq!(f.passivation().await.parked, 1);
         drop(session);
         settle(SEC).await;
         assert_eq!(f.stats().await.live, 1, "a clone is still alive");
@@ -213,7 +209,7 @@ fn a_session_with_a_lease_or_an_allocation_waiting_never_parks() {
         drop(streaming);
         settle(10 * SEC).await;
         assert_eq!(
-            passivation(&f).await.parks,
+            f.passivation().await.parks,
             0,
             "a lease holder stays running"
         );
@@ -229,7 +225,7 @@ fn a_session_with_a_lease_or_an_allocation_waiting_never_parks() {
         };
         settle(10 * SEC).await;
         // The holder (idle) parked; the lease holder and the waiter did not.
-        assert_eq!(passivation(&f).await.parks, 1);
+        assert_eq!(f.passivation().await.parks, 1);
         holder.close().await.unwrap();
         assert!(
             waiting.await.unwrap().is_ok(),
@@ -258,7 +254,7 @@ fn memory_pressure_offloads_or_evicts_a_parked_session_as_a_running_one() {
         let (parked, buffer, data) = holding_bytes(&f, "heidi").await;
         let (evicted, _, _) = holding_bytes(&f, "ivan").await;
         settle(5 * SEC).await;
-        assert_eq!(passivation(&f).await.parked, 2);
+        assert_eq!(f.passivation().await.parked, 2);
 
         // Room for 8 KiB: the least recently active (heidi) is offloaded
         // first (host memory allows it), then ivan.
@@ -314,7 +310,7 @@ fn a_parked_session_keeps_its_identity_its_client_address_and_its_lease_history(
             started.push(event);
         }
         settle(3 * SEC).await;
-        assert_eq!(passivation(&f).await.parked, 3);
+        assert_eq!(f.passivation().await.parked, 3);
 
         // Back, the lease is still known as released (not "never granted").
         let again = leased.release_lease(lease_id).await.unwrap_err();
@@ -329,7 +325,7 @@ fn a_parked_session_keeps_its_identity_its_client_address_and_its_lease_history(
             "{again:?}"
         );
         bare.touch().await.unwrap();
-        assert_eq!(passivation(&f).await.revivals, 2);
+        assert_eq!(f.passivation().await.revivals, 2);
         for (handle, trace, client_ip) in [
             (&bare, TraceId(5), None),
             (&with_ip, TraceId(6), Some(ip)),
@@ -360,7 +356,7 @@ fn shutdown_ends_parked_sessions_and_releases_everything() {
             sessions.push(holding_bytes(&f, &format!("user-{i}")).await.0);
         }
         settle(3 * SEC).await;
-        assert_eq!(passivation(&f).await.parked, 20);
+        assert_eq!(f.passivation().await.parked, 20);
         let stats = f.shutdown_clean().await;
         assert_eq!(stats.ended_by, vec![(EndReason::Shutdown, 20)]);
         assert_eq!((stats.released_buffers, stats.incidents), (20, 0));
@@ -388,14 +384,14 @@ fn passivation_off_or_zero_and_sharded_engines() {
         }
         settle(3 * SEC).await;
         assert_eq!(
-            passivation(&f).await.parked,
+            f.passivation().await.parked,
             12,
             "every shard parks its own"
         );
         for (session, buffer, data) in &sessions {
             assert_eq!(session.read_buffer(*buffer).await.unwrap(), *data);
         }
-        assert_eq!(passivation(&f).await.revivals, 12);
+        assert_eq!(f.passivation().await.revivals, 12);
         drop(sessions);
         let stats = f.shutdown_clean().await;
         assert_eq!(stats.incidents, 0);

@@ -4,30 +4,10 @@
 //! end while offloaded drops the host copy; a restore that cannot get blocks
 //! keeps it, and succeeds once there is room.
 
-use std::time::Duration;
-
 use crate::common::*;
 use sessionbus_actors::*;
 
 const BLOCK: usize = 16 * 64; // 16 tokens × 64 bytes
-
-fn config(device_blocks: u64) -> EngineConfig {
-    let mut config = no_expiry();
-    config.kv = Some(KvPoolConfig {
-        layout: KvLayout {
-            tokens_per_block: 16,
-            bytes_per_token: 64,
-        },
-        blocks_per_slab: 8,
-        device_budget: BlockBudget::Blocks(device_blocks),
-        cache_budget: BlockBudget::Blocks(0),
-        owner_budget: None,
-        table_cap_blocks: None,
-        keep_alive: Duration::ZERO,
-        slab_idle_trim: Duration::from_secs(3600),
-    });
-    config
-}
 
 /// Fills every block of `session` with bytes no other block has.
 async fn fill(session: &SessionHandle, seed: u8) -> Vec<Vec<u8>> {
@@ -37,7 +17,7 @@ async fn fill(session: &SessionHandle, seed: u8) -> Vec<Vec<u8>> {
 #[test]
 fn an_offload_moves_own_blocks_to_host_and_the_next_use_restores_them_bit_for_bit() {
     on_paused_time(|| async {
-        let f = start(config(64)).await;
+        let f = start(kv_engine(64)).await;
         let prompt: Vec<u32> = (0..32).collect(); // two full blocks, shared
         let first = f.engine.open("alice").await.unwrap();
         first.append_tokens(&prompt).await.unwrap();
@@ -101,7 +81,7 @@ fn an_offload_moves_own_blocks_to_host_and_the_next_use_restores_them_bit_for_bi
 #[test]
 fn any_message_restores_and_an_end_while_offloaded_leaves_nothing_behind() {
     on_paused_time(|| async {
-        let f = start(config(64)).await;
+        let f = start(kv_engine(64)).await;
         let s = f.engine.open("alice").await.unwrap();
         s.append_tokens(&(0..100).collect::<Vec<u32>>())
             .await
@@ -129,7 +109,7 @@ fn any_message_restores_and_an_end_while_offloaded_leaves_nothing_behind() {
 #[test]
 fn a_restore_without_room_keeps_the_host_copy_and_succeeds_once_there_is_room() {
     on_paused_time(|| async {
-        let mut c = config(8);
+        let mut c = kv_engine(8);
         c.budget.offload = false; // nobody else is offloaded to make room
         let f = start(c).await;
         let sleeper = f.engine.open("alice").await.unwrap();

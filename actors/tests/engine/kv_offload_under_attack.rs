@@ -24,24 +24,6 @@ use sessionbus_actors::*;
 const TOKENS_PER_BLOCK: u32 = 16;
 const BLOCK: usize = 16 * 64; // 16 tokens × 64 bytes
 
-fn config(device_blocks: u64) -> EngineConfig {
-    let mut config = no_expiry();
-    config.kv = Some(KvPoolConfig {
-        layout: KvLayout {
-            tokens_per_block: TOKENS_PER_BLOCK,
-            bytes_per_token: 64,
-        },
-        blocks_per_slab: 8,
-        device_budget: BlockBudget::Blocks(device_blocks),
-        cache_budget: BlockBudget::Blocks(0),
-        owner_budget: None,
-        table_cap_blocks: None,
-        keep_alive: Duration::ZERO,
-        slab_idle_trim: Duration::from_secs(3600),
-    });
-    config
-}
-
 /// `blocks` full blocks of tokens starting at `from` (distinct per `from`).
 fn tokens(from: u32, blocks: u32) -> Vec<u32> {
     (from..from + blocks * TOKENS_PER_BLOCK).collect()
@@ -222,7 +204,7 @@ async fn start_gated(config: EngineConfig) -> (EngineHandle, Arc<GatedPool>) {
 #[test]
 fn a_prefix_claim_while_the_offload_copies_keeps_the_claimed_blocks_on_the_device() {
     on_paused_time(|| async {
-        let (engine, gate) = start_gated(config(64)).await;
+        let (engine, gate) = start_gated(kv_engine(64)).await;
         let owner = engine.open("alice").await.unwrap();
         owner.append_tokens(&tokens(0, 4)).await.unwrap();
         let before = fill(&owner, 1).await;
@@ -272,7 +254,7 @@ fn a_prefix_claim_while_the_offload_copies_keeps_the_claimed_blocks_on_the_devic
 #[test]
 fn sharers_fork_grow_and_end_around_an_offloaded_session_and_each_reference_drops_once() {
     on_paused_time(|| async {
-        let f = start(config(64)).await;
+        let f = start(kv_engine(64)).await;
         let prompt = tokens(0, 2);
         let a = f.engine.open("alice").await.unwrap();
         let a_tokens: Vec<u32> = prompt.iter().copied().chain(1_000..1_040).collect();
@@ -332,7 +314,7 @@ fn sharers_fork_grow_and_end_around_an_offloaded_session_and_each_reference_drop
 #[test]
 fn every_end_path_of_an_offloaded_session_drops_its_host_copy_and_references_once() {
     on_paused_time(|| async {
-        let f = start(config(64)).await;
+        let f = start(kv_engine(64)).await;
         let prompt = tokens(0, 2);
         let keeper = f.engine.open("alice").await.unwrap();
         keeper.append_tokens(&prompt).await.unwrap();
@@ -409,7 +391,7 @@ fn an_end_while_the_offload_is_copying_waits_for_it_and_leaves_nothing() {
     }
     for end in [End::Close, End::Crash, End::Disconnect] {
         on_paused_time(|| async move {
-            let (engine, gate) = start_gated(config(64)).await;
+            let (engine, gate) = start_gated(kv_engine(64)).await;
             let s = engine.open("alice").await.unwrap();
             s.append_tokens(&tokens(0, 5)).await.unwrap();
             let _ = fill(&s, 5).await;
@@ -456,7 +438,7 @@ fn an_end_while_the_offload_is_copying_waits_for_it_and_leaves_nothing() {
 #[test]
 fn a_restore_out_of_blocks_offloads_another_idle_holder_and_comes_back_bit_for_bit() {
     on_paused_time(|| async {
-        let f = start(config(8)).await;
+        let f = start(kv_engine(8)).await;
         let x = f.engine.open("alice").await.unwrap();
         x.append_tokens(&tokens(0, 4)).await.unwrap();
         let x_bytes = fill(&x, 11).await;
@@ -488,7 +470,7 @@ fn a_restore_out_of_blocks_offloads_another_idle_holder_and_comes_back_bit_for_b
 
 fn a_restore_of_more_than_half_the_device_makes_room_instead_of_being_refused() {
     on_paused_time(|| async {
-        let f = start(config(8)).await;
+        let f = start(kv_engine(8)).await;
         let y = f.engine.open("bob").await.unwrap();
         y.append_tokens(&tokens(5_000, 8)).await.unwrap();
         let y_bytes = fill(&y, 12).await;
@@ -511,7 +493,7 @@ fn a_restore_of_more_than_half_the_device_makes_room_instead_of_being_refused() 
 #[test]
 fn a_restore_racing_the_sweepers_trim_keeps_its_slab_and_its_bytes() {
     on_paused_time(|| async {
-        let mut c = config(64);
+        let mut c = kv_engine(64);
         c.expiry.sweep_interval = Duration::from_secs(1);
         c.kv.as_mut().unwrap().slab_idle_trim = Duration::from_secs(1);
         let (engine, gate) = start_gated(c).await;
@@ -561,7 +543,7 @@ fn a_restore_racing_the_sweepers_trim_keeps_its_slab_and_its_bytes() {
 #[test]
 fn a_device_loss_with_offloaded_tables_leaves_no_reference_or_host_copy() {
     on_paused_time(|| async {
-        let f = start(config(64)).await;
+        let f = start(kv_engine(64)).await;
         let prompt = tokens(0, 2);
         let live = f.engine.open("alice").await.unwrap();
         live.append_tokens(&prompt).await.unwrap();
@@ -592,7 +574,7 @@ fn a_device_loss_with_offloaded_tables_leaves_no_reference_or_host_copy() {
 
 fn a_kv_only_offloaded_session_that_ends_leaves_the_offloaded_count() {
     on_paused_time(|| async {
-        let f = start(config(64)).await;
+        let f = start(kv_engine(64)).await;
         let closed = f.engine.open("alice").await.unwrap();
         closed.append_tokens(&tokens(0, 3)).await.unwrap();
         let dropped = f.engine.open("alice").await.unwrap();
@@ -623,7 +605,7 @@ fn a_kv_only_offloaded_session_that_ends_leaves_the_offloaded_count() {
 
 fn buffers_and_kv_blocks_restored_in_two_steps_leave_no_offloaded_bytes() {
     on_paused_time(|| async {
-        let f = start(config(64)).await;
+        let f = start(kv_engine(64)).await;
         let s = f.engine.open("alice").await.unwrap();
         let buffer = s.allocate(MIB).await.unwrap();
         s.append_tokens(&tokens(0, 3)).await.unwrap();
@@ -659,7 +641,7 @@ fn buffers_and_kv_blocks_restored_in_two_steps_leave_no_offloaded_bytes() {
 
 fn kv_pressure_makes_room_when_the_idle_holders_share_all_their_blocks() {
     on_paused_time(|| async {
-        let f = start(config(8)).await;
+        let f = start(kv_engine(8)).await;
         let first = f.engine.open("alice").await.unwrap();
         first.append_tokens(&tokens(0, 8)).await.unwrap();
         let second = f.engine.open("alice").await.unwrap();
@@ -681,7 +663,7 @@ fn kv_pressure_makes_room_when_the_idle_holders_share_all_their_blocks() {
 
 fn kv_pressure_keeps_host_memory_within_offload_host_memory() {
     on_paused_time(|| async {
-        let mut c = config(16);
+        let mut c = kv_engine(16);
         c.budget.offload_host_memory = 2 * BLOCK as u64;
         let f = start(c).await;
         let mut idle = Vec::new();

@@ -42,10 +42,6 @@ fn parks(after: Option<Duration>) -> bool {
     after.is_some() || std::env::var_os("SESSIONBUS_TEST_PASSIVATE").is_some()
 }
 
-async fn passivation(f: &Fixture) -> PassivationStats {
-    f.stats().await.passivation
-}
-
 /// `what` must be answered (not hang forever).
 async fn answered<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(HANG, fut)
@@ -108,7 +104,7 @@ fn a_request_its_caller_gave_up_on_does_not_keep_the_session_from_parking() {
         assert!(gave_up.is_err(), "the request was still queued");
         settle(5 * SEC).await;
         assert_eq!(
-            passivation(&f).await.parks,
+            f.passivation().await.parks,
             1,
             "idle for five times passivate_after: parked"
         );
@@ -137,7 +133,7 @@ fn clones_sending_while_idle_deadlines_fire_lose_and_reorder_nothing() {
                 sessions.push(holding_bytes(&f, &format!("storm-{i}")).await);
             }
             settle(3 * SEC).await;
-            assert_eq!(passivation(&f).await.parked, 9);
+            assert_eq!(f.passivation().await.parked, 9);
             // Four clones per session, each sending turns at instants right
             // around the registry's looks (every half second from here on),
             // some exactly on them, some a microsecond to either side.
@@ -213,7 +209,7 @@ fn a_close_by_id_and_the_last_handle_dropped_in_the_same_instant_end_a_parked_se
                 let (session, _, _) = holding_bytes(&f, "racer").await;
                 let id = session.id();
                 settle(3 * SEC).await;
-                assert_eq!(passivation(&f).await.parked, parks(after) as u64);
+                assert_eq!(f.passivation().await.parked, parks(after) as u64);
                 let engine = f.engine.clone();
                 let close = if close_first {
                     let close =
@@ -254,7 +250,7 @@ fn device_loss_while_parked_sessions_are_sent_turns_ends_each_once_and_answers_e
                 sessions.push(holding_bytes(&f, &format!("lost-{i}")).await.0);
             }
             settle(3 * SEC).await;
-            assert_eq!(passivation(&f).await.parked, 8 * parks(after) as u64);
+            assert_eq!(f.passivation().await.parked, 8 * parks(after) as u64);
             let turns: Vec<_> = sessions
                 .iter()
                 .map(|session| {
@@ -352,7 +348,7 @@ async fn lease_released_twice(after: Option<Duration>) -> (String, PassivationSt
         }) => "AlreadyReleased".to_string(),
         Err(other) => format!("other: {other}"),
     };
-    let stats = passivation(&f).await;
+    let stats = f.passivation().await;
     drop(session);
     shutdown_counting_ends(f).await;
     (again, stats)
@@ -402,11 +398,11 @@ fn attach_then_dropping_the_original_handle_of_a_parked_session_keeps_it_until_t
             // A lease taken right after a revival keeps it running and
             // reachable even once the operator's handle is gone.
             settle(3 * SEC).await;
-            let parks = passivation(&f).await.parks;
+            let parks = f.passivation().await.parks;
             let lease = operator.lease().await.unwrap();
             drop(operator);
             settle(5 * SEC).await;
-            assert_eq!(passivation(&f).await.parks, parks, "a lease holder stays");
+            assert_eq!(f.passivation().await.parks, parks, "a lease holder stays");
             assert_eq!(f.stats().await.live, 1, "{after:?}: the lease holds it");
             drop(lease);
             let end = f.next_end().await;
@@ -479,24 +475,6 @@ impl ContextPolicy for EveryThird {
 
 const BLOCK: usize = 16 * 64;
 
-fn kv_config(device_blocks: u64) -> EngineConfig {
-    let mut config = no_expiry();
-    config.kv = Some(KvPoolConfig {
-        layout: KvLayout {
-            tokens_per_block: 16,
-            bytes_per_token: 64,
-        },
-        blocks_per_slab: 8,
-        device_budget: BlockBudget::Blocks(device_blocks),
-        cache_budget: BlockBudget::Blocks(0),
-        owner_budget: None,
-        table_cap_blocks: None,
-        keep_alive: Duration::ZERO,
-        slab_idle_trim: Duration::from_secs(3600),
-    });
-    config
-}
-
 /// A parked session's context policy, KV table and offloaded blocks come
 /// back as they were: parked between every turn, it resets its context on
 /// every third turn, its blocks survive an offload while parked, it can be
@@ -506,7 +484,7 @@ fn context_policy_state_and_kv_blocks_survive_parking_between_every_step() {
     let mut outcomes = Vec::new();
     for after in [None, Some(SEC)] {
         on_paused_time(|| async {
-            let f = start(with_passivation(kv_config(64), after)).await;
+            let f = start(with_passivation(kv_engine(64), after)).await;
             let factory: ContextPolicyFactory = Arc::new(|| Box::new(EveryThird(0)));
             let session = f
                 .engine
@@ -532,7 +510,7 @@ fn context_policy_state_and_kv_blocks_survive_parking_between_every_step() {
             let second = session.append_tokens(&more).await.unwrap();
             settle(3 * SEC).await;
             let fork_blocks = fork.kv_blocks().await.unwrap().len();
-            let stats = passivation(&f).await;
+            let stats = f.passivation().await;
             let ids = [session.id(), fork.id()];
             drop((session, fork));
             let (registry, ends) = shutdown_counting_ends(f).await;
@@ -602,7 +580,7 @@ fn a_session_with_a_stalled_offload_when_asked_to_park_parks_only_after_the_answ
         };
         // Past `passivate_after` with the move still held.
         settle(3 * SEC).await;
-        let parks_while_stalled = passivation(&f).await.parks;
+        let parks_while_stalled = f.passivation().await.parks;
         pool.stall_moves(false);
         pool.move_late();
         let offloaded = answered("the offload", offload).await.unwrap();
@@ -612,7 +590,7 @@ fn a_session_with_a_stalled_offload_when_asked_to_park_parks_only_after_the_answ
         assert_eq!(offloaded.unwrap().buffers.buffers, 1);
         assert_eq!(turn.unwrap().turn, 1);
         settle(5 * SEC).await;
-        assert!(passivation(&f).await.parks >= 1, "idle afterwards: parked");
+        assert!(f.passivation().await.parks >= 1, "idle afterwards: parked");
         let info = session.info().await.unwrap();
         assert_eq!((info.buffers, info.bytes, info.turns), (1, 4 * KIB, 1));
         let id = session.id();
@@ -758,7 +736,7 @@ fn kv_pressure_offloads_parked_holders_while_one_of_them_reads_its_blocks() {
     let mut outcomes = Vec::new();
     for after in [None, Some(SEC)] {
         on_paused_time(|| async {
-            let f = start(with_passivation(kv_config(8), after)).await;
+            let f = start(with_passivation(kv_engine(8), after)).await;
             let x = f.engine.open("alice").await.unwrap();
             x.append_tokens(&kv_tokens(0, 4)).await.unwrap();
             let x_bytes = fill_kv_blocks(&x, BLOCK, 11).await;
@@ -766,7 +744,7 @@ fn kv_pressure_offloads_parked_holders_while_one_of_them_reads_its_blocks() {
             y.append_tokens(&kv_tokens(5_000, 4)).await.unwrap();
             let y_bytes = fill_kv_blocks(&y, BLOCK, 12).await;
             settle(3 * SEC).await; // idle past `evict_idle` and `passivate_after`
-            let parked = passivation(&f).await.parked;
+            let parked = f.passivation().await.parked;
             let reading = {
                 let x = x.clone();
                 actix::spawn(async move { read_kv_blocks(&x).await })
@@ -832,10 +810,10 @@ fn remote_leases_and_heartbeats_across_a_park_behave_as_on_a_running_session() {
                 settle(SEC).await;
                 session.heartbeat(grant.id).await.unwrap();
             }
-            let parks_with_lease = passivation(&f).await.parks;
+            let parks_with_lease = f.passivation().await.parks;
             session.release_lease(grant.id).await.unwrap();
             settle(5 * SEC).await;
-            let parks_after_release = passivation(&f).await.parks;
+            let parks_after_release = f.passivation().await.parks;
             // Compared by kind (lease and session ids differ between runs).
             let late = match session.heartbeat(grant.id).await {
                 Ok(()) => "ok".to_string(),
@@ -1029,7 +1007,7 @@ fn a_runtime_dropped_without_shutdown_with_parked_sessions_leaves_what_running_o
                 handles.push(holding_bytes(&f, &format!("left-{i}")).await.0);
             }
             settle(3 * SEC).await;
-            let parked = passivation(&f).await.parked;
+            let parked = f.passivation().await.parked;
             (handles, f.pool, f.events, parked)
         });
         drop(runner);
@@ -1087,7 +1065,7 @@ fn handles_held_by_tasks_dropped_in_a_runtime_teardown_with_parked_sessions_do_n
                             });
                         }
                         settle(3 * SEC).await;
-                        let parked = passivation(&f).await.parked;
+                        let parked = f.passivation().await.parked;
                         std::mem::forget(f.events);
                         parked
                     });
@@ -1200,7 +1178,7 @@ fn a_handle_dropped_after_block_on_returned_does_not_hang_or_panic() {
                 let f = start(with_passivation(no_expiry(), after)).await;
                 let session = holding_bytes(&f, "outlived").await.0;
                 settle(3 * SEC).await;
-                let parked = passivation(&f).await.parked;
+                let parked = f.passivation().await.parked;
                 (session, parked, f)
             });
             let dropped =
