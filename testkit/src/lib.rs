@@ -94,6 +94,8 @@ pub fn ends_by_session(events: &[LifecycleEvent]) -> HashMap<SessionId, Vec<EndR
     }
     ends
 }
+mod sessions;
+pub use sessions::*;
 pub mod audit;
 pub mod bench;
 #[cfg(feature = "redis")]

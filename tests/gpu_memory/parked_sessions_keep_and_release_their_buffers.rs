@@ -21,23 +21,11 @@ fn passivating() -> Config {
     config
 }
 
-fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 13 + seed * 7) as u8).collect()
-}
-
 /// Waits (polling the engine's counts, no timing assertion) until `parked` sessions are parked.
 async fn until_parked(rt: &Runtime, parked: u64) -> PassivationStats {
-    for _ in 0..600 {
-        let stats = rt.stats().await.unwrap().passivation;
-        if stats.parked == parked {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "{parked} sessions never parked: {:?}",
-        rt.stats().await.unwrap().passivation
-    );
+    until_stats(rt, "sessions parked", |s| s.passivation.parked == parked)
+        .await
+        .passivation
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,8 +19,6 @@ use sessionbus::*;
 use sessionbus_testkit::*;
 
 const SHARDS: usize = 3;
-/// "Must answer eventually", never a timing threshold.
-const EVENTUALLY: Duration = Duration::from_secs(90);
 /// Short enough that sessions park between almost any two steps.
 const AFTER: Duration = Duration::from_millis(2);
 
@@ -30,46 +28,6 @@ fn config(after: Option<Duration>) -> Config {
     config.sessions.passivate_after = after;
     config.expiry.idle_timeout = None;
     config
-}
-
-async fn eventually<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(EVENTUALLY, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} never answered"))
-}
-
-/// Polls the engine's stats (bounded) until `ready` holds.
-async fn until(rt: &Runtime, what: &str, ready: impl Fn(&RegistryStats) -> bool) -> RegistryStats {
-    for _ in 0..2_400 {
-        let stats = rt.stats().await.unwrap();
-        if ready(&stats) {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!(
-        "{what}: never reached, {:?}",
-        rt.stats().await.unwrap().passivation
-    );
-}
-
-fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i.wrapping_mul(31) ^ seed.wrapping_mul(97)) as u8)
-        .collect()
-}
-
-/// Reads every event until the bus closes (the engine stopped).
-fn collect_until_closed(
-    mut events: tokio::sync::mpsc::Receiver<LifecycleEvent>,
-) -> tokio::task::JoinHandle<Vec<LifecycleEvent>> {
-    tokio::spawn(async move {
-        let mut seen = Vec::new();
-        while let Some(event) = events.recv().await {
-            seen.push(event);
-        }
-        seen
-    })
 }
 
 /// A jitter of 0, 1 or a few milliseconds (around `AFTER`), deterministic.
@@ -249,7 +207,7 @@ async fn ends_racing_parks(after: Option<Duration>) {
     for task in tasks {
         eventually("an end", task).await.unwrap();
     }
-    let stats = until(&rt, "every session released", |s| {
+    let stats = until_stats(&rt, "every session released", |s| {
         s.live == 0 && s.releasing == 0
     })
     .await;
@@ -291,22 +249,9 @@ async fn recovery_with_traffic(after: Option<Duration>) {
     const N: usize = 30;
     let Harness { rt, events, .. } = start_with(config(after)).await;
     let seen = collect_until_closed(events);
-    let sessions = join_all((0..N).map(|i| {
-        let rt = &rt;
-        async move {
-            let session = rt.open(format!("user-{i}")).await.unwrap();
-            let buffer = session.allocate(8 * KIB).await.unwrap();
-            let data = pattern(i, 8 * KIB as usize);
-            session
-                .write_buffer(buffer.id, 0, data.clone())
-                .await
-                .unwrap();
-            (session, buffer.id, data)
-        }
-    }))
-    .await;
+    let sessions = open_holding(&rt, N, 8 * KIB).await;
     if after.is_some() {
-        until(&rt, "every session parked", |s| {
+        until_stats(&rt, "every session parked", |s| {
             s.passivation.parked == N as u64
         })
         .await;
@@ -398,21 +343,13 @@ async fn short_shutdown(after: Option<Duration>) {
         events,
     } = start_with(config(after)).await;
     let seen = collect_until_closed(events);
-    let sessions = join_all((0..N).map(|i| {
-        let rt = &rt;
-        async move {
-            let session = rt.open(format!("user-{i}")).await.unwrap();
-            let buffer = session.allocate(16 * KIB).await.unwrap();
-            session
-                .write_buffer(buffer.id, 0, pattern(i, 16 * KIB as usize))
-                .await
-                .unwrap();
-            (session, buffer.id)
-        }
-    }))
-    .await;
+    let sessions = open_holding(&rt, N, 16 * KIB)
+        .await
+        .into_iter()
+        .map(|(session, id, _)| (session, id))
+        .collect::<Vec<_>>();
     if after.is_some() {
-        until(&rt, "every session parked", |s| {
+        until_stats(&rt, "every session parked", |s| {
             s.passivation.parked == N as u64
         })
         .await;
@@ -482,20 +419,7 @@ async fn pressure_while_reading(after: Option<Duration>) -> RegistryStats {
     config.budget.offload = true;
     config.budget.wait_timeout = Duration::from_secs(30);
     let mut h = start_with(config).await;
-    let sessions = join_all((0..N).map(|i| {
-        let rt = &h.rt;
-        async move {
-            let session = rt.open(format!("user-{i}")).await.unwrap();
-            let buffer = session.allocate(SIZE).await.unwrap();
-            let data = pattern(i, SIZE as usize);
-            session
-                .write_buffer(buffer.id, 0, data.clone())
-                .await
-                .unwrap();
-            (session, buffer.id, data)
-        }
-    }))
-    .await;
+    let sessions = open_holding(&h.rt, N, SIZE).await;
     let readers: Vec<_> = sessions
         .iter()
         .enumerate()
@@ -692,21 +616,13 @@ fn dropped_with_traffic(after: Option<Duration>) -> HashMap<SessionId, Vec<EndRe
             const N: usize = 30;
             let Harness { rt, events, .. } = start_with(config(after)).await;
             let seen = collect_until_closed(events);
-            let sessions = join_all((0..N).map(|i| {
-                let rt = &rt;
-                async move {
-                    let session = rt.open(format!("user-{i}")).await.unwrap();
-                    let buffer = session.allocate(8 * KIB).await.unwrap();
-                    session
-                        .write_buffer(buffer.id, 0, pattern(i, 8 * KIB as usize))
-                        .await
-                        .unwrap();
-                    (session, buffer.id)
-                }
-            }))
-            .await;
+            let sessions = open_holding(&rt, N, 8 * KIB)
+                .await
+                .into_iter()
+                .map(|(session, id, _)| (session, id))
+                .collect::<Vec<_>>();
             if after.is_some() {
-                until(&rt, "every session parked", |s| {
+                until_stats(&rt, "every session parked", |s| {
                     s.passivation.parked == N as u64
                 })
                 .await;
@@ -845,7 +761,7 @@ async fn eviction_while_reading(after: Option<Duration>) -> PressureCounters {
             session.state()
         );
     }
-    let stats = until(&rt, "every session released", |s| {
+    let stats = until_stats(&rt, "every session released", |s| {
         s.live == 0 && s.releasing == 0
     })
     .await;

@@ -18,9 +18,6 @@ use sessionbus::*;
 use sessionbus_testkit::*;
 
 const SHARDS: usize = 3;
-/// "Must answer eventually", never a timing threshold.
-const EVENTUALLY: Duration = Duration::from_secs(60);
-
 fn shard_of(id: SessionId) -> usize {
     ((id.as_u128() >> 64) as u64 % SHARDS as u64) as usize
 }
@@ -30,25 +27,6 @@ fn sharded() -> Config {
     config.sessions.shards = SHARDS;
     config.expiry.idle_timeout = None;
     config
-}
-
-async fn eventually<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(EVENTUALLY, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} never answered"))
-}
-
-/// Reads every event until the bus closes (the engine stopped).
-fn collect_until_closed(
-    mut events: tokio::sync::mpsc::Receiver<LifecycleEvent>,
-) -> tokio::task::JoinHandle<Vec<LifecycleEvent>> {
-    tokio::spawn(async move {
-        let mut seen = Vec::new();
-        while let Some(event) = events.recv().await {
-            seen.push(event);
-        }
-        seen
-    })
 }
 
 fn started_ids(events: &[LifecycleEvent]) -> HashSet<SessionId> {
