@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::budget::Budget;
 use crate::bus::{Delivery, Sink, SubscriptionId};
-use crate::cleanup::{CleanupActor, Pacer, Release, ReleaseQueue};
+use crate::cleanup::{self, CleanupActor, Pacer, Release, ReleaseQueue};
 use crate::config::{ConfigError, EngineConfig};
 use crate::context::ContextPolicyFactory;
 use crate::events::{EventKinds, LifecycleEvent, ReleaseReceipt};
@@ -208,16 +208,17 @@ impl Engine {
             limits: config.supervision.clone(),
             registry: parts.shards.clone(),
         };
-        let cleanup = CleanupActor::new(release, capacity).start().recipient();
+        let intake = cleanup::intake(release.clone());
+        CleanupActor::new(release).start();
         let count = config.sessions.shard_count();
         let mut arbiters = Vec::new();
         let mut shards = Vec::with_capacity(count);
         for shard in 0..count {
-            let (config, parts, cleanup) = (config.clone(), parts.clone(), cleanup.clone());
+            let (config, parts, intake) = (config.clone(), parts.clone(), intake.clone());
             let create = move |ctx: &mut Context<RegistryActor>| {
                 let mut registry = RegistryActor::new(&config, ctx.address(), &parts, shard)
                     .expect("the configuration was validated above");
-                registry.subscribe_internal(Sink::Actor(cleanup), EventKinds::ENDED);
+                registry.subscribe_internal(Sink::Intake(intake), EventKinds::ENDED);
                 registry
             };
             let addr = match threads && shard > 0 {

@@ -260,10 +260,13 @@ pub fn heap_in_use() -> Option<u64> {
     None
 }
 
-pub fn ttl_draws(n: usize) -> Vec<Duration> {
+/// `n` TTLs uniform in `TTL_MIN_US` .. `TTL_MIN_US + spread` (seeded; the
+/// default spread is `TTL_MAX_US - TTL_MIN_US`).
+pub fn ttl_draws(n: usize, spread: Duration) -> Vec<Duration> {
     let mut rng = StdRng::seed_from_u64(SEED ^ n as u64);
+    let max = TTL_MIN_US + u64::try_from(spread.as_micros()).unwrap_or(u64::MAX - TTL_MIN_US);
     (0..n)
-        .map(|_| Duration::from_micros(rng.random_range(TTL_MIN_US..=TTL_MAX_US)))
+        .map(|_| Duration::from_micros(rng.random_range(TTL_MIN_US..=max)))
         .collect()
 }
 

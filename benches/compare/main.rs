@@ -20,6 +20,7 @@
 //! cargo bench -p sessionbus-benches --bench compare -- --json out.json       # also write every figure as JSON
 //! cargo bench -p sessionbus-benches --bench compare -- --only expiry,close   # some workloads
 //! cargo bench -p sessionbus-benches --bench compare -- --only expiry --expiry-sizes 1000000 --ttl-offset 90
+//! cargo bench -p sessionbus-benches --bench compare -- --only expiry --expiry-sizes 1000000 --ttl-offset 15 --ttl-spread 20
 //! ```
 
 mod common;
@@ -56,6 +57,10 @@ struct Args {
     /// deadlines fall after a long set-up (a million sessions) instead of
     /// during it.
     ttl_offset: Duration,
+    /// `--ttl-spread 20`: the TTLs are uniform over this many seconds (2 by
+    /// default), so that a million sessions can expire at the rate 100 000
+    /// do over the default 2 s.
+    ttl_spread: Duration,
 }
 
 fn parse_args() -> Args {
@@ -65,6 +70,7 @@ fn parse_args() -> Args {
         only: None,
         expiry_sizes: None,
         ttl_offset: Duration::ZERO,
+        ttl_spread: Duration::from_micros(common::TTL_MAX_US - common::TTL_MIN_US),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -85,6 +91,10 @@ fn parse_args() -> Args {
         } else if arg == "--ttl-offset" {
             let secs = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
             args.ttl_offset = Duration::from_secs(secs);
+        } else if arg == "--ttl-spread" {
+            if let Some(secs) = it.next().and_then(|s| s.parse::<u64>().ok()) {
+                args.ttl_spread = Duration::from_secs(secs.max(1));
+            }
         } else if arg == "--child" {
             let rest: Vec<String> = it.by_ref().take(4).collect();
             if let [what, peer, n, window_ms] = rest.as_slice() {
@@ -159,8 +169,11 @@ pub fn run(bench: &str, workloads: &[&str], expiry_peers: &[PeerKind]) {
                     None if args.quick => &[2_000],
                     None => &[10_000, 100_000],
                 };
-                let out =
-                    wl_expiry::run(&tokio, sizes, args.ttl_offset, expiry_peers, &mut adapter);
+                let ttls = wl_expiry::Ttls {
+                    offset: args.ttl_offset,
+                    spread: args.ttl_spread,
+                };
+                let out = wl_expiry::run(&tokio, sizes, ttls, expiry_peers, &mut adapter);
                 println!("adapter: {adapter}");
                 out
             }

@@ -207,17 +207,27 @@ fn kind_slack(kind: PeerKind) -> Duration {
     }
 }
 
+/// How the TTLs are drawn: uniform over `spread` from 1 s, plus `offset`.
+#[derive(Clone, Copy)]
+pub struct Ttls {
+    pub offset: Duration,
+    pub spread: Duration,
+}
+
 /// Runs every peer at every size; prints the table; returns the JSON and the errors.
 pub fn run(
     tokio: &tokio::runtime::Runtime,
     sizes: &[usize],
-    ttl_offset: Duration,
+    ttl: Ttls,
     peers: &[PeerKind],
     adapter: &mut String,
 ) -> (serde_json::Value, Vec<String>) {
     let mut results = Vec::new();
     for &n in sizes {
-        let ttls: Vec<Duration> = ttl_draws(n).into_iter().map(|t| t + ttl_offset).collect();
+        let ttls: Vec<Duration> = ttl_draws(n, ttl.spread)
+            .into_iter()
+            .map(|t| t + ttl.offset)
+            .collect();
         eprintln!("[expiry, {n} sessions] sessionbus…");
         let (bus, bus_adapter) = tokio.block_on(peer_sessionbus::expiry(&ttls, BUFFER_BYTES));
         if adapter.is_empty() {
@@ -235,8 +245,8 @@ pub fn run(
     println!(
         "1. expiry: deadline → GPU memory released; {} KiB buffer per session, TTL uniform in {}–{} s",
         BUFFER_BYTES / 1024,
-        TTL_MIN_US / 1_000_000 + ttl_offset.as_secs(),
-        TTL_MAX_US / 1_000_000 + ttl_offset.as_secs(),
+        TTL_MIN_US / 1_000_000 + ttl.offset.as_secs(),
+        TTL_MIN_US / 1_000_000 + ttl.offset.as_secs() + ttl.spread.as_secs(),
     );
     println!(
         "{:>9} | {:<34} | {:>7} | {:>10} | {:>10} | {:>10} | {:>10} | {:>9} | {:>9}",
@@ -317,7 +327,10 @@ pub fn run(
     );
     let json = json!({
         "buffer_bytes": BUFFER_BYTES,
-        "ttl_us": {"min": TTL_MIN_US, "max": TTL_MAX_US},
+        "ttl_us": {
+            "min": TTL_MIN_US + ttl.offset.as_micros() as u64,
+            "max": TTL_MIN_US + (ttl.offset + ttl.spread).as_micros() as u64,
+        },
         "seed": SEED,
         "sizes": json_sizes,
         "target": {

@@ -4,7 +4,7 @@
 //! from its thread (so it uses `Rc`, not locks). Publishing never blocks and
 //! never waits for a subscriber:
 //!
-//! - **Reliable** subscribers (the cleanup actor, and any application
+//! - **Reliable** subscribers (the cleanup's intake, and any application
 //!   subscriber that asks for it) receive every event, in publish order. When
 //!   their queue is full, events wait in a backlog owned by the bus, drained by
 //!   one task per subscriber as room appears. A reliable subscriber that stops
@@ -17,7 +17,8 @@
 //!   subscriber only*, counted, and logged (first drop, then every 1 024th).
 //!   A slow dashboard can never stall session ends or GPU release.
 //!
-//! Internal subscriptions (the cleanup actor) cannot be unsubscribed. A
+//! Internal subscriptions (the cleanup's intake, called on the publishing
+//! thread and never full) cannot be unsubscribed. A
 //! subscriber whose actor or channel is gone is removed at the next publish.
 
 use std::cell::RefCell;
@@ -40,13 +41,29 @@ pub enum Delivery {
     BestEffort,
 }
 
+/// A runtime component that takes events in a call, on the publishing
+/// thread, and is never full (the cleanup's release queue).
+pub(crate) type Intake = std::sync::Arc<dyn Fn(LifecycleEvent) + Send + Sync>;
+
 /// Where a subscriber receives events.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum Sink {
     /// An actix actor (bounded by its mailbox capacity).
     Actor(Recipient<LifecycleEvent>),
     /// A tokio channel, for applications without actix (bounded by its capacity).
     Channel(mpsc::Sender<LifecycleEvent>),
+    /// The runtime's own intake (never full).
+    Intake(Intake),
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sink::Actor(recipient) => f.debug_tuple("Actor").field(recipient).finish(),
+            Sink::Channel(sender) => f.debug_tuple("Channel").field(sender).finish(),
+            Sink::Intake(_) => f.write_str("Intake"),
+        }
+    }
 }
 
 /// Identifies a subscription.
@@ -83,6 +100,10 @@ impl Sink {
                 Err(mpsc::error::TrySendError::Full(event)) => Outcome::Full(event),
                 Err(mpsc::error::TrySendError::Closed(_)) => Outcome::Gone,
             },
+            Sink::Intake(intake) => {
+                intake(event);
+                Outcome::Delivered
+            }
         }
     }
 
@@ -91,6 +112,10 @@ impl Sink {
         match self {
             Sink::Actor(recipient) => recipient.send(event).await.is_ok(),
             Sink::Channel(sender) => sender.send(event).await.is_ok(),
+            Sink::Intake(intake) => {
+                intake(event);
+                true
+            }
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::clock;
 use crate::events::{LifecycleEvent, ReleaseReceipt, SessionEndEvent};
 use crate::gpu::GpuPool;
 use crate::hooks::Hooks;
-use crate::protocol::registry::ReleaseCompleted;
+use crate::protocol::registry::ReleasesCompleted;
 use crate::supervision::{Health, ReleaseStep, ReleaseSteps, RestartIntensity, SupervisionConfig};
 
 /// What the cleanup actor and its dispatcher share.
@@ -32,62 +32,67 @@ pub(crate) struct Release {
     pub(crate) hooks: Arc<Hooks>,
     /// How long a release handed to the pool may go unanswered.
     pub(crate) step_timeout: std::time::Duration,
-    /// The release the dispatcher has taken off the queue and not yet handed
-    /// to the pool: put back if the dispatcher panics in between.
-    pub(crate) hand: Arc<std::sync::Mutex<Option<Queued>>>,
+    /// The releases the dispatcher has taken off the queue and not yet
+    /// handed to the pool (a batch, in queue order): put back if the
+    /// dispatcher panics in between.
+    pub(crate) hand: Arc<std::sync::Mutex<Vec<Queued>>>,
     pub(crate) health: Arc<Health>,
     pub(crate) limits: SupervisionConfig,
     /// Every registry shard: a receipt goes to its session's.
     pub(crate) registry: crate::registry::Shards,
 }
 
+/// Hosts the dispatcher (and restarts it after a panic). Ends do not pass
+/// through its mailbox: the bus hands them to [`intake`] on the publishing
+/// shard's thread.
 pub(crate) struct CleanupActor {
     release: Release,
-    mailbox_capacity: usize,
 }
 
 impl CleanupActor {
-    pub(crate) fn new(release: Release, mailbox_capacity: usize) -> Self {
-        CleanupActor {
-            release,
-            mailbox_capacity,
-        }
+    pub(crate) fn new(release: Release) -> Self {
+        CleanupActor { release }
     }
 }
 
 impl Actor for CleanupActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.mailbox_capacity);
+    fn started(&mut self, _ctx: &mut Self::Context) {
         // A task of its own (not `ctx.spawn`): it runs as long as the engine.
         actix::spawn(supervise(self.release.clone()));
     }
 }
 
-impl Handler<LifecycleEvent> for CleanupActor {
-    type Result = ();
+/// The cleanup's intake, for the bus: every shard calls it as it publishes
+/// an end, on its own thread, so the ends of every shard meet in the one
+/// release queue without a mailbox in between (a mailbox hop per end was
+/// what capped a mass expiry, and the ends waiting in front of it were
+/// invisible to the pacer's tiers). The queue is unbounded by design (see
+/// `queue.rs`), so the intake is never full.
+pub(crate) fn intake(release: Release) -> crate::bus::Intake {
+    Arc::new(move |event| take_in(&release, event))
+}
 
-    fn handle(&mut self, event: LifecycleEvent, _ctx: &mut Self::Context) {
-        let LifecycleEvent::Ended(ended) = event else {
-            return;
-        };
-        if self.release.hooks.is_empty() {
-            enqueue(&self.release, ended, std::time::Duration::ZERO);
-            return;
-        }
-        // Hooks first, each bounded by its timeout; then the release.
-        let release = self.release.clone();
-        actix::spawn(async move {
-            let started = clock::now();
-            release.hooks.run(&ended).await;
-            enqueue(
-                &release,
-                ended,
-                clock::now().saturating_duration_since(started),
-            );
-        });
+fn take_in(release: &Release, event: LifecycleEvent) {
+    let LifecycleEvent::Ended(ended) = event else {
+        return;
+    };
+    if release.hooks.is_empty() {
+        enqueue(release, ended, std::time::Duration::ZERO);
+        return;
     }
+    // Hooks first, each bounded by its timeout; then the release.
+    let release = release.clone();
+    actix::spawn(async move {
+        let started = clock::now();
+        release.hooks.run(&ended).await;
+        enqueue(
+            &release,
+            ended,
+            clock::now().saturating_duration_since(started),
+        );
+    });
 }
 
 /// Queues the release of `ended`, unless it held nothing on the GPU.
@@ -121,9 +126,10 @@ async fn supervise(release: Release) {
         if run.await.is_ok() {
             return;
         }
-        let held = hand(&release).take();
-        let requeued = held.is_some();
-        if let Some(queued) = held {
+        let held = std::mem::take(&mut *hand(&release));
+        let requeued = held.len();
+        // Back in front, in the order they were taken.
+        for queued in held.into_iter().rev() {
             release.queue.requeue(queued);
         }
         if !intensity.allow(crate::clock::now()) {
@@ -154,7 +160,7 @@ async fn supervise(release: Release) {
     }
 }
 
-fn hand(release: &Release) -> std::sync::MutexGuard<'_, Option<Queued>> {
+fn hand(release: &Release) -> std::sync::MutexGuard<'_, Vec<Queued>> {
     release.hand.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -200,35 +206,77 @@ async fn dispatch(release: Release) {
             continue;
         };
         let extra = next.cost.saturating_sub(cost);
-        *hand(&release) = Some(next);
+        hand(&release).push(next);
         if paced && extra > 0 {
             release.pacer.admit(tier, extra).await;
         }
+        take_more(&release, tier, paced, u64::from(max_in_flight));
         #[cfg(feature = "testing")]
         if release.health.take_injected_panic() {
             panic!("injected panic in the cleanup dispatcher (fault-injection)");
         }
-        let Some(next) = hand(&release).take() else {
-            continue;
-        };
-        let handed_at = clock::now();
-        let steps = ReleaseSteps {
-            hooks: next.hooks_took,
-            queued: handed_at.saturating_duration_since(next.queued_at),
-            ..ReleaseSteps::default()
-        };
-        let gpu_bytes = next.ended.gpu_bytes();
-        release.queue.dispatched(gpu_bytes);
-        let (reply, report) = oneshot::channel();
-        release.pool.release_session(next.ended.id, reply);
-        actix::spawn(receipt(
-            release.clone(),
-            next.ended,
-            report,
-            handed_at,
-            steps,
-        ));
+        let batch = std::mem::take(&mut *hand(&release));
+        if !batch.is_empty() {
+            hand_over(&release, batch);
+        }
     }
+}
+
+/// At most this many releases go to the pool as one batch (one receipt task,
+/// one message to each shard), so that the first receipts of a long queue
+/// are not held back behind the last.
+const BATCH_MAX: usize = 256;
+
+/// Adds to the batch at hand whatever may go now as well: while there is
+/// room in flight and the pacer admits it without waiting. A release the
+/// pacer refuses goes back in front of the queue, for the next turn.
+fn take_more(release: &Release, tier: usize, paced: bool, max_in_flight: u64) {
+    let mut hand = hand(release);
+    let room = max_in_flight.saturating_sub(release.queue.in_flight() + hand.len() as u64);
+    let wanted = (room as usize).min(BATCH_MAX.saturating_sub(hand.len()));
+    hand.reserve(wanted);
+    while hand.len() < BATCH_MAX && release.queue.in_flight() + (hand.len() as u64) < max_in_flight
+    {
+        let Some(more) = release.queue.pop() else {
+            break;
+        };
+        if paced && !release.pacer.try_admit(tier, more.cost) {
+            release.queue.requeue(more);
+            break;
+        }
+        hand.push(more);
+    }
+}
+
+/// A release handed to the pool, waiting for its answer.
+struct Handed {
+    ended: Arc<SessionEndEvent>,
+    report: oneshot::Receiver<crate::gpu::ReleaseReport>,
+    steps: ReleaseSteps,
+}
+
+/// Hands `batch` to the pool, in order, and starts its receipt task.
+fn hand_over(release: &Release, batch: Vec<Queued>) {
+    let handed_at = clock::now();
+    let handed = batch
+        .into_iter()
+        .map(|next| {
+            let steps = ReleaseSteps {
+                hooks: next.hooks_took,
+                queued: handed_at.saturating_duration_since(next.queued_at),
+                ..ReleaseSteps::default()
+            };
+            release.queue.dispatched(next.ended.gpu_bytes());
+            let (reply, report) = oneshot::channel();
+            release.pool.release_session(next.ended.id, reply);
+            Handed {
+                ended: next.ended,
+                report,
+                steps,
+            }
+        })
+        .collect();
+    actix::spawn(receipts(release.clone(), handed, handed_at));
 }
 
 /// Live traffic first (`release.live_lag`): probes the engine thread's
@@ -288,17 +336,66 @@ async fn give_way_to_live_traffic(
     }
 }
 
-/// Waits for the pool's answer, at most `step_timeout`, and sends the receipt.
-async fn receipt(
-    release: Release,
-    ended: Arc<SessionEndEvent>,
-    mut report: oneshot::Receiver<crate::gpu::ReleaseReport>,
+/// Waits for the pool's answers, each at most `step_timeout` after the batch
+/// was handed over, and sends the receipts to their shards: what has been
+/// answered goes before the task waits for the next answer, one message per
+/// shard.
+async fn receipts(release: Release, handed: Vec<Handed>, handed_at: std::time::Instant) {
+    use futures::FutureExt;
+    let deadline = tokio::time::Instant::now() + release.step_timeout;
+    let mut ready: Vec<Vec<ReleaseReceipt>> = vec![Vec::new(); release.registry.count()];
+    let count = handed.len();
+    for Handed {
+        ended,
+        mut report,
+        steps,
+    } in handed
+    {
+        let answer = match (&mut report).now_or_never() {
+            Some(answer) => Ok(answer),
+            None => {
+                send_receipts(&release, &mut ready);
+                tokio::time::timeout_at(deadline, &mut report).await
+            }
+        };
+        let receipt = receipt(&release, &ended, answer, report, handed_at, steps);
+        release.queue.answered(ended.gpu_bytes());
+        let shard = &mut ready[release.registry.index_of(receipt.id)];
+        if shard.capacity() == 0 {
+            shard.reserve(count); // once per shard and batch, not per receipt
+        }
+        shard.push(receipt);
+    }
+    send_receipts(&release, &mut ready);
+}
+
+/// Sends every receipt collected, one message per shard. The receipts close
+/// the sessions' books, so they must reach the registry: `do_send` queues
+/// them whatever the mailbox holds.
+fn send_receipts(release: &Release, ready: &mut [Vec<ReleaseReceipt>]) {
+    for (shard, receipts) in ready.iter_mut().enumerate() {
+        if !receipts.is_empty() {
+            release.registry.all()[shard].do_send(ReleasesCompleted {
+                receipts: std::mem::take(receipts),
+            });
+        }
+    }
+}
+
+/// The receipt for one release, from the pool's answer (or its absence).
+fn receipt(
+    release: &Release,
+    ended: &Arc<SessionEndEvent>,
+    answer: Result<
+        Result<crate::gpu::ReleaseReport, oneshot::error::RecvError>,
+        tokio::time::error::Elapsed,
+    >,
+    report: oneshot::Receiver<crate::gpu::ReleaseReport>,
     handed_at: std::time::Instant,
     mut steps: ReleaseSteps,
-) {
+) -> ReleaseReceipt {
     let gpu_bytes = ended.gpu_bytes();
-    let answer = tokio::time::timeout(release.step_timeout, &mut report).await;
-    let receipt = match answer {
+    match answer {
         Ok(Ok(report)) => {
             if report.buffers < ended.allocations.len() as u64 {
                 tracing::warn!(
@@ -343,7 +440,7 @@ async fn receipt(
                 paced_for: steps.queued,
                 error: Some("the GPU pool is not running".into()),
                 steps,
-                ..ReleaseReceipt::nothing_released(&ended)
+                ..ReleaseReceipt::nothing_released(ended)
             }
         }
         Err(_) => {
@@ -379,12 +476,8 @@ async fn receipt(
                     release.step_timeout
                 )),
                 steps,
-                ..ReleaseReceipt::nothing_released(&ended)
+                ..ReleaseReceipt::nothing_released(ended)
             }
         }
-    };
-    release.queue.answered(gpu_bytes);
-    // The receipt closes the session's books; it must reach the registry.
-    let shard = release.registry.for_id(receipt.id).clone();
-    let _ = shard.send(ReleaseCompleted { receipt }).await;
+    }
 }

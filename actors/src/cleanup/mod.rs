@@ -9,7 +9,7 @@ mod pacer;
 mod queue;
 
 pub(crate) use actor::CleanupActor;
-pub(crate) use actor::Release;
+pub(crate) use actor::{Release, intake};
 pub use config::{PaceUnit, ReleaseConfig, ReleaseTier};
 pub(crate) use pacer::Pacer;
 pub(crate) use queue::ReleaseQueue;

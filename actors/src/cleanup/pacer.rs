@@ -115,6 +115,15 @@ impl Pacer {
         &self.tiers[index].0
     }
 
+    /// Admits `cost` now if tier `index`'s limiter has room for all of it,
+    /// without waiting; `false` (nothing taken) if it has not.
+    pub(crate) fn try_admit(&self, index: usize, cost: u64) -> bool {
+        let Some(cost) = u32::try_from(cost).ok().and_then(NonZeroU32::new) else {
+            return true; // nothing to pace (a zero cost, or no cost at all)
+        };
+        matches!(self.tiers[index].1.check_n(cost), Ok(Ok(())))
+    }
+
     /// Waits until `cost` (in the pacing unit) may be released under tier
     /// `index`; returns how long that took. Costs above the burst are
     /// admitted in burst-sized steps.

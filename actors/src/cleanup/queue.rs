@@ -155,6 +155,11 @@ impl ReleaseQueue {
         self.answered.notify_one();
     }
 
+    /// Releases handed to the pool and not yet answered.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Waits until fewer than `max` releases are in flight.
     pub(crate) async fn room_in_flight(&self, max: u64) {
         while self.in_flight.load(Ordering::Relaxed) >= max {

@@ -94,11 +94,12 @@ pub(crate) struct ContextWasReset(pub(crate) ContextReset);
 #[rtype(result = "()")]
 pub(crate) struct LeaseRevoked;
 
-/// A session's memory is back, from a cleanup actor.
+/// Sessions' memory is back, from the cleanup: the receipts of one batch
+/// for this shard's sessions, in the order they were released.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct ReleaseCompleted {
-    pub(crate) receipt: ReleaseReceipt,
+pub(crate) struct ReleasesCompleted {
+    pub(crate) receipts: Vec<ReleaseReceipt>,
 }
 
 #[derive(Message)]

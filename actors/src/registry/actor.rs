@@ -534,12 +534,14 @@ impl Handler<SessionFinished> for RegistryActor {
     }
 }
 
-impl Handler<ReleaseCompleted> for RegistryActor {
+impl Handler<ReleasesCompleted> for RegistryActor {
     type Result = ();
 
-    fn handle(&mut self, msg: ReleaseCompleted, _ctx: &mut Self::Context) {
-        self.steps.add(&msg.receipt.steps);
-        self.complete_release(msg.receipt);
+    fn handle(&mut self, msg: ReleasesCompleted, _ctx: &mut Self::Context) {
+        for receipt in msg.receipts {
+            self.steps.add(&receipt.steps);
+            self.complete_release(receipt);
+        }
     }
 }
 

@@ -49,8 +49,12 @@ impl Shards {
 
     /// The shard holding session `id`.
     pub(crate) fn for_id(&self, id: SessionId) -> &Addr<RegistryActor> {
-        let all = self.all();
-        &all[id.shard_of(all.len())]
+        &self.all()[self.index_of(id)]
+    }
+
+    /// The index of the shard holding session `id`.
+    pub(crate) fn index_of(&self, id: SessionId) -> usize {
+        id.shard_of(self.count())
     }
 
     /// The shard that decides memory pressure for all of them.

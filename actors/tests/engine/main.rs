@@ -21,6 +21,7 @@ mod kv_offload_under_attack;
 mod leases_drain_and_heartbeats;
 mod offload_keeps_idle_sessions_alive;
 mod passivation_under_attack;
+mod releases_go_in_batches_within_their_limits;
 mod session_matches_its_model;
 mod sessions_can_be_listed_and_ended_with_a_reason;
 mod sessions_expire_on_time;
