@@ -5,6 +5,8 @@
 //! holds release back). Each pool answer refunds the budget and sends the
 //! receipt to the registry.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -35,7 +37,7 @@ pub(crate) struct Release {
     /// The releases the dispatcher has taken off the queue and not yet
     /// handed to the pool (a batch, in queue order): put back if the
     /// dispatcher panics in between.
-    pub(crate) hand: Arc<std::sync::Mutex<Vec<Queued>>>,
+    pub(crate) hand: Arc<std::sync::Mutex<VecDeque<Queued>>>,
     pub(crate) health: Arc<Health>,
     pub(crate) limits: SupervisionConfig,
     /// Every registry shard: a receipt goes to its session's.
@@ -160,7 +162,7 @@ async fn supervise(release: Release) {
     }
 }
 
-fn hand(release: &Release) -> std::sync::MutexGuard<'_, Vec<Queued>> {
+fn hand(release: &Release) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
     release.hand.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -206,7 +208,7 @@ async fn dispatch(release: Release) {
             continue;
         };
         let extra = next.cost.saturating_sub(cost);
-        hand(&release).push(next);
+        hand(&release).push_back(next);
         if paced && extra > 0 {
             release.pacer.admit(tier, extra).await;
         }
@@ -215,10 +217,7 @@ async fn dispatch(release: Release) {
         if release.health.take_injected_panic() {
             panic!("injected panic in the cleanup dispatcher (fault-injection)");
         }
-        let batch = std::mem::take(&mut *hand(&release));
-        if !batch.is_empty() {
-            hand_over(&release, batch);
-        }
+        hand_over(&release);
     }
 }
 
@@ -244,7 +243,7 @@ fn take_more(release: &Release, tier: usize, paced: bool, max_in_flight: u64) {
             release.queue.requeue(more);
             break;
         }
-        hand.push(more);
+        hand.push_back(more);
     }
 }
 
@@ -253,30 +252,60 @@ struct Handed {
     ended: Arc<SessionEndEvent>,
     report: oneshot::Receiver<crate::gpu::ReleaseReport>,
     steps: ReleaseSteps,
+    /// The pool's answer once it is in (an error: the pool dropped the reply).
+    answer: Option<Result<crate::gpu::ReleaseReport, oneshot::error::RecvError>>,
 }
 
-/// Hands `batch` to the pool, in order, and starts its receipt task.
-fn hand_over(release: &Release, batch: Vec<Queued>) {
-    let handed_at = clock::now();
-    let handed = batch
-        .into_iter()
-        .map(|next| {
-            let steps = ReleaseSteps {
-                hooks: next.hooks_took,
-                queued: handed_at.saturating_duration_since(next.queued_at),
-                ..ReleaseSteps::default()
-            };
-            release.queue.dispatched(next.ended.gpu_bytes());
-            let (reply, report) = oneshot::channel();
-            release.pool.release_session(next.ended.id, reply);
-            Handed {
-                ended: next.ended,
-                report,
-                steps,
-            }
-        })
-        .collect();
-    actix::spawn(receipts(release.clone(), handed, handed_at));
+/// Hands the batch at hand to the pool, in order, and starts its receipt
+/// task. Each release leaves the hand only as it is handed over, and is
+/// counted in flight with its reply's receiver already kept: if the pool
+/// panics on one of them, the ones not yet handed over stay at hand (the
+/// supervisor puts them back in the queue), and the ones handed over, that
+/// one included (its reply was dropped: an error receipt), still get their
+/// receipt task, from [`Handing`]'s drop.
+fn hand_over(release: &Release) {
+    let mut handing = Handing {
+        release: release.clone(),
+        handed: Vec::new(),
+        handed_at: clock::now(),
+    };
+    loop {
+        let Some(next) = hand(release).pop_front() else {
+            break;
+        };
+        let steps = ReleaseSteps {
+            hooks: next.hooks_took,
+            queued: handing.handed_at.saturating_duration_since(next.queued_at),
+            ..ReleaseSteps::default()
+        };
+        release.queue.dispatched(next.ended.gpu_bytes());
+        let (reply, report) = oneshot::channel();
+        let id = next.ended.id;
+        handing.handed.push(Handed {
+            ended: next.ended,
+            report,
+            steps,
+            answer: None,
+        });
+        release.pool.release_session(id, reply);
+    }
+}
+
+/// The releases of a batch handed over so far; dropped (at the end of the
+/// batch, or while a panic unwinds), it starts their receipt task.
+struct Handing {
+    release: Release,
+    handed: Vec<Handed>,
+    handed_at: std::time::Instant,
+}
+
+impl Drop for Handing {
+    fn drop(&mut self) {
+        let handed = std::mem::take(&mut self.handed);
+        if !handed.is_empty() {
+            actix::spawn(receipts(self.release.clone(), handed, self.handed_at));
+        }
+    }
 }
 
 /// Live traffic first (`release.live_lag`): probes the engine thread's
@@ -336,37 +365,56 @@ async fn give_way_to_live_traffic(
     }
 }
 
-/// Waits for the pool's answers, each at most `step_timeout` after the batch
-/// was handed over, and sends the receipts to their shards: what has been
-/// answered goes before the task waits for the next answer, one message per
-/// shard.
-async fn receipts(release: Release, handed: Vec<Handed>, handed_at: std::time::Instant) {
-    use futures::FutureExt;
+/// Waits for the pool's answers, at most `step_timeout` after the batch was
+/// handed over, and sends the receipts to their shards as the answers come
+/// in: whatever has been answered goes at once (one message per shard),
+/// whichever order the pool answers in, so no receipt, refund or room in
+/// flight waits behind a release still unanswered. At the deadline every
+/// release still unanswered is declared stuck.
+async fn receipts(release: Release, mut handed: Vec<Handed>, handed_at: std::time::Instant) {
     let deadline = tokio::time::Instant::now() + release.step_timeout;
     let mut ready: Vec<Vec<ReleaseReceipt>> = vec![Vec::new(); release.registry.count()];
-    let count = handed.len();
-    for Handed {
-        ended,
-        mut report,
-        steps,
-    } in handed
-    {
-        let answer = match (&mut report).now_or_never() {
-            Some(answer) => Ok(answer),
-            None => {
-                send_receipts(&release, &mut ready);
-                tokio::time::timeout_at(deadline, &mut report).await
-            }
-        };
-        let receipt = receipt(&release, &ended, answer, report, handed_at, steps);
-        release.queue.answered(ended.gpu_bytes());
-        let shard = &mut ready[release.registry.index_of(receipt.id)];
-        if shard.capacity() == 0 {
-            shard.reserve(count); // once per shard and batch, not per receipt
+    while !handed.is_empty() {
+        let answered = tokio::time::timeout_at(deadline, answers(&mut handed)).await;
+        let stuck = answered.is_err();
+        let mut unanswered = Vec::new();
+        for mut one in handed.drain(..) {
+            let answer = match one.answer.take() {
+                Some(answer) => Some(answer),
+                None if stuck => None,
+                None => {
+                    unanswered.push(one);
+                    continue;
+                }
+            };
+            let receipt = receipt(
+                &release, &one.ended, answer, one.report, handed_at, one.steps,
+            );
+            release.queue.answered(one.ended.gpu_bytes());
+            ready[release.registry.index_of(receipt.id)].push(receipt);
         }
-        shard.push(receipt);
+        send_receipts(&release, &mut ready);
+        handed = unanswered;
     }
-    send_receipts(&release, &mut ready);
+}
+
+/// Resolves once at least one release of `handed` has its answer (and takes
+/// every answer that is in by then).
+async fn answers(handed: &mut [Handed]) {
+    std::future::poll_fn(|cx| {
+        let mut any = false;
+        for one in handed.iter_mut().filter(|one| one.answer.is_none()) {
+            if let std::task::Poll::Ready(answer) = std::pin::Pin::new(&mut one.report).poll(cx) {
+                one.answer = Some(answer);
+                any = true;
+            }
+        }
+        match any {
+            true => std::task::Poll::Ready(()),
+            false => std::task::Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Sends every receipt collected, one message per shard. The receipts close
@@ -386,17 +434,14 @@ fn send_receipts(release: &Release, ready: &mut [Vec<ReleaseReceipt>]) {
 fn receipt(
     release: &Release,
     ended: &Arc<SessionEndEvent>,
-    answer: Result<
-        Result<crate::gpu::ReleaseReport, oneshot::error::RecvError>,
-        tokio::time::error::Elapsed,
-    >,
+    answer: Option<Result<crate::gpu::ReleaseReport, oneshot::error::RecvError>>,
     report: oneshot::Receiver<crate::gpu::ReleaseReport>,
     handed_at: std::time::Instant,
     mut steps: ReleaseSteps,
 ) -> ReleaseReceipt {
     let gpu_bytes = ended.gpu_bytes();
     match answer {
-        Ok(Ok(report)) => {
+        Some(Ok(report)) => {
             if report.buffers < ended.allocations.len() as u64 {
                 tracing::warn!(
                     target: "sessionbus::supervisor",
@@ -428,7 +473,7 @@ fn receipt(
                 steps,
             }
         }
-        Ok(Err(_)) => {
+        Some(Err(_)) => {
             tracing::error!(
                 target: "sessionbus::supervisor",
                 event = "release.failed",
@@ -443,7 +488,7 @@ fn receipt(
                 ..ReleaseReceipt::nothing_released(ended)
             }
         }
-        Err(_) => {
+        None => {
             tracing::error!(
                 target: "sessionbus::supervisor",
                 event = "release.stuck",

@@ -6,6 +6,7 @@
 mod common;
 
 mod a_hung_pool_or_a_drain_never_hangs_an_operator_end;
+mod batched_release_under_attack;
 mod budgets_fail_wait_or_evict;
 mod cleanup_survives_panics_up_to_its_restart_limit;
 mod compaction_under_attack;
