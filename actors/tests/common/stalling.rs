@@ -1,7 +1,9 @@
 //! A pool that can stop answering releases, or offloads and restores: the
-//! fault behind a stuck step (a GPU whose answer never comes). Everything
+//! fault behind a stuck step (a GPU whose answer never comes); per session,
+//! it can also hold a release, drop its reply, or panic on it. Everything
 //! else goes to an `InMemoryPool`.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,9 +19,24 @@ enum Move {
 pub struct StallingPool {
     pub inner: Arc<InMemoryPool>,
     stall: AtomicBool,
+    /// Sessions whose release is held (as `stall`, for them alone), whose
+    /// reply is dropped (a pool whose worker is gone), or on which
+    /// `release_session` panics once.
+    hold: Mutex<HashSet<SessionId>>,
+    drop_reply: Mutex<HashSet<SessionId>>,
+    panic_on: Mutex<HashSet<SessionId>>,
+    /// Every release asked for, in the order it reached the pool.
+    order: Mutex<Vec<SessionId>>,
     held: Mutex<Vec<(SessionId, oneshot::Sender<ReleaseReport>)>>,
     stall_moves: AtomicBool,
     held_moves: Mutex<Vec<Move>>,
+}
+
+/// A `StallingPool` over a fresh `InMemoryPool` (256 MiB), and that pool.
+pub fn stalling_pool() -> (Arc<InMemoryPool>, Arc<StallingPool>) {
+    let inner = Arc::new(InMemoryPool::new(256 << 20, 16 << 20));
+    let pool = Arc::new(StallingPool::new(inner.clone()));
+    (inner, pool)
 }
 
 impl StallingPool {
@@ -27,6 +44,10 @@ impl StallingPool {
         StallingPool {
             inner,
             stall: AtomicBool::new(false),
+            hold: Mutex::default(),
+            drop_reply: Mutex::default(),
+            panic_on: Mutex::default(),
+            order: Mutex::default(),
             held: Mutex::new(Vec::new()),
             stall_moves: AtomicBool::new(false),
             held_moves: Mutex::new(Vec::new()),
@@ -54,6 +75,26 @@ impl StallingPool {
         self.stall.store(on, Ordering::SeqCst);
     }
 
+    /// From now on, `session`'s release is held without an answer.
+    pub fn hold(&self, session: SessionId) {
+        self.hold.lock().unwrap().insert(session);
+    }
+
+    /// From now on, `session`'s release reply is dropped unanswered.
+    pub fn drop_reply(&self, session: SessionId) {
+        self.drop_reply.lock().unwrap().insert(session);
+    }
+
+    /// `release_session` panics once, when asked to release `session`.
+    pub fn panic_on(&self, session: SessionId) {
+        self.panic_on.lock().unwrap().insert(session);
+    }
+
+    /// Every release asked for so far, in the order it reached the pool.
+    pub fn order(&self) -> Vec<SessionId> {
+        self.order.lock().unwrap().clone()
+    }
+
     pub fn held(&self) -> usize {
         self.held.lock().unwrap().len()
     }
@@ -76,7 +117,14 @@ impl GpuPool for StallingPool {
     }
 
     fn release_session(&self, session: SessionId, reply: oneshot::Sender<ReleaseReport>) {
-        if self.stall.load(Ordering::SeqCst) {
+        self.order.lock().unwrap().push(session);
+        if self.panic_on.lock().unwrap().remove(&session) {
+            panic!("attack: the pool panics while a batch is handed over");
+        }
+        if self.drop_reply.lock().unwrap().contains(&session) {
+            return; // the reply is dropped: a pool whose worker is gone
+        }
+        if self.stall.load(Ordering::SeqCst) || self.hold.lock().unwrap().contains(&session) {
             self.held.lock().unwrap().push((session, reply));
         } else {
             self.inner.release_session(session, reply)

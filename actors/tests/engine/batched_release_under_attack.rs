@@ -3,127 +3,23 @@
 //! a mixed batch at hand; pacing whose burst is smaller than a batch; a
 //! shutdown in the middle of a batch. On paused time.
 //!
-//! Batches are made deterministic with "blockers": as many held releases as
+//! The pool is the tests' `StallingPool`, scripted per session (held,
+//! dropped, or a panic in `release_session`). Batches are made
+//! deterministic with "blockers": as many held releases as
 //! the room in flight, so everything closed afterwards waits in the queue;
 //! answering every blocker at once frees the whole room, and the dispatcher
 //! takes the queue as one batch.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::stalling::{StallingPool, stalling_pool};
 use crate::common::*;
 use sessionbus_actors::*;
-use tokio::sync::oneshot;
 
 const KIB: u64 = 1 << 10;
 const LONG: Duration = Duration::from_secs(3600);
-
-/// A pool whose answer to each session's release the test scripts: held
-/// until answered, dropped, or a panic in `release_session` itself.
-/// Everything else goes to an `InMemoryPool`. Records the order in which
-/// releases were handed over.
-struct ScriptedPool {
-    inner: Arc<InMemoryPool>,
-    hold_all: AtomicBool,
-    hold: Mutex<HashSet<SessionId>>,
-    drop_reply: Mutex<HashSet<SessionId>>,
-    panic_on: Mutex<HashSet<SessionId>>,
-    held: Mutex<Vec<(SessionId, oneshot::Sender<ReleaseReport>)>>,
-    order: Mutex<Vec<SessionId>>,
-}
-
-impl ScriptedPool {
-    fn new(inner: Arc<InMemoryPool>) -> Self {
-        ScriptedPool {
-            inner,
-            hold_all: AtomicBool::new(false),
-            hold: Mutex::default(),
-            drop_reply: Mutex::default(),
-            panic_on: Mutex::default(),
-            held: Mutex::default(),
-            order: Mutex::default(),
-        }
-    }
-    fn hold_all(&self, on: bool) {
-        self.hold_all.store(on, Ordering::SeqCst);
-    }
-    fn hold(&self, id: SessionId) {
-        self.hold.lock().unwrap().insert(id);
-    }
-    fn drop_reply(&self, id: SessionId) {
-        self.drop_reply.lock().unwrap().insert(id);
-    }
-    fn panic_on(&self, id: SessionId) {
-        self.panic_on.lock().unwrap().insert(id);
-    }
-    fn held(&self) -> usize {
-        self.held.lock().unwrap().len()
-    }
-    /// Answers every held release (in arrival order), synchronously.
-    fn answer_all(&self) {
-        let held = std::mem::take(&mut *self.held.lock().unwrap());
-        for (session, reply) in held {
-            self.inner.release_session(session, reply);
-        }
-    }
-    fn order(&self) -> Vec<SessionId> {
-        self.order.lock().unwrap().clone()
-    }
-}
-
-impl GpuPool for ScriptedPool {
-    fn info(&self) -> &PoolInfo {
-        self.inner.info()
-    }
-    fn allocate(&self, request: AllocRequest, reply: oneshot::Sender<Result<Allocated, GpuError>>) {
-        self.inner.allocate(request, reply)
-    }
-    fn release_session(&self, session: SessionId, reply: oneshot::Sender<ReleaseReport>) {
-        self.order.lock().unwrap().push(session);
-        if self.panic_on.lock().unwrap().remove(&session) {
-            panic!("attack: the pool panics while a batch is handed over");
-        }
-        if self.drop_reply.lock().unwrap().contains(&session) {
-            drop(reply); // a pool whose worker is gone
-            return;
-        }
-        if self.hold_all.load(Ordering::SeqCst) || self.hold.lock().unwrap().contains(&session) {
-            self.held.lock().unwrap().push((session, reply));
-            return;
-        }
-        self.inner.release_session(session, reply)
-    }
-    fn release_allocations(
-        &self,
-        session: SessionId,
-        ids: Vec<AllocationId>,
-        reply: oneshot::Sender<ReleaseReport>,
-    ) {
-        self.inner.release_allocations(session, ids, reply)
-    }
-    fn sessions_holding_memory(&self, reply: oneshot::Sender<Vec<SessionId>>) {
-        self.inner.sessions_holding_memory(reply)
-    }
-    fn stats(&self) -> PoolStats {
-        self.inner.stats()
-    }
-    fn offload_session(
-        &self,
-        session: SessionId,
-        reply: oneshot::Sender<Result<OffloadReport, GpuError>>,
-    ) {
-        self.inner.offload_session(session, reply)
-    }
-    fn restore_session(
-        &self,
-        session: SessionId,
-        reply: oneshot::Sender<Result<RestoreReport, GpuError>>,
-    ) {
-        self.inner.restore_session(session, reply)
-    }
-}
 
 /// `shards` shards; release unpaced, at most `max_in_flight` unanswered; a
 /// stuck release is declared after `step_timeout`.
@@ -132,12 +28,6 @@ fn config(shards: usize, max_in_flight: u32, step_timeout: Duration) -> EngineCo
     config.release = ReleaseConfig::fixed(PaceUnit::Buffers, 1_000_000, 100_000, max_in_flight);
     config.supervision.step_timeout = step_timeout;
     config
-}
-
-fn scripted() -> (Arc<InMemoryPool>, Arc<ScriptedPool>) {
-    let inner = Arc::new(InMemoryPool::new(256 * MIB, 16 * MIB));
-    let pool = Arc::new(ScriptedPool::new(inner.clone()));
-    (inner, pool)
 }
 
 async fn holding(engine: &EngineHandle, owner: &str) -> SessionHandle {
@@ -154,15 +44,15 @@ fn close(session: &SessionHandle) -> Closing {
 }
 
 /// `n` blockers closed and held by the pool: they fill the room in flight.
-async fn blockers(engine: &EngineHandle, pool: &ScriptedPool, n: usize) -> Vec<Closing> {
-    pool.hold_all(true);
+async fn blockers(engine: &EngineHandle, pool: &StallingPool, n: usize) -> Vec<Closing> {
+    pool.stall(true);
     let mut closing = Vec::new();
     for i in 0..n {
         closing.push(close(&holding(engine, &format!("blocker-{i}")).await));
     }
     settle(Duration::from_millis(10)).await;
     assert_eq!(pool.held(), n, "the blockers fill the room in flight");
-    pool.hold_all(false);
+    pool.stall(false);
     closing
 }
 
@@ -183,7 +73,7 @@ async fn within_a_minute(closing: Closing) -> Option<Result<ReleaseReceipt, Sess
 #[test]
 fn an_answered_release_is_not_held_back_behind_an_unanswered_one_in_its_batch() {
     on_paused_time(|| async {
-        let (inner, pool) = scripted();
+        let (inner, pool) = stalling_pool();
         let step_timeout = Duration::from_secs(30);
         let engine = Engine::start(config(3, 2, step_timeout), pool.clone()).unwrap();
         let slow = holding(&engine, "slow").await;
@@ -197,7 +87,7 @@ fn an_answered_release_is_not_held_back_behind_an_unanswered_one_in_its_batch() 
         assert_eq!(engine.stats().await.unwrap().release_queue.queued, 2);
 
         // The room comes back at once: [slow, fast] go as one batch.
-        pool.answer_all();
+        pool.answer_late();
         settle(Duration::from_millis(10)).await;
         let order = pool.order();
         assert_eq!(&order[2..], &[slow.id(), fast.id()], "one batch, in order");
@@ -224,7 +114,7 @@ fn an_answered_release_is_not_held_back_behind_an_unanswered_one_in_its_batch() 
 #[test]
 fn a_shutdown_in_the_middle_of_a_batch_counts_only_the_really_unanswered_release() {
     on_paused_time(|| async {
-        let (_inner, pool) = scripted();
+        let (_inner, pool) = stalling_pool();
         let engine = Engine::start(config(3, 4, LONG), pool.clone()).unwrap();
         let sessions = [
             holding(&engine, "slow").await,
@@ -239,7 +129,7 @@ fn a_shutdown_in_the_middle_of_a_batch_counts_only_the_really_unanswered_release
             closing.push(close(session));
             settle(Duration::from_millis(1)).await;
         }
-        pool.answer_all(); // the blockers
+        pool.answer_late(); // the blockers
         settle(Duration::from_millis(10)).await;
         assert_eq!(pool.held(), 1, "only slow is unanswered");
 
@@ -262,7 +152,7 @@ fn a_shutdown_in_the_middle_of_a_batch_counts_only_the_really_unanswered_release
 #[test]
 fn a_stuck_head_of_batch_makes_only_itself_stuck() {
     on_paused_time(|| async {
-        let (inner, pool) = scripted();
+        let (inner, pool) = stalling_pool();
         let step_timeout = Duration::from_secs(30);
         let engine = Engine::start(config(3, 200, step_timeout), pool.clone()).unwrap();
         let mut events = engine
@@ -279,7 +169,7 @@ fn a_stuck_head_of_batch_makes_only_itself_stuck() {
             drop(close(session)); // detached: the task runs on
         }
         settle(Duration::from_millis(10)).await;
-        pool.answer_all(); // the blockers
+        pool.answer_late(); // the blockers
         // Past the deadline of the batch.
         settle(step_timeout * 2).await;
         let mut receipts: HashMap<SessionId, Vec<Arc<ReleaseReceipt>>> = HashMap::new();
@@ -297,7 +187,7 @@ fn a_stuck_head_of_batch_makes_only_itself_stuck() {
         let stats = engine.stats().await.unwrap();
         assert_eq!(stats.release_queue.in_flight, 0);
         assert_eq!(stats.budget.device_used, KIB, "only the stuck one's bytes");
-        pool.answer_all(); // late: refunded once
+        pool.answer_late(); // late: refunded once
         settle(Duration::from_millis(10)).await;
         assert_eq!(engine.stats().await.unwrap().budget.device_used, 0);
         assert_eq!(inner.stats().released_total, 399);
@@ -313,7 +203,7 @@ fn a_stuck_head_of_batch_makes_only_itself_stuck() {
 #[test]
 fn a_panic_while_a_batch_is_handed_over_loses_nothing_else_of_the_batch() {
     on_paused_time(|| async {
-        let (inner, pool) = scripted();
+        let (inner, pool) = stalling_pool();
         let engine = Engine::start(config(1, 2, LONG), pool.clone()).unwrap();
         let first = holding(&engine, "first").await;
         let second = holding(&engine, "second").await;
@@ -323,7 +213,7 @@ fn a_panic_while_a_batch_is_handed_over_loses_nothing_else_of_the_batch() {
         settle(Duration::from_millis(1)).await;
         let _second_close = close(&second);
         settle(Duration::from_millis(10)).await;
-        pool.answer_all(); // the blockers: [first, second] go as one batch
+        pool.answer_late(); // the blockers: [first, second] go as one batch
         settle(Duration::from_millis(10)).await;
         assert_eq!(
             engine.stats().await.unwrap().supervision.restarts,
@@ -344,7 +234,7 @@ fn a_panic_while_a_batch_is_handed_over_loses_nothing_else_of_the_batch() {
 #[test]
 fn a_panic_while_a_batch_is_handed_over_does_not_wedge_release() {
     on_paused_time(|| async {
-        let (_inner, pool) = scripted();
+        let (_inner, pool) = stalling_pool();
         let engine = Engine::start(config(1, 2, LONG), pool.clone()).unwrap();
         let first = holding(&engine, "first").await;
         let second = holding(&engine, "second").await;
@@ -354,7 +244,7 @@ fn a_panic_while_a_batch_is_handed_over_does_not_wedge_release() {
         settle(Duration::from_millis(1)).await;
         let _second_close = close(&second);
         settle(Duration::from_millis(10)).await;
-        pool.answer_all();
+        pool.answer_late();
         settle(Duration::from_millis(10)).await;
         assert_eq!(engine.stats().await.unwrap().supervision.restarts, 1);
         let later = holding(&engine, "later").await;
@@ -371,7 +261,7 @@ fn a_panic_while_a_batch_is_handed_over_does_not_wedge_release() {
 #[test]
 fn a_dispatcher_panic_with_a_mixed_batch_at_hand_loses_and_repeats_nothing() {
     on_paused_time(|| async {
-        let (inner, pool) = scripted();
+        let (inner, pool) = stalling_pool();
         let engine = Engine::start(config(3, 4, LONG), pool.clone()).unwrap();
         let mut expiring = Vec::new();
         for i in 0..3 {
@@ -394,7 +284,7 @@ fn a_dispatcher_panic_with_a_mixed_batch_at_hand_loses_and_repeats_nothing() {
         }
         assert_eq!(engine.stats().await.unwrap().release_queue.queued, 6);
         engine.inject_cleanup_panics(1);
-        pool.answer_all();
+        pool.answer_late();
         for closing in closing {
             let receipt = within_a_minute(closing).await.expect("closed").unwrap();
             assert_eq!((receipt.buffers, receipt.error), (1, None));
@@ -427,7 +317,7 @@ fn a_dispatcher_panic_with_a_mixed_batch_at_hand_loses_and_repeats_nothing() {
 #[test]
 fn a_pool_that_drops_part_of_a_batch_fails_only_those_releases() {
     on_paused_time(|| async {
-        let (_inner, pool) = scripted();
+        let (_inner, pool) = stalling_pool();
         let engine = Engine::start(config(3, 4, LONG), pool.clone()).unwrap();
         let sessions = [
             holding(&engine, "a").await,
@@ -442,7 +332,7 @@ fn a_pool_that_drops_part_of_a_batch_fails_only_those_releases() {
             closing.push(close(session));
             settle(Duration::from_millis(1)).await;
         }
-        pool.answer_all();
+        pool.answer_late();
         for (i, closing) in closing.into_iter().enumerate() {
             let receipt = within_a_minute(closing).await.expect("closed").unwrap();
             if i == 1 {
@@ -463,7 +353,7 @@ fn a_pool_that_drops_part_of_a_batch_fails_only_those_releases() {
 #[test]
 fn a_burst_smaller_than_a_batch_keeps_the_rate_exact() {
     on_paused_time(|| async {
-        let (inner, pool) = scripted();
+        let (inner, pool) = stalling_pool();
         let mut config = config(3, 64, LONG);
         config.release = ReleaseConfig::fixed(PaceUnit::Buffers, 10, 3, 64);
         let engine = Engine::start(config, pool.clone()).unwrap();
@@ -497,7 +387,7 @@ fn a_burst_smaller_than_a_batch_keeps_the_rate_exact() {
 #[test]
 fn an_allocation_waiting_for_memory_is_not_held_back_by_pacing() {
     on_paused_time(|| async {
-        let (_inner, pool) = scripted();
+        let (_inner, pool) = stalling_pool();
         let mut config = config(3, 64, LONG);
         config.release = ReleaseConfig::fixed(PaceUnit::Buffers, 1, 1, 64);
         config.budget.device_memory = Some(8 * MIB);

@@ -4,10 +4,9 @@
 //! (closes before expiries), and every receipt reaches its own session's
 //! shard, whichever shard the batch was made on. On paused time.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::stalling::StallingPool;
+use crate::common::stalling::stalling_pool;
 use crate::common::*;
 use futures::future::join_all;
 use sessionbus_actors::*;
@@ -24,8 +23,7 @@ fn limited(max_in_flight: u32) -> EngineConfig {
 #[test]
 fn a_storm_never_has_more_in_flight_than_allowed_and_every_receipt_reaches_its_shard() {
     on_paused_time(|| async {
-        let inner = Arc::new(InMemoryPool::new(256 * MIB, 16 * MIB));
-        let pool = Arc::new(StallingPool::new(inner.clone()));
+        let (inner, pool) = stalling_pool();
         let engine = Engine::start(limited(8), pool.clone()).unwrap();
         let mut sessions = Vec::new();
         for i in 0..30 {
@@ -76,8 +74,7 @@ fn a_storm_never_has_more_in_flight_than_allowed_and_every_receipt_reaches_its_s
 #[test]
 fn closes_from_every_shard_go_to_the_pool_before_queued_expiries() {
     on_paused_time(|| async {
-        let inner = Arc::new(InMemoryPool::new(256 * MIB, 16 * MIB));
-        let pool = Arc::new(StallingPool::new(inner.clone()));
+        let (inner, pool) = stalling_pool();
         let engine = Engine::start(limited(1), pool.clone()).unwrap();
         let mut events = engine
             .subscribe_channel(EventKinds::RELEASED, Delivery::Reliable)
