@@ -106,12 +106,46 @@ fn enqueue(release: &Release, ended: Arc<SessionEndEvent>, hooks_took: std::time
         .pacer
         .unit()
         .cost(ended.allocations.len().max(1) as u64, ended.gpu_bytes());
-    release.queue.push(Queued {
+    let queued = Queued {
         ended,
         cost,
         queued_at: clock::now(),
         hooks_took,
-    });
+    };
+    if let Some(queued) = hand_over_if_idle(release, queued) {
+        release.queue.push(queued);
+    }
+}
+
+/// With the pipeline idle (nothing queued, taken or in flight; release not
+/// giving way to live traffic), the release goes to the pool from here, on
+/// the publishing shard's thread, as the dispatcher would have handed it:
+/// the pacer admits it first, and its receipt task runs on this thread.
+/// What this saves is waking the dispatcher's thread for one release (a
+/// cross-thread wake-up for every shard but the first). Gives the release
+/// back when it must be queued instead.
+fn hand_over_if_idle(release: &Release, queued: Queued) -> Option<Queued> {
+    if release.queue.backoff_level() > 0 || !release.queue.claim_idle(queued.ended.gpu_bytes()) {
+        return Some(queued);
+    }
+    let waiting_bytes = release.budget.waiting_bytes();
+    if waiting_bytes == 0 && !release.queue.unpaced() {
+        let load = Load {
+            queued: queued.cost,
+            live_sessions: release.queue.live_sessions(),
+            waiting_bytes,
+        };
+        if !release
+            .pacer
+            .try_admit(release.pacer.select(load), queued.cost)
+        {
+            release.queue.push_unclaimed(queued);
+            return None;
+        }
+    }
+    let mut handing = Handing::new(release);
+    handing.hand(queued);
+    None
 }
 
 /// Runs the dispatcher and restarts it after a panic, up to
@@ -231,11 +265,11 @@ const BATCH_MAX: usize = 256;
 /// pacer refuses goes back in front of the queue, for the next turn.
 fn take_more(release: &Release, tier: usize, paced: bool, max_in_flight: u64) {
     let mut hand = hand(release);
-    let room = max_in_flight.saturating_sub(release.queue.in_flight() + hand.len() as u64);
+    let room = max_in_flight.saturating_sub(release.queue.in_flight());
     let wanted = (room as usize).min(BATCH_MAX.saturating_sub(hand.len()));
     hand.reserve(wanted);
-    while hand.len() < BATCH_MAX && release.queue.in_flight() + (hand.len() as u64) < max_in_flight
-    {
+    // Every release at hand is counted in flight already (taken by `pop`).
+    while hand.len() < BATCH_MAX && release.queue.in_flight() < max_in_flight {
         let Some(more) = release.queue.pop() else {
             break;
         };
@@ -264,30 +298,13 @@ struct Handed {
 /// one included (its reply was dropped: an error receipt), still get their
 /// receipt task, from [`Handing`]'s drop.
 fn hand_over(release: &Release) {
-    let mut handing = Handing {
-        release: release.clone(),
-        handed: Vec::new(),
-        handed_at: clock::now(),
-    };
+    let mut handing = Handing::new(release);
     loop {
         let Some(next) = hand(release).pop_front() else {
             break;
         };
-        let steps = ReleaseSteps {
-            hooks: next.hooks_took,
-            queued: handing.handed_at.saturating_duration_since(next.queued_at),
-            ..ReleaseSteps::default()
-        };
         release.queue.dispatched(next.ended.gpu_bytes());
-        let (reply, report) = oneshot::channel();
-        let id = next.ended.id;
-        handing.handed.push(Handed {
-            ended: next.ended,
-            report,
-            steps,
-            answer: None,
-        });
-        release.pool.release_session(id, reply);
+        handing.hand(next);
     }
 }
 
@@ -297,6 +314,35 @@ struct Handing {
     release: Release,
     handed: Vec<Handed>,
     handed_at: std::time::Instant,
+}
+
+impl Handing {
+    fn new(release: &Release) -> Self {
+        Handing {
+            release: release.clone(),
+            handed: Vec::new(),
+            handed_at: clock::now(),
+        }
+    }
+
+    /// Hands `next` (counted in flight, its bytes too) to the pool, its
+    /// reply's receiver kept first.
+    fn hand(&mut self, next: Queued) {
+        let steps = ReleaseSteps {
+            hooks: next.hooks_took,
+            queued: self.handed_at.saturating_duration_since(next.queued_at),
+            ..ReleaseSteps::default()
+        };
+        let (reply, report) = oneshot::channel();
+        let id = next.ended.id;
+        self.handed.push(Handed {
+            ended: next.ended,
+            report,
+            steps,
+            answer: None,
+        });
+        self.release.pool.release_session(id, reply);
+    }
 }
 
 impl Drop for Handing {

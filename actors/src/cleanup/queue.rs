@@ -92,7 +92,11 @@ impl ReleaseQueue {
     }
 
     pub(crate) fn push(&self, queued: Queued) {
-        let mut classes = self.classes();
+        let classes = self.classes();
+        self.push_locked(classes, queued);
+    }
+
+    fn push_locked(&self, mut classes: std::sync::MutexGuard<'_, Classes>, queued: Queued) {
         classes.cost += queued.cost;
         classes.bytes += queued.ended.gpu_bytes();
         if is_urgent(queued.ended.reason) {
@@ -104,10 +108,42 @@ impl ReleaseQueue {
         self.arrived.notify_one();
     }
 
+    /// Claims the release pipeline for one release of `bytes` if it is idle:
+    /// nothing queued, taken or in flight. The release is then counted in
+    /// flight, and the caller hands it to the pool itself (or gives the
+    /// claim back with [`Self::push_unclaimed`]). Checked under the queue's
+    /// lock, where the dispatcher takes releases, so a claim never overtakes
+    /// a release queued or taken before it.
+    pub(crate) fn claim_idle(&self, bytes: u64) -> bool {
+        let classes = self.classes();
+        let idle = classes.urgent.is_empty()
+            && classes.deferred.is_empty()
+            && self
+                .in_flight
+                .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if idle {
+            self.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        idle
+    }
+
+    /// Gives back a claim of [`Self::claim_idle`] and queues the release
+    /// instead, in one step.
+    pub(crate) fn push_unclaimed(&self, queued: Queued) {
+        let classes = self.classes();
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.in_flight_bytes
+            .fetch_sub(queued.ended.gpu_bytes(), Ordering::Relaxed);
+        self.push_locked(classes, queued);
+    }
+
     /// Puts back a release the dispatcher had taken but not handed to the
-    /// pool (it panicked in between): first in its class, as it was.
+    /// pool (it panicked in between, or the pacer refused it a place in a
+    /// batch): first in its class, as it was, and no longer in flight.
     pub(crate) fn requeue(&self, queued: Queued) {
         let mut classes = self.classes();
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         classes.cost += queued.cost;
         classes.bytes += queued.ended.gpu_bytes();
         if is_urgent(queued.ended.reason) {
@@ -127,13 +163,15 @@ impl ReleaseQueue {
         Some((classes.cost, next.cost))
     }
 
-    /// Takes the most urgent release now (it may have arrived since `peek`).
+    /// Takes the most urgent release now (it may have arrived since `peek`),
+    /// counted in flight from this moment: taken for the pool.
     pub(crate) fn pop(&self) -> Option<Queued> {
         let mut classes = self.classes();
         let next = classes
             .urgent
             .pop_front()
             .or_else(|| classes.deferred.pop_front())?;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
         classes.cost -= next.cost;
         classes.bytes -= next.ended.gpu_bytes();
         Some(next)
@@ -144,8 +182,8 @@ impl ReleaseQueue {
         self.arrived.notified().await;
     }
 
+    /// A release taken by `pop` was handed to the pool with `bytes`.
     pub(crate) fn dispatched(&self, bytes: u64) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
@@ -155,7 +193,7 @@ impl ReleaseQueue {
         self.answered.notify_one();
     }
 
-    /// Releases handed to the pool and not yet answered.
+    /// Releases taken for the pool (handed over or about to be) and not yet answered.
     pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -195,6 +233,10 @@ impl ReleaseQueue {
 
     pub(crate) fn unpaced(&self) -> bool {
         self.unpaced.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn backoff_level(&self) -> u32 {
+        self.backoff_level.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_backoff_level(&self, level: u32) {

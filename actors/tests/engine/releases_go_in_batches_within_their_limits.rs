@@ -127,3 +127,48 @@ fn closes_from_every_shard_go_to_the_pool_before_queued_expiries() {
         assert!(engine.shutdown().await.unwrap().completed);
     });
 }
+
+/// A release whose pipeline is idle goes to the pool from its own shard's
+/// thread, without the dispatcher; that shortcut must never put a second
+/// release beside one in flight, or one queued behind it.
+#[test]
+fn an_end_on_an_idle_pipeline_goes_at_once_and_never_beside_a_release_in_flight() {
+    on_paused_time(|| async {
+        let (inner, pool) = stalling_pool();
+        let engine = Engine::start(limited(1), pool.clone()).unwrap();
+        let mut by_shard: Vec<Vec<SessionHandle>> = vec![Vec::new(); 3];
+        let mut i = 0;
+        while by_shard.iter().any(|s| s.len() < 2) {
+            let session = engine.open(format!("user-{i}")).await.unwrap();
+            session.allocate(KIB).await.unwrap();
+            by_shard[shard_of(session.id(), 3)].push(session);
+            i += 1;
+        }
+        pool.stall(true);
+        // One end from each shard, one after the other.
+        let mut closing = Vec::new();
+        for (shard, sessions) in by_shard.iter().enumerate() {
+            let session = sessions[0].clone();
+            closing.push(actix::spawn(async move { session.close().await }));
+            settle(Duration::from_millis(1)).await;
+            assert_eq!(pool.held(), 1, "one in flight after shard {shard}'s end");
+            let stats = engine.stats().await.unwrap();
+            assert_eq!(stats.release_queue.in_flight, 1);
+            assert_eq!(stats.release_queue.queued, shard as u64);
+        }
+        pool.stall(false);
+        pool.answer_late();
+        for receipt in join_all(closing).await {
+            assert_eq!(receipt.unwrap().unwrap().buffers, 1);
+        }
+        // Idle again: each shard's next end goes at once, in turn.
+        for sessions in &by_shard {
+            let receipt = sessions[1].close().await.unwrap();
+            assert_eq!(receipt.paced_for, Duration::ZERO);
+            assert_eq!(receipt.buffers, 1);
+        }
+        assert_eq!(inner.stats().released_total, 6);
+        assert_eq!(inner.stats().live_buffers, 0);
+        assert!(engine.shutdown().await.unwrap().completed);
+    });
+}
