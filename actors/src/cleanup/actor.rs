@@ -144,7 +144,20 @@ fn hand_over_if_idle(release: &Release, queued: Queued) -> Option<Queued> {
         }
     }
     let mut handing = Handing::new(release);
-    handing.hand(queued);
+    // On the registry's thread, inside its publish: a pool that panics must
+    // not take the registry down with it (on the dispatcher's path the
+    // supervisor catches it). The release is already recorded, so its reply,
+    // dropped by the unwinding, makes an error receipt.
+    let id = queued.ended.id;
+    let handed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handing.hand(queued)));
+    if handed.is_err() {
+        tracing::error!(
+            target: "sessionbus::supervisor",
+            event = "release.failed",
+            session_id = %id,
+            "the GPU pool panicked while taking a release; it fails with an error receipt"
+        );
+    }
     None
 }
 

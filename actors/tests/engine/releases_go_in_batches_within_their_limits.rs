@@ -172,3 +172,31 @@ fn an_end_on_an_idle_pipeline_goes_at_once_and_never_beside_a_release_in_flight(
         assert!(engine.shutdown().await.unwrap().completed);
     });
 }
+
+/// The shortcut runs on the registry shard's thread, inside its publish: a
+/// pool that panics there fails that one release (an error receipt, its
+/// room in flight given back) and takes nothing else down.
+#[test]
+fn a_pool_that_panics_on_an_idle_pipeline_fails_only_that_release() {
+    on_paused_time(|| async {
+        let (inner, pool) = stalling_pool();
+        let engine = Engine::start(limited(4), pool.clone()).unwrap();
+        let doomed = engine.open("doomed").await.unwrap();
+        doomed.allocate(KIB).await.unwrap();
+        pool.panic_on(doomed.id());
+        let receipt = doomed.close().await.unwrap();
+        assert!(receipt.error.is_some(), "{receipt:?}");
+        assert_eq!(receipt.buffers, 0, "nothing claimed released");
+
+        // The registry and the pipeline go on.
+        let next = engine.open("next").await.unwrap();
+        next.allocate(KIB).await.unwrap();
+        let receipt = next.close().await.unwrap();
+        assert_eq!((receipt.buffers, receipt.error.as_deref()), (1, None));
+        let stats = engine.stats().await.unwrap();
+        assert_eq!(stats.release_queue.in_flight, 0);
+        assert_eq!((stats.live, stats.releasing), (0, 0));
+        assert_eq!(inner.stats().released_total, 1);
+        assert!(engine.shutdown().await.unwrap().completed);
+    });
+}
