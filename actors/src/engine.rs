@@ -204,6 +204,7 @@ impl Engine {
             hooks: parts.hooks.clone(),
             step_timeout: config.supervision.step_timeout,
             hand: Default::default(),
+            panics: Default::default(),
             health: parts.health.clone(),
             limits: config.supervision.clone(),
             registry: parts.shards.clone(),

@@ -40,6 +40,9 @@ pub(crate) struct Release {
     pub(crate) hand: Arc<std::sync::Mutex<VecDeque<Queued>>>,
     pub(crate) health: Arc<Health>,
     pub(crate) limits: SupervisionConfig,
+    /// Panics of release work (the dispatcher's, and the pool's on the idle
+    /// shortcut) within `limits.within`: past `limits.max_restarts`, escalate.
+    pub(crate) panics: Arc<std::sync::Mutex<Option<RestartIntensity>>>,
     /// Every registry shard: a receipt goes to its session's.
     pub(crate) registry: crate::registry::Shards,
 }
@@ -125,7 +128,11 @@ fn enqueue(release: &Release, ended: Arc<SessionEndEvent>, hooks_took: std::time
 /// cross-thread wake-up for every shard but the first). Gives the release
 /// back when it must be queued instead.
 fn hand_over_if_idle(release: &Release, queued: Queued) -> Option<Queued> {
-    if release.queue.backoff_level() > 0 || !release.queue.claim_idle(queued.ended.gpu_bytes()) {
+    // Only where the back-off would not look (nobody live, no live message
+    // since it last looked, ...): otherwise the dispatcher probes first.
+    if !backoff_overridden(release, release.queue.live_quiet())
+        || !release.queue.claim_idle(queued.ended.gpu_bytes())
+    {
         return Some(queued);
     }
     let waiting_bytes = release.budget.waiting_bytes();
@@ -157,6 +164,9 @@ fn hand_over_if_idle(release: &Release, queued: Queued) -> Option<Queued> {
             session_id = %id,
             "the GPU pool panicked while taking a release; it fails with an error receipt"
         );
+        // Counted as the dispatcher's panics are: a pool that panics on
+        // every release escalates here too.
+        note_panic(release, "cleanup.release", 0);
     }
     None
 }
@@ -169,7 +179,6 @@ fn hand_over_if_idle(release: &Release, queued: Queued) -> Option<Queued> {
 /// pool's, answered to its own receipt task, so nothing is released twice.
 async fn supervise(release: Release) {
     use futures::FutureExt;
-    let mut intensity = RestartIntensity::new(release.limits.max_restarts, release.limits.within);
     loop {
         let run = std::panic::AssertUnwindSafe(dispatch(release.clone())).catch_unwind();
         if run.await.is_ok() {
@@ -181,32 +190,50 @@ async fn supervise(release: Release) {
         for queued in held.into_iter().rev() {
             release.queue.requeue(queued);
         }
-        if !intensity.allow(crate::clock::now()) {
-            let what = format!(
-                "the cleanup dispatcher panicked more than {} times within {}",
-                release.limits.max_restarts,
-                crate::units::format_duration(release.limits.within)
-            );
-            tracing::error!(
-                target: "sessionbus::supervisor",
-                event = "supervisor.escalated",
-                task = "cleanup.dispatch",
-                queued = release.queue.stats().queued,
-                "{what}; not restarting it: the runtime admits no new sessions"
-            );
-            release.health.fail(what);
+        if !note_panic(&release, "cleanup.dispatch", requeued) {
             return;
         }
-        release.health.restarted();
+    }
+}
+
+/// Counts a panic of release work against `supervision.max_restarts` within
+/// `supervision.within`: logged at ERROR as a restart, or, past the limit,
+/// escalated (the runtime marked failed: no new sessions). `false`: escalated.
+fn note_panic(release: &Release, task: &'static str, requeued: usize) -> bool {
+    let allowed = {
+        let mut panics = release.panics.lock().unwrap_or_else(|p| p.into_inner());
+        panics
+            .get_or_insert_with(|| {
+                RestartIntensity::new(release.limits.max_restarts, release.limits.within)
+            })
+            .allow(clock::now())
+    };
+    if !allowed {
+        let what = format!(
+            "release work ({task}) panicked more than {} times within {}",
+            release.limits.max_restarts,
+            crate::units::format_duration(release.limits.within)
+        );
         tracing::error!(
             target: "sessionbus::supervisor",
-            event = "supervisor.restarted",
-            task = "cleanup.dispatch",
-            requeued,
+            event = "supervisor.escalated",
+            task,
             queued = release.queue.stats().queued,
-            "the cleanup dispatcher panicked; restarted it with its queue intact"
+            "{what}; the runtime admits no new sessions"
         );
+        release.health.fail(what);
+        return false;
     }
+    release.health.restarted();
+    tracing::error!(
+        target: "sessionbus::supervisor",
+        event = "supervisor.restarted",
+        task,
+        requeued,
+        queued = release.queue.stats().queued,
+        "release work panicked; it goes on with its queue intact"
+    );
+    true
 }
 
 fn hand(release: &Release) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
@@ -221,7 +248,6 @@ fn hand(release: &Release) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
 /// overtakes it.
 async fn dispatch(release: Release) {
     let mut backoff = backoff::State::default();
-    let mut seen_live_messages = 0;
     loop {
         let Some((queued, cost)) = release.queue.peek() else {
             // Nothing queued, nothing held back: the next storm starts from
@@ -242,7 +268,7 @@ async fn dispatch(release: Release) {
             true => release.pacer.top(),
             false => release.pacer.select(load),
         };
-        let level = give_way_to_live_traffic(&release, &mut backoff, &mut seen_live_messages).await;
+        let level = give_way_to_live_traffic(&release, &mut backoff).await;
         let max_in_flight = Backoff::in_flight(level, release.pacer.tier(tier).max_in_flight);
         release.queue.room_in_flight(u64::from(max_in_flight)).await;
         // Allocations waiting for memory: pacing must not hold release below
@@ -379,21 +405,10 @@ impl Drop for Handing {
 /// themselves), or allocations waiting for memory, or at shutdown, release
 /// goes at the tier's full speed (the storm alone is what the engine is
 /// there for).
-async fn give_way_to_live_traffic(
-    release: &Release,
-    state: &mut backoff::State,
-    seen_live_messages: &mut u64,
-) -> u32 {
+async fn give_way_to_live_traffic(release: &Release, state: &mut backoff::State) -> u32 {
     let backoff = release.pacer.backoff();
     loop {
-        let messages = release.queue.live_messages();
-        let quiet = std::mem::replace(seen_live_messages, messages) == messages;
-        let overridden = !backoff.is_on()
-            || release.queue.unpaced()
-            || release.queue.live_sessions() == 0
-            || quiet
-            || release.budget.waiting_bytes() > 0;
-        if overridden {
+        if backoff_overridden(release, release.queue.see_live_messages()) {
             *state = backoff::State::default();
             release.queue.set_backoff_level(0);
             return 0;
@@ -422,6 +437,18 @@ async fn give_way_to_live_traffic(
             }
         }
     }
+}
+
+/// Whether release goes at the tier's full speed without probing live
+/// traffic: the back-off is off, or at shutdown, or nobody is live, or no
+/// live session handled a message since the back-off last looked (`quiet`),
+/// or allocations wait for memory.
+fn backoff_overridden(release: &Release, quiet: bool) -> bool {
+    !release.pacer.backoff().is_on()
+        || release.queue.unpaced()
+        || release.queue.live_sessions() == 0
+        || quiet
+        || release.budget.waiting_bytes() > 0
 }
 
 /// Waits for the pool's answers, at most `step_timeout` after the batch was

@@ -43,6 +43,8 @@ pub(crate) struct ReleaseQueue {
     /// allocations, reads and writes: whatever marks a session active). The
     /// release back-off protects live traffic only when there is some.
     live_messages: std::sync::atomic::AtomicU64,
+    /// `live_messages` when the release back-off last looked.
+    live_messages_seen: AtomicU64,
     classes: Mutex<Classes>,
     arrived: Notify,
     /// Releases handed to the pool and not yet answered.
@@ -235,10 +237,6 @@ impl ReleaseQueue {
         self.unpaced.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn backoff_level(&self) -> u32 {
-        self.backoff_level.load(Ordering::Relaxed)
-    }
-
     pub(crate) fn set_backoff_level(&self, level: u32) {
         self.backoff_level.store(level, Ordering::Relaxed);
     }
@@ -263,9 +261,18 @@ impl ReleaseQueue {
         self.live_messages.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Messages live sessions handled so far.
-    pub(crate) fn live_messages(&self) -> u64 {
+    /// Marks the live messages so far as seen by the release back-off;
+    /// `true` if none came since it last looked.
+    pub(crate) fn see_live_messages(&self) -> bool {
+        let messages = self.live_messages.load(Ordering::Relaxed);
+        self.live_messages_seen.swap(messages, Ordering::Relaxed) == messages
+    }
+
+    /// Whether no live message came since the back-off last looked (a look
+    /// that marks nothing seen: the dispatcher's probe still gets to see them).
+    pub(crate) fn live_quiet(&self) -> bool {
         self.live_messages.load(Ordering::Relaxed)
+            == self.live_messages_seen.load(Ordering::Relaxed)
     }
 
     /// GPU bytes on their way back: queued or in flight.

@@ -33,3 +33,4 @@ mod storms_are_paced_and_prioritised;
 mod storms_give_way_to_live_traffic;
 mod stuck_releases_are_detected_and_timed;
 mod sweeper_finds_what_events_missed;
+mod idle_shortcut_under_attack;
