@@ -102,11 +102,20 @@ fn a_stuck_release_on_the_shortcut_is_declared_stuck_and_gives_its_room_back() {
         pool.hold(stuck.id());
         let receipt = stuck.close().await.unwrap();
         assert!(
-            receipt.error.as_deref().is_some_and(|e| e.contains("stuck")),
+            receipt
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("stuck")),
             "{receipt:?}"
         );
         let stats = engine.stats().await.unwrap();
-        assert_eq!((stats.release_queue.in_flight, stats.release_queue.in_flight_bytes), (0, 0));
+        assert_eq!(
+            (
+                stats.release_queue.in_flight,
+                stats.release_queue.in_flight_bytes
+            ),
+            (0, 0)
+        );
         // The next end goes at once, by the shortcut again.
         let next = holding(&engine, "next").await;
         let receipt = next.close().await.unwrap();
@@ -152,7 +161,11 @@ fn a_refused_claim_is_paced_and_never_overtaken_nor_beside_another() {
         let second = holding(&engine, "second").await;
         let third = holding(&engine, "third").await;
         let r = first.close().await.unwrap();
-        assert_eq!(r.paced_for, Duration::ZERO, "the burst admits the first at once");
+        assert_eq!(
+            r.paced_for,
+            Duration::ZERO,
+            "the burst admits the first at once"
+        );
         let c2 = {
             let s = second.clone();
             actix::spawn(async move { s.close().await.unwrap() })
@@ -165,7 +178,10 @@ fn a_refused_claim_is_paced_and_never_overtaken_nor_beside_another() {
             actix::spawn(async move { s.close().await.unwrap() })
         };
         let (r2, r3) = (c2.await.unwrap(), c3.await.unwrap());
-        assert!(r2.paced_for > Duration::ZERO, "the refused claim was paced: {r2:?}");
+        assert!(
+            r2.paced_for > Duration::ZERO,
+            "the refused claim was paced: {r2:?}"
+        );
         assert_eq!((r2.buffers, r3.buffers), (1, 1));
         let order = pool.order();
         assert_eq!(order, vec![first.id(), second.id(), third.id()]);
@@ -190,7 +206,10 @@ fn a_shutdown_counts_a_shortcut_release_left_unanswered() {
         let stats = engine.stats().await.unwrap();
         assert_eq!(stats.release_queue.in_flight, 1);
         assert_eq!(stats.release_queue.in_flight_bytes, KIB);
-        let report = engine.shutdown_within(Duration::from_secs(5)).await.unwrap();
+        let report = engine
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
         assert!(!report.completed);
         assert_eq!(report.releases_unfinished, 1, "{report:?}");
         assert_eq!(report.bytes_unfinished, KIB, "{report:?}");
