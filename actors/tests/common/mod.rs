@@ -63,6 +63,22 @@ pub fn sharded(shards: usize) -> EngineConfig {
     config
 }
 
+/// `shards` shards; release unpaced, at most `max_in_flight` unanswered; a
+/// stuck release is declared after `step_timeout`.
+pub fn release_limited(shards: usize, max_in_flight: u32, step_timeout: Duration) -> EngineConfig {
+    let mut config = sharded(shards);
+    config.release = ReleaseConfig::fixed(PaceUnit::Buffers, 1_000_000, 100_000, max_in_flight);
+    config.supervision.step_timeout = step_timeout;
+    config
+}
+
+/// A session of `owner` holding one buffer of `bytes`.
+pub async fn open_holding(engine: &EngineHandle, owner: &str, bytes: u64) -> SessionHandle {
+    let session = engine.open(owner).await.unwrap();
+    session.allocate(bytes).await.unwrap();
+    session
+}
+
 /// The shard of `shards` an id is placed on (the high word modulo the
 /// count, as ARCHITECTURE.md documents it).
 pub fn shard_of(id: SessionId, shards: usize) -> usize {

@@ -21,19 +21,8 @@ use sessionbus_actors::*;
 const KIB: u64 = 1 << 10;
 const LONG: Duration = Duration::from_secs(3600);
 
-/// `shards` shards; release unpaced, at most `max_in_flight` unanswered; a
-/// stuck release is declared after `step_timeout`.
-fn config(shards: usize, max_in_flight: u32, step_timeout: Duration) -> EngineConfig {
-    let mut config = sharded(shards);
-    config.release = ReleaseConfig::fixed(PaceUnit::Buffers, 1_000_000, 100_000, max_in_flight);
-    config.supervision.step_timeout = step_timeout;
-    config
-}
-
 async fn holding(engine: &EngineHandle, owner: &str) -> SessionHandle {
-    let session = engine.open(owner).await.unwrap();
-    session.allocate(KIB).await.unwrap();
-    session
+    open_holding(engine, owner, KIB).await
 }
 
 type Closing = tokio::task::JoinHandle<Result<ReleaseReceipt, SessionError>>;
@@ -75,7 +64,7 @@ fn an_answered_release_is_not_held_back_behind_an_unanswered_one_in_its_batch() 
     on_paused_time(|| async {
         let (inner, pool) = stalling_pool();
         let step_timeout = Duration::from_secs(30);
-        let engine = Engine::start(config(3, 2, step_timeout), pool.clone()).unwrap();
+        let engine = Engine::start(release_limited(3, 2, step_timeout), pool.clone()).unwrap();
         let slow = holding(&engine, "slow").await;
         let fast = holding(&engine, "fast").await;
         let held_back = blockers(&engine, &pool, 2).await;
@@ -115,7 +104,7 @@ fn an_answered_release_is_not_held_back_behind_an_unanswered_one_in_its_batch() 
 fn a_shutdown_in_the_middle_of_a_batch_counts_only_the_really_unanswered_release() {
     on_paused_time(|| async {
         let (_inner, pool) = stalling_pool();
-        let engine = Engine::start(config(3, 4, LONG), pool.clone()).unwrap();
+        let engine = Engine::start(release_limited(3, 4, LONG), pool.clone()).unwrap();
         let sessions = [
             holding(&engine, "slow").await,
             holding(&engine, "a").await,
@@ -154,7 +143,7 @@ fn a_stuck_head_of_batch_makes_only_itself_stuck() {
     on_paused_time(|| async {
         let (inner, pool) = stalling_pool();
         let step_timeout = Duration::from_secs(30);
-        let engine = Engine::start(config(3, 200, step_timeout), pool.clone()).unwrap();
+        let engine = Engine::start(release_limited(3, 200, step_timeout), pool.clone()).unwrap();
         let mut events = engine
             .subscribe_channel(EventKinds::RELEASED, Delivery::Reliable)
             .await
@@ -204,7 +193,7 @@ fn a_stuck_head_of_batch_makes_only_itself_stuck() {
 fn a_panic_while_a_batch_is_handed_over_loses_nothing_else_of_the_batch() {
     on_paused_time(|| async {
         let (inner, pool) = stalling_pool();
-        let engine = Engine::start(config(1, 2, LONG), pool.clone()).unwrap();
+        let engine = Engine::start(release_limited(1, 2, LONG), pool.clone()).unwrap();
         let first = holding(&engine, "first").await;
         let second = holding(&engine, "second").await;
         let _held_back = blockers(&engine, &pool, 2).await;
@@ -235,7 +224,7 @@ fn a_panic_while_a_batch_is_handed_over_loses_nothing_else_of_the_batch() {
 fn a_panic_while_a_batch_is_handed_over_does_not_wedge_release() {
     on_paused_time(|| async {
         let (_inner, pool) = stalling_pool();
-        let engine = Engine::start(config(1, 2, LONG), pool.clone()).unwrap();
+        let engine = Engine::start(release_limited(1, 2, LONG), pool.clone()).unwrap();
         let first = holding(&engine, "first").await;
         let second = holding(&engine, "second").await;
         let _held_back = blockers(&engine, &pool, 2).await;
@@ -262,7 +251,7 @@ fn a_panic_while_a_batch_is_handed_over_does_not_wedge_release() {
 fn a_dispatcher_panic_with_a_mixed_batch_at_hand_loses_and_repeats_nothing() {
     on_paused_time(|| async {
         let (inner, pool) = stalling_pool();
-        let engine = Engine::start(config(3, 4, LONG), pool.clone()).unwrap();
+        let engine = Engine::start(release_limited(3, 4, LONG), pool.clone()).unwrap();
         let mut expiring = Vec::new();
         for i in 0..3 {
             let options = OpenOptions::new(format!("expiring-{i}"))
@@ -318,7 +307,7 @@ fn a_dispatcher_panic_with_a_mixed_batch_at_hand_loses_and_repeats_nothing() {
 fn a_pool_that_drops_part_of_a_batch_fails_only_those_releases() {
     on_paused_time(|| async {
         let (_inner, pool) = stalling_pool();
-        let engine = Engine::start(config(3, 4, LONG), pool.clone()).unwrap();
+        let engine = Engine::start(release_limited(3, 4, LONG), pool.clone()).unwrap();
         let sessions = [
             holding(&engine, "a").await,
             holding(&engine, "dropped").await,
@@ -354,7 +343,7 @@ fn a_pool_that_drops_part_of_a_batch_fails_only_those_releases() {
 fn a_burst_smaller_than_a_batch_keeps_the_rate_exact() {
     on_paused_time(|| async {
         let (inner, pool) = stalling_pool();
-        let mut config = config(3, 64, LONG);
+        let mut config = release_limited(3, 64, LONG);
         config.release = ReleaseConfig::fixed(PaceUnit::Buffers, 10, 3, 64);
         let engine = Engine::start(config, pool.clone()).unwrap();
         let mut sessions = Vec::new();
@@ -388,7 +377,7 @@ fn a_burst_smaller_than_a_batch_keeps_the_rate_exact() {
 fn an_allocation_waiting_for_memory_is_not_held_back_by_pacing() {
     on_paused_time(|| async {
         let (_inner, pool) = stalling_pool();
-        let mut config = config(3, 64, LONG);
+        let mut config = release_limited(3, 64, LONG);
         config.release = ReleaseConfig::fixed(PaceUnit::Buffers, 1, 1, 64);
         config.budget.device_memory = Some(8 * MIB);
         config.sessions.max_session_memory = 8 * MIB;

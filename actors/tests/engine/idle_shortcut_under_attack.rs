@@ -15,16 +15,11 @@ use sessionbus_actors::*;
 const KIB: u64 = 1 << 10;
 
 fn limited(max_in_flight: u32, step_timeout: Duration) -> EngineConfig {
-    let mut config = sharded(3);
-    config.release = ReleaseConfig::fixed(PaceUnit::Buffers, 1_000_000, 100_000, max_in_flight);
-    config.supervision.step_timeout = step_timeout;
-    config
+    release_limited(3, max_in_flight, step_timeout)
 }
 
 async fn holding(engine: &EngineHandle, owner: &str) -> SessionHandle {
-    let session = engine.open(owner).await.unwrap();
-    session.allocate(KIB).await.unwrap();
-    session
+    open_holding(engine, owner, KIB).await
 }
 
 /// Documented: release gives way while live sessions talk and the engine

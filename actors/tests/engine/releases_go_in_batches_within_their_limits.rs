@@ -15,9 +15,8 @@ const KIB: u64 = 1 << 10;
 
 /// Three shards; release unpaced but at most `max_in_flight` unanswered.
 fn limited(max_in_flight: u32) -> EngineConfig {
-    let mut config = sharded(3);
-    config.release = ReleaseConfig::fixed(PaceUnit::Buffers, 1_000_000, 100_000, max_in_flight);
-    config
+    let step_timeout = EngineConfig::default().supervision.step_timeout;
+    release_limited(3, max_in_flight, step_timeout)
 }
 
 #[test]
@@ -27,8 +26,7 @@ fn a_storm_never_has_more_in_flight_than_allowed_and_every_receipt_reaches_its_s
         let engine = Engine::start(limited(8), pool.clone()).unwrap();
         let mut sessions = Vec::new();
         for i in 0..30 {
-            let session = engine.open(format!("user-{i}")).await.unwrap();
-            session.allocate(KIB).await.unwrap();
+            let session = open_holding(&engine, &format!("user-{i}"), KIB).await;
             sessions.push(session);
         }
         let shards: std::collections::HashSet<usize> =
@@ -81,8 +79,7 @@ fn closes_from_every_shard_go_to_the_pool_before_queued_expiries() {
             .await
             .unwrap();
         // One release holds the only room in flight while the rest queue.
-        let first = engine.open("first").await.unwrap();
-        first.allocate(KIB).await.unwrap();
+        let first = open_holding(&engine, "first", KIB).await;
         let mut expiring = Vec::new();
         for i in 0..6 {
             let options = OpenOptions::new(format!("expiring-{i}"))
@@ -93,8 +90,7 @@ fn closes_from_every_shard_go_to_the_pool_before_queued_expiries() {
         }
         let mut closing = Vec::new();
         for i in 0..6 {
-            let session = engine.open(format!("closing-{i}")).await.unwrap();
-            session.allocate(KIB).await.unwrap();
+            let session = open_holding(&engine, &format!("closing-{i}"), KIB).await;
             closing.push(session);
         }
         pool.stall(true);
@@ -139,8 +135,7 @@ fn an_end_on_an_idle_pipeline_goes_at_once_and_never_beside_a_release_in_flight(
         let mut by_shard: Vec<Vec<SessionHandle>> = vec![Vec::new(); 3];
         let mut i = 0;
         while by_shard.iter().any(|s| s.len() < 2) {
-            let session = engine.open(format!("user-{i}")).await.unwrap();
-            session.allocate(KIB).await.unwrap();
+            let session = open_holding(&engine, &format!("user-{i}"), KIB).await;
             by_shard[shard_of(session.id(), 3)].push(session);
             i += 1;
         }
@@ -181,16 +176,14 @@ fn a_pool_that_panics_on_an_idle_pipeline_fails_only_that_release() {
     on_paused_time(|| async {
         let (inner, pool) = stalling_pool();
         let engine = Engine::start(limited(4), pool.clone()).unwrap();
-        let doomed = engine.open("doomed").await.unwrap();
-        doomed.allocate(KIB).await.unwrap();
+        let doomed = open_holding(&engine, "doomed", KIB).await;
         pool.panic_on(doomed.id());
         let receipt = doomed.close().await.unwrap();
         assert!(receipt.error.is_some(), "{receipt:?}");
         assert_eq!(receipt.buffers, 0, "nothing claimed released");
 
         // The registry and the pipeline go on.
-        let next = engine.open("next").await.unwrap();
-        next.allocate(KIB).await.unwrap();
+        let next = open_holding(&engine, "next", KIB).await;
         let receipt = next.close().await.unwrap();
         assert_eq!((receipt.buffers, receipt.error.as_deref()), (1, None));
         let stats = engine.stats().await.unwrap();
