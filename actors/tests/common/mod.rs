@@ -212,3 +212,21 @@ pub async fn read_kv_blocks(session: &SessionHandle) -> Vec<Vec<u8>> {
     }
     read
 }
+
+/// A context policy an application could write: every third turn is a new
+/// context.
+pub struct EveryThird(pub u32);
+
+impl ContextPolicy for EveryThird {
+    fn assess(
+        &mut self,
+        _turn: &TurnSignal,
+        _now: std::time::Instant,
+    ) -> Result<ContextVerdict, ContextError> {
+        self.0 += 1;
+        Ok(match self.0 % 3 {
+            0 => ContextVerdict::Stale(StaleReason::Negation),
+            _ => ContextVerdict::Fresh { similarity: None },
+        })
+    }
+}

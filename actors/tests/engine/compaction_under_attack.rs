@@ -40,23 +40,6 @@ fn ends_queued(f: &mut Fixture) -> Vec<Arc<SessionEndEvent>> {
     ends
 }
 
-/// A context policy that calls every third turn stale.
-struct EveryThird(u32);
-
-impl ContextPolicy for EveryThird {
-    fn assess(
-        &mut self,
-        _turn: &TurnSignal,
-        _now: std::time::Instant,
-    ) -> Result<ContextVerdict, ContextError> {
-        self.0 += 1;
-        Ok(match self.0 % 3 {
-            0 => ContextVerdict::Stale(StaleReason::Negation),
-            _ => ContextVerdict::Fresh { similarity: None },
-        })
-    }
-}
-
 /// Records what a hasher is fed.
 #[derive(Default)]
 struct Recorder(Vec<String>);

@@ -132,23 +132,6 @@ fn bad_embeddings_are_refused_and_change_nothing() {
     });
 }
 
-/// A policy the application wrote: every third turn is a new context.
-struct EveryThird(u32);
-
-impl ContextPolicy for EveryThird {
-    fn assess(
-        &mut self,
-        _turn: &TurnSignal,
-        _now: std::time::Instant,
-    ) -> Result<ContextVerdict, ContextError> {
-        self.0 += 1;
-        Ok(match self.0 % 3 {
-            0 => ContextVerdict::Stale(StaleReason::Negation),
-            _ => ContextVerdict::Fresh { similarity: None },
-        })
-    }
-}
-
 #[test]
 fn the_application_can_replace_the_policy() {
     on_paused_time(|| async {

@@ -456,23 +456,6 @@ fn a_panic_right_after_a_revival_ends_the_session_once_and_answers_what_was_queu
     }
 }
 
-/// An application policy: every third turn is a new context.
-struct EveryThird(u32);
-
-impl ContextPolicy for EveryThird {
-    fn assess(
-        &mut self,
-        _turn: &TurnSignal,
-        _now: std::time::Instant,
-    ) -> Result<ContextVerdict, ContextError> {
-        self.0 += 1;
-        Ok(match self.0 % 3 {
-            0 => ContextVerdict::Stale(StaleReason::Negation),
-            _ => ContextVerdict::Fresh { similarity: None },
-        })
-    }
-}
-
 const BLOCK: usize = 16 * 64;
 
 /// A parked session's context policy, KV table and offloaded blocks come
