@@ -146,6 +146,8 @@ impl ReleaseQueue {
     pub(crate) fn requeue(&self, queued: Queued) {
         let mut classes = self.classes();
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.in_flight_bytes
+            .fetch_sub(queued.ended.gpu_bytes(), Ordering::Relaxed);
         classes.cost += queued.cost;
         classes.bytes += queued.ended.gpu_bytes();
         if is_urgent(queued.ended.reason) {
@@ -166,7 +168,10 @@ impl ReleaseQueue {
     }
 
     /// Takes the most urgent release now (it may have arrived since `peek`),
-    /// counted in flight from this moment: taken for the pool.
+    /// counted in flight from this moment, its bytes too: taken for the pool.
+    /// Its bytes move from queued to in flight under the lock, so
+    /// [`Self::bytes_pending`] never misses them while the dispatcher holds
+    /// the release (waiting for the pacer, say).
     pub(crate) fn pop(&self) -> Option<Queued> {
         let mut classes = self.classes();
         let next = classes
@@ -174,6 +179,8 @@ impl ReleaseQueue {
             .pop_front()
             .or_else(|| classes.deferred.pop_front())?;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight_bytes
+            .fetch_add(next.ended.gpu_bytes(), Ordering::Relaxed);
         classes.cost -= next.cost;
         classes.bytes -= next.ended.gpu_bytes();
         Some(next)
@@ -182,11 +189,6 @@ impl ReleaseQueue {
     /// Resolves when something may have been pushed since the last `pop`.
     pub(crate) async fn arrival(&self) {
         self.arrived.notified().await;
-    }
-
-    /// A release taken by `pop` was handed to the pool with `bytes`.
-    pub(crate) fn dispatched(&self, bytes: u64) {
-        self.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub(crate) fn answered(&self, bytes: u64) {
@@ -290,5 +292,79 @@ impl ReleaseQueue {
             in_flight_bytes: self.in_flight_bytes.load(Ordering::Relaxed),
             backoff_level: self.backoff_level.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Instant, SystemTime};
+
+    use super::*;
+    use crate::events::Drain;
+    use crate::ids::{Owner, SessionId, TraceId};
+
+    fn queued(bytes: u64) -> Queued {
+        let ended = SessionEndEvent {
+            id: SessionId::random(),
+            owner: Owner::new("queue-test"),
+            reason: EndReason::Closed,
+            allocations: Vec::new(),
+            bytes,
+            in_flight_bytes: 0,
+            offloaded_bytes: 0,
+            created_at: SystemTime::now(),
+            last_active_at: SystemTime::now(),
+            ended_at: SystemTime::now(),
+            ended_instant: Instant::now(),
+            deadline: None,
+            drain: Drain::default(),
+            version: 1,
+            trace_id: TraceId::random(),
+            ended_by: None,
+            end_trace_id: None,
+            client_ip: None,
+        };
+        Queued {
+            ended: Arc::new(ended),
+            cost: 1,
+            queued_at: Instant::now(),
+            hooks_took: std::time::Duration::ZERO,
+        }
+    }
+
+    /// Memory pressure counts the bytes on their way back before it evicts
+    /// anyone: a release the dispatcher has taken but not yet handed to the
+    /// pool (waiting for the pacer) is still on its way back.
+    #[test]
+    fn bytes_taken_by_the_dispatcher_stay_pending_until_answered() {
+        let queue = ReleaseQueue::default();
+        queue.push(queued(4096));
+        queue.push(queued(1024));
+        assert_eq!(queue.bytes_pending(), 5120);
+        let taken = queue.pop().expect("queued");
+        assert_eq!(queue.bytes_pending(), 5120, "taken, not yet handed over");
+        assert_eq!(queue.stats().in_flight_bytes, 4096);
+        queue.requeue(taken);
+        assert_eq!(queue.bytes_pending(), 5120, "put back");
+        assert_eq!(queue.stats().in_flight_bytes, 0);
+        assert_eq!(queue.stats().queued_bytes, 5120);
+        let taken = queue.pop().expect("queued");
+        queue.answered(taken.ended.gpu_bytes());
+        assert_eq!(queue.bytes_pending(), 1024, "answered: back");
+        assert_eq!(queue.in_flight(), 0);
+    }
+
+    /// The idle shortcut's claim counts one release and its bytes in
+    /// flight; given back, they are queued instead, nothing counted twice.
+    #[test]
+    fn a_claim_given_back_is_queued_and_counted_once() {
+        let queue = ReleaseQueue::default();
+        assert!(queue.claim_idle(4096));
+        assert!(!queue.claim_idle(1), "one release in flight: not idle");
+        assert_eq!(queue.bytes_pending(), 4096);
+        queue.push_unclaimed(queued(4096));
+        assert_eq!(queue.bytes_pending(), 4096);
+        assert_eq!(queue.in_flight(), 0);
+        assert!(!queue.claim_idle(1), "one release queued: not idle");
     }
 }

@@ -34,6 +34,14 @@ impl Health {
         *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(what);
     }
 
+    /// Whether a task escalated (without copying what it said).
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     pub(crate) fn failed(&self) -> Option<String> {
         self.failed
             .lock()

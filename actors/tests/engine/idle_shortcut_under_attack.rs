@@ -242,3 +242,55 @@ fn a_pool_that_panics_on_every_release_still_escalates_when_ends_come_one_at_a_t
         );
     });
 }
+
+/// Documented: past the restart limit release work stops (the runtime is
+/// failed; what is queued stays queued and a shutdown counts it
+/// unfinished). The shortcut must stop with it: an end that finds the
+/// pipeline idle after the escalation is queued, not handed to the pool
+/// that kept panicking, as it would be queued behind a dead dispatcher.
+#[test]
+fn after_an_escalation_the_shortcut_hands_nothing_to_the_pool() {
+    on_paused_time(|| async {
+        let (_inner, pool) = stalling_pool();
+        let mut config = limited(4, Duration::from_secs(30));
+        config.supervision.max_restarts = 2;
+        let engine = Engine::start(config, pool.clone()).unwrap();
+        let late = holding(&engine, "late").await;
+        for i in 0..3 {
+            let doomed = holding(&engine, &format!("doomed-{i}")).await;
+            pool.panic_on(doomed.id());
+            let closing = {
+                let s = doomed.clone();
+                actix::spawn(async move { s.close().await })
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(100), closing).await;
+        }
+        let stats = engine.stats().await.unwrap();
+        assert!(
+            stats.supervision.failed.is_some(),
+            "{:?}",
+            stats.supervision
+        );
+        let asked = pool.order().len();
+        let closing = {
+            let s = late.clone();
+            actix::spawn(async move { s.close().await })
+        };
+        settle(Duration::from_millis(10)).await;
+        assert_eq!(
+            pool.order().len(),
+            asked,
+            "a release went to the pool after release work escalated"
+        );
+        let stats = engine.stats().await.unwrap();
+        assert_eq!(stats.release_queue.queued, 1, "{:?}", stats.release_queue);
+        assert_eq!(stats.release_queue.queued_bytes, KIB);
+        let report = engine
+            .shutdown_within(Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(!report.completed);
+        assert_eq!(report.releases_unfinished, 1, "{report:?}");
+        drop(closing);
+    });
+}
