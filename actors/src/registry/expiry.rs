@@ -78,7 +78,8 @@ impl RegistryActor {
         let epoch = self.settings.epoch;
         let now = clock::now();
         let now_us = epoch.micros(now);
-        for (id, _) in self.expiry.queue.pop_due(now_us) {
+        // A session re-filed here is due after `now_us`: taken once at most.
+        while let Some((id, _)) = self.expiry.queue.pop_due(now_us) {
             let Some(live) = self.sessions.get_mut(&id) else {
                 continue;
             };
