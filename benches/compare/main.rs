@@ -23,6 +23,13 @@
 //! cargo bench -p sessionbus-benches --bench compare -- --only expiry --expiry-sizes 1000000 --ttl-offset 15 --ttl-spread 20
 //! ```
 
+/// `--features mimalloc`: every peer of the process on mimalloc (the
+/// application's choice; glibc's malloc otherwise). The memory workload's
+/// heap figure reads glibc's counters, so it reads nothing then.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod common;
 mod direct;
 mod field_report;
