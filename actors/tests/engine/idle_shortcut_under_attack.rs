@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::common::stalling::stalling_pool;
+use crate::common::stalling::{StallingPool, stalling_pool};
 use crate::common::*;
 use sessionbus_actors::*;
 
@@ -213,6 +213,29 @@ fn a_shutdown_counts_a_shortcut_release_left_unanswered() {
     });
 }
 
+/// An engine on a scripted pool that escalates at the third panic in
+/// 30 s (`supervision.max_restarts` 2).
+fn escalating_engine() -> (EngineHandle, std::sync::Arc<StallingPool>) {
+    let (_inner, pool) = stalling_pool();
+    let mut config = limited(4, Duration::from_secs(30));
+    config.supervision.max_restarts = 2;
+    (Engine::start(config, pool.clone()).unwrap(), pool)
+}
+
+/// Three sessions, each holding memory, closed one at a time; the pool
+/// panics on each release (each finds the pipeline idle).
+async fn close_three_on_a_panicking_pool(engine: &EngineHandle, pool: &StallingPool) {
+    for i in 0..3 {
+        let doomed = holding(engine, &format!("doomed-{i}")).await;
+        pool.panic_on(doomed.id());
+        let closing = {
+            let s = doomed.clone();
+            actix::spawn(async move { s.close().await })
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(100), closing).await;
+    }
+}
+
 /// Documented: past `supervision.max_restarts` within `supervision.within`
 /// the release path escalates (the runtime is marked failed, admits no new
 /// sessions). A pool that panics on every release, with ends coming one at
@@ -221,19 +244,8 @@ fn a_shutdown_counts_a_shortcut_release_left_unanswered() {
 #[test]
 fn a_pool_that_panics_on_every_release_still_escalates_when_ends_come_one_at_a_time() {
     on_paused_time(|| async {
-        let (_inner, pool) = stalling_pool();
-        let mut config = limited(4, Duration::from_secs(30));
-        config.supervision.max_restarts = 2;
-        let engine = Engine::start(config, pool.clone()).unwrap();
-        for i in 0..3 {
-            let doomed = holding(&engine, &format!("doomed-{i}")).await;
-            pool.panic_on(doomed.id());
-            let closing = {
-                let s = doomed.clone();
-                actix::spawn(async move { s.close().await })
-            };
-            let _ = tokio::time::timeout(Duration::from_millis(100), closing).await;
-        }
+        let (engine, pool) = escalating_engine();
+        close_three_on_a_panicking_pool(&engine, &pool).await;
         let stats = engine.stats().await.unwrap();
         assert!(
             stats.supervision.restarts >= 2 && stats.supervision.failed.is_some(),
@@ -251,20 +263,9 @@ fn a_pool_that_panics_on_every_release_still_escalates_when_ends_come_one_at_a_t
 #[test]
 fn after_an_escalation_the_shortcut_hands_nothing_to_the_pool() {
     on_paused_time(|| async {
-        let (_inner, pool) = stalling_pool();
-        let mut config = limited(4, Duration::from_secs(30));
-        config.supervision.max_restarts = 2;
-        let engine = Engine::start(config, pool.clone()).unwrap();
+        let (engine, pool) = escalating_engine();
         let late = holding(&engine, "late").await;
-        for i in 0..3 {
-            let doomed = holding(&engine, &format!("doomed-{i}")).await;
-            pool.panic_on(doomed.id());
-            let closing = {
-                let s = doomed.clone();
-                actix::spawn(async move { s.close().await })
-            };
-            let _ = tokio::time::timeout(Duration::from_millis(100), closing).await;
-        }
+        close_three_on_a_panicking_pool(&engine, &pool).await;
         let stats = engine.stats().await.unwrap();
         assert!(
             stats.supervision.failed.is_some(),
