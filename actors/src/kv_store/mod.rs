@@ -225,15 +225,24 @@ impl KvStore {
                 }));
             }
         }
-        let added = self.books().add_slab(clock::now());
-        match added {
-            Ok(slab) => {
+        // The slab's buffer is filed under the books' lock (books, then
+        // slabs: the order `take_slabs` keeps): a session on another shard
+        // may be granted a block in the new slab as soon as the books know
+        // it, and must find its buffer (a fork's copy indexed a slab not
+        // filed yet and panicked: the fresh-clone run of stop 20).
+        let added = {
+            let mut books = self.books();
+            let added = books.add_slab(clock::now());
+            if let Ok(slab) = added {
                 self.slabs
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(slab, id);
-                Ok(())
             }
+            added
+        };
+        match added {
+            Ok(_) => Ok(()),
             Err(refused) => {
                 self.release_buffers(vec![id]).await;
                 Err(KvStoreError::SlabRefused(refused))
